@@ -1,0 +1,62 @@
+"""`mmsr`: the entry point. Groups live one per file and are added here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from mmsr.errors import MMSRError
+from mmsr_cli import data
+
+app = typer.Typer(
+    name="mmsr",
+    help=(
+        "Train ID-agnostic multi-modal sequential recommenders.\n\n"
+        "Data flow: `mmsr data demo|import` -> `mmsr cache build` -> `mmsr train --from-cache` "
+        "-> `mmsr eval --faiss` -> `mmsr recommend`. Everything lives under $MMSR_HOME "
+        "(default ~/.cache/mmsr)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors.")):
+    _state["debug"] = debug
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [MMSRError]
+    try:
+        from mmsr_store.errors import StoreError
+
+        errors.append(StoreError)
+    except ImportError:  # the store package is optional for the data commands
+        pass
+    return tuple(errors)
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        app()
+    except _user_errors() as error:
+        if _state["debug"] or "--debug" in sys.argv:
+            raise
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; finished work is kept, rerun the command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Typed configs: dataclasses, one YAML/TOML file per run, and `--set a.b=value` overrides.
+
+Unknown keys and wrong types are errors, all gathered into one message (a misspelt key
+that silently falls back to a default is the trap this avoids).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mmsr.errors import MMSRError
+
+T = TypeVar("T")
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def read_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MMSRError("config file not found", where=path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise MMSRError("unknown config format", where=path, hint="use .toml, .yaml or .json")
+    except (tomllib.TOMLDecodeError, ValueError) as error:
+        raise MMSRError(f"cannot parse config: {error}", where=path) from None
+    except Exception as error:  # yaml.YAMLError carries its own line/column
+        if type(error).__module__.startswith("yaml"):
+            raise MMSRError(f"cannot parse config: {error}".replace("\n", " "), where=path) from None
+        raise
+    if not isinstance(data, dict):
+        raise MMSRError("a config file must hold a mapping at the top level", where=path)
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """`["train.lr=1e-4", "model.fusion=gate"]` -> nested dict; values parsed as YAML scalars."""
+    import yaml
+
+    nested: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise MMSRError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set train.lr=1e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MMSRError(f"--set {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build(cls: type[T], data: dict | None = None, *, source: str = "config") -> T:
+    """Build dataclass `cls` from a nested dict, checking every key and type."""
+    problems: list[str] = []
+    result = _build(cls, data or {}, "", problems)
+    if problems:
+        raise MMSRError("invalid " + source + ": " + "; ".join(problems))
+    return result
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+         base: dict | None = None) -> T:
+    """Defaults <- `base` <- config file <- `--set` overrides."""
+    data = dict(base or {})
+    source = "config"
+    if path is not None:
+        data = merge(data, read_file(path))
+        source = f"config {path}"
+    data = merge(data, parse_overrides(overrides))
+    return build(cls, data, source=source)
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = [name for name in fields if name.startswith(key[:3])]
+            suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown key {prefix}{key}{suggestion}")
+    values = {}
+    for name, field in fields.items():
+        if name not in data:
+            continue
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, data[name], f"{prefix}{name}.", problems)
+        else:
+            ok, value = _coerce(kind, data[name])
+            if ok:
+                values[name] = value
+            else:
+                problems.append(f"{prefix}{name} must be {_type_name(kind)}, got {data[name]!r}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        problems.append(f"{prefix.rstrip('.') or cls.__name__}: {error}")
+        return cls()
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def _coerce(kind: Any, value: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(kind)
+    if kind is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(kind):
+            ok, out = _coerce(option, value)
+            if ok:
+                return True, out
+        return False, None
+    if kind is type(None):
+        return value is None, None
+    if origin is typing.Literal:
+        return value in typing.get_args(kind), value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        (item_kind, *_) = typing.get_args(kind) or (Any,)
+        out = []
+        for item in value:
+            ok, coerced = _coerce(item_kind, item)
+            if not ok:
+                return False, None
+            out.append(coerced)
+        return True, origin(out)
+    if kind is bool:
+        return isinstance(value, bool), value
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, None
+    if kind is str:
+        return isinstance(value, str), value
+    return isinstance(value, kind), value

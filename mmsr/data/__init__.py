@@ -1,0 +1,1 @@
+"""Canonical datasets, the demo generator, importers and the paper's split protocol."""

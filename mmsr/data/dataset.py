@@ -1,0 +1,346 @@
+"""The canonical dataset: one directory per dataset, written atomically, validated on read.
+
+    NAME/
+      meta.json           schema_version, name, source, counts, content_hash, text_fields
+      items.jsonl         one JSON object per line: {"id", "title", "description", "category", "image"}
+      interactions.tsv    header `user<TAB>item<TAB>timestamp`, one interaction per line
+      images/             the pictures; `image` in items.jsonl is a path relative to NAME/
+
+Every text field is a string ("" when absent); `image` is null for an item without a picture.
+Readers report problems by file and line; writers refuse duplicate items, unknown items
+and empty texts, and apply the `on_bad_image` policy to pictures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+
+import numpy as np
+
+from mmsr import paths
+from mmsr.atomic import atomic_dir
+from mmsr.errors import MMSRError
+
+SCHEMA_VERSION = 1
+TEXT_FIELDS = ("title", "description", "category")
+BadImagePolicy = Literal["error", "skip", "placeholder"]
+BAD_IMAGE_POLICIES = ("error", "skip", "placeholder")
+PLACEHOLDER_RGB = (128, 128, 128)
+
+
+@dataclass
+class Dataset:
+    """A loaded canonical dataset. Interactions are kept as compact arrays, in file order."""
+
+    root: Path
+    meta: dict
+    items: list[dict]
+    item_index: dict[str, int]
+    user_ids: list[str]
+    inter_user: np.ndarray  # int64 index into user_ids
+    inter_item: np.ndarray  # int64 index into items
+    inter_time: np.ndarray  # float64 timestamps
+    text_fields: tuple[str, ...] = TEXT_FIELDS
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.root.name)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    def item_text(self, index: int, fields: Iterable[str] | None = None) -> str:
+        """The text an encoder sees: the non-empty fields joined with '. '."""
+        item = self.items[index]
+        parts = [str(item.get(name) or "").strip() for name in (fields or self.text_fields)]
+        return ". ".join(part for part in parts if part)
+
+    def image_path(self, index: int) -> Path | None:
+        ref = self.items[index].get("image")
+        return None if ref is None else self.root / ref
+
+    def item_ids(self) -> list[str]:
+        return [item["id"] for item in self.items]
+
+
+def item_list_hash(item_ids: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for item_id in item_ids:
+        digest.update(item_id.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class DatasetWriter:
+    """Streams a dataset into a temporary directory; `close()` validates and renames it into place.
+
+    Items must be added before the interactions that name them. Use as a context manager:
+    an exception inside the block removes the temporary directory and leaves any existing
+    dataset of that name untouched.
+    """
+
+    def __init__(self, dest: Path, *, name: str | None = None, source: str = "unknown",
+                 on_bad_image: BadImagePolicy = "error", overwrite: bool = False,
+                 allow_empty_text: bool = False):
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise MMSRError(f"unknown --on-bad-image policy {on_bad_image!r}", hint="use error, skip or placeholder")
+        self.dest = Path(dest)
+        self.name = name or self.dest.name
+        self.source = source
+        self.on_bad_image = on_bad_image
+        self.allow_empty_text = allow_empty_text
+        self._atomic = atomic_dir(self.dest, overwrite=overwrite)
+        self.problems: list[str] = []
+        self._item_index: dict[str, int] = {}
+        self._users: set[str] = set()
+        self._n_inter = 0
+        self._with_image = 0
+        self._with_text = 0
+
+    def __enter__(self) -> "DatasetWriter":
+        self.tmp = self._atomic.__enter__()
+        (self.tmp / "images").mkdir()
+        self._items_fh = open(self.tmp / "items.jsonl", "w", encoding="utf-8")
+        self._inter_fh = open(self.tmp / "interactions.tsv", "w", encoding="utf-8")
+        self._inter_fh.write("user\titem\ttimestamp\n")
+        return self
+
+    def __exit__(self, kind, value, tb) -> bool:
+        self._items_fh.close()
+        self._inter_fh.close()
+        if kind is None:
+            try:
+                self._finish()
+            except BaseException as error:
+                self._atomic.__exit__(type(error), error, error.__traceback__)
+                raise
+        return bool(self._atomic.__exit__(kind, value, tb))
+
+    # -- items
+    def add_item(self, item_id: str, *, title: str = "", description: str = "", category: str = "",
+                 image: "bytes | Path | object | None" = None, where: str | None = None, **extra_text: str) -> None:
+        """Add one item. `image` is encoded bytes, a file path, a PIL image, or None."""
+        item_id = str(item_id).strip()
+        where = where or f"item {item_id!r}"
+        if not item_id:
+            raise MMSRError("empty item id", where=where)
+        if item_id in self._item_index:
+            raise MMSRError(f"duplicate item id {item_id!r}", where=where, hint="item ids must be unique")
+        texts = {"title": title, "description": description, "category": category, **extra_text}
+        texts = {key: " ".join(str(value or "").split()) for key, value in texts.items()}
+        if not any(texts.values()):
+            if not self.allow_empty_text:
+                raise MMSRError(f"item {item_id!r} has no text (empty title)", where=where,
+                                hint="fix the source, or import with --allow-empty-text")
+        else:
+            self._with_text += 1
+        record = {"id": item_id, **texts, "image": self._store_image(item_id, image, where)}
+        self._item_index[item_id] = len(self._item_index)
+        self._items_fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def _store_image(self, item_id: str, image, where: str) -> str | None:
+        if image is None:
+            return None
+        from PIL import Image
+
+        try:
+            if isinstance(image, Image.Image):
+                picture = image
+            elif isinstance(image, (bytes, bytearray)):
+                picture = Image.open(io.BytesIO(image))
+            else:
+                picture = Image.open(Path(image))
+            picture.load()
+            picture = picture.convert("RGB")
+        except Exception as error:  # PIL raises many types for corrupt or missing pictures
+            reason = f"unreadable image for item {item_id!r}: {type(error).__name__}: {error}"
+            if self.on_bad_image == "error":
+                raise MMSRError(reason, where=where, hint="fix the picture, or use --on-bad-image skip|placeholder") from None
+            self.problems.append(reason + f" -> {self.on_bad_image}")
+            if self.on_bad_image == "skip":
+                return None
+            picture = Image.new("RGB", (224, 224), PLACEHOLDER_RGB)
+        ref = f"images/{_safe_name(item_id)}.jpg"
+        picture.save(self.tmp / ref, format="JPEG", quality=92)
+        self._with_image += 1
+        return ref
+
+    # -- interactions
+    def add_interaction(self, user: str, item_id: str, timestamp: float, *, where: str | None = None) -> None:
+        user = str(user).strip()
+        item_id = str(item_id).strip()
+        if item_id not in self._item_index:
+            raise MMSRError(f"unknown item {item_id!r} in interactions", where=where or f"user {user!r}",
+                            hint="every interaction must name an item of the items table")
+        if not user or "\t" in user or "\n" in user:
+            raise MMSRError(f"bad user id {user!r}", where=where)
+        if not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp):
+            raise MMSRError(f"timestamp {timestamp!r} is not a finite number", where=where)
+        self._users.add(user)
+        self._n_inter += 1
+        self._inter_fh.write(f"{user}\t{item_id}\t{_format_time(timestamp)}\n")
+
+    def _finish(self) -> None:
+        if not self._item_index:
+            raise MMSRError("no items", where=self.dest)
+        if not self._n_inter:
+            raise MMSRError("no interactions", where=self.dest)
+        self._items_fh.close()
+        self._inter_fh.close()
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "source": self.source,
+            "text_fields": list(TEXT_FIELDS),
+            "counts": {
+                "items": len(self._item_index),
+                "users": len(self._users),
+                "interactions": self._n_inter,
+                "items_with_image": self._with_image,
+                "items_with_text": self._with_text,
+            },
+            "problems": self.problems,
+            "content_hash": content_hash(self.tmp),
+        }
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def _safe_name(item_id: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in item_id)
+    if safe != item_id:  # keep distinct ids distinct after sanitising
+        safe += "-" + hashlib.sha1(item_id.encode()).hexdigest()[:8]
+    return safe
+
+
+def _format_time(timestamp: float) -> str:
+    return str(int(timestamp)) if float(timestamp).is_integer() else repr(float(timestamp))
+
+
+def content_hash(root: Path) -> str:
+    """sha256 over the tables and every picture, in a fixed order."""
+    digest = hashlib.sha256()
+    for name in ("items.jsonl", "interactions.tsv"):
+        digest.update(name.encode())
+        with open(root / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    images = root / "images"
+    if images.is_dir():
+        for picture in sorted(images.iterdir()):
+            digest.update(picture.name.encode())
+            digest.update(picture.read_bytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_dataset(name_or_path: str | Path, *, check_images: bool = True) -> Dataset:
+    root = paths.dataset_dir(name_or_path)
+    if not root.exists():
+        raise MMSRError("dataset not found", where=root,
+                        hint="create it with `mmsr data demo` or `mmsr data import`, or check $MMSR_HOME")
+    if not root.is_dir():
+        raise MMSRError("a dataset is a directory, this is a file", where=root)
+    meta = _read_meta(root / "meta.json")
+    items, item_index = _read_items(root / "items.jsonl", root, check_images)
+    user_ids, inter_user, inter_item, inter_time = _read_interactions(root / "interactions.tsv", item_index)
+    fields = tuple(meta.get("text_fields") or TEXT_FIELDS)
+    return Dataset(root, meta, items, item_index, user_ids, inter_user, inter_item, inter_time, fields)
+
+
+def _read_meta(path: Path) -> dict:
+    if not path.is_file():
+        raise MMSRError("missing meta.json: not a canonical mmsr dataset", where=path.parent)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MMSRError(f"cannot parse: {error}", where=path) from None
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise MMSRError(f"schema_version {version!r}, this mmsr reads {SCHEMA_VERSION}", where=path,
+                        hint="re-create the dataset with this version of mmsr")
+    return meta
+
+
+def _lines(path: Path):
+    if not path.is_file():
+        raise MMSRError("missing file", where=path)
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                raise MMSRError(f"not UTF-8 ({error.reason} at byte {error.start})", where=f"{path}:{number}") from None
+
+
+def _read_items(path: Path, root: Path, check_images: bool) -> tuple[list[dict], dict[str, int]]:
+    items: list[dict] = []
+    index: dict[str, int] = {}
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MMSRError(f"malformed JSON: {error.msg}", where=where) from None
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            raise MMSRError("an item needs a non-empty string \"id\"", where=where)
+        if item["id"] in index:
+            raise MMSRError(f"duplicate item id {item['id']!r}", where=where)
+        ref = item.get("image")
+        if ref is not None and check_images and not (root / ref).is_file():
+            raise MMSRError(f"missing image file {ref!r} for item {item['id']!r}", where=where,
+                            hint="restore the file, or re-import with --on-bad-image skip|placeholder")
+        index[item["id"]] = len(items)
+        items.append(item)
+    if not items:
+        raise MMSRError("no items", where=path)
+    return items, index
+
+
+def _read_interactions(path: Path, item_index: dict[str, int]):
+    users: dict[str, int] = {}
+    user_col: list[int] = []
+    item_col: list[int] = []
+    time_col: list[float] = []
+    for number, line in _lines(path):
+        if number == 1:
+            if line.split("\t") != ["user", "item", "timestamp"]:
+                raise MMSRError("header must be user<TAB>item<TAB>timestamp", where=f"{path}:1")
+            continue
+        if not line:
+            continue
+        parts = line.split("\t")
+        where = f"{path}:{number}"
+        if len(parts) != 3:
+            raise MMSRError(f"expected 3 tab-separated fields, found {len(parts)}", where=where)
+        user, item, stamp = parts
+        if item not in item_index:
+            raise MMSRError(f"unknown item {item!r}", where=where, hint="every interaction must name an item of items.jsonl")
+        try:
+            time = float(stamp)
+        except ValueError:
+            raise MMSRError(f"timestamp {stamp!r} is not a number", where=where) from None
+        user_col.append(users.setdefault(user, len(users)))
+        item_col.append(item_index[item])
+        time_col.append(time)
+    if not user_col:
+        raise MMSRError("no interactions", where=path)
+    return (list(users), np.asarray(user_col, dtype=np.int64), np.asarray(item_col, dtype=np.int64),
+            np.asarray(time_col, dtype=np.float64))
+
+
+def remove_dataset(root: Path) -> None:
+    shutil.rmtree(root)

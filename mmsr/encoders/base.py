@@ -1,0 +1,85 @@
+"""The split-encoder contract every encoder family implements.
+
+    batch  = encoder.preprocess(raw)           # list[str] or list[PIL.Image] -> dict of tensors
+    hidden, mask = encoder.lower(batch)        # frozen layers 0..L-k: [N,T,D], [N,T] bool
+    tokens, mask = encoder.upper(hidden, mask) # trainable top k blocks + final norm: [N,T',D'], [N,T'] bool
+    encoder.full(batch)                        # the unsplit pretrained model's last hidden state
+
+`upper(*lower(b))` equals `full(b)` (tests prove it for every registered family).
+`preprocess` is pure CPU work, safe to run in DataLoader workers. `lower` runs in eval mode
+under `torch.inference_mode`; freezing is done by module (`lower_modules`), never by
+parameter index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class SplitEncoder(nn.Module):
+    modality: str = ""  # "text" or "image"
+
+    def __init__(self, name: str, num_layers: int, top_blocks: int):
+        super().__init__()
+        if not 0 <= top_blocks <= num_layers:
+            from mmsr.errors import MMSRError
+
+            raise MMSRError(f"{name}: top_blocks={top_blocks} but the model has {num_layers} blocks",
+                            hint=f"choose 0..{num_layers}")
+        self.name = name
+        self.num_layers = num_layers
+        self.top_blocks = top_blocks
+        self.split_layer = num_layers - top_blocks
+
+    # -- to implement per family
+    hidden_size: int  # D of lower's output
+    output_size: int  # D' of upper's output
+
+    def preprocess(self, raw: list[Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def lower_forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def upper(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def full(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lower_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def upper_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def identity(self) -> dict:
+        """What makes cached states valid: model identity and weights hash, split layer,
+        tokenizer and max length or image transform. Goes into the cache fingerprint."""
+        raise NotImplementedError
+
+    # -- shared behaviour
+    def freeze_lower(self) -> None:
+        for module in self.lower_modules():
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.lower_modules():  # frozen layers never run dropout
+            module.eval()
+        return self
+
+    def lower(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return self.lower_forward(batch)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """End-to-end: frozen lower layers (no grad) then trainable upper blocks."""
+        with torch.no_grad():
+            hidden, mask = self.lower_forward(batch)
+        return self.upper(hidden, mask)

@@ -1,0 +1,51 @@
+"""The data root: `$MMSR_HOME` (default `~/.cache/mmsr`).
+
+    $MMSR_HOME/datasets/NAME/   canonical datasets   (mmsr data demo / import)
+    $MMSR_HOME/caches/NAME/...  zarr encoder caches  (mmsr cache build)
+    $MMSR_HOME/runs/NAME/       training runs        (mmsr train)
+    $MMSR_HOME/models/          converted offline weights (mmsr models prepare)
+
+Everywhere a NAME is accepted, a path (anything containing a `/` or starting with `.`)
+works too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+KINDS = ("datasets", "caches", "runs", "models")
+
+
+def home() -> Path:
+    return Path(os.environ.get("MMSR_HOME") or Path.home() / ".cache" / "mmsr").expanduser()
+
+
+def looks_like_path(name: str | os.PathLike) -> bool:
+    text = str(name)
+    return isinstance(name, Path) or "/" in text or text.startswith(".") or text.startswith("~")
+
+
+def resolve(kind: str, name: str | os.PathLike) -> Path:
+    """Where the `kind` entry called `name` lives (it may not exist yet)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown data-root kind {kind!r}")
+    if looks_like_path(name):
+        return Path(name).expanduser()
+    return home() / kind / str(name)
+
+
+def dataset_dir(name: str | os.PathLike) -> Path:
+    return resolve("datasets", name)
+
+
+def runs_dir(name: str | os.PathLike) -> Path:
+    return resolve("runs", name)
+
+
+def caches_dir(name: str | os.PathLike) -> Path:
+    return resolve("caches", name)
+
+
+def models_dir() -> Path:
+    return home() / "models"
