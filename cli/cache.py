@@ -1,0 +1,1 @@
+"""`mmsr cache`: filled in by the cache work (issue 4)."""

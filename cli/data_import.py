@@ -1,0 +1,1 @@
+"""`mmsr data import`: filled in by the importers work (issue 3)."""

@@ -1,0 +1,1 @@
+"""`mmsr models`: filled in by the encoders work (issue 4)."""
