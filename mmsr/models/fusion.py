@@ -1,0 +1,183 @@
+"""Multi-modal fusion (seed §3.3, Table III), chosen by name.
+
+Every module maps per-modality token sequences to one vector per item:
+
+    fusion({"text": (tokens [N,Tt,Dt], mask [N,Tt]), "image": (tokens [N,Ti,Di], mask)}) -> [N, dim]
+
+Coarse fusions (gate, film, sum, concat) work on masked-mean pooled, projected vectors;
+`NAME+dnn` adds the paper's three-layer DNN on top. Fine-grained fusions work on tokens:
+`coattn` (one co-attention layer: each stream cross-attends the other, then a merging
+layer) and `merge-attn` (tokens of both streams concatenated into `layers` single-stream
+transformer blocks, then pooled). `pool` serves single-modality towers (MMSR-T, MMSR-V).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmsr.models.layers import MLP, Block, key_mask, masked_mean
+from mmsr.models.registry import Registry
+
+FUSIONS: Registry[nn.Module] = Registry("fusion")
+TokenDict = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def create_fusion(name: str, *, input_dims: dict[str, int], dim: int, layers: int = 1, heads: int = 4,
+                  dropout: float = 0.1) -> nn.Module:
+    return FUSIONS.create(name, input_dims=input_dims, dim=dim, layers=layers, heads=heads, dropout=dropout)
+
+
+def fusion_names() -> list[str]:
+    return FUSIONS.names()
+
+
+class _Pooled(nn.Module):
+    """Pools each modality and projects it to `dim`."""
+
+    def __init__(self, input_dims: dict[str, int], dim: int):
+        super().__init__()
+        self.order = sorted(input_dims)
+        self.proj = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in input_dims.items()})
+
+    def pooled(self, inputs: TokenDict) -> list[torch.Tensor]:
+        missing = [m for m in self.order if m not in inputs]
+        if missing:
+            raise ValueError(f"fusion needs modalities {self.order}, missing {missing}")
+        return [self.proj[m](masked_mean(*inputs[m])) for m in self.order]
+
+
+class Pool(_Pooled):
+    def __init__(self, input_dims, dim, **_):
+        super().__init__(input_dims, dim)
+
+    def forward(self, inputs: TokenDict) -> torch.Tensor:
+        return torch.stack(self.pooled(inputs)).sum(0)
+
+
+class Sum(_Pooled):
+    def __init__(self, input_dims, dim, **_):
+        _require_two(input_dims)
+        super().__init__(input_dims, dim)
+
+    def forward(self, inputs):
+        text, image = self.pooled(inputs)
+        return text + image
+
+
+class Concat(_Pooled):
+    def __init__(self, input_dims, dim, **_):
+        _require_two(input_dims)
+        super().__init__(input_dims, dim)
+        self.out = nn.Linear(2 * dim, dim)
+
+    def forward(self, inputs):
+        return self.out(torch.cat(self.pooled(inputs), dim=-1))
+
+
+class Gate(_Pooled):
+    """g = sigmoid(W [a; b]); g * a + (1 - g) * b."""
+
+    def __init__(self, input_dims, dim, **_):
+        _require_two(input_dims)
+        super().__init__(input_dims, dim)
+        self.gate = nn.Linear(2 * dim, dim)
+
+    def forward(self, inputs):
+        a, b = self.pooled(inputs)
+        g = torch.sigmoid(self.gate(torch.cat([a, b], dim=-1)))
+        return g * a + (1 - g) * b
+
+
+class FiLM(_Pooled):
+    """The text conditions the image: gamma(text) * image + beta(text)."""
+
+    def __init__(self, input_dims, dim, **_):
+        _require_two(input_dims)
+        super().__init__(input_dims, dim)
+        self.film = nn.Linear(dim, 2 * dim)
+
+    def forward(self, inputs):
+        image, text = self.pooled(inputs)  # sorted order: image, text
+        gamma, beta = self.film(text).chunk(2, dim=-1)
+        return (1 + gamma) * image + beta
+
+
+class WithDNN(nn.Module):
+    """A coarse fusion followed by the paper's three-layer DNN (Coarse+ in Table III)."""
+
+    def __init__(self, base: nn.Module, dim: int, dropout: float):
+        super().__init__()
+        self.base = base
+        self.dnn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.GELU(),
+                                 nn.Dropout(dropout), nn.Linear(dim, dim))
+
+    def forward(self, inputs):
+        return self.dnn(self.base(inputs))
+
+
+class _Tokens(nn.Module):
+    """Projects each modality's tokens to `dim` and tags them with a learned modality embedding."""
+
+    def __init__(self, input_dims: dict[str, int], dim: int):
+        super().__init__()
+        _require_two(input_dims)
+        self.order = sorted(input_dims)
+        self.proj = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in input_dims.items()})
+        self.kind = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in input_dims})
+
+    def tokens(self, inputs: TokenDict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(self.proj[m](inputs[m][0]) + self.kind[m], inputs[m][1]) for m in self.order]
+
+
+class MergeAttention(_Tokens):
+    """Single-stream: both token sequences concatenated through `layers` transformer blocks."""
+
+    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1):
+        super().__init__(input_dims, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, inputs):
+        streams = self.tokens(inputs)
+        x = torch.cat([t for t, _ in streams], dim=1)
+        mask = torch.cat([m for _, m in streams], dim=1)
+        allowed = key_mask(mask)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return masked_mean(self.norm(x), mask)
+
+
+class CoAttention(_Tokens):
+    """Two streams: each cross-attends the other (one layer), then a merging projection."""
+
+    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1):
+        super().__init__(input_dims, dim)
+        self.cross = nn.ModuleList(Block(dim, heads, dropout) for _ in range(2))
+        self.merge = nn.Sequential(nn.LayerNorm(2 * dim), nn.Linear(2 * dim, dim))
+
+    def forward(self, inputs):
+        (a, mask_a), (b, mask_b) = self.tokens(inputs)
+        a2 = self.cross[0](a, key_mask(mask_b), context=b)
+        b2 = self.cross[1](b, key_mask(mask_a), context=a)
+        return self.merge(torch.cat([masked_mean(a2, mask_a), masked_mean(b2, mask_b)], dim=-1))
+
+
+def _require_two(input_dims: dict[str, int]) -> None:
+    if sorted(input_dims) != ["image", "text"]:
+        from mmsr.errors import MMSRError
+
+        raise MMSRError(f"this fusion needs text and image, got {sorted(input_dims)}",
+                        hint="use fusion 'pool' for single-modality models (MMSR-T, MMSR-V)")
+
+
+def _register_coarse(name: str, cls: type) -> None:
+    FUSIONS.register(name)(lambda input_dims, dim, dropout=0.1, **_: cls(input_dims, dim))
+    FUSIONS.register(f"{name}+dnn")(lambda input_dims, dim, dropout=0.1, **_: WithDNN(cls(input_dims, dim), dim, dropout))
+
+
+for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
+    _register_coarse(_name, _cls)
+FUSIONS.register("pool")(lambda input_dims, dim, **_: Pool(input_dims, dim))
+FUSIONS.register("merge-attn")(MergeAttention)
+FUSIONS.register("coattn")(CoAttention)

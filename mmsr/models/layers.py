@@ -1,0 +1,70 @@
+"""Small building blocks shared by the fusion modules and SASRec."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid tokens; a row with no valid token gives zeros."""
+    weight = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, out: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out or dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a boolean `allowed` mask [B, 1|H, Lq, Lk] (True = may attend)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, allowed: torch.Tensor | None = None):
+        context = x if context is None else context
+        batch, length, dim = x.shape
+        q = self.q(x).view(batch, length, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(context).view(batch, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; with `context` it is a cross-attention block."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, mlp_ratio: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_ratio * dim, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, allowed=None, context=None):
+        h = self.norm1(x)
+        x = x + self.dropout(self.attn(h, context if context is not None else h, allowed))
+        return x + self.mlp(self.norm2(x))
+
+
+def key_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[B, Lk] validity -> [B, 1, 1, Lk] attention mask; rows with no valid key may attend to all
+    (their output is ignored downstream) so that softmax never sees an empty row."""
+    empty = ~mask.any(dim=1, keepdim=True)
+    return (mask | empty)[:, None, None, :]

@@ -1,0 +1,108 @@
+"""Sequence models (seed §3.5): item vectors in, one user vector per position out.
+
+    model(items [B, L, D], mask [B, L] bool) -> users [B, L, D]
+
+Sequences are LEFT-padded: the most recent item is at position L-1. Every model is causal:
+the output at position t depends only on items 0..t, so every prefix position is a
+training target. A user vector scores items by inner product.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmsr.models.layers import Block
+from mmsr.models.registry import Registry
+
+SEQUENCE_MODELS: Registry[nn.Module] = Registry("sequence model")
+DEFAULT_LAYERS = {"sasrec": 2, "gru4rec": 4, "nextitnet": 2}
+
+
+def create_sequence_model(name: str, *, dim: int, max_len: int, layers: int | None = None, heads: int = 2,
+                          dropout: float = 0.1) -> nn.Module:
+    layers = DEFAULT_LAYERS.get(name, 2) if layers is None else layers
+    return SEQUENCE_MODELS.create(name, dim=dim, max_len=max_len, layers=layers, heads=heads, dropout=dropout)
+
+
+def sequence_model_names() -> list[str]:
+    return SEQUENCE_MODELS.names()
+
+
+@SEQUENCE_MODELS.register("sasrec")
+class SASRec(nn.Module):
+    """Causal transformer with learned positions (Kang & McAuley 2018); padding keys are masked."""
+
+    def __init__(self, dim: int, max_len: int, layers: int = 2, heads: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.max_len = max_len
+        self.position = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        length = items.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} > max_len {self.max_len}")
+        # Positions count back from the most recent item, so left padding does not shift them.
+        position = torch.arange(self.max_len - length, self.max_len, device=items.device)
+        x = self.dropout(items + self.position(position)) * mask.unsqueeze(-1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
+        # A padded position may always see itself, so no softmax row is empty.
+        allowed = (causal & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
+        allowed = allowed.unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.norm(x)
+
+
+@SEQUENCE_MODELS.register("gru4rec")
+class GRU4Rec(nn.Module):
+    def __init__(self, dim: int, max_len: int, layers: int = 4, heads: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.gru(self.dropout(items * mask.unsqueeze(-1)))
+        return self.out(hidden)
+
+
+class _ResidualDilatedBlock(nn.Module):
+    """NextItNet's residual block: two causal dilated convolutions (dilation d, then 2d)."""
+
+    def __init__(self, dim: int, dilation: int, kernel: int = 3, dropout: float = 0.1):
+        super().__init__()
+        self.kernel = kernel
+        self.dilations = (dilation, 2 * dilation)
+        self.conv1 = nn.Conv1d(dim, dim, kernel, dilation=dilation)
+        self.norm1 = nn.LayerNorm(dim)
+        self.conv2 = nn.Conv1d(dim, dim, kernel, dilation=2 * dilation)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def _causal(self, conv: nn.Conv1d, x: torch.Tensor, dilation: int) -> torch.Tensor:
+        pad = (self.kernel - 1) * dilation
+        return conv(F.pad(x.transpose(1, 2), (pad, 0))).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.norm1(self._causal(self.conv1, x, self.dilations[0])))
+        h = F.relu(self.norm2(self._causal(self.conv2, h, self.dilations[1])))
+        return x + self.dropout(h)
+
+
+@SEQUENCE_MODELS.register("nextitnet")
+class NextItNet(nn.Module):
+    def __init__(self, dim: int, max_len: int, layers: int = 2, heads: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.blocks = nn.ModuleList(_ResidualDilatedBlock(dim, 2 ** (2 * i), dropout=dropout) for i in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = items * mask.unsqueeze(-1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
