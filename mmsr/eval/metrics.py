@@ -1,0 +1,142 @@
+"""Ranks -> HR@K / NDCG@K, as sums that add up across batches and across ranks.
+
+A *rank* is 1-based: 1 + the number of (unmasked) items scoring strictly higher than the
+target. With a single target per case, as in leave-one-out:
+
+    HR@K   = 1                    if rank <= K, else 0
+    NDCG@K = 1 / log2(rank + 1)   if rank <= K, else 0   (IDCG = 1)
+
+Metrics are computed in two steps so that batches and distributed ranks combine exactly:
+`metric_sums` gives per-metric *sums* plus the case count ("count"), `reduce_metric_sums`
+adds them up over torch.distributed ranks, and `finalize` divides by the count.
+
+Only numpy here; torch is imported lazily, and only when a process group is initialised.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from mmsr.errors import MMSRError
+
+DEFAULT_KS = (10, 20, 50)
+COUNT_KEY = "count"
+
+
+def parse_ks(ks: str | int | Iterable[int]) -> tuple[int, ...]:
+    """`"10,20,50"`, `10` or `[10, 20]` -> a sorted tuple of distinct positive ints."""
+    if isinstance(ks, str):
+        parts = [p.strip() for p in ks.split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise MMSRError(f"bad cutoff list {ks!r}", where="--k", hint="use comma-separated integers, e.g. 10,20,50") from None
+    elif isinstance(ks, (int, np.integer)):
+        values = [int(ks)]
+    else:
+        values = [int(k) for k in ks]
+    if not values or any(k < 1 for k in values):
+        raise MMSRError(f"cutoffs must be positive integers, got {ks!r}", where="--k", hint="e.g. 10,20,50")
+    return tuple(sorted(set(values)))
+
+
+def _as_ranks(ranks) -> np.ndarray:
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1:
+        raise ValueError(f"ranks must be 1-D, got shape {ranks.shape}")
+    if ranks.size and ranks.min() < 1:
+        raise ValueError("ranks are 1-based; found a rank below 1")
+    return ranks.astype(np.int64, copy=False)
+
+
+def hit_at_k(ranks, k: int) -> np.ndarray:
+    """Per-case HR@K (float64 0/1)."""
+    return (_as_ranks(ranks) <= k).astype(np.float64)
+
+
+def ndcg_at_k(ranks, k: int) -> np.ndarray:
+    """Per-case NDCG@K for one relevant item: 1/log2(rank+1) inside the cut-off, else 0."""
+    ranks = _as_ranks(ranks)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks.astype(np.float64) + 1.0), 0.0)
+
+
+def metric_sums(ranks, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """{"HR@K": sum, "NDCG@K": sum, ..., "count": number of cases}; add these across batches."""
+    ranks = _as_ranks(ranks)
+    sums: dict[str, float] = {}
+    for k in parse_ks(ks):
+        sums[f"HR@{k}"] = float(hit_at_k(ranks, k).sum())
+        sums[f"NDCG@{k}"] = float(ndcg_at_k(ranks, k).sum())
+    sums[COUNT_KEY] = float(ranks.size)
+    return sums
+
+
+def add_sums(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+    """Add two `metric_sums` results (an empty mapping is the identity)."""
+    if not a:
+        return dict(b)
+    if not b:
+        return dict(a)
+    if set(a) != set(b):
+        raise ValueError(f"metric keys differ: {sorted(a)} vs {sorted(b)}")
+    return {key: a[key] + b[key] for key in a}
+
+
+def finalize(sums: Mapping[str, float]) -> dict[str, float]:
+    """Sums -> means in [0, 1], keyed like {"HR@10": ..., "NDCG@10": ...} (ordered by K, HR first)."""
+    count = sums.get(COUNT_KEY, 0.0)
+    keys = [key for key in sums if key != COUNT_KEY]
+    keys.sort(key=lambda key: (int(key.split("@")[1]), key.split("@")[0] != "HR"))
+    return {key: (sums[key] / count if count else 0.0) for key in keys}
+
+
+def compute_metrics(ranks, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """Means over the given ranks (single process)."""
+    return finalize(metric_sums(ranks, ks))
+
+
+def distributed_info() -> tuple[int, int]:
+    """(rank, world_size) of the default torch.distributed group, or (0, 1) when there is none."""
+    import sys
+
+    if "torch" not in sys.modules:  # never import torch just to learn that nothing is distributed
+        return 0, 1
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def reduce_metric_sums(sums: Mapping[str, float], group=None) -> dict[str, float]:
+    """All-reduce (SUM) metric sums over torch.distributed ranks; identity without a process group.
+
+    Every rank must pass the same keys (the same cut-offs). Values travel as one float64
+    tensor, on the current CUDA device for NCCL and on the CPU otherwise (gloo).
+    """
+    rank, world = distributed_info()
+    if world == 1 and group is None:
+        return dict(sums)
+    import torch
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    device = torch.device("cpu")
+    if dist.get_backend(group) == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    # Check that every rank agrees on the keys: a mismatch would silently add unrelated numbers.
+
+    crc = float(zlib.crc32(",".join(keys).encode()))  # str hash() is salted per process; crc32 is not
+    # [crc, -crc] under MAX gives every rank both the max and the min, so all ranks agree on
+    # whether to raise (a rank that raised alone would leave the others hanging in all_reduce).
+    check = torch.tensor([crc, -crc], dtype=torch.float64, device=device)
+    dist.all_reduce(check, op=dist.ReduceOp.MAX, group=group)
+    if check[0].item() != -check[1].item():
+        raise MMSRError("ranks disagree on the metric keys", where=f"rank {rank}",
+                        hint="pass the same --k on every rank")
+    values = torch.tensor([float(sums[key]) for key in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM, group=group)
+    return dict(zip(keys, values.cpu().tolist()))

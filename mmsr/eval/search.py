@@ -1,0 +1,349 @@
+"""Exact full-ranking search with FAISS `IndexFlatIP`: ranks of targets, metrics, top-k.
+
+Score = inner product. Every item is ranked for every user (no sampling), in batches of
+users, so memory is bounded by the batch size and never holds a users x items matrix.
+
+The rank of a target (see docs/eval.md for the two protocols and the tie rule):
+
+    rank = 1 + #{ item i : i != target, i not masked, score(i) > score(target) }
+
+- Masked items are the user's history items (the paper's protocol, `mask_history=True`),
+  except the target itself, which is never masked even when it also occurs in the history.
+  `mask_history=False` is RecBole's protocol: nothing is masked.
+- Ties count in the target's favour: only *strictly* higher scores push it down.
+- How it is computed: FAISS returns the top `m = max_k + 1 + |history|` items of each user.
+  The target and those candidates are then re-scored together by one float64 routine (the
+  products of float32 inputs are exact in float64), so the target's score is exact and an
+  item identical to the target ties with it exactly. Since at most |history| candidates are
+  masked and at most one is the target, at least `max_k` unmasked candidates remain; if
+  fewer than `max_k` of them beat the target, every item outside the candidates scores no
+  higher than one that does not, so the count is complete and the rank exact.
+- Ranks above `max_k` are not computed: every such rank is reported as `max_k + 1`
+  which is exact for any metric with K <= max_k. The only approximation is
+  float32 rounding inside FAISS's GEMM when ordering items whose scores are within about
+  1e-6 relative of the m-th candidate's: the same rounding a brute-force float32 scorer has.
+
+Users are processed in order of history length, so each FAISS call asks for a nearly
+uniform `m` (FAISS takes one k per call), and queries are batched (FAISS switches to BLAS
+from about 20 queries per call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmsr.errors import MMSRError
+from mmsr.eval.metrics import (
+    DEFAULT_KS,
+    distributed_info,
+    finalize,
+    metric_sums,
+    parse_ks,
+    reduce_metric_sums,
+)
+
+# The largest k a FAISS GPU flat index accepts in one search; bigger searches fall back to the CPU.
+GPU_MAX_K = 2048
+DEFAULT_BATCH_SIZE = 4096
+# Rows x candidates x dim floats gathered at once for exact re-scoring (bounds that buffer to ~32 MB).
+_RESCORE_FLOATS = 8 * 1024 * 1024
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is a dependency
+        raise MMSRError("FAISS is not installed", hint="pip install faiss-cpu (or faiss-gpu-cu12 on GPU nodes)") from None
+    return faiss
+
+
+def faiss_has_gpu() -> bool:
+    """True when this FAISS build has GPU support and sees at least one CUDA device."""
+    faiss = _faiss()
+    if not hasattr(faiss, "StandardGpuResources"):
+        return False
+    try:
+        return faiss.get_num_gpus() > 0
+    except Exception:  # pragma: no cover - broken CUDA driver
+        return False
+
+
+def as_float32_matrix(x, name: str, dim: int | None = None) -> np.ndarray:
+    """numpy or torch [N, D] -> C-contiguous float32 numpy, with shape and finiteness checks."""
+    if hasattr(x, "detach"):  # a torch tensor, on any device
+        x = x.detach().float().cpu().numpy()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise MMSRError(f"{name} must be a 2-D [count, dim] array, got shape {x.shape}", where=name)
+    if dim is not None and x.shape[1] != dim:
+        raise MMSRError(f"{name} have dimension {x.shape[1]}, the items have {dim}", where=name,
+                        hint="user and item vectors must come from the same model")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise MMSRError(f"{name} contain NaN or infinite values (first at row {bad})", where=f"{name}[{bad}]",
+                        hint="the model diverged or the inputs are corrupt; check the checkpoint")
+    return x
+
+
+class ItemIndex:
+    """An exact inner-product index over item vectors (FAISS `IndexFlatIP`).
+
+    `device`: "auto" (GPU when FAISS has GPU support and CUDA is present, else CPU), "cpu"
+    or "gpu" (an error when unavailable). `backend` says which was used: "faiss-gpu" or
+    "faiss-cpu". The float32 vectors are kept for exact re-scoring of candidates.
+    """
+
+    def __init__(self, item_vectors, device: str = "auto"):
+        if device not in ("auto", "cpu", "gpu"):
+            raise MMSRError(f"unknown device {device!r}", hint="use auto, cpu or gpu")
+        faiss = _faiss()
+        self.vectors = as_float32_matrix(item_vectors, "item vectors")
+        if len(self.vectors) == 0:
+            raise MMSRError("there are no items to rank", where="item vectors")
+        self.num_items, self.dim = self.vectors.shape
+        self._cpu = faiss.IndexFlatIP(self.dim)
+        self._cpu.add(self.vectors)
+        self._gpu = None
+        self._gpu_resources = None
+        use_gpu = device == "gpu" or (device == "auto" and faiss_has_gpu())
+        if use_gpu:
+            if not faiss_has_gpu():
+                raise MMSRError("a GPU index was asked for, but this FAISS build has no GPU support or sees no CUDA device",
+                                hint="install faiss-gpu-cu12 on a CUDA machine, or use --device cpu")
+            self._gpu_resources = faiss.StandardGpuResources()
+            self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._cpu)
+        self.backend = "faiss-gpu" if self._gpu is not None else "faiss-cpu"
+
+    def __repr__(self) -> str:
+        return f"ItemIndex(items={self.num_items}, dim={self.dim}, backend={self.backend!r})"
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: (scores float32 [B, k], ids int64 [B, k]); k is capped at the catalogue."""
+        k = min(int(k), self.num_items)
+        index = self._gpu if (self._gpu is not None and k <= GPU_MAX_K) else self._cpu
+        scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, ids
+
+    def exact_scores(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """float64 inner products of queries [B, D] with items ids [B, M] -> [B, M], in bounded chunks."""
+        out = np.empty(ids.shape, dtype=np.float64)
+        rows = max(1, _RESCORE_FLOATS // max(1, ids.shape[1] * self.dim))
+        for start in range(0, len(ids), rows):
+            stop = start + rows
+            gathered = self.vectors[ids[start:stop]]  # [rows, M, D] float32
+            out[start:stop] = np.einsum("bd,bmd->bm", queries[start:stop], gathered, dtype=np.float64)
+        return out
+
+
+@dataclass
+class Histories:
+    """Per-user item lists in CSR form: user u's items are `items[offsets[u]:offsets[u+1]]`."""
+
+    offsets: np.ndarray  # int64 [U+1]
+    items: np.ndarray  # int64 [offsets[-1]]
+
+    @classmethod
+    def from_lists(cls, lists: Iterable[Sequence[int]]) -> Histories:
+        arrays = [np.asarray(x, dtype=np.int64).ravel() for x in lists]
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrays], out=offsets[1:])
+        items = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+        return cls(offsets, items.astype(np.int64, copy=False))
+
+    @classmethod
+    def coerce(cls, value, num_users: int, num_items: int) -> Histories:
+        """Accept a Histories, an (offsets, items) pair, or a list of per-user sequences; validate."""
+        if isinstance(value, Histories):
+            hist = value
+        elif isinstance(value, tuple) and len(value) == 2 and np.ndim(value[0]) == 1 and np.ndim(value[1]) == 1:
+            hist = cls(np.asarray(value[0], dtype=np.int64), np.asarray(value[1], dtype=np.int64))
+        else:
+            hist = cls.from_lists(value)
+        offsets, items = hist.offsets, hist.items
+        if offsets.shape != (num_users + 1,):
+            raise MMSRError(f"history offsets must have {num_users + 1} entries (users + 1), got {offsets.shape[0]}",
+                            where="histories")
+        if offsets[0] != 0 or offsets[-1] != len(items) or np.any(np.diff(offsets) < 0):
+            raise MMSRError("history offsets must start at 0, never decrease and end at len(items)", where="histories")
+        if len(items) and (items.min() < 0 or items.max() >= num_items):
+            bad = int(np.flatnonzero((items < 0) | (items >= num_items))[0])
+            user = int(np.searchsorted(offsets, bad, side="right") - 1)
+            raise MMSRError(f"history item {int(items[bad])} is outside the catalogue of {num_items} items",
+                            where=f"histories, user {user}", hint="the histories and the item vectors must come from the same dataset")
+        return hist
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def take(self, rows: np.ndarray) -> Histories:
+        """The histories of `rows`, in that order, as a new CSR."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths()[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        starts = np.repeat(self.offsets[rows] - offsets[:-1], lengths)
+        return Histories(offsets, self.items[starts + np.arange(offsets[-1], dtype=np.int64)])
+
+
+def _masked(ids: np.ndarray, hist: Histories, num_items: int) -> np.ndarray:
+    """bool [B, M]: ids[b, j] is in row b's history. Keys row * num_items + item make rows disjoint."""
+    rows = np.arange(len(ids), dtype=np.int64)
+    candidate_keys = rows[:, None] * num_items + ids
+    history_keys = np.repeat(rows, hist.lengths()) * num_items + hist.items
+    return np.isin(candidate_keys, history_keys)
+
+
+def rank_targets(
+    item_vectors,
+    user_vectors,
+    targets,
+    histories=None,
+    *,
+    mask_history: bool = True,
+    max_k: int = 50,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto",
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """1-based ranks [U] int64 of each user's target among all items; ranks > max_k come back as max_k + 1.
+
+    item_vectors: [N, D] float32 (numpy or torch) or an `ItemIndex` (reuse one across splits).
+    user_vectors: [U, D]; targets: [U] item indices; histories: CSR `(offsets [U+1], items)`,
+    a `Histories`, a list of per-user sequences, or None (nothing to mask).
+    mask_history: True = the paper's protocol (history masked), False = RecBole's (not masked).
+    on_batch: called with the number of users finished after each batch (for progress bars).
+    """
+    index = item_vectors if isinstance(item_vectors, ItemIndex) else ItemIndex(item_vectors, device=device)
+    queries = as_float32_matrix(user_vectors, "user vectors", dim=index.dim)
+    num_users = len(queries)
+    targets = np.asarray(targets, dtype=np.int64).ravel()
+    if len(targets) != num_users:
+        raise MMSRError(f"{len(targets)} targets for {num_users} user vectors", where="targets")
+    if num_users and (targets.min() < 0 or targets.max() >= index.num_items):
+        bad = int(np.flatnonzero((targets < 0) | (targets >= index.num_items))[0])
+        raise MMSRError(f"target item {int(targets[bad])} is outside the catalogue of {index.num_items} items",
+                        where=f"targets[{bad}]")
+    if max_k < 1:
+        raise MMSRError(f"max_k must be positive, got {max_k}")
+    if batch_size < 1:
+        raise MMSRError(f"batch_size must be positive, got {batch_size}")
+
+    hist = None
+    if mask_history and histories is not None:
+        hist = Histories.coerce(histories, num_users, index.num_items)
+    lengths = hist.lengths() if hist is not None else np.zeros(num_users, dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")  # nearly uniform k per FAISS call
+
+    ranks = np.empty(num_users, dtype=np.int64)
+    done = 0
+    for start in range(0, num_users, batch_size):
+        rows = order[start:start + batch_size]
+        q = queries[rows]
+        t = targets[rows]
+        m = min(index.num_items, max_k + 1 + int(lengths[rows].max()))
+        _, ids = index.search(q, m)
+        scores = index.exact_scores(q, np.concatenate([ids, t[:, None]], axis=1))
+        higher = scores[:, :m] > scores[:, m:]  # strictly higher than the target's exact score
+        higher &= ids != t[:, None]
+        if hist is not None:
+            higher &= ~_masked(ids, hist.take(rows), index.num_items)
+        count = higher.sum(axis=1)
+        ranks[rows] = np.where(count >= max_k, max_k + 1, count + 1)
+        done += len(rows)
+        if on_batch is not None:
+            on_batch(done)
+    return ranks
+
+
+def shard_rows(num_rows: int, rank: int, world_size: int) -> np.ndarray:
+    """The rows a rank evaluates: rank, rank + world, ... (balanced within one row)."""
+    return np.arange(rank, num_rows, world_size, dtype=np.int64)
+
+
+def evaluate(
+    item_vectors,
+    user_vectors,
+    targets,
+    histories=None,
+    *,
+    ks: str | Iterable[int] = DEFAULT_KS,
+    mask_history: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto",
+    shard: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Full-ranking metrics {"HR@10": ..., "NDCG@10": ..., ...}, means in [0, 1] over all users.
+
+    Under torch.distributed (if a process group is initialised) the metric sums are
+    all-reduced, so every rank returns the global metrics. With `shard=True` every rank is
+    given all users and evaluates its share (`shard_rows`); with `shard=False` each rank
+    passes only its own users. Without a process group both mean "all users, here".
+    """
+    ks = parse_ks(ks)
+    rank, world = distributed_info()
+    if world > 1 and shard:
+        rows = shard_rows(len(targets), rank, world)
+        if histories is not None:
+            histories = Histories.coerce(histories, len(targets), _num_items(item_vectors)).take(rows)
+        user_vectors = user_vectors[rows] if not hasattr(user_vectors, "detach") else user_vectors[rows.tolist()]
+        targets = np.asarray(targets)[rows]
+    ranks = rank_targets(item_vectors, user_vectors, targets, histories, mask_history=mask_history,
+                         max_k=max(ks), batch_size=batch_size, device=device, on_batch=on_batch)
+    sums = metric_sums(ranks, ks)
+    if world > 1:
+        sums = reduce_metric_sums(sums)
+    return finalize(sums)
+
+
+def _num_items(item_vectors) -> int:
+    return item_vectors.num_items if isinstance(item_vectors, ItemIndex) else len(item_vectors)
+
+
+def recommend(
+    item_vectors,
+    user_vectors,
+    k: int = 10,
+    exclude=None,
+    *,
+    device: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items per user, excluding each user's `exclude` items (e.g. the history).
+
+    user_vectors: [B, D] or one [D] vector; exclude: as `histories` in `rank_targets`
+    (for one user, a flat list of ids is accepted). Returns (ids int64 [B, k], scores
+    float32 [B, k]), best first; when fewer than k items remain, the rest is -1 / -inf.
+    Any item with a vector is rankable, including items never seen in training.
+    """
+    index = item_vectors if isinstance(item_vectors, ItemIndex) else ItemIndex(item_vectors, device=device)
+    single = np.ndim(user_vectors) == 1
+    if single:
+        user_vectors = np.asarray(user_vectors)[None, :] if not hasattr(user_vectors, "detach") else user_vectors[None, :]
+        if exclude is not None and (len(exclude) == 0 or np.ndim(exclude[0]) == 0):
+            exclude = [exclude]
+    queries = as_float32_matrix(user_vectors, "user vectors", dim=index.dim)
+    if k < 1:
+        raise MMSRError(f"k must be positive, got {k}", where="-k")
+    hist = Histories.coerce(exclude, len(queries), index.num_items) if exclude is not None else None
+    extra = int(hist.lengths().max()) if hist is not None and len(queries) else 0
+    scores, ids = index.search(queries, k + extra)
+    if hist is not None:
+        drop = _masked(ids, hist, index.num_items)
+        # Stable-partition each row: kept items first, in score order.
+        keep_order = np.argsort(drop, axis=1, kind="stable")
+        ids = np.take_along_axis(ids, keep_order, axis=1)
+        scores = np.take_along_axis(scores, keep_order, axis=1)
+        dropped = np.take_along_axis(drop, keep_order, axis=1)
+        ids = np.where(dropped, -1, ids)
+        scores = np.where(dropped, -np.inf, scores).astype(np.float32)
+    ids, scores = ids[:, :k], scores[:, :k]
+    if ids.shape[1] < k:  # catalogue smaller than k
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    if single:
+        return ids[0], scores[0]
+    return ids, scores
