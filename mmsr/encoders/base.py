@@ -13,10 +13,31 @@ parameter index.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
 from torch import nn
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        from mmsr.errors import MMSRError
+
+        raise MMSRError(f"unknown dtype {name!r}", hint=f"one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over every tensor of the state dict, in sorted key order, with names, dtypes and shapes."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class SplitEncoder(nn.Module):
@@ -33,6 +54,9 @@ class SplitEncoder(nn.Module):
         self.num_layers = num_layers
         self.top_blocks = top_blocks
         self.split_layer = num_layers - top_blocks
+        self.spec = name  # what the user asked for (create_encoder sets it)
+        self.family = ""  # the registry key (create_encoder sets it)
+        self._weights_sha256: str | None = None
 
     # -- to implement per family
     hidden_size: int  # D of lower's output
@@ -62,6 +86,21 @@ class SplitEncoder(nn.Module):
         raise NotImplementedError
 
     # -- shared behaviour
+    def weights_sha256(self) -> str:
+        """Hash of the weights as loaded (computed once, at creation, before any training)."""
+        if self._weights_sha256 is None:
+            self._weights_sha256 = state_dict_sha256(self)
+        return self._weights_sha256
+
+    def base_identity(self) -> dict:
+        return {
+            "family": self.family, "model": self.spec, "name": self.name, "modality": self.modality,
+            "weights_sha256": self.weights_sha256(), "num_layers": self.num_layers,
+            "split_layer": self.split_layer, "top_blocks": self.top_blocks,
+            "hidden_size": self.hidden_size, "output_size": self.output_size,
+            "dtype": str(next(self.parameters()).dtype).removeprefix("torch."),
+        }
+
     def freeze_lower(self) -> None:
         for module in self.lower_modules():
             module.eval()
@@ -76,7 +115,10 @@ class SplitEncoder(nn.Module):
 
     def lower(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
-            return self.lower_forward(batch)
+            hidden, mask = self.lower_forward(batch)
+        # Inference tensors cannot enter autograd; a clone outside inference mode is a normal
+        # tensor, so `upper(*lower(x))` also works when the upper blocks are being trained.
+        return hidden.clone(), mask.clone()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """End-to-end: frozen lower layers (no grad) then trainable upper blocks."""

@@ -1,0 +1,171 @@
+"""Choosing an encoder by name: `create_encoder("minilm", "text", top_blocks=2)`.
+
+A *family* is one small module that knows how to split one kind of model into `lower` and
+`upper`. Families register themselves with `@register_family(key, ..., modality=...)`:
+
+    hf:<model_type>   a transformers model directory or Hub name; the key is the
+                      `model_type` of its config.json (bert, roberta, vit, dinov2, ...)
+    open_clip         `open_clip:ViT-B-32` or `open_clip:ViT-B-32@/path/weights.bin`
+    timm              `timm:resnet50` or `timm:resnet50@/path/weights.safetensors`
+
+A *short name* (`minilm`, `dinov2-s`) is registered with `register_name`; it resolves to one
+of the above, preparing offline weights on first use. Dispatch is by dictionary lookup only:
+an explicit prefix, a short name, or the config's `model_type` -- never by substrings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mmsr.encoders.base import SplitEncoder
+from mmsr.errors import MMSRError
+
+MODALITIES = ("text", "image")
+HF_PREFIX = "hf"
+
+
+@dataclass(frozen=True)
+class Family:
+    key: str  # "hf:bert", "open_clip", "timm"
+    modality: str
+    cls: type  # a SplitEncoder subclass with a `from_source(source, **options)` classmethod
+
+
+@dataclass(frozen=True)
+class ShortName:
+    name: str
+    modality: str
+    resolve: Callable[[], str]  # returns a model directory / spec; may prepare weights
+    description: str
+
+
+_FAMILIES: dict[tuple[str, str], Family] = {}
+_NAMES: dict[str, ShortName] = {}
+_PREFIXES: set[str] = {HF_PREFIX}
+
+
+def register_family(*keys: str, modality: str):
+    """Class decorator: `cls.from_source(source, **options)` builds encoders for these keys.
+
+    A key `hf:<model_type>` claims transformers configs of that type; any other key (without a
+    colon) is a prefix: `<key>:<name>` specs go to this family.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}")
+
+    def decorator(cls):
+        for key in keys:
+            if (key, modality) in _FAMILIES:
+                raise ValueError(f"encoder family {key!r} ({modality}) registered twice")
+            _FAMILIES[(key, modality)] = Family(key, modality, cls)
+            if ":" not in key:
+                _PREFIXES.add(key)
+        return cls
+
+    return decorator
+
+
+def register_name(name: str, modality: str, resolve: Callable[[], str], description: str = "") -> None:
+    _NAMES[name] = ShortName(name, modality, resolve, description)
+
+
+def list_encoders() -> list[str]:
+    """Registered short names (creatable as they are)."""
+    _load_families()
+    return sorted(_NAMES)
+
+
+def list_families(modality: str | None = None) -> list[str]:
+    """Registered family keys, e.g. `hf:bert`, `open_clip`, `timm` (with their modality)."""
+    _load_families()
+    return sorted(f"{key}/{mod}" for key, mod in _FAMILIES if modality in (None, mod))
+
+
+def short_names() -> dict[str, ShortName]:
+    _load_families()
+    return dict(_NAMES)
+
+
+def family_for(key: str, modality: str) -> Family:
+    _load_families()
+    try:
+        return _FAMILIES[(key, modality)]
+    except KeyError:
+        known = ", ".join(k for k, m in sorted(_FAMILIES) if m == modality)
+        raise MMSRError(f"no {modality} encoder family for {key!r}", hint=f"supported: {known}") from None
+
+
+def _hf_model_type(source: str) -> str:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source).model_type
+    except (OSError, ValueError) as error:
+        raise MMSRError(f"cannot read a transformers config: {str(error).splitlines()[0]}", where=source,
+                        hint="give a local model directory, a cached Hub name (no network is used), "
+                             "open_clip:NAME, timm:NAME, or a short name from `mmsr models list`") from None
+
+
+def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> tuple[Family, str]:
+    """Which family builds `name_or_path`, and the source string handed to it."""
+    _load_families()
+    if modality not in MODALITIES:
+        raise MMSRError(f"unknown modality {modality!r}", hint=f"one of {MODALITIES}")
+    spec = str(name_or_path)
+    if spec in _NAMES:
+        short = _NAMES[spec]
+        if short.modality != modality:
+            raise MMSRError(f"{spec!r} is a {short.modality} encoder, not {modality}")
+        spec = short.resolve()
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in _PREFIXES and not Path(spec).exists():
+        if prefix == HF_PREFIX:
+            spec = rest
+        else:
+            return family_for(prefix, modality), rest
+    return family_for(f"{HF_PREFIX}:{_hf_model_type(spec)}", modality), spec
+
+
+def create_encoder(name_or_path: str | os.PathLike, modality: str, top_blocks: int, *, max_text_len: int = 50,
+                   image_size: int = 224, dtype: str = "float32", pretrained: bool = True) -> SplitEncoder:
+    """Build a split encoder: lower layers frozen (eval mode), top `top_blocks` blocks trainable.
+
+    `name_or_path`: a short name (`list_encoders()`), a transformers directory or cached Hub
+    name, `open_clip:NAME[@weights]` or `timm:NAME[@weights]`. `pretrained=False` builds
+    open_clip/timm models randomly initialised (tests); transformers models always load weights.
+    """
+    family, source = resolve_spec(name_or_path, modality)
+    options = dict(top_blocks=top_blocks, dtype=dtype, pretrained=pretrained)
+    if modality == "text":
+        options["max_text_len"] = max_text_len
+    else:
+        options["image_size"] = image_size
+    encoder = family.cls.from_source(source, **options)
+    encoder.spec = str(name_or_path)
+    encoder.family = family.key
+    encoder.freeze_lower()
+    encoder.eval()  # the trainer switches the upper blocks to train mode; lower ones stay in eval
+    encoder.weights_sha256()  # hash the weights as loaded, before anyone trains them
+    return encoder
+
+
+_loaded = False
+
+
+def _load_families() -> None:
+    """Import the family modules once (each registers itself)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+
+    for module in FAMILY_MODULES:
+        importlib.import_module(f"mmsr.encoders.{module}")
+
+
+# One small module per family; adding a family = adding a module here.
+FAMILY_MODULES = ("hf_text", "hf_vision", "hf_swin", "open_clip_visual", "timm_cnn", "offline")
