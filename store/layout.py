@@ -1,0 +1,93 @@
+"""Where things live inside a cache directory, and small file helpers.
+
+    CACHE/
+      store.zarr/              zarr v3 group
+        zarr.json              attributes: format, item count, modalities, build options
+        <modality>/hidden      (items, T, D) float16, chunks (C, T, D); attribute "fingerprint"
+        <modality>/mask        (items, T) bool, chunks (C, T)
+      manifest/<modality>/<chunk>.json   one marker per finished chunk (see manifest.py)
+      item_ids.txt             the cached item list, one id a line, in row order
+      locks/                   flock files: the init lock and one per live shard
+      mmap/                    .npy copies made by `load(..., into="mmap")`
+      config.yaml, report.json written by the encoder stage
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+FORMAT = "mmsr-cache/1"
+STORE_DIR = "store.zarr"
+MANIFEST_DIR = "manifest"
+LOCK_DIR = "locks"
+MMAP_DIR = "mmap"
+ITEM_IDS = "item_ids.txt"
+HIDDEN = "hidden"
+MASK = "mask"
+HIDDEN_DTYPE = "float16"
+# Chunks are sized for bulk reads: a few MiB each along the item axis.
+TARGET_CHUNK_BYTES = 8 << 20
+MAX_CHUNK_ITEMS = 4096
+
+
+def chunk_items_for(tokens: int, dim: int, target_bytes: int = TARGET_CHUNK_BYTES) -> int:
+    """Items per chunk: the largest power of two whose hidden chunk stays within `target_bytes`."""
+    per_item = max(1, tokens * dim * 2)
+    items = 1
+    while items * 2 * per_item <= target_bytes and items * 2 <= MAX_CHUNK_ITEMS:
+        items *= 2
+    return items
+
+
+def num_chunks(num_items: int, chunk_items: int) -> int:
+    return -(-num_items // chunk_items)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj, *, fsync: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"), fsync=fsync)
+
+
+def read_item_ids(cache_dir: Path) -> list[str]:
+    path = Path(cache_dir) / ITEM_IDS
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return text.split("\n")[:-1] if text else []
+
+
+def write_item_ids(cache_dir: Path, item_ids: list[str]) -> None:
+    for item_id in item_ids:
+        if "\n" in item_id:
+            raise ValueError(f"item id {item_id!r} contains a newline")
+    atomic_write_bytes(Path(cache_dir) / ITEM_IDS, "".join(i + "\n" for i in item_ids).encode("utf-8"))
+
+
+def remove_partial_files(store_dir: Path) -> int:
+    """zarr's LocalStore writes `<chunk>.<uuid>.partial` then renames; a kill can leave these behind."""
+    removed = 0
+    for partial in Path(store_dir).rglob("*.partial"):
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+            removed += 1
+    return removed

@@ -1,0 +1,252 @@
+"""The reading side: open a finished cache, check its fingerprint, bulk-load a modality.
+
+    cache = open_cache(path)                  # StoreError if missing or incomplete
+    cache.check({"text": expected_text_fp})   # StoreError naming the differing keys
+    hidden, mask = cache.load("text", into="ram")   # or "mmap" or "cuda"
+
+Reads are bulk: whole blocks of chunks at a time, never one item at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mmsr_store import manifest
+from mmsr_store.errors import StoreError
+from mmsr_store.fingerprint import canonical, diff, digest
+from mmsr_store.layout import (FORMAT, HIDDEN, LOCK_DIR, MASK, MMAP_DIR, STORE_DIR, atomic_write_json, num_chunks,
+                               read_item_ids)
+from mmsr_store.shards import flocked
+
+BUILD_HINT = "run mmsr cache build (it resumes where it stopped)"
+READ_BLOCK_BYTES = 64 << 20
+
+
+def _pending_chunks(cache_dir: Path, modality: str, num_items: int, chunk_items: int, item_ids: list[str]) -> list[int]:
+    records = manifest.read(cache_dir, modality)
+    missing = []
+    for chunk in range(num_chunks(num_items, chunk_items)):
+        start, stop = chunk * chunk_items, min(num_items, (chunk + 1) * chunk_items)
+        if manifest.done_until(records.get(chunk), start, item_ids) < stop:
+            missing.append(chunk)
+    return missing
+
+
+def _open_group(cache_dir: Path):
+    import zarr
+
+    store = cache_dir / STORE_DIR
+    if not cache_dir.exists():
+        raise StoreError("cache not found", where=cache_dir, hint=BUILD_HINT)
+    if not store.is_dir():
+        raise StoreError(f"no {STORE_DIR} here: not an mmsr cache, or its build never started", where=cache_dir,
+                         hint=BUILD_HINT)
+    group = zarr.open_group(store, mode="r")
+    if group.attrs.get("format") != FORMAT:
+        raise StoreError(f"unknown cache format {group.attrs.get('format')!r}, this mmsr reads {FORMAT}",
+                         where=cache_dir, hint="rebuild it with this mmsr")
+    return group
+
+
+def _format_chunks(chunks: list[int], limit: int = 8) -> str:
+    text = ", ".join(str(c) for c in chunks[:limit])
+    return text + (f", ... ({len(chunks)} in all)" if len(chunks) > limit else "")
+
+
+class Cache:
+    """A complete cache, opened read-only. Use `open_cache(path)`."""
+
+    def __init__(self, cache_dir: Path, group):
+        self.path = cache_dir
+        self._group = group
+        self.modalities: tuple[str, ...] = tuple(group.attrs["modalities"])
+        self.num_items: int = int(group.attrs["num_items"])
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.path)!r}, modalities={self.modalities}, num_items={self.num_items})"
+
+    def _arrays(self, modality: str):
+        if modality not in self.modalities:
+            raise StoreError(f"no {modality!r} states in this cache (it has {', '.join(self.modalities)})",
+                             where=self.path, hint="build a cache with that encoder enabled")
+        return self._group[f"{modality}/{HIDDEN}"], self._group[f"{modality}/{MASK}"]
+
+    def fingerprint(self, modality: str) -> dict:
+        return dict(self._arrays(modality)[0].attrs["fingerprint"])
+
+    def shape(self, modality: str) -> tuple[int, int, int]:
+        return tuple(self._arrays(modality)[0].shape)
+
+    def item_ids(self) -> list[str]:
+        return read_item_ids(self.path)
+
+    def problems(self, modality: str | None = None) -> list[str]:
+        """What the build reported about bad inputs (e.g. unreadable images), in chunk order."""
+        found = []
+        for m in ([modality] if modality else self.modalities):
+            records = manifest.read(self.path, m)
+            for chunk in sorted(records):
+                found.extend(records[chunk].problems)
+        return found
+
+    def check(self, expected: dict[str, dict]) -> None:
+        """Refuse (StoreError) unless every expected modality is cached with an equal fingerprint."""
+        problems = []
+        for modality, wanted in expected.items():
+            if modality not in self.modalities:
+                problems.append(f"{modality}: not in the cache")
+                continue
+            problems += [f"{modality}.{key}" for key in diff(self.fingerprint(modality), wanted)]
+        if problems:
+            raise StoreError("the cache does not match this configuration: " + "; ".join(problems),
+                             where=self.path, hint="rebuild it with `mmsr cache build` for this config")
+
+    def load(self, modality: str, into: str = "ram", device: str | None = None):
+        """-> (hidden torch.float16 [N,T,D], mask torch.bool [N,T]).
+
+        "ram": decompressed into process memory. "mmap": memory-mapped .npy copies under
+        CACHE/mmap/ (made on first use, shared by processes through the page cache).
+        "cuda": straight into GPU memory block by block (`device`, default "cuda").
+        """
+        import torch
+
+        hidden_array, mask_array = self._arrays(modality)
+        if into == "ram":
+            hidden = np.empty(hidden_array.shape, dtype=np.float16)
+            mask = np.empty(mask_array.shape, dtype=bool)
+            for a, b in self._blocks(modality):
+                hidden[a:b] = hidden_array[a:b]
+                mask[a:b] = mask_array[a:b]
+            return torch.from_numpy(hidden), torch.from_numpy(mask)
+        if into == "mmap":
+            hidden, mask = self._mmap(modality)
+            return torch.from_numpy(hidden), torch.from_numpy(mask)
+        if into == "cuda" or (into and into.startswith("cuda:")):
+            target = torch.device(device or into)
+            if not torch.cuda.is_available():
+                raise StoreError("into='cuda' but no CUDA device is available", where=self.path,
+                                 hint='use into="ram" or "mmap"')
+            hidden = torch.empty(hidden_array.shape, dtype=torch.float16, device=target)
+            mask = torch.empty(mask_array.shape, dtype=torch.bool, device=target)
+            for a, b in self._blocks(modality):
+                hidden[a:b].copy_(torch.from_numpy(hidden_array[a:b]).pin_memory(), non_blocking=True)
+                mask[a:b].copy_(torch.from_numpy(mask_array[a:b]))
+            torch.cuda.synchronize(target)
+            return hidden, mask
+        raise StoreError(f"unknown load target {into!r}", hint='use "ram", "mmap" or "cuda"')
+
+    def _blocks(self, modality: str):
+        """Row ranges of whole chunks, about READ_BLOCK_BYTES each."""
+        hidden = self._arrays(modality)[0]
+        n, t, d = hidden.shape
+        c = int(hidden.chunks[0])
+        per_block = max(c, (READ_BLOCK_BYTES // max(1, c * t * d * 2)) * c)
+        for a in range(0, n, per_block):
+            yield a, min(n, a + per_block)
+
+    def _state_digest(self, modality: str) -> str:
+        records = manifest.read(self.path, modality)
+        return digest({"shape": self.shape(modality), "chunks": {str(c): r.sha256 for c, r in sorted(records.items())}})
+
+    def _mmap(self, modality: str):
+        folder = self.path / MMAP_DIR
+        hidden_path, mask_path = folder / f"{modality}.hidden.npy", folder / f"{modality}.mask.npy"
+        stamp_path = folder / f"{modality}.stamp.json"
+        want = self._state_digest(modality)
+
+        def fresh() -> bool:
+            try:
+                return json.loads(stamp_path.read_text())["digest"] == want and hidden_path.is_file() and mask_path.is_file()
+            except (OSError, ValueError, KeyError):
+                return False
+
+        if not fresh():
+            folder.mkdir(parents=True, exist_ok=True)
+            with flocked(self.path / LOCK_DIR / "mmap.lock"):
+                if not fresh():
+                    stamp_path.unlink(missing_ok=True)
+                    hidden_array, mask_array = self._arrays(modality)
+                    self._write_npy(hidden_path, hidden_array, self._blocks(modality))
+                    self._write_npy(mask_path, mask_array, self._blocks(modality))
+                    atomic_write_json(stamp_path, {"digest": want})
+        # Copy-on-write mapping: pages are shared through the page cache, writes stay private.
+        return np.load(hidden_path, mmap_mode="c"), np.load(mask_path, mmap_mode="c")
+
+    @staticmethod
+    def _write_npy(path: Path, array, blocks) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        os.close(fd)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=array.dtype.to_native_dtype()
+                                            if hasattr(array.dtype, "to_native_dtype") else array.dtype,
+                                            shape=array.shape)
+            for a, b in blocks:
+                out[a:b] = array[a:b]
+            out.flush()
+            del out
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def open_cache(path: str | os.PathLike) -> Cache:
+    """Open a complete cache; StoreError naming what is missing otherwise."""
+    cache_dir = Path(path).expanduser()
+    group = _open_group(cache_dir)
+    item_ids = read_item_ids(cache_dir)
+    n = int(group.attrs["num_items"])
+    if len(item_ids) != n:
+        raise StoreError(f"incomplete: item_ids.txt lists {len(item_ids)} items, the store {n}", where=cache_dir,
+                         hint=BUILD_HINT)
+    missing = []
+    for modality in group.attrs["modalities"]:
+        hidden = group[f"{modality}/{HIDDEN}"]
+        if hidden.shape[0] != n:
+            missing.append(f"{modality}: array has {hidden.shape[0]} rows, expected {n}")
+            continue
+        chunks = _pending_chunks(cache_dir, modality, n, int(hidden.chunks[0]), item_ids)
+        if chunks:
+            total = num_chunks(n, int(hidden.chunks[0]))
+            missing.append(f"{modality}: {len(chunks)} of {total} chunks unfinished ({_format_chunks(chunks)})")
+    if missing:
+        raise StoreError("incomplete cache: " + "; ".join(missing), where=cache_dir, hint=BUILD_HINT)
+    return Cache(cache_dir, group)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def inspect_cache(path: str | os.PathLike) -> dict:
+    """Everything `mmsr cache info` shows; works on an unfinished cache too."""
+    cache_dir = Path(path).expanduser()
+    group = _open_group(cache_dir)
+    item_ids = read_item_ids(cache_dir)
+    n = int(group.attrs["num_items"])
+    out = {"path": str(cache_dir), "format": group.attrs.get("format"), "num_items": n,
+           "build": dict(group.attrs.get("build", {})), "modalities": {}}
+    for modality in group.attrs["modalities"]:
+        hidden = group[f"{modality}/{HIDDEN}"]
+        _, t, d = hidden.shape
+        c = int(hidden.chunks[0])
+        pending = _pending_chunks(cache_dir, modality, n, c, item_ids) if len(item_ids) == n else list(
+            range(num_chunks(n, c)))
+        records = manifest.read(cache_dir, modality)
+        disk = _dir_bytes(cache_dir / STORE_DIR / modality)
+        raw = n * t * d * 2 + n * t
+        out["modalities"][modality] = {
+            "shape": [n, t, d], "dtype": "float16", "chunk_items": c, "chunk_mib": round(c * t * d * 2 / 2**20, 2),
+            "chunks": num_chunks(n, c), "finished_chunks": num_chunks(n, c) - len(pending),
+            "unfinished": pending, "disk_bytes": disk, "raw_float16_bytes": raw,
+            "bytes_per_item": round(disk / n, 1), "raw_bytes_per_item": round(raw / n, 1),
+            "problems": [p for chunk in sorted(records) for p in records[chunk].problems],
+            "fingerprint": canonical(hidden.attrs.get("fingerprint", {})),
+        }
+    out["complete"] = all(not m["unfinished"] for m in out["modalities"].values())
+    return out

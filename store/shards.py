@@ -1,0 +1,126 @@
+"""Shard assignment: process i of n owns the chunks whose index is i modulo n.
+
+Each live process holds an flock on `locks/shard-<i>-of-<n>.lock` for the whole build. A
+new process refuses to start when a live one already owns the same shard (overlap), or
+runs with a different n (inconsistent assignment). Locks of killed processes vanish with
+them, so a killed build resumes under any n.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmsr_store.errors import StoreError
+from mmsr_store.layout import LOCK_DIR
+
+_LOCK_NAME = re.compile(r"^shard-(\d+)-of-(\d+)\.lock$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self):
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise StoreError(f"bad shard {self.index}/{self.count}", hint="use --shard i/n with 0 <= i < n")
+
+    def owns(self, chunk: int) -> bool:
+        return chunk % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Shard":
+        """`"i/n"`; None or "" means torchrun's RANK/WORLD_SIZE when set, else 0/1."""
+        if not text:
+            return cls.from_env()
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if not match:
+            raise StoreError(f"--shard {text!r} is not i/n", hint="e.g. --shard 0/2 and --shard 1/2")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @classmethod
+    def from_env(cls) -> "Shard":
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None:
+            return cls()
+        try:
+            return cls(int(rank), int(world))
+        except ValueError:
+            raise StoreError(f"RANK={rank!r} WORLD_SIZE={world!r} are not integers") from None
+
+
+@contextlib.contextmanager
+def flocked(path: Path, *, blocking: bool = True):
+    """Hold an exclusive flock on `path` (created if needed); yields the open file or None if busy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            yield None
+            return
+        yield handle
+    finally:
+        if not handle.closed:
+            handle.close()
+
+
+def _is_live(path: Path) -> bool:
+    with flocked(path, blocking=False) as handle:
+        return handle is None
+
+
+def live_shards(cache_dir: Path) -> list[Shard]:
+    folder = Path(cache_dir) / LOCK_DIR
+    found = []
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.iterdir()):
+        match = _LOCK_NAME.match(path.name)
+        if match and _is_live(path):
+            found.append(Shard(int(match.group(1)), int(match.group(2))))
+    return found
+
+
+class ShardClaim:
+    """Holds this process's shard lock. Create it under the cache's init lock."""
+
+    def __init__(self, cache_dir: Path, shard: Shard):
+        self.shard = shard
+        for other in live_shards(cache_dir):
+            if other == shard:
+                raise StoreError(f"shard {shard} is already being built by another live process", where=cache_dir,
+                                 hint="each --shard i/n must run once; wait for it or stop it")
+            if other.count != shard.count:
+                raise StoreError(f"inconsistent shard assignment: a live process builds shard {other}, "
+                                 f"this one asked for {shard}", where=cache_dir,
+                                 hint=f"start every process with the same n (--shard i/{other.count})")
+        path = Path(cache_dir) / LOCK_DIR / f"shard-{shard.index}-of-{shard.count}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(path, "a+")
+        fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"{os.getpid()}\n")
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
