@@ -1,0 +1,62 @@
+"""Importers: the formats this field's code produces -> a canonical mmsr dataset.
+
+    from mmsr.data.importers import import_dataset, formats
+    report = import_dataset("recbole", ["path/to/ml-100k"], name="ml-100k")
+
+Formats are chosen by name from a registry (`base.register`); each lives in its own module.
+See docs/importers.md for what each one reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from mmsr import paths
+from mmsr.data.dataset import DatasetWriter
+from mmsr.data.importers.base import REGISTRY, ImportReport, Importer, ProgressFactory, no_progress, register
+from mmsr.errors import MMSRError
+
+# Importing the modules registers them (timm-style); the order is the order --help lists them.
+from mmsr.data.importers import mmsr_lmdb, recbole, amazon2023, pixelrec  # noqa: E402,F401  isort: skip
+
+__all__ = ["ImportReport", "Importer", "formats", "get_importer", "import_dataset", "register"]
+
+
+def formats() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_importer(name: str) -> Importer:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise MMSRError(f"unknown import format {name!r}", hint="one of: " + ", ".join(REGISTRY)) from None
+
+
+def import_dataset(format: str, sources: Iterable[str | os.PathLike], *, name: str,
+                   on_bad_image: str = "error", overwrite: bool = False, allow_empty_text: bool = False,
+                   progress: ProgressFactory = no_progress) -> ImportReport:
+    """Read `sources` in `format` and write the canonical dataset `name` atomically.
+
+    On any error nothing is left behind and an existing dataset of that name is untouched.
+    """
+    importer = get_importer(format)
+    sources = [Path(source).expanduser() for source in sources]
+    if not sources:
+        raise MMSRError(f"{format}: no source given", hint=importer.help)
+    dest = paths.dataset_dir(name)
+    if dest.exists() and not overwrite:  # fail before reading gigabytes
+        raise MMSRError("already exists", where=dest, hint="pick another name, or pass --overwrite")
+    report = ImportReport(format=format, name=Path(name).name)
+    writer = DatasetWriter(dest, name=report.name, source=f"{format}: " + ", ".join(str(s) for s in sources),
+                           on_bad_image=on_bad_image, overwrite=overwrite, allow_empty_text=allow_empty_text)
+    with writer:
+        importer.run(sources, writer, report, progress)
+    meta = json.loads((dest / "meta.json").read_text(encoding="utf-8"))
+    report.path = dest
+    report.counts = meta["counts"]
+    report.problems = list(meta.get("problems", []))
+    return report

@@ -1,0 +1,244 @@
+"""`mmsr-lmdb`: the format of the paper's code (and MoRec / PMMRec).
+
+    NAME_items.tsv   item_name<TAB>title           (names like v123; extra columns -> description)
+    NAME_users.tsv   user<TAB>item item item ...   (space-separated, oldest first)
+    NAME.lmdb/       values: pickled __main__.LMDB_Image (channels, size=(H, W), image=raw uint8
+                     HWC bytes, id); keys: the ascii item name without its leading "v";
+                     special keys __keys__ and __len__.
+
+There are no timestamps: an interaction's timestamp is its ordinal in the users file, so line
+order (and order within a line) is time order.
+
+A pickle is code. The LMDB values are read by `SafeUnpickler`, which resolves exactly one
+global, `__main__.LMDB_Image`, to an inert record class, checks the attribute set, and refuses
+everything else, so an LMDB from an untrusted source cannot run anything.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+from mmsr.data.dataset import DatasetWriter
+from mmsr.data.importers.base import (ImportReport, ProgressFactory, bad_image, iter_lines, register, require_dir,
+                                      require_file, size_kb)
+from mmsr.errors import MMSRError
+
+FIELDS = frozenset({"channels", "size", "image", "id"})
+_HEADERS = {("item_id", "title"), ("item", "title"), ("item_name", "title"), ("id", "title")}
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """The pickle names something other than the LMDB_Image class shape."""
+
+
+class LMDBImage:
+    """Inert stand-in for the build scripts' `__main__.LMDB_Image`: four attributes, no behaviour."""
+
+    __slots__ = ("channels", "size", "image", "id")
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2 and state[0] is None and isinstance(state[1], dict):
+            state = state[1]  # (None, slots) form
+        if not isinstance(state, dict):
+            raise RefusedPickle(f"LMDB_Image state is a {type(state).__name__}, expected a dict of attributes")
+        keys = set(state)
+        if keys != FIELDS:
+            extra = ", ".join(sorted(map(str, keys - FIELDS))) or "none"
+            missing = ", ".join(sorted(FIELDS - keys)) or "none"
+            raise RefusedPickle(f"LMDB_Image attributes differ from (channels, size, image, id): "
+                                f"unexpected {extra}; missing {missing}")
+        for key in FIELDS:
+            object.__setattr__(self, key, state[key])
+
+
+def _reconstructor(cls, base, state):
+    """Protocol 0/1 pickles build objects through copyreg._reconstructor(cls, object, None)."""
+    if cls is not LMDBImage or base is not object or state is not None:
+        raise RefusedPickle("copyreg._reconstructor is only accepted for LMDB_Image")
+    return LMDBImage.__new__(LMDBImage)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Resolves only `__main__.LMDB_Image` (plus what protocols 0/1 need to build it)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("__main__", "LMDB_Image"):
+            return LMDBImage
+        if (module, name) in (("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor")):
+            return _reconstructor
+        if (module, name) in (("builtins", "object"), ("__builtin__", "object")):
+            return object
+        raise RefusedPickle(f"refused to load {module}.{name}: only __main__.LMDB_Image is accepted")
+
+
+def safe_loads(data: bytes):
+    return SafeUnpickler(io.BytesIO(data)).load()
+
+
+def decode_image(record, *, where: str):
+    """An LMDB_Image record -> a PIL image. Raises ValueError on a malformed record."""
+    from PIL import Image
+
+    if not isinstance(record, LMDBImage):
+        raise ValueError(f"value is a pickled {type(record).__name__}, not an LMDB_Image")
+    channels, size, data = record.channels, record.size, record.image
+    if not isinstance(channels, int) or channels not in (1, 3, 4):
+        raise ValueError(f"channels is {channels!r}, expected 1, 3 or 4")
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(n, int) and n > 0 for n in size)):
+        raise ValueError(f"size is {size!r}, expected (height, width)")
+    if not isinstance(data, (bytes, bytearray)):
+        raise ValueError(f"image is a {type(data).__name__}, expected raw bytes")
+    height, width = size
+    if len(data) != height * width * channels:
+        raise ValueError(f"image has {len(data):,} bytes, size x channels = {height}x{width}x{channels} "
+                         f"= {height * width * channels:,}")
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    return Image.frombytes(mode, (width, height), bytes(data))
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _is_lmdb(path: Path) -> bool:
+    return (path.is_dir() and (path / "data.mdb").is_file()) or (path.is_file() and path.suffix in (".lmdb", ".mdb"))
+
+
+def _classify(sources: list[Path]) -> tuple[Path, Path, Path | None]:
+    found: dict[str, list[Path]] = {"items": [], "users": [], "lmdb": []}
+
+    def take(path: Path, *, from_dir: bool) -> None:
+        name = path.name
+        if name.endswith("_items.tsv") or name == "items.tsv":
+            found["items"].append(path)
+        elif name.endswith("_users.tsv") or name == "users.tsv":
+            found["users"].append(path)
+        elif _is_lmdb(path) or (path.suffix == ".lmdb" and path.is_dir()):
+            found["lmdb"].append(path)
+        elif not from_dir:
+            raise MMSRError("not an mmsr-lmdb source", where=path,
+                            hint="expected NAME_items.tsv, NAME_users.tsv, an LMDB directory, or a folder holding them")
+
+    for source in sources:
+        if source.is_dir() and not _is_lmdb(source) and not source.name.endswith((".tsv", ".lmdb")):
+            for child in sorted(source.iterdir()):
+                take(child, from_dir=True)
+        else:
+            take(source, from_dir=False)
+    for kind in ("items", "users"):
+        if not found[kind]:
+            raise MMSRError(f"mmsr-lmdb: no *_{kind}.tsv among the sources", where=", ".join(map(str, sources)),
+                            hint="pass NAME_items.tsv, NAME_users.tsv and the LMDB directory (or their folder)")
+    for kind, paths in found.items():
+        if len(paths) > 1:
+            raise MMSRError(f"mmsr-lmdb: more than one {kind} source: " + ", ".join(map(str, paths)),
+                            hint="pass the files one by one")
+    return found["items"][0], found["users"][0], (found["lmdb"][0] if found["lmdb"] else None)
+
+
+def _open_lmdb(path: Path):
+    import lmdb
+
+    if path.suffix == ".lmdb" and not path.exists():
+        raise MMSRError("LMDB: no such directory", where=path)
+    subdir = path.is_dir()
+    if subdir:
+        require_dir(path, "LMDB")
+        if not (path / "data.mdb").is_file():
+            raise MMSRError("not an LMDB directory (no data.mdb inside)", where=path)
+    else:
+        require_file(path, "LMDB")
+    try:
+        return lmdb.open(str(path), subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False,
+                         max_readers=8)
+    except lmdb.Error as error:
+        raise MMSRError(f"cannot open LMDB: {error}", where=path) from None
+
+
+# ----------------------------------------------------------------------------- the importer
+
+
+@register("mmsr-lmdb", help="NAME_items.tsv, NAME_users.tsv and the LMDB of pickled LMDB_Image pictures "
+                            "(the paper's, MoRec's and PMMRec's format); or a folder holding them.")
+def import_mmsr_lmdb(sources: list[Path], writer: DatasetWriter, report: ImportReport,
+                     progress: ProgressFactory) -> None:
+    items_path, users_path, lmdb_path = _classify(sources)
+    require_file(items_path, "items file")
+    require_file(users_path, "users file")
+    env = _open_lmdb(lmdb_path) if lmdb_path is not None else None
+    if env is None:
+        report.notes.append("no LMDB given: the dataset has no images")
+    try:
+        txn = env.begin(buffers=False) if env is not None else None
+        if txn is not None:
+            _check_lmdb_header(txn, lmdb_path, report)
+        with progress("items", size_kb(items_path)) as advance:
+            for number, line in iter_lines(items_path, advance):
+                if not line.strip():
+                    continue
+                where = f"{items_path}:{number}"
+                if "\t" not in line:
+                    raise MMSRError("no tab: expected item_name<TAB>title", where=where)
+                parts = line.split("\t")
+                if number == 1 and tuple(part.strip().lower() for part in parts[:2]) in _HEADERS:
+                    continue
+                name, title = parts[0].strip(), parts[1]
+                image = _lmdb_image(txn, lmdb_path, name, writer) if txn is not None else None
+                writer.add_item(name, title=title, description=" ".join(parts[2:]), image=image, where=where)
+        order = 0
+        with progress("interactions", size_kb(users_path)) as advance:
+            for number, line in iter_lines(users_path, advance):
+                if not line.strip():
+                    continue
+                where = f"{users_path}:{number}"
+                if "\t" not in line:
+                    raise MMSRError("no tab: expected user<TAB>item item item ...", where=where)
+                user, _, sequence = line.partition("\t")
+                names = sequence.split()
+                if not names:
+                    raise MMSRError(f"user {user.strip()!r} has no items", where=where)
+                for name in names:
+                    writer.add_interaction(user, name, order, where=where)
+                    order += 1
+    finally:
+        if env is not None:
+            env.close()
+
+
+def _check_lmdb_header(txn, lmdb_path: Path, report: ImportReport) -> None:
+    raw = txn.get(b"__len__")
+    if raw is None:
+        report.notes.append(f"{lmdb_path}: no __len__ key")
+        return
+    try:
+        length = safe_loads(raw)
+    except Exception as error:
+        raise MMSRError(f"unreadable __len__: {type(error).__name__}: {error}", where=f"{lmdb_path}: key '__len__'") from None
+    report.notes.append(f"LMDB declares {length:,} pictures" if isinstance(length, int) else
+                        f"{lmdb_path}: __len__ is {type(length).__name__}, not an int")
+
+
+def _lmdb_image(txn, lmdb_path: Path, name: str, writer: DatasetWriter):
+    key_text = name[1:] if name.startswith("v") else name
+    where = f"{lmdb_path}: key {key_text!r}"
+    try:
+        key = key_text.encode("ascii")
+    except UnicodeEncodeError:
+        return bad_image(writer, f"item {name!r} has no ascii LMDB key", where)
+    raw = txn.get(key)
+    if raw is None:
+        return bad_image(writer, f"missing LMDB key for item {name!r}", where,
+                         hint="the LMDB lacks this picture: rebuild it, or use --on-bad-image skip|placeholder")
+    try:
+        record = safe_loads(raw)
+    except RefusedPickle as error:  # never a policy matter: this value tries to load code
+        raise MMSRError(f"unsafe pickle: {error}", where=where,
+                        hint="only pickles of the __main__.LMDB_Image class shape are read") from None
+    except Exception as error:  # truncated or corrupt pickle
+        return bad_image(writer, f"corrupt pickle for item {name!r}: {type(error).__name__}: {error}", where)
+    try:
+        return decode_image(record, where=where)
+    except ValueError as error:
+        return bad_image(writer, f"bad LMDB_Image for item {name!r}: {error}", where)
