@@ -17,9 +17,9 @@ from mmsr.eval.metrics import (
     parse_ks,
     reduce_metric_sums,
 )
-from mmsr.eval.search import Histories, ItemIndex, evaluate, faiss_has_gpu, rank_targets, recommend, shard_rows
+from mmsr.eval.search import Histories, ItemIndex, case_histories, evaluate, faiss_has_gpu, rank_targets, recommend, shard_rows
 
 __all__ = [
-    "DEFAULT_KS", "Histories", "ItemIndex", "compute_metrics", "evaluate", "faiss_has_gpu", "finalize", "hit_at_k",
+    "DEFAULT_KS", "Histories", "ItemIndex", "case_histories", "compute_metrics", "evaluate", "faiss_has_gpu", "finalize", "hit_at_k",
     "metric_sums", "ndcg_at_k", "parse_ks", "rank_targets", "recommend", "reduce_metric_sums", "shard_rows",
 ]

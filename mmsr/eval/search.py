@@ -347,3 +347,19 @@ def recommend(
     if single:
         return ids[0], scores[0]
     return ids, scores
+
+
+def case_histories(offsets: np.ndarray, items: np.ndarray, users: np.ndarray, positions: np.ndarray) -> Histories:
+    """The full history (all items before the target) of each evaluation case, as a CSR.
+
+    `offsets`/`items` are a split's user sequences (`mmsr.data.split.Split`), `users`/`positions`
+    its `EvalCases`: case c's target is `items[offsets[users[c]] + positions[c]]`. The mask
+    uses the whole history, not just the last `max_seq_len` items the model reads.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    positions = np.asarray(positions, dtype=np.int64)
+    starts = np.asarray(offsets, dtype=np.int64)[users]
+    out = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(positions, out=out[1:])
+    flat = np.repeat(starts - out[:-1], positions) + np.arange(out[-1], dtype=np.int64)
+    return Histories(out, np.asarray(items, dtype=np.int64)[flat])

@@ -1,0 +1,224 @@
+"""Exact full-ranking evaluation: metrics by hand, FAISS ranks vs brute-force torch, distributed sums."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmsr.errors import MMSRError
+from mmsr.eval import (
+    Histories,
+    ItemIndex,
+    case_histories,
+    compute_metrics,
+    evaluate,
+    metric_sums,
+    parse_ks,
+    rank_targets,
+    recommend,
+    reduce_metric_sums,
+)
+
+
+def brute_force_ranks(items, users, targets, histories, mask_history, max_k):
+    """Dense torch scoring, the obvious way: mask the history (not the target), count strictly higher."""
+    scores = torch.from_numpy(users) @ torch.from_numpy(items).T
+    ranks = []
+    for u in range(len(users)):
+        row = scores[u].clone()
+        target = int(targets[u])
+        if mask_history and histories is not None:
+            hist = [i for i in histories[u] if i != target]
+            row[hist] = -math.inf
+        ranks.append(1 + int((row > row[target]).sum()))
+    return np.minimum(np.array(ranks, dtype=np.int64), max_k + 1)
+
+
+def integer_problem(seed, num_items=400, num_users=150, dim=8, low=-2, high=3, max_hist=30):
+    """Small-integer vectors: float32 arithmetic is exact, and ties are everywhere."""
+    rng = np.random.default_rng(seed)
+    items = rng.integers(low, high, size=(num_items, dim)).astype(np.float32)
+    items[7] = items[3]  # identical items tie exactly
+    users = rng.integers(low, high, size=(num_users, dim)).astype(np.float32)
+    targets = rng.integers(0, num_items, size=num_users)
+    histories = [rng.integers(0, num_items, size=rng.integers(0, max_hist)) for _ in range(num_users)]
+    histories[0] = np.array([targets[0], 3, 7])  # the target inside its own history is not masked
+    return items, users, targets, histories
+
+
+# --- metrics by hand -------------------------------------------------------------------------
+
+def test_metrics_hand_computed():
+    ranks = np.array([1, 2, 10, 11, 50, 51])
+    metrics = compute_metrics(ranks, ks=(1, 10, 50))
+    assert list(metrics) == ["HR@1", "NDCG@1", "HR@10", "NDCG@10", "HR@50", "NDCG@50"]
+    assert metrics["HR@1"] == pytest.approx(1 / 6)
+    assert metrics["NDCG@1"] == pytest.approx(1 / 6)  # rank 1 -> 1/log2(2) = 1
+    assert metrics["HR@10"] == pytest.approx(3 / 6)  # rank 10 is inside, 11 outside
+    assert metrics["NDCG@10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(11)) / 6)
+    assert metrics["HR@50"] == pytest.approx(5 / 6)
+    assert metrics["NDCG@50"] == pytest.approx(
+        (1 + 1 / math.log2(3) + 1 / math.log2(11) + 1 / math.log2(12) + 1 / math.log2(51)) / 6)
+    assert metric_sums(ranks, (10,))["count"] == 6
+
+
+def test_parse_ks():
+    assert parse_ks("20, 10,50,10") == (10, 20, 50)
+    assert parse_ks(5) == (5,)
+    for bad in ("10,x", "0", ""):
+        with pytest.raises(MMSRError):
+            parse_ks(bad)
+
+
+def test_ranks_by_hand_ties_rank1_outside_k_and_masking():
+    # One user looking along the x axis: item scores are 5, 3, 3, 4, 1.
+    items = np.array([[5, 0], [3, 1], [3, -1], [4, 0], [1, 0]], dtype=np.float32)
+    user = np.array([[1, 0]], dtype=np.float32)
+
+    def rank(target, history=None, mask=True, max_k=50):
+        hist = None if history is None else [history]
+        return int(rank_targets(items, user, [target], hist, mask_history=mask, max_k=max_k)[0])
+
+    assert rank(0) == 1  # best item: rank 1
+    assert rank(2) == 3  # items 0 and 3 beat it; item 1 ties and does not count
+    assert rank(1) == 3  # the tie is symmetric
+    assert rank(4) == 5
+    assert rank(2, history=[0]) == 2  # masked history item no longer counts
+    assert rank(2, history=[0], mask=False) == 3  # RecBole's protocol: nothing masked
+    assert rank(2, history=[2, 3]) == 2  # the target in its own history is never masked
+    assert rank(4, max_k=2) == 3  # outside the cut-off: reported as max_k + 1
+    m = compute_metrics([rank(2, history=[0])], ks=(1, 2))
+    assert m == {"HR@1": 0.0, "NDCG@1": 0.0, "HR@2": 1.0, "NDCG@2": pytest.approx(1 / math.log2(3))}
+
+
+# --- FAISS vs brute force ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("mask_history", [True, False])
+@pytest.mark.parametrize("max_k", [5, 50, 1000])
+def test_faiss_ranks_equal_brute_force_with_ties(mask_history, max_k):
+    items, users, targets, histories = integer_problem(seed=max_k)
+    expected = brute_force_ranks(items, users, targets, histories, mask_history, max_k)
+    got = rank_targets(items, users, targets, histories, mask_history=mask_history, max_k=max_k,
+                       batch_size=32, device="cpu")
+    np.testing.assert_array_equal(got, expected)
+    assert (expected <= max_k).any()  # the test exercises both sides of the cut-off
+    if max_k < 1000:
+        assert (expected == max_k + 1).any()
+
+
+def test_faiss_ranks_equal_float64_brute_force_on_gaussian_data():
+    rng = np.random.default_rng(1)
+    items = rng.standard_normal((3000, 32)).astype(np.float32)
+    users = rng.standard_normal((200, 32)).astype(np.float32)
+    targets = rng.integers(0, 3000, 200)
+    hist = Histories.from_lists([rng.integers(0, 3000, rng.integers(1, 40)) for _ in range(200)])
+    scores = users.astype(np.float64) @ items.astype(np.float64).T
+    expected = []
+    for u in range(200):
+        row = scores[u].copy()
+        h = hist.items[hist.offsets[u]:hist.offsets[u + 1]]
+        row[h[h != targets[u]]] = -np.inf
+        expected.append(1 + int((row > row[targets[u]]).sum()))
+    expected = np.minimum(expected, 21)
+    got = rank_targets(torch.from_numpy(items), users, targets, (hist.offsets, hist.items), max_k=20, batch_size=64)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_evaluate_matches_metrics_of_brute_force_ranks():
+    items, users, targets, histories = integer_problem(seed=3)
+    expected = compute_metrics(brute_force_ranks(items, users, targets, histories, True, 20), ks=(5, 10, 20))
+    index = ItemIndex(items)
+    assert index.backend in ("faiss-cpu", "faiss-gpu")
+    got = evaluate(index, users, targets, histories, ks="5,10,20", batch_size=50)
+    assert got == pytest.approx(expected)
+
+
+def test_demo_split_histories(small_demo):
+    """Random vectors on the demo data's real test cases and histories: equal to brute force."""
+    from mmsr.data.dataset import load_dataset
+    from mmsr.data.split import split_dataset
+
+    split = split_dataset(load_dataset(small_demo, check_images=False))
+    cases = split.cases("test")
+    hist = case_histories(split.offsets, split.items, cases.users, cases.positions)
+    targets = split.items[split.offsets[cases.users] + cases.positions]
+    u = int(cases.users[5])
+    np.testing.assert_array_equal(hist.items[hist.offsets[5]:hist.offsets[6]], split.sequence(u)[:-1])
+    rng = np.random.default_rng(0)
+    items = rng.integers(-2, 3, (split.num_items, 8)).astype(np.float32)
+    users = rng.integers(-2, 3, (len(cases), 8)).astype(np.float32)
+    lists = [hist.items[hist.offsets[i]:hist.offsets[i + 1]] for i in range(len(cases))]
+    expected = brute_force_ranks(items, users, targets, lists, True, 50)
+    np.testing.assert_array_equal(rank_targets(items, users, targets, hist, batch_size=37), expected)
+
+
+def test_recommend_excludes_history_and_matches_brute_force():
+    items, users, _, histories = integer_problem(seed=4, num_users=20)
+    items = items + np.random.default_rng(0).standard_normal(items.shape).astype(np.float32) * 1e-2  # no ties
+    ids, scores = recommend(items, users, k=10, exclude=histories)
+    dense = users.astype(np.float64) @ items.astype(np.float64).T
+    for u in range(len(users)):
+        dense[u, histories[u]] = -np.inf
+        np.testing.assert_array_equal(ids[u], np.argsort(-dense[u], kind="stable")[:10])
+        assert not set(ids[u]) & set(histories[u].tolist())
+    one_ids, _ = recommend(items, users[0], k=3, exclude=list(histories[0]))
+    np.testing.assert_array_equal(one_ids, ids[0][:3])
+    small_ids, small_scores = recommend(items[:4], users[:1], k=6, exclude=[[0]])
+    assert list(small_ids[0][3:]) == [-1, -1, -1] and np.isneginf(small_scores[0][3:]).all()
+
+
+def test_histories_take():
+    hist = Histories.from_lists([[1, 2], [], [3, 4, 5], [6]])
+    sub = hist.take(np.array([2, 0, 1]))
+    assert sub.offsets.tolist() == [0, 3, 5, 5] and sub.items.tolist() == [3, 4, 5, 1, 2]
+
+
+def test_user_errors():
+    items = np.zeros((5, 4), dtype=np.float32)
+    with pytest.raises(MMSRError, match="dimension"):
+        rank_targets(items, np.zeros((2, 3), np.float32), [0, 1])
+    with pytest.raises(MMSRError, match="outside the catalogue"):
+        rank_targets(items, np.zeros((2, 4), np.float32), [0, 5])
+    with pytest.raises(MMSRError, match="NaN"):
+        rank_targets(items, np.full((2, 4), np.nan, np.float32), [0, 1])
+    with pytest.raises(MMSRError, match="history item 9"):
+        rank_targets(items, np.zeros((2, 4), np.float32), [0, 1], [[1], [9]])
+    with pytest.raises(MMSRError, match="2 targets"):
+        rank_targets(items, np.zeros((3, 4), np.float32), [0, 1])
+
+
+# --- distributed ------------------------------------------------------------------------------
+
+def _distributed_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        summed = reduce_metric_sums({"HR@10": float(rank + 1), "count": 10.0 * (rank + 1)})
+        items, users, targets, histories = integer_problem(seed=5)
+        metrics = evaluate(items, users, targets, histories, ks=(5, 10), batch_size=16, device="cpu")
+        try:
+            reduce_metric_sums({f"HR@{10 + rank}": 1.0, "count": 1.0})
+            mismatch = "no error"
+        except MMSRError as error:
+            mismatch = str(error)
+        np.save(f"{out_dir}/rank{rank}.npy", np.array([summed, metrics, mismatch], dtype=object), allow_pickle=True)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_two_process_gloo(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    items, users, targets, histories = integer_problem(seed=5)
+    expected = evaluate(items, users, targets, histories, ks=(5, 10), device="cpu")
+    for rank in range(2):
+        summed, metrics, mismatch = np.load(tmp_path / f"rank{rank}.npy", allow_pickle=True)
+        assert summed == {"HR@10": 3.0, "count": 30.0}
+        assert metrics == pytest.approx(expected)  # every rank sees the global metrics
+        assert "disagree" in mismatch  # both ranks raise, neither hangs
