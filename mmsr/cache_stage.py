@@ -1,0 +1,418 @@
+"""The encoder stage: run the frozen lower layers over every item once, into a zarr cache.
+
+    dataset = load_dataset("demo")
+    report = build_cache(dataset, EncoderConfig(), batch_size=64, num_workers=2)
+    cache = open_cache(report.path)
+
+Read top to bottom: build the encoders, work out each modality's (T, D) and fingerprint,
+open the store (create, resume or extend it), then for every unfinished chunk this process
+owns: preprocess in DataLoader workers (tokenising, decoding pictures), run `lower` under
+inference mode, and hand whole chunks to a writer thread. The trainer calls
+`expected_fingerprint` with its own encoders and `cache.check`s the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+import numpy as np
+import torch
+
+from mmsr import paths
+from mmsr.data.dataset import BAD_IMAGE_POLICIES, PLACEHOLDER_RGB, Dataset, item_list_hash
+from mmsr.encoders.config import EncoderConfig
+from mmsr.errors import MMSRError
+from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, open_cache
+from mmsr_store.fingerprint import digest
+from mmsr_store.layout import FORMAT, atomic_write_json
+
+CACHE_DTYPE = "float16"
+NO_IMAGE = "zeros with an all-False mask"
+Progress = Callable[..., ContextManager[Callable[[int], None]]]  # (description, total, unit=) -> advance(n)
+
+
+@dataclass
+class CacheBuildConfig:
+    """What `mmsr cache build` reads from --config / --set; saved as CACHE/config.yaml."""
+
+    dataset: str = "demo"
+    encoders: EncoderConfig = field(default_factory=EncoderConfig)
+    batch_size: int = 64
+    num_workers: int = 2
+    on_bad_image: str = "error"  # error | skip (no image: zeros, all-False mask) | placeholder (grey picture)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    chunk_items: int = 0  # items per zarr chunk; 0 sizes chunks to about 8 MiB
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}")
+        if self.batch_size < 1 or self.num_workers < 0 or self.chunk_items < 0:
+            raise ValueError("batch_size must be >= 1, num_workers and chunk_items >= 0")
+
+
+@dataclass
+class ModalityReport:
+    modality: str
+    tokens: int
+    dim: int
+    chunk_items: int
+    encoded_items: int = 0  # by this process, this run
+    written_chunks: int = 0
+    seconds: float = 0.0
+    lower_seconds: float = 0.0  # of which inside encoder.lower
+
+    @property
+    def items_per_s(self) -> float:
+        return self.encoded_items / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class BuildReport:
+    path: Path
+    dataset: str
+    num_items: int
+    shard: str
+    modalities: dict[str, ModalityReport]
+    remaining_chunks: dict[str, int]  # over all shards; all zero: the cache is complete
+    problems: list[str]
+    on_bad_image: str
+
+    @property
+    def complete(self) -> bool:
+        return not any(self.remaining_chunks.values())
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "dataset": self.dataset, "num_items": self.num_items, "shard": self.shard,
+                "complete": self.complete, "remaining_chunks": self.remaining_chunks,
+                "on_bad_image": self.on_bad_image, "problems": self.problems,
+                "modalities": {m: {**asdict(r), "items_per_s": round(r.items_per_s, 2)}
+                               for m, r in self.modalities.items()}}
+
+
+# ----------------------------------------------------------------------------- naming
+
+
+def config_hash(encoder_config: EncoderConfig, length: int = 12) -> str:
+    return digest(asdict(encoder_config), length)
+
+
+def cache_path(dataset_root_or_name: str | os.PathLike | Dataset, encoder_config: EncoderConfig) -> Path:
+    """`$MMSR_HOME/caches/<dataset>/<short hash of the encoder config>`."""
+    if isinstance(dataset_root_or_name, Dataset):
+        name = dataset_root_or_name.name
+    elif paths.looks_like_path(dataset_root_or_name):
+        name = Path(dataset_root_or_name).expanduser().name
+    else:
+        name = str(dataset_root_or_name)
+    return paths.home() / "caches" / name / config_hash(encoder_config)
+
+
+def expected_fingerprint(encoder, dataset: Dataset, encoder_config: EncoderConfig) -> dict:
+    """The fingerprint a cache of `encoder`'s modality must carry to be valid for `dataset`."""
+    modality = encoder.modality
+    fingerprint = {**encoder.identity(), "modality": modality, "cache_dtype": CACHE_DTYPE, "store_format": FORMAT,
+                   "item_list_hash": item_list_hash(dataset.item_ids()), "num_items": dataset.num_items}
+    if modality == "text":
+        fingerprint["text_fields"] = list(encoder_config.text_fields)
+        fingerprint["max_text_len"] = encoder_config.max_text_len
+    else:
+        fingerprint["image_size"] = encoder_config.image_size
+        fingerprint["no_image"] = NO_IMAGE
+    return fingerprint
+
+
+def expected_fingerprints(encoders: dict, dataset: Dataset, encoder_config: EncoderConfig) -> dict[str, dict]:
+    return {m: expected_fingerprint(e, dataset, encoder_config) for m, e in encoders.items()}
+
+
+def create_encoders(encoder_config: EncoderConfig) -> dict:
+    from mmsr.encoders import create_encoder
+
+    out = {}
+    for modality in encoder_config.modalities:
+        name = encoder_config.text_model if modality == "text" else encoder_config.vision_model
+        top = encoder_config.text_top_blocks if modality == "text" else encoder_config.vision_top_blocks
+        out[modality] = create_encoder(name, modality, top, max_text_len=encoder_config.max_text_len,
+                                       image_size=encoder_config.image_size)
+    return out
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MMSRError(f"device {device!r} but CUDA is not available", hint="use --set device=cpu")
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Batch:
+    """One preprocessed batch of rows [start, stop) of one chunk (made in a DataLoader worker)."""
+
+    task: int  # index into the task list
+    start: int
+    stop: int
+    inputs: dict | None  # encoder.preprocess output for the rows in `present`; None if no row has input
+    present: torch.Tensor  # bool [rows]: rows with input (a picture); text rows are always present
+    problems: list[str]
+    error: str | None = None  # a bad image under on_bad_image=error, raised in the main process
+
+
+class _BatchSource(torch.utils.data.Dataset):
+    """Index i -> the preprocessed batch i. Runs in DataLoader workers: pure CPU, no model calls."""
+
+    def __init__(self, dataset: Dataset, encoder, modality: str, spans: list[tuple[int, int, int]],
+                 text_fields: tuple[str, ...], on_bad_image: str, image_size: int):
+        self.dataset, self.encoder, self.modality, self.spans = dataset, encoder, modality, spans
+        self.text_fields, self.on_bad_image, self.image_size = text_fields, on_bad_image, image_size
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __getitem__(self, index: int) -> Batch:
+        task, start, stop = self.spans[index]
+        rows = range(start, stop)
+        if self.modality == "text":
+            raw = [self.dataset.item_text(i, self.text_fields) for i in rows]
+            return Batch(task, start, stop, self.encoder.preprocess(raw), torch.ones(len(raw), dtype=torch.bool), [])
+        pictures, present, problems = [], [], []
+        for i in rows:
+            picture, problem = self._picture(i)
+            if problem and self.on_bad_image == "error":
+                return Batch(task, start, stop, None, torch.zeros(0, dtype=torch.bool), [], error=problem)
+            if problem:
+                problems.append(f"{problem} -> {self.on_bad_image}")
+            present.append(picture is not None)
+            if picture is not None:
+                pictures.append(picture)
+        inputs = self.encoder.preprocess(pictures) if pictures else None
+        return Batch(task, start, stop, inputs, torch.tensor(present, dtype=torch.bool), problems)
+
+    def _picture(self, index: int):
+        from PIL import Image
+
+        path = self.dataset.image_path(index)
+        if path is None:
+            return None, None
+        try:
+            with Image.open(path) as picture:
+                picture.load()
+                return picture.convert("RGB"), None
+        except Exception as error:  # PIL raises many types for corrupt or missing pictures
+            item_id = self.dataset.items[index]["id"]
+            problem = f"item {item_id!r}: unreadable image {path}: {type(error).__name__}: {error}"
+            if self.on_bad_image == "placeholder":
+                return Image.new("RGB", (self.image_size, self.image_size), PLACEHOLDER_RGB), problem
+            return None, problem
+
+
+def batch_spans(tasks: list[ChunkTask], batch_size: int) -> list[tuple[int, int, int]]:
+    """(task, start, stop) batches; a batch never crosses a chunk, and always starts at the same
+    row for the same chunk, so a resumed chunk sees exactly the batches of an uninterrupted build."""
+    spans = []
+    for t, task in enumerate(tasks):
+        for start in range(task.todo_start, task.stop, batch_size):
+            spans.append((t, start, min(task.stop, start + batch_size)))
+    return spans
+
+
+def iter_batches(dataset: Dataset, encoder, modality: str, spans, *, encoder_config: EncoderConfig,
+                 num_workers: int, on_bad_image: str = "error", pin_memory: bool = False) -> Iterator[Batch]:
+    source = _BatchSource(dataset, encoder, modality, spans, tuple(encoder_config.text_fields), on_bad_image,
+                          encoder_config.image_size)
+    loader = torch.utils.data.DataLoader(
+        source, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+        worker_init_fn=_worker_init if num_workers else None)
+    yield from loader
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # preprocessing is per-item Python/PIL work; leave the cores to the model
+
+
+def _to_device(inputs: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def encode_rows(encoder, batch: Batch, tokens: int, dim: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """lower() on one batch -> float16 hidden [rows, T, D] and bool mask [rows, T] on the CPU.
+
+    Padding positions (mask False) are zeroed; rows without input (no picture) are all zeros
+    with an all-False mask.
+    """
+    rows = batch.stop - batch.start
+    hidden_out = torch.zeros((rows, tokens, dim), dtype=torch.float16)
+    mask_out = torch.zeros((rows, tokens), dtype=torch.bool)
+    if batch.inputs is None:
+        return hidden_out.numpy(), mask_out.numpy()
+    hidden, mask = encoder.lower(_to_device(batch.inputs, device))
+    n, t, d = hidden.shape
+    if d != dim or t > tokens or mask.shape != (n, t):
+        raise MMSRError(f"{encoder.modality} encoder returned hidden {tuple(hidden.shape)} and mask {tuple(mask.shape)}; "
+                        f"the cache holds {tokens} tokens of {dim}", where=f"items {batch.start}..{batch.stop - 1}")
+    hidden = hidden.to(torch.float16).masked_fill(~mask.bool().unsqueeze(-1), 0).cpu()
+    present = batch.present.nonzero().squeeze(1)
+    hidden_out[present, :t] = hidden
+    mask_out[present, :t] = mask.bool().cpu()
+    return hidden_out.numpy(), mask_out.numpy()
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _probe(encoder, modality: str, encoder_config: EncoderConfig, device: torch.device) -> tuple[int, int]:
+    """(T, D) of `lower` for this encoder: one tiny forward on a blank input."""
+    if modality == "text":
+        raw = ["probe"]
+    else:
+        from PIL import Image
+
+        raw = [Image.new("RGB", (encoder_config.image_size, encoder_config.image_size), PLACEHOLDER_RGB)]
+    hidden, _ = encoder.lower(_to_device(encoder.preprocess(raw), device))
+    tokens, dim = int(hidden.shape[1]), int(hidden.shape[2])
+    if modality == "text":
+        tokens = max(tokens, encoder_config.max_text_len)  # dynamic-padding tokenizers: room for the longest
+    return tokens, dim
+
+
+@contextlib.contextmanager
+def _no_progress(description: str, total: int | None, unit: str = "items"):
+    yield lambda n=1: None
+
+
+def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: int = 64, num_workers: int = 2,
+                shard: Shard | str | None = None, on_bad_image: str = "error", device: str = "auto",
+                chunk_items: int = 0, overwrite: bool = False, cache_dir: str | os.PathLike | None = None,
+                encoders: dict | None = None, progress: Progress | None = None,
+                resolved_config: dict | None = None, seed: int = 0) -> BuildReport:
+    """Encode every unfinished chunk this process owns; resumable, shardable, incremental.
+
+    `encoders` ({modality: SplitEncoder}) defaults to `create_encoders(encoder_config)`.
+    `progress(description, total, unit="items")` is a context manager yielding `advance(n)`
+    (e.g. `mmsr_cli.common.progress_bar`). Returns what this process did; the cache is
+    complete when `report.complete`.
+    """
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise MMSRError(f"unknown on_bad_image policy {on_bad_image!r}", hint="use error, skip or placeholder")
+    shard = shard if isinstance(shard, Shard) else Shard.parse(shard)
+    progress = progress or _no_progress
+    torch.manual_seed(seed)
+    target = resolve_device(device)
+    encoders = encoders if encoders is not None else create_encoders(encoder_config)
+    wanted = set(encoder_config.modalities)
+    if set(encoders) != wanted:
+        raise MMSRError(f"encoders for {sorted(encoders)} but the config enables {sorted(wanted)}")
+    path = Path(cache_dir) if cache_dir is not None else cache_path(dataset, encoder_config)
+
+    specs, reports = {}, {}
+    for modality, encoder in sorted(encoders.items()):
+        if encoder.modality != modality:
+            raise MMSRError(f"the {modality} slot holds a {encoder.modality} encoder")
+        encoder.to(target).eval()
+        tokens, dim = _probe(encoder, modality, encoder_config, target)
+        specs[modality] = ModalitySpec(tokens, dim, expected_fingerprint(encoder, dataset, encoder_config),
+                                       chunk_items or None)
+
+    with CacheWriter(path, item_ids=dataset.item_ids(), specs=specs, shard=shard,
+                     build={"on_bad_image": on_bad_image}, overwrite=overwrite) as writer:
+        if resolved_config is not None:
+            _write_config(path / "config.yaml", resolved_config)
+        for modality in sorted(specs):
+            spec = specs[modality]
+            reports[modality] = ModalityReport(modality, spec.tokens, spec.dim, writer.chunk_items(modality))
+            _encode_modality(writer, dataset, encoders[modality], modality, spec, encoder_config,
+                             batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image,
+                             device=target, progress=progress, report=reports[modality])
+        remaining = writer.remaining()
+    problems = _all_problems(path, specs)
+    report = BuildReport(path, dataset.name, dataset.num_items, str(shard), reports, remaining, problems, on_bad_image)
+    atomic_write_json(path / "report.json", report.to_json())
+    return report
+
+
+def _encode_modality(writer: CacheWriter, dataset: Dataset, encoder, modality: str, spec: ModalitySpec,
+                     encoder_config: EncoderConfig, *, batch_size: int, num_workers: int, on_bad_image: str,
+                     device: torch.device, progress: Progress, report: ModalityReport) -> None:
+    tasks = writer.pending(modality)
+    total = sum(task.todo for task in tasks)
+    if not tasks:
+        return
+    spans = batch_spans(tasks, batch_size)
+    # Whole chunks are assembled here, then written by one background thread (zarr compresses
+    # and writes while the model runs on the next batches). At most two chunks wait for it.
+    buffers: dict[int, tuple[np.ndarray, np.ndarray, list[str], list[int]]] = {}
+    pending: list[Future] = []
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsr-cache-writer") as pool, \
+            progress(f"{modality} ({encoder.name})", total, unit="items") as advance:
+        try:
+            for batch in iter_batches(dataset, encoder, modality, spans, encoder_config=encoder_config,
+                                      num_workers=num_workers, on_bad_image=on_bad_image,
+                                      pin_memory=device.type == "cuda"):
+                if batch.error:
+                    raise MMSRError(batch.error, where=dataset.root,
+                                    hint="fix or remove the picture, or rerun with --set on_bad_image=skip|placeholder "
+                                         "(finished chunks are kept)")
+                task = tasks[batch.task]
+                if batch.task not in buffers:
+                    rows = task.todo
+                    buffers[batch.task] = (np.empty((rows, spec.tokens, spec.dim), np.float16),
+                                           np.empty((rows, spec.tokens), bool), [], [0])
+                hidden, mask, problems, filled = buffers[batch.task]
+                t0 = time.perf_counter()
+                h, m = encode_rows(encoder, batch, spec.tokens, spec.dim, device)
+                report.lower_seconds += time.perf_counter() - t0
+                a, b = batch.start - task.todo_start, batch.stop - task.todo_start
+                hidden[a:b], mask[a:b] = h, m
+                problems.extend(batch.problems)
+                filled[0] += b - a
+                if filled[0] == task.todo:
+                    del buffers[batch.task]
+                    while len(pending) >= 2:
+                        pending.pop(0).result()
+                    pending.append(pool.submit(writer.write_chunk, task, hidden, mask, problems))
+                    report.written_chunks += 1
+                report.encoded_items += b - a
+                advance(b - a)
+        finally:
+            for future in pending:  # finished chunks reach the manifest even when a later batch fails
+                future.result()
+    report.seconds = time.perf_counter() - started
+
+
+def _all_problems(path: Path, specs: dict) -> list[str]:
+    from mmsr_store import manifest
+
+    out = []
+    for modality in sorted(specs):
+        records = manifest.read(path, modality)
+        out += [p for chunk in sorted(records) for p in records[chunk].problems]
+    return out
+
+
+def _write_config(path: Path, resolved: dict) -> None:
+    import yaml
+
+    from mmsr.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
+
+
+def open_checked_cache(path: str | os.PathLike, encoders: dict, dataset: Dataset, encoder_config: EncoderConfig):
+    """For the trainer: open the cache and refuse it unless its fingerprints match these encoders."""
+    cache = open_cache(path)
+    cache.check(expected_fingerprints(encoders, dataset, encoder_config))
+    return cache
