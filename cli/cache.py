@@ -1,1 +1,127 @@
-"""`mmsr cache`: filled in by the cache work (issue 4)."""
+"""`mmsr cache`: build and inspect the zarr cache of frozen encoder states."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mmsr_cli.common import SetOption, console, is_rank_zero, print_json, progress_bar
+
+app = typer.Typer(help="Build and inspect the encoder cache (the frozen lower layers, run once per item).",
+                  no_args_is_help=True)
+
+
+def load_build_config(dataset: str | None, config: Path | None, sets: list[str] | None, flags: dict):
+    """defaults <- --config file <- --set overrides <- explicit flags (typed, unknown keys are errors)."""
+    from mmsr import config as cfg
+    from mmsr.cache_stage import CacheBuildConfig
+
+    data = cfg.read_file(config) if config is not None else {}
+    data = cfg.merge(data, cfg.parse_overrides(sets))
+    explicit = {key: value for key, value in flags.items() if value is not None}
+    encoder_keys = {k: explicit.pop(k) for k in list(explicit) if k in _ENCODER_FLAGS}
+    if dataset is not None:
+        explicit["dataset"] = dataset
+    data = cfg.merge(data, {**explicit, **({"encoders": encoder_keys} if encoder_keys else {})})
+    return cfg.build(CacheBuildConfig, data, source=f"config {config}" if config else "config")
+
+
+_ENCODER_FLAGS = ("text_model", "vision_model", "text_top_blocks", "vision_top_blocks", "max_text_len", "image_size")
+
+
+@app.command()
+def build(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (under $MMSR_HOME/datasets) or path."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A cache build config (YAML or TOML)."),
+    sets: Optional[list[str]] = SetOption,
+    text_model: Optional[str] = typer.Option(None, "--text-model", help='Short name, HF name or directory; "" for none.'),
+    vision_model: Optional[str] = typer.Option(None, "--vision-model", help='Short name, HF name, open_clip:/timm: spec; "" for none.'),
+    text_top_blocks: Optional[int] = typer.Option(None, "--text-top-blocks", help="Trainable top blocks k (split at L-k)."),
+    vision_top_blocks: Optional[int] = typer.Option(None, "--vision-top-blocks", help="Trainable top blocks k (split at L-k)."),
+    max_text_len: Optional[int] = typer.Option(None, "--max-text-len", help="Tokens per text (default 50)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Picture side in pixels (default 224)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Items per forward pass (default 64)."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers for tokenising/decoding (default 2)."),
+    on_bad_image: Optional[str] = typer.Option(None, "--on-bad-image", help="error | skip | placeholder (default error)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default auto)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: build only the chunks this process owns "
+                                        "(default: torchrun's RANK/WORLD_SIZE, else 0/1)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing cache for this config first."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0); CPU builds are bit-identical."),
+):
+    """Run the frozen lower layers over every item once and store their states (resumable).
+
+    Kill it at any point and run it again: finished chunks are kept. Items appended to the
+    dataset later are encoded without re-encoding the rest.
+    """
+    from mmsr.cache_stage import build_cache, cache_path
+    from mmsr.data.dataset import load_dataset
+
+    flags = dict(text_model=text_model, vision_model=vision_model, text_top_blocks=text_top_blocks,
+                 vision_top_blocks=vision_top_blocks, max_text_len=max_text_len, image_size=image_size,
+                 batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, device=device, seed=seed)
+    cfg = load_build_config(dataset, config, sets, flags)
+    data = load_dataset(cfg.dataset, check_images=False)
+    path = cache_path(data, cfg.encoders)
+    report = build_cache(data, cfg.encoders, batch_size=cfg.batch_size, num_workers=cfg.num_workers, shard=shard,
+                         on_bad_image=cfg.on_bad_image, device=cfg.device, chunk_items=cfg.chunk_items,
+                         overwrite=overwrite, cache_dir=path, progress=progress_bar, resolved_config=asdict(cfg),
+                         seed=cfg.seed)
+    if not is_rank_zero():
+        return
+    for modality, r in report.modalities.items():
+        console.print(f"{modality}: encoded {r.encoded_items} items in {r.written_chunks} chunks "
+                      f"({r.items_per_s:,.1f} items/s), states [{report.num_items}, {r.tokens}, {r.dim}] float16")
+    if report.problems:
+        console.print(f"[yellow]{len(report.problems)} bad input(s), handled by on_bad_image={report.on_bad_image} "
+                      f"(listed in {path / 'report.json'})")
+    if report.complete:
+        console.print(f"[green]cache complete: {path}")
+    else:
+        left = ", ".join(f"{m}: {n}" for m, n in report.remaining_chunks.items() if n)
+        console.print(f"[yellow]this shard is done; chunks still owned by other shards ({left}): {path}")
+
+
+@app.command()
+def info(
+    target: str = typer.Argument(..., help="A cache directory, or a dataset name (lists all its caches)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+):
+    """Fingerprint, manifest progress and sizes of a cache (finished or not)."""
+    from mmsr import paths
+    from mmsr.errors import MMSRError
+    from mmsr_store import inspect_cache
+    from mmsr_store.layout import STORE_DIR
+
+    path = Path(target).expanduser()
+    if (path / STORE_DIR).is_dir():
+        caches = [path]
+    else:
+        root = paths.home() / "caches" / (path.name if paths.looks_like_path(target) else target)
+        caches = sorted(p for p in root.glob("*") if (p / STORE_DIR).is_dir())
+        if not caches:
+            raise MMSRError("no cache found", where=target, hint="give a cache directory, or run mmsr cache build")
+    reports = [inspect_cache(p) for p in caches]
+    if json_out:
+        print_json(reports[0] if len(reports) == 1 else reports)
+        return
+    for report in reports:
+        table = Table(title=f"cache {report['path']} ({'complete' if report['complete'] else 'INCOMPLETE'})")
+        for column in ("modality", "shape", "chunks done", "chunk MiB", "bytes/item", "raw f16 bytes/item", "problems"):
+            table.add_column(column, justify="right")
+        for modality, m in report["modalities"].items():
+            table.add_row(modality, "x".join(map(str, m["shape"])), f"{m['finished_chunks']}/{m['chunks']}",
+                          str(m["chunk_mib"]), f"{m['bytes_per_item']:,.0f}", f"{m['raw_bytes_per_item']:,.0f}",
+                          str(len(m["problems"])))
+        console.print(table)
+        for modality, m in report["modalities"].items():
+            fp = m["fingerprint"]
+            console.print(f"  {modality}: {fp.get('model')} split at layer {fp.get('split_layer')} of "
+                          f"{fp.get('num_layers')}, weights {str(fp.get('weights_sha256'))[:12]}, "
+                          f"items {str(fp.get('item_list_hash'))[:12]}")
+            for problem in m["problems"][:5]:
+                console.print(f"    [yellow]{problem}")

@@ -1,0 +1,179 @@
+"""mmsr_store on its own: manifest semantics, fingerprints, extension, shard claims, readers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mmsr_store import CacheWriter, ModalitySpec, Shard, StoreError, inspect_cache, open_cache
+from mmsr_store import manifest
+from mmsr_store.shards import ShardClaim
+
+T, D = 4, 3
+
+
+def spec(fp=None, chunk_items=4):
+    return ModalitySpec(T, D, fp or {"model": "m", "weights_sha256": "w"}, chunk_items)
+
+
+def ids(n, prefix="i"):
+    return [f"{prefix}{k}" for k in range(n)]
+
+
+def rows(task, value=None):
+    n = task.stop - task.todo_start
+    start = task.todo_start
+    hidden = (np.arange(start, start + n, dtype=np.float16)[:, None, None] + np.zeros((n, T, D), np.float16)
+              if value is None else np.full((n, T, D), value, np.float16))
+    return hidden, np.ones((n, T), bool)
+
+
+def fill(writer, modality="text", value=None):
+    for task in writer.pending(modality):
+        writer.write_chunk(task, *rows(task, value))
+
+
+def test_store_error_is_one_line():
+    error = StoreError("bad\nthing", where="/x", hint="do y")
+    assert str(error) == "/x: bad thing (do y)"
+    assert str(StoreError("plain")) == "plain"
+
+
+def test_store_imports_no_mmsr():
+    code = ("import sys, mmsr_store, mmsr_store.reader, mmsr_store.writer; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('mmsr', 'mmsr_cli')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_manifest_decides_completion_not_chunk_files(tmp_path):
+    writer = CacheWriter(tmp_path / "c", item_ids=ids(10), specs={"text": spec()})
+    tasks = writer.pending("text")
+    assert [(t.start, t.stop) for t in tasks] == [(0, 4), (4, 8), (8, 10)]
+    # Data without a marker (a write killed before its marker) does not count as finished.
+    hidden_array = writer.arrays["text"][0]
+    hidden_array[0:4] = np.ones((4, T, D), np.float16)
+    assert len(writer.pending("text")) == 3
+    # An all-zero chunk equals the fill value, so zarr writes no file; its marker still counts.
+    writer.write_chunk(tasks[0], *rows(tasks[0], value=0))
+    writer.write_chunk(tasks[1], *rows(tasks[1]))
+    assert [t.chunk for t in writer.pending("text")] == [2]
+    with pytest.raises(StoreError, match=r"text: 1 of 3 chunks unfinished \(2\).*run mmsr cache build"):
+        open_cache(tmp_path / "c")
+    writer.write_chunk(tasks[2], *rows(tasks[2]))
+    writer.close()
+    cache = open_cache(tmp_path / "c")
+    hidden, mask = cache.load("text")
+    assert hidden.dtype.is_floating_point and str(hidden.dtype) == "torch.float16" and mask.dtype == __import__("torch").bool
+    assert hidden.shape == (10, T, D) and mask.shape == (10, T)
+    assert hidden[:4].abs().sum() == 0 and hidden[9, 0, 0] == 9
+    record = manifest.read(tmp_path / "c", "text")[1]
+    assert (record.start, record.stop) == (4, 8) and len(record.sha256) == 64
+    assert inspect_cache(tmp_path / "c")["complete"]
+
+
+def test_marker_for_other_items_is_ignored(tmp_path):
+    with CacheWriter(tmp_path / "c", item_ids=ids(8), specs={"text": spec()}) as writer:
+        fill(writer)
+    record = manifest.read(tmp_path / "c", "text")[0]
+    record.items_hash = "0" * 64
+    manifest.write(tmp_path / "c", "text", record)
+    with pytest.raises(StoreError, match=r"1 of 2 chunks unfinished \(0\)"):
+        open_cache(tmp_path / "c")
+
+
+def test_missing_cache_names_the_fix(tmp_path):
+    with pytest.raises(StoreError, match="cache not found.*run mmsr cache build"):
+        open_cache(tmp_path / "nope")
+
+
+def test_fingerprint_check_and_refusals(tmp_path):
+    fp = {"model": "m", "weights_sha256": "w", "item_list_hash": "a", "split_layer": 4}
+    with CacheWriter(tmp_path / "c", item_ids=ids(6), specs={"text": spec(fp)}) as writer:
+        fill(writer)
+    cache = open_cache(tmp_path / "c")
+    assert cache.fingerprint("text") == fp and cache.modalities == ("text",) and cache.num_items == 6
+    cache.check({"text": dict(fp)})
+    with pytest.raises(StoreError, match=r"text\.split_layer: cache has 4, expected 3.*text\.weights_sha256"):
+        cache.check({"text": {**fp, "split_layer": 3, "weights_sha256": "v"}})
+    with pytest.raises(StoreError, match="image: not in the cache"):
+        cache.check({"image": fp})
+    # A writer with another encoder setup, or a reordered item list, is refused.
+    with pytest.raises(StoreError, match=r"another encoder setup: text\.weights_sha256"):
+        CacheWriter(tmp_path / "c", item_ids=ids(6), specs={"text": spec({**fp, "weights_sha256": "v"})})
+    with pytest.raises(StoreError, match="changed other than by appending: row 0"):
+        CacheWriter(tmp_path / "c", item_ids=ids(6)[::-1], specs={"text": spec(fp)})
+    with pytest.raises(StoreError, match="other build options"):
+        CacheWriter(tmp_path / "c", item_ids=ids(6), specs={"text": spec(fp)}, build={"on_bad_image": "skip"})
+    # --overwrite starts again.
+    with CacheWriter(tmp_path / "c", item_ids=ids(3), specs={"text": spec({**fp, "weights_sha256": "v"})},
+                     overwrite=True) as writer:
+        assert len(writer.pending("text")) == 1
+
+
+def test_append_items_encodes_only_new_rows(tmp_path):
+    with CacheWriter(tmp_path / "c", item_ids=ids(10), specs={"text": spec({"item_list_hash": "a"})}) as writer:
+        fill(writer)
+    before = open_cache(tmp_path / "c").load("text", into="mmap")[0].clone()
+    with CacheWriter(tmp_path / "c", item_ids=ids(10) + ids(5, "new"), specs={"text": spec({"item_list_hash": "b"})}) as writer:
+        tasks = writer.pending("text")
+        # chunk 2 keeps its rows 8, 9 and gets 10, 11; chunk 3 is new.
+        assert [(t.chunk, t.todo_start, t.stop) for t in tasks] == [(2, 10, 12), (3, 12, 15)]
+        fill(writer)
+    cache = open_cache(tmp_path / "c")
+    assert cache.num_items == 15 and cache.fingerprint("text") == {"item_list_hash": "b"}
+    hidden, _ = cache.load("text", into="mmap")  # the stale .npy copy is rebuilt
+    assert hidden.shape[0] == 15 and bool((hidden[:10] == before).all())
+    assert hidden[:, 0, 0].tolist() == list(range(15))
+
+
+def test_ram_and_mmap_agree(tmp_path):
+    with CacheWriter(tmp_path / "c", item_ids=ids(9), specs={"text": spec(chunk_items=2)}) as writer:
+        fill(writer)
+    cache = open_cache(tmp_path / "c")
+    h1, m1 = cache.load("text", into="ram")
+    h2, m2 = cache.load("text", into="mmap")
+    assert (tmp_path / "c" / "mmap" / "text.hidden.npy").is_file()
+    assert h1.numpy().tobytes() == h2.numpy().tobytes() and bool((m1 == m2).all())
+    with pytest.raises(StoreError, match="unknown load target"):
+        cache.load("text", into="disk")
+    with pytest.raises(StoreError, match="no 'image' states"):
+        cache.load("image")
+
+
+def test_shard_parse_and_env(monkeypatch):
+    assert Shard.parse("1/3") == Shard(1, 3)
+    assert Shard.parse(None) == Shard(0, 1)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert Shard.parse(None) == Shard(2, 4) and Shard.parse("0/2") == Shard(0, 2)
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(StoreError):
+            Shard.parse(bad)
+    assert [c for c in range(8) if Shard(1, 3).owns(c)] == [1, 4, 7]
+
+
+def test_overlapping_or_inconsistent_shards_refused(tmp_path):
+    path = tmp_path / "c"
+    first = CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(0, 2))
+    try:
+        with pytest.raises(StoreError, match="shard 0/2 is already being built"):
+            CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(0, 2))
+        with pytest.raises(StoreError, match="inconsistent shard assignment"):
+            CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(1, 3))
+        with pytest.raises(StoreError, match="cannot add items while another process"):
+            CacheWriter(path, item_ids=ids(13), specs={"text": spec()}, shard=Shard(1, 2))
+        second = CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(1, 2))
+        assert [t.chunk for t in first.pending("text")] == [0, 2]
+        assert [t.chunk for t in second.pending("text")] == [1]
+        fill(first)
+        fill(second)
+        second.close()
+    finally:
+        first.close()
+    open_cache(path)
+    # Locks die with their holders: a later run may use any n.
+    with CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(2, 5)) as writer:
+        assert writer.pending("text") == []
