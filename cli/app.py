@@ -8,7 +8,7 @@ import sys
 import typer
 
 from mmsr.errors import MMSRError
-from mmsr_cli import data
+from mmsr_cli import data, evaluate, train
 
 app = typer.Typer(
     name="mmsr",
@@ -23,6 +23,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data.app, name="data")
+app.command("train")(train.train)
+app.command("eval")(evaluate.evaluate)
+app.command("recommend")(evaluate.recommend)
 
 _state = {"debug": False}
 

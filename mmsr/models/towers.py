@@ -1,0 +1,67 @@
+"""The item tower and the user tower.
+
+Item tower: an item's modalities -> one vector. Either from cached lower-layer states
+(`upper` blocks -> fusion), from raw inputs (the whole split encoder -> fusion; end-to-end
+mode), or from an ID embedding table (IDSR, the paper's ID baselines).
+User tower: a sequence model over item vectors -> one vector per position.
+Score: inner product.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmsr.encoders.base import SplitEncoder
+
+States = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+class ContentItemTower(nn.Module):
+    def __init__(self, encoders: dict[str, SplitEncoder], fusion: nn.Module):
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    def from_states(self, states: States) -> torch.Tensor:
+        """Cached lower-layer states (any float dtype) -> item vectors."""
+        tokens = {}
+        for modality, encoder in self.encoders.items():
+            hidden, mask = states[modality]
+            tokens[modality] = encoder.upper(hidden.float(), mask)
+        return self.fusion(tokens)
+
+    def from_raw(self, batches: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Preprocessed raw inputs -> item vectors, running the frozen lower layers too."""
+        return self.fusion({m: encoder(batches[m]) for m, encoder in self.encoders.items()})
+
+    def lower_parameters(self) -> list[nn.Parameter]:
+        return [p for e in self.encoders.values() for m in e.lower_modules() for p in m.parameters()]
+
+    def encoder_top_parameters(self) -> list[nn.Parameter]:
+        return [p for e in self.encoders.values() for m in e.upper_modules() for p in m.parameters()]
+
+
+class IDItemTower(nn.Module):
+    """IDSR: a learned vector per item id, no content."""
+
+    def __init__(self, num_items: int, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(num_items, dim)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids)
+
+
+class UserTower(nn.Module):
+    def __init__(self, sequence_model: nn.Module):
+        super().__init__()
+        self.sequence = sequence_model
+
+    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.sequence(item_vectors, mask)

@@ -1,0 +1,91 @@
+"""Training batches: the paper's "every prefix position is a target" with one sampled negative.
+
+A user contributes the last `max_seq_len + 1` items of their training part: inputs are
+items[:-1], targets items[1:], left-padded to `max_seq_len`. Negatives are drawn uniformly
+from items outside the user's whole history. All randomness comes from generators seeded
+by (seed, epoch) and (seed, epoch, step), so an interrupted epoch replays exactly and every
+process of a distributed run draws the same global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmsr.data.split import Split
+
+PAD = -1
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # [B, L] item ids, PAD where padded
+    targets: torch.Tensor  # [B, L]
+    negatives: torch.Tensor  # [B, L]
+    mask: torch.Tensor  # [B, L] bool: a real input with a real target
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.negatives, self.mask)))
+
+    def rows(self, index: slice | np.ndarray) -> "Batch":
+        return Batch(self.inputs[index], self.targets[index], self.negatives[index], self.mask[index])
+
+
+class TrainBatches:
+    def __init__(self, split: Split, batch_size: int, seed: int):
+        self.split = split
+        self.batch_size = batch_size
+        self.seed = seed
+        self.max_len = split.config.max_seq_len
+        lengths = split.lengths() - 2
+        self.users = np.flatnonzero(lengths >= 2)  # a target needs an input before it
+        self._history_sets = None
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.users)
+
+    def batch(self, epoch: int, step: int, order: np.ndarray | None = None) -> Batch:
+        order = self.order(epoch) if order is None else order
+        users = order[step * self.batch_size:(step + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, epoch, step, 1])
+        size = len(users)
+        inputs = np.full((size, self.max_len), PAD, dtype=np.int64)
+        targets = np.full((size, self.max_len), PAD, dtype=np.int64)
+        negatives = np.full((size, self.max_len), PAD, dtype=np.int64)
+        for row, user in enumerate(users):
+            seq = self.split.train_sequence(user)[-(self.max_len + 1):]
+            n = len(seq) - 1
+            inputs[row, -n:] = seq[:-1]
+            targets[row, -n:] = seq[1:]
+            negatives[row, -n:] = self._negatives(user, n, rng)
+        mask = targets != PAD
+        return Batch(torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(negatives),
+                     torch.from_numpy(mask))
+
+    def _negatives(self, user: int, count: int, rng: np.random.Generator) -> np.ndarray:
+        history = np.unique(self.split.sequence(user))
+        if len(history) >= self.split.num_items:
+            return rng.integers(self.split.num_items, size=count)
+        out = rng.integers(self.split.num_items, size=count)
+        bad = np.isin(out, history, assume_unique=False)
+        while bad.any():  # rejection sampling; histories are a tiny part of the catalogue
+            out[bad] = rng.integers(self.split.num_items, size=int(bad.sum()))
+            bad = np.isin(out, history)
+        return out
+
+
+def left_pad(sequences: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Histories -> ([B, L] ids with PAD, [B, L] mask), keeping the last max_len items."""
+    length = max(1, min(max_len, max((len(s) for s in sequences), default=1)))
+    ids = np.full((len(sequences), length), PAD, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        seq = seq[-length:]
+        if len(seq):
+            ids[row, -len(seq):] = seq
+    ids_t = torch.from_numpy(ids)
+    return ids_t, ids_t != PAD
