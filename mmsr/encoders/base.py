@@ -94,7 +94,7 @@ class SplitEncoder(nn.Module):
 
     def base_identity(self) -> dict:
         return {
-            "family": self.family, "model": self.spec, "name": self.name, "modality": self.modality,
+            "family": self.family, "model": self.spec, "modality": self.modality,
             "weights_sha256": self.weights_sha256(), "num_layers": self.num_layers,
             "split_layer": self.split_layer, "top_blocks": self.top_blocks,
             "hidden_size": self.hidden_size, "output_size": self.output_size,
@@ -105,6 +105,11 @@ class SplitEncoder(nn.Module):
         for module in self.lower_modules():
             module.eval()
             for parameter in module.parameters():
+                parameter.requires_grad_(False)
+        # Parameters in no upper module (e.g. open_clip's unused `proj`) cannot learn either.
+        trainable = {id(p) for module in self.upper_modules() for p in module.parameters()}
+        for parameter in self.parameters():
+            if id(parameter) not in trainable:
                 parameter.requires_grad_(False)
 
     def train(self, mode: bool = True):

@@ -103,7 +103,7 @@ class HFTextEncoder(SplitEncoder):
     def identity(self) -> dict:
         vocab = json.dumps(sorted(self.tokenizer.get_vocab().items())).encode()
         return {**self.base_identity(), "model_type": self.model.config.model_type,
-                "tokenizer": {"name": self.tokenizer.name_or_path, "class": type(self.tokenizer).__name__,
+                "tokenizer": {"name": self.spec, "class": type(self.tokenizer).__name__,
                               "vocab_sha256": hashlib.sha256(vocab).hexdigest(), "max_length": self.max_text_len,
                               "padding": "max_length", "truncation": True, "empty_text": "special tokens only"}}
 

