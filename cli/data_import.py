@@ -61,7 +61,8 @@ def import_(
     for note in report.notes:
         out.print(f"[cyan]note:[/] {note}", highlight=False)
     if report.problems:
-        out.print(f"[yellow]{len(report.problems):,} problems found (policy --on-bad-image {on_bad_image}):",
+        plural = "s" if len(report.problems) != 1 else ""
+        out.print(f"[yellow]{len(report.problems):,} problem{plural} found (policy --on-bad-image {on_bad_image}):",
                   highlight=False)
         for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
             out.print(f"  {problem}", highlight=False, markup=False)

@@ -378,6 +378,7 @@ def test_recbole_bad_files(tmp_path):
     sources[1].mkdir()
     fails(["toy.item", "directory, a file was expected"], "recbole", sources)
     fails(["expected one .item file, found 0"], "recbole", [sources[0]])
+    fails(["nowhere.inter", "no such file or directory"], "recbole", [tmp_path / "nowhere.inter", sources[1]])
 
 
 # ----------------------------------------------------------------------------- amazon2023

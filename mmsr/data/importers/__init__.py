@@ -47,6 +47,9 @@ def import_dataset(format: str, sources: Iterable[str | os.PathLike], *, name: s
     sources = [Path(source).expanduser() for source in sources]
     if not sources:
         raise MMSRError(f"{format}: no source given", hint=importer.help)
+    for source in sources:
+        if not source.exists():
+            raise MMSRError("no such file or directory", where=source, hint=f"{format} reads: {importer.help}")
     dest = paths.dataset_dir(name)
     if dest.exists() and not overwrite:  # fail before reading gigabytes
         raise MMSRError("already exists", where=dest, hint="pick another name, or pass --overwrite")

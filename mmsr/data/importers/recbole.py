@@ -80,7 +80,7 @@ def _column(fields: list[tuple[str, str]], name: str, path: Path, *, required: b
             return index
     if required:
         raise MMSRError(f"no {name!r} column (found: {', '.join(f for f, _ in fields)})", where=f"{path}:1",
-                        hint=f"RecBole's default field names are user_id, item_id and timestamp")
+                        hint="RecBole's default field names are user_id, item_id and timestamp")
     return None
 
 
