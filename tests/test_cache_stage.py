@@ -1,0 +1,211 @@
+"""The encoder stage with tiny fake encoders: resume after SIGKILL, shards, fingerprints,
+incremental append, bad pictures, and the `mmsr cache` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache_helpers import FakeTextEncoder, fake_config, fake_encoders
+from mmsr.cache_stage import build_cache, cache_path, expected_fingerprints, open_checked_cache
+from mmsr.data.dataset import load_dataset
+from mmsr.errors import MMSRError
+from mmsr_store import StoreError, open_cache
+
+HELPER = Path(__file__).with_name("cache_helpers.py")
+REPO = HELPER.parents[1]
+
+
+def build(dataset_root, cache_dir, **options):
+    options = {"batch_size": 8, "num_workers": 0, "device": "cpu", "chunk_items": 16, **options}
+    encoders = options.pop("encoders", None) or fake_encoders()
+    return build_cache(load_dataset(dataset_root, check_images=False), fake_config(), cache_dir=cache_dir,
+                       encoders=encoders, **options)
+
+
+def arrays(cache_dir) -> dict[str, bytes]:
+    cache = open_cache(cache_dir)
+    out = {}
+    for modality in cache.modalities:
+        hidden, mask = cache.load(modality)
+        out[modality] = hidden.numpy().tobytes() + mask.numpy().tobytes()
+    return out
+
+
+def run_helper(dataset_root, cache_dir, *args) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(HELPER), str(dataset_root), str(cache_dir), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def copy_dataset(src: Path, dest: Path, *, keep_items: int | None = None, edit=None) -> Path:
+    """A copy of a dataset, optionally cut to its first `keep_items` items, items edited by `edit`."""
+    shutil.copytree(src, dest)
+    items = [json.loads(line) for line in (dest / "items.jsonl").read_text().splitlines() if line.strip()]
+    if keep_items is not None:
+        items = items[:keep_items]
+        kept = {item["id"] for item in items}
+        lines = (dest / "interactions.tsv").read_text().splitlines()
+        lines = [lines[0]] + [line for line in lines[1:] if line.split("\t")[1] in kept]
+        (dest / "interactions.tsv").write_text("\n".join(lines) + "\n")
+    if edit:
+        edit(items, dest)
+    (dest / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def reference(small_demo, tmp_path_factory):
+    """An uninterrupted single-process build of the small demo."""
+    path = tmp_path_factory.mktemp("ref") / "cache"
+    report = build(small_demo, path)
+    assert report.complete
+    return path
+
+
+def test_kill_and_resume_is_byte_identical(small_demo, reference, tmp_path):
+    path = tmp_path / "cache"
+    process = run_helper(small_demo, path, "--sleep", "0.05")
+    markers = path / "manifest" / "image"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(markers.glob("*.json"))) < 3:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list(markers.glob("*.json")))
+    assert 3 <= finished < 19
+    with pytest.raises(StoreError, match="incomplete cache.*image: .* chunks unfinished.*run mmsr cache build"):
+        open_cache(path)
+    report = build(small_demo, path)
+    assert report.complete
+    assert report.modalities["image"].written_chunks == 19 - finished  # finished chunks not recomputed
+    assert report.modalities["text"].encoded_items == 300
+    assert arrays(path) == arrays(reference)
+    assert not list((path / "store.zarr").rglob("*.partial"))
+    again = build(small_demo, path)  # nothing left to do
+    assert again.modalities["image"].encoded_items == 0 and again.modalities["text"].encoded_items == 0
+
+
+def test_two_process_sharded_build_matches_one_process(small_demo, reference, tmp_path):
+    path = tmp_path / "cache"
+    processes = [run_helper(small_demo, path, "--shard", f"{i}/2") for i in range(2)]
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    assert arrays(path) == arrays(reference)
+    shards = {json.loads(p.read_text())["chunk"]: json.loads(p.read_text())["shard"]
+              for p in (path / "manifest" / "text").glob("*.json")}
+    assert all(shard == f"{chunk % 2}/2" for chunk, shard in shards.items())
+
+
+def test_mismatched_fingerprint_is_refused(small_demo, reference, tmp_path):
+    dataset = load_dataset(small_demo, check_images=False)
+    good = fake_encoders()
+    open_checked_cache(reference, good, dataset, fake_config())
+    other = {**good, "text": FakeTextEncoder(seed=7)}
+    with pytest.raises(StoreError, match=r"text\.weights_sha256"):
+        open_checked_cache(reference, other, dataset, fake_config())
+    expected = expected_fingerprints(good, dataset, fake_config())
+    expected["image"]["image_size"] = 64
+    with pytest.raises(StoreError, match=r"image\.image_size: cache has 32, expected 64"):
+        open_cache(reference).check(expected)
+    copy = tmp_path / "cache"
+    shutil.copytree(reference, copy)
+    with pytest.raises(StoreError, match=r"another encoder setup: text\.weights_sha256"):
+        build(small_demo, copy, encoders=other)
+
+
+def test_incremental_append_encodes_only_new_items(small_demo, reference, tmp_path):
+    first = copy_dataset(small_demo, tmp_path / "demo-250", keep_items=250)
+    path = tmp_path / "cache"
+    build(first, path)
+    assert open_cache(path).num_items == 250
+    report = build(small_demo, path)  # the same dataset with 50 items appended
+    assert report.modalities["text"].encoded_items == 50 and report.modalities["image"].encoded_items == 50
+    cache = open_cache(path)
+    assert cache.num_items == 300
+    dataset = load_dataset(small_demo, check_images=False)
+    cache.check(expected_fingerprints(fake_encoders(), dataset, fake_config()))
+    for modality in ("text", "image"):  # the fake encoders are row-independent, so equal to a fresh build
+        h1, m1 = cache.load(modality)
+        h2, m2 = open_cache(reference).load(modality)
+        np.testing.assert_allclose(h1.float().numpy(), h2.float().numpy(), atol=1e-3)
+        assert bool((m1 == m2).all())
+
+
+def _break_pictures(items, root):
+    (root / items[40]["image"]).write_bytes(b"not a picture")  # item 40: chunk 2
+    items[7]["image"] = None  # item 7: no picture at all
+
+
+@pytest.mark.parametrize("policy", ["error", "skip", "placeholder"])
+def test_bad_image_policy(small_demo, tmp_path, policy):
+    root = copy_dataset(small_demo, tmp_path / "broken", edit=_break_pictures)
+    path = tmp_path / "cache"
+    if policy == "error":
+        with pytest.raises(MMSRError, match=r"item 'i00040': unreadable image.*on_bad_image=skip\|placeholder"):
+            build(root, path, on_bad_image=policy)
+        assert sorted(p.name for p in (path / "manifest" / "image").glob("*.json")) == ["000000.json", "000001.json"]
+        with pytest.raises(StoreError, match="incomplete"):
+            open_cache(path)
+        return
+    report = build(root, path, on_bad_image=policy)
+    assert len(report.problems) == 1 and "i00040" in report.problems[0] and report.problems[0].endswith(policy)
+    assert json.loads((path / "report.json").read_text())["problems"] == report.problems
+    cache = open_cache(path)
+    assert cache.problems("image") == report.problems
+    hidden, mask = cache.load("image")
+    assert not mask[7].any() and hidden[7].abs().sum() == 0  # no picture: zeros, all-False mask
+    assert mask[8].all() and hidden[8].abs().sum() > 0
+    if policy == "skip":
+        assert not mask[40].any() and hidden[40].abs().sum() == 0
+    else:
+        assert mask[40].all() and hidden[40].abs().sum() > 0
+    with pytest.raises(StoreError, match="other build options"):
+        build(root, path, on_bad_image="error")
+
+
+def test_cache_path_is_under_home_and_hashes_the_config(mmsr_home, small_demo):
+    path = cache_path(small_demo, fake_config())
+    assert path.parent == mmsr_home / "caches" / "demo-small"
+    assert cache_path("demo-small", fake_config()) == path
+    other = fake_config()
+    other.max_text_len = 13
+    assert cache_path("demo-small", other) != path
+
+
+def test_cli_build_and_info(small_demo, monkeypatch, mmsr_home):
+    from typer.testing import CliRunner
+
+    import mmsr.cache_stage as stage
+    from mmsr_cli.cache import app
+
+    monkeypatch.setattr(stage, "create_encoders", lambda config: fake_encoders())
+    runner = CliRunner()
+    args = ["build", "--dataset", str(small_demo), "--text-model", "fake-text", "--vision-model", "fake-image",
+            "--text-top-blocks", "1", "--vision-top-blocks", "1", "--max-text-len", "12", "--image-size", "32",
+            "--batch-size", "16", "--num-workers", "1", "--set", "chunk_items=64", "--seed", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    path = cache_path(small_demo, fake_config())
+    resolved = (path / "config.yaml").read_text()
+    assert "chunk_items: 64" in resolved and "seed: 3" in resolved and "max_text_len: 12" in resolved
+    result = runner.invoke(app, ["info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output.strip().splitlines()[-1])
+    assert info["complete"] and info["modalities"]["text"]["chunk_items"] == 64
+    assert info["modalities"]["image"]["shape"] == [300, 16, 16]
+    result = runner.invoke(app, ["info", "demo-small"])
+    assert result.exit_code == 0 and "complete" in result.output
+    result = runner.invoke(app, args + ["--set", "encoders.max_txt_len=3"])
+    assert isinstance(result.exception, MMSRError) and "unknown key encoders.max_txt_len" in str(result.exception)
