@@ -8,7 +8,7 @@ import sys
 import typer
 
 from mmsr.errors import MMSRError
-from mmsr_cli import data, evaluate, train
+from mmsr_cli import cache, data, evaluate, train
 
 app = typer.Typer(
     name="mmsr",
@@ -23,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data.app, name="data")
+app.add_typer(cache.app, name="cache")
 app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("recommend")(evaluate.recommend)

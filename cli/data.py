@@ -9,8 +9,10 @@ from rich.table import Table
 
 from mmsr import paths
 from mmsr_cli.common import console, print_json, progress_bar
+from mmsr_cli.data_import import import_
 
 app = typer.Typer(help="Create, import and inspect canonical datasets.", no_args_is_help=True)
+app.command("import")(import_)
 
 
 @app.command()
