@@ -95,19 +95,19 @@ class SwinEncoder(SplitEncoder):
     def full(self, batch):
         return self.model(batch["pixel_values"].to(self._dtype()), interpolate_pos_encoding=True).last_hidden_state
 
-    def _blocks(self) -> list[nn.Module]:
-        """Each block with its stage's patch merging after the stage's last block."""
+    def _block_modules(self, start: int, stop: int) -> list[nn.Module]:
+        """Blocks start..stop-1, each followed by its stage's patch merging if it is the stage's last."""
         modules = []
-        for stage, block, last in self._units():
-            modules.append(nn.ModuleList([block, stage.downsample]) if last and stage.downsample is not None
-                           else block)
+        for index, (stage, block, last) in enumerate(self._units()):
+            if start <= index < stop:
+                modules += [block, stage.downsample] if last and stage.downsample is not None else [block]
         return modules
 
     def lower_modules(self):
-        return [self.model.embeddings, *self._blocks()[: self.split_layer]]
+        return [self.model.embeddings, *self._block_modules(0, self.split_layer)]
 
     def upper_modules(self):
-        return [*self._blocks()[self.split_layer:], self.model.layernorm]
+        return [*self._block_modules(self.split_layer, self.num_layers), self.model.layernorm]
 
     def identity(self) -> dict:
         return {**self.base_identity(), "model_type": "swin", "block_unit": "SwinLayer (merging with last)",

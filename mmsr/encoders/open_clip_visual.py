@@ -30,6 +30,8 @@ class OpenCLIPVisualEncoder(SplitEncoder):
         super().__init__(name, len(visual.transformer.resblocks), top_blocks)
         self.visual = visual
         self.transform = transform
+        # Not registered (the parameters live in `visual`): a module view so they freeze by module.
+        object.__setattr__(self, "_embedding_params", _Params(visual.class_embedding, visual.positional_embedding))
         self.hidden_size = self.output_size = visual.transformer.width
 
     @classmethod
@@ -88,7 +90,7 @@ class OpenCLIPVisualEncoder(SplitEncoder):
 
     def lower_modules(self):
         v = self.visual
-        return [_Params(v.class_embedding, v.positional_embedding), v.conv1, v.patch_dropout, v.ln_pre,
+        return [self._embedding_params, v.conv1, v.patch_dropout, v.ln_pre,
                 *self.blocks[: self.split_layer]]
 
     def upper_modules(self):
