@@ -120,20 +120,6 @@ class Recommender(nn.Module):
         return loss, count
 
 
-def build_encoders(config: TrainConfig) -> dict:
-    from mmsr.encoders import create_encoder
-
-    enc = config.encoders
-    specs = {"text": (enc.text_model, enc.text_top_blocks), "image": (enc.vision_model, enc.vision_top_blocks)}
-    encoders = {}
-    for modality in enc.modalities:
-        name, top = specs[modality]
-        encoder = create_encoder(name, modality, top, max_text_len=enc.max_text_len, image_size=enc.image_size)
-        encoder.freeze_lower()
-        encoders[modality] = encoder
-    return encoders
-
-
 def build_model(config: TrainConfig, num_items: int, encoders: dict | None = None) -> Recommender:
     m = config.model
     if m.kind == "idsr":
@@ -141,7 +127,9 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     else:
         from mmsr.errors import MMSRError
 
-        encoders = build_encoders(config) if encoders is None else encoders
+        from mmsr.cache_stage import create_encoders
+
+        encoders = create_encoders(config.encoders) if encoders is None else encoders
         if not encoders:
             raise MMSRError("model.kind=mmsr needs at least one of encoders.text_model / encoders.vision_model",
                             hint="or use model.kind=idsr")

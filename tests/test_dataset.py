@@ -1,0 +1,148 @@
+"""The canonical dataset: atomic writes, validation with file and line, the bad-image policy."""
+
+import json
+
+import pytest
+
+from mmsr.data.dataset import DatasetWriter, load_dataset
+from mmsr.errors import MMSRError
+
+
+def _write(dest, images=None, **kwargs):
+    with DatasetWriter(dest, **kwargs) as writer:
+        for i in range(3):
+            writer.add_item(f"i{i}", title=f"item {i}", image=(images or {}).get(i))
+        for u in range(2):
+            for i in range(3):
+                writer.add_interaction(f"u{u}", f"i{i}", 10 * u + i)
+    return dest
+
+
+def test_roundtrip_and_meta(tmp_path):
+    from PIL import Image
+
+    root = _write(tmp_path / "ds", images={0: Image.new("RGB", (8, 8), (255, 0, 0))})
+    dataset = load_dataset(root)
+    assert dataset.num_items == 3 and len(dataset.inter_item) == 6
+    assert dataset.meta["counts"] == {"items": 3, "users": 2, "interactions": 6, "items_with_image": 1,
+                                      "items_with_text": 3}
+    assert dataset.image_path(0).is_file() and dataset.image_path(1) is None
+    assert dataset.item_text(0) == "item 0"
+    assert len(dataset.meta["content_hash"]) == 64
+
+
+def test_duplicate_item_is_refused_and_nothing_is_left(tmp_path):
+    with pytest.raises(MMSRError, match="duplicate item id 'a'"):
+        with DatasetWriter(tmp_path / "ds") as writer:
+            writer.add_item("a", title="x")
+            writer.add_item("a", title="y")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_item_in_interactions(tmp_path):
+    with pytest.raises(MMSRError, match="unknown item 'zzz'"):
+        with DatasetWriter(tmp_path / "ds") as writer:
+            writer.add_item("a", title="x")
+            writer.add_interaction("u", "zzz", 1, where="src.csv:7")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_text_is_refused_unless_allowed(tmp_path):
+    with pytest.raises(MMSRError, match="no text"):
+        with DatasetWriter(tmp_path / "ds") as writer:
+            writer.add_item("a", title="   ")
+    _write(tmp_path / "ok", allow_empty_text=True)
+
+
+def test_failed_overwrite_keeps_the_old_dataset(tmp_path):
+    root = _write(tmp_path / "ds")
+    before = (root / "meta.json").read_text()
+    with pytest.raises(MMSRError):
+        with DatasetWriter(root, overwrite=True) as writer:
+            writer.add_item("a", title="x")
+            writer.add_item("a", title="x")
+    assert (root / "meta.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_existing_dataset_is_not_overwritten_by_default(tmp_path):
+    root = _write(tmp_path / "ds")
+    with pytest.raises(MMSRError, match="already exists"):
+        _write(root)
+
+
+@pytest.mark.parametrize("policy,expected_images", [("skip", 0), ("placeholder", 1)])
+def test_bad_image_policy(tmp_path, policy, expected_images):
+    root = _write(tmp_path / "ds", images={0: b"not a picture"}, on_bad_image=policy)
+    dataset = load_dataset(root)
+    assert dataset.meta["counts"]["items_with_image"] == expected_images
+    assert "unreadable image for item 'i0'" in dataset.meta["problems"][0]
+
+
+def test_bad_image_error_names_the_item(tmp_path):
+    with pytest.raises(MMSRError, match="unreadable image for item 'i0'.*--on-bad-image"):
+        _write(tmp_path / "ds", images={0: b"not a picture"})
+
+
+def _corrupt(root, name, line_no, text):
+    path = root / name
+    lines = path.read_text().splitlines()
+    lines[line_no - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("name,line,text,message", [
+    ("items.jsonl", 2, '{"id": "i1", "title": ', "malformed JSON"),
+    ("items.jsonl", 2, '{"id": "i0", "title": "dup", "image": null}', "duplicate item id 'i0'"),
+    ("interactions.tsv", 3, "u0\tnope\t1", "unknown item 'nope'"),
+    ("interactions.tsv", 3, "u0\ti1", "expected 3 tab-separated fields"),
+    ("interactions.tsv", 3, "u0\ti1\tyesterday", "timestamp 'yesterday' is not a number"),
+    ("interactions.tsv", 1, "a,b,c", "header"),
+])
+def test_reader_names_file_and_line(tmp_path, name, line, text, message):
+    root = _write(tmp_path / "ds")
+    path = _corrupt(root, name, line, text)
+    with pytest.raises(MMSRError, match=message) as error:
+        load_dataset(root)
+    assert f"{path}:{line}" in str(error.value)
+
+
+def test_missing_image_file_is_reported(tmp_path):
+    from PIL import Image
+
+    root = _write(tmp_path / "ds", images={1: Image.new("RGB", (8, 8))})
+    (root / json.loads((root / "items.jsonl").read_text().splitlines()[1])["image"]).unlink()
+    with pytest.raises(MMSRError, match="missing image file .* for item 'i1'") as error:
+        load_dataset(root)
+    assert "items.jsonl:2" in str(error.value)
+
+
+def test_non_utf8_is_reported(tmp_path):
+    root = _write(tmp_path / "ds")
+    with open(root / "interactions.tsv", "ab") as handle:
+        handle.write(b"u9\t\xff\xfe\t3\n")
+    with pytest.raises(MMSRError, match="not UTF-8") as error:
+        load_dataset(root)
+    assert "interactions.tsv:8" in str(error.value)
+
+
+def test_missing_dataset_hint(tmp_path):
+    with pytest.raises(MMSRError, match="mmsr data demo"):
+        load_dataset(tmp_path / "nothing")
+
+
+def test_demo_is_deterministic_and_has_complementary_attributes(tmp_path):
+    from mmsr.data.demo import generate_demo
+
+    a = generate_demo(tmp_path / "a", items=40, users=20, seed=3, image_size=32)
+    b = generate_demo(tmp_path / "b", items=40, users=20, seed=3, image_size=32)
+    meta_a, meta_b = (json.loads((p / "meta.json").read_text()) for p in (a, b))
+    assert meta_a["content_hash"] == meta_b["content_hash"]
+    dataset = load_dataset(a)
+    colours = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink")
+    categories = ("jacket", "sneaker", "backpack", "lamp", "mug", "watch", "scarf", "chair")
+    for item in dataset.items:  # colour never in the text; category always in it
+        text = dataset.item_text(dataset.item_index[item["id"]]).lower()
+        assert not any(c in text.split() for c in colours)
+        assert any(c in text for c in categories)
