@@ -222,3 +222,24 @@ def test_distributed_two_process_gloo(tmp_path):
         assert summed == {"HR@10": 3.0, "count": 30.0}
         assert metrics == pytest.approx(expected)  # every rank sees the global metrics
         assert "disagree" in mismatch  # both ranks raise, neither hangs
+
+
+def test_rescore_every_candidate_path_agrees():
+    """The GPU path trusts no rounding bound and re-scores every candidate; same ranks."""
+    items, users, targets, histories = integer_problem(seed=6)
+    index = ItemIndex(items, device="cpu")
+    fast = rank_targets(index, users, targets, histories, max_k=20, batch_size=40)
+    index.rounding = None
+    slow = rank_targets(index, users, targets, histories, max_k=20, batch_size=40)
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(fast, brute_force_ranks(items, users, targets, histories, True, 20))
+
+
+@pytest.mark.skipif(not __import__("mmsr.eval", fromlist=["faiss_has_gpu"]).faiss_has_gpu(),
+                    reason="FAISS without GPU support or no CUDA device")
+def test_gpu_index_equals_brute_force():
+    items, users, targets, histories = integer_problem(seed=7)
+    index = ItemIndex(items, device="gpu")
+    assert index.backend == "faiss-gpu"
+    got = rank_targets(index, users, targets, histories, max_k=20)
+    np.testing.assert_array_equal(got, brute_force_ranks(items, users, targets, histories, True, 20))

@@ -12,16 +12,20 @@ The rank of a target (see docs/eval.md for the two protocols and the tie rule):
   `mask_history=False` is RecBole's protocol: nothing is masked.
 - Ties count in the target's favour: only *strictly* higher scores push it down.
 - How it is computed: FAISS returns the top `m = max_k + 1 + |history|` items of each user.
-  The target and those candidates are then re-scored together by one float64 routine (the
-  products of float32 inputs are exact in float64), so the target's score is exact and an
-  item identical to the target ties with it exactly. Since at most |history| candidates are
-  masked and at most one is the target, at least `max_k` unmasked candidates remain; if
-  fewer than `max_k` of them beat the target, every item outside the candidates scores no
-  higher than one that does not, so the count is complete and the rank exact.
-- Ranks above `max_k` are not computed: every such rank is reported as `max_k + 1`
-  which is exact for any metric with K <= max_k. The only approximation is
-  float32 rounding inside FAISS's GEMM when ordering items whose scores are within about
-  1e-6 relative of the m-th candidate's: the same rounding a brute-force float32 scorer has.
+  The target's score is computed exactly (float64 products of the float32 inputs). A
+  candidate is compared by its FAISS score when that score is farther from the target's than
+  the float32 rounding bound of an inner product (D * 2^-24 * |q| * |v|, which covers any
+  summation order); otherwise (near-ties, identical items) it is re-scored by the same float64
+  routine as the target, so an item identical to the target ties with it exactly. On the GPU
+  (whose GEMM may run in reduced precision) every candidate is re-scored. Since at most
+  |history| candidates are masked and at most one is the target, at least `max_k` unmasked
+  candidates remain; if fewer than `max_k` of them beat the target, every item outside the
+  candidates scores no higher than one that does not, so the count is complete and the
+  rank exact.
+- Ranks above `max_k` are not computed: every such rank is reported as `max_k + 1`, which
+  is exact for any metric with K <= max_k. The only approximation is FAISS's float32
+  ordering of items *outside* the candidate list whose scores are within about 1e-6 relative
+  of the m-th candidate's: the same rounding a brute-force float32 scorer has.
 
 Users are processed in order of history length, so each FAISS call asks for a nearly
 uniform `m` (FAISS takes one k per call), and queries are batched (FAISS switches to BLAS
@@ -48,7 +52,7 @@ from mmsr.eval.metrics import (
 # The largest k a FAISS GPU flat index accepts in one search; bigger searches fall back to the CPU.
 GPU_MAX_K = 2048
 DEFAULT_BATCH_SIZE = 4096
-# Rows x candidates x dim floats gathered at once for exact re-scoring (bounds that buffer to ~32 MB).
+# Floats gathered at once for exact re-scoring (bounds those buffers to ~32 MB each).
 _RESCORE_FLOATS = 8 * 1024 * 1024
 
 
@@ -116,6 +120,13 @@ class ItemIndex:
             self._gpu_resources = faiss.StandardGpuResources()
             self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._cpu)
         self.backend = "faiss-gpu" if self._gpu is not None else "faiss-cpu"
+        self.norms = np.linalg.norm(self.vectors, axis=1).astype(np.float64)
+        # |FAISS score - exact score| <= dim * 2^-24 * |q| * |v| for a float32 dot product in any
+        # summation order (with a 1% margin). None: no bound is trusted, re-score every candidate.
+        self.rounding = None if self._gpu is not None else 1.01 * self.dim * 2.0**-24
+        # Exact (float64) scores closer than this (times |q| * |v|) are ties: float64 summation
+        # in another order could swap them. Far below what float32 inputs can resolve.
+        self.tie = 2.0 * self.dim * 2.0**-53
 
     def __repr__(self) -> str:
         return f"ItemIndex(items={self.num_items}, dim={self.dim}, backend={self.backend!r})"
@@ -126,16 +137,6 @@ class ItemIndex:
         index = self._gpu if (self._gpu is not None and k <= GPU_MAX_K) else self._cpu
         scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
-
-    def exact_scores(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """float64 inner products of queries [B, D] with items ids [B, M] -> [B, M], in bounded chunks."""
-        out = np.empty(ids.shape, dtype=np.float64)
-        rows = max(1, _RESCORE_FLOATS // max(1, ids.shape[1] * self.dim))
-        for start in range(0, len(ids), rows):
-            stop = start + rows
-            gathered = self.vectors[ids[start:stop]]  # [rows, M, D] float32
-            out[start:stop] = np.einsum("bd,bmd->bm", queries[start:stop], gathered, dtype=np.float64)
-        return out
 
 
 @dataclass
@@ -188,12 +189,40 @@ class Histories:
         return Histories(offsets, self.items[starts + np.arange(offsets[-1], dtype=np.int64)])
 
 
-def _masked(ids: np.ndarray, hist: Histories, num_items: int) -> np.ndarray:
-    """bool [B, M]: ids[b, j] is in row b's history. Keys row * num_items + item make rows disjoint."""
-    rows = np.arange(len(ids), dtype=np.int64)
-    candidate_keys = rows[:, None] * num_items + ids
-    history_keys = np.repeat(rows, hist.lengths()) * num_items + hist.items
-    return np.isin(candidate_keys, history_keys)
+def _masked(ids: np.ndarray, rows: np.ndarray, hist: Histories, num_items: int) -> np.ndarray:
+    """bool like `ids`: ids[j] is in the history of row rows[j]. Keys row * num_items + item keep rows apart."""
+    history_keys = np.repeat(np.arange(len(hist.offsets) - 1, dtype=np.int64), hist.lengths()) * num_items + hist.items
+    return np.isin(rows.astype(np.int64) * num_items + ids, history_keys)
+
+
+def _strictly_higher(index: ItemIndex, q: np.ndarray, t: np.ndarray, faiss_scores: np.ndarray,
+                     ids: np.ndarray) -> np.ndarray:
+    """bool [B, M]: candidate ids[b, j] scores strictly higher than target t[b] (exact target score)."""
+    target_scores = np.einsum("bd,bd->b", q, index.vectors[t], dtype=np.float64)
+    q_norms = np.linalg.norm(q.astype(np.float64), axis=1)
+    target_norms = index.norms[t]
+
+    def exact_higher(r, c):  # float64 re-scoring of candidates (r, c); ties within float64 rounding
+        out = np.empty(len(r), dtype=bool)
+        step = max(1, _RESCORE_FLOATS // index.dim)  # bounded gather buffers
+        for lo in range(0, len(r), step):
+            rr, cand = r[lo:lo + step], ids[r[lo:lo + step], c[lo:lo + step]]
+            exact = np.einsum("nd,nd->n", q[rr], index.vectors[cand], dtype=np.float64)
+            tie = index.tie * q_norms[rr] * np.maximum(index.norms[cand], target_norms[rr])
+            out[lo:lo + step] = exact - target_scores[rr] > tie
+        return out
+
+    if index.rounding is None:
+        r, c = np.indices(ids.shape).reshape(2, -1)
+        return exact_higher(r, c).reshape(ids.shape)
+    tolerance = index.rounding * q_norms[:, None] * index.norms[ids] + 1e-30
+    diff = faiss_scores.astype(np.float64) - target_scores[:, None]
+    higher = diff > tolerance
+    unsure = np.abs(diff) <= tolerance
+    if unsure.any():
+        r, c = np.nonzero(unsure)
+        higher[r, c] = exact_higher(r, c)
+    return higher
 
 
 def rank_targets(
@@ -244,12 +273,12 @@ def rank_targets(
         q = queries[rows]
         t = targets[rows]
         m = min(index.num_items, max_k + 1 + int(lengths[rows].max()))
-        _, ids = index.search(q, m)
-        scores = index.exact_scores(q, np.concatenate([ids, t[:, None]], axis=1))
-        higher = scores[:, :m] > scores[:, m:]  # strictly higher than the target's exact score
+        faiss_scores, ids = index.search(q, m)
+        higher = _strictly_higher(index, q, t, faiss_scores, ids)
         higher &= ids != t[:, None]
-        if hist is not None:
-            higher &= ~_masked(ids, hist.take(rows), index.num_items)
+        if hist is not None and higher.any():
+            r, c = np.nonzero(higher)  # only candidates that would count need the mask test
+            higher[r, c] = ~_masked(ids[r, c], r, hist.take(rows), index.num_items)
         count = higher.sum(axis=1)
         ranks[rows] = np.where(count >= max_k, max_k + 1, count + 1)
         done += len(rows)
@@ -331,7 +360,8 @@ def recommend(
     extra = int(hist.lengths().max()) if hist is not None and len(queries) else 0
     scores, ids = index.search(queries, k + extra)
     if hist is not None:
-        drop = _masked(ids, hist, index.num_items)
+        rows = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)
+        drop = _masked(ids, rows, hist, index.num_items)
         # Stable-partition each row: kept items first, in score order.
         keep_order = np.argsort(drop, axis=1, kind="stable")
         ids = np.take_along_axis(ids, keep_order, axis=1)
