@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mmsr.encoders.base import SplitEncoder, torch_dtype
+from mmsr.encoders.hf_common import quiet_transformers
 from mmsr.encoders.registry import register_family
 
 
@@ -45,6 +46,7 @@ class HFTextEncoder(SplitEncoder):
     def from_source(cls, source: str, *, top_blocks: int, dtype: str, max_text_len: int, pretrained: bool = True):
         from transformers import AutoModel, AutoTokenizer
 
+        quiet_transformers()
         model = AutoModel.from_pretrained(source, dtype=torch_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(source)
         return cls(model, tokenizer, name=source, top_blocks=top_blocks, max_text_len=max_text_len)
