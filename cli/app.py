@@ -8,7 +8,7 @@ import sys
 import typer
 
 from mmsr.errors import MMSRError
-from mmsr_cli import cache, data, evaluate, train
+from mmsr_cli import cache, data, evaluate, models, train
 
 app = typer.Typer(
     name="mmsr",
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(cache.app, name="cache")
+app.add_typer(models.app, name="models")
 app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("recommend")(evaluate.recommend)

@@ -13,7 +13,8 @@ from mmsr_cli.common import console, is_rank_zero, print_json
 
 
 def evaluate(
-    run: str = typer.Option(..., "--run", help="Run name or directory (from `mmsr train`)."),
+    run: str = typer.Option(..., "--run", "--run-dir", help="Run name or directory (from `mmsr train`; "
+                            "--run-dir under torchrun)."),
     faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="Exact FAISS IndexFlatIP search (the only backend; "
                                "GPU index when CUDA and faiss-gpu are present)."),
     split: str = typer.Option("test", "--split", help="test | valid | cold (sub-sequences ending in a cold item)."),

@@ -16,7 +16,8 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML/YAML config (see configs/)."),
     overrides: Optional[list[str]] = SetOption,
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name or path (overrides the config)."),
-    run: Optional[str] = typer.Option(None, "--run", help="Run name under $MMSR_HOME/runs, or a path. "
+    run: Optional[str] = typer.Option(None, "--run", "--run-dir", help="Run name under $MMSR_HOME/runs, or a path "
+                                      "(under torchrun spell it --run-dir: torchrun reads --run as its --run-path). "
                                       "Default: DATASET-MODEL-SEQUENCE."),
     from_cache: bool = typer.Option(False, "--from-cache", help="Read the frozen layers' states from the zarr cache "
                                     "(`mmsr cache build` first). Without it the lower layers run every step."),

@@ -85,7 +85,7 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
 
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    start_epoch, start_step, global_step, best = 0, 0, 0, {}
+    start_epoch, start_step, global_step, best, partial = 0, 0, 0, {}, {}
     if resume:
         state = load_checkpoint(ckpt_dir / "last.pt")
         _check_same_config(run_dir, config)
@@ -94,6 +94,7 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state)
         start_epoch, start_step, global_step, best = state["epoch"], state["step"], state["global_step"], state["best"]
+        partial = state["extra"]  # the interrupted epoch's running loss
         if start_step >= steps_per_epoch:
             start_epoch, start_step = start_epoch + 1, 0
     elif dist.main:
@@ -103,18 +104,20 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
         log(f"items: {dataset.num_items:,}  users: {split.num_users:,}  steps/epoch: {steps_per_epoch}  "
             f"item feed: {feed_desc}  device: {device}  processes: {dist.world}")
 
-    def checkpoint(epoch: int, step: int, name: str = "last.pt") -> None:
+    def checkpoint(epoch: int, step: int, name: str = "last.pt", extra: dict | None = None) -> None:
         if dist.main:
             save_checkpoint(ckpt_dir / name, model_state=trainable_state(model), optimizer=optimizer,
-                            scheduler=scheduler, epoch=epoch, step=step, global_step=global_step, best=best)
+                            scheduler=scheduler, epoch=epoch, step=step, global_step=global_step, best=best,
+                            extra=extra)
 
     kill_at = int(os.environ.get("MMSR_TEST_KILL_AT_STEP", "0"))  # tests: a real SIGKILL mid-epoch
     bad_validations = 0
     for epoch in range(start_epoch, config.optim.epochs):
         ddp.train()
         order = batches.order(epoch)
-        epoch_loss, epoch_count, started = 0.0, 0, time.perf_counter()
         first = start_step if epoch == start_epoch else 0
+        epoch_loss, epoch_count = (partial.get("loss", 0.0), partial.get("count", 0)) if first else (0.0, 0)
+        started = time.perf_counter() - (partial.get("seconds", 0.0) if first else 0.0)
         advance = progress(f"epoch {epoch + 1}/{config.optim.epochs}", steps_per_epoch - first) if progress else None
         for step in range(first, steps_per_epoch):
             batch = batches.batch(epoch, step, order)
@@ -135,7 +138,8 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
             if advance:
                 advance(1)
             if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0:
-                checkpoint(epoch, step + 1)
+                checkpoint(epoch, step + 1, extra={"loss": epoch_loss, "count": epoch_count,
+                                                   "seconds": time.perf_counter() - started})
             if kill_at and global_step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         record = {"epoch": epoch + 1, "step": global_step, "loss": epoch_loss / max(epoch_count, 1),

@@ -1,0 +1,152 @@
+"""The trainer: every component trains, cache == end-to-end, resume, and DDP == one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mmsr import config as config_lib
+from mmsr.models.fusion import fusion_names
+from mmsr.models.sequence import sequence_model_names
+from mmsr.train.config import TrainConfig
+
+
+def _config(overrides):
+    return config_lib.load(TrainConfig, None, overrides)
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def built_cache(tiny_overrides):
+    from mmsr.cache_stage import build_cache
+    from mmsr.data.dataset import load_dataset
+
+    config = _config(tiny_overrides)
+    build_cache(load_dataset(config.dataset), config.encoders, batch_size=64, num_workers=0)
+    return tiny_overrides
+
+
+def _train(overrides, run_dir, from_cache=True, **kwargs):
+    from mmsr.train.recipe import train
+
+    return train(_config(overrides), run_dir, from_cache=from_cache, log=lambda *_: None, **kwargs)
+
+
+@pytest.mark.parametrize("fusion", [f for f in fusion_names() if f != "pool"])
+def test_every_fusion_trains(built_cache, tmp_path, fusion):
+    best = _train(built_cache + [f"model.fusion={fusion}"], tmp_path / "run")
+    losses = _losses(tmp_path / "run")
+    assert losses[-1] < losses[0], losses
+    assert 0.0 <= best["valid"]["HR@10"] <= 1.0
+
+
+@pytest.mark.parametrize("sequence", sequence_model_names())
+def test_every_sequence_model_trains(built_cache, tmp_path, sequence):
+    _train(built_cache + [f"model.sequence={sequence}", "model.fusion=gate"], tmp_path / "run")
+    losses = _losses(tmp_path / "run")
+    assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("variant,extra", [
+    ("IDSR", ["model.kind=idsr"]),
+    ("MMSR-T", ["encoders.vision_model="]),
+    ("MMSR-V", ["encoders.text_model="]),
+])
+def test_variants_run(tiny_overrides, tmp_path, variant, extra):
+    from mmsr.cache_stage import build_cache
+    from mmsr.data.dataset import load_dataset
+
+    overrides = tiny_overrides + extra
+    config = _config(overrides)
+    if config.model.kind == "mmsr":
+        build_cache(load_dataset(config.dataset), config.encoders, batch_size=64, num_workers=0)
+    _train(overrides, tmp_path / "run")
+    losses = _losses(tmp_path / "run")
+    assert losses[-1] < losses[0], (variant, losses)
+
+
+def test_cache_refuses_another_config(built_cache, tmp_path):
+    from mmsr_store.errors import StoreError
+
+    with pytest.raises((StoreError, Exception), match="cache"):
+        _train(built_cache + ["encoders.text_top_blocks=2"], tmp_path / "run")
+
+
+def test_cached_path_equals_end_to_end(built_cache):
+    from mmsr.data.dataset import load_dataset
+    from mmsr.data.split import split_dataset
+    from mmsr.train.batches import TrainBatches
+    from mmsr.train.model import build_model
+    from mmsr.train.recipe import open_feed
+
+    config = _config(built_cache + ["model.dropout=0.0"])
+    dataset = load_dataset(config.dataset)
+    torch.manual_seed(0)
+    model = build_model(config, dataset.num_items).eval()
+    cache_feed, _ = open_feed(config, model, dataset, True, torch.device("cpu"))
+    raw_feed, _ = open_feed(config, model, dataset, False, torch.device("cpu"))
+    ids = torch.arange(0, dataset.num_items, 7)
+    with torch.no_grad():
+        cached = model.item_vectors(ids, cache_feed)
+        raw = model.item_vectors(ids, raw_feed)
+    torch.testing.assert_close(cached, raw, atol=2e-2, rtol=2e-2)  # float16 cache
+    assert (cached - raw).abs().max() > 0  # the cache really is float16, not a copy of the raw path
+    batch = TrainBatches(split_dataset(dataset, config.split), 16, 0).batch(0, 0)
+    with torch.no_grad():
+        loss_cached, n1 = model(batch, cache_feed)
+        loss_raw, n2 = model(batch, raw_feed)
+    assert n1 == n2
+    torch.testing.assert_close(loss_cached / n1, loss_raw / n2, atol=1e-2, rtol=1e-2)
+
+
+def _cli(args, home, env_extra=None, module=("-m", "mmsr_cli.app")):
+    env = dict(os.environ, MMSR_HOME=str(home), MMSR_NO_PROGRESS="1", OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _sets(overrides):
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def test_kill_mid_epoch_then_resume_equals_uninterrupted(small_demo, mmsr_home):
+    overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=2", "optim.batch_size=32",
+                 "checkpoint_every_steps=2", "model.dropout=0.2"]  # dropout on: the RNG state must be restored too
+    whole = _cli(["train", "--run", "whole", *_sets(overrides)], mmsr_home)
+    assert whole.returncode == 0, whole.stderr
+    killed = _cli(["train", "--run", "killed", *_sets(overrides)], mmsr_home, {"MMSR_TEST_KILL_AT_STEP": "9"})
+    assert killed.returncode == -9, killed.stderr  # really SIGKILLed, mid-epoch (7 steps per epoch)
+    resumed = _cli(["train", "--run", "killed", "--resume"], mmsr_home)
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(mmsr_home / "runs/whole/checkpoints/last.pt", weights_only=False)
+    b = torch.load(mmsr_home / "runs/killed/checkpoints/last.pt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 14
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    last = [json.loads((mmsr_home / f"runs/{run}/metrics.jsonl").read_text().splitlines()[-1]) for run in ("whole", "killed")]
+    assert last[0]["loss"] == last[1]["loss"] and last[0]["valid"] == last[1]["valid"]
+
+
+def test_two_process_ddp_matches_one_process(small_demo, mmsr_home):
+    overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=1", "optim.batch_size=32",
+                 "model.dropout=0.0"]
+    single = _cli(["train", "--run", "single", *_sets(overrides)], mmsr_home)
+    assert single.returncode == 0, single.stderr
+    torchrun = ("-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", "localhost:0", "-m", "mmsr_cli.app")
+    ddp = _cli(["train", "--run-dir", "ddp", *_sets(overrides)], mmsr_home, module=torchrun)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a = torch.load(mmsr_home / "runs/single/checkpoints/last.pt", weights_only=False)["model"]
+    b = torch.load(mmsr_home / "runs/ddp/checkpoints/last.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    evaluated = _cli(["eval", "--run-dir", "ddp", "--json"], mmsr_home, module=torchrun)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    alone = _cli(["eval", "--run", "ddp", "--json"], mmsr_home)
+    assert json.loads(evaluated.stdout.strip().splitlines()[-1])["metrics"] == \
+        pytest.approx(json.loads(alone.stdout)["metrics"])
