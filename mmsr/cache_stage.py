@@ -357,7 +357,7 @@ def _encode_modality(writer: CacheWriter, dataset: Dataset, encoder, modality: s
     pending: list[Future] = []
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsr-cache-writer") as pool, \
-            progress(f"{modality} ({encoder.name})", total, unit="items") as advance:
+            progress(f"{modality} ({getattr(encoder, 'spec', None) or encoder.name})", total, unit="items") as advance:
         try:
             for batch in iter_batches(dataset, encoder, modality, spans, encoder_config=encoder_config,
                                       num_workers=num_workers, on_bad_image=on_bad_image,
