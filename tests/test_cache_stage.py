@@ -209,3 +209,28 @@ def test_cli_build_and_info(small_demo, monkeypatch, mmsr_home):
     assert result.exit_code == 0 and "complete" in result.output
     result = runner.invoke(app, args + ["--set", "encoders.max_txt_len=3"])
     assert isinstance(result.exception, MMSRError) and "unknown key encoders.max_txt_len" in str(result.exception)
+
+
+def test_registry_encoders_states_equal_lower(tiny_models, small_demo, tmp_path):
+    """Through the real registry path (tiny random BERT and DINOv2): cached rows are lower()'s output."""
+    import torch
+
+    from mmsr.cache_stage import create_encoders
+    from mmsr.encoders.config import EncoderConfig
+
+    config = EncoderConfig(text_model=tiny_models["text"], vision_model=tiny_models["vision"], text_top_blocks=1,
+                           vision_top_blocks=1, max_text_len=16, image_size=32)
+    root = copy_dataset(small_demo, tmp_path / "demo-40", keep_items=40)
+    dataset = load_dataset(root)
+    report = build_cache(dataset, config, batch_size=16, num_workers=1, device="cpu")
+    assert report.complete and report.path == cache_path(dataset, config)
+    cache = open_cache(report.path)
+    encoders = create_encoders(config)
+    cache.check(expected_fingerprints(encoders, dataset, config))
+    text = encoders["text"]
+    hidden, mask = cache.load("text")
+    want_hidden, want_mask = text.lower(text.preprocess([dataset.item_text(i) for i in range(5)]))
+    assert hidden.shape == (40, 16, 32) and bool((mask[:5] == want_mask).all())
+    want = want_hidden.to(torch.float16).masked_fill(~want_mask.unsqueeze(-1), 0)
+    torch.testing.assert_close(hidden[:5], want, atol=2e-3, rtol=0)
+    assert cache.load("image")[0].shape[1:] == (17, 32)  # 16 patches + CLS
