@@ -52,6 +52,10 @@ from mmsr.eval.metrics import (
 # The largest k a FAISS GPU flat index accepts in one search; bigger searches fall back to the CPU.
 GPU_MAX_K = 2048
 DEFAULT_BATCH_SIZE = 4096
+# Items per BLAS block in FAISS's CPU search (its default is 1024). Larger blocks make larger,
+# more efficient GEMMs: ~1.3-1.5x faster at 50k items x 384 dims on 2 cores. The block buffer
+# is min(queries, 4096) x this many floats: 64 MB at 4096.
+FAISS_DATABASE_BLOCK = 4096
 # Floats gathered at once for exact re-scoring (bounds those buffers to ~32 MB each).
 _RESCORE_FLOATS = 8 * 1024 * 1024
 
@@ -134,9 +138,16 @@ class ItemIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores float32 [B, k], ids int64 [B, k]); k is capped at the catalogue."""
         k = min(int(k), self.num_items)
-        index = self._gpu if (self._gpu is not None and k <= GPU_MAX_K) else self._cpu
-        scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores, ids
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self._gpu is not None and k <= GPU_MAX_K:
+            return self._gpu.search(queries, k)
+        faiss = _faiss()
+        saved = faiss.cvar.distance_compute_blas_database_bs
+        faiss.cvar.distance_compute_blas_database_bs = FAISS_DATABASE_BLOCK
+        try:
+            return self._cpu.search(queries, k)
+        finally:
+            faiss.cvar.distance_compute_blas_database_bs = saved
 
 
 @dataclass
