@@ -104,9 +104,9 @@ def config_hash(encoder_config: EncoderConfig, length: int = 12) -> str:
 
 
 def cache_path(dataset_root_or_name: str | os.PathLike | Dataset, encoder_config: EncoderConfig) -> Path:
-    """`$MMSR_HOME/caches/<dataset>/<short hash of the encoder config>`."""
+    """`$MMSR_HOME/caches/<dataset directory name>/<short hash of the encoder config>`."""
     if isinstance(dataset_root_or_name, Dataset):
-        name = dataset_root_or_name.name
+        name = Path(dataset_root_or_name.root).name
     elif paths.looks_like_path(dataset_root_or_name):
         name = Path(dataset_root_or_name).expanduser().name
     else:
@@ -168,6 +168,11 @@ class Batch:
     present: torch.Tensor  # bool [rows]: rows with input (a picture); text rows are always present
     problems: list[str]
     error: str | None = None  # a bad image under on_bad_image=error, raised in the main process
+
+    def pin_memory(self) -> "Batch":  # called by the DataLoader's pin-memory thread (GPU builds)
+        if self.inputs is not None:
+            self.inputs = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
+        return self
 
 
 class _BatchSource(torch.utils.data.Dataset):

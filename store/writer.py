@@ -100,6 +100,8 @@ class CacheWriter:
             self.claim = ShardClaim(self.dir, self.shard)
             if not others:  # nobody else can be mid-write: leftovers of killed writes are garbage
                 remove_partial_files(self.dir / STORE_DIR)
+                for leftover in self.dir.glob(f".{STORE_DIR}.tmp-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
         self.arrays = {m: (self.group[f"{m}/{HIDDEN}"], self.group[f"{m}/{MASK}"]) for m in self.specs}
 
     # ------------------------------------------------------------------ setup
