@@ -14,7 +14,9 @@ Measured in one run, on the same random data (timings are ratios within the run)
 - floor:      users x items x dims GEMM at the best throughput this machine reached, the
               faster of torch.mm and numpy.matmul, timed over the same problem in user chunks.
 - peak RSS:   the FAISS path alone, in fresh subprocesses at two user counts (--rss-users),
-              to show that memory does not grow with the number of users.
+              to show that memory does not grow with the number of users. glibc's dynamic
+              mmap threshold lets the heap fragment across batches (tens of MB more at 8x the
+              users); MALLOC_MMAP_THRESHOLD_=131072 in the environment removes most of that.
 
 All threads are used unless OMP_NUM_THREADS / --threads says otherwise. numpy and faiss-cpu
 use OpenBLAS, whose kernel choice an OPENBLAS_CORETYPE setting overrides; torch uses MKL.
@@ -135,6 +137,11 @@ def gemm_floor(item_vectors, user_vectors, chunk, repeats=2):
 def rss_child(args) -> dict:
     """Run only the FAISS path (in a fresh process) and report memory."""
     data = make_problem(args.users, args.items, args.dim, args.hist, args.seed)
+    try:  # reset VmHWM, so that the data generation's temporaries do not count as the eval's peak
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     before = current_rss_mb()
     _, metrics, _, seconds = time_faiss(*data, args.ks, args.batch_size)
     peak = peak_rss_mb()

@@ -34,6 +34,7 @@ from about 20 queries per call).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -89,7 +90,8 @@ def as_float32_matrix(x, name: str, dim: int | None = None) -> np.ndarray:
     if dim is not None and x.shape[1] != dim:
         raise MMSRError(f"{name} have dimension {x.shape[1]}, the items have {dim}", where=name,
                         hint="user and item vectors must come from the same model")
-    if not np.isfinite(x).all():
+    finite = all(np.isfinite(x[i:i + 8192]).all() for i in range(0, len(x), 8192))  # bounded temporaries
+    if not finite:
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise MMSRError(f"{name} contain NaN or infinite values (first at row {bad})", where=f"{name}[{bad}]",
                         hint="the model diverged or the inputs are corrupt; check the checkpoint")
@@ -121,8 +123,10 @@ class ItemIndex:
             if not faiss_has_gpu():
                 raise MMSRError("a GPU index was asked for, but this FAISS build has no GPU support or sees no CUDA device",
                                 hint="install faiss-gpu-cu12 on a CUDA machine, or use --device cpu")
+            # Under torchrun each rank uses its own GPU (LOCAL_RANK), as the trainer does.
+            self.gpu_id = int(os.environ.get("LOCAL_RANK", "0")) % faiss.get_num_gpus()
             self._gpu_resources = faiss.StandardGpuResources()
-            self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._cpu)
+            self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_id, self._cpu)
         self.backend = "faiss-gpu" if self._gpu is not None else "faiss-cpu"
         self.norms = np.linalg.norm(self.vectors, axis=1).astype(np.float64)
         # |FAISS score - exact score| <= dim * 2^-24 * |q| * |v| for a float32 dot product in any
