@@ -20,7 +20,9 @@ def load_build_config(dataset: str | None, config: Path | None, sets: list[str] 
     from mmsr import config as cfg
     from mmsr.cache_stage import CacheBuildConfig
 
-    data = cfg.read_file(config) if config is not None else {}
+    from mmsr.train.config import cache_section
+
+    data = cache_section(cfg.read_file(config), source=f"config {config}") if config is not None else {}
     data = cfg.merge(data, cfg.parse_overrides(sets))
     explicit = {key: value for key, value in flags.items() if value is not None}
     encoder_keys = {k: explicit.pop(k) for k in list(explicit) if k in _ENCODER_FLAGS}

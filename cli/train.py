@@ -43,6 +43,10 @@ def train(
     cfg = config_lib.load(TrainConfig, config, extra)
     name = run or f"{Path(cfg.dataset).name}-{cfg.model.kind}-{cfg.model.sequence}"
     run_dir = paths.runs_dir(name)
+    if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
+        # torchrun --max-restarts passes the same --resume on the first start: begin afresh.
+        console.print(f"no checkpoint in {run_dir} yet: starting the run") if is_rank_zero() else None
+        resume = False
     if resume:
         if config is None and not extra:
             cfg = run_config(run_dir)

@@ -38,6 +38,7 @@ class SASRec(nn.Module):
         super().__init__()
         self.max_len = max_len
         self.position = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.position.weight, std=0.02)  # at the scale of the item vectors
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)

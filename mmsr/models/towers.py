@@ -18,10 +18,16 @@ States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 class ContentItemTower(nn.Module):
-    def __init__(self, encoders: dict[str, SplitEncoder], fusion: nn.Module):
+    def __init__(self, encoders: dict[str, SplitEncoder], fusion: nn.Module, dim: int):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
+        # Fusion outputs are layer-normed (norm ~ sqrt(dim)); scores of such vectors start in
+        # the hundreds and saturate the BCE loss. A small-initialised output projection starts
+        # item vectors at the scale of an ID embedding table instead.
+        self.out = nn.Linear(dim, dim)
+        nn.init.normal_(self.out.weight, std=0.02)
+        nn.init.zeros_(self.out.bias)
 
     @property
     def modalities(self) -> list[str]:
@@ -33,11 +39,7 @@ class ContentItemTower(nn.Module):
         for modality, encoder in self.encoders.items():
             hidden, mask = states[modality]
             tokens[modality] = encoder.upper(hidden.float(), mask)
-        return self.fusion(tokens)
-
-    def from_raw(self, batches: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
-        """Preprocessed raw inputs -> item vectors, running the frozen lower layers too."""
-        return self.fusion({m: encoder(batches[m]) for m, encoder in self.encoders.items()})
+        return self.out(self.fusion(tokens))
 
     def lower_parameters(self) -> list[nn.Parameter]:
         return [p for e in self.encoders.values() for m in e.lower_modules() for p in m.parameters()]

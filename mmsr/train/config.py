@@ -58,3 +58,18 @@ class TrainConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "early_stop_patience",
+                   "checkpoint_every_steps", "tensorboard", "cache_into")
+
+
+def cache_section(data: dict, source: str = "config") -> dict:
+    """A training config file, reduced to what `mmsr cache build` needs (dataset, seed, encoders),
+    so that one file drives both commands. The whole file is validated as a TrainConfig first."""
+    if not any(key in data for key in TRAIN_ONLY_KEYS):
+        return data
+    from mmsr.config import build
+
+    build(TrainConfig, data, source=source)
+    return {key: data[key] for key in ("dataset", "seed", "encoders") if key in data}

@@ -136,7 +136,7 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
         fusion_name = m.fusion if len(encoders) == 2 else "pool"
         fusion = create_fusion(fusion_name, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
                                layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout)
-        items = ContentItemTower(encoders, fusion)
+        items = ContentItemTower(encoders, fusion, m.dim)
     sequence = create_sequence_model(m.sequence, dim=m.dim, max_len=config.split.max_seq_len, layers=m.sequence_layers,
                                      heads=m.sequence_heads, dropout=m.dropout)
     return Recommender(items, UserTower(sequence), loss=config.optim.loss)
