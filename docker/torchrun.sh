@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mmsr-torchrun: the multi-node recipe. Run the same line on every node (docs/docker.md):
 #
-#   NNODES=2 NPROC_PER_NODE=8 RDZV_ENDPOINT=node0:29500 mmsr-torchrun train --run r1 --resume
+#   NNODES=2 NPROC_PER_NODE=8 RDZV_ENDPOINT=node0:29500 mmsr-torchrun train --run-dir r1 --from-cache --config r1.toml --resume
 #
 # which is
 #   torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT \

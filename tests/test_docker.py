@@ -172,30 +172,28 @@ def _free_port() -> int:
 
 
 def test_torchrun_recipe_two_local_processes(small_demo, tmp_path):
-    """docker/torchrun.sh for real: 1 node x 2 processes, c10d rendezvous, gloo; metrics all-reduced."""
+    """docker/torchrun.sh for real: 1 node x 2 processes, c10d rendezvous, gloo, the real
+    `mmsr train` and `mmsr eval`; the reduced metrics equal a single-process evaluation."""
     torchrun = Path(sys.executable).parent / "torchrun"
-    env = dict(os.environ, NNODES="1", NPROC_PER_NODE="2", RDZV_ENDPOINT=f"127.0.0.1:{_free_port()}",
-               RDZV_ID="test", MAX_RESTARTS="1", TORCHRUN=str(torchrun), OMP_NUM_THREADS="1",
-               MMSR_TORCHRUN_SCRIPT=str(ROOT / "tests" / "torchrun_eval_worker.py"))
-    result = subprocess.run(["bash", str(DOCKER / "torchrun.sh"), str(small_demo), str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [r["world"] for r in records] == [2, 2]
-    assert records[0]["metrics"] == records[1]["metrics"]  # reduced: both ranks see the global numbers
+    home = tmp_path / "home"
 
-    # Single process over all users gives the same numbers.
-    import numpy as np
+    def recipe(*args):
+        env = dict(os.environ, NNODES="1", NPROC_PER_NODE="2", RDZV_ENDPOINT=f"127.0.0.1:{_free_port()}",
+                   RDZV_ID="test", MAX_RESTARTS="1", TORCHRUN=str(torchrun), OMP_NUM_THREADS="1",
+                   MMSR_HOME=str(home), MMSR_NO_PROGRESS="1")
+        result = subprocess.run(["bash", str(DOCKER / "torchrun.sh"), *args], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
 
-    from mmsr.data.dataset import load_dataset
-    from mmsr.data.split import split_dataset
-    from mmsr.eval import case_histories, evaluate
-
-    split = split_dataset(load_dataset(small_demo, check_images=False))
-    cases = split.cases("test")
-    hist = case_histories(split.offsets, split.items, cases.users, cases.positions)
-    targets = split.items[split.offsets[cases.users] + cases.positions]
-    rng = np.random.default_rng(0)
-    items = rng.standard_normal((split.num_items, 16)).astype(np.float32)
-    users = rng.standard_normal((len(cases), 16)).astype(np.float32)
-    assert records[0]["metrics"] == pytest.approx(evaluate(items, users, targets, hist, ks=(10, 20), device="cpu"))
+    sets = ["--set", f"dataset={small_demo}", "--set", "model.kind=idsr", "--set", "model.dim=16",
+            "--set", "optim.epochs=1", "--set", "optim.batch_size=32"]
+    recipe("train", "--run-dir", "r1", "--resume", *sets)  # --resume on a first start begins the run
+    assert (home / "runs" / "r1" / "checkpoints" / "last.pt").is_file()
+    reduced = json.loads(recipe("eval", "--run-dir", "r1", "--json").stdout.strip().splitlines()[-1])
+    alone = subprocess.run([sys.executable, "-m", "mmsr_cli.app", "eval", "--run", "r1", "--json"], capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ, MMSR_HOME=str(home), MMSR_NO_PROGRESS="1"))
+    assert alone.returncode == 0, alone.stderr
+    single = json.loads(alone.stdout)
+    assert reduced["users"] == single["users"] == 200
+    assert reduced["metrics"] == pytest.approx(single["metrics"])
