@@ -32,11 +32,11 @@ CATEGORIES = ("jacket", "sneaker", "backpack", "lamp", "mug", "watch", "scarf", 
 MATERIALS = ("leather", "cotton", "wool", "ceramic", "steel", "bamboo")
 STYLES = ("vintage", "modern", "sporty", "elegant", "rustic")
 BRANDS = ("Norda", "Velo", "Atlas", "Kumo", "Brisa", "Oaken", "Lumen", "Tessa", "Mirro", "Pallo")
-B_COLOUR = 2.5
-B_CATEGORY = 2.5
+B_COLOUR = 4.0
+B_CATEGORY = 4.0
 SWITCH_PROB = 0.3
-NOISE_SHARE = 0.1
-ZIPF_EXPONENT = 1.0
+NOISE_SHARE = 0.05
+ZIPF_EXPONENT = 0.6
 
 
 @dataclass

@@ -33,12 +33,16 @@ def fusion_names() -> list[str]:
 
 
 class _Pooled(nn.Module):
-    """Pools each modality and projects it to `dim`."""
+    """Pools each modality, layer-normalises it and projects it to `dim`.
+
+    The norm puts encoders with very different output scales (a BERT layer without final
+    norm, a ViT whose final norm leaves a few channels in the tens) on an equal footing.
+    """
 
     def __init__(self, input_dims: dict[str, int], dim: int):
         super().__init__()
         self.order = sorted(input_dims)
-        self.proj = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in input_dims.items()})
+        self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, dim)) for m, d in input_dims.items()})
 
     def pooled(self, inputs: TokenDict) -> list[torch.Tensor]:
         missing = [m for m in self.order if m not in inputs]
@@ -123,7 +127,7 @@ class _Tokens(nn.Module):
         super().__init__()
         _require_two(input_dims)
         self.order = sorted(input_dims)
-        self.proj = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in input_dims.items()})
+        self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, dim)) for m, d in input_dims.items()})
         self.kind = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in input_dims})
 
     def tokens(self, inputs: TokenDict) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -154,12 +158,14 @@ class CoAttention(_Tokens):
     def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1):
         super().__init__(input_dims, dim)
         self.cross = nn.ModuleList(Block(dim, heads, dropout) for _ in range(2))
+        # A block normalises its own stream; the other stream, read as keys and values, needs its own norm.
+        self.context_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2))
         self.merge = nn.Sequential(nn.LayerNorm(2 * dim), nn.Linear(2 * dim, dim))
 
     def forward(self, inputs):
         (a, mask_a), (b, mask_b) = self.tokens(inputs)
-        a2 = self.cross[0](a, key_mask(mask_b), context=b)
-        b2 = self.cross[1](b, key_mask(mask_a), context=a)
+        a2 = self.cross[0](a, key_mask(mask_b), context=self.context_norm[0](b))
+        b2 = self.cross[1](b, key_mask(mask_a), context=self.context_norm[1](a))
         return self.merge(torch.cat([masked_mean(a2, mask_a), masked_mean(b2, mask_b)], dim=-1))
 
 

@@ -22,12 +22,11 @@ class ContentItemTower(nn.Module):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
-        # Fusion outputs are layer-normed (norm ~ sqrt(dim)); scores of such vectors start in
-        # the hundreds and saturate the BCE loss. A small-initialised output projection starts
-        # item vectors at the scale of an ID embedding table instead.
-        self.out = nn.Linear(dim, dim)
-        nn.init.normal_(self.out.weight, std=0.02)
-        nn.init.zeros_(self.out.bias)
+        # Fusion outputs have entries of order 1 and the user tower ends in a LayerNorm (norm
+        # sqrt(dim)), so raw scores would start with a spread of sqrt(dim) and saturate the
+        # loss. A constant 1/sqrt(dim) puts item vectors at the scale of an ID embedding
+        # table; being a constant, it neither starves the fusion of gradient nor changes ranks.
+        self.scale = dim ** -0.5
 
     @property
     def modalities(self) -> list[str]:
@@ -39,7 +38,7 @@ class ContentItemTower(nn.Module):
         for modality, encoder in self.encoders.items():
             hidden, mask = states[modality]
             tokens[modality] = encoder.upper(hidden.float(), mask)
-        return self.out(self.fusion(tokens))
+        return self.fusion(tokens) * self.scale
 
     def lower_parameters(self) -> list[nn.Parameter]:
         return [p for e in self.encoders.values() for m in e.lower_modules() for p in m.parameters()]

@@ -2,7 +2,7 @@
 
 A user contributes the last `max_seq_len + 1` items of their training part: inputs are
 items[:-1], targets items[1:], left-padded to `max_seq_len`. Negatives are drawn uniformly
-from items outside the user's whole history. All randomness comes from generators seeded
+from items outside the user's training history. All randomness comes from generators seeded
 by (seed, epoch) and (seed, epoch, step), so an interrupted epoch replays exactly and every
 process of a distributed run draws the same global batch.
 """
@@ -68,7 +68,9 @@ class TrainBatches:
                      torch.from_numpy(mask))
 
     def _negatives(self, user: int, count: int, rng: np.random.Generator) -> np.ndarray:
-        history = np.unique(self.split.sequence(user))
+        # The user's history at training time is the training part: the validation and test
+        # items are not known here, so they may be drawn as negatives like any other item.
+        history = np.unique(self.split.train_sequence(user))
         if len(history) >= self.split.num_items:
             return rng.integers(self.split.num_items, size=count)
         out = rng.integers(self.split.num_items, size=count)

@@ -51,6 +51,9 @@ class TrainConfig:
     cache_into: Literal["auto", "ram", "mmap", "cuda"] = "auto"
     eval_every: int = 1  # epochs between validations
     eval_batch_size: int = 256
+    # Validation protocol for model selection: "paper" masks the history, "recbole" does not
+    # (select with the protocol you will report).
+    valid_protocol: Literal["paper", "recbole"] = "paper"
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every N steps; 0 = end of epoch only
     tensorboard: bool = False
@@ -60,7 +63,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "early_stop_patience",
+TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "valid_protocol", "early_stop_patience",
                    "checkpoint_every_steps", "tensorboard", "cache_into")
 
 

@@ -148,7 +148,8 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
         improved = False
         if validate:
             result = evaluate(model, feed, split, "valid", ks=(10, 20), batch_size=config.eval_batch_size,
-                              device=device, rank=dist.rank, world=dist.world)
+                              device=device, rank=dist.rank, world=dist.world,
+                              mask_history=config.valid_protocol == "paper")
             record["valid"] = result["metrics"]
             improved = not best or result["metrics"][SELECT_METRIC] > best["valid"][SELECT_METRIC]
             if improved:
