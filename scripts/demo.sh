@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Installs mmsr into .venv and runs the main job on the embedded demo dataset:
-# data -> cache -> train -> eval, with the CPU demo profile (configs/demo-cpu.toml).
+# data -> cache -> train -> eval (+ one recommendation), with the CPU demo profile
+# (configs/demo-cpu.toml). Reruns reuse what is already there: the dataset, the converted
+# model, finished cache chunks; the training run is started afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 MMSR=.venv/bin/mmsr
+CONFIG=configs/demo-cpu.toml
 $MMSR data demo --name demo
 $MMSR data info demo
-if $MMSR cache --help >/dev/null 2>&1; then
-  $MMSR models prepare
-  $MMSR cache build --dataset demo --config configs/demo-cpu.toml
-fi
-if $MMSR train --help >/dev/null 2>&1; then
-  $MMSR train --from-cache --config configs/demo-cpu.toml --run demo-cpu --overwrite
-  $MMSR eval --run demo-cpu --faiss --split test
-  $MMSR eval --run demo-cpu --faiss --split cold
-fi
+$MMSR models prepare
+$MMSR cache build --dataset demo --config "$CONFIG"
+$MMSR train --from-cache --config "$CONFIG" --run demo-cpu --overwrite
+$MMSR eval --run demo-cpu --faiss --split test
+$MMSR eval --run demo-cpu --faiss --split cold
+$MMSR recommend --run demo-cpu --history i00001,i00002,i00003 -k 5
