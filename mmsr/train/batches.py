@@ -17,6 +17,7 @@ import torch
 from mmsr.data.split import Split
 
 PAD = -1
+NEGATIVE_MODES = ("unseen", "any")
 
 
 @dataclass
@@ -34,14 +35,16 @@ class Batch:
 
 
 class TrainBatches:
-    def __init__(self, split: Split, batch_size: int, seed: int):
+    def __init__(self, split: Split, batch_size: int, seed: int, negatives: str = "unseen"):
+        if negatives not in NEGATIVE_MODES:
+            raise ValueError(f"negatives must be one of {NEGATIVE_MODES}")
+        self.negatives = negatives
         self.split = split
         self.batch_size = batch_size
         self.seed = seed
         self.max_len = split.config.max_seq_len
         lengths = split.lengths() - 2
         self.users = np.flatnonzero(lengths >= 2)  # a target needs an input before it
-        self._history_sets = None
 
     def __len__(self) -> int:
         return -(-len(self.users) // self.batch_size)
@@ -62,22 +65,26 @@ class TrainBatches:
             n = len(seq) - 1
             inputs[row, -n:] = seq[:-1]
             targets[row, -n:] = seq[1:]
-            negatives[row, -n:] = self._negatives(user, n, rng)
+            negatives[row, -n:] = self._negatives(user, seq[1:], rng)
         mask = targets != PAD
         return Batch(torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(negatives),
                      torch.from_numpy(mask))
 
-    def _negatives(self, user: int, count: int, rng: np.random.Generator) -> np.ndarray:
-        # The user's history at training time is the training part: the validation and test
-        # items are not known here, so they may be drawn as negatives like any other item.
-        history = np.unique(self.split.train_sequence(user))
-        if len(history) >= self.split.num_items:
-            return rng.integers(self.split.num_items, size=count)
-        out = rng.integers(self.split.num_items, size=count)
-        bad = np.isin(out, history, assume_unique=False)
-        while bad.any():  # rejection sampling; histories are a tiny part of the catalogue
-            out[bad] = rng.integers(self.split.num_items, size=int(bad.sum()))
-            bad = np.isin(out, history)
+    def _negatives(self, user: int, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One negative per target: "unseen" avoids the user's whole training history (the
+        paper's rule); "any" avoids only that position's target (RecBole's rule)."""
+        exclude = np.unique(self.split.train_sequence(user)) if self.negatives == "unseen" else None
+        out = rng.integers(self.split.num_items, size=len(targets))
+        if self.split.num_items - (len(exclude) if exclude is not None else 1) < 1:
+            return out  # nothing left to draw from: keep the draw rather than loop forever
+
+        def forbidden(rows: np.ndarray) -> np.ndarray:
+            return np.isin(out[rows], exclude) if exclude is not None else out[rows] == targets[rows]
+
+        rows = np.flatnonzero(forbidden(np.arange(len(out))))
+        while len(rows):  # rejection sampling; histories are a tiny part of the catalogue
+            out[rows] = rng.integers(self.split.num_items, size=len(rows))
+            rows = rows[forbidden(rows)]
         return out
 
 

@@ -40,6 +40,9 @@ class OptimConfig:
     final_lr_fraction: float = 0.1
     grad_clip: float = 1.0  # 0 switches clipping off
     loss: Literal["bce", "inbatch"] = "bce"
+    # BCE negatives: "unseen" = uniform over items outside the user's training history (the
+    # paper); "any" = uniform over all items but the target (RecBole).
+    negatives: Literal["unseen", "any"] = "unseen"
     amp: bool = True  # bf16 autocast, on GPU only
 
 
