@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Iterator
 
 from mmsr.errors import MMSRError
+from mmsr_store.layout import atomic_write_bytes  # one implementation; the store may not import mmsr
+
+__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text"]
 
 
 @contextlib.contextmanager
@@ -33,22 +36,6 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(tmp, final)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
