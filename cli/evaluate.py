@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmsr_cli.common import console, is_rank_zero, print_json
+from mmsr_cli.common import is_rank_zero, print_json
 
 
 def evaluate(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmsr.models.layers import MLP, Block, key_mask, masked_mean
+from mmsr.models.layers import Block, key_mask, masked_mean
 from mmsr.models.registry import Registry
 
 FUSIONS: Registry[nn.Module] = Registry("fusion")
