@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -31,7 +32,16 @@ def init_from_env(device: torch.device) -> Dist:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Leave the group before the interpreter tears down gloo's threads (otherwise a rank
+        # can abort with "terminate called without an active exception" at exit).
+        atexit.register(_leave)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def pick_device(name: str = "auto") -> torch.device:

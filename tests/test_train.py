@@ -137,7 +137,8 @@ def test_cached_path_equals_end_to_end(built_cache):
 
 
 def _cli(args, home, env_extra=None, module=("-m", "mmsr_cli.app")):
-    env = dict(os.environ, MMSR_HOME=str(home), MMSR_NO_PROGRESS="1", OMP_NUM_THREADS="1", **(env_extra or {}))
+    env = dict(os.environ, MMSR_HOME=str(home), MMSR_NO_PROGRESS="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
+               **(env_extra or {}))
     return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, env=env, timeout=600)
 
 

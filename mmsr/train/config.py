@@ -59,7 +59,6 @@ class TrainConfig:
     valid_protocol: Literal["paper", "recbole"] = "paper"
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every N steps; 0 = end of epoch only
-    tensorboard: bool = False
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -67,7 +66,7 @@ class TrainConfig:
 
 
 TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "valid_protocol", "early_stop_patience",
-                   "checkpoint_every_steps", "tensorboard", "cache_into")
+                   "checkpoint_every_steps", "cache_into")
 
 
 def cache_section(data: dict, source: str = "config") -> dict:
