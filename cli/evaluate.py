@@ -22,6 +22,9 @@ def evaluate(
                                  "recbole: no masking (RecBole's full ranking)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
     batch_size: int = typer.Option(512, "--batch-size", help="Items/users per batch: bounds memory."),
+    device: str = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda."),
+    search_device: str = typer.Option("auto", "--search-device", help="FAISS index: auto (GPU when faiss-gpu "
+                                      "and CUDA are present) | cpu | gpu."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
     """Full-ranking HR@K / NDCG@K on a split; also written to RUN/eval_<split>.json."""
@@ -36,10 +39,11 @@ def evaluate(
     if not faiss:
         raise MMSRError("only FAISS exact search is implemented", where="--no-faiss")
     ks = parse_ks(k)
-    loaded = load_run(run, checkpoint)
+    loaded = load_run(run, checkpoint, device)
     dist = init_from_env(loaded.device)
     result = run_eval(loaded.model, loaded.feed, loaded.split, split, ks=ks, mask_history=protocol == "paper",
-                      batch_size=batch_size, device=loaded.device, rank=dist.rank, world=dist.world)
+                      batch_size=batch_size, device=loaded.device, rank=dist.rank, world=dist.world,
+                      search_device=search_device)
     result["run"] = str(loaded.root)
     result["checkpoint"] = loaded.info["checkpoint"]
     if not is_rank_zero():
@@ -48,7 +52,8 @@ def evaluate(
     if json_out:
         print_json(result)
         return
-    table = Table(title=f"{split} split: {result['users']:,} cases, {result['items']:,} items, {result['protocol']}")
+    table = Table(title=f"{split} split: {result['users']:,} cases, {result['items']:,} items, {result['protocol']}",
+                  caption=result["search"])
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result["metrics"].items():

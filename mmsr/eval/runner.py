@@ -47,8 +47,9 @@ def user_matrix(model, items: torch.Tensor, histories: list[np.ndarray], max_len
 
 def evaluate(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
              batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
-             items: torch.Tensor | None = None) -> dict:
-    from mmsr.eval.search import case_histories, rank_targets
+             items: torch.Tensor | None = None, search_device: str = "auto") -> dict:
+    """`search_device`: "auto" (a GPU index when faiss-gpu and CUDA are present), "cpu" or "gpu"."""
+    from mmsr.eval.search import ItemIndex, case_histories, rank_targets
 
     device = device or torch.device("cpu")
     cases = split.cases(which)
@@ -60,10 +61,12 @@ def evaluate(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_his
     histories = [split.history(u, p, max_len) for u, p in zip(users, positions)]
     user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
     targets = np.asarray([split.target(u, p) for u, p in zip(users, positions)], dtype=np.int64)
-    ranks = rank_targets(items.numpy(), user_vecs.numpy(), targets,
+    index = ItemIndex(items.numpy(), device=search_device)
+    ranks = rank_targets(index, user_vecs.numpy(), targets,
                          case_histories(split.offsets, split.items, users, positions),
                          mask_history=mask_history, max_k=max(ks))
     sums = reduce_metric_sums(metric_sums(ranks, ks))
     return {"split": which, "users": int(sums["count"]), "items": split.num_items,
             "protocol": "paper (history masked)" if mask_history else "recbole (history not masked)",
+            "search": f"exact inner product, {index.backend} IndexFlatIP",
             "metrics": finalize(sums)}

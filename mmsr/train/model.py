@@ -53,7 +53,14 @@ class RawFeed:
         pictures = []
         for i in ids:
             path = self.dataset.image_path(i)
-            pictures.append(None if path is None else Image.open(path).convert("RGB"))
+            try:
+                pictures.append(None if path is None else Image.open(path).convert("RGB"))
+            except Exception as error:  # PIL raises many types for a damaged file
+                from mmsr.errors import MMSRError
+
+                raise MMSRError(f"unreadable image for item {self.dataset.items[i]['id']!r}: {error}", where=path,
+                                hint="restore the file, or re-import the dataset with --on-bad-image skip|placeholder"
+                                ) from None
         return pictures
 
     def __call__(self, ids: torch.Tensor):
