@@ -1,7 +1,11 @@
 """Training batches: the paper's "every prefix position is a target" with one sampled negative.
 
-A user contributes the last `max_seq_len + 1` items of their training part: inputs are
-items[:-1], targets items[1:], left-padded to `max_seq_len`. Negatives are drawn uniformly
+With `windows="last"` (the reference code's choice) a user contributes one row per epoch:
+the last `max_seq_len + 1` items of their training part. With `windows="all"` the whole
+training part is cut, from the end backwards, into rows of up to `max_seq_len + 1` items that
+overlap by one, so every training item after a user's first is a target once per epoch
+(long histories, e.g. MovieLens, are not thrown away). In a row, inputs are items[:-1] and
+targets items[1:], left-padded to `max_seq_len`. Negatives are drawn uniformly
 from items outside the user's training history. All randomness comes from generators seeded
 by (seed, epoch) and (seed, epoch, step), so an interrupted epoch replays exactly and every
 process of a distributed run draws the same global batch.
@@ -18,6 +22,7 @@ from mmsr.data.split import Split
 
 PAD = -1
 NEGATIVE_MODES = ("unseen", "any")
+WINDOW_MODES = ("last", "all")
 
 
 @dataclass
@@ -35,33 +40,44 @@ class Batch:
 
 
 class TrainBatches:
-    def __init__(self, split: Split, batch_size: int, seed: int, negatives: str = "unseen"):
+    def __init__(self, split: Split, batch_size: int, seed: int, negatives: str = "unseen", windows: str = "last"):
         if negatives not in NEGATIVE_MODES:
             raise ValueError(f"negatives must be one of {NEGATIVE_MODES}")
+        if windows not in WINDOW_MODES:
+            raise ValueError(f"windows must be one of {WINDOW_MODES}")
         self.negatives = negatives
         self.split = split
         self.batch_size = batch_size
         self.seed = seed
         self.max_len = split.config.max_seq_len
         lengths = split.lengths() - 2
-        self.users = np.flatnonzero(lengths >= 2)  # a target needs an input before it
+        users = np.flatnonzero(lengths >= 2)  # a target needs an input before it
+        # One row per (user, end): the row is train_sequence(user)[end - max_len - 1:end].
+        ends = [[n] if windows == "last" else list(range(n, 1, -self.max_len)) for n in lengths[users]]
+        self.row_users = np.repeat(users, [len(e) for e in ends]).astype(np.int64)
+        self.row_ends = np.asarray([end for row in ends for end in row], dtype=np.int64)
 
     def __len__(self) -> int:
-        return -(-len(self.users) // self.batch_size)
+        return -(-len(self.row_users) // self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.users)
+        """This epoch's order of the rows."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.row_users))
+
+    def users_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.row_users[rows]
 
     def batch(self, epoch: int, step: int, order: np.ndarray | None = None) -> Batch:
         order = self.order(epoch) if order is None else order
-        users = order[step * self.batch_size:(step + 1) * self.batch_size]
+        rows = order[step * self.batch_size:(step + 1) * self.batch_size]
+        users, ends = self.row_users[rows], self.row_ends[rows]
         rng = np.random.default_rng([self.seed, epoch, step, 1])
         size = len(users)
         inputs = np.full((size, self.max_len), PAD, dtype=np.int64)
         targets = np.full((size, self.max_len), PAD, dtype=np.int64)
         negatives = np.full((size, self.max_len), PAD, dtype=np.int64)
-        for row, user in enumerate(users):
-            seq = self.split.train_sequence(user)[-(self.max_len + 1):]
+        for row, (user, end) in enumerate(zip(users, ends)):
+            seq = self.split.train_sequence(user)[max(0, end - self.max_len - 1):end]
             n = len(seq) - 1
             inputs[row, -n:] = seq[:-1]
             targets[row, -n:] = seq[1:]

@@ -43,6 +43,9 @@ class OptimConfig:
     # BCE negatives: "unseen" = uniform over items outside the user's training history (the
     # paper); "any" = uniform over all items but the target (RecBole).
     negatives: Literal["unseen", "any"] = "unseen"
+    # Training rows per user and epoch: "last" = the last max_seq_len + 1 items of the training
+    # part (the reference code); "all" = the whole training part in windows of that length.
+    windows: Literal["last", "all"] = "last"
     amp: bool = True  # bf16 autocast, on GPU only
 
 

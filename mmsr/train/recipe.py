@@ -77,7 +77,8 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
     feed, feed_desc = open_feed(config, model, dataset, from_cache, device)
     torch.manual_seed(config.seed)  # the same initial RNG whatever building the encoders consumed
 
-    batches = TrainBatches(split, config.optim.batch_size, config.seed, config.optim.negatives)
+    batches = TrainBatches(split, config.optim.batch_size, config.seed, config.optim.negatives,
+                            config.optim.windows)
     steps_per_epoch = len(batches)
     optimizer = torch.optim.AdamW(parameter_groups(model, config))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
