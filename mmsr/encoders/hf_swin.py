@@ -56,7 +56,7 @@ class SwinEncoder(SplitEncoder):
 
     def _block_dims(self) -> list[tuple[tuple[int, int], int]]:
         """Per block: the grid it reads, and the channel count it writes (after any merging)."""
-        dims, grid, out = [], self._grid(), []
+        dims, grid = [], self._grid()
         for stage, block, last in self._units():
             channels = block.layernorm_before.normalized_shape[0]
             if last and stage.downsample is not None:

@@ -104,7 +104,7 @@ class Recommender(nn.Module):
     def forward(self, batch: Batch, feed=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (summed loss, number of target positions) for this process's rows."""
         flat = torch.cat([batch.inputs.flatten(), batch.targets.flatten(), batch.negatives.flatten()])
-        unique, inverse = torch.unique(flat[flat != PAD], return_inverse=True)
+        unique = torch.unique(flat[flat != PAD])
         vectors = self.item_vectors(unique, feed)  # each distinct item encoded once
         lookup = torch.full((int(flat.max()) + 2,), -1, dtype=torch.long, device=flat.device)
         lookup[unique] = torch.arange(len(unique), device=flat.device)
