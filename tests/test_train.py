@@ -58,7 +58,7 @@ def _fits_a_batch(overrides, steps=40):
     for _ in range(steps + 1):
         total, count = model(batch, feed)
         loss = total / count
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
