@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from mmsr.errors import MMSRError
+from mmsr_store.errors import UserError
 from mmsr_cli import cache, data, evaluate, models, train
 
 app = typer.Typer(
@@ -37,23 +37,12 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
     _state["debug"] = debug
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [MMSRError]
-    try:
-        from mmsr_store.errors import StoreError
-
-        errors.append(StoreError)
-    except ImportError:  # the store package is optional for the data commands
-        pass
-    return tuple(errors)
-
-
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         app()
-    except _user_errors() as error:
+    except UserError as error:
         if _state["debug"] or "--debug" in sys.argv:
             raise
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)

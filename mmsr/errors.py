@@ -1,28 +1,22 @@
-"""The one user-facing exception type of the library.
+"""The library's user-facing exception type.
 
 The CLI prints `str(error)` as a single line and exits with status 2; `--debug` adds the
-traceback. Anything else that escapes is a bug, not a user error.
+traceback. Anything else that escapes is a bug, not a user error. The formatting lives in
+`mmsr_store.errors.UserError`, the base the store's errors share (the store may not import mmsr).
 """
 
 from __future__ import annotations
 
 import os
 
+from mmsr_store.errors import UserError
 
-class MMSRError(Exception):
+
+class MMSRError(UserError):
     """A problem the user can fix: bad input, a missing file, a mismatching cache.
 
     `where` names the file (and line) or the item; `hint` says what to do about it.
     """
 
     def __init__(self, message: str, *, where: str | os.PathLike | None = None, hint: str | None = None):
-        self.message = message
-        self.where = None if where is None else str(where)
-        self.hint = hint
-        super().__init__(self.__str__())
-
-    def __str__(self) -> str:
-        text = f"{self.where}: {self.message}" if self.where else self.message
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
+        super().__init__(message, where, hint)

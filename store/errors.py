@@ -1,15 +1,16 @@
-"""The store's one exception type. It mirrors `mmsr.errors.MMSRError` without importing mmsr."""
+"""The user-facing error base, and the store's own error.
+
+`UserError` lives here because the store may not import mmsr; `mmsr.errors.MMSRError`
+subclasses it, so the CLI catches one type for every problem a user can fix.
+"""
 
 from __future__ import annotations
 
 import os
 
 
-class StoreError(Exception):
-    """A problem with a cache the user can fix: missing, incomplete, mismatching or busy.
-
-    `str()` is one line: "where: message (hint)".
-    """
+class UserError(Exception):
+    """A problem the user can fix. `str()` is one line: "where: message (hint)"."""
 
     def __init__(self, message: str, where: str | os.PathLike | None = None, hint: str | None = None):
         self.message = message
@@ -22,3 +23,7 @@ class StoreError(Exception):
         if self.hint:
             text += f" ({self.hint})"
         return " ".join(text.split("\n"))
+
+
+class StoreError(UserError):
+    """A problem with a cache: missing, incomplete, mismatching or busy."""
