@@ -26,6 +26,7 @@ import numpy as np
 
 from mmsr import paths
 from mmsr.atomic import atomic_dir
+from mmsr.data.textfile import iter_json_lines, iter_lines
 from mmsr.errors import MMSRError
 
 SCHEMA_VERSION = 1
@@ -273,29 +274,17 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _lines(path: Path):
+def _require_file(path: Path) -> Path:
     if not path.is_file():
         raise MMSRError("missing file", where=path)
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                raise MMSRError(f"not UTF-8 ({error.reason} at byte {error.start})", where=f"{path}:{number}") from None
+    return path
 
 
 def _read_items(path: Path, root: Path, check_images: bool) -> tuple[list[dict], dict[str, int]]:
     items: list[dict] = []
     index: dict[str, int] = {}
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise MMSRError(f"malformed JSON: {error.msg}", where=where) from None
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+    for where, item in iter_json_lines(_require_file(path)):
+        if not isinstance(item.get("id"), str) or not item["id"]:
             raise MMSRError("an item needs a non-empty string \"id\"", where=where)
         if item["id"] in index:
             raise MMSRError(f"duplicate item id {item['id']!r}", where=where)
@@ -315,7 +304,7 @@ def _read_interactions(path: Path, item_index: dict[str, int]):
     user_col: list[int] = []
     item_col: list[int] = []
     time_col: list[float] = []
-    for number, line in _lines(path):
+    for number, line in iter_lines(_require_file(path)):
         if number == 1:
             if line.split("\t") != ["user", "item", "timestamp"]:
                 raise MMSRError("header must be user<TAB>item<TAB>timestamp", where=f"{path}:1")

@@ -19,12 +19,11 @@ names are skipped.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from urllib.parse import urlparse
 
 from mmsr.data.dataset import DatasetWriter
-from mmsr.data.importers.base import (ImportReport, ProgressFactory, bad_image, find_picture, iter_lines, parse_time,
+from mmsr.data.importers.base import (ImportReport, ProgressFactory, bad_image, find_picture, iter_json_lines, parse_time,
                                       register, require_dir, require_file, size_kb)
 from mmsr.errors import MMSRError
 
@@ -50,19 +49,6 @@ def _classify(sources: list[Path]) -> tuple[Path, Path, Path | None]:
         raise MMSRError("amazon2023: more than one images folder", where=", ".join(map(str, folders)))
     return reviews[0], metas[0], folders[0] if folders else None
 
-
-def _records(path: Path, advance):
-    for number, line in iter_lines(path, advance):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise MMSRError(f"malformed JSON: {error.msg} (column {error.colno})", where=where) from None
-        if not isinstance(record, dict):
-            raise MMSRError("expected one JSON object per line", where=where)
-        yield where, record
 
 
 def _string(record: dict, key: str, where: str) -> str:
@@ -110,14 +96,14 @@ def import_amazon2023(sources: list[Path], writer: DatasetWriter, report: Import
 
     used: set[str] = set()
     with progress("reviews (scan)", size_kb(reviews_path)) as advance:
-        for where, record in _records(reviews_path, advance):
+        for where, record in iter_json_lines(reviews_path, advance):
             _string(record, "user_id", where)
             parse_time(record.get("timestamp"), where)
             used.add(_string(record, "parent_asin", where))
 
     skipped = 0
     with progress("meta", size_kb(meta_path)) as advance:
-        for where, record in _records(meta_path, advance):
+        for where, record in iter_json_lines(meta_path, advance):
             asin = _string(record, "parent_asin", where)
             if asin not in used:
                 skipped += 1
@@ -136,6 +122,6 @@ def import_amazon2023(sources: list[Path], writer: DatasetWriter, report: Import
         report.notes.append(f"{skipped:,} items of {meta_path.name} have no review: skipped")
 
     with progress("reviews", size_kb(reviews_path)) as advance:
-        for where, record in _records(reviews_path, advance):
+        for where, record in iter_json_lines(reviews_path, advance):
             writer.add_interaction(_string(record, "user_id", where), _string(record, "parent_asin", where),
                                    parse_time(record.get("timestamp"), where), where=where)

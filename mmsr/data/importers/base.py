@@ -9,16 +9,15 @@ interactions. It raises `MMSRError(message, where="file:line" or a key, hint=...
 from __future__ import annotations
 
 import contextlib
-import gzip
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 from mmsr.data.dataset import PLACEHOLDER_RGB, DatasetWriter
+from mmsr.data.textfile import Advance, iter_json_lines, iter_lines  # noqa: F401  (re-exported for importers)
 from mmsr.errors import MMSRError
 
-Advance = Callable[..., None]
 ProgressFactory = Callable[[str, "int | None"], ContextManager[Advance]]
 
 
@@ -88,30 +87,6 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise MMSRError(f"{what}: this is a file, a directory was expected", where=path)
     return path
-
-
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def iter_lines(path: Path, advance: Advance | None = None) -> Iterator[tuple[int, str]]:
-    """(line number, text without the line break) for every line; non-UTF-8 bytes name the line.
-
-    `advance` is called with the kilobytes read (progress by size, so the total is known).
-    `.gz` files are read through gzip (then progress counts uncompressed bytes).
-    """
-    with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if advance is not None:
-                advance(len(raw) / 1024)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise MMSRError(f"not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})",
-                                where=f"{path}:{number}", hint="re-encode the file as UTF-8") from None
-            if number == 1:
-                text = text.removeprefix("\ufeff")  # a byte-order mark from spreadsheet exports
-            yield number, text.rstrip("\r\n")
 
 
 def size_kb(path: Path) -> int:

@@ -1,0 +1,55 @@
+"""Reading text tables line by line, naming the file and line of any problem.
+
+Shared by the canonical dataset's reader and the importers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+from mmsr.errors import MMSRError
+
+Advance = Callable[[float], None]
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def iter_lines(path: Path, advance: Advance | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text without the line break) for every line; non-UTF-8 bytes name the line.
+
+    `advance` is called with the kilobytes read (progress by size, so the total is known).
+    `.gz` files are read through gzip (then progress counts uncompressed bytes).
+    """
+    path = Path(path)
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            if advance is not None:
+                advance(len(raw) / 1024)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise MMSRError(f"not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})",
+                                where=f"{path}:{number}", hint="re-encode the file as UTF-8") from None
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a byte-order mark from spreadsheet exports
+            yield number, text.rstrip("\r\n")
+
+
+def iter_json_lines(path: Path, advance: Advance | None = None) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for every non-blank line of a JSON-lines file."""
+    for number, line in iter_lines(path, advance):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MMSRError(f"malformed JSON: {error.msg} (column {error.colno})", where=where) from None
+        if not isinstance(record, dict):
+            raise MMSRError("expected one JSON object per line", where=where)
+        yield where, record
