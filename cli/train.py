@@ -57,18 +57,8 @@ def train(
         if is_rank_zero():
             shutil.rmtree(run_dir)
 
-    def bar(description: str, total: int):
-        context = progress_bar(description, total, unit="steps")
-        advance = context.__enter__()
-        bars.append(context)
-        return advance
-
-    bars: list = []
-    try:
-        best = run_training(cfg, run_dir, from_cache=from_cache, resume=resume,
-                            progress=bar, log=lambda text: console.print(text) if is_rank_zero() else None)
-    finally:
-        for context in bars:
-            context.__exit__(None, None, None)
+    best = run_training(cfg, run_dir, from_cache=from_cache, resume=resume,
+                        progress=lambda description, total: progress_bar(description, total, unit="steps"),
+                        log=lambda text: console.print(text) if is_rank_zero() else None)
     if is_rank_zero():
         console.print(f"[green]run {run_dir}: best epoch {best.get('epoch')} {best.get('valid')}")

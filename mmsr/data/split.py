@@ -132,11 +132,9 @@ def make_split(user_of: np.ndarray, item_of: np.ndarray, time_of: np.ndarray, nu
     if len(kept) == 0:
         raise MMSRError(f"no user has at least {config.min_interactions} interactions",
                         hint="lower split.min_interactions, or check the interactions table")
-    starts = np.concatenate([[0], np.cumsum(counts)])
     lengths = counts[kept]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    index = np.concatenate([np.arange(starts[u], starts[u + 1]) for u in kept])
-    items = sorted_items[index]
+    items = sorted_items[np.isin(sorted_users, kept)]  # rows are grouped by user, users ascending
     train_mask = np.ones(len(items), dtype=bool)
     train_mask[offsets[1:] - 1] = False
     train_mask[offsets[1:] - 2] = False

@@ -103,25 +103,27 @@ class Recommender(nn.Module):
 
     def forward(self, batch: Batch, feed=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (summed loss, number of target positions) for this process's rows."""
-        flat = torch.cat([batch.inputs.flatten(), batch.targets.flatten(), batch.negatives.flatten()])
-        unique = torch.unique(flat[flat != PAD])
+        parts = (batch.inputs, batch.targets, batch.negatives)
+        flat = torch.cat([part.flatten() for part in parts])
+        valid = flat != PAD
+        unique, inverse = torch.unique(flat[valid], return_inverse=True)
         vectors = self.item_vectors(unique, feed)  # each distinct item encoded once
-        lookup = torch.full((int(flat.max()) + 2,), -1, dtype=torch.long, device=flat.device)
-        lookup[unique] = torch.arange(len(unique), device=flat.device)
+        rows = torch.zeros_like(flat)
+        rows[valid] = inverse  # row of `vectors` per position (0 where padded, then zeroed)
+        inputs_row, targets_row, negatives_row = rows.view(3, *batch.inputs.shape)
 
-        def gather(ids):
-            rows = lookup[ids.clamp_min(0)]
-            return vectors[rows.clamp_min(0)] * (ids != PAD).unsqueeze(-1)
+        def gather(row, ids):
+            return vectors[row] * (ids != PAD).unsqueeze(-1)
 
         in_mask = batch.inputs != PAD
-        users = self.user_vectors(gather(batch.inputs), in_mask)
+        users = self.user_vectors(gather(inputs_row, batch.inputs), in_mask)
         mask = batch.mask
         count = mask.sum()
         if self.loss_kind == "inbatch":
             logits = users[mask] @ vectors.T
-            return F.cross_entropy(logits.float(), lookup[batch.targets[mask]], reduction="sum"), count
-        positive = (users * gather(batch.targets)).sum(-1)[mask].float()
-        negative = (users * gather(batch.negatives)).sum(-1)[mask].float()
+            return F.cross_entropy(logits.float(), targets_row[mask], reduction="sum"), count
+        positive = (users * gather(targets_row, batch.targets)).sum(-1)[mask].float()
+        negative = (users * gather(negatives_row, batch.negatives)).sum(-1)[mask].float()
         loss = F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive), reduction="sum") \
             + F.binary_cross_entropy_with_logits(negative, torch.zeros_like(negative), reduction="sum")
         return loss, count

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -64,9 +65,17 @@ def open_feed(config: TrainConfig, model, dataset, from_cache: bool, device: tor
     return CacheFeed(states, device), f"cache {path} ({into})"
 
 
+def _no_progress(description: str, total: int):
+    return contextlib.nullcontext(lambda n=1: None)
+
+
 def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume: bool = False,
-          progress=None, log=print) -> dict:
-    """Train, validate and checkpoint. Returns the best validation record."""
+          progress=_no_progress, log=print) -> dict:
+    """Train, validate and checkpoint. Returns the best validation record.
+
+    `progress(description, total)` returns a context manager yielding `advance(n)` (as
+    `mmsr_cli.common.progress_bar` does); one bar per epoch, closed when the epoch ends.
+    """
     device = pick_device(config.device)
     dist = init_from_env(device)
     torch.manual_seed(config.seed)
@@ -119,30 +128,29 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
         first = start_step if epoch == start_epoch else 0
         epoch_loss, epoch_count = (partial.get("loss", 0.0), partial.get("count", 0)) if first else (0.0, 0)
         started = time.perf_counter() - (partial.get("seconds", 0.0) if first else 0.0)
-        advance = progress(f"epoch {epoch + 1}/{config.optim.epochs}", steps_per_epoch - first) if progress else None
-        for step in range(first, steps_per_epoch):
-            batch = batches.batch(epoch, step, order)
-            total = int(batch.mask.sum())  # global target count: exact mean over the global batch
-            local = batch.rows(slice(dist.rank, None, dist.world)).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.optim.amp and device.type == "cuda"):
-                loss_sum, _ = ddp(local, feed)
-            loss = loss_sum * dist.world / max(total, 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            global_step += 1
-            epoch_loss += float(loss_sum.detach()) * dist.world
-            epoch_count += total
-            if advance:
+        with progress(f"epoch {epoch + 1}/{config.optim.epochs}", steps_per_epoch - first) as advance:
+            for step in range(first, steps_per_epoch):
+                batch = batches.batch(epoch, step, order)
+                total = int(batch.mask.sum())  # global target count: exact mean over the global batch
+                local = batch.rows(slice(dist.rank, None, dist.world)).to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.optim.amp and device.type == "cuda"):
+                    loss_sum, _ = ddp(local, feed)
+                loss = loss_sum * dist.world / max(total, 1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                global_step += 1
+                epoch_loss += float(loss_sum.detach()) * dist.world
+                epoch_count += total
                 advance(1)
-            if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0:
-                checkpoint(epoch, step + 1, extra={"loss": epoch_loss, "count": epoch_count,
-                                                   "seconds": time.perf_counter() - started})
-            if kill_at and global_step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+                if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0:
+                    checkpoint(epoch, step + 1, extra={"loss": epoch_loss, "count": epoch_count,
+                                                       "seconds": time.perf_counter() - started})
+                if kill_at and global_step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
         record = {"epoch": epoch + 1, "step": global_step, "loss": epoch_loss / max(epoch_count, 1),
                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - started, 3)}
         validate = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs
