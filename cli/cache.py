@@ -103,7 +103,7 @@ def info(
     if (path / STORE_DIR).is_dir():
         caches = [path]
     else:
-        root = paths.home() / "caches" / (path.name if paths.looks_like_path(target) else target)
+        root = paths.caches_dir(path.name if paths.looks_like_path(target) else target)
         caches = sorted(p for p in root.glob("*") if (p / STORE_DIR).is_dir())
         if not caches:
             raise MMSRError("no cache found", where=target, hint="give a cache directory, or run mmsr cache build")

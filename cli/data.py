@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from mmsr import paths
@@ -50,28 +51,12 @@ def info(
 ):
     """Counts of a dataset before and after the paper's protocol (leave-one-out, cold items)."""
     from mmsr.data.dataset import load_dataset
-    from mmsr.data.split import SplitConfig, split_dataset
+    from mmsr.data.split import SplitConfig, dataset_report
 
     dataset = load_dataset(name)
-    split = split_dataset(dataset, SplitConfig(min_interactions=min_interactions, cold_threshold=cold_threshold,
-                                               max_seq_len=max_seq_len))
-    counts = dataset.meta["counts"]
-    stats = split.stats()
-    report = {
-        "name": dataset.name,
-        "path": str(dataset.root),
-        "users": stats["users"],
-        "items": dataset.num_items,
-        "interactions": stats["interactions"],
-        "items_with_image": counts["items_with_image"],
-        "items_with_text": counts["items_with_text"],
-        "cold_items": stats["cold_items"],
-        "cold_sequences": stats["cold_sequences"],
-        "avg_seq_len": stats["avg_seq_len"],
-        "raw": {"users": counts["users"], "interactions": counts["interactions"]},
-        "protocol": {"min_interactions": min_interactions, "cold_threshold": cold_threshold, "max_seq_len": max_seq_len},
-        "content_hash": dataset.meta.get("content_hash"),
-    }
+    report = dataset_report(dataset, SplitConfig(min_interactions=min_interactions, cold_threshold=cold_threshold,
+                                                 max_seq_len=max_seq_len))
+    counts = report["raw"]
     if json_out:
         print_json(report)
         return
@@ -82,10 +67,8 @@ def info(
                 "cold_sequences", "avg_seq_len"):
         table.add_row(key, f"{report[key]:,}" if isinstance(report[key], int) else str(report[key]))
     table.add_row("raw users / interactions", f"{counts['users']:,} / {counts['interactions']:,}")
-    from rich.console import Console
-
     Console().print(table)
-    if counts["items_with_image"] == 0:
+    if report["items_with_image"] == 0:
         console.print("[yellow]this dataset has no images: train text-only models (MMSR-T) on it")
 
 

@@ -111,7 +111,7 @@ def cache_path(dataset_root_or_name: str | os.PathLike | Dataset, encoder_config
         name = Path(dataset_root_or_name).expanduser().name
     else:
         name = str(dataset_root_or_name)
-    return paths.home() / "caches" / name / config_hash(encoder_config)
+    return paths.caches_dir(name) / config_hash(encoder_config)
 
 
 def expected_fingerprint(encoder, dataset: Dataset, encoder_config: EncoderConfig) -> dict:

@@ -146,3 +146,27 @@ def make_split(user_of: np.ndarray, item_of: np.ndarray, time_of: np.ndarray, nu
 def split_dataset(dataset, config: SplitConfig | None = None) -> Split:
     return make_split(dataset.inter_user, dataset.inter_item, dataset.inter_time, dataset.num_items,
                       dataset.user_ids, config)
+
+
+def dataset_report(dataset, config: SplitConfig | None = None) -> dict:
+    """What `mmsr data info` reports: counts after the protocol, and the raw counts before it."""
+    from dataclasses import asdict
+
+    config = config or SplitConfig()
+    counts = dataset.meta["counts"]
+    stats = split_dataset(dataset, config).stats()
+    return {
+        "name": dataset.name,
+        "path": str(dataset.root),
+        "users": stats["users"],
+        "items": dataset.num_items,
+        "interactions": stats["interactions"],
+        "items_with_image": counts["items_with_image"],
+        "items_with_text": counts["items_with_text"],
+        "cold_items": stats["cold_items"],
+        "cold_sequences": stats["cold_sequences"],
+        "avg_seq_len": stats["avg_seq_len"],
+        "raw": {"users": counts["users"], "interactions": counts["interactions"]},
+        "protocol": {key: asdict(config)[key] for key in ("min_interactions", "cold_threshold", "max_seq_len")},
+        "content_hash": dataset.meta.get("content_hash"),
+    }
