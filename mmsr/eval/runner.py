@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from mmsr.data.split import Split
-from mmsr.eval.metrics import finalize, metric_sums, reduce_metric_sums
 from mmsr.train.batches import left_pad
 
 
@@ -47,26 +46,23 @@ def user_matrix(model, items: torch.Tensor, histories: list[np.ndarray], max_len
 
 def evaluate(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
              batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
-             items: torch.Tensor | None = None, search_device: str = "auto") -> dict:
+             search_device: str = "auto") -> dict:
     """`search_device`: "auto" (a GPU index when faiss-gpu and CUDA are present), "cpu" or "gpu"."""
-    from mmsr.eval.search import ItemIndex, case_histories, rank_targets
+    from mmsr.eval.search import ItemIndex, case_histories, evaluate as search_metrics, shard_rows
 
     device = device or torch.device("cpu")
     cases = split.cases(which)
-    mine = np.arange(rank, len(cases), world)
+    mine = shard_rows(len(cases), rank, world)
     users, positions = cases.users[mine], cases.positions[mine]
-    if items is None:
-        items = item_matrix(model, feed, split.num_items, batch_size, device)
+    items = item_matrix(model, feed, split.num_items, batch_size, device)
     max_len = split.config.max_seq_len
     histories = [split.history(u, p, max_len) for u, p in zip(users, positions)]
     user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
-    targets = np.asarray([split.target(u, p) for u, p in zip(users, positions)], dtype=np.int64)
     index = ItemIndex(items.numpy(), device=search_device)
-    ranks = rank_targets(index, user_vecs.numpy(), targets,
-                         case_histories(split.offsets, split.items, users, positions),
-                         mask_history=mask_history, max_k=max(ks))
-    sums = reduce_metric_sums(metric_sums(ranks, ks))
-    return {"split": which, "users": int(sums["count"]), "items": split.num_items,
+    metrics = search_metrics(index, user_vecs.numpy(), split.items[split.offsets[users] + positions],
+                             case_histories(split.offsets, split.items, users, positions), ks=ks,
+                             mask_history=mask_history, shard=False)  # this rank's cases; sums all-reduced
+    return {"split": which, "users": len(cases), "items": split.num_items,
             "protocol": "paper (history masked)" if mask_history else "recbole (history not masked)",
             "search": f"exact inner product, {index.backend} IndexFlatIP",
-            "metrics": finalize(sums)}
+            "metrics": metrics}
