@@ -175,6 +175,26 @@ class Batch:
         return self
 
 
+def load_picture(dataset: Dataset, index: int, on_bad_image: str = "error", image_size: int = 224):
+    """(RGB picture or None, problem or None) for one item. An unreadable file gives a problem and,
+    under the "placeholder" policy, a grey picture; "skip" and "error" give None (the caller
+    raises for "error"). Shared by the cache build and the end-to-end trainer."""
+    from PIL import Image
+
+    path = dataset.image_path(index)
+    if path is None:
+        return None, None
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            return picture.convert("RGB"), None
+    except Exception as error:  # PIL raises many types for corrupt or missing pictures
+        problem = f"item {dataset.items[index]['id']!r}: unreadable image {path}: {type(error).__name__}: {error}"
+        if on_bad_image == "placeholder":
+            return Image.new("RGB", (image_size, image_size), PLACEHOLDER_RGB), problem
+        return None, problem
+
+
 class _BatchSource(torch.utils.data.Dataset):
     """Index i -> the preprocessed batch i. Runs in DataLoader workers: pure CPU, no model calls."""
 
@@ -194,7 +214,7 @@ class _BatchSource(torch.utils.data.Dataset):
             return Batch(task, start, stop, self.encoder.preprocess(raw), torch.ones(len(raw), dtype=torch.bool), [])
         pictures, present, problems = [], [], []
         for i in rows:
-            picture, problem = self._picture(i)
+            picture, problem = load_picture(self.dataset, i, self.on_bad_image, self.image_size)
             if problem and self.on_bad_image == "error":
                 return Batch(task, start, stop, None, torch.zeros(0, dtype=torch.bool), [], error=problem)
             if problem:
@@ -205,22 +225,6 @@ class _BatchSource(torch.utils.data.Dataset):
         inputs = self.encoder.preprocess(pictures) if pictures else None
         return Batch(task, start, stop, inputs, torch.tensor(present, dtype=torch.bool), problems)
 
-    def _picture(self, index: int):
-        from PIL import Image
-
-        path = self.dataset.image_path(index)
-        if path is None:
-            return None, None
-        try:
-            with Image.open(path) as picture:
-                picture.load()
-                return picture.convert("RGB"), None
-        except Exception as error:  # PIL raises many types for corrupt or missing pictures
-            item_id = self.dataset.items[index]["id"]
-            problem = f"item {item_id!r}: unreadable image {path}: {type(error).__name__}: {error}"
-            if self.on_bad_image == "placeholder":
-                return Image.new("RGB", (self.image_size, self.image_size), PLACEHOLDER_RGB), problem
-            return None, problem
 
 
 def batch_spans(tasks: list[ChunkTask], batch_size: int) -> list[tuple[int, int, int]]:

@@ -48,19 +48,16 @@ class RawFeed:
     def raw(self, modality: str, ids: list[int]):
         if modality == "text":
             return [self.dataset.item_text(i, self.text_fields) for i in ids]
-        from PIL import Image
+        from mmsr.cache_stage import load_picture
+        from mmsr.errors import MMSRError
 
         pictures = []
         for i in ids:
-            path = self.dataset.image_path(i)
-            try:
-                pictures.append(None if path is None else Image.open(path).convert("RGB"))
-            except Exception as error:  # PIL raises many types for a damaged file
-                from mmsr.errors import MMSRError
-
-                raise MMSRError(f"unreadable image for item {self.dataset.items[i]['id']!r}: {error}", where=path,
-                                hint="restore the file, or re-import the dataset with --on-bad-image skip|placeholder"
-                                ) from None
+            picture, problem = load_picture(self.dataset, i)
+            if problem:
+                raise MMSRError(problem, hint="restore the file, or re-import the dataset with --on-bad-image "
+                                              "skip|placeholder")
+            pictures.append(picture)
         return pictures
 
     def __call__(self, ids: torch.Tensor):
