@@ -24,16 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def report_chunk_items(encoders, modality, config) -> int:
-    """The chunk size the build uses for this modality (from the probe's T and D)."""
-    from mmsr.cache_stage import _probe
-    from mmsr_store.layout import chunk_items_for
-
-    encoder = encoders[modality]
-    tokens, dim = _probe(encoder, modality, config, next(encoder.parameters()).device)
-    return chunk_items_for(tokens, dim)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=3000, help="demo items (the full demo has 3000)")
@@ -51,19 +41,21 @@ def main(argv=None) -> None:
 
     import torch
 
-    from mmsr.cache_stage import (_BatchSource, _to_device, batch_spans, build_cache, cache_path, create_encoders,
-                                  resolve_device)
+    from mmsr.caches import cache_path
+    from mmsr.cache_stage import build_cache, preprocessed_batches, to_device
     from mmsr.data.dataset import load_dataset
     from mmsr.data.demo import generate_demo
+    from mmsr.distributed import pick_device
+    from mmsr.encoders import create_encoders
     from mmsr.encoders.config import EncoderConfig
-    from mmsr_store import ChunkTask, inspect_cache
+    from mmsr_store import inspect_cache
 
     root = home / "datasets" / f"demo-{args.items}"
     if not root.exists():
         generate_demo(root, name=root.name, items=args.items, users=args.users or max(50, args.items * 2 // 3), seed=0)
     dataset = load_dataset(root, check_images=False)
     config = EncoderConfig()
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     encoders = create_encoders(config)
     for encoder in encoders.values():
         encoder.to(device).eval()
@@ -73,24 +65,15 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    # Warm-up (kernel selection, allocator) so neither timing below pays for it.
-    warm_spans = [(0, 0, min(args.batch_size, dataset.num_items))]
-    warm_tasks = [ChunkTask("x", 0, 0, dataset.num_items, 0)]
-    for modality, encoder in encoders.items():
-        batch = _BatchSource(dataset, encoder, modality, batch_spans(warm_tasks, args.batch_size)[:1],
-                             tuple(config.text_fields), "error", config.image_size)[0]
-        encoder.lower(_to_device(batch.inputs, device))
-    sync()
-
     # The bare lower forward runs on the same batches, preprocessed beforehand (not timed).
-    prepared = {}
-    for modality, encoder in sorted(encoders.items()):
-        chunk = report_chunk_items(encoders, modality, config)
-        tasks = [ChunkTask(modality, c, s, min(dataset.num_items, s + chunk), s)
-                 for c, s in enumerate(range(0, dataset.num_items, chunk))]
-        source = _BatchSource(dataset, encoder, modality, batch_spans(tasks, args.batch_size),
-                              tuple(config.text_fields), "error", config.image_size)
-        prepared[modality] = [source[i].inputs for i in range(len(source))]
+    prepared = {modality: preprocessed_batches(dataset, encoder, modality, config, batch_size=args.batch_size,
+                                               device=device)
+                for modality, encoder in sorted(encoders.items())}
+
+    # Warm-up (kernel selection, allocator) so neither timing below pays for it.
+    for modality, encoder in encoders.items():
+        encoder.lower(to_device(prepared[modality][0], device))
+    sync()
 
     def bare() -> dict[str, float]:
         seconds = {}
@@ -98,7 +81,7 @@ def main(argv=None) -> None:
             sync()
             t0 = time.perf_counter()
             for inputs in prepared[modality]:
-                encoder.lower(_to_device(inputs, device))
+                encoder.lower(to_device(inputs, device))
             sync()
             seconds[modality] = time.perf_counter() - t0
         return seconds

@@ -4,7 +4,7 @@
     .venv/bin/python bench/eval_speed.py --users 2000 --items 10000 --dim 64   # quick
 
 Measured in one run, on the same random data (timings are ratios within the run):
-- faiss:      `mmsr.eval.evaluate` end to end: index build, search, history masking, exact
+- faiss:      `mmsr.eval.full_ranking_metrics` end to end: index build, search, history masking, exact
               re-scoring and metrics (the number `mmsr eval --faiss` pays after embedding).
 - reference:  the research code's protocol, per user: a score vector over all items, history
               set to -inf, a full argsort, the target's position. A Python loop; timed on a
@@ -28,12 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory import current_rss_mb, peak_rss_mb  # noqa: E402  (bench/, next to this file)
 
 
 def make_problem(users: int, items: int, dim: int, hist: int, seed: int):
@@ -49,27 +51,13 @@ def make_problem(users: int, items: int, dim: int, hist: int, seed: int):
     return item_vectors, user_vectors, targets, offsets, history
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM; ru_maxrss would carry the parent's peak across fork+exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def time_faiss(item_vectors, user_vectors, targets, offsets, history, ks, batch_size):
-    from mmsr.eval import ItemIndex, evaluate, rank_targets
+    from mmsr.eval import ItemIndex, full_ranking_metrics, rank_targets
 
     t0 = time.perf_counter()
     index = ItemIndex(item_vectors, device="auto")
     t1 = time.perf_counter()
-    metrics = evaluate(index, user_vectors, targets, (offsets, history), ks=ks, batch_size=batch_size)
+    metrics = full_ranking_metrics(index, user_vectors, targets, (offsets, history), ks=ks, batch_size=batch_size)
     t2 = time.perf_counter()
     return index, metrics, t1 - t0, t2 - t0
 

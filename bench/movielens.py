@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--source", help="folder with ml-100k.inter / ml-100k.item (default: from the recbole wheel)")
     parser.add_argument("--models", default="idsr,mmsrt", help="comma-separated: idsr, mmsrt")
     parser.add_argument("--set", dest="sets", action="append", default=[],
-                        help="a training override for every model, e.g. optim.loss=inbatch (repeatable)")
+                        help="a training override for every model, e.g. optim.epochs=50 (repeatable)")
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="mmsr-bench-ml100k-")).resolve()
     home.mkdir(parents=True, exist_ok=True)

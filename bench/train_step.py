@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import current_rss_mb, peak_rss_mb, reset_peak_rss  # noqa: E402  (bench/, next to this file)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -45,34 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def log(*parts) -> None:
     print(*parts, file=sys.stderr, flush=True)
-
-
-def _status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries that over fork and exec,
-    so a subprocess would report its parent's peak."""
-    if Path("/proc/self/status").is_file():
-        return _status_mb("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: the best there is
-
-
-def current_rss_mb() -> float:
-    return _status_mb("VmRSS")
-
-
-def reset_peak_rss() -> bool:
-    """Start VmHWM again from the current RSS (Linux >= 4.0), to see the peak of one phase."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------- setup
@@ -90,7 +64,7 @@ def bench_config(args):
                                image_size=224),
         split=SplitConfig(max_seq_len=args.max_len),
         model=ModelConfig(kind="mmsr", fusion="merge-attn", fusion_layers=1, sequence="sasrec", dim=args.dim),
-        optim=OptimConfig(batch_size=args.batch_users, amp=False))
+        optim=OptimConfig(batch_size=args.batch_users))
 
 
 def demo_root(home, items: int, users: int) -> Path:
@@ -120,13 +94,14 @@ def setup(args, from_cache_only: bool):
     """Dataset, split, model, feeds, the one batch and the optimizer, as the recipe builds them."""
     import torch
 
-    from mmsr.cache_stage import create_encoders
     from mmsr.data.dataset import load_dataset
     from mmsr.data.split import split_dataset
     from mmsr.distributed import pick_device
-    from mmsr.train.batches import PAD, TrainBatches
-    from mmsr.train.model import build_model, parameter_groups
-    from mmsr.train.recipe import open_feed
+    from mmsr.encoders import create_encoders
+    from mmsr.train.batches import TrainBatches
+    from mmsr.train.feeds import open_feed
+    from mmsr.train.model import build_model
+    from mmsr.train.recipe import make_optimizer
 
     config = bench_config(args)
     device = pick_device(config.device)
@@ -137,54 +112,38 @@ def setup(args, from_cache_only: bool):
     if not from_cache_only:
         ensure_cache(dataset, config.encoders, encoders)
     torch.manual_seed(config.seed)
-    model = build_model(config, dataset.num_items, encoders=encoders).to(device)
+    model = build_model(config, dataset.num_items, encoders=encoders, train_counts=split.train_counts).to(device)
     feeds = {"cache": open_feed(config, model, dataset, True, device)[0]}
     if not from_cache_only:
         feeds["end_to_end"] = open_feed(config, model, dataset, False, device)[0]
-    batch = TrainBatches(split, config.optim.batch_size, config.seed).batch(0, 0).to(device)
-    flat = torch.cat([batch.inputs.flatten(), batch.targets.flatten(), batch.negatives.flatten()])
-    distinct = torch.unique(flat[flat != PAD])
-    optimizer = torch.optim.AdamW(parameter_groups(model, config))
+    batches = TrainBatches.for_config(split, config)
+    batch = batches.batch(0, 0)
+    distinct, _ = batch.distinct_items()
+    optimizer, scheduler = make_optimizer(model, config, len(batches))
     model.train()
-    return config, dataset, model, feeds, batch, distinct, optimizer, device
+    return config, dataset, model, feeds, batch, distinct, (optimizer, scheduler), device
 
 
-class TimedFeed:
-    """Wraps a feed to add up the seconds spent in it (cache slicing, or preprocess + lower)."""
+def train_step(model, feed, batch, optimizer, config, device, sync) -> dict:
+    """One step of the recipe's own `mmsr.train.step.train_step` (single process), timed by phase."""
+    from mmsr.distributed import Dist
+    from mmsr.train.step import train_step as recipe_step
 
-    def __init__(self, feed):
-        self.feed, self.seconds = feed, 0.0
+    marks = {}
 
-    def __call__(self, ids):
-        t0 = time.perf_counter()
-        out = self.feed(ids)
-        self.seconds += time.perf_counter() - t0
-        return out
+    def on_phase(name: str) -> None:
+        sync()
+        marks[name] = time.perf_counter()
 
-
-def train_step(model, feed, batch, optimizer, grad_clip: float, sync) -> dict:
-    """One step exactly as `mmsr.train.recipe.train` runs it (single process), with a breakdown."""
-    import torch
-
-    timed = TimedFeed(feed)
+    optimizer, scheduler = optimizer
     sync()
     c0 = time.process_time()  # CPU seconds of all this process's threads: less hurt by other processes
     t0 = time.perf_counter()
-    loss_sum, count = model(batch, timed)
-    loss = loss_sum / max(int(count), 1)
-    sync()
-    t1 = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    sync()
-    t2 = time.perf_counter()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    sync()
-    t3 = time.perf_counter()
-    return {"step_s": t3 - t0, "cpu_s": time.process_time() - c0, "feed_s": timed.seconds, "forward_after_feed_s": t1 - t0 - timed.seconds,
-            "backward_s": t2 - t1, "optimizer_s": t3 - t2, "loss": float(loss.detach())}
+    result = recipe_step(model, batch, feed, optimizer, scheduler, dist=Dist(), device=device, optim=config.optim,
+                         on_phase=on_phase)
+    return {"step_s": marks["update"] - t0, "cpu_s": time.process_time() - c0, "feed_s": marks["feed"] - t0,
+            "forward_after_feed_s": marks["forward"] - marks["feed"], "backward_s": marks["backward"] - marks["forward"],
+            "optimizer_s": marks["update"] - marks["backward"], "loss": result.mean}
 
 
 def preprocess_seconds(feed, ids) -> float:
@@ -277,7 +236,7 @@ def step_benchmark(args) -> dict:
     for round_ in range(args.warmup + args.repeats):
         order = ["cache", "end_to_end"] if round_ % 2 == 0 else ["end_to_end", "cache"]
         for mode in order:
-            result = train_step(model, feeds[mode], batch, optimizer, config.optim.grad_clip, sync)
+            result = train_step(model, feeds[mode], batch, optimizer, config, device, sync)
             tag = "warm-up" if round_ < args.warmup else "timed"
             log(f"round {round_} {mode:>10}: {result['step_s']:.2f}s ({tag})")
             if round_ >= args.warmup:
@@ -341,7 +300,7 @@ def rss_child(args) -> dict:
     cache_mb = sum(h.numel() * h.element_size() + m.numel() for h, m in feeds["cache"].states.values()) / 2**20
     steps = []
     for _ in range(args.rss_steps):
-        steps.append(train_step(model, feeds["cache"], batch, optimizer, config.optim.grad_clip, lambda: None)["step_s"])
+        steps.append(train_step(model, feeds["cache"], batch, optimizer, config, device, lambda: None)["step_s"])
     steps_peak = peak_rss_mb()
     return {"peak_rss_mb": round(max(setup_peak, steps_peak), 1), "rss_after_setup_mb": round(ready_rss, 1),
             "peak_rss_setup_mb": round(setup_peak, 1),
@@ -398,23 +357,24 @@ def _partial_epoch(config, dataset, steps: int) -> dict:
     from mmsr.data.split import split_dataset
     from mmsr.distributed import pick_device
     from mmsr.train.batches import TrainBatches
-    from mmsr.train.model import build_model, parameter_groups
-    from mmsr.train.recipe import open_feed
+    from mmsr.train.feeds import open_feed
+    from mmsr.train.model import build_model
+    from mmsr.train.recipe import make_optimizer
 
     device = pick_device(config.device)
     split = split_dataset(dataset, config.split)
     torch.manual_seed(config.seed)
-    model = build_model(config, dataset.num_items).to(device)
+    model = build_model(config, dataset.num_items, train_counts=split.train_counts).to(device)
     feed, _ = open_feed(config, model, dataset, True, device)
-    batches = TrainBatches(split, config.optim.batch_size, config.seed)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config))
+    batches = TrainBatches.for_config(split, config)
+    optimizer = make_optimizer(model, config, len(batches))
     model.train()
     order = batches.order(0)
     times = []
     for step in range(min(steps, len(batches))):
         t0 = time.perf_counter()
-        batch = batches.batch(0, step, order).to(device)
-        train_step(model, feed, batch, optimizer, config.optim.grad_clip, lambda: None)
+        batch = batches.batch(0, step, order)
+        train_step(model, feed, batch, optimizer, config, device, lambda: None)
         times.append(time.perf_counter() - t0)
         log(f"epoch step {step}: {times[-1]:.2f}s")
     per_step = sum(times) / len(times)

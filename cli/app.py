@@ -25,9 +25,9 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(cache.app, name="cache")
 app.add_typer(models.app, name="models")
-app.command("train")(train.train)
-app.command("eval")(evaluate.evaluate)
-app.command("recommend")(evaluate.recommend)
+app.command("train")(train.train_command)
+app.command("eval")(evaluate.eval_command)
+app.command("recommend")(evaluate.recommend_command)
 
 _state = {"debug": False}
 

@@ -9,30 +9,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mmsr.data.dataset import load_dataset
 from mmsr_cli.common import SetOption, console, is_rank_zero, print_json, progress_bar
+from mmsr_store import inspect_cache
 
 app = typer.Typer(help="Build and inspect the encoder cache (the frozen lower layers, run once per item).",
                   no_args_is_help=True)
-
-
-def load_build_config(dataset: str | None, config: Path | None, sets: list[str] | None, flags: dict):
-    """defaults <- --config file <- --set overrides <- explicit flags (typed, unknown keys are errors)."""
-    from mmsr import config as cfg
-    from mmsr.cache_stage import CacheBuildConfig
-
-    from mmsr.train.config import cache_section
-
-    data = cache_section(cfg.read_file(config), source=f"config {config}") if config is not None else {}
-    data = cfg.merge(data, cfg.parse_overrides(sets))
-    explicit = {key: value for key, value in flags.items() if value is not None}
-    encoder_keys = {k: explicit.pop(k) for k in list(explicit) if k in _ENCODER_FLAGS}
-    if dataset is not None:
-        explicit["dataset"] = dataset
-    data = cfg.merge(data, {**explicit, **({"encoders": encoder_keys} if encoder_keys else {})})
-    return cfg.build(CacheBuildConfig, data, source=f"config {config}" if config else "config")
-
-
-_ENCODER_FLAGS = ("text_model", "vision_model", "text_top_blocks", "vision_top_blocks", "max_text_len", "image_size")
 
 
 @app.command()
@@ -60,19 +42,18 @@ def build(
     Kill it at any point and run it again: finished chunks are kept. Items appended to the
     dataset later are encoded without re-encoding the rest.
     """
-    from mmsr.cache_stage import build_cache, cache_path
-    from mmsr.data.dataset import load_dataset
+    # Deferred: these pull in torch (seconds), which `mmsr --help` and `mmsr data` never need.
+    from mmsr.cache_stage import build_cache, load_build_config
 
-    flags = dict(text_model=text_model, vision_model=vision_model, text_top_blocks=text_top_blocks,
-                 vision_top_blocks=vision_top_blocks, max_text_len=max_text_len, image_size=image_size,
-                 batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, device=device, seed=seed)
-    cfg = load_build_config(dataset, config, sets, flags)
-    data = load_dataset(cfg.dataset, check_images=False)
-    path = cache_path(data, cfg.encoders)
-    report = build_cache(data, cfg.encoders, batch_size=cfg.batch_size, num_workers=cfg.num_workers, shard=shard,
-                         on_bad_image=cfg.on_bad_image, device=cfg.device, chunk_items=cfg.chunk_items,
-                         overwrite=overwrite, cache_dir=path, progress=progress_bar, resolved_config=asdict(cfg),
-                         seed=cfg.seed)
+    cfg = load_build_config(config, sets, dataset=dataset, text_model=text_model, vision_model=vision_model,
+                            text_top_blocks=text_top_blocks, vision_top_blocks=vision_top_blocks,
+                            max_text_len=max_text_len, image_size=image_size, batch_size=batch_size,
+                            num_workers=num_workers, on_bad_image=on_bad_image, device=device, seed=seed)
+    report = build_cache(load_dataset(cfg.dataset, check_images=False), cfg.encoders, batch_size=cfg.batch_size,
+                         num_workers=cfg.num_workers, shard=shard, on_bad_image=cfg.on_bad_image, device=cfg.device,
+                         chunk_items=cfg.chunk_items, overwrite=overwrite, progress=progress_bar,
+                         resolved_config=asdict(cfg), seed=cfg.seed)
+    path = report.path
     if not is_rank_zero():
         return
     for modality, r in report.modalities.items():
@@ -94,20 +75,9 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ):
     """Fingerprint, manifest progress and sizes of a cache (finished or not)."""
-    from mmsr import paths
-    from mmsr.errors import MMSRError
-    from mmsr_store import inspect_cache
-    from mmsr_store.layout import STORE_DIR
+    from mmsr.caches import find_caches  # deferred: pulls in torch (seconds)
 
-    path = Path(target).expanduser()
-    if (path / STORE_DIR).is_dir():
-        caches = [path]
-    else:
-        root = paths.caches_dir(path.name if paths.looks_like_path(target) else target)
-        caches = sorted(p for p in root.glob("*") if (p / STORE_DIR).is_dir())
-        if not caches:
-            raise MMSRError("no cache found", where=target, hint="give a cache directory, or run mmsr cache build")
-    reports = [inspect_cache(p) for p in caches]
+    reports = [inspect_cache(path) for path in find_caches(target)]
     if json_out:
         print_json(reports[0] if len(reports) == 1 else reports)
         return

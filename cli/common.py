@@ -11,15 +11,21 @@ from typing import Iterator
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 console = Console(stderr=True)
 
 SetOption = typer.Option(None, "--set", help="Override a config value: --set section.key=value (repeatable).")
-SeedOption = typer.Option(0, "--seed", help="Random seed; CPU runs with the same seed are bit-identical.")
 
 
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def log(text: str) -> None:
+    """A library message, printed once: under torchrun every rank runs the same code."""
+    if is_rank_zero():
+        console.print(text)
 
 
 class RateColumn(TextColumn):
@@ -28,8 +34,6 @@ class RateColumn(TextColumn):
         self.unit = unit
 
     def render(self, task):
-        from rich.text import Text
-
         speed = task.finished_speed or task.speed
         return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
 

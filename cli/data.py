@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from mmsr import paths
+from mmsr.data.dataset import load_dataset
+from mmsr.data.demo import create_demo
+from mmsr.data.split import SplitConfig, dataset_report
 from mmsr_cli.common import console, print_json, progress_bar
 from mmsr_cli.data_import import import_
 
@@ -29,16 +30,9 @@ def demo(
     Colour, shape and pattern are visible only in the pictures; category, material and style
     only in the text; users' choices depend on both. See the README for the rules.
     """
-    from mmsr.data.demo import generate_demo
-
-    dest = paths.dataset_dir(name)
-    if dest.exists() and not overwrite:
-        console.print(f"[yellow]{dest} already exists; keeping it (pass --overwrite to regenerate).")
-        return
-    with progress_bar("demo data", items + users) as advance:
-        generate_demo(dest, name=Path(name).name, items=items, users=users, seed=seed, overwrite=overwrite,
-                      progress=advance)
-    console.print(f"[green]wrote {dest}")
+    dest, written = create_demo(name, items=items, users=users, seed=seed, overwrite=overwrite, progress=progress_bar)
+    console.print(f"[green]wrote {dest}" if written
+                  else f"[yellow]{dest} already exists; keeping it (pass --overwrite to regenerate).")
 
 
 @app.command()
@@ -50,9 +44,6 @@ def info(
     max_seq_len: int = typer.Option(20, help="Longest history fed to the model."),
 ):
     """Counts of a dataset before and after the paper's protocol (leave-one-out, cold items)."""
-    from mmsr.data.dataset import load_dataset
-    from mmsr.data.split import SplitConfig, dataset_report
-
     dataset = load_dataset(name)
     report = dataset_report(dataset, SplitConfig(min_interactions=min_interactions, cold_threshold=cold_threshold,
                                                  max_seq_len=max_seq_len))
@@ -64,7 +55,7 @@ def info(
     table.add_column("")
     table.add_column("value", justify="right")
     for key in ("users", "items", "interactions", "items_with_image", "items_with_text", "cold_items",
-                "cold_sequences", "avg_seq_len"):
+                "cold_sequences", "new_items", "new_test_cases", "avg_seq_len"):
         table.add_row(key, f"{report[key]:,}" if isinstance(report[key], int) else str(report[key]))
     table.add_row("raw users / interactions", f"{counts['users']:,} / {counts['interactions']:,}")
     Console().print(table)
@@ -75,7 +66,5 @@ def info(
 @app.command("list")
 def list_datasets():
     """List the datasets under $MMSR_HOME/datasets."""
-    root = paths.home() / "datasets"
-    for entry in sorted(root.iterdir()) if root.is_dir() else []:
-        if (entry / "meta.json").is_file():
-            typer.echo(entry.name)
+    for name in paths.dataset_names():
+        typer.echo(name)

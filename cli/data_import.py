@@ -13,22 +13,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmsr.data.importers import REGISTRY, formats, import_dataset
+from mmsr.data.dataset import BAD_IMAGE_POLICIES
+from mmsr.data.importers import IMPORTERS, formats, import_dataset
 from mmsr_cli.common import progress_bar
 
 MAX_PROBLEMS_SHOWN = 10
 
 # Choices as enums, built from the registry, so --help lists exactly the registered formats.
 Format = enum.Enum("Format", {name: name for name in formats()}, type=str)
-BadImage = enum.Enum("BadImage", {name: name for name in ("error", "skip", "placeholder")}, type=str)
+BadImage = enum.Enum("BadImage", {name: name for name in BAD_IMAGE_POLICIES}, type=str)
 
 
 def _doc() -> str:
     lines = ["Import a dataset from the files of another tool.", "",
              "Streams the source, validates it and writes the dataset atomically: a failed import leaves "
              "nothing behind and never touches an existing dataset. Formats (details in docs/importers.md):", ""]
-    for name, importer in REGISTRY.items():
-        lines += [f"{name}: {importer.help}", ""]
+    for name in formats():
+        lines += [f"{name}: {IMPORTERS.entry(name).help}", ""]
     return "\n".join(lines)
 
 

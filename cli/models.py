@@ -13,10 +13,9 @@ app = typer.Typer(help="Prepare and list encoder models (offline).", no_args_is_
 @app.command()
 def prepare():
     """Set up the offline default models: minilm (text) and dinov2-s (converted once from ONNX)."""
-    from mmsr.encoders.offline import dinov2_dir, prepare_all
+    from mmsr.encoders.offline import dinov2_prepared, prepare_all  # deferred: pulls in torch (seconds)
 
-    fresh = not (dinov2_dir() / "config.json").is_file()
-    with console.status("converting DINOv2 from ONNX" if fresh else "checking models"):
+    with console.status("checking models" if dinov2_prepared() else "converting DINOv2 from ONNX"):
         where = prepare_all()
     for name, path in where.items():
         console.print(f"[green]{name}[/]: {path}")
@@ -26,23 +25,18 @@ def prepare():
 @app.command("list")
 def list_(json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables.")):
     """Short names you can pass as text_model / vision_model, and the supported families."""
-    from mmsr.encoders import list_families
-    from mmsr.encoders.offline import dinov2_dir
-    from mmsr.encoders.registry import short_names
+    from mmsr.encoders.registry import describe_short_names, list_families  # deferred: pulls in torch (seconds)
 
-    names = short_names()
-    prepared = {"dinov2-s": (dinov2_dir() / "config.json").is_file()}
+    names = describe_short_names()
     if json_out:
-        print_json({"names": {n: {"modality": s.modality, "description": s.description,
-                                  "prepared": prepared.get(n, True)} for n, s in names.items()},
-                    "families": list_families()})
+        print_json({"names": names, "families": list_families()})
         return
     table = Table(title="encoders by short name")
     for column in ("name", "modality", "prepared", "description"):
         table.add_column(column)
     for name, short in sorted(names.items()):
-        table.add_row(name, short.modality, "yes" if prepared.get(name, True) else "no (mmsr models prepare)",
-                      short.description)
+        table.add_row(name, short["modality"], "yes" if short["prepared"] else "no (mmsr models prepare)",
+                      short["description"])
     console.print(table)
     families = Table(title="families (any local directory / cached Hub name of these types, or a prefix)")
     families.add_column("family")

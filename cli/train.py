@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from mmsr import paths
-from mmsr_cli.common import SetOption, console, is_rank_zero, progress_bar
+from mmsr_cli.common import SetOption, log, progress_bar
 
 
-def train(
+def train_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML/YAML config (see configs/)."),
     overrides: Optional[list[str]] = SetOption,
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name or path (overrides the config)."),
@@ -28,37 +26,22 @@ def train(
     """Train a recommender; writes config.json, metrics.jsonl and checkpoints to the run directory.
 
     Runs under torchrun too (DDP: gloo on CPU, NCCL on GPU); the batch size is global.
+
+    All config errors are reported together before anything runs, among them a
+    setting the chosen components would ignore (e.g. model.fusion_heads for gate,
+    model.sequence_heads for gru4rec, optim.negatives with optim.loss=inbatch).
+
+    One modality (encoders.vision_model="" or encoders.text_model=""): the default
+    fusion becomes pool; a two-modality fusion from the file needs
+    --set model.fusion=pool. model.kind=idsr ignores the encoders section and
+    model.fusion*, so one profile file drives a model and its IDSR baseline.
     """
-    from mmsr import config as config_lib
-    from mmsr.errors import MMSRError
-    from mmsr.train.config import TrainConfig
-    from mmsr.train.recipe import train as run_training
-    from mmsr.train.run import run_config
+    # Deferred: these pull in torch (seconds), which `mmsr --help` and `mmsr data` never need.
+    from mmsr.train.recipe import train
+    from mmsr.train.run import prepare_run
 
-    extra = list(overrides or [])
-    if dataset:
-        extra.append(f"dataset={dataset}")
-    if seed is not None:
-        extra.append(f"seed={seed}")
-    cfg = config_lib.load(TrainConfig, config, extra)
-    name = run or f"{Path(cfg.dataset).name}-{cfg.model.kind}-{cfg.model.sequence}"
-    run_dir = paths.runs_dir(name)
-    if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
-        # torchrun --max-restarts passes the same --resume on the first start: begin afresh.
-        console.print(f"no checkpoint in {run_dir} yet: starting the run") if is_rank_zero() else None
-        resume = False
-    if resume:
-        if config is None and not extra:
-            cfg = run_config(run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise MMSRError("run directory already exists", where=run_dir,
-                            hint="pass --resume to continue it, --overwrite to start again, or --run NAME")
-        if is_rank_zero():
-            shutil.rmtree(run_dir)
-
-    best = run_training(cfg, run_dir, from_cache=from_cache, resume=resume,
-                        progress=lambda description, total: progress_bar(description, total, unit="steps"),
-                        log=lambda text: console.print(text) if is_rank_zero() else None)
-    if is_rank_zero():
-        console.print(f"[green]run {run_dir}: best epoch {best.get('epoch')} {best.get('valid')}")
+    prepared = prepare_run(run, config, overrides, {"dataset": dataset, "seed": seed}, resume=resume,
+                           overwrite=overwrite, log=log)
+    best = train(prepared.config, prepared.root, from_cache=from_cache, resume=prepared.resume, progress=progress_bar,
+                 log=log)
+    log(f"[green]run {prepared.root}: best epoch {best.get('epoch')} {best.get('valid')}")

@@ -7,34 +7,35 @@
 Read top to bottom: build the encoders, work out each modality's (T, D) and fingerprint,
 open the store (create, resume or extend it), then for every unfinished chunk this process
 owns: preprocess in DataLoader workers (tokenising, decoding pictures), run `lower` under
-inference mode, and hand whole chunks to a writer thread. The trainer calls
-`expected_fingerprint` with its own encoders and `cache.check`s the result.
+inference mode, and hand whole chunks to a writer thread. Where a cache lives and the
+fingerprint it must carry are in `mmsr.caches`, which the trainer's feed reads too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
+import yaml
 
-from mmsr import paths
-from mmsr.data.dataset import BAD_IMAGE_POLICIES, PLACEHOLDER_RGB, Dataset, item_list_hash
+from mmsr import config as config_lib
+from mmsr.atomic import atomic_write_text
+from mmsr.caches import cache_path, expected_fingerprint
+from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, placeholder_picture
+from mmsr.distributed import pick_device
+from mmsr.encoders import create_encoders
 from mmsr.encoders.config import EncoderConfig
 from mmsr.errors import MMSRError
-from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, open_cache
-from mmsr_store.fingerprint import digest
-from mmsr_store.layout import FORMAT, atomic_write_json
-
-CACHE_DTYPE = "float16"
-NO_IMAGE = "zeros with an all-False mask"
-Progress = Callable[..., ContextManager[Callable[[int], None]]]  # (description, total, unit=) -> advance(n)
+from mmsr.progress import ProgressFactory, no_progress
+from mmsr.train.config import cache_section
+from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, manifest
+from mmsr_store.layout import atomic_write_json, chunk_items_for
 
 
 @dataclass
@@ -55,6 +56,24 @@ class CacheBuildConfig:
             raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}")
         if self.batch_size < 1 or self.num_workers < 0 or self.chunk_items < 0:
             raise ValueError("batch_size must be >= 1, num_workers and chunk_items >= 0")
+
+
+# Flags named like an EncoderConfig field (--text-model, --max-text-len, ...) set the encoders
+# section; taken from the dataclass so that a new encoder setting needs no second list.
+ENCODER_FIELDS = frozenset(f.name for f in fields(EncoderConfig))
+
+
+def load_build_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                      **flags: Any) -> CacheBuildConfig:
+    """defaults <- config file <- `--set` overrides <- flags, for `mmsr cache build`.
+
+    `flags`: CacheBuildConfig's fields (dataset, batch_size, seed, ...) and EncoderConfig's
+    (text_model, image_size, ...) by name; None means not given. The file may be a whole
+    training config: only its dataset, seed and encoders are read, so one file drives
+    `mmsr cache build` and `mmsr train`. Unknown keys and wrong types are gathered into one error.
+    """
+    dotted = {(f"encoders.{name}" if name in ENCODER_FIELDS else name): value for name, value in flags.items()}
+    return config_lib.load_with_flags(CacheBuildConfig, path, overrides, dotted, from_file=cache_section)
 
 
 @dataclass
@@ -96,64 +115,6 @@ class BuildReport:
                                for m, r in self.modalities.items()}}
 
 
-# ----------------------------------------------------------------------------- naming
-
-
-def config_hash(encoder_config: EncoderConfig, length: int = 12) -> str:
-    return digest(asdict(encoder_config), length)
-
-
-def cache_path(dataset_root_or_name: str | os.PathLike | Dataset, encoder_config: EncoderConfig) -> Path:
-    """`$MMSR_HOME/caches/<dataset directory name>/<short hash of the encoder config>`."""
-    if isinstance(dataset_root_or_name, Dataset):
-        name = Path(dataset_root_or_name.root).name
-    elif paths.looks_like_path(dataset_root_or_name):
-        name = Path(dataset_root_or_name).expanduser().name
-    else:
-        name = str(dataset_root_or_name)
-    return paths.caches_dir(name) / config_hash(encoder_config)
-
-
-def expected_fingerprint(encoder, dataset: Dataset, encoder_config: EncoderConfig) -> dict:
-    """The fingerprint a cache of `encoder`'s modality must carry to be valid for `dataset`."""
-    modality = encoder.modality
-    fingerprint = {**encoder.identity(), "modality": modality, "cache_dtype": CACHE_DTYPE, "store_format": FORMAT,
-                   "item_list_hash": item_list_hash(dataset.item_ids()), "num_items": dataset.num_items}
-    if modality == "text":
-        fingerprint["text_fields"] = list(encoder_config.text_fields)
-        fingerprint["max_text_len"] = encoder_config.max_text_len
-    else:
-        fingerprint["image_size"] = encoder_config.image_size
-        fingerprint["no_image"] = NO_IMAGE
-    return fingerprint
-
-
-def expected_fingerprints(encoders: dict, dataset: Dataset, encoder_config: EncoderConfig) -> dict[str, dict]:
-    return {m: expected_fingerprint(e, dataset, encoder_config) for m, e in encoders.items()}
-
-
-def create_encoders(encoder_config: EncoderConfig) -> dict:
-    from mmsr.encoders import create_encoder
-
-    out = {}
-    for modality in encoder_config.modalities:
-        name = encoder_config.text_model if modality == "text" else encoder_config.vision_model
-        top = encoder_config.text_top_blocks if modality == "text" else encoder_config.vision_top_blocks
-        out[modality] = create_encoder(name, modality, top, max_text_len=encoder_config.max_text_len,
-                                       image_size=encoder_config.image_size)
-    return out
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MMSRError(f"device {device!r} but CUDA is not available", hint="use --set device=cpu")
-    return torch.device(device)
-
-
 # ----------------------------------------------------------------------------- batches
 
 
@@ -175,26 +136,6 @@ class Batch:
         return self
 
 
-def load_picture(dataset: Dataset, index: int, on_bad_image: str = "error", image_size: int = 224):
-    """(RGB picture or None, problem or None) for one item. An unreadable file gives a problem and,
-    under the "placeholder" policy, a grey picture; "skip" and "error" give None (the caller
-    raises for "error"). Shared by the cache build and the end-to-end trainer."""
-    from PIL import Image
-
-    path = dataset.image_path(index)
-    if path is None:
-        return None, None
-    try:
-        with Image.open(path) as picture:
-            picture.load()
-            return picture.convert("RGB"), None
-    except Exception as error:  # PIL raises many types for corrupt or missing pictures
-        problem = f"item {dataset.items[index]['id']!r}: unreadable image {path}: {type(error).__name__}: {error}"
-        if on_bad_image == "placeholder":
-            return Image.new("RGB", (image_size, image_size), PLACEHOLDER_RGB), problem
-        return None, problem
-
-
 class _BatchSource(torch.utils.data.Dataset):
     """Index i -> the preprocessed batch i. Runs in DataLoader workers: pure CPU, no model calls."""
 
@@ -214,7 +155,7 @@ class _BatchSource(torch.utils.data.Dataset):
             return Batch(task, start, stop, self.encoder.preprocess(raw), torch.ones(len(raw), dtype=torch.bool), [])
         pictures, present, problems = [], [], []
         for i in rows:
-            picture, problem = load_picture(self.dataset, i, self.on_bad_image, self.image_size)
+            picture, problem = self.dataset.load_picture(i, self.on_bad_image, self.image_size)
             if problem and self.on_bad_image == "error":
                 return Batch(task, start, stop, None, torch.zeros(0, dtype=torch.bool), [], error=problem)
             if problem:
@@ -252,7 +193,7 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # preprocessing is per-item Python/PIL work; leave the cores to the model
 
 
-def _to_device(inputs: dict, device: torch.device) -> dict:
+def to_device(inputs: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
@@ -267,7 +208,7 @@ def encode_rows(encoder, batch: Batch, tokens: int, dim: int, device: torch.devi
     mask_out = torch.zeros((rows, tokens), dtype=torch.bool)
     if batch.inputs is None:
         return hidden_out.numpy(), mask_out.numpy()
-    hidden, mask = encoder.lower(_to_device(batch.inputs, device))
+    hidden, mask = encoder.lower(to_device(batch.inputs, device))
     n, t, d = hidden.shape
     if d != dim or t > tokens or mask.shape != (n, t):
         raise MMSRError(f"{encoder.modality} encoder returned hidden {tuple(hidden.shape)} and mask {tuple(mask.shape)}; "
@@ -282,30 +223,33 @@ def encode_rows(encoder, batch: Batch, tokens: int, dim: int, device: torch.devi
 # ----------------------------------------------------------------------------- the stage
 
 
-def _probe(encoder, modality: str, encoder_config: EncoderConfig, device: torch.device) -> tuple[int, int]:
+def probe_shape(encoder, modality: str, encoder_config: EncoderConfig, device: torch.device) -> tuple[int, int]:
     """(T, D) of `lower` for this encoder: one tiny forward on a blank input."""
-    if modality == "text":
-        raw = ["probe"]
-    else:
-        from PIL import Image
-
-        raw = [Image.new("RGB", (encoder_config.image_size, encoder_config.image_size), PLACEHOLDER_RGB)]
-    hidden, _ = encoder.lower(_to_device(encoder.preprocess(raw), device))
+    raw = ["probe"] if modality == "text" else [placeholder_picture(encoder_config.image_size)]
+    hidden, _ = encoder.lower(to_device(encoder.preprocess(raw), device))
     tokens, dim = int(hidden.shape[1]), int(hidden.shape[2])
     if modality == "text":
         tokens = max(tokens, encoder_config.max_text_len)  # dynamic-padding tokenizers: room for the longest
     return tokens, dim
 
 
-@contextlib.contextmanager
-def _no_progress(description: str, total: int | None, unit: str = "items"):
-    yield lambda n=1: None
+def preprocessed_batches(dataset: Dataset, encoder, modality: str, encoder_config: EncoderConfig, *,
+                         batch_size: int, device: torch.device) -> list[dict]:
+    """Every batch of inputs a full build feeds to `lower` (same chunks, same batch edges),
+    preprocessed in this process. Benchmarks time the bare `lower` on these."""
+    tokens, dim = probe_shape(encoder, modality, encoder_config, device)
+    chunk = chunk_items_for(tokens, dim)
+    tasks = [ChunkTask(modality, c, start, min(dataset.num_items, start + chunk), start)
+             for c, start in enumerate(range(0, dataset.num_items, chunk))]
+    source = _BatchSource(dataset, encoder, modality, batch_spans(tasks, batch_size), tuple(encoder_config.text_fields),
+                          "error", encoder_config.image_size)
+    return [source[i].inputs for i in range(len(source))]
 
 
 def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: int = 64, num_workers: int = 2,
                 shard: Shard | str | None = None, on_bad_image: str = "error", device: str = "auto",
                 chunk_items: int = 0, overwrite: bool = False, cache_dir: str | os.PathLike | None = None,
-                encoders: dict | None = None, progress: Progress | None = None,
+                encoders: dict | None = None, progress: ProgressFactory | None = None,
                 resolved_config: dict | None = None, seed: int = 0) -> BuildReport:
     """Encode every unfinished chunk this process owns; resumable, shardable, incremental.
 
@@ -317,9 +261,9 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise MMSRError(f"unknown on_bad_image policy {on_bad_image!r}", hint="use error, skip or placeholder")
     shard = shard if isinstance(shard, Shard) else Shard.parse(shard)
-    progress = progress or _no_progress
+    progress = progress or no_progress
     torch.manual_seed(seed)
-    target = resolve_device(device)
+    target = pick_device(device)
     encoders = encoders if encoders is not None else create_encoders(encoder_config)
     wanted = set(encoder_config.modalities)
     if set(encoders) != wanted:
@@ -331,7 +275,7 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
         if encoder.modality != modality:
             raise MMSRError(f"the {modality} slot holds a {encoder.modality} encoder")
         encoder.to(target).eval()
-        tokens, dim = _probe(encoder, modality, encoder_config, target)
+        tokens, dim = probe_shape(encoder, modality, encoder_config, target)
         specs[modality] = ModalitySpec(tokens, dim, expected_fingerprint(encoder, dataset, encoder_config),
                                        chunk_items or None)
 
@@ -354,7 +298,7 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
 
 def _encode_modality(writer: CacheWriter, dataset: Dataset, encoder, modality: str, spec: ModalitySpec,
                      encoder_config: EncoderConfig, *, batch_size: int, num_workers: int, on_bad_image: str,
-                     device: torch.device, progress: Progress, report: ModalityReport) -> None:
+                     device: torch.device, progress: ProgressFactory, report: ModalityReport) -> None:
     tasks = writer.pending(modality)
     total = sum(task.todo for task in tasks)
     if not tasks:
@@ -403,8 +347,6 @@ def _encode_modality(writer: CacheWriter, dataset: Dataset, encoder, modality: s
 
 
 def _all_problems(path: Path, specs: dict) -> list[str]:
-    from mmsr_store import manifest
-
     out = []
     for modality in sorted(specs):
         records = manifest.read(path, modality)
@@ -413,15 +355,4 @@ def _all_problems(path: Path, specs: dict) -> list[str]:
 
 
 def _write_config(path: Path, resolved: dict) -> None:
-    import yaml
-
-    from mmsr.atomic import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
-
-
-def open_checked_cache(path: str | os.PathLike, encoders: dict, dataset: Dataset, encoder_config: EncoderConfig):
-    """For the trainer: open the cache and refuse it unless its fingerprints match these encoders."""
-    cache = open_cache(path)
-    cache.check(expected_fingerprints(encoders, dataset, encoder_config))
-    return cache

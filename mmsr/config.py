@@ -1,7 +1,8 @@
 """Typed configs: dataclasses, one YAML/TOML file per run, and `--set a.b=value` overrides.
 
-Unknown keys and wrong types are errors, all gathered into one message (a misspelt key
-that silently falls back to a default is the trap this avoids).
+Unknown keys, wrong types and settings that the chosen components would ignore (a dataclass's
+`check()`) are errors, all gathered into one message: a misspelt key that silently falls back to
+a default, or a knob that changes nothing, is the trap this avoids.
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ from typing import Any, TypeVar
 from mmsr.errors import MMSRError
 
 T = TypeVar("T")
-
-
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
 
 
 def read_file(path: str | Path) -> dict:
@@ -84,7 +81,8 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def build(cls: type[T], data: dict | None = None, *, source: str = "config") -> T:
-    """Build dataclass `cls` from a nested dict, checking every key and type."""
+    """Build dataclass `cls` from a nested dict, checking every key and type and running each
+    dataclass's `check()` (a list of problems), if it has one."""
     problems: list[str] = []
     result = _build(cls, data or {}, "", problems)
     if problems:
@@ -102,6 +100,35 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
         source = f"config {path}"
     data = merge(data, parse_overrides(overrides))
     return build(cls, data, source=source)
+
+
+def load_with_flags(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                    flags: dict[str, Any] | None = None, *, base: dict | None = None,
+                    from_file: typing.Callable[[dict, str], dict] | None = None) -> T:
+    """Defaults <- `base` <- config file <- `--set` overrides <- explicit flags: the one precedence
+    every command follows.
+
+    `flags` maps dotted keys (`"seed"`, `"encoders.max_text_len"`) to typed values, as a
+    command's options give them; None means the option was not given. `from_file(data, source)`
+    may reduce the file's mapping first (a cache build reads only its part of a training config).
+    """
+    data = dict(base or {})
+    source = "config"
+    if path is not None:
+        source = f"config {path}"
+        found = read_file(path)
+        data = merge(data, from_file(found, source) if from_file else found)
+    data = merge(data, parse_overrides(overrides))
+    given: dict = {}
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        *sections, name = key.split(".")
+        node = given
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return build(cls, merge(data, given), source=source)
 
 
 def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
@@ -129,10 +156,15 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
             else:
                 problems.append(f"{prefix}{name} must be {_type_name(kind)}, got {data[name]!r}")
     try:
-        return cls(**values)
+        result = cls(**values)
     except (TypeError, ValueError) as error:
         problems.append(f"{prefix.rstrip('.') or cls.__name__}: {error}")
         return cls()
+    # Settings valid one by one but wrong together (e.g. a knob the chosen component ignores).
+    check = getattr(result, "check", None)
+    if callable(check):
+        problems.extend(f"{prefix}{problem}" for problem in check())
+    return result
 
 
 def _type_name(kind: Any) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mmsr.errors import MMSRError
+
 
 @dataclass
 class Dist:
@@ -45,15 +47,21 @@ def _leave() -> None:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    """auto | cpu | cuda | cuda:N. "auto" and a bare "cuda" take this process's GPU under
+    torchrun (LOCAL_RANK), so every rank of a node gets its own; the one picker for the cache
+    build, training and evaluation."""
+    if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from mmsr.errors import MMSRError
-
-        raise MMSRError("device=cuda but CUDA is not available", hint="use device=auto or cpu")
-    return torch.device(name)
+    requested = name
+    if name in ("auto", "cuda"):
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MMSRError(f"unknown device {name!r}", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MMSRError(f"device {requested!r} but CUDA is not available", hint="use device=auto or cpu")
+    return device
 
 
 def barrier() -> None:

@@ -49,3 +49,9 @@ def caches_dir(name: str | os.PathLike) -> Path:
 
 def models_dir() -> Path:
     return home() / "models"
+
+
+def dataset_names() -> list[str]:
+    """The datasets under $MMSR_HOME/datasets (directories holding a meta.json), sorted."""
+    root = home() / "datasets"
+    return sorted(entry.name for entry in root.iterdir() if (entry / "meta.json").is_file()) if root.is_dir() else []

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmsr_store.fingerprint import items_hash
-from mmsr_store.layout import MANIFEST_DIR, atomic_write_json
+from mmsr_store.layout import MANIFEST_DIR, atomic_write_json, num_chunks
 
 
 @dataclass
@@ -89,3 +89,17 @@ def done_until(record: ChunkRecord | None, start: int, item_ids: list[str]) -> i
     if items_hash(item_ids[record.start:record.stop]) != record.items_hash:
         return start
     return record.stop
+
+
+def unfinished(cache_dir: Path, modality: str, item_ids: list[str], chunk_items: int) -> list[tuple[int, int, int, int]]:
+    """(chunk, start, stop, first row still to encode) of every chunk of `modality` that is not
+    finished for these item ids, in order. The writer's work list and the reader's refusal of an
+    unfinished cache both come from here."""
+    records = read(cache_dir, modality)
+    out = []
+    for chunk in range(num_chunks(len(item_ids), chunk_items)):
+        start, stop = chunk * chunk_items, min(len(item_ids), (chunk + 1) * chunk_items)
+        todo = done_until(records.get(chunk), start, item_ids)
+        if todo < stop:
+            out.append((chunk, start, stop, todo))
+    return out

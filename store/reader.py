@@ -27,14 +27,8 @@ BUILD_HINT = "run mmsr cache build (it resumes where it stopped)"
 READ_BLOCK_BYTES = 64 << 20
 
 
-def _pending_chunks(cache_dir: Path, modality: str, num_items: int, chunk_items: int, item_ids: list[str]) -> list[int]:
-    records = manifest.read(cache_dir, modality)
-    missing = []
-    for chunk in range(num_chunks(num_items, chunk_items)):
-        start, stop = chunk * chunk_items, min(num_items, (chunk + 1) * chunk_items)
-        if manifest.done_until(records.get(chunk), start, item_ids) < stop:
-            missing.append(chunk)
-    return missing
+def _pending_chunks(cache_dir: Path, modality: str, chunk_items: int, item_ids: list[str]) -> list[int]:
+    return [chunk for chunk, *_ in manifest.unfinished(cache_dir, modality, item_ids, chunk_items)]
 
 
 def _open_group(cache_dir: Path):
@@ -210,7 +204,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
         if hidden.shape[0] != n:
             missing.append(f"{modality}: array has {hidden.shape[0]} rows, expected {n}")
             continue
-        chunks = _pending_chunks(cache_dir, modality, n, int(hidden.chunks[0]), item_ids)
+        chunks = _pending_chunks(cache_dir, modality, int(hidden.chunks[0]), item_ids)
         if chunks:
             total = num_chunks(n, int(hidden.chunks[0]))
             missing.append(f"{modality}: {len(chunks)} of {total} chunks unfinished ({_format_chunks(chunks)})")
@@ -235,7 +229,7 @@ def inspect_cache(path: str | os.PathLike) -> dict:
         hidden = group[f"{modality}/{HIDDEN}"]
         _, t, d = hidden.shape
         c = int(hidden.chunks[0])
-        pending = _pending_chunks(cache_dir, modality, n, c, item_ids) if len(item_ids) == n else list(
+        pending = _pending_chunks(cache_dir, modality, c, item_ids) if len(item_ids) == n else list(
             range(num_chunks(n, c)))
         records = manifest.read(cache_dir, modality)
         disk = _dir_bytes(cache_dir / STORE_DIR / modality)

@@ -25,7 +25,7 @@ from mmsr_store import manifest
 from mmsr_store.errors import StoreError
 from mmsr_store.fingerprint import canonical, diff, items_hash
 from mmsr_store.layout import (FORMAT, HIDDEN, HIDDEN_DTYPE, ITEM_IDS, LOCK_DIR, MANIFEST_DIR, MASK, MMAP_DIR,
-                               STORE_DIR, chunk_items_for, num_chunks, read_item_ids, remove_partial_files,
+                               STORE_DIR, chunk_items_for, read_item_ids, remove_partial_files,
                                write_item_ids)
 from mmsr_store.shards import Shard, ShardClaim, flocked, live_shards
 
@@ -195,18 +195,10 @@ class CacheWriter:
 
     def pending(self, modality: str, *, all_shards: bool = False) -> list[ChunkTask]:
         """The unfinished chunks of `modality` this process owns, in order."""
-        c = self.chunk_items(modality)
-        n = len(self.item_ids)
-        records = manifest.read(self.dir, modality)
-        tasks = []
-        for chunk in range(num_chunks(n, c)):
-            if not all_shards and not self.shard.owns(chunk):
-                continue
-            start, stop = chunk * c, min(n, (chunk + 1) * c)
-            todo = manifest.done_until(records.get(chunk), start, self.item_ids)
-            if todo < stop:
-                tasks.append(ChunkTask(modality, chunk, start, stop, todo, self.item_ids[start:stop]))
-        return tasks
+        return [ChunkTask(modality, chunk, start, stop, todo, self.item_ids[start:stop])
+                for chunk, start, stop, todo in manifest.unfinished(self.dir, modality, self.item_ids,
+                                                                    self.chunk_items(modality))
+                if all_shards or self.shard.owns(chunk)]
 
     def write_chunk(self, task: ChunkTask, hidden: np.ndarray, mask: np.ndarray, problems: list[str] = ()) -> None:
         """Write rows [todo_start, stop) of the chunk, then its manifest marker."""

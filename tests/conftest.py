@@ -53,5 +53,5 @@ def tiny_overrides(tiny_models, small_demo):
     return [f"dataset={small_demo}", f"encoders.text_model={tiny_models['text']}",
             f"encoders.vision_model={tiny_models['vision']}", "encoders.text_top_blocks=1",
             "encoders.vision_top_blocks=1", "encoders.max_text_len=16", "encoders.image_size=32",
-            "model.dim=32", "model.fusion_heads=2", "optim.batch_size=32", "optim.lr=0.003", "optim.epochs=3",
+            "model.dim=32", "optim.batch_size=32", "optim.lr=0.003", "optim.epochs=3",
             "split.sample_users=64", "eval_batch_size=128"]

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from cache_helpers import FakeTextEncoder, fake_config, fake_encoders
-from mmsr.cache_stage import build_cache, cache_path, expected_fingerprints, open_checked_cache
+from mmsr.cache_stage import build_cache
+from mmsr.caches import cache_path, expected_fingerprints, open_checked_cache
 from mmsr.data.dataset import load_dataset
 from mmsr.errors import MMSRError
 from mmsr_store import StoreError, open_cache
@@ -215,7 +216,7 @@ def test_registry_encoders_states_equal_lower(tiny_models, small_demo, tmp_path)
     """Through the real registry path (tiny random BERT and DINOv2): cached rows are lower()'s output."""
     import torch
 
-    from mmsr.cache_stage import create_encoders
+    from mmsr.encoders import create_encoders
     from mmsr.encoders.config import EncoderConfig
 
     config = EncoderConfig(text_model=tiny_models["text"], vision_model=tiny_models["vision"], text_top_blocks=1,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mmsr.config import load, parse_overrides
+from mmsr.config import load, load_with_flags, parse_overrides
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
 
@@ -25,7 +25,7 @@ def test_demo_then_info_json(mmsr_home):
     assert info.returncode == 0, info.stderr
     report = json.loads(info.stdout)
     for key in ("users", "items", "interactions", "items_with_image", "items_with_text", "cold_items",
-                "cold_sequences", "avg_seq_len"):
+                "cold_sequences", "new_items", "new_test_cases", "avg_seq_len"):
         assert key in report
     assert report["items"] == 120 and report["users"] == 80
     assert report["items_with_image"] == 120 and report["items_with_text"] == 120
@@ -64,3 +64,99 @@ def test_overrides_and_types():
     assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
     with pytest.raises(MMSRError, match="KEY=VALUE"):
         parse_overrides(["novalue"])
+
+
+def test_flags_win_over_overrides_over_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('seed = 1\n[model]\ndim = 16\nsequence = "gru4rec"\n')
+    config = load_with_flags(TrainConfig, path, ["seed=2", "model.dim=12"],
+                             {"seed": 3, "model.dim": None, "dataset": "/data/shop"})
+    assert (config.seed, config.model.dim, config.model.sequence, config.dataset) == (3, 12, "gru4rec", "/data/shop")
+    with pytest.raises(MMSRError, match="unknown key model.dims"):
+        load_with_flags(TrainConfig, None, None, {"model.dims": 8})
+
+
+def test_cache_build_config_reads_a_training_config(tmp_path):
+    from mmsr.cache_stage import load_build_config
+
+    path = tmp_path / "train.toml"
+    path.write_text('dataset = "shop"\nseed = 4\n[encoders]\nmax_text_len = 30\nimage_size = 112\n'
+                    '[optim]\nepochs = 3\n')  # a training config: its optim section is not the cache's business
+    config = load_build_config(path, ["encoders.image_size=96", "batch_size=8"], max_text_len=12, text_model=None,
+                               num_workers=0)
+    assert (config.dataset, config.seed, config.batch_size, config.num_workers) == ("shop", 4, 8, 0)
+    assert (config.encoders.max_text_len, config.encoders.image_size, config.encoders.text_model) == (12, 96, "minilm")
+
+
+def test_run_directory_lifecycle(tmp_path, mmsr_home):
+    from mmsr.train.run import prepare_run
+
+    sets = ["dataset=/data/shop", "model.kind=idsr"]
+    fresh = prepare_run(None, None, sets, {"seed": 5})
+    assert fresh.root == mmsr_home / "runs" / "shop-idsr-sasrec" and fresh.config.seed == 5 and not fresh.resume
+    (fresh.root / "checkpoints").mkdir(parents=True)
+    (fresh.root / "config.json").write_text(json.dumps({"dataset": "/data/shop", "seed": 7, "model": {"kind": "idsr"}}))
+    with pytest.raises(MMSRError, match="run directory already exists"):
+        prepare_run(None, None, sets)
+    (fresh.root / "checkpoints" / "last.pt").write_bytes(b"")
+    resumed = prepare_run("shop-idsr-sasrec", resume=True)
+    assert resumed.resume and resumed.config.seed == 7  # nothing given: the run's own config
+    assert prepare_run("shop-idsr-sasrec", flags={"seed": 6}, resume=True).config.seed == 6
+    (fresh.root / "checkpoints" / "last.pt").unlink()
+    messages = []
+    again = prepare_run(None, None, sets, resume=True, overwrite=True, log=messages.append)
+    assert not again.resume and not fresh.root.exists()  # no checkpoint yet: afresh, old directory gone
+    assert messages == [f"no checkpoint in {fresh.root} yet: starting the run"]
+
+
+def test_demo_keeps_an_existing_dataset_and_list_finds_it(mmsr_home):
+    from typer.testing import CliRunner
+
+    from mmsr_cli.app import app
+
+    runner = CliRunner()
+    first = runner.invoke(app, ["data", "demo", "--items", "12", "--users", "3"])
+    assert first.exit_code == 0 and "wrote" in first.output, first.output
+    meta = (mmsr_home / "datasets" / "demo" / "meta.json").read_bytes()
+    second = runner.invoke(app, ["data", "demo", "--items", "20", "--users", "3"])
+    assert second.exit_code == 0 and "already exists" in second.output
+    assert (mmsr_home / "datasets" / "demo" / "meta.json").read_bytes() == meta
+    (mmsr_home / "datasets" / "not-a-dataset").mkdir()
+    listed = runner.invoke(app, ["data", "list"])
+    assert listed.exit_code == 0 and listed.stdout.split() == ["demo"]
+
+
+def test_eval_and_recommend_are_one_library_call_each(small_demo, mmsr_home):
+    """What `mmsr eval --json` / `mmsr recommend --json` print is what one Python call returns."""
+    from typer.testing import CliRunner
+
+    from mmsr.eval.recommend import recommend
+    from mmsr.eval.runner import evaluate_run
+    from mmsr.train.recipe import train
+    from mmsr.train.run import prepare_run
+    from mmsr_cli.app import app
+
+    prepared = prepare_run("tiny", None, [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16",
+                                          "optim.epochs=1", "optim.batch_size=64"], log=lambda text: None)
+    train(prepared.config, prepared.root, from_cache=False, log=lambda text: None)
+    runner = CliRunner()
+
+    top = recommend("tiny", ["i00001", "i00002"], k=5)
+    printed = runner.invoke(app, ["recommend", "--run", "tiny", "--history", "i00001, i00002", "-k", "5", "--json"])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout.strip().splitlines()[-1]) == top
+    assert len(top["items"]) == 5 and not {"i00001", "i00002"} & {row["item"] for row in top["items"]}
+    with pytest.raises(MMSRError, match="empty history"):
+        recommend("tiny", [])
+    unknown = runner.invoke(app, ["recommend", "--run", "tiny", "--history", "i00001,nope"])
+    assert isinstance(unknown.exception, MMSRError) and "unknown item 'nope'" in str(unknown.exception)
+
+    result = evaluate_run("tiny", "valid", ks="5,10")
+    assert json.loads((prepared.root / "eval_valid.json").read_text()) == result
+    printed = runner.invoke(app, ["eval", "--run", "tiny", "--split", "valid", "--k", "5,10", "--json"])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout.strip().splitlines()[-1]) == result
+    for args, message in ((["--protocol", "sampled"], "unknown protocol 'sampled'"),
+                          (["--no-faiss"], "only FAISS exact search is implemented")):
+        refused = runner.invoke(app, ["eval", "--run", "tiny", *args])
+        assert isinstance(refused.exception, MMSRError) and message in str(refused.exception)

@@ -14,12 +14,12 @@ from mmsr.eval import (
     ItemIndex,
     case_histories,
     compute_metrics,
-    evaluate,
+    full_ranking_metrics,
     metric_sums,
     parse_ks,
     rank_targets,
-    recommend,
     reduce_metric_sums,
+    top_k,
 )
 
 
@@ -127,12 +127,12 @@ def test_faiss_ranks_equal_float64_brute_force_on_gaussian_data():
     np.testing.assert_array_equal(got, expected)
 
 
-def test_evaluate_matches_metrics_of_brute_force_ranks():
+def test_full_ranking_metrics_match_metrics_of_brute_force_ranks():
     items, users, targets, histories = integer_problem(seed=3)
     expected = compute_metrics(brute_force_ranks(items, users, targets, histories, True, 20), ks=(5, 10, 20))
     index = ItemIndex(items)
     assert index.backend in ("faiss-cpu", "faiss-gpu")
-    got = evaluate(index, users, targets, histories, ks="5,10,20", batch_size=50)
+    got = full_ranking_metrics(index, users, targets, histories, ks="5,10,20", batch_size=50)
     assert got == pytest.approx(expected)
 
 
@@ -155,18 +155,18 @@ def test_demo_split_histories(small_demo):
     np.testing.assert_array_equal(rank_targets(items, users, targets, hist, batch_size=37), expected)
 
 
-def test_recommend_excludes_history_and_matches_brute_force():
+def test_top_k_excludes_history_and_matches_brute_force():
     items, users, _, histories = integer_problem(seed=4, num_users=20)
     items = items + np.random.default_rng(0).standard_normal(items.shape).astype(np.float32) * 1e-2  # no ties
-    ids, scores = recommend(items, users, k=10, exclude=histories)
+    ids, scores = top_k(items, users, k=10, exclude=histories)
     dense = users.astype(np.float64) @ items.astype(np.float64).T
     for u in range(len(users)):
         dense[u, histories[u]] = -np.inf
         np.testing.assert_array_equal(ids[u], np.argsort(-dense[u], kind="stable")[:10])
         assert not set(ids[u]) & set(histories[u].tolist())
-    one_ids, _ = recommend(items, users[0], k=3, exclude=list(histories[0]))
+    one_ids, _ = top_k(items, users[0], k=3, exclude=list(histories[0]))
     np.testing.assert_array_equal(one_ids, ids[0][:3])
-    small_ids, small_scores = recommend(items[:4], users[:1], k=6, exclude=[[0]])
+    small_ids, small_scores = top_k(items[:4], users[:1], k=6, exclude=[[0]])
     assert list(small_ids[0][3:]) == [-1, -1, -1] and np.isneginf(small_scores[0][3:]).all()
 
 
@@ -200,7 +200,7 @@ def _distributed_worker(rank, world, init_file, out_dir):
     try:
         summed = reduce_metric_sums({"HR@10": float(rank + 1), "count": 10.0 * (rank + 1)})
         items, users, targets, histories = integer_problem(seed=5)
-        metrics = evaluate(items, users, targets, histories, ks=(5, 10), batch_size=16, device="cpu")
+        metrics = full_ranking_metrics(items, users, targets, histories, ks=(5, 10), batch_size=16, device="cpu")
         try:
             reduce_metric_sums({f"HR@{10 + rank}": 1.0, "count": 1.0})
             mismatch = "no error"
@@ -216,7 +216,7 @@ def test_distributed_two_process_gloo(tmp_path):
 
     mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     items, users, targets, histories = integer_problem(seed=5)
-    expected = evaluate(items, users, targets, histories, ks=(5, 10), device="cpu")
+    expected = full_ranking_metrics(items, users, targets, histories, ks=(5, 10), device="cpu")
     for rank in range(2):
         summed, metrics, mismatch = np.load(tmp_path / f"rank{rank}.npy", allow_pickle=True)
         assert summed == {"HR@10": 3.0, "count": 30.0}

@@ -17,7 +17,7 @@ import pytest
 
 from mmsr import paths
 from mmsr.data.dataset import load_dataset
-from mmsr.data.importers import formats, import_dataset
+from mmsr.data.importers import IMPORTERS, formats, import_dataset
 from mmsr.data.importers.mmsr_lmdb import SafeUnpickler, safe_loads
 from mmsr.data.split import SplitConfig, split_dataset
 from mmsr.errors import MMSRError
@@ -109,9 +109,15 @@ def mmsr_lmdb_source(root: Path, *, titles=TITLES, users=USERS, pictures=None, e
 # ----------------------------------------------------------------------------- registry
 
 
-def test_registry_lists_the_four_formats():
-    assert formats() == ["mmsr-lmdb", "recbole", "amazon2023", "pixelrec"]
-    fails(["unknown import format 'csv'", "recbole"], "csv", ["x"])
+@pytest.mark.parametrize("name", ["mmsr-lmdb", "recbole", "amazon2023", "pixelrec"])
+def test_documented_format_is_registered(name):
+    assert name in formats()
+
+
+@pytest.mark.parametrize("name", formats())
+def test_registered_format_has_help_and_is_named_by_the_unknown_format_error(name):
+    assert IMPORTERS.entry(name).help
+    fails(["unknown import format 'csv'", name], "csv", ["x"])
 
 
 # ----------------------------------------------------------------------------- mmsr-lmdb

@@ -3,8 +3,11 @@
 import pytest
 import torch
 
-from mmsr.models.fusion import create_fusion, fusion_names
-from mmsr.models.sequence import create_sequence_model, sequence_model_names
+from mmsr.errors import MMSRError
+from mmsr.models.fusion import FUSIONS, create_fusion, fusion_names
+from mmsr.models.sequence import SEQUENCE_MODELS, create_sequence_model, sequence_model_names
+
+KNOB_VALUES = {"layers": (1, 2), "heads": (2, 4)}  # two values of each knob a registry entry may declare
 
 
 def _tokens(n=6, seed=0):
@@ -28,8 +31,13 @@ def test_fusion_forward_backward(name):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_there_are_ten_two_modality_fusions():
-    assert len([n for n in fusion_names() if n != "pool"]) == 10
+TABLE_III_FUSIONS = [f"{coarse}{dnn}" for coarse in ("sum", "concat", "gate", "film") for dnn in ("", "+dnn")] + [
+    "coattn", "merge-attn"]
+
+
+@pytest.mark.parametrize("name", TABLE_III_FUSIONS)
+def test_every_fusion_of_table_iii_is_registered(name):
+    assert name in fusion_names()
 
 
 def test_padding_tokens_do_not_change_fusion_output():
@@ -45,10 +53,45 @@ def test_padding_tokens_do_not_change_fusion_output():
 
 
 def test_coarse_fusion_refuses_one_modality():
-    from mmsr.errors import MMSRError
-
     with pytest.raises(MMSRError, match="pool"):
         create_fusion("gate", input_dims={"text": 12}, dim=16)
+
+
+@pytest.mark.parametrize("name", fusion_names())
+def test_fusion_declares_exactly_the_knobs_it_reads(name):
+    """The config refuses a knob that a fusion does not declare, so an undeclared knob must change nothing
+    and a declared one must change the output."""
+    def output(**knob):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return create_fusion(name, input_dims={"text": 12, "image": 20}, dim=16, **knob).eval()(_tokens())
+
+    for param, (a, b) in KNOB_VALUES.items():
+        changed = not torch.equal(output(**{param: a}), output(**{param: b}))
+        assert changed == (param in FUSIONS.params(name)), param
+
+
+@pytest.mark.parametrize("name", fusion_names())
+def test_fusion_declares_the_modalities_it_needs(name):
+    if FUSIONS.needs(name):
+        with pytest.raises(MMSRError, match="pool"):
+            create_fusion(name, input_dims={"image": 20}, dim=16)
+    else:
+        assert create_fusion(name, input_dims={"image": 20}, dim=16)(_tokens()).shape == (6, 16)
+
+
+@pytest.mark.parametrize("name", sequence_model_names())
+def test_sequence_model_declares_exactly_the_knobs_it_reads(name):
+    items, mask = torch.randn(3, 8, 16, generator=torch.Generator().manual_seed(0)), torch.ones(3, 8, dtype=torch.bool)
+
+    def output(**knob):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return create_sequence_model(name, dim=16, max_len=8, **knob).eval()(items, mask)
+
+    for param, (a, b) in KNOB_VALUES.items():
+        changed = not torch.equal(output(**{param: a}), output(**{param: b}))
+        assert changed == (param in SEQUENCE_MODELS.params(name)), param
 
 
 @pytest.mark.parametrize("name", sequence_model_names())

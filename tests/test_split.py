@@ -93,3 +93,19 @@ def test_stats_on_demo(small_demo):
     assert 0 < stats["cold_items"] <= 300
     lengths = split.lengths()
     assert lengths.min() >= 5 and lengths.max() <= 40
+
+
+def test_new_cases_are_test_targets_without_any_training_interaction():
+    # u0's test item 9 is never trained on; u1's test item 1 is in u0's training part;
+    # u2's test item 8 is only ever a validation target (u0's), which is not training either.
+    rows = [("u0", 0, 0), ("u0", 1, 1), ("u0", 2, 2), ("u0", 8, 3), ("u0", 9, 4),
+            ("u1", 3, 0), ("u1", 4, 1), ("u1", 5, 2), ("u1", 6, 3), ("u1", 1, 4),
+            ("u2", 5, 0), ("u2", 6, 1), ("u2", 7, 2), ("u2", 2, 3), ("u2", 8, 4)]
+    split = _split(rows, 10, min_interactions=5)
+    new = split.cases("new")
+    assert [split.user_ids[u] for u in new.users] == ["u0", "u2"]
+    assert [split.target(int(u), int(p)) for u, p in zip(new.users, new.positions)] == [9, 8]
+    assert split.stats()["new_test_cases"] == 2
+    assert split.stats()["new_items"] == int((split.train_counts == 0).sum())
+    with pytest.raises(MMSRError, match="use test, valid, cold, new"):
+        split.cases("warm")

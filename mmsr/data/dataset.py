@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -34,6 +33,13 @@ TEXT_FIELDS = ("title", "description", "category")
 BadImagePolicy = Literal["error", "skip", "placeholder"]
 BAD_IMAGE_POLICIES = ("error", "skip", "placeholder")
 PLACEHOLDER_RGB = (128, 128, 128)
+
+
+def placeholder_picture(size: int = 224):
+    """The grey picture that stands in for an unreadable one under on_bad_image=placeholder."""
+    from PIL import Image  # deferred: reading interactions and texts should not need Pillow
+
+    return Image.new("RGB", (size, size), PLACEHOLDER_RGB)
 
 
 @dataclass
@@ -71,12 +77,26 @@ class Dataset:
     def item_ids(self) -> list[str]:
         return [item["id"] for item in self.items]
 
+    def load_picture(self, index: int, on_bad_image: BadImagePolicy = "error", size: int = 224):
+        """(RGB picture or None, problem or None) for one item.
 
-def item_list_hash(item_ids: Iterable[str]) -> str:
-    digest = hashlib.sha256()
-    for item_id in item_ids:
-        digest.update(item_id.encode("utf-8") + b"\n")
-    return digest.hexdigest()
+        An item without a picture gives (None, None). An unreadable file gives a problem and,
+        under "placeholder", a grey picture of `size`; under "skip" and "error" no picture (the
+        caller decides whether a problem stops it). The cache build and the end-to-end feed
+        both read pictures here, so they see the same pixels and the same policy.
+        """
+        from PIL import Image  # deferred: reading interactions and texts should not need Pillow
+
+        path = self.image_path(index)
+        if path is None:
+            return None, None
+        try:
+            with Image.open(path) as picture:
+                picture.load()
+                return picture.convert("RGB"), None
+        except Exception as error:  # PIL raises many types for corrupt or missing pictures
+            problem = f"item {self.items[index]['id']!r}: unreadable image {path}: {type(error).__name__}: {error}"
+            return (placeholder_picture(size) if on_bad_image == "placeholder" else None), problem
 
 
 # ----------------------------------------------------------------------------- writing
@@ -170,7 +190,7 @@ class DatasetWriter:
             self.problems.append(reason + f" -> {self.on_bad_image}")
             if self.on_bad_image == "skip":
                 return None
-            picture = Image.new("RGB", (224, 224), PLACEHOLDER_RGB)
+            picture = placeholder_picture()
         ref = f"images/{_safe_name(item_id)}.jpg"
         picture.save(self.tmp / ref, format="JPEG", quality=92)
         self._with_image += 1
@@ -330,6 +350,3 @@ def _read_interactions(path: Path, item_index: dict[str, int]):
     return (list(users), np.asarray(user_col, dtype=np.int64), np.asarray(item_col, dtype=np.int64),
             np.asarray(time_col, dtype=np.float64))
 
-
-def remove_dataset(root: Path) -> None:
-    shutil.rmtree(root)

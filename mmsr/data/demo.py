@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsr import paths
 from mmsr.data.dataset import DatasetWriter
+from mmsr.errors import MMSRError
+from mmsr.progress import ProgressFactory, no_progress
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 205, 30),
@@ -141,8 +144,6 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
                   progress=None) -> Path:
     """Write the demo dataset to `dest` atomically. `progress(advance)` is called per item and per user."""
     if items < 10 or users < 1:
-        from mmsr.errors import MMSRError
-
         raise MMSRError("the demo needs at least 10 items and 1 user")
     rng = np.random.default_rng(seed)
     attrs = _draw_items(rng, items)
@@ -164,3 +165,17 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
             if progress:
                 progress(1)
     return Path(dest)
+
+
+def create_demo(name: str = "demo", *, items: int = 3000, users: int = 2000, seed: int = 0, overwrite: bool = False,
+                progress: ProgressFactory = no_progress) -> tuple[Path, bool]:
+    """`mmsr data demo`: the demo dataset `name` (under $MMSR_HOME/datasets, or a path), generated
+    unless it already exists (`overwrite` regenerates it). Returns (its directory, whether it was
+    written now)."""
+    dest = paths.dataset_dir(name)
+    if dest.exists() and not overwrite:
+        return dest, False
+    with progress("demo data", items + users) as advance:
+        generate_demo(dest, name=Path(name).name, items=items, users=users, seed=seed, overwrite=overwrite,
+                      progress=advance)
+    return dest, True

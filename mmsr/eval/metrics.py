@@ -74,17 +74,6 @@ def metric_sums(ranks, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     return sums
 
 
-def add_sums(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
-    """Add two `metric_sums` results (an empty mapping is the identity)."""
-    if not a:
-        return dict(b)
-    if not b:
-        return dict(a)
-    if set(a) != set(b):
-        raise ValueError(f"metric keys differ: {sorted(a)} vs {sorted(b)}")
-    return {key: a[key] + b[key] for key in a}
-
-
 def finalize(sums: Mapping[str, float]) -> dict[str, float]:
     """Sums -> means in [0, 1], keyed like {"HR@10": ..., "NDCG@10": ...} (ordered by K, HR first)."""
     count = sums.get(COUNT_KEY, 0.0)

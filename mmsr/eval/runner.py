@@ -5,15 +5,30 @@ from each case's history (the last `max_seq_len` items before the target); the t
 rank comes from `mmsr.eval.search.rank_targets`, which masks the case's whole history
 (paper protocol) unless `mask_history=False` (RecBole protocol). Under torchrun, the cases
 are split over the ranks and the metric sums are all-reduced.
+
+    evaluate_model(model, feed, split, "valid")   # a model in memory (the trainer's validation)
+    evaluate_run("demo-mmsr-sasrec", "test")      # `mmsr eval`: a run directory, eval_test.json written
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from mmsr.atomic import atomic_write_text
 from mmsr.data.split import Split
+from mmsr.distributed import init_from_env
+from mmsr.errors import MMSRError
+from mmsr.eval.metrics import DEFAULT_KS, parse_ks
+from mmsr.eval.search import ItemIndex, case_histories, full_ranking_metrics, shard_rows
 from mmsr.train.batches import left_pad
+from mmsr.train.run import load_run
+
+# --protocol -> whether the user's history items are masked (docs/eval.md)
+PROTOCOLS = {"paper": True, "recbole": False}
 
 
 @torch.no_grad()
@@ -44,12 +59,10 @@ def user_matrix(model, items: torch.Tensor, histories: list[np.ndarray], max_len
     return torch.cat(out)
 
 
-def evaluate(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
-             batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
-             search_device: str = "auto") -> dict:
+def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
+                   batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
+                   search_device: str = "auto") -> dict:
     """`search_device`: "auto" (a GPU index when faiss-gpu and CUDA are present), "cpu" or "gpu"."""
-    from mmsr.eval.search import ItemIndex, case_histories, evaluate as search_metrics, shard_rows
-
     device = device or torch.device("cpu")
     cases = split.cases(which)
     mine = shard_rows(len(cases), rank, world)
@@ -59,10 +72,35 @@ def evaluate(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_his
     histories = [split.history(u, p, max_len) for u, p in zip(users, positions)]
     user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
     index = ItemIndex(items.numpy(), device=search_device)
-    metrics = search_metrics(index, user_vecs.numpy(), split.items[split.offsets[users] + positions],
-                             case_histories(split.offsets, split.items, users, positions), ks=ks,
-                             mask_history=mask_history, shard=False)  # this rank's cases; sums all-reduced
+    metrics = full_ranking_metrics(index, user_vecs.numpy(), split.items[split.offsets[users] + positions],
+                                   case_histories(split.offsets, split.items, users, positions), ks=ks,
+                                   mask_history=mask_history, shard=False)  # this rank's cases; sums all-reduced
     return {"split": which, "users": len(cases), "items": split.num_items,
             "protocol": "paper (history masked)" if mask_history else "recbole (history not masked)",
             "search": f"exact inner product, {index.backend} IndexFlatIP",
             "metrics": metrics}
+
+
+def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protocol: str = "paper",
+                 faiss: bool = True, checkpoint: str = "best", batch_size: int = 512, device: str = "auto",
+                 search_device: str = "auto") -> dict:
+    """`mmsr eval`: rebuild the model from the run directory alone, rank every item for every case
+    of `split` (test | valid | cold | new) and write the result to RUN/eval_<split>.json (rank 0).
+
+    Under torchrun the cases are shared out over the ranks; every rank returns the global metrics.
+    """
+    if protocol not in PROTOCOLS:
+        raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
+    if not faiss:
+        raise MMSRError("only FAISS exact search is implemented", where="--no-faiss")
+    ks = parse_ks(ks)
+    loaded = load_run(run, checkpoint, device)
+    dist = init_from_env(loaded.device)
+    result = evaluate_model(loaded.model, loaded.feed, loaded.split, split, ks=ks, mask_history=PROTOCOLS[protocol],
+                            batch_size=batch_size, device=loaded.device, rank=dist.rank, world=dist.world,
+                            search_device=search_device)
+    result["run"] = str(loaded.root)
+    result["checkpoint"] = loaded.info["checkpoint"]
+    if dist.main:
+        atomic_write_text(loaded.root / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
+    return result

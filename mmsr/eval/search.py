@@ -1,4 +1,5 @@
-"""Exact full-ranking search with FAISS `IndexFlatIP`: ranks of targets, metrics, top-k.
+"""Exact full-ranking search with FAISS `IndexFlatIP`: ranks of targets (`rank_targets`), metrics
+(`full_ranking_metrics`), top-k (`top_k`).
 
 Score = inner product. Every item is ranked for every user (no sampling), in batches of
 users, so memory is bounded by the batch size and never holds a users x items matrix.
@@ -307,7 +308,7 @@ def shard_rows(num_rows: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, num_rows, world_size, dtype=np.int64)
 
 
-def evaluate(
+def full_ranking_metrics(
     item_vectors,
     user_vectors,
     targets,
@@ -347,7 +348,7 @@ def _num_items(item_vectors) -> int:
     return item_vectors.num_items if isinstance(item_vectors, ItemIndex) else len(item_vectors)
 
 
-def recommend(
+def top_k(
     item_vectors,
     user_vectors,
     k: int = 10,

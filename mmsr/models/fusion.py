@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmsr.errors import MMSRError
 from mmsr.models.layers import Block, key_mask, masked_mean
-from mmsr.models.registry import Registry
+from mmsr.registry import Registry
 
 FUSIONS: Registry[nn.Module] = Registry("fusion")
 TokenDict = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -25,6 +26,10 @@ TokenDict = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 def create_fusion(name: str, *, input_dims: dict[str, int], dim: int, layers: int = 1, heads: int = 4,
                   dropout: float = 0.1) -> nn.Module:
+    needs = FUSIONS.needs(name)
+    if needs and sorted(input_dims) != sorted(needs):
+        raise MMSRError(f"fusion {name!r} needs {' and '.join(needs)}, got {sorted(input_dims)}",
+                        hint="use fusion 'pool' for single-modality models (MMSR-T, MMSR-V)")
     return FUSIONS.create(name, input_dims=input_dims, dim=dim, layers=layers, heads=heads, dropout=dropout)
 
 
@@ -61,7 +66,6 @@ class Pool(_Pooled):
 
 class Sum(_Pooled):
     def __init__(self, input_dims, dim, **_):
-        _require_two(input_dims)
         super().__init__(input_dims, dim)
 
     def forward(self, inputs):
@@ -71,7 +75,6 @@ class Sum(_Pooled):
 
 class Concat(_Pooled):
     def __init__(self, input_dims, dim, **_):
-        _require_two(input_dims)
         super().__init__(input_dims, dim)
         self.out = nn.Linear(2 * dim, dim)
 
@@ -83,7 +86,6 @@ class Gate(_Pooled):
     """g = sigmoid(W [a; b]); g * a + (1 - g) * b."""
 
     def __init__(self, input_dims, dim, **_):
-        _require_two(input_dims)
         super().__init__(input_dims, dim)
         self.gate = nn.Linear(2 * dim, dim)
 
@@ -97,7 +99,6 @@ class FiLM(_Pooled):
     """The text conditions the image: gamma(text) * image + beta(text)."""
 
     def __init__(self, input_dims, dim, **_):
-        _require_two(input_dims)
         super().__init__(input_dims, dim)
         self.film = nn.Linear(dim, 2 * dim)
 
@@ -125,7 +126,6 @@ class _Tokens(nn.Module):
 
     def __init__(self, input_dims: dict[str, int], dim: int):
         super().__init__()
-        _require_two(input_dims)
         self.order = sorted(input_dims)
         self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, dim)) for m, d in input_dims.items()})
         self.kind = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in input_dims})
@@ -155,7 +155,7 @@ class MergeAttention(_Tokens):
 class CoAttention(_Tokens):
     """Two streams: each cross-attends the other (one layer), then a merging projection."""
 
-    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1):
+    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1):  # one layer, as in the paper: `layers` unused
         super().__init__(input_dims, dim)
         self.cross = nn.ModuleList(Block(dim, heads, dropout) for _ in range(2))
         # A block normalises its own stream; the other stream, read as keys and values, needs its own norm.
@@ -169,21 +169,19 @@ class CoAttention(_Tokens):
         return self.merge(torch.cat([masked_mean(a2, mask_a), masked_mean(b2, mask_b)], dim=-1))
 
 
-def _require_two(input_dims: dict[str, int]) -> None:
-    if sorted(input_dims) != ["image", "text"]:
-        from mmsr.errors import MMSRError
-
-        raise MMSRError(f"this fusion needs text and image, got {sorted(input_dims)}",
-                        hint="use fusion 'pool' for single-modality models (MMSR-T, MMSR-V)")
+# `params`: the knobs a fusion reads (model.fusion_layers -> layers, model.fusion_heads -> heads), so
+# that the config refuses a setting that would change nothing; `needs`: the modalities it cannot do without.
+BOTH = ("text", "image")
 
 
 def _register_coarse(name: str, cls: type) -> None:
-    FUSIONS.register(name)(lambda input_dims, dim, dropout=0.1, **_: cls(input_dims, dim))
-    FUSIONS.register(f"{name}+dnn")(lambda input_dims, dim, dropout=0.1, **_: WithDNN(cls(input_dims, dim), dim, dropout))
+    FUSIONS.register(name, needs=BOTH)(lambda input_dims, dim, dropout=0.1, **_: cls(input_dims, dim))
+    FUSIONS.register(f"{name}+dnn", needs=BOTH)(
+        lambda input_dims, dim, dropout=0.1, **_: WithDNN(cls(input_dims, dim), dim, dropout))
 
 
 for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
     _register_coarse(_name, _cls)
 FUSIONS.register("pool")(lambda input_dims, dim, **_: Pool(input_dims, dim))
-FUSIONS.register("merge-attn")(MergeAttention)
-FUSIONS.register("coattn")(CoAttention)
+FUSIONS.register("merge-attn", params=("layers", "heads"), needs=BOTH)(MergeAttention)
+FUSIONS.register("coattn", params=("heads",), needs=BOTH)(CoAttention)

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmsr.models.layers import Block
-from mmsr.models.registry import Registry
+from mmsr.registry import Registry
 
+# Each registration declares the knobs it reads (model.sequence_layers -> layers, model.sequence_heads ->
+# heads); the config refuses the others. Every model accepts both, so one call builds any of them.
 SEQUENCE_MODELS: Registry[nn.Module] = Registry("sequence model")
 DEFAULT_LAYERS = {"sasrec": 2, "gru4rec": 4, "nextitnet": 2}
 
@@ -30,7 +32,7 @@ def sequence_model_names() -> list[str]:
     return SEQUENCE_MODELS.names()
 
 
-@SEQUENCE_MODELS.register("sasrec")
+@SEQUENCE_MODELS.register("sasrec", params=("layers", "heads"))
 class SASRec(nn.Module):
     """Causal transformer with learned positions (Kang & McAuley 2018); padding keys are masked."""
 
@@ -59,7 +61,7 @@ class SASRec(nn.Module):
         return self.norm(x)
 
 
-@SEQUENCE_MODELS.register("gru4rec")
+@SEQUENCE_MODELS.register("gru4rec", params=("layers",))
 class GRU4Rec(nn.Module):
     def __init__(self, dim: int, max_len: int, layers: int = 4, heads: int = 2, dropout: float = 0.1):
         super().__init__()
@@ -95,7 +97,7 @@ class _ResidualDilatedBlock(nn.Module):
         return x + self.dropout(h)
 
 
-@SEQUENCE_MODELS.register("nextitnet")
+@SEQUENCE_MODELS.register("nextitnet", params=("layers",))
 class NextItNet(nn.Module):
     def __init__(self, dim: int, max_len: int, layers: int = 2, heads: int = 2, dropout: float = 0.1):
         super().__init__()

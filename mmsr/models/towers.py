@@ -40,9 +40,6 @@ class ContentItemTower(nn.Module):
             tokens[modality] = encoder.upper(hidden.float(), mask)
         return self.fusion(tokens) * self.scale
 
-    def lower_parameters(self) -> list[nn.Parameter]:
-        return [p for e in self.encoders.values() for m in e.lower_modules() for p in m.parameters()]
-
     def encoder_top_parameters(self) -> list[nn.Parameter]:
         return [p for e in self.encoders.values() for m in e.upper_modules() for p in m.parameters()]
 

@@ -6,14 +6,15 @@ training part is cut, from the end backwards, into rows of up to `max_seq_len + 
 overlap by one, so every training item after a user's first is a target once per epoch
 (long histories, e.g. MovieLens, are not thrown away). In a row, inputs are items[:-1] and
 targets items[1:], left-padded to `max_seq_len`. Negatives are drawn uniformly
-from items outside the user's training history. All randomness comes from generators seeded
-by (seed, epoch) and (seed, epoch, step), so an interrupted epoch replays exactly and every
-process of a distributed run draws the same global batch.
+from items outside the user's training history. For the `mixed` loss a global batch also
+carries `mixed_negatives` items drawn uniformly from the whole catalogue. All randomness comes
+from generators seeded by (seed, epoch) and (seed, epoch, step), so an interrupted epoch
+replays exactly and every process of a distributed run draws the same global batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,21 +32,47 @@ class Batch:
     targets: torch.Tensor  # [B, L]
     negatives: torch.Tensor  # [B, L]
     mask: torch.Tensor  # [B, L] bool: a real input with a real target
+    # [M] items drawn uniformly for the whole global batch (the `mixed` loss's extra
+    # candidates); they belong to no row.
+    uniform: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     def to(self, device) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.negatives, self.mask)))
+        return Batch(*(t.to(device, non_blocking=True)
+                       for t in (self.inputs, self.targets, self.negatives, self.mask, self.uniform)))
 
     def rows(self, index: slice | np.ndarray) -> "Batch":
-        return Batch(self.inputs[index], self.targets[index], self.negatives[index], self.mask[index])
+        """Some rows, with all the uniform items."""
+        return Batch(self.inputs[index], self.targets[index], self.negatives[index], self.mask[index], self.uniform)
+
+    def shard(self, rank: int, world: int) -> "Batch":
+        """One process's share of a global batch: every world-th row, and every world-th uniform
+        item (the in-batch losses gather the candidates back, so each is encoded once)."""
+        part = slice(rank, None, world)
+        return Batch(self.inputs[part], self.targets[part], self.negatives[part], self.mask[part], self.uniform[part])
+
+    def distinct_items(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(every item id of the batch once, sorted, uniform items included; [3, B, L]
+        positions of inputs, targets and negatives in that list, 0 where padded). The model
+        encodes each distinct item once."""
+        flat = torch.cat([part.flatten() for part in (self.inputs, self.targets, self.negatives)])
+        valid = flat != PAD
+        unique, inverse = torch.unique(torch.cat([flat[valid], self.uniform]), return_inverse=True)
+        rows = torch.zeros_like(flat)
+        rows[valid] = inverse[:int(valid.sum())]
+        return unique, rows.view(3, *self.inputs.shape)
 
 
 class TrainBatches:
-    def __init__(self, split: Split, batch_size: int, seed: int, negatives: str = "unseen", windows: str = "last"):
+    def __init__(self, split: Split, batch_size: int, seed: int, negatives: str = "unseen", windows: str = "last",
+                 uniform_items: int = 0):
         if negatives not in NEGATIVE_MODES:
             raise ValueError(f"negatives must be one of {NEGATIVE_MODES}")
         if windows not in WINDOW_MODES:
             raise ValueError(f"windows must be one of {WINDOW_MODES}")
+        if uniform_items < 0:
+            raise ValueError("uniform_items must be non-negative")
         self.negatives = negatives
+        self.uniform_items = uniform_items
         self.split = split
         self.batch_size = batch_size
         self.seed = seed
@@ -56,6 +83,14 @@ class TrainBatches:
         ends = [[n] if windows == "last" else list(range(n, 1, -self.max_len)) for n in lengths[users]]
         self.row_users = np.repeat(users, [len(e) for e in ends]).astype(np.int64)
         self.row_ends = np.asarray([end for row in ends for end in row], dtype=np.int64)
+
+    @classmethod
+    def for_config(cls, split: Split, config) -> "TrainBatches":
+        """The batches a TrainConfig trains on, with what its loss needs drawn."""
+        from mmsr.train.losses import uniform_items  # deferred: mmsr.train.losses imports PAD from here
+
+        o = config.optim
+        return cls(split, o.batch_size, config.seed, o.negatives, o.windows, uniform_items=uniform_items(o))
 
     def __len__(self) -> int:
         return -(-len(self.row_users) // self.batch_size)
@@ -83,8 +118,11 @@ class TrainBatches:
             targets[row, -n:] = seq[1:]
             negatives[row, -n:] = self._negatives(user, seq[1:], rng)
         mask = targets != PAD
+        # Its own generator: the per-position negatives stay the same draws whatever the loss.
+        uniform = np.random.default_rng([self.seed, epoch, step, 2]).integers(
+            self.split.num_items, size=self.uniform_items)
         return Batch(torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(negatives),
-                     torch.from_numpy(mask))
+                     torch.from_numpy(mask), torch.from_numpy(uniform.astype(np.int64)))
 
     def _negatives(self, user: int, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One negative per target: "unseen" avoids the user's whole training history (the

@@ -6,19 +6,27 @@ profile that finishes in minutes, `configs/paper-gpu.toml` the paper's settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
+from mmsr.config import build
 from mmsr.data.split import SplitConfig
 from mmsr.encoders.config import EncoderConfig
+from mmsr.models.fusion import FUSIONS
+from mmsr.models.sequence import SEQUENCE_MODELS
+from mmsr.train.losses import LOSSES
 
 
 @dataclass
 class ModelConfig:
     # "mmsr": items are their content (MMSR; MMSR-T / MMSR-V by setting encoders.vision_model /
     # encoders.text_model to ""). "idsr": items are learned ID vectors (the paper's baselines).
+    # Under "idsr" the encoders section and fusion* are a no-op, not an error: one profile file
+    # drives an MMSR model, its IDSR baseline and `mmsr cache build`.
+    # A setting the chosen fusion / sequence model does not read (e.g. fusion_heads for "gate",
+    # sequence_heads for "gru4rec") is an error when it differs from its default.
     kind: Literal["mmsr", "idsr"] = "mmsr"
-    fusion: str = "merge-attn"
+    fusion: str = "merge-attn"  # with a single modality this default becomes "pool"
     fusion_layers: int = 1
     fusion_heads: int = 4
     sequence: str = "sasrec"
@@ -39,10 +47,14 @@ class OptimConfig:
     decay_start_epoch: int = 120  # linear decay to final_lr_fraction from here to the end
     final_lr_fraction: float = 0.1
     grad_clip: float = 1.0  # 0 switches clipping off
-    loss: Literal["bce", "inbatch"] = "bce"
-    # BCE negatives: "unseen" = uniform over items outside the user's training history (the
-    # paper); "any" = uniform over all items but the target (RecBole).
+    # A name in mmsr.train.losses.LOSSES: bce (the seed's), bpr, inbatch, inbatch-logq, mixed,
+    # softmax (ID models only).
+    loss: str = "bce"
+    # The per-position sampled negative of bce / bpr: "unseen" = uniform over items outside the
+    # user's training history (the paper); "any" = uniform over all items but the target (RecBole).
     negatives: Literal["unseen", "any"] = "unseen"
+    # mixed: items drawn uniformly from the catalogue per global batch, added to its candidates.
+    mixed_negatives: int = 256
     # Training rows per user and epoch: "last" = the last max_seq_len + 1 items of the training
     # part (the reference code); "all" = the whole training part in windows of that length.
     windows: Literal["last", "all"] = "last"
@@ -67,6 +79,78 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
+    def __post_init__(self):
+        # Nothing to fuse with one modality. Resolving the default here (not in build_model) makes
+        # the saved config say what was trained; a non-default fusion is left for check() to refuse.
+        if self.model.fusion == _default(ModelConfig, "fusion") and len(self.encoders.modalities) == 1:
+            self.model = replace(self.model, fusion="pool")
+
+    def check(self) -> list[str]:
+        """Settings that the chosen components would ignore or cannot work with; mmsr.config.build
+        reports them together with the other config errors, before anything runs."""
+        problems = []
+        model, modalities = self.model, self.encoders.modalities
+        parts = {"sequence": SEQUENCE_MODELS}
+        if model.kind == "mmsr":  # under idsr the fusion settings are a documented no-op
+            parts = {"fusion": FUSIONS, **parts}
+            if not modalities:
+                problems.append('model.kind=mmsr needs a text or a vision model, but encoders.text_model and '
+                                'encoders.vision_model are both ""; set one, or use --set model.kind=idsr')
+        for part, registry in parts.items():
+            name = getattr(model, part)
+            if name not in registry:
+                problems.append(f"model.{part}={name!r} is not a known {registry.kind}; choose one of "
+                                + ", ".join(registry.names()))
+                continue
+            for key, (owner, param) in _KNOBS.items():
+                value = getattr(model, key)
+                if owner == part and param not in registry.params(name) and value != _default(ModelConfig, key):
+                    problems.append(f"model.{key}={value!r} is ignored by {registry.kind} {name!r}, which has no "
+                                    f"{param} setting; remove it, or choose a {registry.kind} that reads it ("
+                                    + ", ".join(registry.taking(param)) + ")")
+        if "fusion" in parts and model.fusion in FUSIONS and modalities:
+            missing = [m for m in FUSIONS.needs(model.fusion) if m not in modalities]
+            if missing:
+                off = " and ".join(f'{_MODALITY_KEYS[m]}=""' for m in missing)
+                problems.append(f"model.fusion={model.fusion!r} needs " + " and ".join(FUSIONS.needs(model.fusion))
+                                + f", but {off}; use --set model.fusion=pool for a single-modality model")
+        problems += self._check_loss()
+        return problems
+
+    def _check_loss(self) -> list[str]:
+        optim, problems = self.optim, []
+        if optim.loss not in LOSSES:
+            return [f"optim.loss={optim.loss!r} is not a known loss; choose one of " + ", ".join(LOSSES.names())]
+        reason = {"negatives": "it does not pair each position with a sampled negative",
+                  "mixed_negatives": "it adds no uniformly drawn items to the batch"}
+        for key, why in reason.items():
+            value = getattr(optim, key)
+            if key not in LOSSES.params(optim.loss) and value != _default(OptimConfig, key):
+                problems.append(f"optim.{key}={value!r} is ignored by optim.loss={optim.loss!r} ({why}); remove "
+                                "it, or use --set optim.loss=" + " or ".join(LOSSES.taking(key)))
+        if "mixed_negatives" in LOSSES.params(optim.loss) and optim.mixed_negatives < 1:
+            problems.append(f"optim.mixed_negatives={optim.mixed_negatives} must be at least 1 for "
+                            f"optim.loss={optim.loss!r}; or use --set optim.loss=inbatch")
+        needs = LOSSES.needs(optim.loss)
+        if "batch" in needs and optim.batch_size < 2:
+            problems.append(f"optim.loss={optim.loss!r} takes its negatives from the other users of the batch, "
+                            f"but optim.batch_size={optim.batch_size}; use a larger batch, or --set optim.loss=bce")
+        if "item_table" in needs and self.model.kind != "idsr":
+            problems.append(f"optim.loss={optim.loss!r} scores every item at every step, which for "
+                            "model.kind=mmsr means running the whole catalogue through the item tower (encoder "
+                            "tops and fusion) at every step; use --set optim.loss=inbatch (or model.kind=idsr)")
+        return problems
+
+
+# model.KEY -> (the component that reads it, the registry param it feeds)
+_KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "heads"),
+          "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads")}
+_MODALITY_KEYS = {"text": "encoders.text_model", "image": "encoders.vision_model"}
+
+
+def _default(cls: type, name: str):
+    return next(f.default for f in fields(cls) if f.name == name)
+
 
 TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "valid_protocol", "early_stop_patience",
                    "checkpoint_every_steps", "cache_into")
@@ -77,7 +161,5 @@ def cache_section(data: dict, source: str = "config") -> dict:
     so that one file drives both commands. The whole file is validated as a TrainConfig first."""
     if not any(key in data for key in TRAIN_ONLY_KEYS):
         return data
-    from mmsr.config import build
-
     build(TrainConfig, data, source=source)
     return {key: data[key] for key in ("dataset", "seed", "encoders") if key in data}

@@ -1,151 +1,100 @@
-"""Build the recommender from a config, and feed it item inputs (cache, raw, or IDs).
+"""Build the recommender from a config; what trains and what is saved.
 
     Recommender = item tower (content or ID) + user tower (sequence model), scored by inner product.
 
-A *feed* turns item ids into what the item tower reads:
-  CacheFeed  - slices of the cached lower-layer states, held in RAM, memory-mapped or on GPU;
-  RawFeed    - the frozen lower layers run on the fly (end-to-end mode: eval mode, no grad);
-  None       - IDSR reads ids directly.
-Both content feeds produce the same states, so the cached and end-to-end paths share one
-code path from `upper` onwards.
+The model never reads files: a feed (`mmsr.train.feeds`) turns item ids into the item
+tower's inputs (cached states, states computed from raw inputs, or the ids themselves)
+before `forward` runs.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from mmsr.encoders import create_encoders
+from mmsr.errors import MMSRError
 from mmsr.models.fusion import create_fusion
 from mmsr.models.sequence import create_sequence_model
 from mmsr.models.towers import ContentItemTower, IDItemTower, UserTower
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
-
-
-class CacheFeed:
-    def __init__(self, states: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device):
-        self.states = states
-        self.device = device
-
-    def __call__(self, ids: torch.Tensor):
-        out = {}
-        for modality, (hidden, mask) in self.states.items():
-            index = ids.to(hidden.device)
-            out[modality] = (hidden[index].to(self.device, non_blocking=True), mask[index].to(self.device))
-        return out
-
-
-class RawFeed:
-    """Runs each encoder's frozen lower layers on raw text and pictures, every call."""
-
-    def __init__(self, dataset, encoders: dict, text_fields: list[str], device: torch.device):
-        self.dataset = dataset
-        self.encoders = encoders
-        self.text_fields = text_fields
-        self.device = device
-
-    def raw(self, modality: str, ids: list[int]):
-        if modality == "text":
-            return [self.dataset.item_text(i, self.text_fields) for i in ids]
-        from mmsr.cache_stage import load_picture
-        from mmsr.errors import MMSRError
-
-        pictures = []
-        for i in ids:
-            picture, problem = load_picture(self.dataset, i)
-            if problem:
-                raise MMSRError(problem, hint="restore the file, or re-import the dataset with --on-bad-image "
-                                              "skip|placeholder")
-            pictures.append(picture)
-        return pictures
-
-    def __call__(self, ids: torch.Tensor):
-        id_list = ids.tolist()
-        out = {}
-        for modality, encoder in self.encoders.items():
-            raw = self.raw(modality, id_list)
-            present = [k for k, value in enumerate(raw) if value is not None]
-            batch = encoder.preprocess([raw[k] for k in present])
-            batch = {key: value.to(self.device) for key, value in batch.items()}
-            with torch.no_grad():
-                hidden, mask = encoder.lower_forward(batch)
-            if len(present) < len(raw):  # items without a picture: zeros, nothing valid (as in the cache)
-                full = hidden.new_zeros((len(raw),) + hidden.shape[1:])
-                full_mask = mask.new_zeros((len(raw),) + mask.shape[1:])
-                full[present], full_mask[present] = hidden, mask
-                hidden, mask = full, full_mask
-            out[modality] = (hidden, mask)
-        return out
+from mmsr.train.losses import LOSSES, LossInputs, create_loss
 
 
 class Recommender(nn.Module):
-    def __init__(self, items: nn.Module, user: UserTower, loss: str = "bce"):
+    def __init__(self, items: nn.Module, user: UserTower, loss: str = "bce", train_counts: np.ndarray | None = None):
         super().__init__()
         self.items = items
         self.user = user
-        self.loss_kind = loss
+        self.loss = create_loss(loss, train_counts=train_counts)
+        self._loss_needs = LOSSES.needs(loss)
 
     @property
     def content(self) -> bool:
         return isinstance(self.items, ContentItemTower)
 
-    def item_vectors(self, ids: torch.Tensor, feed=None) -> torch.Tensor:
-        if self.content:
-            return self.items.from_states(feed(ids))
-        return self.items(ids)
+    def encode_items(self, inputs) -> torch.Tensor:
+        """A feed's output for some items -> their vectors."""
+        return self.items.from_states(inputs) if self.content else self.items(inputs)
+
+    def item_vectors(self, ids: torch.Tensor, feed) -> torch.Tensor:
+        return self.encode_items(feed(ids))
 
     def user_vectors(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.user(item_vectors * mask.unsqueeze(-1), mask)
 
-    def forward(self, batch: Batch, feed=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (summed loss, number of target positions) for this process's rows."""
-        parts = (batch.inputs, batch.targets, batch.negatives)
-        flat = torch.cat([part.flatten() for part in parts])
-        valid = flat != PAD
-        unique, inverse = torch.unique(flat[valid], return_inverse=True)
-        vectors = self.item_vectors(unique, feed)  # each distinct item encoded once
-        rows = torch.zeros_like(flat)
-        rows[valid] = inverse  # row of `vectors` per position (0 where padded, then zeroed)
-        inputs_row, targets_row, negatives_row = rows.view(3, *batch.inputs.shape)
+    def all_item_vectors(self) -> torch.Tensor:
+        """Every item's vector, for the full softmax: the ID table itself."""
+        if self.content:
+            raise MMSRError("the full softmax would run every item through the item tower at every step",
+                            hint="use --set optim.loss=inbatch")
+        return self.items.embedding.weight
 
-        def gather(row, ids):
-            return vectors[row] * (ids != PAD).unsqueeze(-1)
+    def forward(self, batch: Batch, rows: torch.Tensor, item_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (summed loss, number of target positions) for this process's rows.
 
+        `item_inputs` is the feed's output for the batch's distinct items and `rows` says where
+        each position's item is among them (`Batch.distinct_items`): each item is encoded once.
+        The user vectors at the target positions and the item vectors go to the loss
+        (`mmsr.train.losses`).
+        """
+        vectors = self.encode_items(item_inputs)
+        inputs_row, targets_row, negatives_row = rows
         in_mask = batch.inputs != PAD
-        users = self.user_vectors(gather(inputs_row, batch.inputs), in_mask)
+        users = self.user_vectors(vectors[inputs_row] * in_mask.unsqueeze(-1), in_mask)
         mask = batch.mask
-        count = mask.sum()
-        if self.loss_kind == "inbatch":
-            logits = users[mask] @ vectors.T
-            return F.cross_entropy(logits.float(), targets_row[mask], reduction="sum"), count
-        positive = (users * gather(targets_row, batch.targets)).sum(-1)[mask].float()
-        negative = (users * gather(negatives_row, batch.negatives)).sum(-1)[mask].float()
-        loss = F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive), reduction="sum") \
-            + F.binary_cross_entropy_with_logits(negative, torch.zeros_like(negative), reduction="sum")
-        return loss, count
+        # The in-batch losses gather candidates across processes by id; the feed's output
+        # does not carry the ids, and recomputing them is one torch.unique.
+        ids = batch.distinct_items()[0] if "batch" in self._loss_needs else None
+        loss = self.loss(LossInputs(users=users[mask], targets=batch.targets[mask],
+                                    target_vectors=vectors[targets_row[mask]],
+                                    negative_vectors=vectors[negatives_row[mask]], item_ids=ids,
+                                    item_vectors=vectors, all_items=self.all_item_vectors))
+        return loss, mask.sum()
 
 
-def build_model(config: TrainConfig, num_items: int, encoders: dict | None = None) -> Recommender:
+def build_model(config: TrainConfig, num_items: int, encoders: dict | None = None, *,
+                train_counts: np.ndarray | None = None) -> Recommender:
+    """`train_counts` (the training split's item counts) is what a loss that needs item
+    popularity (`inbatch-logq`) reads; training passes it, rebuilding a model to evaluate
+    need not."""
     m = config.model
     if m.kind == "idsr":
         items: nn.Module = IDItemTower(num_items, m.dim)
     else:
-        from mmsr.errors import MMSRError
-
-        from mmsr.cache_stage import create_encoders
-
         encoders = create_encoders(config.encoders) if encoders is None else encoders
         if not encoders:
             raise MMSRError("model.kind=mmsr needs at least one of encoders.text_model / encoders.vision_model",
                             hint="or use model.kind=idsr")
-        fusion_name = m.fusion if len(encoders) == 2 else "pool"
+        fusion_name = m.fusion  # TrainConfig turns the default into "pool" for one modality
         fusion = create_fusion(fusion_name, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
                                layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout)
         items = ContentItemTower(encoders, fusion, m.dim)
     sequence = create_sequence_model(m.sequence, dim=m.dim, max_len=config.split.max_seq_len, layers=m.sequence_layers,
                                      heads=m.sequence_heads, dropout=m.dropout)
-    return Recommender(items, UserTower(sequence), loss=config.optim.loss)
+    return Recommender(items, UserTower(sequence), loss=config.optim.loss, train_counts=train_counts)
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:

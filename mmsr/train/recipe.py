@@ -6,10 +6,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,13 +19,13 @@ from mmsr.data.dataset import load_dataset
 from mmsr.data.split import split_dataset
 from mmsr.distributed import Dist, barrier, init_from_env, pick_device
 from mmsr.errors import MMSRError
-from mmsr.eval.runner import evaluate
+from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.batches import TrainBatches
 from mmsr.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from mmsr.train.config import TrainConfig
-from mmsr.train.model import CacheFeed, RawFeed, build_model, parameter_groups, trainable_state
-
-SELECT_METRIC = "NDCG@10"
+from mmsr.train.feeds import open_feed
+from mmsr.train.model import build_model, parameter_groups, trainable_state
+from mmsr.train.step import SELECT_METRIC, LossSum, train_step, validate
 
 
 def lr_factor(config: TrainConfig, steps_per_epoch: int):
@@ -45,52 +42,38 @@ def lr_factor(config: TrainConfig, steps_per_epoch: int):
     return factor
 
 
-def open_feed(config: TrainConfig, model, dataset, from_cache: bool, device: torch.device):
-    """The item feed: the zarr cache (checked against this model's fingerprint) or raw inputs."""
-    if not model.content:
-        return None, "ids"
-    encoders = dict(model.items.encoders.items())
-    if not from_cache:
-        return RawFeed(dataset, encoders, config.encoders.text_fields, device), "end-to-end (lower layers every step)"
-    from mmsr.cache_stage import cache_path, expected_fingerprint
-    from mmsr_store import open_cache
-
-    path = cache_path(dataset.root, config.encoders)
-    cache = open_cache(path)
-    cache.check({m: expected_fingerprint(e, dataset, config.encoders) for m, e in encoders.items()})
-    into = config.cache_into
-    if into == "auto":
-        into = "cuda" if device.type == "cuda" else "ram"
-    states = {m: cache.load(m, into=into) for m in encoders}
-    return CacheFeed(states, device), f"cache {path} ({into})"
-
-
-def _no_progress(description: str, total: int):
-    return contextlib.nullcontext(lambda n=1: None)
+def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
+    """AdamW over the two parameter groups, and the linear-decay schedule stepped once per step."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, config))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
 
 
 def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume: bool = False,
-          progress=_no_progress, log=print) -> dict:
+          progress: ProgressFactory = no_progress, log=print) -> dict:
     """Train, validate and checkpoint. Returns the best validation record.
 
-    `progress(description, total)` returns a context manager yielding `advance(n)` (as
-    `mmsr_cli.common.progress_bar` does); one bar per epoch, closed when the epoch ends.
+    `progress(description, total, unit=...)` returns a context manager yielding `advance(n)`
+    (see `mmsr.progress`); one bar per epoch, closed when the epoch ends.
     """
     device = pick_device(config.device)
     dist = init_from_env(device)
+    if device.type == "cpu":
+        # Some multi-threaded CPU kernels (the scatter-adds in the backward of a gather) sum in
+        # an order that depends on thread timing; without this, two 2-thread runs of the same
+        # config drift apart by ~1e-5 within a few epochs. The deterministic kernels kept the
+        # demo-cpu epoch within noise (13.7-13.9 s against 12.6-14.5 s, AMD EPYC, 2 threads).
+        torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
-    model = build_model(config, dataset.num_items).to(device)
+    model = build_model(config, dataset.num_items, train_counts=split.train_counts).to(device)
     feed, feed_desc = open_feed(config, model, dataset, from_cache, device)
     torch.manual_seed(config.seed)  # the same initial RNG whatever building the encoders consumed
 
-    batches = TrainBatches(split, config.optim.batch_size, config.seed, config.optim.negatives,
-                            config.optim.windows)
+    batches = TrainBatches.for_config(split, config)
     steps_per_epoch = len(batches)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
+    optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
     ddp = _wrap(model, dist, device)
 
     run_dir = Path(run_dir)
@@ -120,49 +103,32 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
                             scheduler=scheduler, epoch=epoch, step=step, global_step=global_step, best=best,
                             extra=extra)
 
-    kill_at = int(os.environ.get("MMSR_TEST_KILL_AT_STEP", "0"))  # tests: a real SIGKILL mid-epoch
     bad_validations = 0
     for epoch in range(start_epoch, config.optim.epochs):
         ddp.train()
         order = batches.order(epoch)
         first = start_step if epoch == start_epoch else 0
-        epoch_loss, epoch_count = (partial.get("loss", 0.0), partial.get("count", 0)) if first else (0.0, 0)
+        running = LossSum(partial.get("loss", 0.0), partial.get("count", 0)) if first else LossSum()
         started = time.perf_counter() - (partial.get("seconds", 0.0) if first else 0.0)
-        with progress(f"epoch {epoch + 1}/{config.optim.epochs}", steps_per_epoch - first) as advance:
+        with progress(f"epoch {epoch + 1}/{config.optim.epochs}", steps_per_epoch - first, unit="steps") as advance:
             for step in range(first, steps_per_epoch):
                 batch = batches.batch(epoch, step, order)
-                total = int(batch.mask.sum())  # global target count: exact mean over the global batch
-                local = batch.rows(slice(dist.rank, None, dist.world)).to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.optim.amp and device.type == "cuda"):
-                    loss_sum, _ = ddp(local, feed)
-                loss = loss_sum * dist.world / max(total, 1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                running += train_step(ddp, batch, feed, optimizer, scheduler, dist=dist, device=device,
+                                      optim=config.optim)
                 global_step += 1
-                epoch_loss += float(loss_sum.detach()) * dist.world
-                epoch_count += total
-                advance(1)
                 if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0:
-                    checkpoint(epoch, step + 1, extra={"loss": epoch_loss, "count": epoch_count,
+                    checkpoint(epoch, step + 1, extra={"loss": running.loss, "count": running.targets,
                                                        "seconds": time.perf_counter() - started})
-                if kill_at and global_step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-        record = {"epoch": epoch + 1, "step": global_step, "loss": epoch_loss / max(epoch_count, 1),
+                advance(1)
+        record = {"epoch": epoch + 1, "step": global_step, "loss": running.mean,
                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - started, 3)}
-        validate = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs
+        validating = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs
         improved = False
-        if validate:
-            result = evaluate(model, feed, split, "valid", ks=(10, 20), batch_size=config.eval_batch_size,
-                              device=device, rank=dist.rank, world=dist.world,
-                              mask_history=config.valid_protocol == "paper")
-            record["valid"] = result["metrics"]
-            improved = not best or result["metrics"][SELECT_METRIC] > best["valid"][SELECT_METRIC]
+        if validating:
+            record["valid"] = metrics = validate(model, feed, split, config, device=device, dist=dist)
+            improved = not best or metrics[SELECT_METRIC] > best["valid"][SELECT_METRIC]
             if improved:
-                best = {"epoch": epoch + 1, "valid": result["metrics"]}
+                best = {"epoch": epoch + 1, "valid": metrics}
                 bad_validations = 0
             else:
                 bad_validations += 1
@@ -172,7 +138,7 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
         if dist.main:
             _append_metrics(run_dir, record)
             log(_format_record(record))
-        if validate and config.early_stop_patience and bad_validations >= config.early_stop_patience:
+        if validating and config.early_stop_patience and bad_validations >= config.early_stop_patience:
             if dist.main:
                 log(f"early stop: no {SELECT_METRIC} improvement in {bad_validations} validations")
             break

@@ -6,24 +6,39 @@
       metrics.jsonl        one line per epoch: loss, lr, validation metrics
       checkpoints/last.pt  latest state (resume point); best.pt: best validation NDCG@10
       eval_<split>.json    written by `mmsr eval`
+
+`prepare_run` decides which directory and which config a `mmsr train` uses; `load_run`
+rebuilds the trained model from the directory.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mmsr import config as config_lib
 from mmsr import paths
 from mmsr.data.dataset import Dataset, load_dataset
+from mmsr.distributed import init_from_env, pick_device
 from mmsr.data.split import Split, split_dataset
 from mmsr.errors import MMSRError
 from mmsr.train.checkpoint import load_checkpoint
 from mmsr.train.config import TrainConfig
+from mmsr.train.feeds import open_feed
 from mmsr.train.model import Recommender, build_model
+
+
+@dataclass
+class PreparedRun:
+    root: Path
+    config: TrainConfig
+    resume: bool  # continue from checkpoints/last.pt (False: a fresh run)
 
 
 @dataclass
@@ -45,10 +60,43 @@ def run_config(run_dir: Path) -> TrainConfig:
     return config_lib.build(TrainConfig, json.loads(path.read_text()), source=f"config {path}")
 
 
-def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
-    from mmsr.distributed import pick_device
-    from mmsr.train.recipe import open_feed
+def default_run_name(config: TrainConfig) -> str:
+    return f"{Path(config.dataset).name}-{config.model.kind}-{config.model.sequence}"
 
+
+def prepare_run(run: str | Path | None = None, config_path: str | Path | None = None,
+                overrides: list[str] | None = None, flags: dict[str, Any] | None = None, *, resume: bool = False,
+                overwrite: bool = False, log: Callable[[str], None] = print) -> PreparedRun:
+    """The directory and the config of a training run, before any training.
+
+    - config: defaults <- `config_path` <- `overrides` (--set) <- `flags` (dotted keys, None = not given).
+    - directory: `run` (a name under $MMSR_HOME/runs, or a path); default DATASET-KIND-SEQUENCE.
+    - `resume`: continue from checkpoints/last.pt, with the run's saved config unless a file, an
+      override or a flag is given. With no checkpoint yet the run starts afresh: torchrun
+      --max-restarts passes the same --resume on the first start too.
+    - Otherwise an existing non-empty directory is refused, or deleted (by rank 0) with `overwrite`.
+    """
+    config = config_lib.load_with_flags(TrainConfig, config_path, overrides, flags)
+    root = paths.runs_dir(run or default_run_name(config))
+    no_checkpoint = resume and not (root / "checkpoints" / "last.pt").is_file()
+    resume = resume and not no_checkpoint
+    given = config_path is not None or bool(overrides) or any(v is not None for v in (flags or {}).values())
+    if resume and not given:
+        config = run_config(root)
+    # Joins the process group under torchrun, on the device the trainer will use.
+    dist = init_from_env(pick_device(config.device))
+    if no_checkpoint and dist.main:
+        log(f"no checkpoint in {root} yet: starting the run")
+    if not resume and root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise MMSRError("run directory already exists", where=root,
+                            hint="pass --resume to continue it, --overwrite to start again, or --run NAME")
+        if dist.main:
+            shutil.rmtree(root)
+    return PreparedRun(root, config, resume)
+
+
+def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
     root = paths.runs_dir(name_or_path)
     config = run_config(root)
     info = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}

@@ -16,24 +16,17 @@ from typing import Iterable
 
 from mmsr import paths
 from mmsr.data.dataset import DatasetWriter
-from mmsr.data.importers.base import REGISTRY, ImportReport, Importer, ProgressFactory, no_progress, register
+from mmsr.data.importers.base import IMPORTERS, ImportReport, ProgressFactory, no_progress, register
 from mmsr.errors import MMSRError
 
-# Importing the modules registers them (timm-style); the order is the order --help lists them.
+# Importing the modules registers them (timm-style).
 from mmsr.data.importers import mmsr_lmdb, recbole, amazon2023, pixelrec  # noqa: E402,F401  isort: skip
 
-__all__ = ["ImportReport", "Importer", "formats", "get_importer", "import_dataset", "register"]
+__all__ = ["IMPORTERS", "ImportReport", "formats", "import_dataset", "register"]
 
 
 def formats() -> list[str]:
-    return list(REGISTRY)
-
-
-def get_importer(name: str) -> Importer:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise MMSRError(f"unknown import format {name!r}", hint="one of: " + ", ".join(REGISTRY)) from None
+    return IMPORTERS.names()
 
 
 def import_dataset(format: str, sources: Iterable[str | os.PathLike], *, name: str,
@@ -43,7 +36,7 @@ def import_dataset(format: str, sources: Iterable[str | os.PathLike], *, name: s
 
     On any error nothing is left behind and an existing dataset of that name is untouched.
     """
-    importer = get_importer(format)
+    importer = IMPORTERS.entry(format)
     sources = [Path(source).expanduser() for source in sources]
     if not sources:
         raise MMSRError(f"{format}: no source given", hint=importer.help)
@@ -57,7 +50,7 @@ def import_dataset(format: str, sources: Iterable[str | os.PathLike], *, name: s
     writer = DatasetWriter(dest, name=report.name, source=f"{format}: " + ", ".join(str(s) for s in sources),
                            on_bad_image=on_bad_image, overwrite=overwrite, allow_empty_text=allow_empty_text)
     with writer:
-        importer.run(sources, writer, report, progress)
+        importer.builder(sources, writer, report, progress)
     meta = json.loads((dest / "meta.json").read_text(encoding="utf-8"))
     report.path = dest
     report.counts = meta["counts"]

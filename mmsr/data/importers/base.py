@@ -8,17 +8,16 @@ interactions. It raises `MMSRError(message, where="file:line" or a key, hint=...
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Callable
 
-from mmsr.data.dataset import PLACEHOLDER_RGB, DatasetWriter
-from mmsr.data.textfile import Advance, iter_json_lines, iter_lines  # noqa: F401  (re-exported for importers)
+from mmsr.data.dataset import DatasetWriter, placeholder_picture
+from mmsr.data.textfile import iter_json_lines, iter_lines  # noqa: F401  (re-exported for importers)
 from mmsr.errors import MMSRError
-
-ProgressFactory = Callable[[str, "int | None"], ContextManager[Advance]]
+from mmsr.registry import Registry
+from mmsr.progress import Advance, ProgressFactory, no_progress  # noqa: F401  (re-exported for importers)
 
 
 @dataclass
@@ -37,31 +36,14 @@ class ImportReport:
         return bool(self.counts.get("items_with_image"))
 
 
-@dataclass(frozen=True)
-class Importer:
-    name: str
-    run: Callable[[list[Path], DatasetWriter, ImportReport, ProgressFactory], None]
-    help: str
-
-
-REGISTRY: dict[str, Importer] = {}
+# An importer: (sources, writer, report, progress) -> None.
+Importer = Callable[[list[Path], DatasetWriter, ImportReport, ProgressFactory], None]
+IMPORTERS: Registry[None] = Registry("import format")
 
 
 def register(name: str, *, help: str):
     """Register an importer function under a format name (`mmsr data import NAME ...`)."""
-
-    def wrap(function):
-        if name in REGISTRY:
-            raise ValueError(f"importer {name!r} registered twice")
-        REGISTRY[name] = Importer(name, function, help)
-        return function
-
-    return wrap
-
-
-@contextlib.contextmanager
-def no_progress(description: str, total: int | None) -> Iterator[Advance]:
-    yield lambda n=1: None
+    return IMPORTERS.register(name, help=help)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -137,6 +119,4 @@ def bad_image(writer: DatasetWriter, reason: str, where: str, *, hint: str | Non
     writer.problems.append(f"{where}: {reason} -> {writer.on_bad_image}")
     if writer.on_bad_image == "skip":
         return None
-    from PIL import Image
-
-    return Image.new("RGB", (224, 224), PLACEHOLDER_RGB)
+    return placeholder_picture()

@@ -1,0 +1,80 @@
+"""Which cache belongs to a dataset and an encoder config, and what it must hold to be valid.
+
+Shared by the two sides of the cache: `mmsr.cache_stage` (which writes it) and
+`mmsr.train.feeds` (which reads it). Neither side imports the other.
+
+    path = cache_path(dataset, encoder_config)        # $MMSR_HOME/caches/<dataset>/<config hash>
+    cache = open_checked_cache(path, encoders, dataset, encoder_config)   # refuses a stale cache
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from mmsr import paths
+from mmsr.data.dataset import Dataset
+from mmsr.encoders.config import EncoderConfig
+from mmsr.errors import MMSRError
+from mmsr_store import Cache, open_cache
+from mmsr_store.fingerprint import digest, items_hash
+from mmsr_store.layout import FORMAT, STORE_DIR
+
+CACHE_DTYPE = "float16"
+NO_IMAGE = "zeros with an all-False mask"
+
+
+def config_hash(encoder_config: EncoderConfig, length: int = 12) -> str:
+    return digest(asdict(encoder_config), length)
+
+
+def cache_path(dataset_root_or_name: str | os.PathLike | Dataset, encoder_config: EncoderConfig) -> Path:
+    """`$MMSR_HOME/caches/<dataset directory name>/<short hash of the encoder config>`."""
+    return paths.caches_dir(_dataset_dir_name(dataset_root_or_name)) / config_hash(encoder_config)
+
+
+def find_caches(target: str | os.PathLike) -> list[Path]:
+    """A cache directory itself, or every cache of a dataset (given by name or path)."""
+    path = Path(target).expanduser()
+    if (path / STORE_DIR).is_dir():
+        return [path]
+    root = paths.caches_dir(_dataset_dir_name(target))
+    caches = sorted(p for p in root.glob("*") if (p / STORE_DIR).is_dir())
+    if not caches:
+        raise MMSRError("no cache found", where=target, hint="give a cache directory, or run mmsr cache build")
+    return caches
+
+
+def _dataset_dir_name(dataset_root_or_name: str | os.PathLike | Dataset) -> str:
+    if isinstance(dataset_root_or_name, Dataset):
+        return Path(dataset_root_or_name.root).name
+    if paths.looks_like_path(dataset_root_or_name):
+        return Path(dataset_root_or_name).expanduser().name
+    return str(dataset_root_or_name)
+
+
+def expected_fingerprint(encoder, dataset: Dataset, encoder_config: EncoderConfig) -> dict:
+    """The fingerprint a cache of `encoder`'s modality must carry to be valid for `dataset`."""
+    modality = encoder.modality
+    fingerprint = {**encoder.identity(), "modality": modality, "cache_dtype": CACHE_DTYPE, "store_format": FORMAT,
+                   "item_list_hash": items_hash(dataset.item_ids()), "num_items": dataset.num_items}
+    if modality == "text":
+        fingerprint["text_fields"] = list(encoder_config.text_fields)
+        fingerprint["max_text_len"] = encoder_config.max_text_len
+    else:
+        fingerprint["image_size"] = encoder_config.image_size
+        fingerprint["no_image"] = NO_IMAGE
+    return fingerprint
+
+
+def expected_fingerprints(encoders: dict, dataset: Dataset, encoder_config: EncoderConfig) -> dict[str, dict]:
+    return {m: expected_fingerprint(e, dataset, encoder_config) for m, e in encoders.items()}
+
+
+def open_checked_cache(path: str | os.PathLike, encoders: dict, dataset: Dataset,
+                       encoder_config: EncoderConfig) -> Cache:
+    """Open the cache and refuse it unless its fingerprints match these encoders and this dataset."""
+    cache = open_cache(path)
+    cache.check(expected_fingerprints(encoders, dataset, encoder_config))
+    return cache

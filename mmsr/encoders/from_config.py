@@ -1,0 +1,22 @@
+"""The encoders an `EncoderConfig` names, one per enabled modality.
+
+The cache build, the trainer and the benchmarks all build encoders here, so a cache and
+the model that reads it are split at the same layer with the same preprocessing.
+"""
+
+from __future__ import annotations
+
+from mmsr.encoders.base import SplitEncoder
+from mmsr.encoders.config import EncoderConfig
+from mmsr.encoders.registry import create_encoder
+
+
+def create_encoders(encoder_config: EncoderConfig) -> dict[str, SplitEncoder]:
+    """{modality: SplitEncoder} for the modalities the config enables ("" switches one off)."""
+    out = {}
+    for modality in encoder_config.modalities:
+        name = encoder_config.text_model if modality == "text" else encoder_config.vision_model
+        top = encoder_config.text_top_blocks if modality == "text" else encoder_config.vision_top_blocks
+        out[modality] = create_encoder(name, modality, top, max_text_len=encoder_config.max_text_len,
+                                       image_size=encoder_config.image_size)
+    return out

@@ -1,0 +1,116 @@
+"""Item feeds: item ids -> what the item tower reads. All file and cache I/O happens here,
+outside the model's `forward`.
+
+    CacheFeed  slices of the cached lower-layer states, held in RAM, memory-mapped or on GPU;
+    RawFeed    the frozen lower layers run on raw text and pictures (end-to-end mode: eval, no grad);
+    IdFeed     IDSR: the ids themselves.
+
+Both content feeds produce the same states (hidden [N,T,D], mask [N,T] per modality), so the
+cached and end-to-end paths share one code path from `upper` onwards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, Union
+
+import torch
+
+from mmsr.caches import cache_path, open_checked_cache
+from mmsr.data.dataset import BadImagePolicy, Dataset
+from mmsr.errors import MMSRError
+from mmsr.train.config import TrainConfig
+
+States = dict[str, tuple[torch.Tensor, torch.Tensor]]
+ItemInputs = Union[States, torch.Tensor]  # states for content towers, ids for the ID tower
+
+
+class ItemFeed(Protocol):
+    def __call__(self, ids: torch.Tensor) -> ItemInputs: ...
+
+
+class IdFeed:
+    """IDSR's feed: an ID item tower reads the ids."""
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids
+
+
+class CacheFeed:
+    def __init__(self, states: States, device: torch.device):
+        self.states = states
+        self.device = device
+
+    def __call__(self, ids: torch.Tensor) -> States:
+        out = {}
+        for modality, (hidden, mask) in self.states.items():
+            index = ids.to(hidden.device)
+            out[modality] = (hidden[index].to(self.device, non_blocking=True), mask[index].to(self.device))
+        return out
+
+
+class RawFeed:
+    """Runs each encoder's frozen lower layers on raw text and pictures, every call.
+
+    Pictures follow `on_bad_image` as in the cache build: "error" stops with the item named,
+    "skip" leaves the item without a picture, "placeholder" gives it a grey one.
+    """
+
+    def __init__(self, dataset: Dataset, encoders: dict, text_fields: list[str], device: torch.device,
+                 on_bad_image: BadImagePolicy = "error", image_size: int = 224):
+        self.dataset = dataset
+        self.encoders = encoders
+        self.text_fields = text_fields
+        self.device = device
+        self.on_bad_image = on_bad_image
+        self.image_size = image_size
+
+    def raw(self, modality: str, ids: list[int]) -> list:
+        """Texts, or pictures (None for an item without one)."""
+        if modality == "text":
+            return [self.dataset.item_text(i, self.text_fields) for i in ids]
+        pictures = []
+        for i in ids:
+            picture, problem = self.dataset.load_picture(i, self.on_bad_image, self.image_size)
+            if problem and self.on_bad_image == "error":
+                raise MMSRError(problem, hint="restore the file, or re-import the dataset with --on-bad-image "
+                                              "skip|placeholder")
+            pictures.append(picture)
+        return pictures
+
+    def __call__(self, ids: torch.Tensor) -> States:
+        id_list = ids.tolist()
+        out = {}
+        for modality, encoder in self.encoders.items():
+            raw = self.raw(modality, id_list)
+            present = [k for k, value in enumerate(raw) if value is not None]
+            batch = encoder.preprocess([raw[k] for k in present])
+            batch = {key: value.to(self.device) for key, value in batch.items()}
+            with torch.no_grad():
+                hidden, mask = encoder.lower_forward(batch)
+            if len(present) < len(raw):  # items without a picture: zeros, nothing valid (as in the cache)
+                full = hidden.new_zeros((len(raw),) + hidden.shape[1:])
+                full_mask = mask.new_zeros((len(raw),) + mask.shape[1:])
+                full[present], full_mask[present] = hidden, mask
+                hidden, mask = full, full_mask
+            out[modality] = (hidden, mask)
+        return out
+
+
+def open_feed(config: TrainConfig, model, dataset: Dataset, from_cache: bool,
+              device: torch.device) -> tuple[ItemFeed, str]:
+    """The model's item feed and a description of it: ids, the zarr cache (checked against this
+    model's fingerprints, loaded in bulk into `config.cache_into`) or raw inputs."""
+    if not model.content:
+        return IdFeed(), "ids"
+    encoders = dict(model.items.encoders.items())
+    if not from_cache:
+        return (RawFeed(dataset, encoders, config.encoders.text_fields, device, image_size=config.encoders.image_size),
+                "end-to-end (lower layers every step)")
+    path: Path = cache_path(dataset, config.encoders)
+    cache = open_checked_cache(path, encoders, dataset, config.encoders)
+    into = config.cache_into
+    if into == "auto":
+        into = "cuda" if device.type == "cuda" else "ram"
+    states = {m: cache.load(m, into=into) for m in encoders}
+    return CacheFeed(states, device), f"cache {path} ({into})"

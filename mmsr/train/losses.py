@@ -1,0 +1,233 @@
+"""Training losses, chosen by name (`optim.loss`), like the fusions.
+
+    loss = create_loss(name, train_counts=split.train_counts)
+    summed = loss(LossInputs(...))    # summed over this process's target positions
+
+Every loss scores a user vector (the sequence model's output at a target position) against
+item vectors by inner product, as the evaluation does. Two families:
+
+- **Sampled negative** (`bce`, `bpr`): each target position is paired with one negative drawn
+  by `TrainBatches` (`optim.negatives`: unseen | any).
+- **Softmax over candidates** (`inbatch`, `inbatch-logq`, `mixed`): cross-entropy of the
+  target against every distinct item of the *global* batch (histories, targets, the
+  per-position negatives and, for `mixed`, extra uniformly drawn items). Under DDP each
+  process encodes its own items and the candidates are gathered across processes, so a
+  2-process run sees the same candidates as one process. `softmax` scores every item.
+
+An entry's `params` are the `optim.*` settings it reads; its `needs`:
+  negative     the per-position sampled negative;
+  batch        the batch's other items as negatives (a batch of one user has none of its own);
+  popularity   the training split's item counts (`create_loss(train_counts=...)`);
+  item_table   every item's vector at every step (ID models only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from torch import nn
+
+from mmsr.errors import MMSRError
+from mmsr.registry import Registry
+from mmsr.train.batches import PAD
+
+LOSSES: Registry[nn.Module] = Registry("loss")
+
+
+@dataclass
+class LossInputs:
+    """What a loss sees of one process's rows; N target positions, C distinct items."""
+
+    users: torch.Tensor  # [N, D] user vectors at the target positions
+    targets: torch.Tensor  # [N] target item ids
+    target_vectors: torch.Tensor  # [N, D]
+    negative_vectors: torch.Tensor  # [N, D] the per-position sampled negatives
+    item_ids: torch.Tensor | None  # [C] this process's distinct items, sorted (losses that need "batch")
+    item_vectors: torch.Tensor  # [C, D]
+    all_items: Callable[[], torch.Tensor]  # [num_items, D] every item's vector (losses that need "item_table")
+
+
+def create_loss(name: str, *, train_counts: np.ndarray | None = None) -> nn.Module:
+    return LOSSES.create(name, train_counts=train_counts)
+
+
+def loss_names() -> list[str]:
+    return LOSSES.names()
+
+
+def uniform_items(optim) -> int:
+    """How many uniformly drawn items `TrainBatches` adds to each global batch for `optim.loss`."""
+    return optim.mixed_negatives if "mixed_negatives" in LOSSES.params(optim.loss) else 0
+
+
+class BCE(nn.Module):
+    """Binary cross-entropy, one sampled negative per target position: the seed's loss (§4.4,
+    after SASRec, Kang & McAuley, ICDM 2018) and its setting.
+
+        sum over positions of  -log σ(u·t) - log(1 - σ(u·n))
+
+    As the seed: the negative is uniform over items outside the user's training history
+    (`optim.negatives = "unseen"`); `"any"` is RecBole's rule (any item but the target).
+    """
+
+    def forward(self, x: LossInputs) -> torch.Tensor:
+        positive = (x.users * x.target_vectors).sum(-1).float()
+        negative = (x.users * x.negative_vectors).sum(-1).float()
+        return F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive), reduction="sum") \
+            + F.binary_cross_entropy_with_logits(negative, torch.zeros_like(negative), reduction="sum")
+
+
+class BPR(nn.Module):
+    """Bayesian personalised ranking (Rendle et al., UAI 2009), RecBole's default loss for
+    SASRec (`loss_type = "BPR"`):
+
+        sum over positions of  -log σ(u·t - u·n)
+
+    with the same per-position negative as `bce`. RecBole draws it from any item but the
+    target (`optim.negatives = "any"`); the default here stays the seed's "unseen".
+    """
+
+    def forward(self, x: LossInputs) -> torch.Tensor:
+        positive = (x.users * x.target_vectors).sum(-1).float()
+        negative = (x.users * x.negative_vectors).sum(-1).float()
+        return -F.logsigmoid(positive - negative).sum()
+
+
+class InBatch(nn.Module):
+    """Softmax cross-entropy over the global batch's distinct items (sampled softmax with
+    in-batch negatives; e.g. Covington et al., RecSys 2016; Yi et al., RecSys 2019, without
+    their correction):
+
+        sum over positions of  -log( exp(u·t) / sum over candidates c of exp(u·c) )
+
+    Departure from the papers, where the candidates are the batch's targets: here they are
+    every distinct item of the batch (histories, targets, the per-position negatives), each
+    once, so the user's own history items are negatives too. Subclasses change the logits
+    (`adjust`) or, for `mixed`, what `TrainBatches` puts in the batch.
+    """
+
+    def __init__(self, **_):
+        super().__init__()
+
+    def adjust(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def forward(self, x: LossInputs) -> torch.Tensor:
+        ids, vectors = global_candidates(x.item_ids, x.item_vectors)
+        logits = self.adjust((x.users @ vectors.T).float(), ids)
+        return F.cross_entropy(logits, torch.searchsorted(ids, x.targets), reduction="sum")
+
+
+class InBatchLogQ(InBatch):
+    """In-batch softmax with the logQ correction (Yi et al., "Sampling-bias-corrected neural
+    modeling for large corpus item recommendations", RecSys 2019; MoRec's "debiased" CE):
+    every candidate's logit becomes u·c - log q(c), q(c) the probability that c is sampled
+    as a candidate, so popular items, which in-batch sampling pushes down far more often than
+    the full softmax would, are not over-penalised. Scores at evaluation stay u·c.
+
+    Departure from the paper: q is not a streaming estimate but the training split's item
+    frequency, add-one smoothed so an item never seen in training has a finite one:
+    q(i) = (count(i) + 1) / (sum of counts + number of items). It is a proxy: a candidate
+    enters the batch through any of its roles (history, target, negative), not only as a
+    target, and only once per batch.
+    """
+
+    def __init__(self, train_counts: np.ndarray | None = None, **_):
+        super().__init__()
+        self.has_counts = train_counts is not None
+        if train_counts is not None:
+            counts = torch.as_tensor(np.asarray(train_counts), dtype=torch.float64)
+            if counts.sum() <= 0:
+                raise MMSRError("optim.loss='inbatch-logq' needs item popularity from the training split, but "
+                                "the split has no training interactions",
+                                hint="use --set optim.loss=inbatch, or a dataset whose users have training items")
+            # A plain tensor, not a buffer: it is the training data's, rebuilt from the split, so
+            # neither saved with the weights nor broadcast by DDP at every step.
+            self.log_q = ((counts + 1) / (counts.sum() + len(counts))).log().float()
+
+    def adjust(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if not self.has_counts:
+            raise MMSRError("loss 'inbatch-logq' was built without the training split's item counts",
+                            hint="build the model with build_model(..., train_counts=split.train_counts)")
+        if self.log_q.device != logits.device:
+            self.log_q = self.log_q.to(logits.device)
+        return logits - self.log_q[ids]
+
+
+class Mixed(InBatch):
+    """Mixed negative sampling (Yang et al., "Mixed negative sampling for learning two-tower
+    neural networks in recommendations", WWW 2020 companion): the in-batch softmax with
+    `optim.mixed_negatives` more candidates drawn uniformly from the whole catalogue once per
+    global batch, so rare and never-trained items are pushed down as negatives too, which
+    in-batch sampling (popularity-proportional) almost never does.
+
+    Departures: the uniform items are drawn with replacement and deduplicated with the
+    batch's own items; no sampling-probability correction is applied to either part.
+    """
+
+
+class FullSoftmax(nn.Module):
+    """Full softmax cross-entropy over every item (RecBole's `loss_type = "CE"`; SASRec in
+    RecBole, BERT4Rec's training objective):
+
+        sum over positions of  -log( exp(u·t) / sum over all items i of exp(u·i) )
+
+    ID models only: it scores the whole embedding table at each step. A content model would
+    have to run every item through its item tower at every step, so the config refuses it.
+    """
+
+    def __init__(self, **_):
+        super().__init__()
+
+    def forward(self, x: LossInputs) -> torch.Tensor:
+        logits = (x.users @ x.all_items().T).float()
+        return F.cross_entropy(logits, x.targets, reduction="sum")
+
+
+LOSSES.register("bce", params=("negatives",), needs=("negative",),
+                help="binary cross-entropy, one sampled negative per position (the seed's)")(lambda **_: BCE())
+LOSSES.register("bpr", params=("negatives",), needs=("negative",),
+                help="-log σ(pos - neg), one sampled negative per position (RecBole's SASRec default)")(
+    lambda **_: BPR())
+LOSSES.register("inbatch", needs=("batch",),
+                help="softmax cross-entropy over the global batch's distinct items")(InBatch)
+LOSSES.register("inbatch-logq", needs=("batch", "popularity"),
+                help="in-batch softmax with the logQ popularity correction (Yi et al. 2019)")(InBatchLogQ)
+LOSSES.register("mixed", params=("mixed_negatives",), needs=("batch",),
+                help="in-batch softmax plus uniformly drawn items (Yang et al. 2020)")(Mixed)
+LOSSES.register("softmax", needs=("item_table",),
+                help="full softmax cross-entropy over every item (RecBole's CE); ID models only")(FullSoftmax)
+
+
+def global_candidates(ids: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted distinct item ids, their vectors) over every process of a DDP run.
+
+    Gathered with the autograd all_gather, so every process's loss sends gradient to the
+    process that encoded the item. An item several processes encoded is kept once (the lowest
+    rank's copy, identical to the others without dropout), in sorted-id order: the candidates
+    one process alone would have had.
+    """
+    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
+        return ids, vectors
+    from torch.distributed.nn.functional import all_gather  # only under torchrun; the autograd all_gather
+
+    world = torch_dist.get_world_size()
+    count = torch.tensor([len(ids)], device=ids.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    torch_dist.all_gather(counts, count)
+    pad = int(torch.stack(counts).max()) - len(ids)  # processes hold different numbers of items
+    every_id = [torch.empty(len(ids) + pad, dtype=ids.dtype, device=ids.device) for _ in range(world)]
+    torch_dist.all_gather(every_id, F.pad(ids, (0, pad), value=PAD))
+    all_ids = torch.cat(every_id)
+    all_vectors = torch.cat(all_gather(F.pad(vectors, (0, 0, 0, pad))))
+    real = all_ids != PAD
+    all_ids, all_vectors = all_ids[real], all_vectors[real]
+    unique, inverse = torch.unique(all_ids, return_inverse=True)
+    position = torch.arange(len(all_ids), device=ids.device)
+    first = torch.full_like(unique, len(all_ids)).scatter_reduce(0, inverse, position, reduce="amin")
+    return unique, all_vectors[first]

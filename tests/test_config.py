@@ -1,0 +1,135 @@
+"""The training config: every profile loads, saved configs reload, and no setting is silently ignored."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from mmsr.config import build, load, read_file
+from mmsr.errors import MMSRError
+from mmsr.train.config import TrainConfig, cache_section
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
+# The README's variants of a profile: IDSR, MMSR-T, MMSR-V (the last two name the fusion they use).
+VARIANTS = [[], ["model.kind=idsr"], ["encoders.vision_model=", "model.fusion=pool"],
+            ["encoders.text_model=", "model.fusion=pool"]]
+
+
+def _error(overrides, path=None) -> str:
+    with pytest.raises(MMSRError) as error:
+        load(TrainConfig, path, overrides)
+    return str(error.value)
+
+
+def _reloads(config: TrainConfig) -> None:
+    saved = json.loads(json.dumps(asdict(config)))  # as a run's config.json holds it
+    assert build(TrainConfig, saved) == config
+
+
+def test_default_config_loads_and_reloads():
+    config = load(TrainConfig)
+    assert config == TrainConfig() and config.model.fusion == "merge-attn"
+    _reloads(config)
+
+
+@pytest.mark.parametrize("path,variant", [
+    pytest.param(path, variant, id=f"{path.stem}-{name}") for path in CONFIGS
+    for name, variant in zip(("as-is", "idsr", "mmsr-t", "mmsr-v"), VARIANTS)
+    if not (path.stem == "movielens-mmsrt" and name == "mmsr-v")])  # that profile has no vision model to keep
+def test_every_profile_and_variant_loads_and_reloads(path, variant):
+    config = load(TrainConfig, path, variant)
+    _reloads(config)
+    assert cache_section(read_file(path), source=str(path))  # one file drives `mmsr cache build` too
+
+
+def test_single_modality_turns_the_default_fusion_into_pool():
+    config = load(TrainConfig, None, ["encoders.vision_model="])
+    assert config.model.fusion == "pool"
+    assert asdict(config)["model"]["fusion"] == "pool"  # the saved config says what was trained
+    _reloads(config)
+    assert load(TrainConfig, None, ["encoders.text_model="]).model.fusion == "pool"
+    assert load(TrainConfig, None, []).model.fusion == "merge-attn"
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["model.fusion=gate", "model.fusion_layers=2"], ["model.fusion_layers=2", "fusion 'gate'", "merge-attn"]),
+    (["model.fusion=gate+dnn", "model.fusion_heads=2"], ["model.fusion_heads=2", "fusion 'gate+dnn'", "coattn"]),
+    (["model.fusion=sum", "model.fusion_heads=8"], ["model.fusion_heads=8", "fusion 'sum'"]),
+    (["model.fusion=pool", "model.fusion_layers=3"], ["model.fusion_layers=3", "fusion 'pool'"]),
+    (["model.fusion=coattn", "model.fusion_layers=2"], ["model.fusion_layers=2", "fusion 'coattn'", "merge-attn"]),
+    # the default fusion becomes pool with one modality, which has no heads
+    (["encoders.vision_model=", "model.fusion_heads=2"], ["model.fusion_heads=2", "fusion 'pool'"]),
+    (["model.sequence=gru4rec", "model.sequence_heads=4"],
+     ["model.sequence_heads=4", "sequence model 'gru4rec'", "sasrec"]),
+    (["model.sequence=nextitnet", "model.sequence_heads=1"],
+     ["model.sequence_heads=1", "sequence model 'nextitnet'", "sasrec"]),
+    (["model.kind=idsr", "model.sequence=gru4rec", "model.sequence_heads=4"], ["model.sequence_heads=4"]),
+    (["encoders.vision_model=", "model.fusion=gate"],
+     ["model.fusion='gate'", "needs text and image", 'encoders.vision_model=""', "--set model.fusion=pool"]),
+    (["encoders.text_model=", "model.fusion=coattn"], ["needs text and image", 'encoders.text_model=""']),
+    (["encoders.text_model=", "encoders.vision_model="], ["model.kind=mmsr needs a text or a vision model",
+                                                            "model.kind=idsr"]),
+    (["optim.loss=inbatch", "optim.negatives=any"],
+     ["optim.negatives='any'", "optim.loss='inbatch'", "optim.loss=bce"]),
+])
+def test_an_ignored_setting_is_an_error(overrides, expected):
+    message = _error(overrides)
+    for part in expected:
+        assert part in message, (part, message)
+    assert "remove it" in message or "--set" in message  # says how to fix it
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.fusion=merge-attn", "model.fusion_layers=2", "model.fusion_heads=2"],
+    ["model.fusion=coattn", "model.fusion_heads=2"],
+    ["model.sequence=sasrec", "model.sequence_layers=3", "model.sequence_heads=4"],
+    ["model.sequence=gru4rec", "model.sequence_layers=1"],
+    ["model.sequence=nextitnet", "model.sequence_layers=3"],
+    ["model.fusion=gate", "model.fusion_heads=4", "model.fusion_layers=1"],  # the defaults, as a saved config has them
+    ["optim.loss=inbatch", "optim.negatives=unseen"],
+    ["optim.loss=bce", "optim.negatives=any"],
+    # idsr: the encoders section and the fusion settings are a documented no-op
+    ["model.kind=idsr", "encoders.vision_model=", "model.fusion=gate", "model.fusion_heads=2"],
+    ["model.kind=idsr", "encoders.vision_model=", "encoders.text_model="],
+])
+def test_a_setting_that_is_read_loads(overrides):
+    _reloads(load(TrainConfig, None, overrides))
+
+
+def test_unknown_component_names_are_reported_with_the_known_ones():
+    message = _error(["model.fusion=fancy", "model.sequence=bert4rec"])
+    assert "model.fusion='fancy' is not a known fusion" in message
+    assert "merge-attn" in message and "gate+dnn" in message and "pool" in message
+    assert "model.sequence='bert4rec' is not a known sequence model" in message
+    assert "gru4rec, nextitnet, sasrec" in message
+
+
+def test_ignored_settings_are_gathered_with_the_other_errors(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nfusion = "gate"\nfusion_heads = 2\nsequence = "gru4rec"\nsequence_heads = 4\n'
+                    'dim = "big"\n[optim]\nepoch = 3\nloss = "inbatch"\nnegatives = "any"\n')
+    message = _error(["encoders.vision_model="], path)
+    assert message.startswith(f"invalid config {path}: ")
+    for part in ("unknown key optim.epoch", "model.dim must be int", "model.fusion_heads=2",
+                 "model.sequence_heads=4", "model.fusion='gate' needs text and image", "optim.negatives='any'"):
+        assert part in message, (part, message)
+
+
+def test_train_reports_an_ignored_setting_before_anything_runs(mmsr_home):
+    env = dict(os.environ, MMSR_HOME=str(mmsr_home), MMSR_NO_PROGRESS="1")
+    result = subprocess.run([sys.executable, "-m", "mmsr_cli.app", "train", "--config", str(CONFIGS[0]), "--set",
+                             "encoders.vision_model="], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "model.fusion='gate' needs text and image" in result.stderr and "model.fusion=pool" in result.stderr
+    assert not (mmsr_home / "runs").exists()
+
+
+def test_cache_build_validates_the_whole_training_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nsequence = "gru4rec"\nsequence_heads = 4\n')
+    with pytest.raises(MMSRError, match="sequence_heads"):
+        cache_section(read_file(path), source=str(path))

@@ -1,0 +1,264 @@
+"""Every registered loss: its value against the formula, logQ's effect, training, DDP, resume, bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmsr import config as config_lib
+from mmsr.errors import MMSRError
+from mmsr.train.config import TrainConfig
+from mmsr.train.losses import LOSSES, LossInputs, create_loss, loss_names
+from test_train import _KILL_AT_STEP, _cli, _sets  # the subprocess helpers of the trainer's tests
+
+# Three items of four, 2-d vectors, two target positions.
+TABLE = [[1.0, 0.0], [0.0, 1.0], [0.5, -1.0], [-1.0, 0.5]]
+USERS = [[0.3, 0.8], [1.2, -0.4]]
+TARGETS = [1, 0]
+NEGATIVES = [3, 2]
+BATCH_ITEMS = [0, 1, 2]  # distinct items of the batch, sorted: the in-batch candidates
+COUNTS = [6, 2, 1, 0]  # training occurrences; item 3 never seen
+
+
+def _dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def _softmax_ce(user, target, candidates, shift=lambda item: 0.0):
+    logits = {c: _dot(user, TABLE[c]) - shift(c) for c in candidates}
+    return -logits[target] + math.log(sum(math.exp(v) for v in logits.values()))
+
+
+def _log_q(item):
+    return math.log((COUNTS[item] + 1) / (sum(COUNTS) + len(COUNTS)))
+
+
+EXPECTED = {  # written out from each loss's formula
+    "bce": sum(math.log(1 + math.exp(-_dot(u, TABLE[t]))) + math.log(1 + math.exp(_dot(u, TABLE[n])))
+               for u, t, n in zip(USERS, TARGETS, NEGATIVES)),
+    "bpr": sum(math.log(1 + math.exp(-(_dot(u, TABLE[t]) - _dot(u, TABLE[n]))))
+               for u, t, n in zip(USERS, TARGETS, NEGATIVES)),
+    "inbatch": sum(_softmax_ce(u, t, BATCH_ITEMS) for u, t in zip(USERS, TARGETS)),
+    "inbatch-logq": sum(_softmax_ce(u, t, BATCH_ITEMS, _log_q) for u, t in zip(USERS, TARGETS)),
+    "mixed": sum(_softmax_ce(u, t, BATCH_ITEMS) for u, t in zip(USERS, TARGETS)),  # the batch already holds them
+    "softmax": sum(_softmax_ce(u, t, range(len(TABLE))) for u, t in zip(USERS, TARGETS)),
+}
+
+
+def _inputs(table=None, users=None, targets=TARGETS, negatives=NEGATIVES, candidates=BATCH_ITEMS):
+    table = torch.tensor(TABLE, dtype=torch.float64) if table is None else table
+    users = torch.tensor(USERS, dtype=torch.float64) if users is None else users
+    ids = torch.tensor(candidates)
+    return LossInputs(users=users, targets=torch.tensor(targets), target_vectors=table[torch.tensor(targets)],
+                      negative_vectors=table[torch.tensor(negatives)], item_ids=ids, item_vectors=table[ids],
+                      all_items=lambda: table)
+
+
+def test_every_loss_has_a_hand_computed_case():
+    assert sorted(EXPECTED) == loss_names()
+
+
+@pytest.mark.parametrize("name", loss_names())
+def test_loss_value_matches_its_formula(name):
+    loss = create_loss(name, train_counts=np.array(COUNTS))
+    assert float(loss(_inputs())) == pytest.approx(EXPECTED[name], rel=1e-6)
+
+
+def test_logq_correction_favours_rare_items_on_a_popularity_skewed_batch():
+    """Item 0 is popular (1000 training occurrences), items 1-3 rare. Plain in-batch softmax
+    pushes the popular item down as a negative every time it is in the batch; logQ scales that
+    push down, and pushes the rare negatives harder instead."""
+    counts = np.array([1000, 2, 1, 1])
+    user = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    push = {}
+    for name in ("inbatch", "inbatch-logq"):
+        table = torch.tensor(TABLE, dtype=torch.float64, requires_grad=True)
+        loss = create_loss(name, train_counts=counts)
+        loss(_inputs(table, user, targets=[1], negatives=[3], candidates=[0, 1, 2, 3])).backward()
+        # d loss / d score of each item: its softmax probability as a negative (minus 1 for the target)
+        push[name] = table.grad @ user[0] / user[0].dot(user[0])
+    assert push["inbatch-logq"][0] < 0.2 * push["inbatch"][0]  # the popular negative: pushed far less
+    assert push["inbatch-logq"][3] > push["inbatch"][3] > 0  # a rare negative: pushed harder
+    assert push["inbatch-logq"][1] > push["inbatch"][1]  # the rare target: a smaller pull up, it already wins
+    assert push["inbatch"][0] == pytest.approx(math.exp(0.5) / (2 * math.exp(0.5) + 2 * math.exp(-0.25)))
+
+
+def test_logq_smoothing_keeps_unseen_items_finite():
+    loss = create_loss("inbatch-logq", train_counts=np.array([5, 0, 0]))
+    assert torch.isfinite(loss.log_q).all() and loss.log_q[1] == loss.log_q[2] < loss.log_q[0]
+    assert float(loss.log_q.exp().sum()) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _config(overrides):
+    return config_lib.load(TrainConfig, None, overrides)
+
+
+def _fits_a_batch(overrides, steps=15, lr=0.003):
+    """Loss on one fixed batch (the one the recipe draws first) before and after AdamW steps."""
+    from mmsr.data.dataset import load_dataset
+    from mmsr.data.split import split_dataset
+    from mmsr.train.batches import TrainBatches
+    from mmsr.train.feeds import open_feed
+    from mmsr.train.model import build_model, parameter_groups
+
+    config = _config(overrides + ["model.dropout=0.0", f"optim.lr={lr}"])
+    dataset = load_dataset(config.dataset)
+    split = split_dataset(dataset, config.split)
+    torch.manual_seed(0)
+    model = build_model(config, dataset.num_items, train_counts=split.train_counts)
+    feed, _ = open_feed(config, model, dataset, True, torch.device("cpu"))
+    batch = TrainBatches.for_config(split, config).batch(0, 0)
+    ids, rows = batch.distinct_items()
+    optimizer = torch.optim.AdamW(parameter_groups(model, config))
+    losses = []
+    for _ in range(steps + 1):
+        total, count = model(batch, rows, feed(ids))
+        loss = total / count
+        losses.append(float(loss.detach()))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return losses
+
+
+@pytest.mark.parametrize("name", loss_names())
+def test_every_loss_trains_an_id_model(tiny_overrides, name):
+    losses = _fits_a_batch(tiny_overrides + ["model.kind=idsr", f"optim.loss={name}"])
+    assert losses[-1] < 0.95 * losses[0], (name, losses)
+
+
+def test_every_loss_but_full_softmax_trains_a_content_model(tiny_overrides):
+    from mmsr.cache_stage import build_cache
+    from mmsr.data.dataset import load_dataset
+
+    overrides = tiny_overrides + ["model.fusion=gate"]
+    config = _config(overrides)
+    build_cache(load_dataset(config.dataset), config.encoders, batch_size=64, num_workers=0)
+    for name in loss_names():
+        if "item_table" in LOSSES.needs(name):
+            continue
+        losses = _fits_a_batch(overrides + [f"optim.loss={name}"], steps=25)
+        assert losses[-1] < 0.95 * losses[0], (name, losses)
+
+
+def test_mixed_batches_carry_uniform_items_through_the_feed(small_demo):
+    from mmsr.data.dataset import load_dataset
+    from mmsr.data.split import split_dataset
+    from mmsr.train.batches import TrainBatches
+
+    split = split_dataset(load_dataset(small_demo))
+    config = _config([f"dataset={small_demo}", "optim.loss=mixed", "optim.mixed_negatives=40"])
+    batches = TrainBatches.for_config(split, config)
+    batch = batches.batch(0, 3)
+    assert batch.uniform.shape == (40,)
+    assert torch.equal(batch.uniform, batches.batch(0, 3).uniform)  # seeded by (seed, epoch, step)
+    assert not torch.equal(batch.uniform, batches.batch(0, 4).uniform)
+    ids, _ = batch.distinct_items()
+    assert set(batch.uniform.tolist()) <= set(ids.tolist())
+    shards = [batch.shard(rank, 3) for rank in range(3)]
+    assert sorted(sum((s.uniform.tolist() for s in shards), [])) == sorted(batch.uniform.tolist())
+    # the per-position negatives are the same draws as without the uniform items
+    plain = TrainBatches.for_config(split, _config([f"dataset={small_demo}"])).batch(0, 3)
+    assert plain.uniform.numel() == 0 and torch.equal(plain.negatives, batch.negatives)
+
+
+# ----------------------------------------------------------------------------- DDP and resume
+
+
+@pytest.mark.parametrize("name,extra", [("inbatch", []), ("mixed", ["optim.mixed_negatives=7"])])
+def test_two_process_in_batch_losses_match_one_process(small_demo, mmsr_home, name, extra):
+    """The candidates are the global batch's, gathered across processes: 2 processes = 1."""
+    overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=1", "optim.batch_size=32",
+                 "model.dropout=0.0", "split.sample_users=96", "eval_every=5", f"optim.loss={name}", *extra]
+    single = _cli(["train", "--run", "single", *_sets(overrides)], mmsr_home)
+    assert single.returncode == 0, single.stderr
+    torchrun = ("-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", "localhost:0", "-m", "mmsr_cli.app")
+    ddp = _cli(["train", "--run-dir", "ddp", *_sets(overrides)], mmsr_home, module=torchrun)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a = torch.load(mmsr_home / "runs/single/checkpoints/last.pt", weights_only=False)["model"]
+    b = torch.load(mmsr_home / "runs/ddp/checkpoints/last.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_mixed_resumes_after_a_kill_mid_epoch_as_if_uninterrupted(small_demo, mmsr_home):
+    overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=2", "optim.batch_size=32",
+                 "split.sample_users=128", "checkpoint_every_steps=1", "optim.loss=mixed",
+                 "optim.mixed_negatives=16", "eval_every=2"]
+    whole = _cli(["train", "--run", "whole", *_sets(overrides)], mmsr_home)
+    assert whole.returncode == 0, whole.stderr
+    killed = _cli(["6", *overrides], mmsr_home, module=("-c", _KILL_AT_STEP))  # 4 steps per epoch
+    assert killed.returncode == -9, killed.stderr
+    resumed = _cli(["train", "--run", "killed", "--resume"], mmsr_home)
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(mmsr_home / "runs/whole/checkpoints/last.pt", weights_only=False)
+    b = torch.load(mmsr_home / "runs/killed/checkpoints/last.pt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 8
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    last = [json.loads((mmsr_home / f"runs/{run}/metrics.jsonl").read_text().splitlines()[-1]) for run in
+            ("whole", "killed")]
+    assert last[0]["loss"] == last[1]["loss"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _error(overrides) -> str:
+    with pytest.raises(MMSRError) as error:
+        _config(overrides)
+    return str(error.value)
+
+
+def test_an_unknown_loss_lists_the_known_ones():
+    message = _error(["optim.loss=focal"])
+    assert "optim.loss='focal' is not a known loss" in message
+    assert ", ".join(loss_names()) in message
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["optim.loss=inbatch", "optim.batch_size=1"], ["optim.batch_size=1", "other users of the batch"]),
+    (["optim.loss=mixed", "optim.batch_size=1"], ["optim.batch_size=1"]),
+    (["optim.loss=softmax"], ["every item", "item tower", "--set optim.loss=inbatch"]),
+    (["optim.loss=bce", "optim.mixed_negatives=8"], ["optim.mixed_negatives=8", "optim.loss='bce'",
+                                                    "--set optim.loss=mixed"]),
+    (["optim.loss=inbatch-logq", "optim.negatives=any"], ["optim.negatives='any'", "optim.loss=bce or bpr"]),
+    (["optim.loss=mixed", "optim.mixed_negatives=0"], ["optim.mixed_negatives=0 must be at least 1"]),
+])
+def test_a_loss_setting_that_cannot_work_is_refused(overrides, expected):
+    message = _error(overrides)
+    for part in expected:
+        assert part in message, (part, message)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optim.loss=softmax", "model.kind=idsr"],
+    ["optim.loss=bpr", "optim.negatives=any"],
+    ["optim.loss=mixed", "optim.mixed_negatives=8"],
+    ["optim.loss=inbatch-logq"],
+])
+def test_a_loss_setting_that_is_read_loads(overrides):
+    _config(overrides)
+
+
+def test_softmax_is_refused_in_one_line_before_anything_runs():
+    message = _error(["optim.loss=softmax"])
+    assert "\n" not in message
+
+
+def test_a_popularity_loss_on_a_split_without_training_interactions_fails_at_build():
+    from mmsr.train.model import build_model
+
+    config = _config(["model.kind=idsr", "model.dim=8", "optim.loss=inbatch-logq"])
+    with pytest.raises(MMSRError, match="no training interactions"):
+        build_model(config, 5, train_counts=np.zeros(5, dtype=np.int64))
+    build_model(config, 5)  # rebuilding a trained model to evaluate it needs no counts...
+    loss = create_loss("inbatch-logq")
+    with pytest.raises(MMSRError, match="train_counts"):  # ...but training it does
+        loss(_inputs())
