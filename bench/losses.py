@@ -1,0 +1,128 @@
+"""What the loss costs: every registered loss x {IDs, content} on the demo and on MovieLens-100K.
+
+    .venv/bin/python bench/losses.py [--datasets demo,ml-100k] [--losses bce,inbatch,...]
+                                     [--models idsr,content] [--set k=v ...] [--home DIR]
+
+Only the loss changes between rows (`--set optim.loss=NAME`); everything else is the profile's:
+  demo     configs/demo-cpu.toml: IDSR (`model.kind=idsr`) and MMSR (MiniLM + DINOv2-S, gate);
+  ml-100k  configs/movielens-idsr.toml and configs/movielens-mmsrt.toml (text only: MovieLens
+           has no pictures), RecBole's split and selection protocol.
+Losses that do not use the per-position sampled negative run with `optim.negatives=unseen`
+(the default), because the profiles' `negatives="any"` is a BCE/BPR setting. A combination the
+config refuses (full softmax for a content model) is reported with its error, not skipped.
+
+Each run is evaluated on test, cold (the paper's: targets seen < 10 times in training) and new
+(test targets never seen in training), under the paper's protocol (history masked); MovieLens
+test also under RecBole's (history not masked), comparable with docs/compare.md. The checkpoint
+is the trainer's choice on validation. Every step is an `mmsr` command in a subprocess. Not a
+test: prints one JSON object on its last line, and a markdown table per dataset on stderr.
+Everything at once takes hours on 2 CPU cores (an in-batch MovieLens run trains 40-90 epochs
+of 4-15 s); choose with --datasets / --models / --losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from movielens import MMSR, find_source, read_metrics, sh  # noqa: E402  (bench/, next to this file)
+
+LOSSES = ("bce", "bpr", "inbatch", "inbatch-logq", "mixed", "softmax")
+SAMPLED_NEGATIVE_LOSSES = ("bce", "bpr")
+PROFILES = {
+    "demo": {"idsr": ("configs/demo-cpu.toml", ["model.kind=idsr"]), "content": ("configs/demo-cpu.toml", [])},
+    "ml-100k": {"idsr": ("configs/movielens-idsr.toml", []), "content": ("configs/movielens-mmsrt.toml", [])},
+}
+SPLITS = {"demo": [("test", "paper"), ("cold", "paper"), ("new", "paper")],
+          "ml-100k": [("test", "recbole"), ("test", "paper"), ("cold", "paper"), ("new", "paper")]}
+
+
+def prepare(dataset: str, env: dict, home: Path, source: str | None, log) -> dict:
+    if dataset == "demo":
+        sh(MMSR + ["data", "demo", "--name", "demo"], env, log)
+    else:
+        sh(MMSR + ["data", "import", "recbole", "--name", "ml-100k", str(find_source(home, source, env, log)),
+                   "--overwrite"], env, log)
+    _, _, info = sh(MMSR + ["data", "info", dataset, "--json"], env, log)
+    return json.loads(info.strip().splitlines()[-1])
+
+
+def run_one(dataset: str, model: str, loss: str, sets: list[str], env: dict, home: Path, log) -> dict:
+    config, profile_sets = PROFILES[dataset][model]
+    overrides = profile_sets + [f"optim.loss={loss}"] + list(sets)
+    if loss not in SAMPLED_NEGATIVE_LOSSES:
+        overrides.append("optim.negatives=unseen")
+    run = f"bench-losses-{dataset}-{model}-{loss}"
+    set_args = [a for s in overrides for a in ("--set", s)]
+    out: dict = {"config": config, "overrides": overrides}
+    try:
+        if model == "content":  # reuses a finished cache: only the first loss builds it
+            sh(MMSR + ["cache", "build", "--config", config], env, log)
+        wall, cpu, _ = sh(MMSR + ["train", "--config", config, "--run", run, "--overwrite", "--from-cache"]
+                          + set_args, env, log)
+    except RuntimeError as error:
+        return {**out, "error": str(error).splitlines()[-1]}
+    records = read_metrics(home / "runs" / run)
+    best = max((r for r in records if "valid" in r), key=lambda r: (r["valid"]["NDCG@10"], -r["epoch"]))
+    out.update({"epochs_run": len(records), "best_epoch": best["epoch"],
+                "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
+                "epoch_seconds_median": sorted(r["epoch_seconds"] for r in records)[len(records) // 2]})
+    for split, protocol in SPLITS[dataset]:
+        _, _, stdout = sh(MMSR + ["eval", "--run", run, "--json", "--split", split, "--protocol", protocol,
+                                  "--k", "10,20"], env, log)
+        result = json.loads(stdout.strip().splitlines()[-1])
+        out[f"{split}_{protocol}"] = {**{k: round(v, 4) for k, v in result["metrics"].items()}, "cases": result["users"]}
+    return out
+
+
+def table(dataset: str, rows: dict) -> str:
+    columns = [f"{split} ({protocol})" for split, protocol in SPLITS[dataset]]
+    lines = [f"### {dataset}", "", "| model | loss | " + " | ".join(f"{c} HR@10 / NDCG@10" for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for (model, loss), r in rows.items():
+        if "error" in r:
+            cells = [f"no result: {r['error']}"] + [""] * (len(columns) - 1)
+        else:
+            cells = [f"{r[f'{s}_{p}']['HR@10']:.4f} / {r[f'{s}_{p}']['NDCG@10']:.4f}" for s, p in SPLITS[dataset]]
+        lines.append(f"| {model} | {loss} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="demo,ml-100k")
+    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--models", default="idsr,content", help="idsr and/or content (MMSR; MMSR-T on ml-100k)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="an override for every run")
+    parser.add_argument("--source", help="folder with ml-100k.inter / ml-100k.item (default: the recbole wheel)")
+    parser.add_argument("--home", default=os.environ.get("MMSR_HOME") or None)
+    args = parser.parse_args()
+    home = Path(args.home or tempfile.mkdtemp(prefix="mmsr-bench-losses-")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MMSR_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MMSR_NO_PROGRESS="1")
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    result = {"bench": "losses", "home": str(home), "cpus": os.cpu_count(), "datasets": {}}
+    for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        info = prepare(dataset, env, home, args.source, log)
+        rows = {}
+        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+            for loss in [name.strip() for name in args.losses.split(",") if name.strip()]:
+                rows[(model, loss)] = run_one(dataset, model, loss, args.sets, env, home, log)
+                log(json.dumps({"dataset": dataset, "model": model, "loss": loss, **rows[(model, loss)]}))
+        log(table(dataset, rows))
+        result["datasets"][dataset] = {
+            "info": {k: info.get(k) for k in ("users", "items", "interactions", "cold_items", "new_test_cases")},
+            "runs": {f"{model}/{loss}": r for (model, loss), r in rows.items()}, "table": table(dataset, rows)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
