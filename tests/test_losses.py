@@ -1,6 +1,5 @@
 """Every registered loss: its value against the formula, logQ's effect, training, DDP, resume, bad input."""
 
-import json
 import math
 
 import numpy as np
@@ -11,7 +10,7 @@ from mmsr import config as config_lib
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
 from mmsr.train.losses import LOSSES, LossInputs, create_loss, loss_names
-from test_train import _KILL_AT_STEP, _cli, _sets  # the subprocess helpers of the trainer's tests
+from test_train import assert_two_processes_train_as_one, kill_and_resume  # the subprocess helpers of the trainer's tests
 
 # Three items of four, 2-d vectors, two target positions.
 TABLE = [[1.0, 0.0], [0.0, 1.0], [0.5, -1.0], [-1.0, 0.5]]
@@ -175,35 +174,17 @@ def test_two_process_in_batch_losses_match_one_process(small_demo, mmsr_home, na
     """The candidates are the global batch's, gathered across processes: 2 processes = 1."""
     overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=1", "optim.batch_size=32",
                  "model.dropout=0.0", "split.sample_users=96", "eval_every=5", f"optim.loss={name}", *extra]
-    single = _cli(["train", "--run", "single", *_sets(overrides)], mmsr_home)
-    assert single.returncode == 0, single.stderr
-    torchrun = ("-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", "localhost:0", "-m", "mmsr_cli.app")
-    ddp = _cli(["train", "--run-dir", "ddp", *_sets(overrides)], mmsr_home, module=torchrun)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    a = torch.load(mmsr_home / "runs/single/checkpoints/last.pt", weights_only=False)["model"]
-    b = torch.load(mmsr_home / "runs/ddp/checkpoints/last.pt", weights_only=False)["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    assert_two_processes_train_as_one(overrides, mmsr_home)
 
 
 def test_mixed_resumes_after_a_kill_mid_epoch_as_if_uninterrupted(small_demo, mmsr_home):
     overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=2", "optim.batch_size=32",
                  "split.sample_users=128", "checkpoint_every_steps=1", "optim.loss=mixed",
                  "optim.mixed_negatives=16", "eval_every=2"]
-    whole = _cli(["train", "--run", "whole", *_sets(overrides)], mmsr_home)
-    assert whole.returncode == 0, whole.stderr
-    killed = _cli(["6", *overrides], mmsr_home, module=("-c", _KILL_AT_STEP))  # 4 steps per epoch
-    assert killed.returncode == -9, killed.stderr
-    resumed = _cli(["train", "--run", "killed", "--resume"], mmsr_home)
-    assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(mmsr_home / "runs/whole/checkpoints/last.pt", weights_only=False)
-    b = torch.load(mmsr_home / "runs/killed/checkpoints/last.pt", weights_only=False)
+    (a, b), last = kill_and_resume(overrides, 6, mmsr_home)  # mid-epoch: 4 steps per epoch
     assert a["global_step"] == b["global_step"] == 8
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    last = [json.loads((mmsr_home / f"runs/{run}/metrics.jsonl").read_text().splitlines()[-1]) for run in
-            ("whole", "killed")]
     assert last[0]["loss"] == last[1]["loss"]
 
 

@@ -174,40 +174,53 @@ train(config.load(TrainConfig, None, sys.argv[2:]), paths.runs_dir("killed"), pr
 """
 
 
+def kill_and_resume(overrides, kill_at: int, home):
+    """Train run "whole" uninterrupted, and run "killed" SIGKILLed after global step `kill_at`,
+    then resumed. Returns both last checkpoints and both last metrics.jsonl records."""
+    whole = _cli(["train", "--run", "whole", *_sets(overrides)], home)
+    assert whole.returncode == 0, whole.stderr
+    # The kill comes from the test's side: a progress callback that SIGKILLs its own process
+    # after that step, which the recipe calls after the step's checkpoint.
+    killed = _cli([str(kill_at), *overrides], home, module=("-c", _KILL_AT_STEP))
+    assert killed.returncode == -9, killed.stderr  # really SIGKILLed
+    resumed = _cli(["train", "--run", "killed", "--resume"], home)
+    assert resumed.returncode == 0, resumed.stderr
+    checkpoints = [torch.load(home / f"runs/{run}/checkpoints/last.pt", weights_only=False) for run in ("whole", "killed")]
+    last = [json.loads((home / f"runs/{run}/metrics.jsonl").read_text().splitlines()[-1]) for run in ("whole", "killed")]
+    return checkpoints, last
+
+
 def test_kill_mid_epoch_then_resume_equals_uninterrupted(small_demo, mmsr_home):
     overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=2", "optim.batch_size=32",
                  "checkpoint_every_steps=2", "model.dropout=0.2"]  # dropout on: the RNG state must be restored too
-    whole = _cli(["train", "--run", "whole", *_sets(overrides)], mmsr_home)
-    assert whole.returncode == 0, whole.stderr
-    # The kill comes from the test's side: a progress callback that SIGKILLs its own process
-    # after global step 9, which the recipe calls after that step's checkpoint.
-    killed = _cli(["9", *overrides], mmsr_home, module=("-c", _KILL_AT_STEP))
-    assert killed.returncode == -9, killed.stderr  # really SIGKILLed, mid-epoch (7 steps per epoch)
-    resumed = _cli(["train", "--run", "killed", "--resume"], mmsr_home)
-    assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(mmsr_home / "runs/whole/checkpoints/last.pt", weights_only=False)
-    b = torch.load(mmsr_home / "runs/killed/checkpoints/last.pt", weights_only=False)
+    (a, b), last = kill_and_resume(overrides, 9, mmsr_home)  # mid-epoch: 7 steps per epoch
     assert a["global_step"] == b["global_step"] == 14
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    last = [json.loads((mmsr_home / f"runs/{run}/metrics.jsonl").read_text().splitlines()[-1]) for run in ("whole", "killed")]
     assert last[0]["loss"] == last[1]["loss"] and last[0]["valid"] == last[1]["valid"]
+
+
+TORCHRUN = ("-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", "localhost:0", "-m", "mmsr_cli.app")
+
+
+def assert_two_processes_train_as_one(overrides, home):
+    """Train run "single" in one process and run "ddp" under a 2-process torchrun: same weights."""
+    single = _cli(["train", "--run", "single", *_sets(overrides)], home)
+    assert single.returncode == 0, single.stderr
+    ddp = _cli(["train", "--run-dir", "ddp", *_sets(overrides)], home, module=TORCHRUN)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a = torch.load(home / "runs/single/checkpoints/last.pt", weights_only=False)["model"]
+    b = torch.load(home / "runs/ddp/checkpoints/last.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
 def test_two_process_ddp_matches_one_process(small_demo, mmsr_home):
     overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=1", "optim.batch_size=32",
                  "model.dropout=0.0"]
-    single = _cli(["train", "--run", "single", *_sets(overrides)], mmsr_home)
-    assert single.returncode == 0, single.stderr
-    torchrun = ("-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", "localhost:0", "-m", "mmsr_cli.app")
-    ddp = _cli(["train", "--run-dir", "ddp", *_sets(overrides)], mmsr_home, module=torchrun)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    a = torch.load(mmsr_home / "runs/single/checkpoints/last.pt", weights_only=False)["model"]
-    b = torch.load(mmsr_home / "runs/ddp/checkpoints/last.pt", weights_only=False)["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
-    evaluated = _cli(["eval", "--run-dir", "ddp", "--json"], mmsr_home, module=torchrun)
+    assert_two_processes_train_as_one(overrides, mmsr_home)
+    evaluated = _cli(["eval", "--run-dir", "ddp", "--json"], mmsr_home, module=TORCHRUN)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     alone = _cli(["eval", "--run", "ddp", "--json"], mmsr_home)
     assert json.loads(evaluated.stdout.strip().splitlines()[-1])["metrics"] == \
