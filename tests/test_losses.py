@@ -10,7 +10,7 @@ from mmsr import config as config_lib
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
 from mmsr.train.losses import LOSSES, LossInputs, create_loss, loss_names
-from test_train import assert_two_processes_train_as_one, kill_and_resume  # the subprocess helpers of the trainer's tests
+from test_train import _fits_a_batch as fits_a_batch, assert_two_processes_train_as_one, kill_and_resume  # the trainer tests' helpers
 
 # Three items of four, 2-d vectors, two target positions.
 TABLE = [[1.0, 0.0], [0.0, 1.0], [0.5, -1.0], [-1.0, 0.5]]
@@ -97,32 +97,8 @@ def _config(overrides):
     return config_lib.load(TrainConfig, None, overrides)
 
 
-def _fits_a_batch(overrides, steps=15, lr=0.003):
-    """Loss on one fixed batch (the one the recipe draws first) before and after AdamW steps."""
-    from mmsr.data.dataset import load_dataset
-    from mmsr.data.split import split_dataset
-    from mmsr.train.batches import TrainBatches
-    from mmsr.train.feeds import open_feed
-    from mmsr.train.model import build_model, parameter_groups
-
-    config = _config(overrides + ["model.dropout=0.0", f"optim.lr={lr}"])
-    dataset = load_dataset(config.dataset)
-    split = split_dataset(dataset, config.split)
-    torch.manual_seed(0)
-    model = build_model(config, dataset.num_items, train_counts=split.train_counts)
-    feed, _ = open_feed(config, model, dataset, True, torch.device("cpu"))
-    batch = TrainBatches.for_config(split, config).batch(0, 0)
-    ids, rows = batch.distinct_items()
-    optimizer = torch.optim.AdamW(parameter_groups(model, config))
-    losses = []
-    for _ in range(steps + 1):
-        total, count = model(batch, rows, feed(ids))
-        loss = total / count
-        losses.append(float(loss.detach()))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return losses
+def _fits_a_batch(overrides, steps=15):
+    return fits_a_batch(overrides, steps=steps, lr=0.003)
 
 
 @pytest.mark.parametrize("name", loss_names())

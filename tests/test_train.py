@@ -22,7 +22,7 @@ def _config(overrides):
 def _loss(model, batch, feed):
     """(summed loss, targets) of a batch, fed as the training step feeds it."""
     ids, rows = batch.distinct_items()
-    return model(batch, rows, feed(ids))
+    return model(batch, ids, rows, feed(ids))
 
 
 def _losses(run_dir):
@@ -45,20 +45,22 @@ def _train(overrides, run_dir, from_cache=True, **kwargs):
     return train(_config(overrides), run_dir, from_cache=from_cache, log=lambda *_: None, **kwargs)
 
 
-def _fits_a_batch(overrides, steps=40):
-    """Loss on one fixed batch before and after a few AdamW steps on it (no dropout)."""
+def _fits_a_batch(overrides, steps=40, lr=0.001):
+    """Loss on one fixed batch (the one the recipe draws first) before and after a few AdamW
+    steps on it (no dropout)."""
     from mmsr.data.dataset import load_dataset
     from mmsr.data.split import split_dataset
     from mmsr.train.batches import TrainBatches
     from mmsr.train.model import build_model, parameter_groups
     from mmsr.train.feeds import open_feed
 
-    config = _config(overrides + ["model.dropout=0.0", "optim.lr=0.001"])
+    config = _config(overrides + ["model.dropout=0.0", f"optim.lr={lr}"])
     dataset = load_dataset(config.dataset)
+    split = split_dataset(dataset, config.split)
     torch.manual_seed(0)
-    model = build_model(config, dataset.num_items)
+    model = build_model(config, dataset.num_items, train_counts=split.train_counts)
     feed, _ = open_feed(config, model, dataset, True, torch.device("cpu"))
-    batch = TrainBatches(split_dataset(dataset, config.split), 32, 0).batch(0, 0)
+    batch = TrainBatches.for_config(split, config).batch(0, 0)
     optimizer = torch.optim.AdamW(parameter_groups(model, config))
     losses = []
     for _ in range(steps + 1):

@@ -47,7 +47,7 @@ class LossInputs:
     targets: torch.Tensor  # [N] target item ids
     target_vectors: torch.Tensor  # [N, D]
     negative_vectors: torch.Tensor  # [N, D] the per-position sampled negatives
-    item_ids: torch.Tensor | None  # [C] this process's distinct items, sorted (losses that need "batch")
+    item_ids: torch.Tensor  # [C] this process's distinct items, sorted
     item_vectors: torch.Tensor  # [C, D]
     all_items: Callable[[], torch.Tensor]  # [num_items, D] every item's vector (losses that need "item_table")
 

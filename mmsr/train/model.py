@@ -20,7 +20,7 @@ from mmsr.models.sequence import create_sequence_model
 from mmsr.models.towers import ContentItemTower, IDItemTower, UserTower
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
-from mmsr.train.losses import LOSSES, LossInputs, create_loss
+from mmsr.train.losses import LossInputs, create_loss
 
 
 class Recommender(nn.Module):
@@ -29,7 +29,6 @@ class Recommender(nn.Module):
         self.items = items
         self.user = user
         self.loss = create_loss(loss, train_counts=train_counts)
-        self._loss_needs = LOSSES.needs(loss)
 
     @property
     def content(self) -> bool:
@@ -52,11 +51,12 @@ class Recommender(nn.Module):
                             hint="use --set optim.loss=inbatch")
         return self.items.embedding.weight
 
-    def forward(self, batch: Batch, rows: torch.Tensor, item_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, ids: torch.Tensor, rows: torch.Tensor, item_inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (summed loss, number of target positions) for this process's rows.
 
-        `item_inputs` is the feed's output for the batch's distinct items and `rows` says where
-        each position's item is among them (`Batch.distinct_items`): each item is encoded once.
+        `ids` are the batch's distinct items and `rows` where each position's item is among
+        them (`Batch.distinct_items`); `item_inputs` is the feed's output for `ids`: each item
+        is encoded once.
         The user vectors at the target positions and the item vectors go to the loss
         (`mmsr.train.losses`).
         """
@@ -65,9 +65,6 @@ class Recommender(nn.Module):
         in_mask = batch.inputs != PAD
         users = self.user_vectors(vectors[inputs_row] * in_mask.unsqueeze(-1), in_mask)
         mask = batch.mask
-        # The in-batch losses gather candidates across processes by id; the feed's output
-        # does not carry the ids, and recomputing them is one torch.unique.
-        ids = batch.distinct_items()[0] if "batch" in self._loss_needs else None
         loss = self.loss(LossInputs(users=users[mask], targets=batch.targets[mask],
                                     target_vectors=vectors[targets_row[mask]],
                                     negative_vectors=vectors[negatives_row[mask]], item_ids=ids,
@@ -88,8 +85,8 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
         if not encoders:
             raise MMSRError("model.kind=mmsr needs at least one of encoders.text_model / encoders.vision_model",
                             hint="or use model.kind=idsr")
-        fusion_name = m.fusion  # TrainConfig turns the default into "pool" for one modality
-        fusion = create_fusion(fusion_name, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
+        # m.fusion is already "pool" for one modality: TrainConfig resolves the default.
+        fusion = create_fusion(m.fusion, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
                                layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout)
         items = ContentItemTower(encoders, fusion, m.dim)
     sequence = create_sequence_model(m.sequence, dim=m.dim, max_len=config.split.max_seq_len, layers=m.sequence_layers,

@@ -55,7 +55,7 @@ def train_step(model, batch: Batch, feed, optimizer: torch.optim.Optimizer, sche
     item_inputs = feed(ids)  # file / cache I/O stays outside the model's forward
     mark("feed")
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=optim.amp and device.type == "cuda"):
-        loss_sum, _ = model(local, rows, item_inputs)
+        loss_sum, _ = model(local, ids, rows, item_inputs)
     loss = loss_sum * dist.world / max(total, 1)
     mark("forward")
     optimizer.zero_grad(set_to_none=True)
