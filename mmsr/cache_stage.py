@@ -73,7 +73,7 @@ def load_build_config(path: str | os.PathLike | None = None, overrides: list[str
     `mmsr cache build` and `mmsr train`. Unknown keys and wrong types are gathered into one error.
     """
     dotted = {(f"encoders.{name}" if name in ENCODER_FIELDS else name): value for name, value in flags.items()}
-    return config_lib.load_with_flags(CacheBuildConfig, path, overrides, dotted, from_file=cache_section)
+    return config_lib.load(CacheBuildConfig, path, overrides, dotted, from_file=cache_section)
 
 
 @dataclass

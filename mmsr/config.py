@@ -91,20 +91,8 @@ def build(cls: type[T], data: dict | None = None, *, source: str = "config") -> 
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-         base: dict | None = None) -> T:
-    """Defaults <- `base` <- config file <- `--set` overrides."""
-    data = dict(base or {})
-    source = "config"
-    if path is not None:
-        data = merge(data, read_file(path))
-        source = f"config {path}"
-    data = merge(data, parse_overrides(overrides))
-    return build(cls, data, source=source)
-
-
-def load_with_flags(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                    flags: dict[str, Any] | None = None, *, base: dict | None = None,
-                    from_file: typing.Callable[[dict, str], dict] | None = None) -> T:
+         flags: dict[str, Any] | None = None, *, base: dict | None = None,
+         from_file: typing.Callable[[dict, str], dict] | None = None) -> T:
     """Defaults <- `base` <- config file <- `--set` overrides <- explicit flags: the one precedence
     every command follows.
 

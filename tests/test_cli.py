@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mmsr.config import load, load_with_flags, parse_overrides
+from mmsr.config import load, parse_overrides
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
 
@@ -69,11 +69,11 @@ def test_overrides_and_types():
 def test_flags_win_over_overrides_over_file(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('seed = 1\n[model]\ndim = 16\nsequence = "gru4rec"\n')
-    config = load_with_flags(TrainConfig, path, ["seed=2", "model.dim=12"],
+    config = load(TrainConfig, path, ["seed=2", "model.dim=12"],
                              {"seed": 3, "model.dim": None, "dataset": "/data/shop"})
     assert (config.seed, config.model.dim, config.model.sequence, config.dataset) == (3, 12, "gru4rec", "/data/shop")
     with pytest.raises(MMSRError, match="unknown key model.dims"):
-        load_with_flags(TrainConfig, None, None, {"model.dims": 8})
+        load(TrainConfig, None, None, {"model.dims": 8})
 
 
 def test_cache_build_config_reads_a_training_config(tmp_path):

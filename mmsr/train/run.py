@@ -76,7 +76,7 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
       --max-restarts passes the same --resume on the first start too.
     - Otherwise an existing non-empty directory is refused, or deleted (by rank 0) with `overwrite`.
     """
-    config = config_lib.load_with_flags(TrainConfig, config_path, overrides, flags)
+    config = config_lib.load(TrainConfig, config_path, overrides, flags)
     root = paths.runs_dir(run or default_run_name(config))
     no_checkpoint = resume and not (root / "checkpoints" / "last.pt").is_file()
     resume = resume and not no_checkpoint
