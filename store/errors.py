@@ -6,7 +6,10 @@ subclasses it, so the CLI catches one type for every problem a user can fix.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from typing import Iterator
 
 
 class UserError(Exception):
@@ -27,3 +30,29 @@ class UserError(Exception):
 
 class StoreError(UserError):
     """A problem with a cache: missing, incomplete, mismatching or busy."""
+
+
+# A full disk, a full quota and a file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so the
+# write fails with EFBIG) all mean the same to a user: this path could not be written.
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class OutOfSpaceError(UserError):
+    """A write failed for lack of space. What was being written is discarded; finished work stays."""
+
+
+@contextlib.contextmanager
+def out_of_space_guard(path: str | os.PathLike) -> Iterator[None]:
+    """Turn ENOSPC / EDQUOT / EFBIG inside the block into one OutOfSpaceError naming `path`.
+
+    A bare `write()` failure carries no file name, so the caller says which path it was writing.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in OUT_OF_SPACE:
+            raise
+        reason = os.strerror(error.errno).lower()
+        raise OutOfSpaceError(f"cannot write: {reason}", where=path,
+                              hint="free some space (or raise the quota or file-size limit) and rerun the "
+                                   "command: finished work is kept and it resumes") from None

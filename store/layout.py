@@ -20,6 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from mmsr_store.errors import out_of_space_guard
+
 FORMAT = "mmsr-cache/1"
 STORE_DIR = "store.zarr"
 MANIFEST_DIR = "manifest"
@@ -50,6 +52,11 @@ def num_chunks(num_items: int, chunk_items: int) -> int:
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with out_of_space_guard(path):
+        _write_then_rename(path, data, fsync)
+
+
+def _write_then_rename(path: Path, data: bytes, fsync: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
