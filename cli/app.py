@@ -9,6 +9,7 @@ import typer
 
 from mmsr_store.errors import UserError
 from mmsr_cli import cache, data, evaluate, models, train
+from mmsr_cli.common import console
 
 app = typer.Typer(
     name="mmsr",
@@ -45,11 +46,20 @@ def main() -> None:
     except UserError as error:
         if _state["debug"] or "--debug" in sys.argv:
             raise
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        _last_words(f"{getattr(error, 'label', 'error')}: {error}", typer.colors.RED)
+        sys.exit(getattr(error, "exit_status", 2))
     except KeyboardInterrupt:
-        typer.secho("interrupted; finished work is kept, rerun the command to resume", err=True)
+        _last_words("interrupted; finished work is kept, rerun the command to resume", None)
         sys.exit(130)
+
+
+def _last_words(text: str, colour) -> None:
+    """The failure line goes last: whatever the progress bars left in a buffer is written first,
+    so no bar is redrawn below the error."""
+    console.show_cursor(True)
+    console.file.flush()
+    sys.stdout.flush()
+    typer.secho(text, fg=colour, err=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ def train_command(
                                       "Default: DATASET-MODEL-SEQUENCE."),
     from_cache: bool = typer.Option(False, "--from-cache", help="Read the frozen layers' states from the zarr cache "
                                     "(`mmsr cache build` first). Without it the lower layers run every step."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint (after a "
+                                "crash, Ctrl-C or SIGTERM: the run checkpoints the step it was on)."),
+    resume_from: str = typer.Option("last", "--resume-from", help="With --resume: last | best. best when "
+                                    "last.pt is damaged; the epochs after best.pt are trained again."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the run afresh, deleting the old one."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (overrides the config)."),
 ):
@@ -41,7 +44,7 @@ def train_command(
     from mmsr.train.run import prepare_run
 
     prepared = prepare_run(run, config, overrides, {"dataset": dataset, "seed": seed}, resume=resume,
-                           overwrite=overwrite, log=log)
-    best = train(prepared.config, prepared.root, from_cache=from_cache, resume=prepared.resume, progress=progress_bar,
-                 log=log)
+                           resume_from=resume_from, overwrite=overwrite, log=log)
+    best = train(prepared.config, prepared.root, from_cache=from_cache, resume=prepared.resume,
+                 resume_from=resume_from, progress=progress_bar, log=log)
     log(f"[green]run {prepared.root}: best epoch {best.get('epoch')} {best.get('valid')}")

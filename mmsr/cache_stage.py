@@ -27,15 +27,18 @@ import yaml
 from mmsr import config as config_lib
 from mmsr.atomic import atomic_write_text
 from mmsr.caches import cache_path, expected_fingerprint
-from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, placeholder_picture
+from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeholder_picture
 from mmsr.distributed import pick_device
 from mmsr.encoders import create_encoders
 from mmsr.encoders.config import EncoderConfig
 from mmsr.errors import MMSRError
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.config import cache_section
-from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, manifest
+from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, VerifyReport, manifest, verify_cache
 from mmsr_store.layout import atomic_write_json, chunk_items_for
+from mmsr_store.verify import invalidate
+
+CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -282,7 +285,7 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
     with CacheWriter(path, item_ids=dataset.item_ids(), specs=specs, shard=shard,
                      build={"on_bad_image": on_bad_image}, overwrite=overwrite) as writer:
         if resolved_config is not None:
-            _write_config(path / "config.yaml", resolved_config)
+            _write_config(path / CONFIG_FILE, resolved_config)
         for modality in sorted(specs):
             spec = specs[modality]
             reports[modality] = ModalityReport(modality, spec.tokens, spec.dim, writer.chunk_items(modality))
@@ -341,8 +344,11 @@ def _encode_modality(writer: CacheWriter, dataset: Dataset, encoder, modality: s
                 report.encoded_items += b - a
                 advance(b - a)
         finally:
-            for future in pending:  # finished chunks reach the manifest even when a later batch fails
-                future.result()
+            # Finished chunks reach the manifest even when a later batch fails. Waiting does not
+            # raise: a later chunk's error must not replace the first one on its way out.
+            failures = [error for error in (future.exception() for future in pending) if error is not None]
+        if failures:
+            raise failures[0]
     report.seconds = time.perf_counter() - started
 
 
@@ -356,3 +362,46 @@ def _all_problems(path: Path, specs: dict) -> list[str]:
 
 def _write_config(path: Path, resolved: dict) -> None:
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- repair
+
+
+@dataclass
+class RepairReport:
+    before: VerifyReport
+    build: BuildReport | None  # None: nothing to redo
+    after: VerifyReport  # of the re-encoded chunks only
+
+    @property
+    def ok(self) -> bool:
+        return self.after.ok and (self.build is None or self.build.complete)
+
+
+def repair_cache(path: str | os.PathLike, *, progress: ProgressFactory | None = None,
+                 encoders: dict | None = None) -> RepairReport:
+    """Verify the cache, then re-encode exactly its damaged and unfinished chunks.
+
+    The damaged chunks lose their manifest markers, and the normal resumable build, run with the
+    options saved in CACHE/config.yaml, redoes every chunk without one; on the CPU it rewrites
+    the same bytes. `encoders` as in `build_cache` (tests pass stand-ins).
+    """
+    path = Path(path).expanduser()
+    before = verify_cache(path, progress)
+    if before.ok:
+        return RepairReport(before, None, before)
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise MMSRError(f"cannot repair: no {CONFIG_FILE}, so the options this cache was built with are unknown",
+                        where=path, hint="delete the cache and build it again with `mmsr cache build`")
+    cfg = load_build_config(config_file)
+    invalidate(path, before.bad)
+    redo = {m: set(chunks) for m, chunks in before.unfinished.items()}
+    for bad in before.bad:
+        redo.setdefault(bad.modality, set()).add(bad.chunk)
+    # One process redoes every shard's chunks: the damage is rarely where one shard would look.
+    build = build_cache(load_dataset(cfg.dataset, check_images=False), cfg.encoders, batch_size=cfg.batch_size,
+                        num_workers=cfg.num_workers, shard=Shard(), on_bad_image=cfg.on_bad_image,
+                        device=cfg.device, chunk_items=cfg.chunk_items, cache_dir=path, encoders=encoders,
+                        progress=progress, seed=cfg.seed)
+    return RepairReport(before, build, verify_cache(path, progress, only=redo))

@@ -16,6 +16,7 @@ from pathlib import Path
 from mmsr import paths
 from mmsr.data.dataset import Dataset
 from mmsr.encoders.config import EncoderConfig
+from mmsr.encoders.model_key import model_key
 from mmsr.errors import MMSRError
 from mmsr_store import Cache, open_cache
 from mmsr_store.fingerprint import digest, items_hash
@@ -26,7 +27,12 @@ NO_IMAGE = "zeros with an all-False mask"
 
 
 def config_hash(encoder_config: EncoderConfig, length: int = 12) -> str:
-    return digest(asdict(encoder_config), length)
+    """Short hash of the encoder config, with local model paths replaced by their content key,
+    so that a cache moves with its data root and its checkpoint (`mmsr.encoders.model_key`)."""
+    identity = asdict(encoder_config)
+    for field in ("text_model", "vision_model"):
+        identity[field] = model_key(identity[field])
+    return digest(identity, length)
 
 
 def cache_path(dataset_root_or_name: str | os.PathLike | Dataset, encoder_config: EncoderConfig) -> Path:

@@ -40,19 +40,33 @@ OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 class OutOfSpaceError(UserError):
     """A write failed for lack of space. What was being written is discarded; finished work stays."""
 
+    reason = "no space left on device"
+
 
 @contextlib.contextmanager
-def out_of_space_guard(path: str | os.PathLike) -> Iterator[None]:
-    """Turn ENOSPC / EDQUOT / EFBIG inside the block into one OutOfSpaceError naming `path`.
+def out_of_space_guard(path: str | os.PathLike, what: str | None = None) -> Iterator[None]:
+    """Turn ENOSPC / EDQUOT / EFBIG inside the block into one OutOfSpaceError naming `path`
+    (and `what` was being written there, e.g. "text chunk 3").
 
     A bare `write()` failure carries no file name, so the caller says which path it was writing.
     """
     try:
         yield
+    except OutOfSpaceError as error:
+        if what is None:
+            raise
+        # A helper's own guard named its file (a manifest marker, say); the caller knows better what it was.
+        raise _out_of_space(path, what, error.reason) from None
     except OSError as error:
         if error.errno not in OUT_OF_SPACE:
             raise
-        reason = os.strerror(error.errno).lower()
-        raise OutOfSpaceError(f"cannot write: {reason}", where=path,
-                              hint="free some space (or raise the quota or file-size limit) and rerun the "
-                                   "command: finished work is kept and it resumes") from None
+        raise _out_of_space(path, what, os.strerror(error.errno).lower()) from None
+
+
+def _out_of_space(path: str | os.PathLike, what: str | None, reason: str) -> OutOfSpaceError:
+    target = f" {what}" if what else ""
+    error = OutOfSpaceError(f"cannot write{target}: {reason}", where=path,
+                            hint="free some space (or raise the quota or file-size limit) and rerun the "
+                                 "command: finished work is kept and it resumes")
+    error.reason = reason
+    return error

@@ -5,6 +5,7 @@
         zarr.json              attributes: format, item count, modalities, build options
         <modality>/hidden      (items, T, D) float16, chunks (C, T, D); attribute "fingerprint"
         <modality>/mask        (items, T) bool, chunks (C, T)
+                               each chunk file: zstd, then a CRC32C (`mmsr cache verify` checks it)
       manifest/<modality>/<chunk>.json   one marker per finished chunk (see manifest.py)
       item_ids.txt             the cached item list, one id a line, in row order
       locks/                   flock files: the init lock and one per live shard

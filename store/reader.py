@@ -47,6 +47,50 @@ def _open_group(cache_dir: Path):
     return group
 
 
+def repair_hint(cache_dir: Path) -> str:
+    return f"run `mmsr cache verify {cache_dir} --repair` to re-encode it"
+
+
+def chunk_rows(array, chunk: int) -> tuple[int, int]:
+    c = int(array.chunks[0])
+    return chunk * c, min(int(array.shape[0]), (chunk + 1) * c)
+
+
+def decode_chunk(array, chunk: int) -> tuple[np.ndarray | None, str | None]:
+    """(rows of chunk `chunk` of `array`, None), or (None, why it cannot be read back)."""
+    start, stop = chunk_rows(array, chunk)
+    try:
+        return array[start:stop], None
+    except Exception as error:  # noqa: BLE001 - whatever a codec raises on garbage means the same here
+        # zarr's Crc32cCodec raises a bare ValueError on a mismatch; other codecs fail on garbage.
+        if isinstance(error, ValueError) and "checksum" in str(error).lower():
+            return None, "fails its CRC32C checksum"
+        return None, f"cannot be decoded ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+
+
+def damaged_chunk_error(cache_dir: Path, label: str, array, chunk: int, problem: str) -> StoreError:
+    start, stop = chunk_rows(array, chunk)
+    return StoreError(f"damaged chunk: {label} chunk {chunk} (items {start}..{stop - 1}) {problem}",
+                      where=cache_dir, hint=repair_hint(cache_dir))
+
+
+def read_rows(cache_dir: Path, label: str, array, a: int, b: int) -> np.ndarray:
+    """`array[a:b]`, where a chunk that does not decode becomes a StoreError naming it.
+
+    zarr decodes the chunks of one read together and its error names none of them, so on a
+    failure each chunk is decoded again alone to find which one is damaged.
+    """
+    try:
+        return array[a:b]
+    except Exception:
+        c = int(array.chunks[0])
+        for chunk in range(a // c, -(-b // c)):
+            _, problem = decode_chunk(array, chunk)
+            if problem:
+                raise damaged_chunk_error(cache_dir, label, array, chunk, problem) from None
+        raise
+
+
 def _format_chunks(chunks: list[int], limit: int = 8) -> str:
     text = ", ".join(str(c) for c in chunks[:limit])
     return text + (f", ... ({len(chunks)} in all)" if len(chunks) > limit else "")
@@ -69,6 +113,11 @@ class Cache:
             raise StoreError(f"no {modality!r} states in this cache (it has {', '.join(self.modalities)})",
                              where=self.path, hint="build a cache with that encoder enabled")
         return self._group[f"{modality}/{HIDDEN}"], self._group[f"{modality}/{MASK}"]
+
+    @property
+    def build_options(self) -> dict:
+        """The options the build ran with that are not part of a fingerprint (e.g. on_bad_image)."""
+        return dict(self._group.attrs.get("build", {}))
 
     def fingerprint(self, modality: str) -> dict:
         return dict(self._arrays(modality)[0].attrs["fingerprint"])
@@ -110,12 +159,13 @@ class Cache:
         import torch
 
         hidden_array, mask_array = self._arrays(modality)
+        read_hidden, read_mask = self._reader(modality, HIDDEN), self._reader(modality, MASK)
         if into == "ram":
             hidden = np.empty(hidden_array.shape, dtype=np.float16)
             mask = np.empty(mask_array.shape, dtype=bool)
             for a, b in self._blocks(modality):
-                hidden[a:b] = hidden_array[a:b]
-                mask[a:b] = mask_array[a:b]
+                hidden[a:b] = read_hidden(a, b)
+                mask[a:b] = read_mask(a, b)
             return torch.from_numpy(hidden), torch.from_numpy(mask)
         if into == "mmap":
             hidden, mask = self._mmap(modality)
@@ -128,11 +178,16 @@ class Cache:
             hidden = torch.empty(hidden_array.shape, dtype=torch.float16, device=target)
             mask = torch.empty(mask_array.shape, dtype=torch.bool, device=target)
             for a, b in self._blocks(modality):
-                hidden[a:b].copy_(torch.from_numpy(hidden_array[a:b]).pin_memory(), non_blocking=True)
-                mask[a:b].copy_(torch.from_numpy(mask_array[a:b]))
+                hidden[a:b].copy_(torch.from_numpy(read_hidden(a, b)).pin_memory(), non_blocking=True)
+                mask[a:b].copy_(torch.from_numpy(read_mask(a, b)))
             torch.cuda.synchronize(target)
             return hidden, mask
         raise StoreError(f"unknown load target {into!r}", hint='use "ram", "mmap" or "cuda"')
+
+    def _reader(self, modality: str, name: str):
+        """read(a, b) -> rows a..b of `modality`/`name`; a damaged chunk raises a StoreError naming it."""
+        array = self._group[f"{modality}/{name}"]
+        return lambda a, b: read_rows(self.path, f"{modality}/{name}", array, a, b)
 
     def _blocks(self, modality: str):
         """Row ranges of whole chunks, about READ_BLOCK_BYTES each."""
@@ -165,14 +220,14 @@ class Cache:
                 if not fresh():
                     stamp_path.unlink(missing_ok=True)
                     hidden_array, mask_array = self._arrays(modality)
-                    self._write_npy(hidden_path, hidden_array, self._blocks(modality))
-                    self._write_npy(mask_path, mask_array, self._blocks(modality))
+                    for out, array, name in ((hidden_path, hidden_array, HIDDEN), (mask_path, mask_array, MASK)):
+                        self._write_npy(out, array, self._reader(modality, name), self._blocks(modality))
                     atomic_write_json(stamp_path, {"digest": want})
         # Copy-on-write mapping: pages are shared through the page cache, writes stay private.
         return np.load(hidden_path, mmap_mode="c"), np.load(mask_path, mmap_mode="c")
 
     @staticmethod
-    def _write_npy(path: Path, array, blocks) -> None:
+    def _write_npy(path: Path, array, read, blocks) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         os.close(fd)
         try:
@@ -180,7 +235,7 @@ class Cache:
                                             if hasattr(array.dtype, "to_native_dtype") else array.dtype,
                                             shape=array.shape)
             for a, b in blocks:
-                out[a:b] = array[a:b]
+                out[a:b] = read(a, b)
             out.flush()
             del out
             os.replace(tmp, path)

@@ -3,7 +3,8 @@
 Each live process holds an flock on `locks/shard-<i>-of-<n>.lock` for the whole build. A
 new process refuses to start when a live one already owns the same shard (overlap), or
 runs with a different n (inconsistent assignment). Locks of killed processes vanish with
-them, so a killed build resumes under any n.
+them, so a killed build resumes under any n. The holder writes "pid host" into its lock file
+so that a refused process can say whom it waits for.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +82,22 @@ def _is_live(path: Path) -> bool:
         return handle is None
 
 
+def lock_path(cache_dir: Path, shard: Shard) -> Path:
+    return Path(cache_dir) / LOCK_DIR / f"shard-{shard.index}-of-{shard.count}.lock"
+
+
+def holder(cache_dir: Path, shard: Shard) -> str:
+    """Who holds `shard`'s lock, as "pid 123 on host h" (as far as its lock file says)."""
+    try:
+        fields = lock_path(cache_dir, shard).read_text(encoding="utf-8").split()
+    except OSError:
+        fields = []
+    if not fields:  # the holder has its flock but has not written its pid yet
+        return "pid unknown"
+    host = f" on host {fields[1]}" if len(fields) > 1 else ""
+    return f"pid {fields[0]}{host}"
+
+
 def live_shards(cache_dir: Path) -> list[Shard]:
     folder = Path(cache_dir) / LOCK_DIR
     found = []
@@ -99,19 +117,20 @@ class ShardClaim:
         self.shard = shard
         for other in live_shards(cache_dir):
             if other == shard:
-                raise StoreError(f"shard {shard} is already being built by another live process", where=cache_dir,
-                                 hint="each --shard i/n must run once; wait for it or stop it")
+                raise StoreError(f"shard {shard} is already being built by another live process "
+                                 f"({holder(cache_dir, shard)})", where=cache_dir,
+                                 hint="each --shard i/n must run once; wait for it to finish or stop it")
             if other.count != shard.count:
-                raise StoreError(f"inconsistent shard assignment: a live process builds shard {other}, "
-                                 f"this one asked for {shard}", where=cache_dir,
+                raise StoreError(f"inconsistent shard assignment: a live process ({holder(cache_dir, other)}) "
+                                 f"builds shard {other}, this one asked for {shard}", where=cache_dir,
                                  hint=f"start every process with the same n (--shard i/{other.count})")
-        path = Path(cache_dir) / LOCK_DIR / f"shard-{shard.index}-of-{shard.count}.lock"
+        path = lock_path(cache_dir, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(path, "a+")
         fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._handle.seek(0)
         self._handle.truncate()
-        self._handle.write(f"{os.getpid()}\n")
+        self._handle.write(f"{os.getpid()} {socket.gethostname()}\n")
         self._handle.flush()
 
     def release(self) -> None:

@@ -104,9 +104,11 @@ def test_run_directory_lifecycle(tmp_path, mmsr_home):
     assert prepare_run("shop-idsr-sasrec", flags={"seed": 6}, resume=True).config.seed == 6
     (fresh.root / "checkpoints" / "last.pt").unlink()
     messages = []
-    again = prepare_run(None, None, sets, resume=True, overwrite=True, log=messages.append)
+    again = prepare_run(None, None, sets, resume=True, log=messages.append)
     assert not again.resume and not fresh.root.exists()  # no checkpoint yet: afresh, old directory gone
     assert messages == [f"no checkpoint in {fresh.root} yet: starting the run"]
+    with pytest.raises(MMSRError, match="best.pt: checkpoint not found"):  # only last.pt may be missing
+        prepare_run(None, None, sets, resume=True, resume_from="best")
 
 
 def test_demo_keeps_an_existing_dataset_and_list_finds_it(mmsr_home):

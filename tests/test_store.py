@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -159,11 +162,13 @@ def test_overlapping_or_inconsistent_shards_refused(tmp_path):
     path = tmp_path / "c"
     first = CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(0, 2))
     try:
-        with pytest.raises(StoreError, match="shard 0/2 is already being built"):
+        holder = f"pid {os.getpid()} on host {socket.gethostname()}"
+        with pytest.raises(StoreError, match=re.escape(f"shard 0/2 is already being built by another live process ({holder})")):
             CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(0, 2))
-        with pytest.raises(StoreError, match="inconsistent shard assignment"):
+        with pytest.raises(StoreError, match=re.escape(f"inconsistent shard assignment: a live process ({holder})")):
             CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(1, 3))
-        with pytest.raises(StoreError, match="cannot add items while another process"):
+        with pytest.raises(StoreError, match=re.escape(f"cannot add items while another process builds this cache "
+                                                       f"(shard 0/2, {holder})")):
             CacheWriter(path, item_ids=ids(13), specs={"text": spec()}, shard=Shard(1, 2))
         second = CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(1, 2))
         assert [t.chunk for t in first.pending("text")] == [0, 2]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -155,39 +156,49 @@ def _sets(overrides):
     return [arg for item in overrides for arg in ("--set", item)]
 
 
-_KILL_AT_STEP = """
+_SIGNAL_AT_STEP = """
 import contextlib, os, signal, sys
-from mmsr import config, paths
-from mmsr.train.config import TrainConfig
-from mmsr.train.recipe import train
+import mmsr_cli.train
+from mmsr_cli.app import main
 
-kill_at, steps = int(sys.argv[1]), [0]
+signum, at_step, steps = int(sys.argv[1]), int(sys.argv[2]), [0]
+
+bars = mmsr_cli.train.progress_bar
 
 @contextlib.contextmanager
-def killing_progress(description, total, unit="items"):
-    def advance(n=1):
-        steps[0] += n
-        if steps[0] == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-    yield advance
+def signalling_progress(description, total, unit="items"):
+    with bars(description, total, unit) as draw:  # the real bars, drawn unless MMSR_NO_PROGRESS
+        def advance(n=1):
+            draw(n)
+            steps[0] += n
+            if steps[0] == at_step:
+                os.kill(os.getpid(), signum)  # a real signal, delivered to the training process
+        yield advance
 
-train(config.load(TrainConfig, None, sys.argv[2:]), paths.runs_dir("killed"), progress=killing_progress,
-      log=lambda *_: None)
+mmsr_cli.train.progress_bar = signalling_progress
+sys.argv = ["mmsr", "train", *sys.argv[3:]]
+main()
 """
+# What the signalled command exits with: killed outright, or stopped cleanly with 128 + signal.
+EXPECTED_STATUS = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 128 + signal.SIGTERM,
+                   signal.SIGINT: 128 + signal.SIGINT}
 
 
-def kill_and_resume(overrides, kill_at: int, home):
-    """Train run "whole" uninterrupted, and run "killed" SIGKILLed after global step `kill_at`,
-    then resumed. Returns both last checkpoints and both last metrics.jsonl records."""
+def kill_and_resume(overrides, kill_at: int, home, signum: int = signal.SIGKILL):
+    """Train run "whole" uninterrupted, and run "killed" through the CLI, hit by `signum` after
+    global step `kill_at`, then resumed with `--resume`. Returns both last checkpoints and both
+    last metrics.jsonl records (and, through `kill_and_resume.stderr`, what the signalled run said)."""
     whole = _cli(["train", "--run", "whole", *_sets(overrides)], home)
     assert whole.returncode == 0, whole.stderr
-    # The kill comes from the test's side: a progress callback that SIGKILLs its own process
-    # after that step, which the recipe calls after the step's checkpoint.
-    killed = _cli([str(kill_at), *overrides], home, module=("-c", _KILL_AT_STEP))
-    assert killed.returncode == -9, killed.stderr  # really SIGKILLed
+    # The signal comes from the test's side: a progress callback that signals its own process
+    # after that step (the recipe calls it after the step's checkpoint).
+    killed = _cli([str(int(signum)), str(kill_at), "--run", "killed", *_sets(overrides)], home,
+                  module=("-c", _SIGNAL_AT_STEP))
+    assert killed.returncode == EXPECTED_STATUS[signum], killed.stderr[-2000:]
+    kill_and_resume.stderr = killed.stderr
     resumed = _cli(["train", "--run", "killed", "--resume"], home)
     assert resumed.returncode == 0, resumed.stderr
-    checkpoints = [torch.load(home / f"runs/{run}/checkpoints/last.pt", weights_only=False) for run in ("whole", "killed")]
+    checkpoints = [torch.load(home / f"runs/{run}/checkpoints/last.pt", weights_only=True) for run in ("whole", "killed")]
     last = [json.loads((home / f"runs/{run}/metrics.jsonl").read_text().splitlines()[-1]) for run in ("whole", "killed")]
     return checkpoints, last
 
@@ -212,8 +223,8 @@ def assert_two_processes_train_as_one(overrides, home):
     assert single.returncode == 0, single.stderr
     ddp = _cli(["train", "--run-dir", "ddp", *_sets(overrides)], home, module=TORCHRUN)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    a = torch.load(home / "runs/single/checkpoints/last.pt", weights_only=False)["model"]
-    b = torch.load(home / "runs/ddp/checkpoints/last.pt", weights_only=False)["model"]
+    a = torch.load(home / "runs/single/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(home / "runs/ddp/checkpoints/last.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 

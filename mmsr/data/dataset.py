@@ -1,7 +1,8 @@
 """The canonical dataset: one directory per dataset, written atomically, validated on read.
 
     NAME/
-      meta.json           schema_version, name, source, counts, content_hash, text_fields
+      meta.json           schema_version, name, source, counts, content_hash, text_fields, problems;
+                          duplicate_users when an import's --duplicate-users merge|last acted
       items.jsonl         one JSON object per line: {"id", "title", "description", "category", "image"}
       interactions.tsv    header `user<TAB>item<TAB>timestamp`, one interaction per line
       images/             the pictures; `image` in items.jsonl is a path relative to NAME/
@@ -13,6 +14,7 @@ and empty texts, and apply the `on_bad_image` policy to pictures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -27,11 +29,14 @@ from mmsr import paths
 from mmsr.atomic import atomic_dir
 from mmsr.data.textfile import iter_json_lines, iter_lines
 from mmsr.errors import MMSRError
+from mmsr_store.errors import OutOfSpaceError, out_of_space_guard
 
 SCHEMA_VERSION = 1
 TEXT_FIELDS = ("title", "description", "category")
 BadImagePolicy = Literal["error", "skip", "placeholder"]
 BAD_IMAGE_POLICIES = ("error", "skip", "placeholder")
+DuplicateUsersPolicy = Literal["error", "merge", "last"]
+DUPLICATE_USERS_POLICIES = ("error", "merge", "last")
 PLACEHOLDER_RGB = (128, 128, 128)
 
 
@@ -107,19 +112,29 @@ class DatasetWriter:
 
     Items must be added before the interactions that name them. Use as a context manager:
     an exception inside the block removes the temporary directory and leaves any existing
-    dataset of that name untouched.
+    dataset of that name untouched. A full disk raises `OutOfSpaceError` naming the dataset.
+
+    Importers set `items_path` (the file the items came from) so that an interaction naming an
+    unknown item says which file should have listed it, and read `duplicate_users` (the
+    policy for a user with more than one line, where a format has one line per user) and
+    append to `merged_users` what that policy did; both end up in meta.json.
     """
 
     def __init__(self, dest: Path, *, name: str | None = None, source: str = "unknown",
                  on_bad_image: BadImagePolicy = "error", overwrite: bool = False,
-                 allow_empty_text: bool = False):
+                 allow_empty_text: bool = False, duplicate_users: DuplicateUsersPolicy = "error"):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise MMSRError(f"unknown --on-bad-image policy {on_bad_image!r}", hint="use error, skip or placeholder")
+        if duplicate_users not in DUPLICATE_USERS_POLICIES:
+            raise MMSRError(f"unknown --duplicate-users policy {duplicate_users!r}", hint="use error, merge or last")
         self.dest = Path(dest)
         self.name = name or self.dest.name
         self.source = source
         self.on_bad_image = on_bad_image
         self.allow_empty_text = allow_empty_text
+        self.duplicate_users = duplicate_users
+        self.items_path: Path | None = None
+        self.merged_users: list[dict] = []
         self._atomic = atomic_dir(self.dest, overwrite=overwrite)
         self.problems: list[str] = []
         self._item_index: dict[str, int] = {}
@@ -128,24 +143,54 @@ class DatasetWriter:
         self._with_image = 0
         self._with_text = 0
 
+    @contextlib.contextmanager
+    def _space(self):
+        """A full disk anywhere in the writer -> one error naming the dataset being written.
+
+        The store's generic hint promises a resume; a dataset is all-or-nothing, so say that.
+        """
+        try:
+            with out_of_space_guard(self.dest):
+                yield
+        except OutOfSpaceError as error:
+            raise OutOfSpaceError(error.message, where=error.where,
+                                  hint="free some space and rerun the command: nothing of this dataset was "
+                                       "written, and an existing dataset of that name is unchanged") from None
+
     def __enter__(self) -> "DatasetWriter":
-        self.tmp = self._atomic.__enter__()
-        (self.tmp / "images").mkdir()
-        self._items_fh = open(self.tmp / "items.jsonl", "w", encoding="utf-8")
-        self._inter_fh = open(self.tmp / "interactions.tsv", "w", encoding="utf-8")
-        self._inter_fh.write("user\titem\ttimestamp\n")
+        with self._space():
+            self.tmp = self._atomic.__enter__()
+            try:
+                (self.tmp / "images").mkdir()
+                self._items_fh = open(self.tmp / "items.jsonl", "w", encoding="utf-8")
+                self._inter_fh = open(self.tmp / "interactions.tsv", "w", encoding="utf-8")
+                self._inter_fh.write("user\titem\ttimestamp\n")
+            except BaseException as error:  # __exit__ will not run: remove the temporary directory here
+                self._close_files()
+                self._atomic.__exit__(type(error), error, error.__traceback__)
+                raise
         return self
 
     def __exit__(self, kind, value, tb) -> bool:
-        self._items_fh.close()
-        self._inter_fh.close()
-        if kind is None:
-            try:
+        if kind is not None:
+            self._close_files()
+            return bool(self._atomic.__exit__(kind, value, tb))
+        try:
+            with self._space():
                 self._finish()
-            except BaseException as error:
-                self._atomic.__exit__(type(error), error, error.__traceback__)
-                raise
-        return bool(self._atomic.__exit__(kind, value, tb))
+        except BaseException as error:
+            self._close_files()
+            self._atomic.__exit__(type(error), error, error.__traceback__)
+            raise
+        return bool(self._atomic.__exit__(None, None, None))
+
+    def _close_files(self) -> None:
+        """Close without flushing errors: the temporary directory is about to be removed anyway,
+        and a second ENOSPC from the flush must not hide the error that stopped the writer."""
+        for handle in (getattr(self, "_items_fh", None), getattr(self, "_inter_fh", None)):
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.close()
 
     # -- items
     def add_item(self, item_id: str, *, title: str = "", description: str = "", category: str = "",
@@ -157,6 +202,10 @@ class DatasetWriter:
             raise MMSRError("empty item id", where=where)
         if item_id in self._item_index:
             raise MMSRError(f"duplicate item id {item_id!r}", where=where, hint="item ids must be unique")
+        with self._space():
+            self._add_item(item_id, title, description, category, image, where, extra_text)
+
+    def _add_item(self, item_id, title, description, category, image, where, extra_text) -> None:
         texts = {"title": title, "description": description, "category": category, **extra_text}
         texts = {key: " ".join(str(value or "").split()) for key, value in texts.items()}
         if not any(texts.values()):
@@ -201,15 +250,22 @@ class DatasetWriter:
         user = str(user).strip()
         item_id = str(item_id).strip()
         if item_id not in self._item_index:
-            raise MMSRError(f"unknown item {item_id!r} in interactions", where=where or f"user {user!r}",
-                            hint="every interaction must name an item of the items table")
+            if self.items_path is None:
+                raise MMSRError(f"unknown item {item_id!r} in interactions", where=where or f"user {user!r}",
+                                hint="every interaction must name an item of the items table")
+            raise MMSRError(f"unknown item {item_id!r}, not listed in the items file {self.items_path}",
+                            where=where or f"user {user!r}", hint="add it there, or drop this line")
         if not user or "\t" in user or "\n" in user:
             raise MMSRError(f"bad user id {user!r}", where=where)
         if not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp):
             raise MMSRError(f"timestamp {timestamp!r} is not a finite number", where=where)
+        try:  # the hot loop of an import: a bare try costs nothing, a context manager per line would
+            self._inter_fh.write(f"{user}\t{item_id}\t{_format_time(timestamp)}\n")
+        except OSError:
+            with self._space():
+                raise
         self._users.add(user)
         self._n_inter += 1
-        self._inter_fh.write(f"{user}\t{item_id}\t{_format_time(timestamp)}\n")
 
     def _finish(self) -> None:
         if not self._item_index:
@@ -233,6 +289,8 @@ class DatasetWriter:
             "problems": self.problems,
             "content_hash": content_hash(self.tmp),
         }
+        if self.merged_users:  # only when a policy acted, so that other datasets' meta.json stays as it was
+            meta["duplicate_users"] = self.merged_users
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 

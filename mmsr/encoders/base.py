@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
+from mmsr.encoders.model_key import model_key
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -92,7 +93,7 @@ class SplitEncoder(nn.Module):
 
     def base_identity(self) -> dict:
         return {
-            "family": self.family, "model": self.spec, "modality": self.modality,
+            "family": self.family, "model": model_key(self.spec), "modality": self.modality,
             "weights_sha256": self.weights_sha256(), "num_layers": self.num_layers,
             "split_layer": self.split_layer, "top_blocks": self.top_blocks,
             "hidden_size": self.hidden_size, "output_size": self.output_size,

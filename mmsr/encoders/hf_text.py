@@ -18,6 +18,7 @@ from torch import nn
 
 from mmsr.encoders.base import SplitEncoder, torch_dtype
 from mmsr.encoders.hf_common import quiet_transformers
+from mmsr.encoders.model_key import model_key
 from mmsr.encoders.registry import register_family
 
 
@@ -105,7 +106,7 @@ class HFTextEncoder(SplitEncoder):
     def identity(self) -> dict:
         vocab = json.dumps(sorted(self.tokenizer.get_vocab().items())).encode()
         return {**self.base_identity(), "model_type": self.model.config.model_type,
-                "tokenizer": {"name": self.spec, "class": type(self.tokenizer).__name__,
+                "tokenizer": {"name": model_key(self.spec), "class": type(self.tokenizer).__name__,
                               "vocab_sha256": hashlib.sha256(vocab).hexdigest(), "max_length": self.max_text_len,
                               "padding": "max_length", "truncation": True, "empty_text": "special tokens only"}}
 

@@ -3,11 +3,17 @@
 A checkpoint holds the trainable weights (never the frozen lower layers: they come from
 the pretrained model, whose identity is recorded in the run), the optimizer, the scheduler,
 the torch RNG state, and the position (epoch, step within the epoch, global step).
+
+Reading one never runs code: `torch.load(weights_only=True)` accepts tensors and plain data
+only, so a run directory from someone else cannot execute anything on `mmsr eval` or
+`--resume`. torch writes a zip archive with a CRC-32 per member; those are checked before
+loading, so a truncated or bit-flipped file is refused by name instead of loading garbage.
 """
 
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import torch
@@ -18,6 +24,12 @@ from mmsr.errors import MMSRError
 
 def save_checkpoint(path: Path, *, model_state: dict, optimizer=None, scheduler=None, epoch: int, step: int,
                     global_step: int, best: dict | None = None, extra: dict | None = None) -> None:
+    bad = [name for name, tensor in model_state.items() if tensor.is_floating_point() and not bool(
+        torch.isfinite(tensor).all())]
+    if bad:  # never overwrite a good checkpoint with weights that cannot be used
+        raise MMSRError(f"refusing to save non-finite weights ({', '.join(bad[:3])})", where=path,
+                        hint="the run diverged; lower optim.lr or keep optim.grad_clip > 0, and resume "
+                             "from the checkpoint that is there")
     state = {
         "model": model_state,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -35,13 +47,38 @@ def save_checkpoint(path: Path, *, model_state: dict, optimizer=None, scheduler=
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path) -> dict:
-    if not Path(path).is_file():
-        raise MMSRError("checkpoint not found", where=path, hint="train first, or drop --resume")
+def load_checkpoint(path: Path, hint: str | None = None) -> dict:
+    """The checkpoint's state, weights only; MMSRError naming the file when it is missing,
+    truncated, corrupted or holds anything but tensors and plain data. `hint`: what to do then."""
+    path = Path(path)
+    if not path.is_file():
+        raise MMSRError("checkpoint not found", where=path, hint=hint or "train first, or drop --resume")
+    damage = _damage(path)
+    if damage:
+        raise MMSRError(f"damaged checkpoint: {damage}", where=path,
+                        hint=hint or "restore the file from a copy, or train again")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated file cannot happen with atomic writes, but a copied one can
-        raise MMSRError(f"cannot read checkpoint: {type(error).__name__}: {error}", where=path) from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types; the message names the cause
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise MMSRError(f"refusing to load: the checkpoint holds more than weights and plain data ({first})",
+                            where=path, hint="only load checkpoints written by mmsr; a pickled object "
+                                             "could run code") from None
+        raise MMSRError(f"cannot read checkpoint: {type(error).__name__}: {first}", where=path,
+                        hint=hint) from None
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with the archive (truncated, bad CRC), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        return f"not a complete checkpoint archive (truncated?): {error}"
+    except Exception as error:  # noqa: BLE001 - zipfile raises zlib/struct errors on garbage
+        return f"unreadable archive: {type(error).__name__}: {error}"
+    return f"checksum mismatch in {bad}" if bad else None
 
 
 def restore_rng(state: dict) -> None:

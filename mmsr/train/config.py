@@ -73,6 +73,11 @@ class TrainConfig:
     # (select with the protocol you will report).
     valid_protocol: Literal["paper", "recbole"] = "paper"
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never
+    # An unreadable picture: error (stop, naming the item) | skip (the item has no picture) |
+    # placeholder (a grey one). The same setting as `mmsr cache build`'s, and read by it from
+    # this file, so the cached and the end-to-end paths see the same pixels; a cache built under
+    # another policy is refused.
+    on_bad_image: Literal["error", "skip", "placeholder"] = "error"
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every N steps; 0 = end of epoch only
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -157,9 +162,10 @@ TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "
 
 
 def cache_section(data: dict, source: str = "config") -> dict:
-    """A training config file, reduced to what `mmsr cache build` needs (dataset, seed, encoders),
-    so that one file drives both commands. The whole file is validated as a TrainConfig first."""
+    """A training config file, reduced to what `mmsr cache build` needs (dataset, seed, encoders,
+    on_bad_image), so that one file drives both commands. The whole file is validated as a
+    TrainConfig first."""
     if not any(key in data for key in TRAIN_ONLY_KEYS):
         return data
     build(TrainConfig, data, source=source)
-    return {key: data[key] for key in ("dataset", "seed", "encoders") if key in data}
+    return {key: data[key] for key in ("dataset", "seed", "encoders", "on_bad_image") if key in data}

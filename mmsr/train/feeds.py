@@ -73,8 +73,8 @@ class RawFeed:
         for i in ids:
             picture, problem = self.dataset.load_picture(i, self.on_bad_image, self.image_size)
             if problem and self.on_bad_image == "error":
-                raise MMSRError(problem, hint="restore the file, or re-import the dataset with --on-bad-image "
-                                              "skip|placeholder")
+                raise MMSRError(problem, hint="restore the file, or train with --set on_bad_image=skip|placeholder "
+                                              "(as `mmsr cache build` does)")
             pictures.append(picture)
         return pictures
 
@@ -105,10 +105,16 @@ def open_feed(config: TrainConfig, model, dataset: Dataset, from_cache: bool,
         return IdFeed(), "ids"
     encoders = dict(model.items.encoders.items())
     if not from_cache:
-        return (RawFeed(dataset, encoders, config.encoders.text_fields, device, image_size=config.encoders.image_size),
-                "end-to-end (lower layers every step)")
+        return (RawFeed(dataset, encoders, config.encoders.text_fields, device, on_bad_image=config.on_bad_image,
+                        image_size=config.encoders.image_size), "end-to-end (lower layers every step)")
     path: Path = cache_path(dataset, config.encoders)
     cache = open_checked_cache(path, encoders, dataset, config.encoders)
+    built_with = cache.build_options.get("on_bad_image", "error")
+    if "image" in encoders and built_with != config.on_bad_image:
+        raise MMSRError(f"the cache was built with on_bad_image={built_with}, this run says "
+                        f"{config.on_bad_image}", where=path,
+                        hint=f"train with --set on_bad_image={built_with}, or rebuild the cache with "
+                             f"--set on_bad_image={config.on_bad_image} --overwrite")
     into = config.cache_into
     if into == "auto":
         into = "cuda" if device.type == "cuda" else "ram"

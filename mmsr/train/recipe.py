@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,13 +21,15 @@ from mmsr.data.dataset import load_dataset
 from mmsr.data.split import split_dataset
 from mmsr.distributed import Dist, barrier, init_from_env, pick_device
 from mmsr.errors import MMSRError
+from mmsr.locks import output_lock
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.batches import TrainBatches
 from mmsr.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed
+from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, parameter_groups, trainable_state
-from mmsr.train.step import SELECT_METRIC, LossSum, train_step, validate
+from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
 
 
 def lr_factor(config: TrainConfig, steps_per_epoch: int):
@@ -49,14 +53,29 @@ def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
 
 
 def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume: bool = False,
-          progress: ProgressFactory = no_progress, log=print) -> dict:
+          resume_from: str = "last", progress: ProgressFactory = no_progress, log=print) -> dict:
     """Train, validate and checkpoint. Returns the best validation record.
 
-    `progress(description, total, unit=...)` returns a context manager yielding `advance(n)`
-    (see `mmsr.progress`); one bar per epoch, closed when the epoch ends.
+    `resume_from`: the checkpoint `resume` continues from, "last" or "best" (when last.pt is
+    damaged; the epochs after best.pt's are trained again). `progress(description, total,
+    unit=...)` returns a context manager yielding `advance(n)` (see `mmsr.progress`); one bar
+    per epoch, closed when the epoch ends.
+
+    Faults: SIGINT/SIGTERM checkpoint the current step and raise TrainingInterrupted; a NaN or
+    infinite loss raises MMSRError before it reaches the weights or a checkpoint; a second
+    process training the same run directory is refused (`mmsr.locks`).
     """
     device = pick_device(config.device)
     dist = init_from_env(device)
+    with contextlib.ExitStack() as held:
+        if dist.main:
+            held.enter_context(output_lock(Path(run_dir), "training run"))
+        return _train(config, Path(run_dir), device, dist, held, from_cache=from_cache, resume=resume,
+                      resume_from=resume_from, progress=progress, log=log)
+
+
+def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist, held: contextlib.ExitStack, *,
+           from_cache: bool, resume: bool, resume_from: str, progress: ProgressFactory, log) -> dict:
     if device.type == "cpu":
         # Some multi-threaded CPU kernels (the scatter-adds in the backward of a gather) sum in
         # an order that depends on thread timing; without this, two 2-thread runs of the same
@@ -76,20 +95,21 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
     ddp = _wrap(model, dist, device)
 
-    run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     start_epoch, start_step, global_step, best, partial = 0, 0, 0, {}, {}
     if resume:
-        state = load_checkpoint(ckpt_dir / "last.pt")
+        state = load_checkpoint(ckpt_dir / f"{resume_from}.pt", hint=_resume_hint(resume_from, run_dir))
         _check_same_config(run_dir, config)
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state)
         start_epoch, start_step, global_step, best = state["epoch"], state["step"], state["global_step"], state["best"]
+        # A checkpoint taken after an epoch's last step but before its validation resumes into
+        # an epoch with no steps left: the loop below still validates and records it.
         partial = state["extra"]  # the interrupted epoch's running loss
-        if start_step >= steps_per_epoch:
-            start_epoch, start_step = start_epoch + 1, 0
+        if dist.main and resume_from != "last":
+            _drop_metrics_after(run_dir, start_epoch)
     elif dist.main:
         _start_run_dir(run_dir, config, {"from_cache": from_cache, "item_feed": feed_desc, "world_size": dist.world})
     barrier()
@@ -104,22 +124,37 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
                             extra=extra)
 
     bad_validations = 0
+    stops = held.enter_context(StopRequests(dist, device))  # from here on a signal stops after the step
     for epoch in range(start_epoch, config.optim.epochs):
         ddp.train()
         order = batches.order(epoch)
         first = start_step if epoch == start_epoch else 0
         running = LossSum(partial.get("loss", 0.0), partial.get("count", 0)) if first else LossSum()
         started = time.perf_counter() - (partial.get("seconds", 0.0) if first else 0.0)
+
+        def mid_epoch(step: int) -> dict:
+            return {"loss": running.loss, "count": running.targets, "seconds": time.perf_counter() - started}
+
         with progress(f"epoch {epoch + 1}/{config.optim.epochs}", steps_per_epoch - first, unit="steps") as advance:
             for step in range(first, steps_per_epoch):
                 batch = batches.batch(epoch, step, order)
-                running += train_step(ddp, batch, feed, optimizer, scheduler, dist=dist, device=device,
-                                      optim=config.optim)
+                try:
+                    running += train_step(ddp, batch, feed, optimizer, scheduler, dist=dist, device=device,
+                                          optim=config.optim)
+                except NonFiniteLoss as error:
+                    raise MMSRError(f"training diverged: loss {error.value} at epoch {epoch + 1}, step {step + 1} "
+                                    f"(global step {global_step + 1}); no checkpoint was written with it",
+                                    where=run_dir, hint=_DIVERGED_HINT) from None
                 global_step += 1
-                if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0:
-                    checkpoint(epoch, step + 1, extra={"loss": running.loss, "count": running.targets,
-                                                       "seconds": time.perf_counter() - started})
+                signum = stops.requested()
+                if signum or (config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0):
+                    checkpoint(epoch, step + 1, extra=mid_epoch(step))
                 advance(1)
+                if signum:
+                    raise TrainingInterrupted(
+                        signum, f"{signal.Signals(signum).name} at epoch {epoch + 1}, step {step + 1} of "
+                                f"{steps_per_epoch}: checkpoint saved", where=run_dir,
+                        hint=f"continue with `mmsr train --run {run_dir} --resume`")
         record = {"epoch": epoch + 1, "step": global_step, "loss": running.mean,
                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - started, 3)}
         validating = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs
@@ -144,6 +179,25 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
             break
     barrier()
     return best
+
+
+def _resume_hint(resume_from: str, run_dir: Path) -> str:
+    if resume_from == "last":
+        return (f"continue from the best checkpoint instead: `mmsr train --run {run_dir} --resume --resume-from "
+                "best` (the epochs after it are trained again)")
+    return f"no usable checkpoint is left: start again with `mmsr train --run {run_dir} --overwrite`"
+
+
+_DIVERGED_HINT = ("lower optim.lr, keep optim.grad_clip > 0, or check the data; checkpoints/last.pt and best.pt "
+                  "hold the last finite weights (resume with --resume)")
+
+
+def _drop_metrics_after(run_dir: Path, epoch: int) -> None:
+    """Resuming from an earlier checkpoint: the later epochs' records will be written again."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epoch]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _wrap(model, dist: Dist, device: torch.device):

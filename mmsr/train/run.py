@@ -28,10 +28,14 @@ from mmsr.data.dataset import Dataset, load_dataset
 from mmsr.distributed import init_from_env, pick_device
 from mmsr.data.split import Split, split_dataset
 from mmsr.errors import MMSRError
+from mmsr.locks import output_lock
 from mmsr.train.checkpoint import load_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed
 from mmsr.train.model import Recommender, build_model
+
+
+RESUME_POINTS = ("last", "best")
 
 
 @dataclass
@@ -66,33 +70,42 @@ def default_run_name(config: TrainConfig) -> str:
 
 def prepare_run(run: str | Path | None = None, config_path: str | Path | None = None,
                 overrides: list[str] | None = None, flags: dict[str, Any] | None = None, *, resume: bool = False,
-                overwrite: bool = False, log: Callable[[str], None] = print) -> PreparedRun:
+                resume_from: str = "last", overwrite: bool = False,
+                log: Callable[[str], None] = print) -> PreparedRun:
     """The directory and the config of a training run, before any training.
 
     - config: defaults <- `config_path` <- `overrides` (--set) <- `flags` (dotted keys, None = not given).
     - directory: `run` (a name under $MMSR_HOME/runs, or a path); default DATASET-KIND-SEQUENCE.
     - `resume`: continue from checkpoints/last.pt, with the run's saved config unless a file, an
-      override or a flag is given. With no checkpoint yet the run starts afresh: torchrun
-      --max-restarts passes the same --resume on the first start too.
+      override or a flag is given. With no checkpoint yet the run starts afresh in the same
+      directory: torchrun --max-restarts passes the same --resume on the first start too, and a
+      run that died before its first checkpoint must restart from a plain rerun.
     - Otherwise an existing non-empty directory is refused, or deleted (by rank 0) with `overwrite`.
     """
     config = config_lib.load(TrainConfig, config_path, overrides, flags)
     root = paths.runs_dir(run or default_run_name(config))
-    no_checkpoint = resume and not (root / "checkpoints" / "last.pt").is_file()
-    resume = resume and not no_checkpoint
+    if resume_from not in RESUME_POINTS:
+        raise MMSRError(f"--resume-from {resume_from!r}", hint=f"use one of {', '.join(RESUME_POINTS)}")
+    checkpoint = root / "checkpoints" / f"{resume_from}.pt"
     given = config_path is not None or bool(overrides) or any(v is not None for v in (flags or {}).values())
-    if resume and not given:
+    if resume and not given and (root / "config.json").is_file():
         config = run_config(root)
+    if resume and resume_from != "last" and not checkpoint.is_file():
+        raise MMSRError("checkpoint not found", where=checkpoint, hint="resume from last, or start again with "
+                                                                        "--overwrite")
+    restart = resume and not checkpoint.is_file()  # stopped before its first checkpoint
+    resume = resume and not restart
     # Joins the process group under torchrun, on the device the trainer will use.
     dist = init_from_env(pick_device(config.device))
-    if no_checkpoint and dist.main:
+    if restart and dist.main:
         log(f"no checkpoint in {root} yet: starting the run")
     if not resume and root.exists() and any(root.iterdir()):
-        if not overwrite:
+        if not overwrite and not restart:  # a restart loses nothing: there is no checkpoint
             raise MMSRError("run directory already exists", where=root,
                             hint="pass --resume to continue it, --overwrite to start again, or --run NAME")
         if dist.main:
-            shutil.rmtree(root)
+            with output_lock(root, "training run"):  # never delete a run that is being trained
+                shutil.rmtree(root)
     return PreparedRun(root, config, resume)
 
 

@@ -7,6 +7,7 @@ call these same two, so a benchmark times what training runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,14 @@ from mmsr.train.batches import Batch
 from mmsr.train.config import OptimConfig, TrainConfig
 
 SELECT_METRIC = "NDCG@10"
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A step's loss was NaN or infinite; raised before the optimizer applies it."""
+
+    def __init__(self, value: float):
+        super().__init__(f"non-finite loss {value}")
+        self.value = value
 
 
 @dataclass
@@ -61,13 +70,16 @@ def train_step(model, batch: Batch, feed, optimizer: torch.optim.Optimizer, sche
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     mark("backward")
+    value = float(loss_sum.detach())
+    if not math.isfinite(value):  # before the update: the weights in memory stay finite
+        raise NonFiniteLoss(value)
     if optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     mark("update")
-    return LossSum(float(loss_sum.detach()) * dist.world, total)
+    return LossSum(value * dist.world, total)
 
 
 def validate(model, feed, split: Split, config: TrainConfig, *, device: torch.device, dist: Dist) -> dict:

@@ -31,10 +31,11 @@ def formats() -> list[str]:
 
 def import_dataset(format: str, sources: Iterable[str | os.PathLike], *, name: str,
                    on_bad_image: str = "error", overwrite: bool = False, allow_empty_text: bool = False,
-                   progress: ProgressFactory = no_progress) -> ImportReport:
+                   duplicate_users: str = "error", progress: ProgressFactory = no_progress) -> ImportReport:
     """Read `sources` in `format` and write the canonical dataset `name` atomically.
 
     On any error nothing is left behind and an existing dataset of that name is untouched.
+    `duplicate_users` (error, merge, last) applies to formats with one line per user (mmsr-lmdb).
     """
     importer = IMPORTERS.entry(format)
     sources = [Path(source).expanduser() for source in sources]
@@ -48,11 +49,13 @@ def import_dataset(format: str, sources: Iterable[str | os.PathLike], *, name: s
         raise MMSRError("already exists", where=dest, hint="pick another name, or pass --overwrite")
     report = ImportReport(format=format, name=Path(name).name)
     writer = DatasetWriter(dest, name=report.name, source=f"{format}: " + ", ".join(str(s) for s in sources),
-                           on_bad_image=on_bad_image, overwrite=overwrite, allow_empty_text=allow_empty_text)
+                           on_bad_image=on_bad_image, overwrite=overwrite, allow_empty_text=allow_empty_text,
+                           duplicate_users=duplicate_users)
     with writer:
         importer.builder(sources, writer, report, progress)
     meta = json.loads((dest / "meta.json").read_text(encoding="utf-8"))
     report.path = dest
     report.counts = meta["counts"]
     report.problems = list(meta.get("problems", []))
+    report.duplicate_users = list(meta.get("duplicate_users", []))
     return report

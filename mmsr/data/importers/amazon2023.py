@@ -89,6 +89,7 @@ def import_amazon2023(sources: list[Path], writer: DatasetWriter, report: Import
     reviews_path, meta_path, images = _classify(sources)
     require_file(reviews_path, "reviews file")
     require_file(meta_path, "meta file")
+    writer.items_path = meta_path
     if images is None:
         report.notes.append("no images folder given: the dataset has no images")
     else:

@@ -22,13 +22,15 @@ from mmsr.progress import Advance, ProgressFactory, no_progress  # noqa: F401  (
 
 @dataclass
 class ImportReport:
-    """What an import produced: counts from meta.json, problems met, and notes for the user."""
+    """What an import produced: counts from meta.json, problems met, duplicate users merged under
+    --duplicate-users merge|last (meta.json's `duplicate_users`), and notes for the user."""
 
     format: str
     name: str
     path: Path | None = None
     counts: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    duplicate_users: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -2,16 +2,20 @@
 
     NAME_items.tsv   item_name<TAB>title           (names like v123; extra columns -> description)
     NAME_users.tsv   user<TAB>item item item ...   (space-separated, oldest first)
-    NAME.lmdb/       values: pickled __main__.LMDB_Image (channels, size=(H, W), image=raw uint8
-                     HWC bytes, id); keys: the ascii item name without its leading "v";
+    NAME.lmdb/       values: pickled LMDB_Image (channels, size=(H, W), image=raw uint8 HWC bytes,
+                     id: str or int); keys: the ascii item name without its leading "v";
                      special keys __keys__ and __len__.
 
 There are no timestamps: an interaction's timestamp is its ordinal in the users file, so line
-order (and order within a line) is time order.
+order (and order within a line) is time order. One line per user is expected; a user with
+more than one line follows the `duplicate_users` policy (error; merge: the lines joined in
+line order; last: only the last line, which is what the reference code's dict keeps).
 
-A pickle is code. The LMDB values are read by `SafeUnpickler`, which resolves exactly one
-global, `__main__.LMDB_Image`, to an inert record class, checks the attribute set, and refuses
-everything else, so an LMDB from an untrusted source cannot run anything.
+A pickle is code. The LMDB values are read by `SafeUnpickler`, which resolves one class name,
+`LMDB_Image`, to an inert record class whatever module the pickle names (build scripts define
+it in `__main__`, training code imports it from e.g. `data_utils.dataset`), checks the
+attribute set, and refuses every other global, so an LMDB from an untrusted source cannot
+run anything.
 """
 
 from __future__ import annotations
@@ -34,9 +38,18 @@ class RefusedPickle(pickle.UnpicklingError):
 
 
 class LMDBImage:
-    """Inert stand-in for the build scripts' `__main__.LMDB_Image`: four attributes, no behaviour."""
+    """Inert stand-in for the build scripts' `LMDB_Image`: four attributes, no behaviour."""
 
     __slots__ = ("channels", "size", "image", "id")
+
+    def __new__(cls, *args, **kwargs):
+        # A real LMDB_Image pickle creates the object bare and then sets its attributes; a pickle
+        # that calls the class with arguments is crafted, so refuse it rather than ignore them.
+        if args or kwargs:
+            arguments = [*map(repr, args), *(f"{key}={value!r}" for key, value in kwargs.items())]
+            raise RefusedPickle(f"refused to call LMDB_Image({', '.join(arguments)}): a pickled LMDB_Image "
+                                f"takes no arguments")
+        return super().__new__(cls)
 
     def __setstate__(self, state):
         if isinstance(state, tuple) and len(state) == 2 and state[0] is None and isinstance(state[1], dict):
@@ -54,17 +67,19 @@ class LMDBImage:
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """Resolves exactly one global, `__main__.LMDB_Image`; everything else is refused.
+    """Resolves one global, a class named `LMDB_Image` in any module; everything else is refused.
 
+    The module is never imported: the name only picks the inert `LMDBImage`, whose
+    `__setstate__` then checks the attribute set, so naming another module gains nothing.
     That covers every pickle a Python 3 script writes by default (protocol 3 and newer). The
     protocols 0-2 spell bytes and plain objects through further globals (`_codecs.encode`,
     `copyreg._reconstructor`) and are refused rather than widening the list.
     """
 
     def find_class(self, module: str, name: str):
-        if (module, name) == ("__main__", "LMDB_Image"):
+        if name == "LMDB_Image":
             return LMDBImage
-        raise RefusedPickle(f"refused to load {module}.{name}: only __main__.LMDB_Image is accepted")
+        raise RefusedPickle(f"refused to load {module}.{name}: only a class named LMDB_Image is accepted")
 
 
 def safe_loads(data: bytes):
@@ -85,6 +100,8 @@ def decode_image(record, *, where: str):
         raise ValueError(f"size is {size!r}, expected (height, width)")
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError(f"image is a {type(data).__name__}, expected raw bytes")
+    if not isinstance(record.id, (str, int)) or isinstance(record.id, bool):
+        raise ValueError(f"id is a {type(record.id).__name__}, expected a str or an int")
     height, width = size
     if len(data) != height * width * channels:
         raise ValueError(f"image has {len(data):,} bytes, size x channels = {height}x{width}x{channels} "
@@ -161,6 +178,10 @@ def import_mmsr_lmdb(sources: list[Path], writer: DatasetWriter, report: ImportR
     items_path, users_path, lmdb_path = _classify(sources)
     require_file(items_path, "items file")
     require_file(users_path, "users file")
+    writer.items_path = items_path
+    # Before the pictures are decoded (the long part), so that a duplicate user stops the import early.
+    with progress("users (scan)", size_kb(users_path)) as advance:
+        skip = _duplicate_users(users_path, writer, advance)
     env = _open_lmdb(lmdb_path) if lmdb_path is not None else None
     if env is None:
         report.notes.append("no LMDB given: the dataset has no images")
@@ -183,22 +204,59 @@ def import_mmsr_lmdb(sources: list[Path], writer: DatasetWriter, report: ImportR
                 writer.add_item(name, title=title, description=" ".join(parts[2:]), image=image, where=where)
         order = 0
         with progress("interactions", size_kb(users_path)) as advance:
-            for number, line in iter_lines(users_path, advance):
-                if not line.strip():
+            for number, user, names in _user_lines(users_path, advance):
+                if number in skip:
                     continue
-                where = f"{users_path}:{number}"
-                if "\t" not in line:
-                    raise MMSRError("no tab: expected user<TAB>item item item ...", where=where)
-                user, _, sequence = line.partition("\t")
-                names = sequence.split()
-                if not names:
-                    raise MMSRError(f"user {user.strip()!r} has no items", where=where)
                 for name in names:
-                    writer.add_interaction(user, name, order, where=where)
+                    writer.add_interaction(user, name, order, where=f"{users_path}:{number}")
                     order += 1
     finally:
         if env is not None:
             env.close()
+
+
+def _user_lines(users_path: Path, advance=None):
+    """(line number, user, item names) for every non-blank line of the users file."""
+    for number, line in iter_lines(users_path, advance):
+        if not line.strip():
+            continue
+        where = f"{users_path}:{number}"
+        if "\t" not in line:
+            raise MMSRError("no tab: expected user<TAB>item item item ...", where=where)
+        user, _, sequence = line.partition("\t")
+        names = sequence.split()
+        if not names:
+            raise MMSRError(f"user {user.strip()!r} has no items", where=where)
+        yield number, user.strip(), names
+
+
+def _duplicate_users(users_path: Path, writer: DatasetWriter, advance) -> set[int]:
+    """Apply `writer.duplicate_users` to users with more than one line; the line numbers to skip.
+
+    error: raise at the first repeat. merge: keep every line (a user's items in line order).
+    last: keep each such user's last line only, as the reference code does (it fills a dict
+    keyed by user, so a later line replaces an earlier one). Each repeat is recorded in
+    `writer.merged_users`, which lands in meta.json.
+    """
+    first: dict[str, int] = {}
+    repeated: dict[str, list[int]] = {}
+    for number, user, _ in _user_lines(users_path, advance):
+        seen = first.setdefault(user, number)
+        if seen == number:
+            continue
+        if writer.duplicate_users == "error":
+            raise MMSRError(f"user {user!r} also has line {seen}: one line per user is expected",
+                            where=f"{users_path}:{number}",
+                            hint="join the lines, or import with --duplicate-users merge to join them in line order, "
+                                 "or last to keep the last line as the reference code does")
+        repeated.setdefault(user, [seen]).append(number)
+    skip: set[int] = set()
+    for user, lines in repeated.items():
+        kept = lines if writer.duplicate_users == "merge" else lines[-1:]
+        skip.update(set(lines) - set(kept))
+        writer.merged_users.append({"file": str(users_path), "user": user, "lines": lines,
+                                    "policy": writer.duplicate_users, "kept": kept})
+    return skip
 
 
 def _check_lmdb_header(txn, lmdb_path: Path, report: ImportReport) -> None:
@@ -229,7 +287,7 @@ def _lmdb_image(txn, lmdb_path: Path, name: str, writer: DatasetWriter):
         record = safe_loads(raw)
     except RefusedPickle as error:  # never a policy matter: this value tries to load code
         raise MMSRError(f"unsafe pickle: {error}", where=where,
-                        hint="only pickles of the __main__.LMDB_Image class shape are read") from None
+                        hint="only pickles of an LMDB_Image class (channels, size, image, id) are read") from None
     except Exception as error:  # truncated or corrupt pickle
         return bad_image(writer, f"corrupt pickle for item {name!r}: {type(error).__name__}: {error}", where)
     try:

@@ -108,6 +108,7 @@ def _classify(sources: list[Path]) -> tuple[_Table, _Table, Path | None]:
 def import_pixelrec(sources: list[Path], writer: DatasetWriter, report: ImportReport,
                     progress: ProgressFactory) -> None:
     inters, items, covers = _classify(sources)
+    writer.items_path = items.path
     if covers is None:
         report.notes.append("no covers folder given: the dataset has no images")
     else:

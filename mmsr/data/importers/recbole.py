@@ -124,6 +124,7 @@ def import_recbole(sources: list[Path], writer: DatasetWriter, report: ImportRep
     inter_path, item_path = _classify(sources)
     require_file(item_path, ".item file")
     require_file(inter_path, ".inter file")
+    writer.items_path = item_path
 
     with progress("items", size_kb(item_path)) as advance:
         fields, rows = _rows(item_path, advance)

@@ -1,0 +1,208 @@
+"""Faults around training and its outputs: signals, damaged or hostile checkpoints, a loss that
+diverges, two trainers on one run, a full disk. Each fault is real (a real signal, a real
+full tmpfs, real bytes flipped on disk), and each test checks that no finished work is lost."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fault_helpers import run_on_small_disk
+from mmsr.errors import MMSRError
+from test_train import _cli, _sets, kill_and_resume
+
+pytestmark = pytest.mark.faults
+
+
+def _idsr(small_demo, epochs=2):
+    # 7 steps per epoch on the small demo at batch size 32
+    return [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", f"optim.epochs={epochs}",
+            "optim.batch_size=32", "model.dropout=0.2"]
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_the_step_and_resume_is_bit_identical(small_demo, mmsr_home, signum):
+    # No checkpoint_every_steps: the checkpoint at step 9 exists only because of the signal.
+    (a, b), last = kill_and_resume(_idsr(small_demo), 9, mmsr_home, signum=signum)
+    said = kill_and_resume.stderr
+    # The signal lands after step 9 was counted; the run stops after the step it was in (10).
+    assert f"{signal.Signals(signum).name} at epoch 2, step 3 of 7: checkpoint saved" in said
+    assert "--resume" in said
+    assert a["global_step"] == b["global_step"] == 14
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert last[0] == {**last[1], "epoch_seconds": last[0]["epoch_seconds"]}
+
+
+def _trained_run(small_demo, mmsr_home, name="r", epochs=2):
+    result = _cli(["train", "--run", name, *_sets(_idsr(small_demo, epochs))], mmsr_home)
+    assert result.returncode == 0, result.stderr
+    return mmsr_home / "runs" / name
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_damaged_last_checkpoint_is_named_and_best_takes_over(small_demo, mmsr_home, damage):
+    run = _trained_run(small_demo, mmsr_home, epochs=3)
+    last = run / "checkpoints" / "last.pt"
+    data = bytearray(last.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # one byte in the middle of a tensor's payload: torch alone would load it silently
+        data[len(data) // 2] ^= 0x40
+    last.write_bytes(bytes(data))
+
+    refused = _cli(["train", "--run", "r", "--resume"], mmsr_home)
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert str(last) in line and "damaged checkpoint" in line and "--resume-from best" in line
+    assert _sha(run / "checkpoints" / "best.pt")  # untouched, still there
+
+    best_epoch = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"]
+    resumed = _cli(["train", "--run", "r", "--resume", "--resume-from", "best"], mmsr_home)
+    assert resumed.returncode == 0, resumed.stderr
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]  # the epochs after best.pt's were trained again, recorded once
+    assert best_epoch <= 3 and torch.load(last, weights_only=True)["global_step"] == 21
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    from mmsr.train.checkpoint import load_checkpoint
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "best.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1, "extra": Payload()}, path)
+    with pytest.raises(MMSRError, match="holds more than weights") as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value)
+    assert not marker.exists()
+
+
+def test_eval_refuses_a_hostile_checkpoint(small_demo, mmsr_home):
+    run = _trained_run(small_demo, mmsr_home, epochs=1)
+    marker = mmsr_home / "ran"
+    script = (f"import os, torch\nclass P:\n    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+              f"s = torch.load('{run}/checkpoints/best.pt', weights_only=True)\ns['extra'] = P()\n"
+              f"torch.save(s, '{run}/checkpoints/best.pt')\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    for command in (["eval", "--run", "r"], ["recommend", "--run", "r", "--history", "i00001"]):
+        refused = _cli(command, mmsr_home)
+        assert refused.returncode == 2 and "holds more than weights" in refused.stderr, refused.stderr
+    assert not marker.exists()
+
+
+def test_saving_non_finite_weights_is_refused(tmp_path):
+    from mmsr.train.checkpoint import save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model_state={"w": torch.ones(3)}, epoch=1, step=0, global_step=7)
+    before = _sha(path)
+    with pytest.raises(MMSRError, match="non-finite weights"):
+        save_checkpoint(path, model_state={"w": torch.tensor([1.0, float("nan"), 2.0])}, epoch=2, step=0,
+                        global_step=14)
+    assert _sha(path) == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(small_demo, tmp_path, monkeypatch):
+    from mmsr import config as config_lib
+    from mmsr.train import recipe
+    from mmsr.train.config import TrainConfig
+
+    real_step, calls = recipe.train_step, [0]
+
+    def poisoned_step(model, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 10:  # epoch 2, step 3: one weight becomes NaN, so the loss does
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).view(-1)[0] = float("nan")
+        return real_step(model, *args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_step", poisoned_step)
+    run = tmp_path / "run"
+    config = config_lib.load(TrainConfig, None, _idsr(small_demo, epochs=3))
+    with pytest.raises(MMSRError) as error:
+        recipe.train(config, run, from_cache=False, log=lambda *_: None)
+    assert "training diverged: loss nan at epoch 2, step 3 (global step 10)" in str(error.value)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(bool(torch.isfinite(t).all()) for t in state["model"].values())
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_second_trainer_on_a_run_is_refused_naming_the_holder(small_demo, mmsr_home):
+    from mmsr.locks import output_lock
+
+    run = _trained_run(small_demo, mmsr_home, epochs=1)
+    before = _sha(run / "checkpoints" / "last.pt")
+    with output_lock(run, "training run"):  # this test process is the first trainer
+        for extra in (["--resume"], ["--overwrite"]):
+            refused = _cli(["train", "--run", "r", *extra], mmsr_home)
+            assert refused.returncode == 2, refused.stderr
+            assert f"training run is in use by pid {os.getpid()}" in refused.stderr
+    assert _sha(run / "checkpoints" / "last.pt") == before  # one intact result
+    resumed = _cli(["train", "--run", "r", "--resume"], mmsr_home)
+    assert resumed.returncode == 0, resumed.stderr  # the lock went with its holder
+
+
+def test_disk_full_during_checkpoint_keeps_the_last_one_and_resume_finishes(small_demo, mmsr_home, tmp_path):
+    probe = _trained_run(small_demo, mmsr_home, name="probe", epochs=1)
+    size = (probe / "checkpoints" / "last.pt").stat().st_size
+    runs = mmsr_home / "runs"
+    train = f"{sys.executable} -m mmsr_cli.app train --run r {' '.join(_sets(_idsr(small_demo, 2)))}"
+    out = tmp_path / "out"
+    # Room for epoch 1's best.pt and last.pt and the small files, not for epoch 2's temporary copy.
+    script = f"""
+set +e
+{train} 2> {tmp_path}/first.err; echo $? > {tmp_path}/first.rc
+ls -a "$MOUNT_AT/r/checkpoints" > {tmp_path}/after_fail.ls
+{sys.executable} -c "import torch; print(torch.load('$MOUNT_AT/r/checkpoints/last.pt', weights_only=True)['epoch'])" \
+    > {tmp_path}/kept_epoch
+mount -o remount,size={size * 8 // 1024 + 256}k "$MOUNT_AT"
+{sys.executable} -m mmsr_cli.app train --run r --resume 2> {tmp_path}/second.err; echo $? > {tmp_path}/second.rc
+mkdir -p {out} && cp -r "$MOUNT_AT/r" {out}/
+"""
+    done = run_on_small_disk(runs, (2 * size + 40_000) // 1024, script,
+                             env={"MMSR_HOME": str(mmsr_home), "MMSR_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    first = (tmp_path / "first.err").read_text().strip().splitlines()[-1]
+    assert (tmp_path / "first.rc").read_text().strip() == "2"
+    assert "no space left on device" in first and f"{runs}/r/checkpoints/" in first, first
+    assert not [n for n in (tmp_path / "after_fail.ls").read_text().split() if ".tmp-" in n]  # nothing half-written
+    assert (tmp_path / "kept_epoch").read_text().strip() == "1"  # epoch 1's checkpoint is whole
+    assert (tmp_path / "second.rc").read_text().strip() == "0", (tmp_path / "second.err").read_text()[-2000:]
+    epochs = [json.loads(line)["epoch"] for line in (out / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_failure_line_is_the_last_line_after_progress_bars(small_demo, mmsr_home, tmp_path):
+    """A command stopped mid-epoch with live bars on a terminal: nothing is drawn after its line."""
+    import re
+    import shutil
+
+    from test_train import _SIGNAL_AT_STEP
+
+    if shutil.which("script") is None:
+        pytest.skip("no `script` here to give the command a terminal")
+    program = tmp_path / "signalled.py"
+    program.write_text(_SIGNAL_AT_STEP)
+    command = " ".join([sys.executable, str(program), str(int(signal.SIGTERM)), "9", "--run", "y",
+                        *_sets(_idsr(small_demo, 2))])
+    env = {k: v for k, v in os.environ.items() if k != "MMSR_NO_PROGRESS"}
+    shown = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True,
+                           env={**env, "MMSR_HOME": str(mmsr_home), "COLUMNS": "100"}, timeout=300)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.stdout)
+    lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip()]
+    assert any(line.startswith("epoch 2/2") for line in lines), lines[-5:]  # bars were drawn
+    assert lines[-1].startswith("stopped: ") and "SIGTERM at epoch 2, step 3 of 7" in lines[-1], lines[-3:]
