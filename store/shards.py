@@ -88,14 +88,27 @@ def lock_path(cache_dir: Path, shard: Shard) -> Path:
 
 def holder(cache_dir: Path, shard: Shard) -> str:
     """Who holds `shard`'s lock, as "pid 123 on host h" (as far as its lock file says)."""
+    return describe_holder(lock_path(cache_dir, shard))
+
+
+def describe_holder(path: Path) -> str:
+    """"pid 123 on host h", from a lock file that `stamp_holder` wrote."""
     try:
-        fields = lock_path(cache_dir, shard).read_text(encoding="utf-8").split()
+        fields = Path(path).read_text(encoding="utf-8").split()
     except OSError:
         fields = []
     if not fields:  # the holder has its flock but has not written its pid yet
         return "pid unknown"
     host = f" on host {fields[1]}" if len(fields) > 1 else ""
     return f"pid {fields[0]}{host}"
+
+
+def stamp_holder(handle) -> None:
+    """Write "pid host" into the lock file this process has just locked."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+    handle.flush()
 
 
 def live_shards(cache_dir: Path) -> list[Shard]:
@@ -128,10 +141,7 @@ class ShardClaim:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(path, "a+")
         fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._handle.seek(0)
-        self._handle.truncate()
-        self._handle.write(f"{os.getpid()} {socket.gethostname()}\n")
-        self._handle.flush()
+        stamp_holder(self._handle)
 
     def release(self) -> None:
         if not self._handle.closed:

@@ -143,17 +143,19 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(small_demo, tm
 
 def test_second_trainer_on_a_run_is_refused_naming_the_holder(small_demo, mmsr_home):
     from mmsr.locks import output_lock
+    from mmsr.train.run import prepare_run
 
     run = _trained_run(small_demo, mmsr_home, epochs=1)
     before = _sha(run / "checkpoints" / "last.pt")
     with output_lock(run, "training run"):  # this test process is the first trainer
-        for extra in (["--resume"], ["--overwrite"]):
-            refused = _cli(["train", "--run", "r", *extra], mmsr_home)
-            assert refused.returncode == 2, refused.stderr
-            assert f"training run is in use by pid {os.getpid()}" in refused.stderr
+        refused = _cli(["train", "--run", "r", "--resume"], mmsr_home)  # a real second process
+        assert refused.returncode == 2, refused.stderr
+        assert f"training run is in use by pid {os.getpid()} on host" in refused.stderr
+        with pytest.raises(MMSRError, match="in use by"):  # --overwrite would delete a live run: refused too
+            prepare_run("r", None, _idsr(small_demo, 1), overwrite=True)
     assert _sha(run / "checkpoints" / "last.pt") == before  # one intact result
-    resumed = _cli(["train", "--run", "r", "--resume"], mmsr_home)
-    assert resumed.returncode == 0, resumed.stderr  # the lock went with its holder
+    with output_lock(run, "training run"):  # the lock went with its holder
+        pass
 
 
 def test_disk_full_during_checkpoint_keeps_the_last_one_and_resume_finishes(small_demo, mmsr_home, tmp_path):
@@ -206,3 +208,49 @@ def test_failure_line_is_the_last_line_after_progress_bars(small_demo, mmsr_home
     lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip()]
     assert any(line.startswith("epoch 2/2") for line in lines), lines[-5:]  # bars were drawn
     assert lines[-1].startswith("stopped: ") and "SIGTERM at epoch 2, step 3 of 7" in lines[-1], lines[-3:]
+
+
+def test_signal_to_one_torchrun_rank_stops_all_at_one_step_and_resumes_bit_identically(small_demo, mmsr_home,
+                                                                                         tmp_path):
+    from test_train import _SIGNAL_AT_STEP, TORCHRUN
+
+    overrides = _sets(_idsr(small_demo, 2))
+    launcher = TORCHRUN[:-2]  # torchrun's own options, then a script instead of `-m mmsr_cli.app`
+    program = tmp_path / "signalled.py"
+    program.write_text(_SIGNAL_AT_STEP)
+    whole = _cli(["train", "--run-dir", "whole", *overrides], mmsr_home, module=TORCHRUN)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    # Only rank 1 is signalled: rank 0 learns of it through the per-step all-reduce.
+    stopped = _cli([str(program), str(int(signal.SIGTERM)), "9", "--run-dir", "cut", *overrides], mmsr_home,
+                   env_extra={"SIGNAL_RANK": "1"}, module=launcher)
+    assert stopped.returncode != 0 and "SIGTERM at epoch 2, step 3 of 7: checkpoint saved" in stopped.stderr, \
+        stopped.stderr[-3000:]
+    resumed = _cli(["train", "--run-dir", "cut", "--resume"], mmsr_home, module=TORCHRUN)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (torch.load(mmsr_home / f"runs/{run}/checkpoints/last.pt", weights_only=True) for run in ("whole", "cut"))
+    assert a["global_step"] == b["global_step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_outputs_are_replaced_whole_or_not_at_all_on_a_full_disk(tmp_path):
+    """eval_<split>.json, config.json, metrics, checkpoints and cache markers are all written by
+    this one write-then-rename helper; on a full disk the old file stays and no temp is left."""
+    script = f"""{sys.executable} - <<'PY'
+import os
+from pathlib import Path
+from mmsr.atomic import atomic_write_text
+from mmsr_store.errors import OutOfSpaceError
+path = Path(os.environ["MOUNT_AT"]) / "eval_test.json"
+atomic_write_text(path, "old")
+try:
+    atomic_write_text(path, "x" * 200_000)
+except OutOfSpaceError as error:
+    print("error:", error)
+print("kept:", path.read_text() == "old", sorted(p.name for p in path.parent.iterdir()))
+PY"""
+    done = run_on_small_disk(tmp_path / "disk", 64, script)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.splitlines()
+    assert said[0].startswith(f"error: {tmp_path}/disk/eval_test.json: cannot write: no space left on device")
+    assert said[1] == "kept: True ['eval_test.json']"

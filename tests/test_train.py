@@ -171,7 +171,7 @@ def signalling_progress(description, total, unit="items"):
         def advance(n=1):
             draw(n)
             steps[0] += n
-            if steps[0] == at_step:
+            if steps[0] == at_step and os.environ.get("RANK", "0") == os.environ.get("SIGNAL_RANK", "0"):
                 os.kill(os.getpid(), signum)  # a real signal, delivered to the training process
         yield advance
 

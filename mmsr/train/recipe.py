@@ -151,6 +151,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                     checkpoint(epoch, step + 1, extra=mid_epoch(step))
                 advance(1)
                 if signum:
+                    barrier()  # no rank leaves (and makes torchrun stop the rest) before rank 0 has saved
                     raise TrainingInterrupted(
                         signum, f"{signal.Signals(signum).name} at epoch {epoch + 1}, step {step + 1} of "
                                 f"{steps_per_epoch}: checkpoint saved", where=run_dir,
