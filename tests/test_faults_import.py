@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from fault_helpers import MMSR, run_on_small_disk
-from mmsr import paths
+from test_importers import datasets_root, fails, picture  # the importer tests' helpers
 from mmsr.data.dataset import load_dataset
 from mmsr.data.importers import import_dataset
 from mmsr.data.importers.mmsr_lmdb import LMDBImage, safe_loads
@@ -31,29 +31,6 @@ pytestmark = pytest.mark.faults
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def datasets_root() -> Path:
-    return paths.home() / "datasets"
-
-
-def fails(fragments, format, sources, *, name="x", **options) -> MMSRError:
-    """One single-line MMSRError holding every fragment, and nothing left under the data root."""
-    before = sorted(os.listdir(datasets_root())) if datasets_root().exists() else []
-    with pytest.raises(MMSRError) as caught:
-        import_dataset(format, sources, name=name, **options)
-    message = str(caught.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    after = sorted(os.listdir(datasets_root())) if datasets_root().exists() else []
-    assert after == before, f"left behind: {set(after) - set(before)}"
-    return caught.value
-
-
-def picture(seed: int) -> np.ndarray:
-    y, x, c = np.meshgrid(np.arange(8), np.arange(6), np.arange(3), indexing="ij")
-    return np.clip(10 * seed + 12 * y + 4 * x + 50 * c, 0, 255).astype(np.uint8)
 
 
 def record_fields(image: np.ndarray, id) -> dict:
