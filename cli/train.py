@@ -36,8 +36,12 @@ def train_command(
 
     One modality (encoders.vision_model="" or encoders.text_model=""): the default
     fusion becomes pool; a two-modality fusion from the file needs
-    --set model.fusion=pool. model.kind=idsr ignores the encoders section and
-    model.fusion*, so one profile file drives a model and its IDSR baseline.
+    --set model.fusion=pool.
+
+    model.kind picks the model: mmsr (default), idsr (item IDs), and the paper's
+    baselines fdsa, vqrec and morec (configs/baselines/). Kinds other than mmsr
+    take model.fusion* as a no-op, so one profile file drives a model and its
+    baselines.
     """
     # Deferred: these pull in torch (seconds), which `mmsr --help` and `mmsr data` never need.
     from mmsr.train.recipe import train

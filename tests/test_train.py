@@ -53,14 +53,16 @@ def _fits_a_batch(overrides, steps=40, lr=0.001):
     from mmsr.data.split import split_dataset
     from mmsr.train.batches import TrainBatches
     from mmsr.train.model import build_model, parameter_groups
-    from mmsr.train.feeds import open_feed
+    from mmsr.train.feeds import open_feed, prepare_items
 
     config = _config(overrides + ["model.dropout=0.0", f"optim.lr={lr}"])
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
     torch.manual_seed(0)
-    model = build_model(config, dataset.num_items, train_counts=split.train_counts)
+    model = build_model(config, dataset.num_items, train_counts=split.train_counts,
+                        categories=dataset.item_categories())
     feed, _ = open_feed(config, model, dataset, True, torch.device("cpu"))
+    prepare_items(model, config, dataset, True, torch.device("cpu"))
     batch = TrainBatches.for_config(split, config).batch(0, 0)
     optimizer = torch.optim.AdamW(parameter_groups(model, config))
     losses = []

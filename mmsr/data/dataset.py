@@ -82,6 +82,9 @@ class Dataset:
     def item_ids(self) -> list[str]:
         return [item["id"] for item in self.items]
 
+    def item_categories(self) -> list[str]:
+        return [str(item.get("category") or "") for item in self.items]
+
     def load_picture(self, index: int, on_bad_image: BadImagePolicy = "error", size: int = 224):
         """(RGB picture or None, problem or None) for one item.
 

@@ -43,7 +43,7 @@ def recommend(run: str | Path, history: Sequence[str], k: int = 10, checkpoint: 
     seq = np.asarray([dataset.item_index[item] for item in ids], dtype=np.int64)
     items = item_matrix(loaded.model, loaded.feed, dataset.num_items, ITEM_BATCH, loaded.device)
     user = user_matrix(loaded.model, items, [seq], loaded.config.split.max_seq_len, 1, loaded.device)
-    top, scores = top_k(items.numpy(), user.numpy()[0], k=k, exclude=seq.tolist())
+    top, scores = top_k(loaded.model.score_vectors(items).numpy(), user.numpy()[0], k=k, exclude=seq.tolist())
     cold = loaded.split.cold_items
     rows = [{"item": dataset.items[i]["id"], "title": dataset.items[i].get("title", ""), "score": float(s),
              "cold": bool(cold[i])} for i, s in zip(top.tolist(), scores.tolist()) if i >= 0]

@@ -71,7 +71,7 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
     max_len = split.config.max_seq_len
     histories = [split.history(u, p, max_len) for u, p in zip(users, positions)]
     user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
-    index = ItemIndex(items.numpy(), device=search_device)
+    index = ItemIndex(model.score_vectors(items).numpy(), device=search_device)
     metrics = full_ranking_metrics(index, user_vecs.numpy(), split.items[split.offsets[users] + positions],
                                    case_histories(split.offsets, split.items, users, positions), ks=ks,
                                    mask_history=mask_history, shard=False)  # this rank's cases; sums all-reduced

@@ -18,6 +18,8 @@ States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 class ContentItemTower(nn.Module):
+    inputs = "states"  # what its feed gives it (see mmsr.train.kinds)
+
     def __init__(self, encoders: dict[str, SplitEncoder], fusion: nn.Module, dim: int):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
@@ -40,20 +42,26 @@ class ContentItemTower(nn.Module):
             tokens[modality] = encoder.upper(hidden.float(), mask)
         return self.fusion(tokens) * self.scale
 
-    def encoder_top_parameters(self) -> list[nn.Parameter]:
-        return [p for e in self.encoders.values() for m in e.upper_modules() for p in m.parameters()]
+    forward = from_states
 
 
 class IDItemTower(nn.Module):
     """IDSR: a learned vector per item id, no content."""
 
+    inputs = "ids"
+
     def __init__(self, num_items: int, dim: int):
         super().__init__()
+        self.num_items = num_items
         self.embedding = nn.Embedding(num_items, dim)
         nn.init.normal_(self.embedding.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embedding(ids)
+
+    def score_table(self) -> torch.Tensor:
+        """Every item's vector at once (the full softmax)."""
+        return self.embedding.weight
 
 
 class UserTower(nn.Module):

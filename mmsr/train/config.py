@@ -6,7 +6,7 @@ profile that finishes in minutes, `configs/paper-gpu.toml` the paper's settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Literal
 
 from mmsr.config import build
@@ -14,6 +14,7 @@ from mmsr.data.split import SplitConfig
 from mmsr.encoders.config import EncoderConfig
 from mmsr.models.fusion import FUSIONS
 from mmsr.models.sequence import SEQUENCE_MODELS
+from mmsr.train.kinds import MODEL_KINDS, TABLE_KINDS
 from mmsr.train.losses import LOSSES
 
 
@@ -25,7 +26,7 @@ class ModelConfig:
     # drives an MMSR model, its IDSR baseline and `mmsr cache build`.
     # A setting the chosen fusion / sequence model does not read (e.g. fusion_heads for "gate",
     # sequence_heads for "gru4rec") is an error when it differs from its default.
-    kind: Literal["mmsr", "idsr"] = "mmsr"
+    kind: str = "mmsr"  # a name in mmsr.train.kinds.MODEL_KINDS: mmsr, idsr, morec, fdsa, vqrec
     fusion: str = "merge-attn"  # with a single modality this default becomes "pool"
     fusion_layers: int = 1
     fusion_heads: int = 4
@@ -34,6 +35,11 @@ class ModelConfig:
     sequence_heads: int = 2
     dim: int = 768
     dropout: float = 0.1
+    # fdsa: the dataset's fields used as features besides the encoders' outputs ("category").
+    side_features: list[str] = field(default_factory=lambda: ["category"])
+    # vqrec: code indices per item (OPQ sub-vectors) and bits per code (2**bits embeddings each).
+    vq_codes: int = 32
+    vq_bits: int = 8
 
 
 @dataclass
@@ -95,12 +101,25 @@ class TrainConfig:
         reports them together with the other config errors, before anything runs."""
         problems = []
         model, modalities = self.model, self.encoders.modalities
-        parts = {"sequence": SEQUENCE_MODELS}
-        if model.kind == "mmsr":  # under idsr the fusion settings are a documented no-op
-            parts = {"fusion": FUSIONS, **parts}
-            if not modalities:
-                problems.append('model.kind=mmsr needs a text or a vision model, but encoders.text_model and '
-                                'encoders.vision_model are both ""; set one, or use --set model.kind=idsr')
+        if model.kind not in MODEL_KINDS:
+            return [f"model.kind={model.kind!r} is not a known model kind; choose one of "
+                    + ", ".join(MODEL_KINDS.names())]
+        parts = {"kind": MODEL_KINDS, "sequence": SEQUENCE_MODELS}
+        # Kinds that do not read model.fusion* (idsr, the baselines) take them as a documented
+        # no-op: one profile file drives an MMSR model and its baselines.
+        if "fusion" in MODEL_KINDS.params(model.kind):
+            parts["fusion"] = FUSIONS
+        needs = MODEL_KINDS.needs(model.kind)
+        if "content" in needs and not modalities:
+            problems.append(f'model.kind={model.kind} needs a text or a vision model, but encoders.text_model and '
+                            'encoders.vision_model are both ""; set one, or use --set model.kind=idsr')
+        if "text" in needs and "text" not in modalities:
+            problems.append(f'model.kind={model.kind} quantizes the items\' text, but encoders.text_model is ""; '
+                            "set a text model (e.g. minilm)")
+        unknown = sorted(set(model.side_features) - set(SIDE_FEATURES))
+        if unknown:
+            problems.append(f"model.side_features has {', '.join(map(repr, unknown))}; the known side features "
+                            "are " + ", ".join(SIDE_FEATURES))
         for part, registry in parts.items():
             name = getattr(model, part)
             if name not in registry:
@@ -140,21 +159,27 @@ class TrainConfig:
         if "batch" in needs and optim.batch_size < 2:
             problems.append(f"optim.loss={optim.loss!r} takes its negatives from the other users of the batch, "
                             f"but optim.batch_size={optim.batch_size}; use a larger batch, or --set optim.loss=bce")
-        if "item_table" in needs and self.model.kind != "idsr":
+        if "item_table" in needs and self.model.kind not in TABLE_KINDS:
             problems.append(f"optim.loss={optim.loss!r} scores every item at every step, which for "
-                            "model.kind=mmsr means running the whole catalogue through the item tower (encoder "
-                            "tops and fusion) at every step; use --set optim.loss=inbatch (or model.kind=idsr)")
+                            f"model.kind={self.model.kind} means running the whole catalogue through the item tower "
+                            "at every step; use --set optim.loss=inbatch (or model.kind " + " or ".join(TABLE_KINDS)
+                            + ")")
         return problems
 
 
 # model.KEY -> (the component that reads it, the registry param it feeds)
 _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "heads"),
-          "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads")}
+          "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads"),
+          "side_features": ("kind", "side_features"), "vq_codes": ("kind", "vq_codes"),
+          "vq_bits": ("kind", "vq_bits")}
+# Dataset fields FDSA can take as features (model.side_features).
+SIDE_FEATURES = ("category",)
 _MODALITY_KEYS = {"text": "encoders.text_model", "image": "encoders.vision_model"}
 
 
 def _default(cls: type, name: str):
-    return next(f.default for f in fields(cls) if f.name == name)
+    found = next(f for f in fields(cls) if f.name == name)
+    return found.default_factory() if found.default is MISSING else found.default
 
 
 TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "valid_protocol", "early_stop_patience",

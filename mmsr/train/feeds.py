@@ -97,13 +97,34 @@ class RawFeed:
         return out
 
 
+class WithIds:
+    """For towers that read both (FDSA): {"ids": ids, "states": the content feed's states}."""
+
+    def __init__(self, states: "ItemFeed | None"):
+        self.states = states
+
+    def __call__(self, ids: torch.Tensor) -> dict:
+        return {"ids": ids, "states": self.states(ids) if self.states is not None else {}}
+
+
 def open_feed(config: TrainConfig, model, dataset: Dataset, from_cache: bool,
               device: torch.device) -> tuple[ItemFeed, str]:
-    """The model's item feed and a description of it: ids, the zarr cache (checked against this
-    model's fingerprints, loaded in bulk into `config.cache_into`) or raw inputs."""
-    if not model.content:
+    """The model's item feed and a description of it, by what its item tower reads
+    (`model.item_inputs`): ids, the zarr cache (checked against this model's fingerprints,
+    loaded in bulk into `config.cache_into`), raw inputs, or ids with either."""
+    if model.item_inputs == "ids":
         return IdFeed(), "ids"
-    encoders = dict(model.items.encoders.items())
+    encoders = model.encoders
+    states, description = (open_states_feed(config, encoders, dataset, from_cache, device) if encoders
+                           else (None, "no content"))
+    if model.item_inputs == "ids+states":
+        return WithIds(states), f"ids and {description}"
+    return states, description
+
+
+def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from_cache: bool,
+                     device: torch.device) -> tuple[ItemFeed, str]:
+    """The lower-layer states of `encoders`: from the cache, or computed from raw inputs."""
     if not from_cache:
         return (RawFeed(dataset, encoders, config.encoders.text_fields, device, on_bad_image=config.on_bad_image,
                         image_size=config.encoders.image_size), "end-to-end (lower layers every step)")
@@ -120,3 +141,30 @@ def open_feed(config: TrainConfig, model, dataset: Dataset, from_cache: bool,
         into = "cuda" if device.type == "cuda" else "ram"
     states = {m: cache.load(m, into=into) for m in encoders}
     return CacheFeed(states, device), f"cache {path} ({into})"
+
+
+@torch.no_grad()
+def pooled_features(config: TrainConfig, modality: str, dataset: Dataset, from_cache: bool,
+                    device: torch.device) -> torch.Tensor:
+    """[items, D] the masked-mean pooled output of the config's `modality` encoder, run whole
+    and frozen: what a model that takes its content as given features reads once (VQRec)."""
+    from mmsr.encoders import create_encoders  # deferred: only the baselines that quantize content need it
+    from mmsr.models.layers import masked_mean
+
+    encoder = create_encoders(config.encoders)[modality].to(device).eval()
+    feed, _ = open_states_feed(config, {modality: encoder}, dataset, from_cache, device)
+    out = []
+    for start in range(0, dataset.num_items, config.eval_batch_size):
+        ids = torch.arange(start, min(dataset.num_items, start + config.eval_batch_size), device=device)
+        hidden, mask = feed(ids)[modality]
+        tokens, token_mask = encoder.upper(hidden.float(), mask)
+        out.append(masked_mean(tokens, token_mask).float().cpu())
+    return torch.cat(out)
+
+
+def prepare_items(model, config: TrainConfig, dataset: Dataset, from_cache: bool, device: torch.device) -> None:
+    """What an item tower fixes once before training from its frozen content (VQRec's codes);
+    nothing for the others. `--resume` and `mmsr eval` restore it with the weights instead."""
+    modality = getattr(model.items, "needs_features", None)
+    if modality:
+        model.items.prepare(pooled_features(config, modality, dataset, from_cache, device))

@@ -177,8 +177,9 @@ class FullSoftmax(nn.Module):
 
         sum over positions of  -log( exp(u·t) / sum over all items i of exp(u·i) )
 
-    ID models only: it scores the whole embedding table at each step. A content model would
-    have to run every item through its item tower at every step, so the config refuses it.
+    Only for model kinds whose scored item vectors are a table (`mmsr.train.kinds.TABLE_KINDS`:
+    IDs, FDSA's ID half, VQRec's codes): it scores the whole table at each step. A content model
+    would have to run every item through its item tower at every step, so the config refuses it.
     """
 
     def __init__(self, **_):
@@ -201,7 +202,7 @@ LOSSES.register("inbatch-logq", needs=("batch", "popularity"),
 LOSSES.register("mixed", params=("mixed_negatives",), needs=("batch",),
                 help="in-batch softmax plus uniformly drawn items (Yang et al. 2020)")(Mixed)
 LOSSES.register("softmax", needs=("item_table",),
-                help="full softmax cross-entropy over every item (RecBole's CE); ID models only")(FullSoftmax)
+                help="full softmax cross-entropy over every item (RecBole's CE); table kinds only")(FullSoftmax)
 
 
 def global_candidates(ids: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

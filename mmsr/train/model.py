@@ -1,6 +1,7 @@
 """Build the recommender from a config; what trains and what is saved.
 
-    Recommender = item tower (content or ID) + user tower (sequence model), scored by inner product.
+    Recommender = item tower + user tower, scored by inner product; `model.kind` picks the
+    towers (`mmsr.train.kinds`: MMSR, IDSR and the paper's baselines).
 
 The model never reads files: a feed (`mmsr.train.feeds`) turns item ids into the item
 tower's inputs (cached states, states computed from raw inputs, or the ids themselves)
@@ -13,30 +14,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmsr.encoders import create_encoders
 from mmsr.errors import MMSRError
-from mmsr.models.fusion import create_fusion
-from mmsr.models.sequence import create_sequence_model
-from mmsr.models.towers import ContentItemTower, IDItemTower, UserTower
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
+from mmsr.train.kinds import KindInputs, build_towers, item_inputs, score_vectors
 from mmsr.train.losses import LossInputs, create_loss
 
 
 class Recommender(nn.Module):
-    def __init__(self, items: nn.Module, user: UserTower, loss: str = "bce", train_counts: np.ndarray | None = None):
+    def __init__(self, items: nn.Module, user: nn.Module, loss: str = "bce", train_counts: np.ndarray | None = None):
         super().__init__()
         self.items = items
         self.user = user
         self.loss = create_loss(loss, train_counts=train_counts)
 
     @property
-    def content(self) -> bool:
-        return isinstance(self.items, ContentItemTower)
+    def item_inputs(self) -> str:
+        """What the item feed must give the item tower: "ids", "states" or "ids+states"."""
+        return item_inputs(self.items)
+
+    @property
+    def encoders(self) -> dict:
+        """The split encoders the item tower reads states for (none for ID-only towers)."""
+        return dict(getattr(self.items, "encoders", {}) or {})
 
     def encode_items(self, inputs) -> torch.Tensor:
-        """A feed's output for some items -> their vectors."""
-        return self.items.from_states(inputs) if self.content else self.items(inputs)
+        """A feed's output for some items -> their vectors (what the user tower reads)."""
+        return self.items(inputs)
+
+    def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Item vectors -> what a user vector is scored against (FDSA: the ID half)."""
+        return score_vectors(self.items, vectors)
 
     def item_vectors(self, ids: torch.Tensor, feed) -> torch.Tensor:
         return self.encode_items(feed(ids))
@@ -45,11 +53,13 @@ class Recommender(nn.Module):
         return self.user(item_vectors * mask.unsqueeze(-1), mask)
 
     def all_item_vectors(self) -> torch.Tensor:
-        """Every item's vector, for the full softmax: the ID table itself."""
-        if self.content:
+        """Every item's scored vector, for the full softmax: only towers whose scored part is a
+        table (`score_table`) can afford it at every step."""
+        table = getattr(self.items, "score_table", None)
+        if table is None:
             raise MMSRError("the full softmax would run every item through the item tower at every step",
                             hint="use --set optim.loss=inbatch")
-        return self.items.embedding.weight
+        return table()
 
     def forward(self, batch: Batch, ids: torch.Tensor, rows: torch.Tensor, item_inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (summed loss, number of target positions) for this process's rows.
@@ -61,47 +71,38 @@ class Recommender(nn.Module):
         (`mmsr.train.losses`).
         """
         vectors = self.encode_items(item_inputs)
+        scored = self.score_vectors(vectors)
         inputs_row, targets_row, negatives_row = rows
         in_mask = batch.inputs != PAD
         users = self.user_vectors(vectors[inputs_row] * in_mask.unsqueeze(-1), in_mask)
         mask = batch.mask
         loss = self.loss(LossInputs(users=users[mask], targets=batch.targets[mask],
-                                    target_vectors=vectors[targets_row[mask]],
-                                    negative_vectors=vectors[negatives_row[mask]], item_ids=ids,
-                                    item_vectors=vectors, all_items=self.all_item_vectors))
+                                    target_vectors=scored[targets_row[mask]],
+                                    negative_vectors=scored[negatives_row[mask]], item_ids=ids,
+                                    item_vectors=scored, all_items=self.all_item_vectors))
         return loss, mask.sum()
 
 
 def build_model(config: TrainConfig, num_items: int, encoders: dict | None = None, *,
-                train_counts: np.ndarray | None = None) -> Recommender:
-    """`train_counts` (the training split's item counts) is what a loss that needs item
+                train_counts: np.ndarray | None = None, categories: list[str] | None = None) -> Recommender:
+    """The `model.kind`'s towers (`mmsr.train.kinds`) with the config's loss.
+
+    `train_counts` (the training split's item counts) is what a loss that needs item
     popularity (`inbatch-logq`) reads; training passes it, rebuilding a model to evaluate
-    need not."""
-    m = config.model
-    if m.kind == "idsr":
-        items: nn.Module = IDItemTower(num_items, m.dim)
-    else:
-        encoders = create_encoders(config.encoders) if encoders is None else encoders
-        if not encoders:
-            raise MMSRError("model.kind=mmsr needs at least one of encoders.text_model / encoders.vision_model",
-                            hint="or use model.kind=idsr")
-        # m.fusion is already "pool" for one modality: TrainConfig resolves the default.
-        fusion = create_fusion(m.fusion, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
-                               layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout)
-        items = ContentItemTower(encoders, fusion, m.dim)
-    sequence = create_sequence_model(m.sequence, dim=m.dim, max_len=config.split.max_seq_len, layers=m.sequence_layers,
-                                     heads=m.sequence_heads, dropout=m.dropout)
-    return Recommender(items, UserTower(sequence), loss=config.optim.loss, train_counts=train_counts)
+    need not. `categories` (`Dataset.item_categories()`) feed FDSA's category feature.
+    """
+    items, user = build_towers(config, KindInputs(num_items, encoders, categories))
+    return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts)
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:
-    """State-dict keys of the frozen lower layers: never saved, they come from the pretrained weights."""
-    if not model.content:
-        return set()
-    lower = {id(module) for e in model.items.encoders.values() for module in e.lower_modules()}
+    """State-dict keys of the encoders' frozen modules (the lower layers; for FDSA, whose
+    features are given, every encoder module): never saved, they come from the pretrained weights."""
+    frozen = {id(module) for e in model.encoders.values() for module in e.lower_modules() + e.upper_modules()
+              if not any(p.requires_grad for p in module.parameters())}
     keys = set()
     for prefix, module in model.named_modules():
-        if id(module) in lower:
+        if id(module) in frozen:
             keys.update(f"{prefix}.{key}" for key in module.state_dict())
     return keys
 
@@ -112,7 +113,7 @@ def trainable_state(model: Recommender) -> dict[str, torch.Tensor]:
 
 
 def parameter_groups(model: Recommender, config: TrainConfig) -> list[dict]:
-    tops = set(id(p) for p in model.items.encoder_top_parameters()) if model.content else set()
+    tops = {id(p) for e in model.encoders.values() for m in e.upper_modules() for p in m.parameters()}
     top_params = [p for p in model.parameters() if p.requires_grad and id(p) in tops]
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in tops]
     groups = [{"name": "downstream", "params": rest, "lr": config.optim.lr, "weight_decay": config.optim.weight_decay}]

@@ -26,7 +26,7 @@ from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.batches import TrainBatches
 from mmsr.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from mmsr.train.config import TrainConfig
-from mmsr.train.feeds import open_feed
+from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, parameter_groups, trainable_state
 from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
@@ -86,8 +86,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     np.random.seed(config.seed)
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
-    model = build_model(config, dataset.num_items, train_counts=split.train_counts).to(device)
+    model = build_model(config, dataset.num_items, train_counts=split.train_counts,
+                        categories=dataset.item_categories()).to(device)
     feed, feed_desc = open_feed(config, model, dataset, from_cache, device)
+    prepare_items(model, config, dataset, from_cache, device)
     torch.manual_seed(config.seed)  # the same initial RNG whatever building the encoders consumed
 
     batches = TrainBatches.for_config(split, config)

@@ -120,7 +120,7 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     dev = pick_device(device)
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
-    model = build_model(config, dataset.num_items).to(dev)
+    model = build_model(config, dataset.num_items, categories=dataset.item_categories()).to(dev)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if unexpected:
         raise MMSRError(f"checkpoint has weights this model does not: {unexpected[:3]}", where=ckpt_path)

@@ -1,0 +1,115 @@
+"""The paper's Table V on the demo data: MMSR against its baselines, one trainer, one evaluation.
+
+    .venv/bin/python bench/table5.py [--rows idsr-sasrec,fdsa,...] [--home DIR] [--set k=v ...]
+
+Rows (each a config file; everything but the model is configs/demo-cpu.toml's):
+  IDSR (SASRec, GRU4Rec, NextItNet)  configs/baselines/idsr.toml [--set model.sequence=...]
+  FDSA                               configs/baselines/fdsa.toml
+  VQRec                              configs/baselines/vqrec.toml
+  MoRec++                            configs/baselines/morec.toml
+  MMSR                               configs/demo-cpu.toml
+Each is trained from the one shared cache and evaluated on test, cold and new under the paper's
+protocol (history masked); the checkpoint is the trainer's choice on validation. Every step is
+an `mmsr` command in a subprocess. Not a test: prints one JSON object on its last line, and a
+markdown table on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from movielens import MMSR, read_metrics, sh  # noqa: E402  (bench/, next to this file)
+
+ROWS = {
+    "idsr-sasrec": ("IDSR (SASRec)", "configs/baselines/idsr.toml", []),
+    "idsr-gru4rec": ("IDSR (GRU4Rec)", "configs/baselines/idsr.toml", ["model.sequence=gru4rec"]),
+    "idsr-nextitnet": ("IDSR (NextItNet)", "configs/baselines/idsr.toml", ["model.sequence=nextitnet"]),
+    "fdsa": ("FDSA", "configs/baselines/fdsa.toml", []),
+    "vqrec": ("VQRec", "configs/baselines/vqrec.toml", []),
+    "morec": ("MoRec++", "configs/baselines/morec.toml", []),
+    "mmsr": ("MMSR", "configs/demo-cpu.toml", []),
+}
+SPLITS = ("test", "cold", "new")
+
+
+def run_row(name: str, sets: list[str], env: dict, home: Path, log) -> dict:
+    label, config, row_sets = ROWS[name]
+    overrides = row_sets + list(sets)
+    set_args = [a for s in overrides for a in ("--set", s)]
+    out: dict = {"row": label, "config": config, "overrides": overrides}
+    run = f"table5-{name}"
+    try:
+        wall, cpu, _ = sh(MMSR + ["train", "--config", config, "--run", run, "--overwrite", "--from-cache"]
+                          + set_args, env, log)
+    except RuntimeError as error:
+        return {**out, "error": str(error).splitlines()[-1]}
+    records = read_metrics(home / "runs" / run)
+    best = max((r for r in records if "valid" in r), key=lambda r: (r["valid"]["NDCG@10"], -r["epoch"]))
+    out.update({"epochs_run": len(records), "best_epoch": best["epoch"], "train_wall_s": round(wall, 1),
+                "train_cpu_s": round(cpu, 1)})
+    for split in SPLITS:
+        _, _, stdout = sh(MMSR + ["eval", "--run", run, "--json", "--split", split, "--k", "10,20"], env, log)
+        result = json.loads(stdout.strip().splitlines()[-1])
+        out[split] = {**{k: round(v, 4) for k, v in result["metrics"].items()}, "cases": result["users"]}
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | test HR@10 | test NDCG@10 | cold HR@10 | cold NDCG@10 | new HR@10 | new NDCG@10 | "
+             "best epoch / run | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['row']} | {r['error']} |||||||")
+            continue
+        cells = [f"{r[s]['HR@10']:.4f} | {r[s]['NDCG@10']:.4f}" for s in SPLITS]
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r['best_epoch']} / {r['epochs_run']} | "
+                     f"{r['train_wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ROWS))
+    parser.add_argument("--home", help="MMSR_HOME to use (default: a temporary directory)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra override for every row")
+    args = parser.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    home = Path(args.home or tempfile.mkdtemp(prefix="mmsr-table5-"))
+    env = {**os.environ, "MMSR_HOME": str(home), "MMSR_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    if not (home / "datasets" / "demo").is_dir():
+        sh(MMSR + ["data", "demo", "--name", "demo"], env, log)
+    sh(MMSR + ["cache", "build", "--config", "configs/demo-cpu.toml"], env, log)  # one cache for every row
+    results = []
+    for name in rows:
+        results.append(run_row(name, args.sets, env, home, log))
+        log(json.dumps(results[-1]))
+    log("\n" + table(results))
+    print(json.dumps({"bench": "table5", "dataset": "demo", "protocol": "paper (history masked)", "cpu": cpu_model(),
+                      "home": str(home), "rows": results}))
+
+
+if __name__ == "__main__":
+    main()

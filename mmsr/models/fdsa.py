@@ -1,0 +1,117 @@
+"""FDSA: Feature-level Deeper Self-Attention (Zhang et al., "Feature-level Deeper Self-Attention
+Network for Sequential Recommendation", IJCAI 2019), the seed's "ID + side features" baseline.
+
+    item i  -> [ ID embedding e_i | feature vector f_i ]            (FDSAItemTower)
+    f_i     =  vanilla attention over the item's features, each projected to D
+    users   =  W [ SASRec(e_1..e_t) | SASRec(f_1..f_t) ]            (FDSAUserTower)
+    score   =  user · e_i                                           (the ID half only)
+
+The features are the item's content, the same MMSR sees: each encoder's output (its frozen
+lower layers from the cache, then its top blocks, *frozen* here: FDSA takes features as given),
+masked-mean pooled; and, as RecBole's FDSA does with its token fields, the dataset's
+`category` string as a bag of tokens.
+
+Departures from the paper: the features are dense pretrained vectors rather than categorical
+attributes only (the seed's multi-modal setting, §4.3); the two streams share the sequence
+model family (SASRec blocks, learned positions) and the config's layers and heads.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from mmsr.models.layers import masked_mean
+
+States = dict[str, tuple[torch.Tensor, torch.Tensor]]
+_TOKEN_SPLIT = re.compile(r"[|,;>]+|\s+")
+
+
+def category_tokens(categories: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """Per item, the ids of its category tokens ([items, T] padded with 0) and the vocabulary
+    (index 0 is padding). Tokens are split on whitespace and | , ; > and lower-cased."""
+    vocab: dict[str, int] = {}
+    rows = []
+    for text in categories:
+        tokens = [t for t in _TOKEN_SPLIT.split(str(text or "").lower()) if t]
+        rows.append([vocab.setdefault(t, len(vocab) + 1) for t in tokens])
+    width = max([1] + [len(r) for r in rows])
+    table = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        table[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return table, ["<pad>", *vocab]
+
+
+class FDSAItemTower(nn.Module):
+    """Item ids and content states -> [ID embedding | attention-pooled feature vector], 2D wide.
+
+    `encoders`: the split encoders whose outputs are features (frozen here); `category`: the
+    [items, T] token table of `category_tokens`, or None. Needs the ids and the states: its
+    feed is `inputs = "ids+states"`."""
+
+    inputs = "ids+states"
+
+    def __init__(self, num_items: int, dim: int, encoders: dict, category: torch.Tensor | None,
+                 vocabulary_size: int = 0):
+        super().__init__()
+        self.dim = dim
+        self.embedding = nn.Embedding(num_items, dim)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.encoders = nn.ModuleDict(encoders)
+        for parameter in self.encoders.parameters():  # FDSA's features are given, not learned
+            parameter.requires_grad_(False)
+        self.project = nn.ModuleDict({m: nn.Linear(e.output_size, dim) for m, e in encoders.items()})
+        if category is not None:
+            # The token table is the dataset's: rebuilt from it, so not saved with the weights.
+            self.register_buffer("category", category, persistent=False)
+            self.category_embedding = nn.EmbeddingBag(vocabulary_size, dim, mode="mean", padding_idx=0)
+        else:
+            self.category = None
+        self.attention = nn.Linear(dim, 1)  # vanilla attention over the features
+        self.scale = dim ** -0.5  # feature vectors at the scale of the ID table (see ContentItemTower)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    def features(self, ids: torch.Tensor, states: States) -> torch.Tensor:
+        columns = []
+        for modality, encoder in self.encoders.items():
+            hidden, mask = states[modality]
+            with torch.no_grad():
+                tokens, token_mask = encoder.upper(hidden.float(), mask)
+            columns.append(self.project[modality](masked_mean(tokens, token_mask)))
+        if self.category is not None:
+            columns.append(self.category_embedding(self.category[ids]))
+        stacked = torch.stack(columns, dim=1)  # [N, F, D]
+        weights = torch.softmax(self.attention(torch.tanh(stacked)), dim=1)
+        return (weights * stacked).sum(1) * self.scale
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        ids = inputs["ids"]
+        return torch.cat([self.embedding(ids), self.features(ids, inputs["states"])], dim=-1)
+
+    def score_part(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors[..., : self.dim]
+
+    def score_table(self) -> torch.Tensor:
+        """Every item's scored vector at once: the ID table (the full softmax, RecBole's FDSA loss)."""
+        return self.embedding.weight
+
+
+class FDSAUserTower(nn.Module):
+    """Two sequence models, one over the ID half and one over the feature half, concatenated and
+    projected back to D."""
+
+    def __init__(self, id_stream: nn.Module, feature_stream: nn.Module, dim: int):
+        super().__init__()
+        self.id_stream = id_stream
+        self.feature_stream = feature_stream
+        self.merge = nn.Linear(2 * dim, dim)
+        self.dim = dim
+
+    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ids, features = item_vectors[..., : self.dim], item_vectors[..., self.dim:]
+        return self.merge(torch.cat([self.id_stream(ids, mask), self.feature_stream(features, mask)], dim=-1))

@@ -1,0 +1,142 @@
+"""Model kinds, chosen by `model.kind`: what an item is, and how the user tower reads it.
+
+| kind    | item                                                   | user tower               | score |
+| ------- | ------------------------------------------------------ | ------------------------ | ----- |
+| `mmsr`  | its content: encoder tops, then `model.fusion`         | `model.sequence`         | u · v |
+| `idsr`  | a learned ID vector (the paper's pure ID baselines)     | `model.sequence`         | u · v |
+| `morec` | MoRec++: each encoder's pooled output projected, summed | `model.sequence`         | u · v |
+| `fdsa`  | [ID vector, attention-pooled content and category]     | two sequence models      | u · ID |
+| `vqrec` | the sum of its frozen text's OPQ code embeddings       | `model.sequence`         | u · v |
+
+Every kind trains with the same data, losses, optimizer groups, checkpoints and evaluation,
+so that a difference between two rows of a table comes from the model alone. A builder
+returns (item tower, user tower); an item tower says what its feed must give it in
+`inputs`: "ids", "states" (the encoders' lower-layer states, cached or computed) or
+"ids+states".
+
+`morec` is a preset, not a model of its own: MMSR with the `sum` fusion (one linear
+projection per modality of its masked-mean pooled output, summed; `pool` with one modality),
+which is MoRec's item tower made multi-modal as seed §4.3 describes. It differs from MoRec in
+pooling by masked mean where MoRec takes [CLS]; the top blocks are fine-tuned as in MMSR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from mmsr.encoders import create_encoders
+from mmsr.errors import MMSRError
+from mmsr.models.fdsa import FDSAItemTower, FDSAUserTower, category_tokens
+from mmsr.models.fusion import create_fusion
+from mmsr.models.sequence import create_sequence_model
+from mmsr.models.towers import ContentItemTower, IDItemTower, UserTower
+from mmsr.models.vqrec import VQRecItemTower
+from mmsr.registry import Registry
+
+if TYPE_CHECKING:
+    from mmsr.train.config import TrainConfig
+
+# params: the model.* knobs a kind reads beyond the sequence model's (the config refuses the
+# others when set); needs: "content" (at least one encoder) or "text".
+MODEL_KINDS: Registry = Registry("model kind")
+# Kinds whose scored item vectors are a table lookup (their towers' `score_table`), so the full
+# softmax (`optim.loss = "softmax"`) can score every item at every step.
+TABLE_KINDS = ("idsr", "fdsa", "vqrec")
+
+
+@dataclass
+class KindInputs:
+    """What a builder may read besides the config."""
+
+    num_items: int
+    encoders: dict | None = None  # built already (tests); None: from config.encoders
+    categories: list[str] | None = None  # each item's category text (fdsa's category feature)
+
+    def encoders_for(self, config: "TrainConfig") -> dict:
+        return create_encoders(config.encoders) if self.encoders is None else self.encoders
+
+
+def _sequence(config: "TrainConfig") -> nn.Module:
+    m = config.model
+    return create_sequence_model(m.sequence, dim=m.dim, max_len=config.split.max_seq_len, layers=m.sequence_layers,
+                                 heads=m.sequence_heads, dropout=m.dropout)
+
+
+def _content_tower(config: "TrainConfig", encoders: dict, fusion: str) -> ContentItemTower:
+    m = config.model
+    if not encoders:
+        raise MMSRError(f"model.kind={m.kind} needs at least one of encoders.text_model / encoders.vision_model",
+                        hint="or use model.kind=idsr")
+    module = create_fusion(fusion, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
+                           layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout)
+    return ContentItemTower(encoders, module, m.dim)
+
+
+@MODEL_KINDS.register("mmsr", params=("fusion",), needs=("content",),
+                      help="MMSR: items are their text and picture (encoder tops + fusion)")
+def _mmsr(config: "TrainConfig", inputs: KindInputs):
+    # model.fusion is already "pool" for one modality: TrainConfig resolves the default.
+    return _content_tower(config, inputs.encoders_for(config), config.model.fusion), UserTower(_sequence(config))
+
+
+@MODEL_KINDS.register("idsr", help="ID-based sequential recommender: a learned vector per item")
+def _idsr(config: "TrainConfig", inputs: KindInputs):
+    return IDItemTower(inputs.num_items, config.model.dim), UserTower(_sequence(config))
+
+
+@MODEL_KINDS.register("morec", needs=("content",),
+                      help="MoRec++ (Yuan et al. 2023): pooled encoder outputs projected and summed (mmsr + sum)")
+def _morec(config: "TrainConfig", inputs: KindInputs):
+    encoders = inputs.encoders_for(config)
+    return _content_tower(config, encoders, "sum" if len(encoders) > 1 else "pool"), UserTower(_sequence(config))
+
+
+@MODEL_KINDS.register("fdsa", params=("side_features",),
+                      help="FDSA (Zhang et al. 2019): an ID stream and a feature stream of self-attention")
+def _fdsa(config: "TrainConfig", inputs: KindInputs):
+    m = config.model
+    category, vocabulary = None, []
+    if "category" in m.side_features:
+        if inputs.categories is None:
+            raise MMSRError("fdsa's category feature needs the dataset's items",
+                            hint="build the model with build_model(..., categories=dataset.item_categories())")
+        category, vocabulary = category_tokens(inputs.categories)
+        if len(vocabulary) == 1:
+            raise MMSRError("model.side_features asks for 'category', but no item of this dataset has one",
+                            hint="remove it: --set 'model.side_features=[]'")
+    encoders = inputs.encoders_for(config)
+    if not encoders and category is None:
+        raise MMSRError("fdsa has no feature: no encoder and no side feature",
+                        hint="set encoders.text_model / encoders.vision_model, or model.side_features=['category']")
+    items = FDSAItemTower(inputs.num_items, m.dim, encoders, category, len(vocabulary))
+    return items, FDSAUserTower(_sequence(config), _sequence(config), m.dim)
+
+
+@MODEL_KINDS.register("vqrec", params=("vq_codes", "vq_bits"), needs=("text",),
+                      help="VQRec (Hou et al. 2023): items as OPQ codes of their frozen text")
+def _vqrec(config: "TrainConfig", inputs: KindInputs):
+    m = config.model
+    return VQRecItemTower(inputs.num_items, m.dim, m.vq_codes, m.vq_bits), UserTower(_sequence(config))
+
+
+def build_towers(config: "TrainConfig", inputs: KindInputs) -> tuple[nn.Module, nn.Module]:
+    return MODEL_KINDS.create(config.model.kind, config=config, inputs=inputs)
+
+
+def kind_names() -> list[str]:
+    return MODEL_KINDS.names()
+
+
+def item_inputs(items: nn.Module) -> str:
+    """What the item tower's feed must give it: "ids", "states" or "ids+states"."""
+    return items.inputs
+
+
+def score_vectors(items: nn.Module, vectors: torch.Tensor) -> torch.Tensor:
+    """The part of the item vectors that is scored against user vectors (all of it, but for FDSA)."""
+    part = getattr(items, "score_part", None)
+    return part(vectors) if part is not None else vectors

@@ -1,0 +1,145 @@
+"""The paper's baselines as model kinds (mmsr.train.kinds): each learns through the shared
+trainer, each scores what its paper scores, and each refuses what it cannot do."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmsr.errors import MMSRError
+from mmsr.train.kinds import kind_names
+from test_train import _cli, _config, _fits_a_batch, _sets, _train, assert_two_processes_train_as_one, \
+    built_cache, kill_and_resume  # noqa: F401  (built_cache is a fixture)
+
+# The tiny text encoder is 32 wide: 8 codes of 4 dimensions each.
+KIND_SETTINGS = {"vqrec": ["model.vq_codes=8"]}
+
+
+@pytest.mark.parametrize("kind", kind_names())
+def test_every_model_kind_learns(built_cache, kind):
+    losses = _fits_a_batch(built_cache + [f"model.kind={kind}", "model.fusion=gate", *KIND_SETTINGS.get(kind, [])])
+    assert losses[-1] < 0.95 * losses[0], losses
+
+
+def _model(overrides, dataset_root):
+    from mmsr.data.dataset import load_dataset
+    from mmsr.train.feeds import open_feed, prepare_items
+    from mmsr.train.model import build_model
+
+    config = _config(overrides)
+    dataset = load_dataset(dataset_root)
+    torch.manual_seed(0)
+    model = build_model(config, dataset.num_items, categories=dataset.item_categories()).eval()
+    feed, description = open_feed(config, model, dataset, True, torch.device("cpu"))
+    prepare_items(model, config, dataset, True, torch.device("cpu"))
+    return model, feed, description, dataset
+
+
+def test_fdsa_reads_ids_and_content_and_scores_against_the_id_half(built_cache, small_demo):
+    model, feed, description, dataset = _model(built_cache + ["model.kind=fdsa"], small_demo)
+    assert description.startswith("ids and cache")
+    ids = torch.tensor([0, 5, 7])
+    vectors = model.item_vectors(ids, feed)
+    assert vectors.shape == (3, 64)  # [ID | features]
+    torch.testing.assert_close(model.score_vectors(vectors), model.items.embedding(ids))
+    # The category feature: items of one category share their token, others do not.
+    categories = dataset.item_categories()
+    same = [i for i, c in enumerate(categories) if c == categories[0]][:2]
+    table = model.items.category
+    assert torch.equal(table[same[0]], table[same[1]])
+    assert len({tuple(row.tolist()) for row in table}) == len(set(categories))
+    # FDSA takes its features as given: no encoder weight trains, none is saved.
+    assert not any(p.requires_grad for p in model.items.encoders.parameters())
+    from mmsr.train.model import trainable_state
+
+    assert not [k for k in trainable_state(model) if ".encoders." in k]
+
+
+def test_vqrec_items_are_sums_of_opq_codes_of_their_text(built_cache, small_demo):
+    model, feed, description, dataset = _model(built_cache + ["model.kind=vqrec", "model.vq_codes=8"], small_demo)
+    assert description == "ids"
+    codes = model.items.item_codes
+    assert codes.shape == (dataset.num_items, 8) and int(codes.min()) >= 0 and int(codes.max()) < 256
+    assert len({tuple(row.tolist()) for row in codes}) > dataset.num_items // 2  # items are told apart
+    ids = torch.tensor([3, 4])
+    expected = torch.stack([model.items.embedding.weight[codes[i] + torch.arange(8) * 256].sum(0) for i in ids])
+    torch.testing.assert_close(model.item_vectors(ids, feed), expected)
+
+
+def test_vqrec_quantizer_is_faiss_opq_and_deterministic():
+    from mmsr.models.vqrec import quantize
+
+    features = np.random.RandomState(0).randn(600, 32).astype(np.float32)
+    a, b = quantize(features, 8), quantize(features, 8, bits=6)
+    assert np.array_equal(a, quantize(features, 8)) and a.max() < 256 and b.max() < 64
+    twins = np.vstack([features, features[:5]])
+    assert np.array_equal(quantize(twins, 8)[-5:], quantize(twins, 8)[:5])  # same text, same codes
+    with pytest.raises(MMSRError, match="not divisible into 5 codes"):
+        quantize(features, 5)
+    with pytest.raises(MMSRError, match="cannot train 256 centroids"):
+        quantize(features[:100], 8)
+
+
+def test_baseline_runs_save_what_eval_needs(built_cache, tmp_path):
+    """VQRec's codes and FDSA's two streams come back from the run directory alone."""
+    from mmsr.eval.runner import evaluate_run
+
+    for kind, extra in (("vqrec", ["model.vq_codes=8"]), ("fdsa", [])):
+        run = tmp_path / kind
+        best = _train(built_cache + [f"model.kind={kind}", "optim.epochs=2", *extra], run)
+        again = evaluate_run(run, "valid", ks="10,20")
+        assert again["metrics"] == pytest.approx(best["valid"]), kind
+
+
+def test_bad_baseline_settings_are_refused(built_cache, small_demo, tmp_path):
+    with pytest.raises(MMSRError, match="model.kind='carca2' is not a known model kind; choose one of .*fdsa"):
+        _config(built_cache + ["model.kind=carca2"])
+    with pytest.raises(MMSRError, match='model.kind=vqrec quantizes the items\' text, but encoders.text_model is ""'):
+        _config(built_cache + ["model.kind=vqrec", "encoders.text_model="])
+    with pytest.raises(MMSRError, match="model.vq_codes=8 is ignored by model kind 'fdsa'"):
+        _config(built_cache + ["model.kind=fdsa", "model.vq_codes=8"])
+    with pytest.raises(MMSRError, match="model.side_features has 'brand'"):
+        _config(built_cache + ["model.kind=fdsa", "model.side_features=['brand']"])
+    # A dataset without categories: FDSA's category feature names the fix.
+    from mmsr.data.dataset import DatasetWriter, load_dataset
+
+    root = tmp_path / "plain"
+    with DatasetWriter(root) as writer:
+        for i in range(4):
+            writer.add_item(f"i{i}", title=f"item {i}")
+        for u in range(3):
+            for t, i in enumerate((0, 1, 2, 3, u % 4)):
+                writer.add_interaction(f"u{u}", f"i{i}", t)
+    with pytest.raises(MMSRError, match="no item of this dataset has one"):
+        _model(built_cache + ["model.kind=fdsa", f"dataset={root}", "encoders.vision_model="], root)
+    assert load_dataset(root).item_categories() == ["", "", "", ""]
+
+
+def _vqrec_end_to_end(small_demo, tiny_models):
+    # No cache: VQRec's codes come from the text encoder run on the raw texts once.
+    return [f"dataset={small_demo}", "model.kind=vqrec", f"encoders.text_model={tiny_models['text']}",
+            "encoders.vision_model=", "encoders.max_text_len=16", "model.vq_codes=8", "model.dim=16",
+            "optim.batch_size=32", "optim.epochs=2", "model.dropout=0.0", "checkpoint_every_steps=2"]
+
+
+def test_vqrec_resumes_bit_identically(small_demo, tiny_models, mmsr_home):
+    (a, b), last = kill_and_resume(_vqrec_end_to_end(small_demo, tiny_models), 9, mmsr_home)
+    assert a["global_step"] == b["global_step"] == 14
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert last[0]["valid"] == last[1]["valid"]
+
+
+def test_vqrec_trains_under_torchrun_as_in_one_process(small_demo, tiny_models, mmsr_home):
+    overrides = [o for o in _vqrec_end_to_end(small_demo, tiny_models) if not o.startswith("checkpoint")]
+    assert_two_processes_train_as_one(overrides, mmsr_home)
+    saved = json.loads((mmsr_home / "runs/ddp/config.json").read_text())
+    assert saved["model"]["kind"] == "vqrec"
+
+
+@pytest.mark.parametrize("kind", ["fdsa", "vqrec"])
+def test_table_kinds_train_with_the_full_softmax(built_cache, kind):
+    """FDSA and VQRec score against a table (IDs, code sums), so RecBole's CE is affordable."""
+    losses = _fits_a_batch(built_cache + [f"model.kind={kind}", "optim.loss=softmax", *KIND_SETTINGS.get(kind, [])])
+    assert losses[-1] < 0.95 * losses[0], losses
