@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from movielens import MMSR, find_source, read_metrics, sh  # noqa: E402  (bench/, next to this file)
+from movielens import MMSR, find_source, sh, train_and_evaluate  # noqa: E402  (bench/, next to this file)
 
 LOSSES = ("bce", "bpr", "inbatch", "inbatch-logq", "mixed", "softmax")
 SAMPLED_NEGATIVE_LOSSES = ("bce", "bpr")
@@ -58,26 +58,12 @@ def run_one(dataset: str, model: str, loss: str, sets: list[str], env: dict, hom
     if loss not in SAMPLED_NEGATIVE_LOSSES:
         overrides.append("optim.negatives=unseen")
     run = f"bench-losses-{dataset}-{model}-{loss}"
-    set_args = [a for s in overrides for a in ("--set", s)]
-    out: dict = {"config": config, "overrides": overrides}
-    try:
-        if model == "content":  # reuses a finished cache: only the first loss builds it
+    if model == "content":  # reuses a finished cache: only the first loss builds it
+        try:
             sh(MMSR + ["cache", "build", "--config", config], env, log)
-        wall, cpu, _ = sh(MMSR + ["train", "--config", config, "--run", run, "--overwrite", "--from-cache"]
-                          + set_args, env, log)
-    except RuntimeError as error:
-        return {**out, "error": str(error).splitlines()[-1]}
-    records = read_metrics(home / "runs" / run)
-    best = max((r for r in records if "valid" in r), key=lambda r: (r["valid"]["NDCG@10"], -r["epoch"]))
-    out.update({"epochs_run": len(records), "best_epoch": best["epoch"],
-                "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
-                "epoch_seconds_median": sorted(r["epoch_seconds"] for r in records)[len(records) // 2]})
-    for split, protocol in SPLITS[dataset]:
-        _, _, stdout = sh(MMSR + ["eval", "--run", run, "--json", "--split", split, "--protocol", protocol,
-                                  "--k", "10,20"], env, log)
-        result = json.loads(stdout.strip().splitlines()[-1])
-        out[f"{split}_{protocol}"] = {**{k: round(v, 4) for k, v in result["metrics"].items()}, "cases": result["users"]}
-    return out
+        except RuntimeError as error:
+            return {"config": config, "overrides": overrides, "error": str(error).splitlines()[-1]}
+    return train_and_evaluate(run, config, overrides, SPLITS[dataset], env, home, log)
 
 
 def table(dataset: str, rows: dict) -> str:

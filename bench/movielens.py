@@ -76,6 +76,30 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+def train_and_evaluate(run: str, config: str, overrides: list[str], splits, env: dict, home: Path, log) -> dict:
+    """`mmsr train --from-cache` from `config` + `overrides`, then `mmsr eval` on each (split,
+    protocol): epochs, best epoch, train time and metrics under "<split>_<protocol>"; an
+    "error" entry instead when training fails (a config the trainer refuses is a result too)."""
+    set_args = [a for s in overrides for a in ("--set", s)]
+    out: dict = {"config": config, "overrides": overrides}
+    try:
+        wall, cpu, _ = sh(MMSR + ["train", "--config", config, "--run", run, "--overwrite", "--from-cache"]
+                          + set_args, env, log)
+    except RuntimeError as error:
+        return {**out, "error": str(error).splitlines()[-1]}
+    records = read_metrics(home / "runs" / run)
+    best = max((r for r in records if "valid" in r), key=lambda r: (r["valid"]["NDCG@10"], -r["epoch"]))
+    out.update({"epochs_run": len(records), "best_epoch": best["epoch"],
+                "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
+                "epoch_seconds_median": sorted(r["epoch_seconds"] for r in records)[len(records) // 2]})
+    for split, protocol in splits:
+        _, _, stdout = sh(MMSR + ["eval", "--run", run, "--json", "--split", split, "--protocol", protocol,
+                                  "--k", "10,20"], env, log)
+        result = json.loads(stdout.strip().splitlines()[-1])
+        out[f"{split}_{protocol}"] = {**{k: round(v, 4) for k, v in result["metrics"].items()}, "cases": result["users"]}
+    return out
+
+
 def bench_model(name: str, spec: dict, sets: list[str], env: dict, home: Path, log) -> dict:
     run = f"bench-ml100k-{name}"
     config = spec["config"]

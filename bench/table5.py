@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from movielens import MMSR, read_metrics, sh  # noqa: E402  (bench/, next to this file)
+from movielens import MMSR, sh, train_and_evaluate  # noqa: E402  (bench/, next to this file)
 
 ROWS = {
     "idsr-sasrec": ("IDSR (SASRec)", "configs/baselines/idsr.toml", []),
@@ -37,29 +37,13 @@ ROWS = {
     "morec": ("MoRec++", "configs/baselines/morec.toml", []),
     "mmsr": ("MMSR", "configs/demo-cpu.toml", []),
 }
-SPLITS = ("test", "cold", "new")
+SPLITS = (("test", "paper"), ("cold", "paper"), ("new", "paper"))
 
 
 def run_row(name: str, sets: list[str], env: dict, home: Path, log) -> dict:
     label, config, row_sets = ROWS[name]
-    overrides = row_sets + list(sets)
-    set_args = [a for s in overrides for a in ("--set", s)]
-    out: dict = {"row": label, "config": config, "overrides": overrides}
-    run = f"table5-{name}"
-    try:
-        wall, cpu, _ = sh(MMSR + ["train", "--config", config, "--run", run, "--overwrite", "--from-cache"]
-                          + set_args, env, log)
-    except RuntimeError as error:
-        return {**out, "error": str(error).splitlines()[-1]}
-    records = read_metrics(home / "runs" / run)
-    best = max((r for r in records if "valid" in r), key=lambda r: (r["valid"]["NDCG@10"], -r["epoch"]))
-    out.update({"epochs_run": len(records), "best_epoch": best["epoch"], "train_wall_s": round(wall, 1),
-                "train_cpu_s": round(cpu, 1)})
-    for split in SPLITS:
-        _, _, stdout = sh(MMSR + ["eval", "--run", run, "--json", "--split", split, "--k", "10,20"], env, log)
-        result = json.loads(stdout.strip().splitlines()[-1])
-        out[split] = {**{k: round(v, 4) for k, v in result["metrics"].items()}, "cases": result["users"]}
-    return out
+    result = train_and_evaluate(f"table5-{name}", config, row_sets + list(sets), SPLITS, env, home, log)
+    return {"row": label, **result}
 
 
 def table(rows: list[dict]) -> str:
@@ -69,7 +53,7 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['row']} | {r['error']} |||||||")
             continue
-        cells = [f"{r[s]['HR@10']:.4f} | {r[s]['NDCG@10']:.4f}" for s in SPLITS]
+        cells = [f"{r[f'{s}_{p}']['HR@10']:.4f} | {r[f'{s}_{p}']['NDCG@10']:.4f}" for s, p in SPLITS]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r['best_epoch']} / {r['epochs_run']} | "
                      f"{r['train_wall_s']:.0f} |")
     return "\n".join(lines)
