@@ -7,6 +7,7 @@ Rows (each a config file; everything but the model is configs/demo-cpu.toml's):
   FDSA                               configs/baselines/fdsa.toml
   VQRec                              configs/baselines/vqrec.toml
   MoRec++                            configs/baselines/morec.toml
+  CARCA++                            configs/baselines/carca.toml (BCE: it cannot take in-batch losses)
   MMSR                               configs/demo-cpu.toml
 Each is trained from the one shared cache and evaluated on test, cold and new under the paper's
 protocol (history masked); the checkpoint is the trainer's choice on validation. Every step is
@@ -35,6 +36,7 @@ ROWS = {
     "fdsa": ("FDSA", "configs/baselines/fdsa.toml", []),
     "vqrec": ("VQRec", "configs/baselines/vqrec.toml", []),
     "morec": ("MoRec++", "configs/baselines/morec.toml", []),
+    "carca": ("CARCA++ (bce)", "configs/baselines/carca.toml", []),
     "mmsr": ("MMSR", "configs/demo-cpu.toml", []),
 }
 SPLITS = (("test", "paper"), ("cold", "paper"), ("new", "paper"))

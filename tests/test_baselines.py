@@ -143,3 +143,51 @@ def test_table_kinds_train_with_the_full_softmax(built_cache, kind):
     """FDSA and VQRec score against a table (IDs, code sums), so RecBole's CE is affordable."""
     losses = _fits_a_batch(built_cache + [f"model.kind={kind}", "optim.loss=softmax", *KIND_SETTINGS.get(kind, [])])
     assert losses[-1] < 0.95 * losses[0], losses
+
+
+def test_carca_learns_and_refuses_batch_losses(built_cache):
+    losses = _fits_a_batch(built_cache + ["model.kind=carca", "optim.loss=bce"])
+    assert losses[-1] < 0.95 * losses[0], losses
+    with pytest.raises(MMSRError, match="model.kind=carca scores each candidate through cross-attention"):
+        _config(built_cache + ["model.kind=carca", "optim.loss=mixed"])
+
+
+def test_ranking_rule_on_score_rows_equals_faiss_and_brute_force():
+    """One rule for both backends: exact score rows give the ranks FAISS gives for inner products."""
+    from mmsr.eval.search import Histories, rank_targets, ranks_from_scores
+
+    rng = np.random.RandomState(0)
+    items = rng.randn(300, 16).astype(np.float32)
+    items[7] = items[3]  # a tie with the target must count in its favour
+    users = rng.randn(40, 16).astype(np.float32)
+    targets = rng.randint(0, 300, 40)
+    targets[0] = 3
+    histories = Histories.from_lists([rng.choice(300, rng.randint(0, 30), replace=False) for _ in range(40)])
+    scores = users.astype(np.float64) @ items.T.astype(np.float64)
+    for masks in (histories, None):
+        brute = []
+        for u in range(40):
+            banned = set(histories.items[histories.offsets[u]:histories.offsets[u + 1]]) if masks else set()
+            higher = [i for i in range(300) if i != targets[u] and i not in banned and scores[u, i] > scores[u, targets[u]]]
+            brute.append(min(len(higher) + 1, 51))
+        ours = ranks_from_scores(scores, targets, masks, max_k=50)
+        faiss_ranks = rank_targets(items, users, targets, masks if masks else None, mask_history=masks is not None,
+                                   max_k=50)
+        assert ours.tolist() == brute == faiss_ranks.tolist()
+
+
+def test_carca_evaluates_by_exact_batched_scoring(built_cache, tmp_path):
+    """Its run directory gives back the trainer's validation figures, scored item by item, and
+    `mmsr eval` names the backend; recommend ranks with the same scorer."""
+    from mmsr.eval.recommend import recommend
+    from mmsr.eval.runner import evaluate_run
+
+    run = tmp_path / "carca"
+    best = _train(built_cache + ["model.kind=carca", "optim.loss=bce", "optim.epochs=2"], run)
+    again = evaluate_run(run, "valid", ks="10,20")
+    assert again["metrics"] == pytest.approx(best["valid"])
+    assert again["search"].startswith("exact-batched")
+    top = recommend(run, ["i00001", "i00002"], k=5)
+    assert len(top["items"]) == 5 and not {"i00001", "i00002"} & {row["item"] for row in top["items"]}
+    scores = [row["score"] for row in top["items"]]
+    assert scores == sorted(scores, reverse=True)

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mmsr.errors import MMSRError
 from mmsr.eval.runner import item_matrix, user_matrix
 from mmsr.eval.search import top_k
+from mmsr.train.batches import left_pad
 from mmsr.train.run import load_run
 
 ITEM_BATCH = 512
@@ -42,9 +44,23 @@ def recommend(run: str | Path, history: Sequence[str], k: int = 10, checkpoint: 
                         hint=f"item ids come from {dataset.root / 'items.jsonl'}")
     seq = np.asarray([dataset.item_index[item] for item in ids], dtype=np.int64)
     items = item_matrix(loaded.model, loaded.feed, dataset.num_items, ITEM_BATCH, loaded.device)
-    user = user_matrix(loaded.model, items, [seq], loaded.config.split.max_seq_len, 1, loaded.device)
-    top, scores = top_k(loaded.model.score_vectors(items).numpy(), user.numpy()[0], k=k, exclude=seq.tolist())
+    if loaded.model.scorer is not None:  # candidate-dependent: score every item exactly
+        top, scores = _scored_top_k(loaded, items, seq, k)
+    else:
+        user = user_matrix(loaded.model, items, [seq], loaded.config.split.max_seq_len, 1, loaded.device)
+        top, scores = top_k(loaded.model.score_vectors(items).numpy(), user.numpy()[0], k=k, exclude=seq.tolist())
     cold = loaded.split.cold_items
     rows = [{"item": dataset.items[i]["id"], "title": dataset.items[i].get("title", ""), "score": float(s),
              "cold": bool(cold[i])} for i, s in zip(top.tolist(), scores.tolist()) if i >= 0]
     return {"history": ids, "k": k, "items": rows}
+
+
+@torch.no_grad()
+def _scored_top_k(loaded, items: torch.Tensor, seq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = left_pad([seq], loaded.config.split.max_seq_len)
+    items_dev = items.to(loaded.device)
+    states = loaded.model.user_vectors(items_dev[ids.clamp_min(0).to(loaded.device)], mask.to(loaded.device))
+    scores = loaded.model.score_matrix(states, mask.to(loaded.device), items_dev)[0].float().cpu().numpy()
+    scores[seq] = -np.inf  # the history is excluded, as in top_k
+    top = np.argsort(-scores, kind="stable")[:k]
+    return top, scores[top]

@@ -22,8 +22,8 @@ from mmsr.atomic import atomic_write_text
 from mmsr.data.split import Split
 from mmsr.distributed import init_from_env
 from mmsr.errors import MMSRError
-from mmsr.eval.metrics import DEFAULT_KS, parse_ks
-from mmsr.eval.search import ItemIndex, case_histories, full_ranking_metrics, shard_rows
+from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums
+from mmsr.eval.search import ItemIndex, case_histories, full_ranking_metrics, ranks_from_scores, shard_rows
 from mmsr.train.batches import left_pad
 from mmsr.train.run import load_run
 
@@ -59,6 +59,32 @@ def user_matrix(model, items: torch.Tensor, histories: list[np.ndarray], max_len
     return torch.cat(out)
 
 
+# Candidate-dependent scoring (CARCA++): cases x items per block, bounding the [cases, items, D]
+# attention tensors to a few tens of MB.
+SCORE_CASES, SCORE_ITEMS = 32, 2048
+
+
+@torch.no_grad()
+def batched_ranks(model, items: torch.Tensor, histories: list[np.ndarray], targets: np.ndarray, masks,
+                  max_len: int, device: torch.device, max_k: int) -> np.ndarray:
+    """Exact full ranking for a candidate-dependent scorer: every item scored for every case, in
+    blocks, then the one ranking rule (`ranks_from_scores`). `masks`: the cases' full histories
+    (`Histories`) or None (RecBole's protocol)."""
+    model.eval()
+    items_dev = items.to(device)
+    ranks = np.empty(len(histories), dtype=np.int64)
+    for start in range(0, len(histories), SCORE_CASES):
+        ids, mask = left_pad(histories[start:start + SCORE_CASES], max_len)
+        ids, mask = ids.to(device), mask.to(device)
+        states = model.user_vectors(items_dev[ids.clamp_min(0)], mask)
+        scores = torch.cat([model.score_matrix(states, mask, items_dev[a:a + SCORE_ITEMS]).float().cpu()
+                            for a in range(0, len(items_dev), SCORE_ITEMS)], dim=1)
+        rows = np.arange(start, start + len(scores))
+        ranks[rows] = ranks_from_scores(scores.numpy(), targets[rows], masks.take(rows) if masks is not None else None,
+                                        max_k)
+    return ranks
+
+
 def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
                    batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
                    search_device: str = "auto") -> dict:
@@ -70,15 +96,24 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
     items = item_matrix(model, feed, split.num_items, batch_size, device)
     max_len = split.config.max_seq_len
     histories = [split.history(u, p, max_len) for u, p in zip(users, positions)]
-    user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
-    index = ItemIndex(model.score_vectors(items).numpy(), device=search_device)
-    metrics = full_ranking_metrics(index, user_vecs.numpy(), split.items[split.offsets[users] + positions],
-                                   case_histories(split.offsets, split.items, users, positions), ks=ks,
-                                   mask_history=mask_history, shard=False)  # this rank's cases; sums all-reduced
+    targets = split.items[split.offsets[users] + positions]
+    masks = case_histories(split.offsets, split.items, users, positions)
+    if model.scorer is not None:
+        ks = parse_ks(ks)
+        ranks = batched_ranks(model, items, histories, targets, masks if mask_history else None, max_len, device,
+                              max(ks))
+        sums = metric_sums(ranks, ks)
+        metrics = finalize(reduce_metric_sums(sums) if world > 1 else sums)
+        backend = "exact-batched (candidate-dependent scorer, every item scored)"
+    else:
+        user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
+        index = ItemIndex(model.score_vectors(items).numpy(), device=search_device)
+        metrics = full_ranking_metrics(index, user_vecs.numpy(), targets, masks, ks=ks, mask_history=mask_history,
+                                       shard=False)  # this rank's cases; sums all-reduced
+        backend = f"faiss: exact inner product, {index.backend} IndexFlatIP"
     return {"split": which, "users": len(cases), "items": split.num_items,
             "protocol": "paper (history masked)" if mask_history else "recbole (history not masked)",
-            "search": f"exact inner product, {index.backend} IndexFlatIP",
-            "metrics": metrics}
+            "search": backend, "metrics": metrics}
 
 
 def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protocol: str = "paper",

@@ -409,3 +409,26 @@ def case_histories(offsets: np.ndarray, items: np.ndarray, users: np.ndarray, po
     np.cumsum(positions, out=out[1:])
     flat = np.repeat(starts - out[:-1], positions) + np.arange(out[-1], dtype=np.int64)
     return Histories(out, np.asarray(items, dtype=np.int64)[flat])
+
+
+def ranks_from_scores(scores: np.ndarray, targets: np.ndarray, histories: Histories | None,
+                      max_k: int = 50) -> np.ndarray:
+    """The ranking rule on exact score rows [U, N] (one per case): the same rule `rank_targets`
+    applies to FAISS's candidates, for scorers no index can serve (CARCA++).
+
+        rank = 1 + #{ item i : i != target, i not in the history, score(i) > score(target) }
+
+    Ties count in the target's favour; `histories=None` masks nothing (RecBole's protocol);
+    ranks above `max_k` come back as `max_k + 1`. The target's score is its entry of the same
+    row, so rounding cannot make it differ from itself.
+    """
+    scores = np.asarray(scores)
+    targets = np.asarray(targets, dtype=np.int64)
+    rows = np.arange(len(scores))
+    higher = scores > scores[rows, targets][:, None]
+    higher[rows, targets] = False
+    if histories is not None and len(histories.items):
+        users = np.repeat(rows, histories.lengths())
+        higher[users, histories.items] = False
+    count = higher.sum(axis=1)
+    return np.where(count >= max_k, max_k + 1, count + 1)

@@ -7,12 +7,15 @@
 | `morec` | MoRec++: each encoder's pooled output projected, summed | `model.sequence`         | u · v |
 | `fdsa`  | [ID vector, attention-pooled content and category]     | two sequence models      | u · ID |
 | `vqrec` | the sum of its frozen text's OPQ code embeddings       | `model.sequence`         | u · v |
+| `carca` | ID vector + projected content (CARCA++)                | `model.sequence`         | cross-attention |
 
 Every kind trains with the same data, losses, optimizer groups, checkpoints and evaluation,
 so that a difference between two rows of a table comes from the model alone. A builder
 returns (item tower, user tower); an item tower says what its feed must give it in
 `inputs`: "ids", "states" (the encoders' lower-layer states, cached or computed) or
-"ids+states".
+"ids+states". A builder may return a third part, a candidate-dependent scorer (CARCA++): the
+losses then score each position's own candidates through it (pair losses only), and the
+evaluation ranks by exact batched scoring instead of FAISS.
 
 `morec` is a preset, not a model of its own: MMSR with the `sum` fusion (one linear
 projection per modality of its masked-mean pooled output, summed; `pool` with one modality),
@@ -30,6 +33,7 @@ from torch import nn
 
 from mmsr.encoders import create_encoders
 from mmsr.errors import MMSRError
+from mmsr.models.carca import CARCAItemTower, CrossAttentionScorer
 from mmsr.models.fdsa import FDSAItemTower, FDSAUserTower, category_tokens
 from mmsr.models.fusion import create_fusion
 from mmsr.models.sequence import create_sequence_model
@@ -41,7 +45,8 @@ if TYPE_CHECKING:
     from mmsr.train.config import TrainConfig
 
 # params: the model.* knobs a kind reads beyond the sequence model's (the config refuses the
-# others when set); needs: "content" (at least one encoder) or "text".
+# others when set); needs: "content" (at least one encoder), "text", or "pair_loss" (a loss
+# that scores one candidate per position: bce, bpr).
 MODEL_KINDS: Registry = Registry("model kind")
 # Kinds whose scored item vectors are a table lookup (their towers' `score_table`), so the full
 # softmax (`optim.loss = "softmax"`) can score every item at every step.
@@ -123,8 +128,18 @@ def _vqrec(config: "TrainConfig", inputs: KindInputs):
     return VQRecItemTower(inputs.num_items, m.dim, m.vq_codes, m.vq_bits), UserTower(_sequence(config))
 
 
-def build_towers(config: "TrainConfig", inputs: KindInputs) -> tuple[nn.Module, nn.Module]:
-    return MODEL_KINDS.create(config.model.kind, config=config, inputs=inputs)
+@MODEL_KINDS.register("carca", needs=("pair_loss",),
+                      help="CARCA++ (Rashed et al. 2022): candidates cross-attend to the sequence (not an inner product)")
+def _carca(config: "TrainConfig", inputs: KindInputs):
+    m = config.model
+    items = CARCAItemTower(inputs.num_items, m.dim, inputs.encoders_for(config))
+    return items, UserTower(_sequence(config)), CrossAttentionScorer(m.dim, m.dropout)
+
+
+def build_towers(config: "TrainConfig", inputs: KindInputs) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+    """(item tower, user tower, candidate-dependent scorer or None for the inner product)."""
+    items, user, *scorer = MODEL_KINDS.create(config.model.kind, config=config, inputs=inputs)
+    return items, user, (scorer[0] if scorer else None)
 
 
 def kind_names() -> list[str]:

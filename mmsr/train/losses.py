@@ -50,6 +50,15 @@ class LossInputs:
     item_ids: torch.Tensor  # [C] this process's distinct items, sorted
     item_vectors: torch.Tensor  # [C, D]
     all_items: Callable[[], torch.Tensor]  # [num_items, D] every item's vector (losses that need "item_table")
+    # A candidate-dependent scorer (CARCA++): vectors [N, D] -> scores [N] of each position's own
+    # candidate. None: the inner product with `users`.
+    pair_scores: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def pairs(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Each target position's score of its own candidate (its target or its negative)."""
+        if self.pair_scores is not None:
+            return self.pair_scores(vectors).float()
+        return (self.users * vectors).sum(-1).float()
 
 
 def create_loss(name: str, *, train_counts: np.ndarray | None = None) -> nn.Module:
@@ -76,8 +85,7 @@ class BCE(nn.Module):
     """
 
     def forward(self, x: LossInputs) -> torch.Tensor:
-        positive = (x.users * x.target_vectors).sum(-1).float()
-        negative = (x.users * x.negative_vectors).sum(-1).float()
+        positive, negative = x.pairs(x.target_vectors), x.pairs(x.negative_vectors)
         return F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive), reduction="sum") \
             + F.binary_cross_entropy_with_logits(negative, torch.zeros_like(negative), reduction="sum")
 
@@ -93,8 +101,7 @@ class BPR(nn.Module):
     """
 
     def forward(self, x: LossInputs) -> torch.Tensor:
-        positive = (x.users * x.target_vectors).sum(-1).float()
-        negative = (x.users * x.negative_vectors).sum(-1).float()
+        positive, negative = x.pairs(x.target_vectors), x.pairs(x.negative_vectors)
         return -F.logsigmoid(positive - negative).sum()
 
 

@@ -22,10 +22,12 @@ from mmsr.train.losses import LossInputs, create_loss
 
 
 class Recommender(nn.Module):
-    def __init__(self, items: nn.Module, user: nn.Module, loss: str = "bce", train_counts: np.ndarray | None = None):
+    def __init__(self, items: nn.Module, user: nn.Module, loss: str = "bce", train_counts: np.ndarray | None = None,
+                 scorer: nn.Module | None = None):
         super().__init__()
         self.items = items
         self.user = user
+        self.scorer = scorer  # None: inner product (FAISS); else candidate-dependent (CARCA++)
         self.loss = create_loss(loss, train_counts=train_counts)
 
     @property
@@ -79,8 +81,23 @@ class Recommender(nn.Module):
         loss = self.loss(LossInputs(users=users[mask], targets=batch.targets[mask],
                                     target_vectors=scored[targets_row[mask]],
                                     negative_vectors=scored[negatives_row[mask]], item_ids=ids,
-                                    item_vectors=scored, all_items=self.all_item_vectors))
+                                    item_vectors=scored, all_items=self.all_item_vectors,
+                                    pair_scores=self._pair_scorer(users, in_mask, mask)))
         return loss, mask.sum()
+
+    def _pair_scorer(self, users: torch.Tensor, in_mask: torch.Tensor, mask: torch.Tensor):
+        """For a candidate-dependent scorer: each target position's candidate attends to the
+        sequence states up to that position (causal, as the inner product's user vector is)."""
+        if self.scorer is None:
+            return None
+        rows, positions = mask.nonzero(as_tuple=True)
+        seen = torch.arange(users.shape[1], device=users.device)[None, :] <= positions[:, None]
+        context, key_mask = users[rows], in_mask[rows] & seen
+        return lambda vectors: self.scorer.pairs(context, key_mask, vectors)
+
+    def score_matrix(self, contexts: torch.Tensor, key_mask: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Exact scores [U, N] of every item for each case's sequence states (candidate-dependent scorer)."""
+        return self.scorer.matrix(contexts, key_mask, items)
 
 
 def build_model(config: TrainConfig, num_items: int, encoders: dict | None = None, *,
@@ -91,8 +108,8 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     popularity (`inbatch-logq`) reads; training passes it, rebuilding a model to evaluate
     need not. `categories` (`Dataset.item_categories()`) feed FDSA's category feature.
     """
-    items, user = build_towers(config, KindInputs(num_items, encoders, categories))
-    return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts)
+    items, user, scorer = build_towers(config, KindInputs(num_items, encoders, categories))
+    return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts, scorer=scorer)
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:
