@@ -13,6 +13,10 @@ Measured in one run, on the same random data (timings are ratios within the run)
               batched (memory grows with batch x items).
 - floor:      users x items x dims GEMM at the best throughput this machine reached, the
               faster of torch.mm and numpy.matmul, timed over the same problem in user chunks.
+- exact batched: the backend of candidate-dependent scorers (`mmsr eval` for CARCA++): the
+              ranking rule on exact inner-product score rows for all users (its agreement with
+              FAISS is reported), and CARCA++'s cross-attention scorer (random weights) on a
+              sample of users (--batched-sample), extrapolated.
 - peak RSS:   the FAISS path alone, in fresh subprocesses at two user counts (--rss-users),
               to show that memory does not grow with the number of users. glibc's dynamic
               mmap threshold lets the heap fragment across batches (tens of MB more at 8x the
@@ -60,6 +64,44 @@ def time_faiss(item_vectors, user_vectors, targets, offsets, history, ks, batch_
     metrics = full_ranking_metrics(index, user_vectors, targets, (offsets, history), ks=ks, batch_size=batch_size)
     t2 = time.perf_counter()
     return index, metrics, t1 - t0, t2 - t0
+
+
+def time_batched_rule(item_t, user_t, targets, offsets, history, max_k, faiss_ranks, block=256):
+    """`ranks_from_scores` over exact inner-product score rows, all users: the exact-batched
+    backend with the cheapest scorer, so the rule's own cost shows."""
+    from mmsr.eval.search import Histories, ranks_from_scores
+
+    hist = Histories(offsets, history)
+    t0 = time.perf_counter()
+    ranks = np.empty(len(user_t), dtype=np.int64)
+    for start in range(0, len(user_t), block):
+        rows = np.arange(start, min(len(user_t), start + block))
+        scores = (user_t[start:start + len(rows)] @ item_t.T).numpy()
+        ranks[rows] = ranks_from_scores(scores, targets[rows], hist.take(rows), max_k)
+    seconds = time.perf_counter() - t0
+    return seconds, int((ranks == faiss_ranks).sum())
+
+
+def time_carca_scorer(item_t, sample: int, seed: int, length: int = 20):
+    """CARCA++'s cross-attention scorer (random weights): seconds per user to score every item."""
+    import torch
+
+    from mmsr.eval.runner import SCORE_CASES, SCORE_ITEMS
+    from mmsr.models.carca import CrossAttentionScorer
+
+    torch.manual_seed(seed)
+    scorer = CrossAttentionScorer(item_t.shape[1]).eval()
+    users = min(sample, SCORE_CASES * 4)
+    contexts = torch.randn(users, length, item_t.shape[1])
+    key_mask = torch.ones(users, length, dtype=torch.bool)
+    with torch.no_grad():
+        scorer.matrix(contexts[:2], key_mask[:2], item_t[:256])  # warm-up
+        t0 = time.perf_counter()
+        for start in range(0, users, SCORE_CASES):
+            for a in range(0, len(item_t), SCORE_ITEMS):
+                scorer.matrix(contexts[start:start + SCORE_CASES], key_mask[start:start + SCORE_CASES],
+                              item_t[a:a + SCORE_ITEMS])
+    return (time.perf_counter() - t0) / users, users
 
 
 def reference_ranks(item_t, user_t, targets, offsets, history, rows):
@@ -149,6 +191,8 @@ def main() -> None:
     parser.add_argument("--dense-batch", type=int, default=1024, help="users per dense torch matmul")
     parser.add_argument("--floor-chunk", type=int, default=2048, help="users per GEMM call for the floor")
     parser.add_argument("--ref-sample", type=int, default=200, help="users timed in the reference loop")
+    parser.add_argument("--batched-sample", type=int, default=64,
+                        help="users timed with CARCA++'s cross-attention scorer (extrapolated)")
     parser.add_argument("--rss-users", default=None, help="two user counts for the peak-RSS runs (default users/2,users)")
     parser.add_argument("--threads", type=int, default=None, help="torch/faiss threads (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of faiss/floor timing (best of)")
@@ -213,6 +257,12 @@ def main() -> None:
     dense_s = time.perf_counter() - t0
     dense_agree = int((dense == ranks).sum())
 
+    # 4. Exact batched scoring (candidate-dependent scorers): the one ranking rule on score rows,
+    #    with inner-product rows for all users (agreement with FAISS), and CARCA++'s
+    #    cross-attention scorer (random weights, sequences of 20) on a sample, extrapolated.
+    batched_s, batched_agree = time_batched_rule(item_t, user_t, targets, offsets, history, max_k, ranks)
+    carca_per_user, carca_sample = time_carca_scorer(item_t, args.batched_sample, args.seed)
+
     main_peak = peak_rss_mb()
     del item_t, user_t, dense, ref
 
@@ -254,6 +304,15 @@ def main() -> None:
         "timing": f"best of {args.repeats} interleaved rounds for faiss/floor; reference extrapolated from {len(sample)} users",
         "reference_sample_users": int(len(sample)),
         "reference_seconds_per_user": round(ref_per_user, 5),
+        "exact_batched": {
+            "inner_product_rows_all_users_s": round(batched_s, 3),
+            "ratio_to_faiss": round(batched_s / faiss_s, 2),
+            "agreement_with_faiss": f"{batched_agree}/{args.users}",
+            "carca_scorer_seconds_per_user": round(carca_per_user, 5),
+            "carca_scorer_extrapolated_s": round(carca_per_user * args.users, 1),
+            "carca_user_item_pairs_per_s": round(args.items / carca_per_user),
+            "carca_sample_users": carca_sample,
+        },
         "speedup_vs_reference": round(reference_s / faiss_s, 1),
         "speedup_vs_dense_torch": round(dense_s / faiss_s, 2),
         "ratio_to_floor": round(faiss_s / floor_s, 3),

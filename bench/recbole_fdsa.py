@@ -1,0 +1,218 @@
+"""Reference figure: RecBole 1.2.1's own FDSA on MovieLens-100K, under RecBole's protocol.
+
+    python bench/recbole_fdsa.py --venv /tmp/rbvenv --out /tmp/rbfdsa [--features class,movie_title]
+                                 [--epochs 300] [--stopping-step 10] [--max-minutes 30]
+
+RecBole is NOT a project dependency: --venv names a throw-away venv holding recbole==1.2.1 (installed
+with --no-deps) plus what its imports need (pandas, scipy, scikit-learn, colorlog==4.7.2,
+colorama==0.4.4, texttable, tensorboard, tabulate, psutil) and a torch it can import (e.g. a .pth
+file pointing at the project's .venv site-packages). This script re-executes itself with that venv's
+python. The ml-100k atomic files are the ones inside the recbole wheel (dataset_example/ml-100k).
+
+Protocol = what RecBole's run_recbole applies to FDSA on ml-100k: overall.yaml + model/FDSA.yaml +
+dataset/ml-100k.yaml + quick_start_config/sequential.yaml (leave-one-out by time: split LS
+valid_and_test, order TO, full ranking, repeatable) + special_sequential_on_ml-100k.yaml (item
+load_col). Overridden here: load_col item = item_id + the selected features, metrics Hit/NDCG at
+10 and 20, valid_metric NDCG@10, train_neg_sample_args None (FDSA's CE loss requires it), CPU only.
+
+Workarounds for the present stack (no RecBole file is edited):
+  * numpy 2 removed np.float_/np.complex_/np.unicode_, which RecBole's Config.compatibility_settings
+    reads to re-create np.float/np.int/np.long...: the aliases are put back before recbole imports;
+  * RecBole's sine.py turns autograd anomaly detection on globally when the model package is
+    imported (a NaN check after every op: same numbers, ~40% more CPU time); it is turned off again;
+  * torch >= 2.6 loads checkpoints with weights_only=True, and RecBole's checkpoint holds its Config:
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 is set;
+  * pandas 3 (copy-on-write) breaks RecBole's token_seq remapping: the venv needs pandas<3
+    (pandas==2.2.3 used with numpy 2.4).
+
+--max-minutes stops training after an epoch when one more epoch (at the mean pace so far) would pass
+the wall-clock bound (counted from the start of training); the best checkpoint (by validation
+NDCG@10) is then tested as usual.
+Prints one JSON object on its last line. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--venv", required=True, help="throw-away venv with recbole==1.2.1")
+    p.add_argument("--out", required=True, help="folder for RecBole's log, checkpoint and result.json")
+    p.add_argument("--features", default="class,movie_title",
+                   help="ml-100k.item token_seq fields for FDSA's selected_features (comma-separated)")
+    p.add_argument("--epochs", type=int, default=300, help="RecBole default: 300")
+    p.add_argument("--stopping-step", type=int, default=10, help="RecBole default: 10")
+    p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock bound on training")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra RecBole setting (value parsed as YAML), e.g. --set train_batch_size=1024")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def outer(args: argparse.Namespace) -> int:
+    python = Path(args.venv) / "bin" / "python"
+    if not python.exists():
+        sys.exit(f"no python in {args.venv}")
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    env.setdefault("MKL_NUM_THREADS", str(args.threads))
+    return subprocess.call([str(python), str(Path(__file__).resolve()), *sys.argv[1:], "--inner"], env=env)
+
+
+def inner(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+        if not hasattr(np, old):
+            setattr(np, old, new)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_logger, init_seed
+    import recbole
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    features = [f for f in args.features.split(",") if f]
+    overrides = {
+        "use_gpu": False,
+        "gpu_id": "",
+        "checkpoint_dir": str(out / "saved"),
+        "show_progress": False,
+        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"], "item": ["item_id", *features]},
+        "selected_features": features,
+        "train_neg_sample_args": None,
+        "metrics": ["Hit", "NDCG"],
+        "topk": [10, 20],
+        "valid_metric": "NDCG@10",
+        "epochs": args.epochs,
+        "stopping_step": args.stopping_step,
+    }
+    import yaml
+
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    os.chdir(out)  # RecBole writes log/ and log_tensorboard/ under the working directory
+    config = Config(model="FDSA", dataset="ml-100k", config_dict=overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    # importing recbole.model.sequential_recommender runs sine.py's module-level
+    # torch.autograd.set_detect_anomaly(True), for every model: a NaN check after every op, which
+    # changes no number but costs ~40% of FDSA's CPU time. Switched back off.
+    anomaly_was_on = torch.is_anomaly_enabled()
+    torch.autograd.set_detect_anomaly(False)
+    used = list(model.feature_embed_layer.token_seq_field_names["item"]) + \
+        list(model.feature_embed_layer.token_field_names["item"]) + \
+        list(model.feature_embed_layer.float_field_names["item"])
+    vocab = {f: int(dataset.num(f)) for f in used}
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+    state = {"epochs_run": 0, "best_epoch": None, "epoch_s": []}
+    started = time.perf_counter()
+    train_epoch, save = trainer._train_epoch, trainer._save_checkpoint
+
+    def timed_train_epoch(train_data, epoch_idx, *a, **k):
+        t0 = time.perf_counter()
+        loss = train_epoch(train_data, epoch_idx, *a, **k)
+        state["epoch_s"].append(time.perf_counter() - t0)
+        state["epochs_run"] = epoch_idx + 1
+        return loss
+
+    class TimeBound(Exception):
+        pass
+
+    def callback(epoch_idx, valid_score):  # runs after the epoch's validation and checkpointing
+        elapsed = time.perf_counter() - started
+        next_epoch = elapsed / (epoch_idx + 1)  # train + validation, per epoch so far
+        if elapsed + next_epoch > args.max_minutes * 60 and epoch_idx + 1 < args.epochs:
+            state["time_bound_hit"] = True
+            raise TimeBound
+
+    def tracked_save(epoch, *a, **k):
+        if epoch >= 0:
+            state["best_epoch"] = epoch + 1  # 1-based
+        return save(epoch, *a, **k)
+
+    trainer._train_epoch, trainer._save_checkpoint = timed_train_epoch, tracked_save
+    try:
+        trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=callback)
+    except TimeBound:
+        pass
+    best_valid = trainer.best_valid_result
+    train_s = time.perf_counter() - started
+    test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    seconds = time.perf_counter() - started
+
+    keys = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob", "attn_dropout_prob",
+            "hidden_act", "layer_norm_eps", "initializer_range", "pooling_mode", "loss_type",
+            "MAX_ITEM_LIST_LENGTH", "train_batch_size", "eval_batch_size", "learner", "learning_rate",
+            "weight_decay", "epochs", "stopping_step", "eval_step", "train_neg_sample_args", "eval_args",
+            "repeatable", "valid_metric", "seed", "user_inter_num_interval", "item_inter_num_interval",
+            "rm_dup_inter", "load_col")
+    result = {
+        "model": "RecBole FDSA",
+        "recbole": recbole.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "features": used,
+        "feature_vocab": vocab,
+        "config": {k: config[k] for k in keys},
+        "dataset": {"users": int(dataset.user_num - 1), "items": int(dataset.item_num - 1),
+                    "train_sequences": int(len(train_data._dataset)),  # every prefix (data augmentation)
+                    "valid_users": int(len(valid_data._dataset)), "test_users": int(len(test_data._dataset))},
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "valid": {k: float(v) for k, v in best_valid.items()},
+        "test": {k: float(v) for k, v in test.items()},
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epochs_run"],
+        "stopped_by": "time bound" if state.get("time_bound_hit") else
+                      ("early stopping" if state["epochs_run"] < args.epochs else "epochs"),
+        "train_epoch_s_mean": round(sum(state["epoch_s"]) / max(1, len(state["epoch_s"])), 2),
+        "train_s": round(train_s, 1),
+        "seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        "anomaly_detection_disabled": anomaly_was_on,
+        "cpu": cpu_model(),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+
+
+def main() -> int:
+    args = parse()
+    if not args.inner:
+        return outer(args)
+    inner(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
