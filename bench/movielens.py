@@ -39,6 +39,7 @@ RECBOLE = {"ndcg10_bpr": 0.0413, "hr10_bpr": 0.1018, "wall_to_best_s_bpr": 14 * 
 MODELS = {
     "idsr": {"config": "configs/movielens-idsr.toml", "from_cache": False},
     "mmsrt": {"config": "configs/movielens-mmsrt.toml", "from_cache": True},
+    "fdsa": {"config": "configs/baselines/movielens-fdsa.toml", "from_cache": True},
 }
 
 
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("MMSR_HOME") or None,
                         help="data root for this bench (default: $MMSR_HOME, else a new temporary folder)")
     parser.add_argument("--source", help="folder with ml-100k.inter / ml-100k.item (default: from the recbole wheel)")
-    parser.add_argument("--models", default="idsr,mmsrt", help="comma-separated: idsr, mmsrt")
+    parser.add_argument("--models", default="idsr,mmsrt", help="comma-separated: idsr, mmsrt, fdsa")
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         help="a training override for every model, e.g. optim.epochs=50 (repeatable)")
     args = parser.parse_args()

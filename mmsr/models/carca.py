@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmsr.models.layers import masked_mean
+from mmsr.models.fdsa import given_features
 
 
 class CARCAItemTower(nn.Module):
@@ -39,11 +39,8 @@ class CARCAItemTower(nn.Module):
 
     def forward(self, inputs: dict) -> torch.Tensor:
         vectors = self.embedding(inputs["ids"])
-        for modality, encoder in self.encoders.items():
-            hidden, mask = inputs["states"][modality]
-            with torch.no_grad():
-                tokens, token_mask = encoder.upper(hidden.float(), mask)
-            vectors = vectors + self.project[modality](masked_mean(tokens, token_mask)) * self.scale
+        for column in given_features(self.encoders, self.project, inputs["states"]):
+            vectors = vectors + column * self.scale
         return vectors
 
 

@@ -44,6 +44,19 @@ def category_tokens(categories: list[str]) -> tuple[torch.Tensor, list[str]]:
     return table, ["<pad>", *vocab]
 
 
+def given_features(encoders: nn.ModuleDict, project: nn.ModuleDict, states: States) -> list[torch.Tensor]:
+    """Per modality, [N, D]: the encoder's output run frozen on its cached lower-layer states,
+    masked-mean pooled, then projected. The baselines that take content as given attributes
+    (FDSA, CARCA++) read it this way."""
+    columns = []
+    for modality, encoder in encoders.items():
+        hidden, mask = states[modality]
+        with torch.no_grad():
+            tokens, token_mask = encoder.upper(hidden.float(), mask)
+        columns.append(project[modality](masked_mean(tokens, token_mask)))
+    return columns
+
+
 class FDSAItemTower(nn.Module):
     """Item ids and content states -> [ID embedding | attention-pooled feature vector], 2D wide.
 
@@ -77,12 +90,7 @@ class FDSAItemTower(nn.Module):
         return list(self.encoders)
 
     def features(self, ids: torch.Tensor, states: States) -> torch.Tensor:
-        columns = []
-        for modality, encoder in self.encoders.items():
-            hidden, mask = states[modality]
-            with torch.no_grad():
-                tokens, token_mask = encoder.upper(hidden.float(), mask)
-            columns.append(self.project[modality](masked_mean(tokens, token_mask)))
+        columns = given_features(self.encoders, self.project, states)
         if self.category is not None:
             columns.append(self.category_embedding(self.category[ids]))
         stacked = torch.stack(columns, dim=1)  # [N, F, D]
