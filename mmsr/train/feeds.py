@@ -19,6 +19,7 @@ import torch
 from mmsr.caches import cache_path, open_checked_cache
 from mmsr.data.dataset import BadImagePolicy, Dataset
 from mmsr.errors import MMSRError
+from mmsr.models.layers import masked_mean
 from mmsr.train.config import TrainConfig
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -149,7 +150,6 @@ def pooled_features(config: TrainConfig, modality: str, dataset: Dataset, from_c
     """[items, D] the masked-mean pooled output of the config's `modality` encoder, run whole
     and frozen: what a model that takes its content as given features reads once (VQRec)."""
     from mmsr.encoders import create_encoders  # deferred: only the baselines that quantize content need it
-    from mmsr.models.layers import masked_mean
 
     encoder = create_encoders(config.encoders)[modality].to(device).eval()
     feed, _ = open_states_feed(config, {modality: encoder}, dataset, from_cache, device)
@@ -164,7 +164,7 @@ def pooled_features(config: TrainConfig, modality: str, dataset: Dataset, from_c
 
 def prepare_items(model, config: TrainConfig, dataset: Dataset, from_cache: bool, device: torch.device) -> None:
     """What an item tower fixes once before training from its frozen content (VQRec's codes);
-    nothing for the others. `--resume` and `mmsr eval` restore it with the weights instead."""
+    nothing for the others. A resumed run and `mmsr eval` restore it with the weights instead."""
     modality = getattr(model.items, "needs_features", None)
     if modality:
         model.items.prepare(pooled_features(config, modality, dataset, from_cache, device))

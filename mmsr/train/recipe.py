@@ -89,7 +89,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     model = build_model(config, dataset.num_items, train_counts=split.train_counts,
                         categories=dataset.item_categories()).to(device)
     feed, feed_desc = open_feed(config, model, dataset, from_cache, device)
-    prepare_items(model, config, dataset, from_cache, device)
+    if not resume:  # a resumed run gets them back with the weights
+        prepare_items(model, config, dataset, from_cache, device)
     torch.manual_seed(config.seed)  # the same initial RNG whatever building the encoders consumed
 
     batches = TrainBatches.for_config(split, config)
@@ -134,7 +135,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         running = LossSum(partial.get("loss", 0.0), partial.get("count", 0)) if first else LossSum()
         started = time.perf_counter() - (partial.get("seconds", 0.0) if first else 0.0)
 
-        def mid_epoch(step: int) -> dict:
+        def mid_epoch() -> dict:  # what a mid-epoch checkpoint keeps of the interrupted epoch
             return {"loss": running.loss, "count": running.targets, "seconds": time.perf_counter() - started}
 
         with progress(f"epoch {epoch + 1}/{config.optim.epochs}", steps_per_epoch - first, unit="steps") as advance:
@@ -150,7 +151,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                 global_step += 1
                 signum = stops.requested()
                 if signum or (config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0):
-                    checkpoint(epoch, step + 1, extra=mid_epoch(step))
+                    checkpoint(epoch, step + 1, extra=mid_epoch())
                 advance(1)
                 if signum:
                     barrier()  # no rank leaves (and makes torchrun stop the rest) before rank 0 has saved
