@@ -6,18 +6,18 @@
 The lock file sits next to the directory (`.NAME.lock`), not inside it, so that deleting the
 directory (`--overwrite`) cannot pull the lock from under a live holder. The kernel drops
 the lock when its process dies, so a killed command never leaves a stale lock behind. The
-holder is written and described as the cache build's shard locks do it.
+locking, and the "pid host" stamp that names the holder, are the cache build's own
+(`mmsr_store.shards`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from pathlib import Path
 from typing import Iterator
 
 from mmsr.errors import MMSRError
-from mmsr_store.shards import describe_holder, stamp_holder
+from mmsr_store.shards import describe_holder, flocked, stamp_holder
 
 
 def lock_path(target: Path) -> Path:
@@ -29,13 +29,10 @@ def lock_path(target: Path) -> Path:
 def output_lock(target: Path, what: str) -> Iterator[None]:
     """Hold the lock of `target` for the block; MMSRError naming the holder if it is taken."""
     path = lock_path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with flocked(path, blocking=False) as handle:
+        if handle is None:
             raise MMSRError(f"this {what} is in use by {describe_holder(path)}", where=target,
                             hint="wait for that command to finish or stop it; two writers would mix "
-                                 "their output") from None
+                                 "their output")
         stamp_holder(handle)
         yield

@@ -43,30 +43,32 @@ class OutOfSpaceError(UserError):
     reason = "no space left on device"
 
 
+RESUME_HINT = ("free some space (or raise the quota or file-size limit) and rerun the command: finished work "
+               "is kept and it resumes")
+
+
 @contextlib.contextmanager
-def out_of_space_guard(path: str | os.PathLike, what: str | None = None) -> Iterator[None]:
+def out_of_space_guard(path: str | os.PathLike, what: str | None = None, hint: str = RESUME_HINT) -> Iterator[None]:
     """Turn ENOSPC / EDQUOT / EFBIG inside the block into one OutOfSpaceError naming `path`
-    (and `what` was being written there, e.g. "text chunk 3").
+    (and `what` was being written there, e.g. "text chunk 3"); `hint` says what the rerun does.
 
     A bare `write()` failure carries no file name, so the caller says which path it was writing.
     """
     try:
         yield
     except OutOfSpaceError as error:
-        if what is None:
+        if what is None and hint == RESUME_HINT:
             raise
         # A helper's own guard named its file (a manifest marker, say); the caller knows better what it was.
-        raise _out_of_space(path, what, error.reason) from None
+        raise _out_of_space(path, what, error.reason, hint) from None
     except OSError as error:
         if error.errno not in OUT_OF_SPACE:
             raise
-        raise _out_of_space(path, what, os.strerror(error.errno).lower()) from None
+        raise _out_of_space(path, what, os.strerror(error.errno).lower(), hint) from None
 
 
-def _out_of_space(path: str | os.PathLike, what: str | None, reason: str) -> OutOfSpaceError:
+def _out_of_space(path: str | os.PathLike, what: str | None, reason: str, hint: str) -> OutOfSpaceError:
     target = f" {what}" if what else ""
-    error = OutOfSpaceError(f"cannot write{target}: {reason}", where=path,
-                            hint="free some space (or raise the quota or file-size limit) and rerun the "
-                                 "command: finished work is kept and it resumes")
+    error = OutOfSpaceError(f"cannot write{target}: {reason}", where=path, hint=hint)
     error.reason = reason
     return error

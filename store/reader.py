@@ -159,7 +159,7 @@ class Cache:
         import torch
 
         hidden_array, mask_array = self._arrays(modality)
-        read_hidden, read_mask = self._reader(modality, HIDDEN), self._reader(modality, MASK)
+        read_hidden, read_mask = self._reader(modality, HIDDEN, hidden_array), self._reader(modality, MASK, mask_array)
         if into == "ram":
             hidden = np.empty(hidden_array.shape, dtype=np.float16)
             mask = np.empty(mask_array.shape, dtype=bool)
@@ -184,9 +184,8 @@ class Cache:
             return hidden, mask
         raise StoreError(f"unknown load target {into!r}", hint='use "ram", "mmap" or "cuda"')
 
-    def _reader(self, modality: str, name: str):
-        """read(a, b) -> rows a..b of `modality`/`name`; a damaged chunk raises a StoreError naming it."""
-        array = self._group[f"{modality}/{name}"]
+    def _reader(self, modality: str, name: str, array):
+        """read(a, b) -> rows a..b of `array` (`modality`/`name`); a damaged chunk raises a StoreError naming it."""
         return lambda a, b: read_rows(self.path, f"{modality}/{name}", array, a, b)
 
     def _blocks(self, modality: str):
@@ -221,7 +220,7 @@ class Cache:
                     stamp_path.unlink(missing_ok=True)
                     hidden_array, mask_array = self._arrays(modality)
                     for out, array, name in ((hidden_path, hidden_array, HIDDEN), (mask_path, mask_array, MASK)):
-                        self._write_npy(out, array, self._reader(modality, name), self._blocks(modality))
+                        self._write_npy(out, array, self._reader(modality, name, array), self._blocks(modality))
                     atomic_write_json(stamp_path, {"digest": want})
         # Copy-on-write mapping: pages are shared through the page cache, writes stay private.
         return np.load(hidden_path, mmap_mode="c"), np.load(mask_path, mmap_mode="c")

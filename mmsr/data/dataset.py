@@ -29,7 +29,7 @@ from mmsr import paths
 from mmsr.atomic import atomic_dir
 from mmsr.data.textfile import iter_json_lines, iter_lines
 from mmsr.errors import MMSRError
-from mmsr_store.errors import OutOfSpaceError, out_of_space_guard
+from mmsr_store.errors import out_of_space_guard
 
 SCHEMA_VERSION = 1
 TEXT_FIELDS = ("title", "description", "category")
@@ -146,19 +146,12 @@ class DatasetWriter:
         self._with_image = 0
         self._with_text = 0
 
-    @contextlib.contextmanager
     def _space(self):
-        """A full disk anywhere in the writer -> one error naming the dataset being written.
-
-        The store's generic hint promises a resume; a dataset is all-or-nothing, so say that.
-        """
-        try:
-            with out_of_space_guard(self.dest):
-                yield
-        except OutOfSpaceError as error:
-            raise OutOfSpaceError(error.message, where=error.where,
-                                  hint="free some space and rerun the command: nothing of this dataset was "
-                                       "written, and an existing dataset of that name is unchanged") from None
+        """A full disk anywhere in the writer -> one error naming the dataset being written. A
+        dataset is all-or-nothing, so the hint says that, not that the rerun resumes."""
+        return out_of_space_guard(self.dest, hint="free some space and rerun the command: nothing of this "
+                                                  "dataset was written, and an existing dataset of that name is "
+                                                  "unchanged")
 
     def __enter__(self) -> "DatasetWriter":
         with self._space():

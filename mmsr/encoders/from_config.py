@@ -11,10 +11,13 @@ from mmsr.encoders.config import EncoderConfig
 from mmsr.encoders.registry import create_encoder
 
 
-def create_encoders(encoder_config: EncoderConfig) -> dict[str, SplitEncoder]:
-    """{modality: SplitEncoder} for the modalities the config enables ("" switches one off)."""
+def create_encoders(encoder_config: EncoderConfig, only: tuple[str, ...] | None = None) -> dict[str, SplitEncoder]:
+    """{modality: SplitEncoder} for the modalities the config enables ("" switches one off),
+    or for those of them in `only`."""
     out = {}
     for modality in encoder_config.modalities:
+        if only is not None and modality not in only:
+            continue
         name = encoder_config.text_model if modality == "text" else encoder_config.vision_model
         top = encoder_config.text_top_blocks if modality == "text" else encoder_config.vision_top_blocks
         out[modality] = create_encoder(name, modality, top, max_text_len=encoder_config.max_text_len,

@@ -53,12 +53,13 @@ def load_checkpoint(path: Path, hint: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MMSRError("checkpoint not found", where=path, hint=hint or "train first, or drop --resume")
-    damage = _damage(path)
+    data = path.read_bytes()  # read once: checked, then loaded from memory
+    damage = _damage(io.BytesIO(data))
     if damage:
         raise MMSRError(f"damaged checkpoint: {damage}", where=path,
                         hint=hint or "restore the file from a copy, or train again")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types; the message names the cause
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "weights_only" in str(error) or "Unsupported global" in str(error):
@@ -69,10 +70,10 @@ def load_checkpoint(path: Path, hint: str | None = None) -> dict:
                         hint=hint) from None
 
 
-def _damage(path: Path) -> str | None:
+def _damage(archive_file: io.BytesIO) -> str | None:
     """What is wrong with the archive (truncated, bad CRC), or None."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(archive_file) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, EOFError, OSError) as error:
         return f"not a complete checkpoint archive (truncated?): {error}"

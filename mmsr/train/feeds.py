@@ -151,7 +151,7 @@ def pooled_features(config: TrainConfig, modality: str, dataset: Dataset, from_c
     and frozen: what a model that takes its content as given features reads once (VQRec)."""
     from mmsr.encoders import create_encoders  # deferred: only the baselines that quantize content need it
 
-    encoder = create_encoders(config.encoders)[modality].to(device).eval()
+    encoder = create_encoders(config.encoders, only=(modality,))[modality].to(device).eval()
     feed, _ = open_states_feed(config, {modality: encoder}, dataset, from_cache, device)
     out = []
     for start in range(0, dataset.num_items, config.eval_batch_size):

@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from mmsr.encoders import create_encoders
@@ -144,14 +143,3 @@ def build_towers(config: "TrainConfig", inputs: KindInputs) -> tuple[nn.Module, 
 
 def kind_names() -> list[str]:
     return MODEL_KINDS.names()
-
-
-def item_inputs(items: nn.Module) -> str:
-    """What the item tower's feed must give it: "ids", "states" or "ids+states"."""
-    return items.inputs
-
-
-def score_vectors(items: nn.Module, vectors: torch.Tensor) -> torch.Tensor:
-    """The part of the item vectors that is scored against user vectors (all of it, but for FDSA)."""
-    part = getattr(items, "score_part", None)
-    return part(vectors) if part is not None else vectors

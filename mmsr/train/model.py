@@ -17,7 +17,7 @@ from torch import nn
 from mmsr.errors import MMSRError
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
-from mmsr.train.kinds import KindInputs, build_towers, item_inputs, score_vectors
+from mmsr.train.kinds import KindInputs, build_towers
 from mmsr.train.losses import LossInputs, create_loss
 
 
@@ -33,7 +33,7 @@ class Recommender(nn.Module):
     @property
     def item_inputs(self) -> str:
         """What the item feed must give the item tower: "ids", "states" or "ids+states"."""
-        return item_inputs(self.items)
+        return self.items.inputs
 
     @property
     def encoders(self) -> dict:
@@ -46,7 +46,8 @@ class Recommender(nn.Module):
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Item vectors -> what a user vector is scored against (FDSA: the ID half)."""
-        return score_vectors(self.items, vectors)
+        part = getattr(self.items, "score_part", None)
+        return part(vectors) if part is not None else vectors
 
     def item_vectors(self, ids: torch.Tensor, feed) -> torch.Tensor:
         return self.encode_items(feed(ids))

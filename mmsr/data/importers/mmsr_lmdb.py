@@ -190,12 +190,7 @@ def import_mmsr_lmdb(sources: list[Path], writer: DatasetWriter, report: ImportR
         if txn is not None:
             _check_lmdb_header(txn, lmdb_path, report)
         with progress("items", size_kb(items_path)) as advance:
-            for number, line in iter_lines(items_path, advance):
-                if not line.strip():
-                    continue
-                where = f"{items_path}:{number}"
-                if "\t" not in line:
-                    raise MMSRError("no tab: expected item_name<TAB>title", where=where)
+            for number, where, line in _tab_lines(items_path, "item_name<TAB>title", advance):
                 parts = line.split("\t")
                 if number == 1 and tuple(part.strip().lower() for part in parts[:2]) in _HEADERS:
                     continue
@@ -215,14 +210,20 @@ def import_mmsr_lmdb(sources: list[Path], writer: DatasetWriter, report: ImportR
             env.close()
 
 
-def _user_lines(users_path: Path, advance=None):
-    """(line number, user, item names) for every non-blank line of the users file."""
-    for number, line in iter_lines(users_path, advance):
+def _tab_lines(path: Path, expected: str, advance=None):
+    """(line number, "path:line", line) for every non-blank line; a line without a tab is an error."""
+    for number, line in iter_lines(path, advance):
         if not line.strip():
             continue
-        where = f"{users_path}:{number}"
+        where = f"{path}:{number}"
         if "\t" not in line:
-            raise MMSRError("no tab: expected user<TAB>item item item ...", where=where)
+            raise MMSRError(f"no tab: expected {expected}", where=where)
+        yield number, where, line
+
+
+def _user_lines(users_path: Path, advance=None):
+    """(line number, user, item names) for every non-blank line of the users file."""
+    for number, where, line in _tab_lines(users_path, "user<TAB>item item item ...", advance):
         user, _, sequence = line.partition("\t")
         names = sequence.split()
         if not names:
