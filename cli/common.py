@@ -35,20 +35,39 @@ class RateColumn(TextColumn):
 
     def render(self, task):
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
+        unit = task.fields.get("unit", self.unit)
+        return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
+
+
+_open_views: list[Progress] = []  # rich draws one live view at a time; inner bars join the outer one
 
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None, unit: str = "items") -> Iterator:
-    """Yield `advance(n)`; draws a rich bar with rate and ETA on rank 0 only (stderr)."""
+    """Yield `advance(n)`; draws a rich bar with rate and ETA on rank 0 only (stderr).
+
+    A bar opened inside another (a study's runs around each run's epochs) is one more line of
+    the same view, removed when it closes."""
     if not is_rank_zero() or os.environ.get("MMSR_NO_PROGRESS"):
         yield lambda n=1: None
         return
+    if _open_views:
+        view = _open_views[-1]
+        task = view.add_task(description, total=total, unit=unit)
+        try:
+            yield lambda n=1: view.advance(task, n)
+        finally:
+            view.remove_task(task)
+        return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                RateColumn(unit), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+    with Progress(*columns, console=console, transient=False) as view:
+        _open_views.append(view)
+        try:
+            task = view.add_task(description, total=total, unit=unit)
+            yield lambda n=1: view.advance(task, n)
+        finally:
+            _open_views.pop()
 
 
 def print_json(obj) -> None:

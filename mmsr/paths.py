@@ -4,6 +4,7 @@
     $MMSR_HOME/caches/NAME/...  zarr encoder caches  (mmsr cache build)
     $MMSR_HOME/runs/NAME/       training runs        (mmsr train)
     $MMSR_HOME/models/          converted offline weights (mmsr models prepare)
+    $MMSR_HOME/studies/NAME/    a study's runs, results.csv and report.md (mmsr study run)
 
 Everywhere a NAME is accepted, a path (anything containing a `/` or starting with `.`)
 works too.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-KINDS = ("datasets", "caches", "runs", "models")
+KINDS = ("datasets", "caches", "runs", "models", "studies")
 
 
 def home() -> Path:

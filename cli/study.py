@@ -1,0 +1,92 @@
+"""`mmsr study`: run one of the paper's experiments from its study file, and render its table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mmsr_cli.common import SetOption, console, log, progress_bar
+
+app = typer.Typer(help="The paper's experiments as data: configs/paper/*.toml, one per table or figure.",
+                  no_args_is_help=True)
+
+
+def _list(text: Optional[str]) -> Optional[list[str]]:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _seeds(text: Optional[str]) -> Optional[list[int]]:
+    from mmsr.errors import MMSRError
+
+    try:
+        return [int(part) for part in _list(text)] if text else None
+    except ValueError:
+        raise MMSRError(f"--seeds {text!r} is not a comma-separated list of integers", hint="e.g. --seeds 0,1,2") from None
+
+
+FileArgument = typer.Argument(..., help="A study file (configs/paper/*.toml).")
+DatasetOption = typer.Option(None, "--dataset", help="Run on these datasets (comma-separated) instead of the "
+                             "study's; variants with their own dataset keep it.")
+SeedsOption = typer.Option(None, "--seeds", help="Repeat every variant with these seeds, e.g. 0,1,2: the report "
+                           "shows mean ± standard deviation.")
+OnlyOption = typer.Option(None, "--only", help="Only these variants (comma-separated), plus what they start from.")
+OutOption = typer.Option(None, "--out", help="Study directory name under $MMSR_HOME/studies, or a path "
+                         "(default: the study's name).")
+
+
+@app.command("run")
+def run_command(
+    file: Path = FileArgument,
+    dataset: Optional[str] = DatasetOption,
+    overrides: Optional[list[str]] = SetOption,
+    only: Optional[str] = OnlyOption,
+    seeds: Optional[str] = SeedsOption,
+    out: Optional[str] = OutOption,
+):
+    """Train and evaluate every variant, then write results.csv, report.md and the figures.
+
+    Resumable: kill it at any point and run the same command again. Finished runs are not
+    trained again, the interrupted one resumes from its checkpoint. Variants whose encoder
+    settings match share one cache, built once. Output: $MMSR_HOME/studies/NAME/.
+    """
+    from mmsr.study.runner import run_study  # deferred: pulls in torch (seconds)
+
+    out_dir = run_study(file, datasets=_list(dataset), seeds=_seeds(seeds), only=_list(only), sets=overrides,
+                        out=out, progress=progress_bar, log=log)
+    log(f"[green]study done: {out_dir / 'report.md'}")
+
+
+@app.command("plan")
+def plan_command(
+    file: Path = FileArgument,
+    dataset: Optional[str] = DatasetOption,
+    overrides: Optional[list[str]] = SetOption,
+    only: Optional[str] = OnlyOption,
+    seeds: Optional[str] = SeedsOption,
+    out: Optional[str] = OutOption,
+):
+    """List the runs a `study run` with the same options would make, and which are finished."""
+    from mmsr.study.runner import plan_study, study_dir
+    from mmsr.study.spec import load_study
+
+    study = load_study(file)
+    runs = plan_study(study, study_dir(out or study.name), datasets=_list(dataset), seeds=_seeds(seeds),
+                      only=_list(only), sets=overrides)
+    table = Table(title=f"study {study.name}: {study.title}")
+    for column in ("run", "state", "starts from"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(run.name, run.state(), Path(run.config.init_from).name if run.variant.init_from else "")
+    console.print(table)
+
+
+@app.command("report")
+def report_command(name: str = typer.Argument(..., help="Study name (under $MMSR_HOME/studies) or directory.")):
+    """Re-render results.csv, report.md and the figures from the finished runs, training nothing."""
+    from mmsr.study.report import report_study
+
+    for path in report_study(name, log=log):
+        log(f"wrote {path}")

@@ -1,0 +1,269 @@
+"""Running a study: every variant x dataset x seed, resumably, into `$MMSR_HOME/studies/NAME/`.
+
+    studies/NAME/
+      study.toml                 the study file as it was run (what `mmsr study report` re-reads)
+      runs/VARIANT--DATASET--seedS/
+        config.json ...          an ordinary run directory (`mmsr eval --run` works on it)
+        study.json               written last, when the run is trained and evaluated: the
+                                 marker that makes a rerun skip it
+      results.csv, report.md     re-rendered after every finished run (`mmsr.study.report`)
+
+A rerun of the same command skips finished runs, resumes the interrupted one from its
+checkpoint (the trainer refuses a resume whose config changed), and trains the rest. A
+finished run whose variant changed since is refused, not silently reused or retrained.
+Variants whose encoder settings match share one cache, built once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from mmsr import paths
+from mmsr.atomic import atomic_write_text
+from mmsr.errors import MMSRError
+from mmsr.progress import ProgressFactory, no_progress
+from mmsr.study.spec import Study, Variant, load_study
+from mmsr.train.config import TrainConfig
+
+RESULT_FILE = "study.json"
+STUDY_FILE = "study.toml"
+ORIGIN_FILE = "origin.json"  # the study's name, file and command line, for the report
+
+
+def study_dir(name: str | Path) -> Path:
+    return paths.resolve("studies", name)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    variant: Variant
+    dataset: str
+    seed: int
+    root: Path
+    config: TrainConfig
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def finished(self) -> bool:
+        return (self.root / RESULT_FILE).is_file()
+
+    def state(self) -> str:
+        if self.finished():
+            return "done"
+        return "partial" if (self.root / "checkpoints").is_dir() else "todo"
+
+
+def run_name(variant: str, dataset: str, seed: int) -> str:
+    return f"{variant}--{Path(dataset).name}--seed{seed}"
+
+
+def plan_study(study: Study, out: Path, *, datasets: list[str] | None = None, seeds: list[int] | None = None,
+               only: list[str] | None = None, sets: list[str] | None = None) -> list[PlannedRun]:
+    """The runs of a study, sources before the variants that start from them.
+
+    `datasets` replaces the study's (not a variant's own `dataset`); `seeds` repeats every
+    variant (default: the config's seed); `only` keeps those variants and what they start from.
+    """
+    wanted = _with_sources(study, only) if only else {v.name for v in study.variants}
+    planned: dict[tuple[str, str, int], PlannedRun] = {}
+    for variant in _sources_first(study):
+        if variant.name not in wanted:
+            continue
+        for dataset in ((variant.dataset,) if variant.dataset else tuple(datasets or study.datasets)):
+            for seed in seeds or [None]:
+                config = study.resolve(variant, dataset, seed, sets)
+                if variant.init_from:
+                    source = _source_run(study, planned, variant, config.seed)
+                    config = study.resolve(variant, dataset, seed, [*(sets or []), f"init_from={source.root}"])
+                root = out / "runs" / run_name(variant.name, dataset, config.seed)
+                planned[(variant.name, dataset, config.seed)] = PlannedRun(variant, dataset, config.seed, root, config)
+    return list(planned.values())
+
+
+def _with_sources(study: Study, only: list[str]) -> set[str]:
+    names = set()
+    for name in only:
+        variant = study.variant(name)  # an unknown name is an error listing the known ones
+        while variant is not None:
+            names.add(variant.name)
+            variant = study.variant(variant.init_from) if variant.init_from else None
+    return names
+
+
+def _sources_first(study: Study) -> list[Variant]:
+    ordered: list[Variant] = []
+
+    def visit(variant: Variant) -> None:
+        if variant in ordered:
+            return
+        if variant.init_from:
+            visit(study.variant(variant.init_from))
+        ordered.append(variant)
+
+    for variant in study.variants:
+        visit(variant)
+    return ordered
+
+
+def _source_run(study: Study, planned: dict, variant: Variant, seed: int) -> PlannedRun:
+    sources = [run for (name, _, run_seed), run in planned.items() if name == variant.init_from and run_seed == seed]
+    if len(sources) != 1:
+        raise MMSRError(f"variant {variant.name!r} starts from {variant.init_from!r}, which has "
+                        f"{len(sources)} runs for seed {seed}", where=study.path,
+                        hint="give the source variant exactly one dataset (its `dataset` key)")
+    return sources[0]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+Log = Callable[[str], None]
+
+
+def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: list[int] | None = None,
+              only: list[str] | None = None, sets: list[str] | None = None, out: str | Path | None = None,
+              progress: ProgressFactory = no_progress, log: Log = print) -> Path:
+    """Train and evaluate every unfinished run of the study at `path`; returns the study directory."""
+    study = load_study(path)
+    out = study_dir(out or study.name)
+    runs = plan_study(study, out, datasets=datasets, seeds=seeds, only=only, sets=sets)
+    _refuse_changed(runs)
+    command = _command(study, datasets, seeds, only, sets)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / STUDY_FILE, study.path.read_text(encoding="utf-8"))
+    atomic_write_text(out / ORIGIN_FILE, json.dumps({"name": study.name, "file": str(study.path),
+                                                     "command": command}) + "\n")
+    from mmsr.study.report import write_report  # deferred: matplotlib is only needed once runs are done
+
+    todo = [run for run in runs if not run.finished()]
+    log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} finished already, {len(todo)} to train "
+        f"-> {out}")
+    with progress(f"study {study.name}", len(runs), unit="runs") as advance:
+        advance(len(runs) - len(todo))
+        built: set[Path] = set()
+        for run in todo:
+            _ensure_dataset(study, run.dataset, progress, log)
+            if study.from_cache:
+                _ensure_cache(run.config, built, progress, log)
+            _train_and_evaluate(study, run, progress, log)
+            write_report(out, study, command, log=log)
+            advance(1)
+    write_report(out, study, command, figures=True, log=log)
+    return out
+
+
+def _command(study: Study, datasets, seeds, only, sets) -> str:
+    try:
+        shown = study.path.relative_to(Path.cwd())
+    except ValueError:
+        shown = study.path
+    words = ["mmsr study run", str(shown)]
+    words += [f"--dataset {','.join(datasets)}"] if datasets else []
+    words += [f"--seeds {','.join(map(str, seeds))}"] if seeds else []
+    words += [f"--only {','.join(only)}"] if only else []
+    words += [f"--set {item}" for item in sets or []]
+    return " ".join(words)
+
+
+def load_run_study(out: Path) -> tuple[Study, str]:
+    """The study a study directory was run from (its copied file) and the command that ran it."""
+    if not (out / STUDY_FILE).is_file():
+        raise MMSRError("not a study directory (no study.toml)", where=out,
+                        hint="run it first with `mmsr study run FILE`")
+    origin = json.loads((out / ORIGIN_FILE).read_text()) if (out / ORIGIN_FILE).is_file() else {}
+    study = load_study(out / STUDY_FILE, check_configs=False)
+    study = replace(study, name=origin.get("name", out.name), path=Path(origin.get("file", study.path)))
+    return study, origin.get("command", "")
+
+
+def _refuse_changed(runs: list[PlannedRun]) -> None:
+    changed = [run.name for run in runs if run.finished() and _saved_config(run.root) != _as_json(run.config)]
+    if changed:
+        raise MMSRError(f"finished runs whose variant changed since they ran: {', '.join(changed)}",
+                        where=runs[0].root.parent, hint="delete those run directories to train them again, or run the study under "
+                             "another name (--out)")
+
+
+def _as_json(config: TrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(config)))
+
+
+def _saved_config(root: Path) -> dict:
+    return json.loads((root / "config.json").read_text())
+
+
+def _ensure_dataset(study: Study, dataset: str, progress: ProgressFactory, log: Log) -> None:
+    if (paths.dataset_dir(dataset) / "meta.json").is_file():
+        return
+    recipe = study.data.get(dataset)
+    if recipe is None:
+        raise MMSRError(f"dataset {dataset!r} not found", where=paths.dataset_dir(dataset),
+                        hint="create it with `mmsr data demo` or `mmsr data import`")
+    from mmsr.data.demo import create_demo
+
+    log(f"making dataset {dataset} (study recipe: demo {recipe['demo']})")
+    create_demo(dataset, **recipe["demo"], progress=progress)
+
+
+def _ensure_cache(config: TrainConfig, built: set[Path], progress: ProgressFactory, log: Log) -> None:
+    """Build (or finish) the cache this config's encoders read, once per process and path."""
+    from mmsr.caches import cache_path
+    from mmsr.cache_stage import build_cache
+    from mmsr.data.dataset import load_dataset
+    from mmsr.train.kinds import ID_ONLY_KINDS
+
+    if not config.encoders.modalities or config.model.kind in ID_ONLY_KINDS:
+        return
+    dataset = load_dataset(config.dataset, check_images=False)
+    path = cache_path(dataset, config.encoders)
+    if path in built:
+        return
+    report = build_cache(dataset, config.encoders, on_bad_image=config.on_bad_image, seed=config.seed,
+                         progress=progress, resolved_config={"dataset": config.dataset, "seed": config.seed,
+                                                             "encoders": asdict(config.encoders)})
+    encoded = sum(r.encoded_items for r in report.modalities.values())
+    log(f"cache {path.name}: " + (f"encoded {encoded} items" if encoded else "complete already, reused"))
+    built.add(path)
+
+
+def _train_and_evaluate(study: Study, run: PlannedRun, progress: ProgressFactory, log: Log) -> None:
+    from mmsr.eval.runner import evaluate_run
+    from mmsr.train.recipe import train
+    from mmsr.train.run import prepare_run
+
+    config_file = run.root.parent.parent / "configs" / f"{run.name}.json"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config_file, json.dumps(asdict(run.config), indent=2) + "\n")
+    resumed = (run.root / "checkpoints" / "last.pt").is_file()
+    log(f"[bold]{run.name}[/bold]: " + ("resuming from its checkpoint" if resumed else "training"))
+    # resume=True: continues from last.pt, or starts in place when there is no checkpoint yet.
+    prepared = prepare_run(run.root, config_file, resume=True, log=log)
+    started = time.perf_counter()
+    best = train(prepared.config, prepared.root, from_cache=study.from_cache, resume=prepared.resume,
+                 progress=progress, log=log)
+    wall = time.perf_counter() - started
+    evaluations = {}
+    for split in study.splits:
+        result = evaluate_run(run.root, split, ks=sorted({*study.ks, 10, 20, 50}), protocol=study.protocol, device=run.config.device)
+        evaluations[split] = {"cases": result["users"], "metrics": result["metrics"], "protocol": result["protocol"]}
+    records = _read_metrics(run.root)
+    summary = {"variant": run.variant.name, "dataset": run.dataset, "seed": run.seed,
+               "best_epoch": best.get("epoch"), "epochs_run": len(records),
+               "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in records), 1),
+               "wall_seconds_this_session": round(wall, 1), "evaluations": evaluations}
+    atomic_write_text(run.root / RESULT_FILE, json.dumps(summary, indent=2) + "\n")
+    log(f"{run.name}: best epoch {summary['best_epoch']}, "
+        + ", ".join(f"{split} " + " ".join(f"{m} {evaluations[split]['metrics'][m]:.4f}" for m in study.metrics)
+                    for split in study.splits))
+
+
+def _read_metrics(root: Path) -> list[dict]:
+    path = root / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+

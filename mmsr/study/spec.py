@@ -1,0 +1,398 @@
+"""A study file: one table or figure of the paper as data (`configs/paper/*.toml`).
+
+    [study]
+    title = "Table III: MMSR with various fusion methods"
+    base = "../demo-cpu.toml"            # a training config, relative to this file
+    datasets = ["demo"]                  # what `--dataset` replaces
+    splits = ["test"]                    # test | valid | cold | new
+    metrics = ["HR@10", "NDCG@10"]
+    protocol = "paper"                   # paper (history masked) | recbole
+    set = { "optim.epochs" = 20 }        # overrides for every variant
+
+    [data.demo-src]                      # datasets the study makes when they are missing
+    demo = { domain = 1, users = 4000 }  # `mmsr data demo` options
+
+    [[variant]]                          # or a [grid] of rows x columns, see below
+    name = "sum"
+    label = "Sum"                        # default: the name
+    group = "Coarse"                     # a heading the table groups rows under
+    set = { "model.fusion" = "sum" }
+    dataset = "demo-tgt"                 # only this dataset (a transfer study's source/target)
+    init_from = "source"                 # start from that variant's run (same seed)
+    in_table = false                     # trained (e.g. a transfer source) but not a row
+
+    [grid]                               # variants = every row x every column
+    rows = { SASRec = { "model.sequence" = "sasrec" } }
+    columns = { IDSR = { "model.kind" = "idsr" }, MMSR = {} }
+
+    [table]                              # the paper's layout; see mmsr.study.report
+    rows = ["variant"]
+    columns = ["dataset", "split", "column", "metric"]
+    best_within = []                     # extra dimensions held fixed when marking best/second
+    improv = { of = "MMSR", over = ["IDSR"], along = "column" }
+
+    [[figure]]
+    kind = "curves"                      # curves | items | users
+    variants = ["scratch", "transfer"]
+    metric = "HR@10"
+
+Everything is checked when the file is read: unknown keys, a variant overriding a config key
+that does not exist (by building its TrainConfig), an `init_from` naming no variant. The
+trainer does not know studies exist; a study only resolves configs and calls it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmsr import config as config_lib
+from mmsr.errors import MMSRError
+from mmsr.train.config import TrainConfig
+
+SPLITS = ("test", "valid", "cold", "new")
+PROTOCOLS = ("paper", "recbole")
+DIMENSIONS = ("variant", "column", "dataset", "split", "metric")
+FIGURE_KINDS = ("curves", "items", "users")
+_METRIC = re.compile(r"^(HR|NDCG)@(\d+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    overrides: dict  # nested, like a config file's mapping
+    column: str = ""
+    group: str = ""
+    dataset: str = ""
+    init_from: str = ""
+    in_table: bool = True
+
+
+@dataclass(frozen=True)
+class Improv:
+    of: str
+    over: tuple[str, ...]
+    along: str
+
+
+@dataclass(frozen=True)
+class Table:
+    rows: tuple[str, ...] = ("variant",)
+    columns: tuple[str, ...] = ("dataset", "split", "column", "metric")
+    best_within: tuple[str, ...] = ()
+    improv: Improv | None = None
+
+
+@dataclass(frozen=True)
+class Figure:
+    kind: str
+    variants: tuple[str, ...]
+    metric: str = "HR@10"
+    dataset: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: Path
+    title: str
+    base: Path | None
+    datasets: tuple[str, ...]
+    splits: tuple[str, ...]
+    metrics: tuple[str, ...]
+    protocol: str
+    overrides: dict
+    variants: tuple[Variant, ...]
+    table: Table
+    figures: tuple[Figure, ...] = ()
+    data: dict = field(default_factory=dict)  # dataset name -> {"demo": {options}}
+    from_cache: bool = True
+    notes: str = ""
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return tuple(sorted({int(_METRIC.match(m).group(2)) for m in self.metrics}))
+
+    def variant(self, name: str) -> Variant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise MMSRError(f"no variant {name!r} in the study", where=self.path,
+                        hint="variants: " + ", ".join(v.name for v in self.variants))
+
+    def datasets_of(self, variant: Variant) -> tuple[str, ...]:
+        return (variant.dataset,) if variant.dataset else self.datasets
+
+    def base_mapping(self) -> dict:
+        return config_lib.read_file(self.base) if self.base else {}
+
+    def config_mapping(self, variant: Variant, dataset: str, seed: int | None, sets: list[str] | None) -> dict:
+        """base file <- study `set` <- variant `set` <- `--set` <- dataset and seed."""
+        data = config_lib.merge(self.base_mapping(), self.overrides)
+        data = config_lib.merge(data, variant.overrides)
+        data = config_lib.merge(data, config_lib.parse_overrides(sets))
+        data["dataset"] = dataset
+        if seed is not None:
+            data["seed"] = seed
+        return data
+
+    def resolve(self, variant: Variant, dataset: str, seed: int | None = None,
+                sets: list[str] | None = None) -> TrainConfig:
+        source = f"config of variant {variant.name!r} (study {self.path})"
+        return config_lib.build(TrainConfig, self.config_mapping(variant, dataset, seed, sets), source=source)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+_TOP_KEYS = {"study", "data", "variant", "grid", "table", "figure"}
+_STUDY_KEYS = {"name", "title", "base", "datasets", "splits", "metrics", "protocol", "set", "from_cache", "notes"}
+_VARIANT_KEYS = {"name", "label", "set", "column", "group", "dataset", "init_from", "in_table"}
+_TABLE_KEYS = {"rows", "columns", "best_within", "improv"}
+_IMPROV_KEYS = {"of", "over", "along"}
+_FIGURE_KEYS = {"kind", "variants", "metric", "dataset", "name"}
+_GRID_KEYS = {"rows", "columns", "group"}
+
+
+def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
+    """Read and check a study file; every problem is reported in one error.
+
+    `check_configs=False` checks the file alone, not the base config and the variants'
+    configs: what re-rendering a report from the copy in the study directory needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise MMSRError("study file not found", where=path, hint="the shipped studies are in configs/paper/")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise MMSRError(f"cannot parse study file: {error}", where=path) from None
+    problems: list[str] = []
+    study = _parse(raw, path, problems)
+    if not problems and check_configs:
+        problems += _config_problems(study)
+    if problems:
+        raise MMSRError("invalid study file: " + "; ".join(problems), where=path)
+    return study
+
+
+def _unknown(mapping: dict, allowed: set, where: str, problems: list[str]) -> None:
+    for key in mapping:
+        if key not in allowed:
+            problems.append(f"unknown key {where}{key} (known: {', '.join(sorted(allowed))})")
+
+
+def _table_of(value: Any, where: str, problems: list[str]) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{where} must be a table, got {value!r}")
+        return {}
+    return value
+
+
+def _strings(value: Any, where: str, problems: list[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append(f"{where} must be a list of strings, got {value!r}")
+        return ()
+    return tuple(value)
+
+
+def nested(overrides: dict) -> dict:
+    """`{"model.fusion": "sum"}` and `{model = {fusion = "sum"}}` both become the nested form."""
+    out: dict = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            value = nested(value)
+        node = out
+        *sections, last = str(key).split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = config_lib.merge(node[last], value) if isinstance(node.get(last), dict) and isinstance(
+            value, dict) else value
+    return out
+
+
+def _parse(raw: dict, path: Path, problems: list[str]) -> Study:
+    _unknown(raw, _TOP_KEYS, "", problems)
+    head = _table_of(raw.get("study"), "[study]", problems)
+    _unknown(head, _STUDY_KEYS, "study.", problems)
+    base = head.get("base")
+    base_path = (path.parent / base).resolve() if isinstance(base, str) and base else None
+    splits = _strings(head.get("splits", ["test"]), "study.splits", problems)
+    for split in splits:
+        if split not in SPLITS:
+            problems.append(f"study.splits: unknown split {split!r} (known: {', '.join(SPLITS)})")
+    metrics = _strings(head.get("metrics", ["HR@10", "NDCG@10"]), "study.metrics", problems)
+    for metric in metrics:
+        if not _METRIC.match(metric):
+            problems.append(f"study.metrics: {metric!r} is not HR@K or NDCG@K")
+    protocol = head.get("protocol", "paper")
+    if protocol not in PROTOCOLS:
+        problems.append(f"study.protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+    from_cache = head.get("from_cache", True)
+    if not isinstance(from_cache, bool):
+        problems.append(f"study.from_cache must be true or false, got {from_cache!r}")
+    data = _data_recipes(_table_of(raw.get("data"), "[data]", problems), problems)
+    variants = _variants(raw, problems)
+    study = Study(
+        name=str(head.get("name") or path.stem), path=path.resolve(), title=str(head.get("title", path.stem)),
+        base=base_path, datasets=_strings(head.get("datasets", ["demo"]), "study.datasets", problems),
+        splits=splits, metrics=metrics, protocol=protocol,
+        overrides=nested(_table_of(head.get("set"), "study.set", problems)), variants=variants,
+        table=_table(_table_of(raw.get("table"), "[table]", problems), problems),
+        figures=_figures(raw.get("figure", []), problems), data=data, from_cache=from_cache,
+        notes=str(head.get("notes", "")))
+    _check_references(study, problems)
+    return study
+
+
+def _data_recipes(data: dict, problems: list[str]) -> dict:
+    for name, recipe in data.items():
+        recipe = _table_of(recipe, f"data.{name}", problems)
+        _unknown(recipe, {"demo"}, f"data.{name}.", problems)
+        _table_of(recipe.get("demo"), f"data.{name}.demo", problems)
+    return data
+
+
+def _variants(raw: dict, problems: list[str]) -> tuple[Variant, ...]:
+    variants = []
+    for index, entry in enumerate(raw.get("variant", [])):
+        where = f"variant[{index}]"
+        entry = _table_of(entry, where, problems)
+        _unknown(entry, _VARIANT_KEYS, f"{where}.", problems)
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            problems.append(f"{where}.name must be letters, digits and _.+- (it names the run), got {name!r}")
+            continue
+        in_table = entry.get("in_table", True)
+        if not isinstance(in_table, bool):
+            problems.append(f"{where}.in_table must be true or false")
+        variants.append(Variant(name=name, label=str(entry.get("label", name)),
+                                overrides=nested(_table_of(entry.get("set"), f"{where}.set", problems)),
+                                column=str(entry.get("column", "")), group=str(entry.get("group", "")),
+                                dataset=str(entry.get("dataset", "")), init_from=str(entry.get("init_from", "")),
+                                in_table=bool(in_table)))
+    grid = _table_of(raw.get("grid"), "[grid]", problems)
+    _unknown(grid, _GRID_KEYS, "grid.", problems)
+    rows = _table_of(grid.get("rows"), "grid.rows", problems)
+    columns = _table_of(grid.get("columns"), "grid.columns", problems) or {"": {}}
+    for row, row_set in rows.items():
+        for column, column_set in columns.items():
+            name = slug(f"{row}-{column}" if column else row)
+            overrides = config_lib.merge(nested(_table_of(row_set, f"grid.rows.{row}", problems)),
+                                         nested(_table_of(column_set, f"grid.columns.{column}", problems)))
+            variants.append(Variant(name=name, label=row, overrides=overrides, column=column,
+                                    group=str(grid.get("group", ""))))
+    names = [v.name for v in variants]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"two variants are called {name!r}")
+    if not variants:
+        problems.append("no variants: add [[variant]] entries or a [grid]")
+    return tuple(variants)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-").lower() or "variant"
+
+
+def _table(table: dict, problems: list[str]) -> Table:
+    _unknown(table, _TABLE_KEYS, "table.", problems)
+    rows = _strings(table.get("rows", ["variant"]), "table.rows", problems)
+    columns = _strings(table.get("columns", ["dataset", "split", "column", "metric"]), "table.columns", problems)
+    best_within = _strings(table.get("best_within", []), "table.best_within", problems)
+    for dim in rows + columns + best_within:
+        if dim not in DIMENSIONS:
+            problems.append(f"table: unknown dimension {dim!r} (known: {', '.join(DIMENSIONS)})")
+    missing = [d for d in DIMENSIONS if d not in rows + columns]
+    if missing:
+        problems.append(f"table: dimensions {missing} are neither rows nor columns")
+    improv = None
+    if "improv" in table:
+        spec = _table_of(table["improv"], "table.improv", problems)
+        _unknown(spec, _IMPROV_KEYS, "table.improv.", problems)
+        along = spec.get("along", columns[-1] if columns else "")
+        if not columns or along != columns[-1]:
+            problems.append(f"table.improv.along must be the last of table.columns ({columns[-1:]}), got {along!r}")
+        improv = Improv(of=str(spec.get("of", "")), over=_strings(spec.get("over", []), "table.improv.over", problems),
+                        along=along)
+    return Table(rows=rows, columns=columns, best_within=best_within, improv=improv)
+
+
+def _figures(entries: Any, problems: list[str]) -> tuple[Figure, ...]:
+    figures = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        where = f"figure[{index}]"
+        entry = _table_of(entry, where, problems)
+        _unknown(entry, _FIGURE_KEYS, f"{where}.", problems)
+        kind = entry.get("kind")
+        if kind not in FIGURE_KINDS:
+            problems.append(f"{where}.kind {kind!r}: use one of {', '.join(FIGURE_KINDS)}")
+            continue
+        variants = _strings(entry.get("variants", []), f"{where}.variants", problems)
+        if kind in ("items", "users") and len(variants) not in (1, 2):
+            problems.append(f"{where}: a t-SNE figure shows one variant or compares two, got {len(variants)}")
+        figures.append(Figure(kind=kind, variants=variants, metric=str(entry.get("metric", "HR@10")),
+                              dataset=str(entry.get("dataset", "")), name=str(entry.get("name", f"figure{index + 1}"))))
+    return tuple(figures)
+
+
+def _check_references(study: Study, problems: list[str]) -> None:
+    names = {v.name for v in study.variants}
+    labels = {v.label for v in study.variants} | {v.column for v in study.variants}
+    for variant in study.variants:
+        if variant.init_from and variant.init_from not in names:
+            problems.append(f"variant {variant.name!r}: init_from {variant.init_from!r} is no variant of the study")
+        if variant.init_from == variant.name:
+            problems.append(f"variant {variant.name!r} cannot start from itself")
+    for figure in study.figures:
+        for name in figure.variants:
+            if name not in names:
+                problems.append(f"figure {figure.name!r}: no variant {name!r}")
+    improv = study.table.improv
+    if improv:
+        for label in (improv.of, *improv.over):
+            if label not in labels:
+                problems.append(f"table.improv: {label!r} is neither a variant label nor a column")
+    _check_cycles(study, problems)
+
+
+def _check_cycles(study: Study, problems: list[str]) -> None:
+    parents = {v.name: v.init_from for v in study.variants}
+    for name in parents:
+        seen, node = set(), name
+        while parents.get(node):
+            if node in seen:
+                problems.append(f"variants {sorted(seen)} start from each other in a cycle")
+                return
+            seen.add(node)
+            node = parents[node]
+
+
+def _config_problems(study: Study) -> list[str]:
+    """Build every variant's TrainConfig now, so a typo fails before hours of training."""
+    if study.base is not None and not study.base.is_file():
+        return [f"study.base {study.base}: no such file (it is relative to the study file)"]
+    problems = []
+    for variant in study.variants:
+        for dataset in study.datasets_of(variant):
+            try:
+                study.resolve(variant, dataset)
+            except MMSRError as error:
+                problems.append(f"variant {variant.name!r}: " + error.message.split(": ", 1)[-1])
+                break
+    return problems
+
+
+def as_dict(study: Study) -> dict:
+    """What `report.md` and `results.csv` record of the study."""
+    return {"name": study.name, "title": study.title, "path": str(study.path), "datasets": list(study.datasets),
+            "splits": list(study.splits), "metrics": list(study.metrics), "protocol": study.protocol,
+            "variants": [asdict(v) for v in study.variants]}

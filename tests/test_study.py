@@ -1,0 +1,188 @@
+"""`mmsr study`: study files, the resumable runner, results.csv and the paper-style report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mmsr import config as config_lib
+from mmsr.errors import MMSRError
+from mmsr.study.report import cells, render_table
+from mmsr.study.runner import plan_study, run_study, study_dir
+from mmsr.study.spec import load_study
+from mmsr_cli.app import app
+
+STUDY = """
+[study]
+title = "A tiny fusion table"
+base = "base.json"
+datasets = ["{dataset}"]
+splits = ["test", "cold"]
+metrics = ["HR@10", "NDCG@10"]
+set = {{ "optim.epochs" = 2 }}
+
+[[variant]]
+name = "gate"
+label = "Gate"
+group = "Coarse"
+set = {{ "model.fusion" = "gate" }}
+
+[[variant]]
+name = "sum"
+label = "Sum"
+group = "Coarse"
+set = {{ "model.fusion" = "sum" }}
+
+[[variant]]
+name = "idsr"
+label = "IDSR"
+group = "IDs"
+set = {{ "model.kind" = "idsr" }}
+"""
+
+
+@pytest.fixture
+def study_file(tmp_path, tiny_overrides, small_demo):
+    base = config_lib.parse_overrides([o for o in tiny_overrides if not o.startswith(("dataset=", "optim.epochs="))])
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    path = tmp_path / "tiny.toml"
+    path.write_text(STUDY.format(dataset=small_demo))
+    return path
+
+
+def _quiet(_text: str) -> None:
+    pass
+
+
+def test_study_trains_every_variant_once_and_reports_what_it_measured(study_file, mmsr_home):
+    out = run_study(study_file, log=_quiet)
+    assert out == mmsr_home / "studies" / "tiny"
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["variant"], r["split"]) for r in rows] == [(v, s) for v in ("gate", "sum", "idsr")
+                                                          for s in ("cold", "test")]
+    # results.csv holds what `mmsr eval` wrote for each run and split
+    for row in rows:
+        evaluated = json.loads((Path(row["run"]) / f"eval_{row['split']}.json").read_text())
+        assert float(row["HR@10"]) == pytest.approx(evaluated["metrics"]["HR@10"], abs=1e-6)
+        assert int(row["epochs_run"]) == 2
+    # the gate and sum variants share one cache: one cache directory for the dataset
+    caches = [p for p in (mmsr_home / "caches").rglob("report.json")]
+    assert len(caches) == 1
+    # report.md's table carries the csv's numbers, best in bold per column
+    report = (out / "report.md").read_text()
+    test_hr = {r["label"]: float(r["HR@10"]) for r in rows if r["split"] == "test"}
+    best = max(test_hr, key=test_hr.get)
+    line = next(line for line in report.splitlines() if line.startswith(f"| {best} |"))
+    assert f"**{test_hr[best]:.4f}**" in line
+    assert "| *Coarse* |" in report and "| *IDs* |" in report
+
+    # a rerun trains nothing: finished runs keep their files untouched
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")}
+    messages = []
+    run_study(study_file, log=messages.append)
+    assert any("3 finished already, 0 to train" in m for m in messages)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")} == stamps
+
+    # `mmsr study report` re-renders without training
+    (out / "report.md").unlink()
+    result = CliRunner().invoke(app, ["study", "report", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").read_text() == report
+
+    # a finished variant whose settings changed is refused, not reused
+    study_file.write_text(study_file.read_text().replace('"model.fusion" = "sum"', '"model.fusion" = "concat"'))
+    with pytest.raises(MMSRError, match="changed since they ran: sum--demo-small--seed0"):
+        run_study(study_file, log=_quiet)
+
+
+def test_study_killed_with_sigkill_resumes_without_retraining_finished_runs(study_file, mmsr_home):
+    env = {**os.environ, "MMSR_HOME": str(mmsr_home), "MMSR_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "mmsr_cli.app", "study", "run", str(study_file), "--only", "gate,sum"]
+    first = mmsr_home / "studies" / "tiny" / "runs"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not list(first.glob("gate--*/study.json")):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = next(first.glob("gate--*"))
+    stamps = {p: p.stat().st_mtime_ns for p in done.rglob("*") if p.is_file()}
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 finished already, 1 to train" in rerun.stderr
+    assert {p: p.stat().st_mtime_ns for p in done.rglob("*") if p.is_file()} == stamps
+    assert next(first.glob("sum--*/study.json")).is_file()
+    assert len(list(csv.DictReader(open(mmsr_home / "studies" / "tiny" / "results.csv")))) == 4
+
+
+def test_seeds_repeat_each_variant_and_only_keeps_the_named_ones(study_file):
+    study = load_study(study_file)
+    runs = plan_study(study, study_dir("x"), seeds=[0, 1], only=["idsr"])
+    assert [r.name for r in runs] == [f"idsr--demo-small--seed{s}" for s in (0, 1)]
+    assert [r.config.seed for r in runs] == [0, 1]
+    with pytest.raises(MMSRError, match="no variant 'nope'.*gate, sum, idsr"):
+        plan_study(study, study_dir("x"), only=["nope"])
+    with pytest.raises(MMSRError, match="unknown key optim.epoch"):
+        plan_study(study, study_dir("x"), sets=["optim.epoch=3"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace("[study]", "[study]\ncolour = 1"), "unknown key study.colour"),
+    (lambda s: s.replace('"model.fusion" = "gate"', '"model.fuson" = "gate"'),
+     "variant 'gate': unknown key model.fuson"),
+    (lambda s: s.replace('name = "sum"', 'name = "sum"\ninit_from = "nothing"'), "init_from 'nothing' is no variant"),
+    (lambda s: s.replace('splits = ["test", "cold"]', 'splits = ["tset"]'), "unknown split 'tset'"),
+    (lambda s: s.replace('name = "idsr"', 'name = "gate"'), "two variants are called 'gate'"),
+    (lambda s: s + "\n[table]\nrows = [\"variant\"]\ncolumns = [\"metric\"]\n", "neither rows nor columns"),
+])
+def test_bad_study_files_are_refused_in_one_line(study_file, edit, message):
+    study_file.write_text(edit(study_file.read_text()))
+    with pytest.raises(MMSRError, match=re.escape(message)) as error:
+        load_study(study_file)
+    assert "\n" not in str(error.value) and str(study_file) in str(error.value)
+    result = CliRunner().invoke(app, ["study", "plan", str(study_file)])
+    assert result.exit_code != 0
+
+
+def test_grid_table_with_improv_and_seed_spread(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text("""
+[study]
+datasets = ["a", "b"]
+metrics = ["HR@10"]
+[grid]
+rows = { SASRec = { "model.sequence" = "sasrec" }, GRU4Rec = { "model.sequence" = "gru4rec" } }
+columns = { IDSR = { "model.kind" = "idsr" }, MMSR = {} }
+[table]
+rows = ["variant"]
+columns = ["dataset", "split", "metric", "column"]
+improv = { of = "MMSR", over = ["IDSR"], along = "column" }
+""")
+    study = load_study(path, check_configs=False)
+    assert [v.name for v in study.variants] == ["sasrec-idsr", "sasrec-mmsr", "gru4rec-idsr", "gru4rec-mmsr"]
+    values = {("SASRec", "IDSR"): [0.10, 0.12], ("SASRec", "MMSR"): [0.22, 0.22], ("GRU4Rec", "IDSR"): [0.05, 0.05],
+              ("GRU4Rec", "MMSR"): [0.04, 0.04]}
+    rows = [{"label": label, "column": column, "dataset": dataset, "split": "test", "seed": seed, "HR@10": hr,
+             "_in_table": True}
+            for (label, column), hrs in values.items() for seed, hr in enumerate(hrs) for dataset in ("a", "b")]
+    table = render_table(study, cells(study, rows))
+    lines = table.splitlines()
+    assert lines[0] == ("| variant | a HR@10 IDSR | a HR@10 MMSR | a HR@10 Improv. | b HR@10 IDSR | b HR@10 MMSR "
+                        "| b HR@10 Improv. |")
+    sasrec = next(line for line in lines if line.startswith("| SASRec |"))
+    assert "0.1100 ± 0.0141" in sasrec and "**0.2200 ± 0.0000**" in sasrec and "+100.00%" in sasrec
+    gru = next(line for line in lines if line.startswith("| GRU4Rec |"))
+    assert "-20.00%" in gru
