@@ -8,7 +8,7 @@ import sys
 import typer
 
 from mmsr_store.errors import UserError
-from mmsr_cli import cache, data, evaluate, models, study, train
+from mmsr_cli import cache, data, evaluate, models, plot, study, train
 from mmsr_cli.common import console
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(cache.app, name="cache")
 app.add_typer(models.app, name="models")
 app.add_typer(study.app, name="study")
+app.add_typer(plot.app, name="plot")
 app.command("train")(train.train_command)
 app.command("eval")(evaluate.eval_command)
 app.command("recommend")(evaluate.recommend_command)

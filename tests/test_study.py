@@ -39,7 +39,7 @@ set = {{ "model.fusion" = "gate" }}
 
 [[variant]]
 name = "sum"
-label = "Sum"
+label = "Summation"
 group = "Coarse"
 set = {{ "model.fusion" = "sum" }}
 
@@ -48,6 +48,17 @@ name = "idsr"
 label = "IDSR"
 group = "IDs"
 set = {{ "model.kind" = "idsr" }}
+
+[[figure]]
+kind = "curves"
+name = "fig3"
+variants = ["gate", "sum"]
+metric = "HR@10"
+
+[[figure]]
+kind = "items"
+name = "fig4"
+variants = ["idsr", "gate"]
 """
 
 
@@ -86,6 +97,13 @@ def test_study_trains_every_variant_once_and_reports_what_it_measured(study_file
     line = next(line for line in report.splitlines() if line.startswith(f"| {best} |"))
     assert f"**{test_hr[best]:.4f}**" in line
     assert "| *Coarse* |" in report and "| *IDs* |" in report
+    # the figures, with the data they were drawn from, linked from the report
+    for stem in ("fig3", "fig4"):
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{stem}]({stem}.png)" in report
+    with open(out / "fig3.csv", newline="") as handle:
+        drawn = {(r["run"], r["metric"]) for r in csv.DictReader(handle)}
+    assert drawn == {("Gate", "HR@10"), ("Summation", "HR@10")}
 
     # a rerun trains nothing: finished runs keep their files untouched
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")}
@@ -125,7 +143,8 @@ def test_study_killed_with_sigkill_resumes_without_retraining_finished_runs(stud
     assert "1 finished already, 1 to train" in rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in done.rglob("*") if p.is_file()} == stamps
     assert next(first.glob("sum--*/study.json")).is_file()
-    assert len(list(csv.DictReader(open(mmsr_home / "studies" / "tiny" / "results.csv")))) == 4
+    with open(mmsr_home / "studies" / "tiny" / "results.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 4
 
 
 def test_seeds_repeat_each_variant_and_only_keeps_the_named_ones(study_file):
@@ -146,7 +165,7 @@ def test_seeds_repeat_each_variant_and_only_keeps_the_named_ones(study_file):
     (lambda s: s.replace('name = "sum"', 'name = "sum"\ninit_from = "nothing"'), "init_from 'nothing' is no variant"),
     (lambda s: s.replace('splits = ["test", "cold"]', 'splits = ["tset"]'), "unknown split 'tset'"),
     (lambda s: s.replace('name = "idsr"', 'name = "gate"'), "two variants are called 'gate'"),
-    (lambda s: s + "\n[table]\nrows = [\"variant\"]\ncolumns = [\"metric\"]\n", "neither rows nor columns"),
+    (lambda s: s + "\n[table]\nrows = [\"variant\"]\ncolumns = [\"metrics\"]\n", "unknown dimension 'metrics'"),
 ])
 def test_bad_study_files_are_refused_in_one_line(study_file, edit, message):
     study_file.write_text(edit(study_file.read_text()))

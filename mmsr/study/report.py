@@ -217,7 +217,8 @@ def render_report(study: Study, rows: list[dict], command: str = "", figures: li
         lines.append(f"| {Path(row['run']).name} | {row['best_epoch']} / {row['epochs_run']} | "
                      f"{row['train_seconds']:.0f} | {row['cases']} |")
     for figure in figures:
-        lines += ["", f"![{figure.stem}]({figure.name})"]
+        if figure.suffix == ".png":
+            lines += ["", f"![{figure.stem}]({figure.name}) (data: {figure.stem}.csv)"]
     if command:
         lines += ["", f"Reproduce: `{command}`"]
     lines += ["", f"Re-render: `mmsr study report {study.name}`; every number above is in results.csv."]
@@ -228,7 +229,7 @@ def write_report(out: Path, study: Study, command: str = "", *, figures: bool = 
                  log: Callable[[str], None] = print) -> list[Path]:
     """Write results.csv and report.md (and the figures, with `figures`) from the finished runs."""
     rows = collect(out, study)
-    drawn = draw_figures(out, study) if figures else sorted(out.glob("*.png"))
+    drawn = draw_figures(out, study) if figures else sorted(out.glob("*.png"))  # keep what a last run drew
     atomic_write_text(out / "results.csv", results_csv(rows))
     atomic_write_text(out / "report.md", render_report(study, rows, command, drawn))
     return [out / "results.csv", out / "report.md", *drawn]

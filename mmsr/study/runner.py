@@ -242,8 +242,8 @@ def _train_and_evaluate(study: Study, run: PlannedRun, progress: ProgressFactory
     atomic_write_text(config_file, json.dumps(asdict(run.config), indent=2) + "\n")
     resumed = (run.root / "checkpoints" / "last.pt").is_file()
     log(f"[bold]{run.name}[/bold]: " + ("resuming from its checkpoint" if resumed else "training"))
-    # resume=True: continues from last.pt, or starts in place when there is no checkpoint yet.
-    prepared = prepare_run(run.root, config_file, resume=True, log=log)
+    # resume: continues from last.pt, or restarts in place a run killed before its first checkpoint.
+    prepared = prepare_run(run.root, config_file, resume=run.root.exists(), log=log)
     started = time.perf_counter()
     best = train(prepared.config, prepared.root, from_cache=study.from_cache, resume=prepared.resume,
                  progress=progress, log=log)

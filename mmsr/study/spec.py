@@ -27,7 +27,7 @@
 
     [table]                              # the paper's layout; see mmsr.study.report
     rows = ["variant"]
-    columns = ["dataset", "split", "column", "metric"]
+    columns = ["dataset", "split", "column", "metric"]   # one not named goes first in columns
     best_within = []                     # extra dimensions held fixed when marking best/second
     improv = { of = "MMSR", over = ["IDSR"], along = "column" }
 
@@ -56,7 +56,7 @@ from mmsr.train.config import TrainConfig
 SPLITS = ("test", "valid", "cold", "new")
 PROTOCOLS = ("paper", "recbole")
 DIMENSIONS = ("variant", "column", "dataset", "split", "metric")
-FIGURE_KINDS = ("curves", "items", "users")
+FIGURE_KINDS = ("curves", "items", "users")  # mmsr.study.figures.DRAWERS
 _METRIC = re.compile(r"^(HR|NDCG)@(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -311,9 +311,9 @@ def _table(table: dict, problems: list[str]) -> Table:
     for dim in rows + columns + best_within:
         if dim not in DIMENSIONS:
             problems.append(f"table: unknown dimension {dim!r} (known: {', '.join(DIMENSIONS)})")
-    missing = [d for d in DIMENSIONS if d not in rows + columns]
-    if missing:
-        problems.append(f"table: dimensions {missing} are neither rows nor columns")
+    # A dimension the layout does not name spans the columns, outermost (no header when it has
+    # one value, as `column` has outside a grid).
+    columns = tuple(d for d in DIMENSIONS if d not in rows + columns) + columns
     improv = None
     if "improv" in table:
         spec = _table_of(table["improv"], "table.improv", problems)
