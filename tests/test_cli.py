@@ -41,7 +41,7 @@ def test_user_error_is_one_line_and_exit_2(mmsr_home):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-@pytest.mark.parametrize("group", ["data", "cache", "train", "eval", "recommend"])
+@pytest.mark.parametrize("group", ["data", "cache", "train", "eval", "recommend", "study", "plot"])
 def test_help_everywhere(group, mmsr_home):
     result = mmsr(group, "--help", home=mmsr_home)
     assert result.returncode == 0 and "Usage" in result.stdout

@@ -31,15 +31,21 @@ from mmsr.train.run import load_run
 PROTOCOLS = {"paper": True, "recbole": False}
 
 
-@torch.no_grad()
 def item_matrix(model, feed, num_items: int, batch_size: int, device: torch.device, progress=None) -> torch.Tensor:
+    return item_vectors_of(model, feed, np.arange(num_items), batch_size, device, progress)
+
+
+@torch.no_grad()
+def item_vectors_of(model, feed, ids, batch_size: int, device: torch.device, progress=None) -> torch.Tensor:
+    """The vectors of the items `ids`, in that order: a plot's sample need not embed the catalogue."""
     model.eval()
+    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
     out = []
-    for start in range(0, num_items, batch_size):
-        ids = torch.arange(start, min(num_items, start + batch_size), device=device)
-        out.append(model.item_vectors(ids, feed).float().cpu())
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start:start + batch_size].to(device)
+        out.append(model.item_vectors(batch, feed).float().cpu())
         if progress:
-            progress(len(ids))
+            progress(len(batch))
     return torch.cat(out)
 
 
