@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -19,10 +21,14 @@ app.command("import")(import_)
 
 @app.command()
 def demo(
-    name: str = typer.Option("demo", "--name", help="Dataset name (under $MMSR_HOME/datasets) or a path."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset name (under $MMSR_HOME/datasets) or a path. "
+                                       "Default: demo, or demo-dK for --domain K."),
     items: int = typer.Option(3000, "--items", help="Number of items, each with a 224x224 picture and a title."),
     users: int = typer.Option(2000, "--users", help="Number of users, with 5 to 40 interactions each."),
     seed: int = typer.Option(0, "--seed", help="Generator seed: the same seed gives the same bytes."),
+    domain: int = typer.Option(0, "--domain", help="0: the demo. K > 0: a catalogue disjoint from every other "
+                               "domain's (new items, pictures, brands and users; ids prefixed dK-) under the same "
+                               "rules, to try transfer (mmsr train --init-from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset of that name."),
 ):
     """Generate the synthetic demo dataset (offline, deterministic, well under a minute).
@@ -30,7 +36,8 @@ def demo(
     Colour, shape and pattern are visible only in the pictures; category, material and style
     only in the text; users' choices depend on both. See the README for the rules.
     """
-    dest, written = create_demo(name, items=items, users=users, seed=seed, overwrite=overwrite, progress=progress_bar)
+    dest, written = create_demo(name, items=items, users=users, seed=seed, domain=domain, overwrite=overwrite,
+                                progress=progress_bar)
     console.print(f"[green]wrote {dest}" if written
                   else f"[yellow]{dest} already exists; keeping it (pass --overwrite to regenerate).")
 

@@ -25,6 +25,10 @@ def train_command(
                                     "last.pt is damaged; the epochs after best.pt are trained again."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the run afresh, deleting the old one."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (overrides the config)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from another run's weights (best.pt, "
+                                            "else last.pt; transfer; sets init_from): every tensor whose name and "
+                                            "shape match is copied, listed in the run's init.json. Content kinds only "
+                                            "(mmsr, morec), same encoders. Not re-applied on --resume."),
 ):
     """Train a recommender; writes config.json, metrics.jsonl and checkpoints to the run directory.
 
@@ -42,13 +46,17 @@ def train_command(
     baselines fdsa, vqrec and morec (configs/baselines/). Kinds other than mmsr
     take model.fusion* as a no-op, so one profile file drives a model and its
     baselines.
+
+    --init-from RUN (transfer): refused before training for ID kinds, a missing
+    source run or checkpoint, and encoders that differ from the source's.
     """
     # Deferred: these pull in torch (seconds), which `mmsr --help` and `mmsr data` never need.
     from mmsr.train.recipe import train
     from mmsr.train.run import prepare_run
 
-    prepared = prepare_run(run, config, overrides, {"dataset": dataset, "seed": seed}, resume=resume,
-                           resume_from=resume_from, overwrite=overwrite, log=log)
+    flags = {"dataset": dataset, "seed": seed, "init_from": init_from}
+    prepared = prepare_run(run, config, overrides, flags, resume=resume, resume_from=resume_from,
+                           overwrite=overwrite, log=log)
     best = train(prepared.config, prepared.root, from_cache=from_cache, resume=prepared.resume,
                  resume_from=resume_from, progress=progress_bar, log=log)
     log(f"[green]run {prepared.root}: best epoch {best.get('epoch')} {best.get('valid')}")

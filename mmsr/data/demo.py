@@ -11,6 +11,13 @@ without repeats, where popularity is Zipf-like over a random order of the items.
 picture explains part of each choice and the text the other part: a text+image model can
 beat text alone, image alone and item IDs alone, and most items are seen fewer than ten
 times in training (cold), where only content can help.
+
+Domains (`domain=K`) are catalogues drawn under the same rules and attribute vocabulary but
+from their own random streams: new items, pictures, brands and users, with ids prefixed
+`dK-`, so they are disjoint by construction. Tastes are over attributes that every domain
+shows in its pictures and text, so a content model trained on one domain can be tried on
+another (transfer, seed §7.2), while item IDs cannot carry over. Domain 0 is the demo as it
+always was, byte for byte.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ CATEGORIES = ("jacket", "sneaker", "backpack", "lamp", "mug", "watch", "scarf", 
 MATERIALS = ("leather", "cotton", "wool", "ceramic", "steel", "bamboo")
 STYLES = ("vintage", "modern", "sporty", "elegant", "rustic")
 BRANDS = ("Norda", "Velo", "Atlas", "Kumo", "Brisa", "Oaken", "Lumen", "Tessa", "Mirro", "Pallo")
+# Other domains name their own brands from these syllables: another shop, other makers, so
+# titles differ across domains where the attribute words do not.
+BRAND_SYLLABLES = ("Ka", "Lo", "Mi", "Ren", "Sa", "To", "Vi", "Nu", "Pe", "Dor", "Ga", "Li", "Bo", "Fen", "Ra")
 B_COLOUR = 4.0
 B_CATEGORY = 4.0
 SWITCH_PROB = 0.3
@@ -54,6 +64,40 @@ class DemoItems:
     popularity: np.ndarray
 
 
+@dataclass(frozen=True)
+class Domain:
+    """Where a domain's randomness and names come from. Domain 0 keeps the streams, ids and
+    brands the demo had before domains existed, so its bytes do not change."""
+
+    seed: int
+    index: int = 0
+
+    def rng(self, stream: int) -> np.random.Generator:
+        if self.index == 0:
+            return np.random.default_rng(self.seed if stream == 0 else [self.seed, stream])
+        # A spawn key, not [seed, K, stream]: numpy pads short entropy with zeros, so
+        # [seed, 1, 0] is the same stream as domain 0's [seed, 1]. Spawned children never
+        # coincide with a parent's entropy nor with each other.
+        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.index, stream)))
+
+    def prefix(self) -> str:
+        return f"d{self.index}-" if self.index else ""
+
+    def item_id(self, i: int) -> str:
+        return f"{self.prefix()}i{i:05d}"
+
+    def user_id(self, u: int) -> str:
+        return f"{self.prefix()}u{u:05d}"
+
+    def brands(self) -> tuple[str, ...]:
+        if self.index == 0:
+            return BRANDS
+        rng = self.rng(3)
+        pairs = rng.choice(len(BRAND_SYLLABLES) ** 2, size=len(BRANDS), replace=False)
+        n = len(BRAND_SYLLABLES)
+        return tuple(BRAND_SYLLABLES[p // n] + BRAND_SYLLABLES[p % n].lower() for p in pairs)
+
+
 def _draw_items(rng: np.random.Generator, n: int) -> DemoItems:
     ranks = rng.permutation(n) + 1
     popularity = 1.0 / ranks ** ZIPF_EXPONENT
@@ -65,9 +109,9 @@ def _draw_items(rng: np.random.Generator, n: int) -> DemoItems:
     )
 
 
-def _title(items: DemoItems, i: int) -> str:
+def _title(items: DemoItems, i: int, brands: tuple[str, ...] = BRANDS) -> str:
     return (f"{STYLES[items.style[i]].capitalize()} {MATERIALS[items.material[i]]} "
-            f"{CATEGORIES[items.category[i]]} by {BRANDS[items.brand[i]]}")
+            f"{CATEGORIES[items.category[i]]} by {brands[items.brand[i]]}")
 
 
 def _description(items: DemoItems, i: int, model_no: int) -> str:
@@ -140,20 +184,23 @@ def _draw_sequences(rng: np.random.Generator, items: DemoItems, users: int, min_
 
 
 def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: int = 2000, seed: int = 0,
-                  min_len: int = 5, max_len: int = 40, image_size: int = 224, overwrite: bool = False,
-                  progress=None) -> Path:
-    """Write the demo dataset to `dest` atomically. `progress(advance)` is called per item and per user."""
+                  domain: int = 0, min_len: int = 5, max_len: int = 40, image_size: int = 224,
+                  overwrite: bool = False, progress=None) -> Path:
+    """Write the demo dataset to `dest` atomically. `progress(advance)` is called per item and per user.
+    `domain` K > 0 draws a catalogue disjoint from every other domain's (see the module doc)."""
     if items < 10 or users < 1:
         raise MMSRError("the demo needs at least 10 items and 1 user")
-    rng = np.random.default_rng(seed)
-    attrs = _draw_items(rng, items)
-    image_rng = np.random.default_rng([seed, 1])
-    seq_rng = np.random.default_rng([seed, 2])
+    if domain < 0:
+        raise MMSRError(f"demo domain {domain} is negative", hint="use --domain 0 (the demo) or a positive number")
+    catalogue = Domain(seed, domain)
+    attrs = _draw_items(catalogue.rng(0), items)
+    image_rng, seq_rng, brands = catalogue.rng(1), catalogue.rng(2), catalogue.brands()
     with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite) as writer:
         for i in range(items):
             picture = render_image(attrs.colour[i], attrs.shape[i], attrs.pattern[i], image_rng, image_size)
-            writer.add_item(f"i{i:05d}", title=_title(attrs, i), description=_description(attrs, i, 100 + i),
-                            category=CATEGORIES[attrs.category[i]], image=picture)
+            writer.add_item(catalogue.item_id(i), title=_title(attrs, i, brands),
+                            description=_description(attrs, i, 100 + i), category=CATEGORIES[attrs.category[i]],
+                            image=picture)
             if progress:
                 progress(1)
         base_time = 1_700_000_000
@@ -161,21 +208,28 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
             t = base_time + int(seq_rng.integers(0, 86_400 * 30))
             for item in sequence:
                 t += int(seq_rng.integers(60, 86_400))
-                writer.add_interaction(f"u{u:05d}", f"i{item:05d}", t)
+                writer.add_interaction(catalogue.user_id(u), catalogue.item_id(item), t)
             if progress:
                 progress(1)
     return Path(dest)
 
 
-def create_demo(name: str = "demo", *, items: int = 3000, users: int = 2000, seed: int = 0, overwrite: bool = False,
-                progress: ProgressFactory = no_progress) -> tuple[Path, bool]:
-    """`mmsr data demo`: the demo dataset `name` (under $MMSR_HOME/datasets, or a path), generated
-    unless it already exists (`overwrite` regenerates it). Returns (its directory, whether it was
-    written now)."""
+def default_demo_name(domain: int = 0) -> str:
+    """Each domain has its own default name, so generating another domain never finds the
+    demo already there and keeps it instead."""
+    return f"demo-d{domain}" if domain else "demo"
+
+
+def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000, seed: int = 0, domain: int = 0,
+                overwrite: bool = False, progress: ProgressFactory = no_progress) -> tuple[Path, bool]:
+    """`mmsr data demo`: the demo dataset `name` (under $MMSR_HOME/datasets, or a path; default
+    `default_demo_name(domain)`), generated unless it already exists (`overwrite` regenerates
+    it). Returns (its directory, whether it was written now)."""
+    name = name or default_demo_name(domain)
     dest = paths.dataset_dir(name)
     if dest.exists() and not overwrite:
         return dest, False
     with progress("demo data", items + users) as advance:
-        generate_demo(dest, name=Path(name).name, items=items, users=users, seed=seed, overwrite=overwrite,
-                      progress=advance)
+        generate_demo(dest, name=Path(name).name, items=items, users=users, seed=seed, domain=domain,
+                      overwrite=overwrite, progress=advance)
     return dest, True

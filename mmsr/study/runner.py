@@ -195,7 +195,9 @@ def _as_json(config: TrainConfig) -> dict:
 
 
 def _saved_config(root: Path) -> dict:
-    return json.loads((root / "config.json").read_text())
+    from mmsr.train.run import run_config  # rebuilt: a field added since holds its default
+
+    return _as_json(run_config(root))
 
 
 def _ensure_dataset(study: Study, dataset: str, progress: ProgressFactory, log: Log) -> None:

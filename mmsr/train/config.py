@@ -85,6 +85,11 @@ class TrainConfig:
     # another policy is refused.
     on_bad_image: Literal["error", "skip", "placeholder"] = "error"
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every N steps; 0 = end of epoch only
+    # Transfer (seed §7.2): a run (a name under $MMSR_HOME/runs, or a path) whose weights (best.pt,
+    # else last.pt) start this one; every tensor whose name and shape match is copied (see
+    # mmsr.train.run.init_from_source). Only on a fresh start: --resume continues from the run's
+    # own checkpoint. "" = from scratch.
+    init_from: str = ""
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -188,7 +193,7 @@ def _default(cls: type, name: str):
 
 
 TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "valid_protocol", "early_stop_patience",
-                   "checkpoint_every_steps", "cache_into")
+                   "checkpoint_every_steps", "cache_into", "init_from")
 
 
 def cache_section(data: dict, source: str = "config") -> dict:

@@ -44,12 +44,15 @@ if TYPE_CHECKING:
     from mmsr.train.config import TrainConfig
 
 # params: the model.* knobs a kind reads beyond the sequence model's (the config refuses the
-# others when set); needs: "content" (at least one encoder), "text", or "pair_loss" (a loss
-# that scores one candidate per position: bce, bpr).
+# others when set); needs: "content" (at least one encoder), "text", "pair_loss" (a loss
+# that scores one candidate per position: bce, bpr), or "item_ids" (weights indexed by the
+# catalogue's item ids, which mean nothing in another catalogue: `init_from` refuses them).
 MODEL_KINDS: Registry = Registry("model kind")
 # Kinds whose scored item vectors are a table lookup (their towers' `score_table`), so the full
 # softmax (`optim.loss = "softmax"`) can score every item at every step.
 TABLE_KINDS = ("idsr", "fdsa", "vqrec")
+# Kinds that never read the encoders' states: no cache to build for them.
+ID_ONLY_KINDS = ("idsr",)
 
 
 @dataclass
@@ -87,7 +90,7 @@ def _mmsr(config: "TrainConfig", inputs: KindInputs):
     return _content_tower(config, inputs.encoders_for(config), config.model.fusion), UserTower(_sequence(config))
 
 
-@MODEL_KINDS.register("idsr", help="ID-based sequential recommender: a learned vector per item")
+@MODEL_KINDS.register("idsr", needs=("item_ids",), help="ID-based sequential recommender: a learned vector per item")
 def _idsr(config: "TrainConfig", inputs: KindInputs):
     return IDItemTower(inputs.num_items, config.model.dim), UserTower(_sequence(config))
 
@@ -99,7 +102,7 @@ def _morec(config: "TrainConfig", inputs: KindInputs):
     return _content_tower(config, encoders, "sum" if len(encoders) > 1 else "pool"), UserTower(_sequence(config))
 
 
-@MODEL_KINDS.register("fdsa", params=("side_features",),
+@MODEL_KINDS.register("fdsa", params=("side_features",), needs=("item_ids",),
                       help="FDSA (Zhang et al. 2019): an ID stream and a feature stream of self-attention")
 def _fdsa(config: "TrainConfig", inputs: KindInputs):
     m = config.model
@@ -120,14 +123,14 @@ def _fdsa(config: "TrainConfig", inputs: KindInputs):
     return items, FDSAUserTower(_sequence(config), _sequence(config), m.dim)
 
 
-@MODEL_KINDS.register("vqrec", params=("vq_codes", "vq_bits"), needs=("text",),
+@MODEL_KINDS.register("vqrec", params=("vq_codes", "vq_bits"), needs=("text", "item_ids"),
                       help="VQRec (Hou et al. 2023): items as OPQ codes of their frozen text")
 def _vqrec(config: "TrainConfig", inputs: KindInputs):
     m = config.model
     return VQRecItemTower(inputs.num_items, m.dim, m.vq_codes, m.vq_bits), UserTower(_sequence(config))
 
 
-@MODEL_KINDS.register("carca", needs=("pair_loss",),
+@MODEL_KINDS.register("carca", needs=("pair_loss", "item_ids"),
                       help="CARCA++ (Rashed et al. 2022): candidates cross-attend to the sequence (not an inner product)")
 def _carca(config: "TrainConfig", inputs: KindInputs):
     m = config.model

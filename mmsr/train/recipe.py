@@ -1,6 +1,7 @@
 """The training recipe: a plain function, read top to bottom (torchtune style).
 
-    dataset -> split -> model (+ cache feed) -> AdamW groups -> epochs of steps -> validation
+    dataset -> split -> model (+ cache feed) [-> weights from init_from] -> AdamW groups
+            -> epochs of steps -> validation
             -> atomic checkpoints (last.pt, best.pt) and metrics.jsonl in the run directory
 """
 
@@ -29,6 +30,7 @@ from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, parameter_groups, trainable_state
+from mmsr.train.run import INIT_FILE, init_from_source, init_summary, run_config, transfer_source
 from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
 
 
@@ -84,6 +86,9 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
+    # Checked before the dataset loads; never on resume: the run's own checkpoint holds the
+    # weights it started from and all it learnt since, and the source may be gone by then.
+    source = transfer_source(config, run_dir) if config.init_from and not resume else None
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
     model = build_model(config, dataset.num_items, train_counts=split.train_counts,
@@ -92,6 +97,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     if not resume:  # a resumed run gets them back with the weights
         prepare_items(model, config, dataset, from_cache, device)
     torch.manual_seed(config.seed)  # the same initial RNG whatever building the encoders consumed
+    init = init_from_source(model, source) if source else None  # before the optimizer holds any state
 
     batches = TrainBatches.for_config(split, config)
     steps_per_epoch = len(batches)
@@ -114,7 +120,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         if dist.main and resume_from != "last":
             _drop_metrics_after(run_dir, start_epoch)
     elif dist.main:
-        _start_run_dir(run_dir, config, {"from_cache": from_cache, "item_feed": feed_desc, "world_size": dist.world})
+        _start_run_dir(run_dir, config, {"from_cache": from_cache, "item_feed": feed_desc, "world_size": dist.world},
+                       init)
+        if init:
+            log(init_summary(init))
     barrier()
     if dist.main:
         log(f"items: {dataset.num_items:,}  users: {split.num_users:,}  steps/epoch: {steps_per_epoch}  "
@@ -213,17 +222,23 @@ def _wrap(model, dist: Dist, device: torch.device):
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def _start_run_dir(run_dir: Path, config: TrainConfig, info: dict) -> None:
+def _start_run_dir(run_dir: Path, config: TrainConfig, info: dict, init: dict | None) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        metrics.unlink()
+    if init:
+        atomic_write_text(run_dir / INIT_FILE, json.dumps(init, indent=2) + "\n")
+    # A restart in the same directory (no checkpoint yet) must not keep the last start's records.
+    stale = [run_dir / "metrics.jsonl"] + ([] if init else [run_dir / INIT_FILE])
+    for path in stale:
+        if path.exists():
+            path.unlink()
 
 
 def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
-    saved = json.loads((run_dir / "config.json").read_text())
+    # Rebuilt, not compared raw: a run saved before a config field existed (e.g. init_from)
+    # holds its default, and must still resume.
+    saved = json.loads(json.dumps(asdict(run_config(run_dir))))
     if saved != json.loads(json.dumps(asdict(config))):
         raise MMSRError("--resume with a config that differs from the run's", where=run_dir / "config.json",
                         hint="resume with the same config (or none: the run's own is used)")

@@ -3,12 +3,15 @@
     RUN/
       config.json          the resolved TrainConfig
       run.json             how it was trained (item feed), written at start
+      init.json            with `init_from`: the source run and checkpoint, and which tensors
+                           were copied from it and which not (missing there, other shape)
       metrics.jsonl        one line per epoch: loss, lr, validation metrics
       checkpoints/last.pt  latest state (resume point); best.pt: best validation NDCG@10
       eval_<split>.json    written by `mmsr eval`
 
 `prepare_run` decides which directory and which config a `mmsr train` uses; `load_run`
-rebuilds the trained model from the directory.
+rebuilds the trained model from the directory; `transfer_source` and `init_from_source`
+start a model from another run's weights (`init_from`, transfer learning, seed §7.2).
 """
 
 from __future__ import annotations
@@ -32,10 +35,17 @@ from mmsr.locks import output_lock
 from mmsr.train.checkpoint import load_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed
-from mmsr.train.model import Recommender, build_model
+from mmsr.train.kinds import MODEL_KINDS
+from mmsr.train.model import Recommender, build_model, trainable_state
 
 
 RESUME_POINTS = ("last", "best")
+INIT_FILE = "init.json"
+# The encoders settings that decide what a trained top block means: which pretrained model it
+# sits on, and where that model is split (top block i is layer L - k + i). The others (text
+# length and fields, image size, image masking) change what the encoders read, not what their
+# weights mean, so they may differ: adapting to such a change is what fine-tuning is for.
+TRANSFER_ENCODER_KEYS = ("text_model", "text_top_blocks", "vision_model", "vision_top_blocks")
 
 
 @dataclass
@@ -95,6 +105,8 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
                                                                         "--overwrite")
     restart = resume and not checkpoint.is_file()  # stopped before its first checkpoint
     resume = resume and not restart
+    if config.init_from and not resume:  # refused before --overwrite deletes anything
+        transfer_source(config, root)
     # Joins the process group under torchrun, on the device the trainer will use.
     dist = init_from_env(pick_device(config.device))
     if restart and dist.main:
@@ -128,3 +140,91 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     feed, _ = open_feed(config, model, dataset, info.get("from_cache", False), dev)
     return LoadedRun(root, config, model, dataset, split, feed, dev, info | {"checkpoint": str(ckpt_path),
                                                                           "epoch": state.get("epoch")})
+
+
+@dataclass
+class TransferSource:
+    name: str  # as given in init_from
+    root: Path
+    config: TrainConfig
+    checkpoint: Path
+
+
+def transfer_source(config: TrainConfig, run_dir: str | Path | None = None) -> TransferSource:
+    """The run `config.init_from` names, checked before anything trains: refused when this
+    model's (or the source's) items are tied to item ids, when the source run or its checkpoint
+    is missing, when it is `run_dir` itself, or when its encoders differ in what decides the
+    meaning of their weights (`TRANSFER_ENCODER_KEYS`)."""
+    name = config.init_from
+    _refuse_id_kind(config.model.kind, "model.kind", f"init_from={name}")
+    root = paths.runs_dir(name)
+    if run_dir is not None and root.resolve() == Path(run_dir).resolve():
+        raise MMSRError("a run cannot be initialised from itself", where=root,
+                        hint="name another run with --init-from, or --resume to continue this one")
+    if not (root / "config.json").is_file():
+        raise MMSRError(f"init_from={name}: no such run (no config.json)", where=root,
+                        hint="train the source run first, or name it as `mmsr train --run` did (or give its path)")
+    source = run_config(root)
+    checkpoint = next((root / "checkpoints" / f"{point}.pt" for point in ("best", "last")
+                       if (root / "checkpoints" / f"{point}.pt").is_file()), None)
+    if checkpoint is None:
+        raise MMSRError(f"init_from={name}: the run has no checkpoint", where=root / "checkpoints",
+                        hint="let the source run finish at least one epoch (or --resume it)")
+    _refuse_id_kind(source.model.kind, "the source run's model.kind", str(root / "config.json"))
+    differing = [f"encoders.{key} {getattr(source.encoders, key)!r} there, {getattr(config.encoders, key)!r} here"
+                 for key in _encoder_keys(source, config)
+                 if getattr(source.encoders, key) != getattr(config.encoders, key)]
+    if differing:
+        raise MMSRError(f"init_from={name}: its encoders differ from this run's: " + "; ".join(differing),
+                        where=root / "config.json",
+                        hint="use the source run's encoders settings, or train without --init-from")
+    return TransferSource(name, root, source, checkpoint)
+
+
+def _refuse_id_kind(kind: str, what: str, where: str) -> None:
+    if kind in MODEL_KINDS and "item_ids" in MODEL_KINDS.needs(kind):
+        raise MMSRError(f"{what}={kind}: item-ID embeddings cannot transfer to another catalogue", where=where,
+                        hint="transfer a content model (model.kind=mmsr or morec), or train without --init-from")
+
+
+def _encoder_keys(source: TrainConfig, target: TrainConfig) -> list[str]:
+    """TRANSFER_ENCODER_KEYS, less a modality's top blocks where neither run has that modality."""
+    used = {m for config in (source, target) for m, model in
+            (("text", config.encoders.text_model), ("vision", config.encoders.vision_model)) if model}
+    return [key for key in TRANSFER_ENCODER_KEYS if key.endswith("_model") or key.split("_")[0] in used]
+
+
+def init_from_source(model: Recommender, source: TransferSource) -> dict:
+    """Copy into `model` every tensor of the source's checkpoint whose name and shape match one
+    of its saved (trainable) tensors; the others keep their fresh initialisation. Returns the
+    record written to init.json. Copying consumes no randomness, so a run started this way is
+    as reproducible as one from scratch."""
+    state = load_checkpoint(source.checkpoint, hint="train the source run again, or choose another")
+    weights = state["model"]
+    target = trainable_state(model)
+    copied = [key for key, value in target.items() if key in weights and weights[key].shape == value.shape]
+    if not copied:
+        raise MMSRError(f"init_from={source.name}: no tensor of its checkpoint matches this model in name and shape",
+                        where=source.checkpoint, hint="use the source run's model settings (model.*), or train "
+                                                      "without --init-from")
+    model.load_state_dict({key: weights[key] for key in copied}, strict=False)
+    return {
+        "init_from": source.name, "run": str(source.root), "checkpoint": str(source.checkpoint),
+        "epoch": state.get("epoch"),
+        "copied": copied,
+        "missing_in_source": [key for key in target if key not in weights],
+        "shape_mismatch": {key: {"source": list(weights[key].shape), "here": list(value.shape)}
+                           for key, value in target.items() if key in weights and weights[key].shape != value.shape},
+        "source_only": [key for key in weights if key not in target],
+        "total": len(target),
+    }
+
+
+def init_summary(record: dict) -> str:
+    """One line: how much was copied, and what was not (first few names)."""
+    skipped = record["missing_in_source"] + list(record["shape_mismatch"])
+    text = f"copied {len(record['copied'])} of {record['total']} tensors from {record['init_from']}"
+    if not skipped:
+        return text + "; all matched"
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return text + f"; not copied: {', '.join(skipped[:3])}{more} (see {INIT_FILE})"
