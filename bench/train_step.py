@@ -2,6 +2,7 @@
 
     python bench/train_step.py [--items 16] [--users 12] [--batch-users 8] [--max-len 20]
                                [--repeats 5] [--profile configs/demo-cpu.toml] [--home DIR]
+                               [--image-mask-ratio R | --mask-ratios 0,0.5,0.75]
 
 Model (issue 5): MiniLM with its top 2 blocks trainable, DINOv2-S with its top 2 blocks at
 224 px, merge-attention fusion with 1 layer, SASRec; BCE with one negative; AdamW.
@@ -20,6 +21,12 @@ Model (issue 5): MiniLM with its top 2 blocks trainable, DINOv2-S with its top 2
 
 The compute of a step grows with the number of *distinct* items in the batch (each is encoded
 once), so a small catalogue (`--items`) keeps a step practical on a CPU; that number is reported.
+`--image-mask-ratio R` runs all of the above with `encoders.image_mask_ratio = R`.
+`--mask-ratios 0,0.5,0.75` instead times only the step from the cache, once per ratio (one
+cache and one model each, the same batch and initial weights), the ratios taking turns within
+each round, and reports each ratio's step time relative to the first (seed §8.4 Table XIV:
+fewer picture tokens make the vision top blocks and the merge-attention fusion cheaper).
+
 Prints one JSON object on its last line.
 """
 
@@ -61,7 +68,7 @@ def bench_config(args):
     return TrainConfig(
         dataset=str(demo_root(args.home, args.items, args.users)), seed=args.seed, device=args.device,
         encoders=EncoderConfig(text_model="minilm", vision_model="dinov2-s", text_top_blocks=2, vision_top_blocks=2,
-                               image_size=224),
+                               image_size=224, image_mask_ratio=args.image_mask_ratio),
         split=SplitConfig(max_seq_len=args.max_len),
         model=ModelConfig(kind="mmsr", fusion="merge-attn", fusion_layers=1, sequence="sasrec", dim=args.dim),
         optim=OptimConfig(batch_size=args.batch_users))
@@ -90,7 +97,7 @@ def ensure_cache(dataset, encoder_config, encoders=None) -> None:
     log(f"cache {report.path}: ready in {time.perf_counter() - t0:.1f}s")
 
 
-def setup(args, from_cache_only: bool):
+def setup(args, from_cache_only: bool, end_to_end: bool = True):
     """Dataset, split, model, feeds, the one batch and the optimizer, as the recipe builds them."""
     import torch
 
@@ -114,7 +121,7 @@ def setup(args, from_cache_only: bool):
     torch.manual_seed(config.seed)
     model = build_model(config, dataset.num_items, encoders=encoders, train_counts=split.train_counts).to(device)
     feeds = {"cache": open_feed(config, model, dataset, True, device)[0]}
-    if not from_cache_only:
+    if not from_cache_only and end_to_end:
         feeds["end_to_end"] = open_feed(config, model, dataset, False, device)[0]
     batches = TrainBatches.for_config(split, config)
     batch = batches.batch(0, 0)
@@ -172,9 +179,9 @@ def encoder_flops(encoder, tokens: int) -> dict:
     mlp = getattr(cfg, "intermediate_size", None) or int(dim * cfg.mlp_ratio)
     block = block_flops(tokens, dim, mlp)
     embed = 0
-    if encoder.modality == "image":  # the patch-embedding convolution
+    if encoder.modality == "image":  # the patch-embedding convolution: every patch, masked ones too
         patch = cfg.patch_size
-        embed = 2 * (tokens - 1) * (cfg.num_channels * patch * patch) * dim
+        embed = 2 * (encoder.transform.size // patch) ** 2 * (cfg.num_channels * patch * patch) * dim
     return {"tokens": tokens, "dim": dim, "layers": encoder.num_layers, "lower_blocks": encoder.split_layer,
             "upper_blocks": encoder.top_blocks, "lower": embed + encoder.split_layer * block,
             "upper": encoder.top_blocks * block}
@@ -261,7 +268,7 @@ def step_benchmark(args) -> dict:
     return {
         "model": {"text": "minilm (top 2 of 6 blocks trainable)", "image": "dinov2-s (top 2 of 12 blocks trainable, 224 px)",
                   "fusion": "merge-attn x1", "sequence": "sasrec x2", "dim": config.model.dim,
-                  "max_text_len": config.encoders.max_text_len},
+                  "max_text_len": config.encoders.max_text_len, "image_mask_ratio": config.encoders.image_mask_ratio},
         "device": str(device), "torch_threads": torch.get_num_threads(),
         "dataset": {"items": dataset.num_items, "users": args.users},
         "batch": {"users": rows, "positions": positions, "targets": int(batch.mask.sum()),
@@ -286,6 +293,89 @@ def step_benchmark(args) -> dict:
         "achieved_gflop_per_s": {"cache": round(flops["cache_step_gflop"] / a["step_s"], 1),
                                  "end_to_end_without_preprocess": round(flops["end_to_end_step_gflop"] / (b["step_s"] - prep_s), 1)},
         "flops": flops,
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what `lscpu | grep "Model name"` shows), to print next to timings."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def mask_ratio_benchmark(args) -> dict:
+    """The cache step at each image mask ratio: same batch, same initial weights, turns taken."""
+    import torch
+
+    setups = {}
+    for ratio in args.mask_ratios:
+        one = argparse.Namespace(**{**vars(args), "image_mask_ratio": ratio})
+        config, dataset, model, feeds, batch, distinct, optimizer, device = setup(one, from_cache_only=False,
+                                                                                  end_to_end=False)
+        tokens = {m: int(feeds["cache"].states[m][0].shape[1]) for m in model.items.encoders}
+        rows, positions = batch.inputs.shape
+        setups[ratio] = (config, model, feeds["cache"], batch, optimizer, device, tokens,
+                         predict(model, config, tokens, len(distinct), rows, positions))
+        log(f"ratio {ratio}: tokens {tokens}, {len(distinct)} distinct items")
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    runs = {ratio: [] for ratio in args.mask_ratios}
+    for round_ in range(args.warmup + args.repeats):
+        # Each ratio runs first, middle and last equally often, so slow drift in the machine's
+        # load spreads over all of them.
+        shift = round_ % len(args.mask_ratios)
+        order = args.mask_ratios[shift:] + args.mask_ratios[:shift]
+        for ratio in order:
+            config, model, feed, batch, optimizer, device, _, _ = setups[ratio]
+            result = train_step(model, feed, batch, optimizer, config, device, sync)
+            log(f"round {round_} ratio {ratio}: {result['step_s']:.2f}s ({'warm-up' if round_ < args.warmup else 'timed'})")
+            if round_ >= args.warmup:
+                runs[ratio].append(result)
+
+    base = args.mask_ratios[0]
+    fastest = {ratio: min(r["step_s"] for r in results) for ratio, results in runs.items()}
+    median = {ratio: statistics.median(r["step_s"] for r in results) for ratio, results in runs.items()}
+    cpu = {ratio: statistics.median(r["cpu_s"] for r in results) for ratio, results in runs.items()}
+    per_ratio = {}
+    for ratio, results in runs.items():
+        tokens, flops = setups[ratio][6], setups[ratio][7]
+        base_flops = setups[base][7]
+        per_ratio[str(ratio)] = {
+            "tokens_per_item": tokens,
+            "step": {k: round(statistics.median(r[k] for r in results), 4) for k in results[0] if k != "loss"},
+            "step_s_fastest": round(fastest[ratio], 3),
+            "step_s_all": [round(r["step_s"], 2) for r in results],
+            "measured_step_ratio": round(fastest[ratio] / fastest[base], 3),
+            "measured_step_ratio_of_medians": round(median[ratio] / median[base], 3),
+            "per_round_ratio_median": round(statistics.median(
+                r["step_s"] / b["step_s"] for r, b in zip(results, runs[base])), 3),
+            # CPU seconds of this process: what a busy shared machine distorts least.
+            "measured_cpu_ratio_of_medians": round(cpu[ratio] / cpu[base], 3),
+            "predicted_step_ratio": round(flops["cache_step_gflop"] / base_flops["cache_step_gflop"], 3),
+            "cache_step_gflop": flops["cache_step_gflop"],
+            "step_forward_gflop": flops["step_forward_gflop"],
+            "vision_lower_gflop_per_item": flops["per_item_forward_gflop"]["image"]["lower"],
+        }
+    config = setups[base][0]
+    return {
+        "benchmark": "train step from the cache at each encoders.image_mask_ratio",
+        "model": {"text": "minilm (top 2 of 6 blocks trainable)",
+                  "image": f"dinov2-s (top {config.encoders.vision_top_blocks} of 12 blocks trainable, 224 px)",
+                  "fusion": "merge-attn x1", "sequence": "sasrec x2", "dim": config.model.dim,
+                  "image_mask_seed": config.encoders.image_mask_seed},
+        "cpu": cpu_model(), "device": str(setups[base][5]), "torch_threads": torch.get_num_threads(),
+        "repeats": args.repeats, "warmup": args.warmup,
+        "measured_step_ratio_estimator": f"fastest step at the ratio / fastest step at ratio {base}",
+        "ratios": per_ratio,
     }
 
 
@@ -404,6 +494,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of both, alternating order; medians")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-mask-ratio", type=float, default=0.0,
+                        help="encoders.image_mask_ratio of the step benchmark's model")
+    parser.add_argument("--mask-ratios", type=lambda text: [float(v) for v in text.split(",")],
+                        help="comma-separated ratios: time only the cache step at each (the first is the baseline)")
     parser.add_argument("--profile", default=str(REPO / "configs" / "demo-cpu.toml"), help="CPU demo profile")
     parser.add_argument("--set", action="append", help="override for the profile, e.g. optim.batch_size=64")
     parser.add_argument("--epoch-items", type=int, default=3000, help="demo items for the epoch (the `mmsr data demo` default)")
@@ -427,6 +521,11 @@ def main(argv=None) -> None:
         return
 
     t0 = time.perf_counter()
+    if args.mask_ratios:
+        out = mask_ratio_benchmark(args)
+        out["home"], out["wall_s"] = str(args.home), round(time.perf_counter() - t0, 1)
+        print(json.dumps(out))
+        return
     out = step_benchmark(args)
     if not args.skip_rss:
         out["train_from_cache_rss"] = run_child("rss", args)

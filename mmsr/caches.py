@@ -32,6 +32,10 @@ def config_hash(encoder_config: EncoderConfig, length: int = 12) -> str:
     identity = asdict(encoder_config)
     for field in ("text_model", "vision_model"):
         identity[field] = model_key(identity[field])
+    if not identity["image_mask_ratio"]:
+        # Unmasked states do not depend on the seed, and caches built before the setting existed
+        # keep their directory.
+        del identity["image_mask_ratio"], identity["image_mask_seed"]
     return digest(identity, length)
 
 

@@ -9,12 +9,20 @@
 `preprocess` is pure CPU work, safe to run in DataLoader workers. `lower` runs in eval mode
 under `torch.inference_mode`; freezing is done by module (`lower_modules`), never by
 parameter index.
+
+Image mask ratio (`encoders.image_mask_ratio`, seed §8.4 Table XIV, after MAE): a ViT-style
+family drops a fixed share of its patch tokens right after the patch and position embedding,
+before the first block; class and register tokens are always kept. `full` is then the
+pretrained model's own forward with the same tokens dropped at that point.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from typing import Any
+import math
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -41,8 +49,44 @@ def state_dict_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def check_image_mask(ratio: float, seed: int) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise MMSRError(f"encoders.image_mask_ratio={ratio} is out of range",
+                        hint="give the share of patch tokens to drop, in [0, 1); 0 keeps every patch")
+    if seed < 0:
+        raise MMSRError(f"encoders.image_mask_seed={seed} is negative", hint="give an integer >= 0")
+
+
+def patches_kept(num_patches: int, ratio: float) -> int:
+    """round((1 - ratio) * num_patches), halves rounded up, and at least one patch."""
+    return max(1, math.floor((1.0 - ratio) * num_patches + 0.5))
+
+
+@functools.lru_cache(maxsize=64)
+def kept_patch_indices(num_patches: int, ratio: float, seed: int) -> tuple[int, ...]:
+    """The patch positions kept, in their natural (raster) order.
+
+    One pattern for every picture. `lower` sees a batch of pixels and never the item ids, and
+    the cache build and the end-to-end feed batch items differently, so a pattern drawn per
+    picture of a batch would give one item different tokens in the two paths; one pattern per
+    (seed, grid) gives identical states in both. Patches are ranked by a hash of (seed, index)
+    rather than by a torch/numpy generator, whose streams may change between versions, so a
+    cache fingerprinted by (ratio, seed) means the same patches everywhere. The ranking is
+    shared by every ratio, so with one seed the patches kept at 0.75 are a subset of those
+    kept at 0.5: a ratio sweep removes information, it does not move it.
+    """
+    rank = sorted(range(num_patches),
+                  key=lambda i: hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest())
+    return tuple(sorted(rank[: patches_kept(num_patches, ratio)]))
+
+
 class SplitEncoder(nn.Module):
     modality: str = ""  # "text" or "image"
+    # Why this family cannot drop patch tokens (None: it can, see `keep_patches`). Families opt
+    # in, so a new family refuses image_mask_ratio until someone checks it can drop tokens.
+    patch_drop_refusal: str | None = "it has no patch tokens to drop"
+    image_mask_ratio: float = 0.0
+    image_mask_seed: int = 0
 
     def __init__(self, name: str, num_layers: int, top_blocks: int):
         super().__init__()
@@ -73,6 +117,10 @@ class SplitEncoder(nn.Module):
     def full(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def patch_grid(self, pixels: torch.Tensor) -> tuple[int, int]:
+        """(rows, columns) of patch tokens the embedding makes of `pixels` (families that drop patches)."""
+        raise NotImplementedError
+
     def lower_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
@@ -98,7 +146,64 @@ class SplitEncoder(nn.Module):
             "split_layer": self.split_layer, "top_blocks": self.top_blocks,
             "hidden_size": self.hidden_size, "output_size": self.output_size,
             "dtype": str(next(self.parameters()).dtype).removeprefix("torch."),
+            **self.image_mask_identity(),
         }
+
+    # -- image mask ratio (seed §8.4 Table XIV)
+    @classmethod
+    def check_image_mask_support(cls, ratio: float, seed: int, family: str = "") -> None:
+        """Refuse a bad ratio, or a nonzero one this family cannot apply (before any weights load)."""
+        check_image_mask(ratio, seed)
+        if ratio and cls.patch_drop_refusal:
+            raise MMSRError(f"{family or cls.__name__} cannot use encoders.image_mask_ratio={ratio}: "
+                            f"{cls.patch_drop_refusal}",
+                            hint="set encoders.image_mask_ratio=0, or choose a ViT-style vision model "
+                                 "(ViT, DINOv2, ViT-MAE, CLIP, open_clip ViT)")
+
+    def set_image_mask(self, ratio: float, seed: int = 0) -> None:
+        self.check_image_mask_support(ratio, seed, self.family)
+        self.image_mask_ratio, self.image_mask_seed = float(ratio), int(seed)
+
+    def image_mask_identity(self) -> dict:
+        # Absent at ratio 0, so caches built before the setting existed keep their fingerprint;
+        # a masked cache carries these keys and an unmasked reader refuses it, and vice versa.
+        if not self.image_mask_ratio:
+            return {}
+        return {"image_mask_ratio": self.image_mask_ratio, "image_mask_seed": self.image_mask_seed,
+                "image_mask_pattern": "one kept set for every picture: patches ranked by "
+                                      "blake2b(seed:index), round((1-ratio)*patches) kept in raster order; "
+                                      "class and register tokens kept"}
+
+    def keep_patches(self, tokens: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """[N, prefix + P, D] embedded tokens -> [N, prefix + kept, D]: the prefix (class and
+        register tokens) and the kept patches, in order. Identity at ratio 0."""
+        if not self.image_mask_ratio:
+            return tokens
+        rows, columns = self.patch_grid(pixels)
+        patches = rows * columns
+        prefix = tokens.shape[1] - patches
+        if prefix < 0:
+            raise MMSRError(f"{self.family}: {tokens.shape[1]} tokens for a {rows}x{columns} patch grid")
+        kept = torch.tensor(kept_patch_indices(patches, self.image_mask_ratio, self.image_mask_seed),
+                            device=tokens.device) + prefix
+        index = torch.cat([torch.arange(prefix, device=tokens.device), kept])
+        return tokens.index_select(1, index)
+
+    @contextmanager
+    def patches_dropped_after(self, module: nn.Module, pixels: torch.Tensor) -> Iterator[None]:
+        """While inside, `module`'s output tokens (or the first item of its output tuple) lose
+        the masked patches: how `full` runs the unmodified pretrained forward on the kept tokens."""
+        def hook(_module, _inputs, output):
+            if isinstance(output, tuple):
+                return (self.keep_patches(output[0], pixels), *output[1:])
+            return self.keep_patches(output, pixels)
+
+        handle = module.register_forward_hook(hook) if self.image_mask_ratio else None
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
 
     def freeze_lower(self) -> None:
         for module in self.lower_modules():

@@ -21,6 +21,11 @@ class EncoderConfig:
     max_text_len: int = 50
     image_size: int = 224
     text_fields: list[str] = field(default_factory=lambda: ["title", "description", "category"])
+    # Information volume of a picture (seed §8.4 Table XIV, after MAE): the share of patch tokens a
+    # ViT-style vision encoder drops before its first block; one seeded kept set for every picture.
+    # CNN and Swin encoders refuse a nonzero ratio. Both are in the cache fingerprint.
+    image_mask_ratio: float = 0.0
+    image_mask_seed: int = 0
 
     def __post_init__(self):
         if self.text_top_blocks < 0 or self.vision_top_blocks < 0:
@@ -29,6 +34,11 @@ class EncoderConfig:
             raise ValueError("max_text_len must be >= 2")
         if self.image_size < 16:
             raise ValueError("image_size must be >= 16")
+        if not 0.0 <= self.image_mask_ratio < 1.0:
+            raise ValueError(f"image_mask_ratio must be in [0, 1) (the share of patch tokens dropped), "
+                             f"got {self.image_mask_ratio}")
+        if self.image_mask_seed < 0:
+            raise ValueError(f"image_mask_seed must be >= 0, got {self.image_mask_seed}")
 
     @property
     def modalities(self) -> tuple[str, ...]:

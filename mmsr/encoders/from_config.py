@@ -21,5 +21,7 @@ def create_encoders(encoder_config: EncoderConfig, only: tuple[str, ...] | None 
         name = encoder_config.text_model if modality == "text" else encoder_config.vision_model
         top = encoder_config.text_top_blocks if modality == "text" else encoder_config.vision_top_blocks
         out[modality] = create_encoder(name, modality, top, max_text_len=encoder_config.max_text_len,
-                                       image_size=encoder_config.image_size)
+                                       image_size=encoder_config.image_size,
+                                       image_mask_ratio=encoder_config.image_mask_ratio,
+                                       image_mask_seed=encoder_config.image_mask_seed)
     return out

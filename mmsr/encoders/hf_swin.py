@@ -24,6 +24,7 @@ from mmsr.encoders.registry import register_family
 @register_family("hf:swin", modality="image")
 class SwinEncoder(SplitEncoder):
     modality = "image"
+    patch_drop_refusal = "its shifted windows and patch merging need the whole patch grid"
 
     def __init__(self, model: nn.Module, transform: ImageTransform, *, name: str, top_blocks: int):
         super().__init__(name, sum(len(stage.blocks) for stage in model.encoder.layers), top_blocks)

@@ -5,10 +5,13 @@ All four are `embeddings -> blocks -> final LayerNorm` over [CLS] + patch tokens
     lower: embeddings (+ CLIP's pre-LayerNorm) -> blocks[:L-k]    hidden [N, 1+P, D], mask all True
     upper: blocks[L-k:] -> final LayerNorm                        tokens [N, 1+P, D]
 
-Position embeddings are interpolated to `image_size`. Differences are small hooks per class:
-- ViT-MAE masks 75% of the patches (in random order) on every forward by default. Here it runs
-  UNMASKED: `mask_ratio=0` and the patches kept in their natural order (noise = arange). The
-  identity says so (`"mae_mask_ratio": 0.0`); masking experiments belong to end-to-end training.
+Position embeddings are interpolated to `image_size`. With `encoders.image_mask_ratio` > 0 the
+embedded tokens lose the masked patches before the first block (`SplitEncoder.keep_patches`),
+so T = 1 + kept patches. Differences are small hooks per class:
+- ViT-MAE masks 75% of the patches (in random order) on every forward by default. Here its own
+  masking is OFF: `mask_ratio=0` and the patches kept in their natural order (noise = arange).
+  The identity says so (`"mae_mask_ratio": 0.0`). `image_mask_ratio` then drops patches as for
+  every other ViT: the same as MAE's own masking with a fixed noise (a test checks this).
 - CLIP's `last_hidden_state` has no final norm (`post_layernorm` is applied to [CLS] only);
   here the post-LayerNorm is applied to every token, so `tokens[:, 0]` equals CLIP's pooled output.
 """
@@ -27,6 +30,7 @@ from mmsr.encoders.registry import register_family
 class HFViTEncoder(SplitEncoder):
     modality = "image"
     model_class = "ViTModel"
+    patch_drop_refusal = None
     mean, std = HALF, HALF
 
     def __init__(self, model: nn.Module, transform: ImageTransform, *, name: str, top_blocks: int):
@@ -70,6 +74,11 @@ class HFViTEncoder(SplitEncoder):
     def extra_identity(self) -> dict:
         return {}
 
+    def patch_grid(self, pixels):
+        patch = self.model.config.patch_size
+        rows, columns = (patch, patch) if isinstance(patch, int) else patch
+        return pixels.shape[-2] // rows, pixels.shape[-1] // columns
+
     # -- the contract
     @property
     def blocks(self) -> list[nn.Module]:
@@ -88,7 +97,8 @@ class HFViTEncoder(SplitEncoder):
         return hidden
 
     def lower_forward(self, batch):
-        hidden = self._run(self.blocks[: self.split_layer], self.embed(batch["pixel_values"].to(self._dtype())))
+        pixels = batch["pixel_values"].to(self._dtype())
+        hidden = self._run(self.blocks[: self.split_layer], self.keep_patches(self.embed(pixels), pixels))
         return hidden, torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
 
     def upper(self, hidden, mask):
@@ -96,7 +106,10 @@ class HFViTEncoder(SplitEncoder):
         return self.final_norm()(hidden), mask
 
     def full(self, batch):
-        return self.model_output(batch["pixel_values"].to(self._dtype()))
+        pixels = batch["pixel_values"].to(self._dtype())
+        # CLIP's pre-LayerNorm acts per token, so dropping before it equals dropping after it.
+        with self.patches_dropped_after(self.model.embeddings, pixels):
+            return self.model_output(pixels)
 
     def lower_modules(self):
         return [*self.embedding_modules(), *self.blocks[: self.split_layer]]

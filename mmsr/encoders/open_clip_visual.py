@@ -1,12 +1,13 @@
 """open_clip visual towers (ViT): `open_clip:ViT-B-32@/path/to/open_clip_model.safetensors`.
 
-    lower: patch conv + [CLS] + position embedding + ln_pre -> resblocks[:L-k]
+    lower: patch conv + [CLS] + position embedding + ln_pre (-> kept patches) -> resblocks[:L-k]
     upper: resblocks[L-k:] -> ln_post on every token       tokens [N, 1+P, width]
 
 The output is the token sequence before the contrastive projection (`proj` maps [CLS] to the
 joint space; `tokens[:, 0] @ visual.proj` equals open_clip's image embedding). The weights after
 `@` are a local file or a pretrained tag already in the local Hub cache (nothing is downloaded).
-Towers with attentional pooling (CoCa) or timm trunks are not supported.
+Towers with attentional pooling (CoCa) or timm trunks are not supported. `image_mask_ratio`
+drops patches where open_clip's own (training-only, random) patch dropout sits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 @register_family("open_clip", modality="image")
 class OpenCLIPVisualEncoder(SplitEncoder):
     modality = "image"
+    patch_drop_refusal = None
 
     def __init__(self, visual: nn.Module, transform: ImageTransform, *, name: str, top_blocks: int):
         super().__init__(name, len(visual.transformer.resblocks), top_blocks)
@@ -76,8 +78,13 @@ class OpenCLIPVisualEncoder(SplitEncoder):
     def preprocess(self, raw: list) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.transform(raw)}
 
+    def patch_grid(self, pixels):
+        rows, columns = self.visual.patch_size
+        return pixels.shape[-2] // rows, pixels.shape[-1] // columns
+
     def lower_forward(self, batch):
-        hidden = self._run(self.blocks[: self.split_layer], self.visual._embeds(batch["pixel_values"].to(self._dtype())))
+        pixels = batch["pixel_values"].to(self._dtype())
+        hidden = self._run(self.blocks[: self.split_layer], self.keep_patches(self.visual._embeds(pixels), pixels))
         return hidden, torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
 
     def upper(self, hidden, mask):
@@ -85,8 +92,10 @@ class OpenCLIPVisualEncoder(SplitEncoder):
         return self.visual.ln_post(hidden), mask
 
     def full(self, batch):
-        visual = self.visual
-        return visual.ln_post(visual.transformer(visual._embeds(batch["pixel_values"].to(self._dtype()))))
+        visual, pixels = self.visual, batch["pixel_values"].to(self._dtype())
+        # ln_pre acts per token, so dropping at patch_dropout equals dropping after ln_pre (as lower does).
+        with self.patches_dropped_after(visual.patch_dropout, pixels):
+            return visual.ln_post(visual.transformer(visual._embeds(pixels)))
 
     def lower_modules(self):
         v = self.visual

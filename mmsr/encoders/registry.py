@@ -144,12 +144,14 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> tuple[Family
 
 
 def create_encoder(name_or_path: str | os.PathLike, modality: str, top_blocks: int, *, max_text_len: int = 50,
-                   image_size: int = 224, dtype: str = "float32", pretrained: bool = True) -> SplitEncoder:
+                   image_size: int = 224, image_mask_ratio: float = 0.0, image_mask_seed: int = 0,
+                   dtype: str = "float32", pretrained: bool = True) -> SplitEncoder:
     """Build a split encoder: lower layers frozen (eval mode), top `top_blocks` blocks trainable.
 
     `name_or_path`: a short name (`list_encoders()`), a transformers directory or cached Hub
     name, `open_clip:NAME[@weights]` or `timm:NAME[@weights]`. `pretrained=False` builds
     open_clip/timm models randomly initialised (tests); transformers models always load weights.
+    `image_mask_ratio` / `image_mask_seed` (vision only): see `SplitEncoder.keep_patches`.
     """
     family, source = resolve_spec(name_or_path, modality)
     options = dict(top_blocks=top_blocks, dtype=dtype, pretrained=pretrained)
@@ -157,9 +159,12 @@ def create_encoder(name_or_path: str | os.PathLike, modality: str, top_blocks: i
         options["max_text_len"] = max_text_len
     else:
         options["image_size"] = image_size
+        family.cls.check_image_mask_support(image_mask_ratio, image_mask_seed, family.key)  # before loading weights
     encoder = family.cls.from_source(source, **options)
     encoder.spec = str(name_or_path)
     encoder.family = family.key
+    if modality == "image":
+        encoder.set_image_mask(image_mask_ratio, image_mask_seed)
     encoder.freeze_lower()
     encoder.eval()  # the trainer switches the upper blocks to train mode; lower ones stay in eval
     encoder.weights_sha256()  # hash the weights as loaded, before anyone trains them

@@ -38,6 +38,7 @@ def to_map(tokens: torch.Tensor) -> torch.Tensor:
 @register_family("timm", modality="image")
 class TimmResNetEncoder(SplitEncoder):
     modality = "image"
+    patch_drop_refusal = "a CNN convolves the whole picture; it has no patch tokens to drop"
 
     def __init__(self, model: nn.Module, transform: ImageTransform, *, name: str, top_blocks: int):
         super().__init__(name, 4, top_blocks)

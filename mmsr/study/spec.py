@@ -29,7 +29,7 @@
     rows = ["variant"]
     columns = ["dataset", "split", "column", "metric"]   # one not named goes first in columns
     best_within = []                     # extra dimensions held fixed when marking best/second
-    improv = { of = "MMSR", over = ["IDSR"], along = "column" }
+    improv = { of = "MMSR", over = ["IDSR"], along = "column" }   # of: one label or a list (best of)
 
     [[figure]]
     kind = "curves"                      # curves | items | users
@@ -75,8 +75,8 @@ class Variant:
 
 @dataclass(frozen=True)
 class Improv:
-    of: str
-    over: tuple[str, ...]
+    of: tuple[str, ...]  # the best of these ...
+    over: tuple[str, ...]  # ... relative to the best of these (the paper's "Improv.")
     along: str
 
 
@@ -321,8 +321,8 @@ def _table(table: dict, problems: list[str]) -> Table:
         along = spec.get("along", columns[-1] if columns else "")
         if not columns or along != columns[-1]:
             problems.append(f"table.improv.along must be the last of table.columns ({columns[-1:]}), got {along!r}")
-        improv = Improv(of=str(spec.get("of", "")), over=_strings(spec.get("over", []), "table.improv.over", problems),
-                        along=along)
+        improv = Improv(of=_strings(spec.get("of", []), "table.improv.of", problems),
+                        over=_strings(spec.get("over", []), "table.improv.over", problems), along=along)
     return Table(rows=rows, columns=columns, best_within=best_within, improv=improv)
 
 
@@ -358,7 +358,7 @@ def _check_references(study: Study, problems: list[str]) -> None:
                 problems.append(f"figure {figure.name!r}: no variant {name!r}")
     improv = study.table.improv
     if improv:
-        for label in (improv.of, *improv.over):
+        for label in (*improv.of, *improv.over):
             if label not in labels:
                 problems.append(f"table.improv: {label!r} is neither a variant label nor a column")
     _check_cycles(study, problems)
