@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mmsr.errors import MMSRError
 from mmsr_cli.common import SetOption, console, log, progress_bar
 
 app = typer.Typer(help="The paper's experiments as data: configs/paper/*.toml, one per table or figure.",
@@ -19,8 +20,6 @@ def _list(text: Optional[str]) -> Optional[list[str]]:
 
 
 def _seeds(text: Optional[str]) -> Optional[list[int]]:
-    from mmsr.errors import MMSRError
-
     try:
         return [int(part) for part in _list(text)] if text else None
     except ValueError:
@@ -69,6 +68,7 @@ def plan_command(
     out: Optional[str] = OutOption,
 ):
     """List the runs a `study run` with the same options would make, and which are finished."""
+    # deferred: these pull in torch (seconds), which `mmsr study --help` never needs
     from mmsr.study.runner import plan_study, study_dir
     from mmsr.study.spec import load_study
 
@@ -86,7 +86,7 @@ def plan_command(
 @app.command("report")
 def report_command(name: str = typer.Argument(..., help="Study name (under $MMSR_HOME/studies) or directory.")):
     """Re-render results.csv, report.md and the figures from the finished runs, training nothing."""
-    from mmsr.study.report import report_study
+    from mmsr.study.report import report_study  # deferred: keeps `mmsr --help` fast
 
     for path in report_study(name, log=log):
         log(f"wrote {path}")

@@ -33,20 +33,20 @@ def _first_run(out: Path, variant: str, dataset: str) -> Path | None:
 
 
 def _curves(out: Path, study: Study, figure: Figure, roots: list[Path]) -> list[Path]:
-    from mmsr.plots.curves import curves_figure, read_metrics
+    from mmsr.plots.curves import curves_figure, read_metrics  # deferred: matplotlib
 
     series = {study.variant(name).label: read_metrics(root) for name, root in zip(figure.variants, roots)}
     return curves_figure(series, figure.metric, out / f"{figure.name}.png")
 
 
 def _items(out: Path, study: Study, figure: Figure, roots: list[Path]) -> list[Path]:
-    from mmsr.plots.items import plot_items
+    from mmsr.plots.items import plot_items  # deferred: torch and scikit-learn
 
     return plot_items(roots[0], out, compare=roots[1] if len(roots) > 1 else None, stem=figure.name)
 
 
 def _users(out: Path, study: Study, figure: Figure, roots: list[Path]) -> list[Path]:
-    from mmsr.plots.users import plot_users
+    from mmsr.plots.users import plot_users  # deferred: torch and scikit-learn
 
     return plot_users(roots[0], out, compare=roots[1] if len(roots) > 1 else None, stem=figure.name)
 

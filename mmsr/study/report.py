@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmsr.atomic import atomic_write_text
+from mmsr.study.layout import load_run_study, study_dir
 from mmsr.study.spec import Study
 
 RUN_COLUMNS = ("variant", "label", "column", "group", "dataset", "seed", "split", "protocol", "cases")
@@ -237,8 +238,6 @@ def write_report(out: Path, study: Study, command: str = "", *, figures: bool = 
 
 def report_study(name: str | Path, *, log: Callable[[str], None] = print) -> list[Path]:
     """`mmsr study report NAME`: re-render from the finished runs, training nothing."""
-    from mmsr.study.runner import load_run_study, study_dir
-
     out = study_dir(name)
     study, command = load_run_study(out)
     return write_report(out, study, command, figures=True, log=log)
@@ -247,7 +246,7 @@ def report_study(name: str | Path, *, log: Callable[[str], None] = print) -> lis
 def draw_figures(out: Path, study: Study) -> list[Path]:
     if not study.figures:
         return []
-    from mmsr.study.figures import draw  # deferred: matplotlib, and torch for the t-SNE figures
+    from mmsr.study.figures import draw  # deferred: matplotlib, and torch for the t-SNE figures, only when drawn
 
     drawn = []
     for figure in study.figures:

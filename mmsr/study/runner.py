@@ -19,24 +19,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mmsr import paths
 from mmsr.atomic import atomic_write_text
+from mmsr.cache_stage import build_cache
+from mmsr.caches import cache_path
+from mmsr.data.dataset import load_dataset
+from mmsr.data.demo import create_demo
 from mmsr.errors import MMSRError
+from mmsr.eval.runner import evaluate_run
 from mmsr.progress import ProgressFactory, no_progress
+from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, study_dir
+from mmsr.study.report import write_report
 from mmsr.study.spec import Study, Variant, load_study
 from mmsr.train.config import TrainConfig
-
-RESULT_FILE = "study.json"
-STUDY_FILE = "study.toml"
-ORIGIN_FILE = "origin.json"  # the study's name, file and command line, for the report
-
-
-def study_dir(name: str | Path) -> Path:
-    return paths.resolve("studies", name)
-
+from mmsr.train.kinds import ID_ONLY_KINDS
+from mmsr.train.recipe import train
+from mmsr.train.run import prepare_run, run_config
 
 @dataclass(frozen=True)
 class PlannedRun:
@@ -139,8 +140,6 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
     atomic_write_text(out / STUDY_FILE, study.path.read_text(encoding="utf-8"))
     atomic_write_text(out / ORIGIN_FILE, json.dumps({"name": study.name, "file": str(study.path),
                                                      "command": command}) + "\n")
-    from mmsr.study.report import write_report  # deferred: matplotlib is only needed once runs are done
-
     todo = [run for run in runs if not run.finished()]
     log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} finished already, {len(todo)} to train "
         f"-> {out}")
@@ -171,17 +170,6 @@ def _command(study: Study, datasets, seeds, only, sets) -> str:
     return " ".join(words)
 
 
-def load_run_study(out: Path) -> tuple[Study, str]:
-    """The study a study directory was run from (its copied file) and the command that ran it."""
-    if not (out / STUDY_FILE).is_file():
-        raise MMSRError("not a study directory (no study.toml)", where=out,
-                        hint="run it first with `mmsr study run FILE`")
-    origin = json.loads((out / ORIGIN_FILE).read_text()) if (out / ORIGIN_FILE).is_file() else {}
-    study = load_study(out / STUDY_FILE, check_configs=False)
-    study = replace(study, name=origin.get("name", out.name), path=Path(origin.get("file", study.path)))
-    return study, origin.get("command", "")
-
-
 def _refuse_changed(runs: list[PlannedRun]) -> None:
     changed = [run.name for run in runs if run.finished() and _saved_config(run.root) != _as_json(run.config)]
     if changed:
@@ -195,9 +183,7 @@ def _as_json(config: TrainConfig) -> dict:
 
 
 def _saved_config(root: Path) -> dict:
-    from mmsr.train.run import run_config  # rebuilt: a field added since holds its default
-
-    return _as_json(run_config(root))
+    return _as_json(run_config(root))  # rebuilt: a config field added since holds its default
 
 
 def _ensure_dataset(study: Study, dataset: str, progress: ProgressFactory, log: Log) -> None:
@@ -207,19 +193,12 @@ def _ensure_dataset(study: Study, dataset: str, progress: ProgressFactory, log: 
     if recipe is None:
         raise MMSRError(f"dataset {dataset!r} not found", where=paths.dataset_dir(dataset),
                         hint="create it with `mmsr data demo` or `mmsr data import`")
-    from mmsr.data.demo import create_demo
-
     log(f"making dataset {dataset} (study recipe: demo {recipe['demo']})")
     create_demo(dataset, **recipe["demo"], progress=progress)
 
 
 def _ensure_cache(config: TrainConfig, built: set[Path], progress: ProgressFactory, log: Log) -> None:
     """Build (or finish) the cache this config's encoders read, once per process and path."""
-    from mmsr.caches import cache_path
-    from mmsr.cache_stage import build_cache
-    from mmsr.data.dataset import load_dataset
-    from mmsr.train.kinds import ID_ONLY_KINDS
-
     if not config.encoders.modalities or config.model.kind in ID_ONLY_KINDS:
         return
     dataset = load_dataset(config.dataset, check_images=False)
@@ -235,10 +214,6 @@ def _ensure_cache(config: TrainConfig, built: set[Path], progress: ProgressFacto
 
 
 def _train_and_evaluate(study: Study, run: PlannedRun, progress: ProgressFactory, log: Log) -> None:
-    from mmsr.eval.runner import evaluate_run
-    from mmsr.train.recipe import train
-    from mmsr.train.run import prepare_run
-
     config_file = run.root.parent.parent / "configs" / f"{run.name}.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(config_file, json.dumps(asdict(run.config), indent=2) + "\n")

@@ -269,8 +269,9 @@ def _variants(raw: dict, problems: list[str]) -> tuple[Variant, ...]:
         entry = _table_of(entry, where, problems)
         _unknown(entry, _VARIANT_KEYS, f"{where}.", problems)
         name = entry.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            problems.append(f"{where}.name must be letters, digits and _.+- (it names the run), got {name!r}")
+        if not isinstance(name, str) or not _NAME.match(name) or "--" in name:
+            problems.append(f"{where}.name must be letters, digits and _.+- without '--' (it names the run, "
+                            f"VARIANT--DATASET--seedS), got {name!r}")
             continue
         in_table = entry.get("in_table", True)
         if not isinstance(in_table, bool):
@@ -300,7 +301,7 @@ def _variants(raw: dict, problems: list[str]) -> tuple[Variant, ...]:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-").lower() or "variant"
+    return re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9_.+-]+", "-", text)).strip("-").lower() or "variant"
 
 
 def _table(table: dict, problems: list[str]) -> Table:

@@ -1,0 +1,30 @@
+"""Where a study's files live: `$MMSR_HOME/studies/NAME/` (see `mmsr.study.runner`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from mmsr import paths
+from mmsr.errors import MMSRError
+from mmsr.study.spec import Study, load_study
+
+RESULT_FILE = "study.json"  # in a run directory, written last: the run is trained and evaluated
+STUDY_FILE = "study.toml"  # the study file as it was run
+ORIGIN_FILE = "origin.json"  # the study's name, file and command line, for the report
+
+
+def study_dir(name: str | Path) -> Path:
+    return paths.resolve("studies", name)
+
+
+def load_run_study(out: Path) -> tuple[Study, str]:
+    """The study a study directory was run from (its copied file) and the command that ran it."""
+    if not (out / STUDY_FILE).is_file():
+        raise MMSRError("not a study directory (no study.toml)", where=out,
+                        hint="run it first with `mmsr study run FILE`")
+    origin = json.loads((out / ORIGIN_FILE).read_text()) if (out / ORIGIN_FILE).is_file() else {}
+    study = load_study(out / STUDY_FILE, check_configs=False)
+    study = replace(study, name=origin.get("name", out.name), path=Path(origin.get("file", study.path)))
+    return study, origin.get("command", "")
