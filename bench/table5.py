@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from movielens import MMSR, sh, train_and_evaluate  # noqa: E402  (bench/, next to this file)
+
+from mmsr.machine import cpu_model  # noqa: E402
 
 ROWS = {
     "idsr-sasrec": ("IDSR (SASRec)", "configs/baselines/idsr.toml", []),
@@ -59,14 +59,6 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r['best_epoch']} / {r['epochs_run']} | "
                      f"{r['train_wall_s']:.0f} |")
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> None:

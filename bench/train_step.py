@@ -46,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import current_rss_mb, peak_rss_mb, reset_peak_rss  # noqa: E402  (bench/, next to this file)
 
+from mmsr.machine import cpu_model  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -294,19 +296,6 @@ def step_benchmark(args) -> dict:
                                  "end_to_end_without_preprocess": round(flops["end_to_end_step_gflop"] / (b["step_s"] - prep_s), 1)},
         "flops": flops,
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (what `lscpu | grep "Model name"` shows), to print next to timings."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def mask_ratio_benchmark(args) -> dict:

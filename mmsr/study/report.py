@@ -14,14 +14,13 @@ import csv
 import io
 import itertools
 import json
-import platform
 import statistics
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmsr.atomic import atomic_write_text
+from mmsr.machine import cpu_model
 from mmsr.study.layout import load_run_study, study_dir
 from mmsr.study.spec import Study
 
@@ -252,12 +251,3 @@ def draw_figures(out: Path, study: Study) -> list[Path]:
     for figure in study.figures:
         drawn += draw(out, study, figure)
     return drawn
-
-
-def cpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
