@@ -156,9 +156,9 @@ def _column_blocks(column_keys: list[tuple], split_last: bool) -> list[list[tupl
 
 def _label(dims: tuple[str, ...], values: dict[str, list[str]], key: tuple | None) -> str:
     """The header of a row or column: its values along the dimensions that vary (or their names)."""
-    shown = [i for i, dim in enumerate(dims) if len(values[dim]) > 1 or (dim == "metric" and key is not None)]
-    if key is None:
-        return " / ".join(dims[i] for i in shown if dims[i] != "metric")
+    if key is None:  # the row header's corner: what the rows are
+        return " / ".join(dims)
+    shown = [i for i, dim in enumerate(dims) if len(values[dim]) > 1 or dim == "metric"]
     return " ".join(str(key[i]) for i in shown if key[i] != "") or " ".join(str(k) for k in key if k != "")
 
 
