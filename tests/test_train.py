@@ -288,3 +288,22 @@ def test_training_windows(small_demo, windows):
         targets = train[1:] if windows == "all" else train[1:][-4:]
         expected.update((int(user), int(t)) for t in targets)
     assert seen == expected  # "all": every training item after the first is a target exactly once
+
+
+def test_a_resumed_run_keeps_its_early_stop(small_demo, mmsr_home):
+    """An early-stopped run that is resumed (a study killed before it recorded the run) trains
+    no further epoch: the count of validations since the best one is carried over."""
+    from mmsr.train.recipe import train
+    from mmsr.train.run import prepare_run
+
+    # lr 0: every validation equals the first, so epochs 2 and 3 do not improve and patience 2 stops at 3.
+    overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=6", "optim.batch_size=32",
+                 "optim.lr=0.0", "early_stop_patience=2"]
+    prepared = prepare_run("stopped", None, overrides, log=lambda text: None)
+    best = train(prepared.config, prepared.root, from_cache=False, log=lambda text: None)
+    metrics = (prepared.root / "metrics.jsonl").read_text()
+    assert best["epoch"] == 1 and len(metrics.splitlines()) == 3
+    resumed = prepare_run("stopped", resume=True, log=lambda text: None)
+    assert resumed.resume
+    assert train(resumed.config, resumed.root, from_cache=False, resume=True, log=lambda text: None) == best
+    assert (prepared.root / "metrics.jsonl").read_text() == metrics

@@ -135,7 +135,12 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                             scheduler=scheduler, epoch=epoch, step=step, global_step=global_step, best=best,
                             extra=extra)
 
-    bad_validations = 0
+    # Carried over a resume, so that a run stopped early (or killed after its early stop) does
+    # not train again, and a resumed run stops where the uninterrupted one does.
+    bad_validations = _validations_since_best(config, best, start_epoch)
+    if resume and _early_stopped(config, bad_validations):
+        barrier()
+        return best
     stops = held.enter_context(StopRequests(dist, device))  # from here on a signal stops after the step
     for epoch in range(start_epoch, config.optim.epochs):
         ddp.train()
@@ -170,7 +175,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                         hint=f"continue with `mmsr train --run {run_dir} --resume`")
         record = {"epoch": epoch + 1, "step": global_step, "loss": running.mean,
                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - started, 3)}
-        validating = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs
+        validating = _validates(config, epoch + 1)
         improved = False
         if validating:
             record["valid"] = metrics = validate(model, feed, split, config, device=device, dist=dist)
@@ -186,12 +191,26 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         if dist.main:
             _append_metrics(run_dir, record)
             log(_format_record(record))
-        if validating and config.early_stop_patience and bad_validations >= config.early_stop_patience:
+        if validating and _early_stopped(config, bad_validations):
             if dist.main:
                 log(f"early stop: no {SELECT_METRIC} improvement in {bad_validations} validations")
             break
     barrier()
     return best
+
+
+def _validates(config: TrainConfig, epoch: int) -> bool:
+    """Whether the trainer validates after `epoch` (1-based)."""
+    return epoch % config.eval_every == 0 or epoch == config.optim.epochs
+
+
+def _validations_since_best(config: TrainConfig, best: dict, completed: int) -> int:
+    """How many validations after the best one the first `completed` epochs made."""
+    return sum(_validates(config, epoch) for epoch in range(best.get("epoch", 0) + 1, completed + 1))
+
+
+def _early_stopped(config: TrainConfig, bad_validations: int) -> bool:
+    return bool(config.early_stop_patience) and bad_validations >= config.early_stop_patience
 
 
 def _resume_hint(resume_from: str, run_dir: Path) -> str:
