@@ -118,10 +118,19 @@ def test_study_trains_every_variant_once_and_reports_what_it_measured(study_file
     assert result.exit_code == 0, result.output
     assert (out / "report.md").read_text() == report
 
-    # a finished variant whose settings changed is refused, not reused
+    # a split the study gained since is evaluated without training
+    study_file.write_text(study_file.read_text().replace('splits = ["test", "cold"]', 'splits = ["test", "cold", "valid"]'))
+    messages = []
+    run_study(study_file, log=messages.append)
+    assert any("0 to train" in m for m in messages)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")} == stamps
+    with open(out / "results.csv", newline="") as handle:
+        assert sorted({r["split"] for r in csv.DictReader(handle)}) == ["cold", "test", "valid"]
+
+    # a finished variant whose settings changed is refused, not reused, even when not asked for
     study_file.write_text(study_file.read_text().replace('"model.fusion" = "sum"', '"model.fusion" = "concat"'))
     with pytest.raises(MMSRError, match="changed since they ran: sum--demo-small--seed0"):
-        run_study(study_file, log=_quiet)
+        run_study(study_file, only=["idsr"], log=_quiet)
 
 
 def test_study_killed_with_sigkill_resumes_without_retraining_finished_runs(study_file, mmsr_home):
@@ -165,6 +174,10 @@ def test_seeds_repeat_each_variant_and_only_keeps_the_named_ones(study_file):
     (lambda s: s.replace('name = "sum"', 'name = "sum"\ninit_from = "nothing"'), "init_from 'nothing' is no variant"),
     (lambda s: s.replace('splits = ["test", "cold"]', 'splits = ["tset"]'), "unknown split 'tset'"),
     (lambda s: s.replace('name = "idsr"', 'name = "gate"'), "two variants are called 'gate'"),
+    (lambda s: s.replace('label = "IDSR"', 'label = "Gate"'), "two variants share the label 'Gate'"),
+    (lambda s: s.replace('"model.kind" = "idsr"', '"model.kind" = "idsr", dataset = "x"'), "variant 'idsr' set: dataset"),
+    (lambda s: s + '\n[data.x]\ndemo = { user = 4 }\n', "unknown key data.x.demo.user"),
+    (lambda s: s.replace('metric = "HR@10"', 'metric = "HR@11x"'), "figure[0].metric 'HR@11x'"),
     (lambda s: s + "\n[table]\nrows = [\"variant\"]\ncolumns = [\"metrics\"]\n", "unknown dimension 'metrics'"),
 ])
 def test_bad_study_files_are_refused_in_one_line(study_file, edit, message):
@@ -205,3 +218,15 @@ improv = { of = "MMSR", over = ["IDSR"], along = "column" }
     assert "0.1100 ± 0.0141" in sasrec and "**0.2200 ± 0.0000**" in sasrec and "+100.00%" in sasrec
     gru = next(line for line in lines if line.startswith("| GRU4Rec |"))
     assert "-20.00%" in gru
+
+
+def test_ties_share_a_mark_and_all_equal_gets_none(tmp_path):
+    path = tmp_path / "ties.toml"
+    path.write_text('[study]\nmetrics = ["HR@10", "NDCG@10"]\n' + "".join(
+        f'[[variant]]\nname = "{name}"\n' for name in ("a", "b", "c")))
+    study = load_study(path, check_configs=False)
+    values = {"a": (0.25, 0.0), "b": (0.25, 0.0), "c": (0.10, 0.0)}
+    rows = [{"label": name, "column": "", "dataset": "demo", "split": "test", "seed": 0, "HR@10": hr,
+             "NDCG@10": ndcg, "_in_table": True} for name, (hr, ndcg) in values.items()]
+    lines = render_table(study, cells(study, rows)).splitlines()
+    assert lines[2:] == ["| a | **0.2500** | 0.0000 |", "| b | **0.2500** | 0.0000 |", "| c | <u>0.1000</u> | 0.0000 |"]

@@ -4,7 +4,8 @@ The table is laid out by the study's `[table]`: each result cell has five dimens
 (variant: the row label; column: a grid column; dataset; split; metric). `rows` and `columns`
 say which dimensions span which side, in order; a dimension with one value gets no header.
 Cells compared for best (**bold**) and second best (<u>underlined</u>, when three or more
-compete) share every dimension but variant and column, and the `best_within` ones. With
+compete) share every dimension but variant and column, and the `best_within` ones; equal
+values share a mark, and a group whose values are all equal gets none. With
 several seeds a cell is the mean ± the standard deviation (n-1) over the seeds.
 """
 
@@ -38,9 +39,11 @@ def collect(out: Path, study: Study) -> list[dict]:
             continue  # a variant since removed from the file
         variant = study.variant(result["variant"])
         for split, evaluation in result["evaluations"].items():
+            if split not in study.splits or evaluation["protocol"] != study.protocol:
+                continue  # evaluated for an earlier version of the study; the runner evaluates it again
             rows.append({"variant": variant.name, "label": variant.label, "column": variant.column,
                          "group": variant.group, "dataset": result["dataset"], "seed": result["seed"],
-                         "split": split, "protocol": study.protocol, "cases": evaluation["cases"],
+                         "split": split, "protocol": evaluation["protocol"], "cases": evaluation["cases"],
                          **evaluation["metrics"], "best_epoch": result["best_epoch"],
                          "epochs_run": result["epochs_run"], "train_seconds": result["train_seconds"],
                          "run": str(result_file.parent), "_in_table": variant.in_table})
@@ -170,11 +173,14 @@ def _marks(table: dict[tuple, Cell], best_within: tuple[str, ...]) -> dict[tuple
         groups.setdefault(tuple(v for i, v in enumerate(key) if i not in free), []).append(key)
     marks = {}
     for keys in groups.values():
-        ranked = sorted(keys, key=lambda k: -table[k].mean)
-        if len(ranked) >= 2:
-            marks[ranked[0]] = "best"
-        if len(ranked) >= 3 and table[ranked[1]].mean < table[ranked[0]].mean:
-            marks[ranked[1]] = "second"
+        values = sorted({table[k].mean for k in keys}, reverse=True)
+        if len(keys) < 2 or len(values) < 2:
+            continue  # nothing to compare, or all equal: no mark
+        for key in keys:  # ties share a mark
+            if table[key].mean == values[0]:
+                marks[key] = "best"
+            elif table[key].mean == values[1] and len(keys) >= 3:
+                marks[key] = "second"
     return marks
 
 
@@ -197,7 +203,8 @@ def _improv(improv, block: dict[str, Cell | None]) -> str:
 # ----------------------------------------------------------------------------- the report
 
 
-def render_report(study: Study, rows: list[dict], command: str = "", figures: list[Path] = ()) -> str:
+def render_report(study: Study, rows: list[dict], command: str = "", figures: list[Path] = (),
+                  out: Path | None = None) -> str:
     table = cells(study, rows)
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"# {study.title}", "",
@@ -221,7 +228,8 @@ def render_report(study: Study, rows: list[dict], command: str = "", figures: li
             lines += ["", f"![{figure.stem}]({figure.name}) (data: {figure.stem}.csv)"]
     if command:
         lines += ["", f"Reproduce: `{command}`"]
-    lines += ["", f"Re-render: `mmsr study report {study.name}`; every number above is in results.csv."]
+    name = study.name if out is None or out == study_dir(out.name) else out
+    lines += ["", f"Re-render: `mmsr study report {name}`; every number above is in results.csv."]
     return "\n".join(lines) + "\n"
 
 
@@ -231,7 +239,7 @@ def write_report(out: Path, study: Study, command: str = "", *, figures: bool = 
     rows = collect(out, study)
     drawn = draw_figures(out, study) if figures else sorted(out.glob("*.png"))  # keep what a last run drew
     atomic_write_text(out / "results.csv", results_csv(rows))
-    atomic_write_text(out / "report.md", render_report(study, rows, command, drawn))
+    atomic_write_text(out / "report.md", render_report(study, rows, command, drawn, out))
     return [out / "results.csv", out / "report.md", *drawn]
 
 

@@ -2,15 +2,18 @@
 
     studies/NAME/
       study.toml                 the study file as it was run (what `mmsr study report` re-reads)
+      origin.json                the study's name, file and command, for the report
+      configs/RUN.json           each run's resolved config, as handed to the trainer
       runs/VARIANT--DATASET--seedS/
         config.json ...          an ordinary run directory (`mmsr eval --run` works on it)
         study.json               written last, when the run is trained and evaluated: the
-                                 marker that makes a rerun skip it
+                                 marker that makes a rerun skip it (a split or protocol the
+                                 study gained since is evaluated without training)
       results.csv, report.md     re-rendered after every finished run (`mmsr.study.report`)
 
 A rerun of the same command skips finished runs, resumes the interrupted one from its
-checkpoint (the trainer refuses a resume whose config changed), and trains the rest. A
-finished run whose variant changed since is refused, not silently reused or retrained.
+checkpoint, and trains the rest. A run (finished or not) whose variant changed since, or whose
+transfer source did, is refused before anything trains, not silently reused or retrained.
 Variants whose encoder settings match share one cache, built once.
 """
 
@@ -117,7 +120,8 @@ def _source_run(study: Study, planned: dict, variant: Variant, seed: int) -> Pla
     if len(sources) != 1:
         raise MMSRError(f"variant {variant.name!r} starts from {variant.init_from!r}, which has "
                         f"{len(sources)} runs for seed {seed}", where=study.path,
-                        hint="give the source variant exactly one dataset (its `dataset` key)")
+                        hint="a source needs exactly one run per seed: give it one dataset (its `dataset` key) "
+                             "and no seed of its own (the seed comes from the base config or --seeds)")
     return sources[0]
 
 
@@ -134,17 +138,20 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
     study = load_study(path)
     out = study_dir(out or study.name)
     runs = plan_study(study, out, datasets=datasets, seeds=seeds, only=only, sets=sets)
-    _refuse_changed(runs)
-    command = _command(study, datasets, seeds, only, sets)
+    _refuse_changed(study, out, runs, sets)
+    # The report covers every finished run, so its command is the study's, not this --only subset.
+    command = _command(study, out, datasets, seeds, sets)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_FILE, study.path.read_text(encoding="utf-8"))
     atomic_write_text(out / ORIGIN_FILE, json.dumps({"name": study.name, "file": str(study.path),
                                                      "command": command}) + "\n")
     todo = [run for run in runs if not run.finished()]
+    unevaluated = [run for run in runs if run.finished() and _missing_evaluations(study, run.root)]
     log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} finished already, {len(todo)} to train "
         f"-> {out}")
-    with progress(f"study {study.name}", len(runs), unit="runs") as advance:
-        advance(len(runs) - len(todo))
+    for run in unevaluated:  # the study's splits or protocol changed since: evaluate, do not train
+        _evaluate(study, run, json.loads((run.root / RESULT_FILE).read_text()), log)
+    with progress(f"study {study.name}", len(todo), unit="runs") as advance:
         built: set[Path] = set()
         for run in todo:
             _ensure_dataset(study, run.dataset, progress, log)
@@ -157,7 +164,7 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
     return out
 
 
-def _command(study: Study, datasets, seeds, only, sets) -> str:
+def _command(study: Study, out: Path, datasets, seeds, sets) -> str:
     try:
         shown = study.path.relative_to(Path.cwd())
     except ValueError:
@@ -165,17 +172,31 @@ def _command(study: Study, datasets, seeds, only, sets) -> str:
     words = ["mmsr study run", str(shown)]
     words += [f"--dataset {','.join(datasets)}"] if datasets else []
     words += [f"--seeds {','.join(map(str, seeds))}"] if seeds else []
-    words += [f"--only {','.join(only)}"] if only else []
     words += [f"--set {item}" for item in sets or []]
+    words += [f"--out {out}"] if out != study_dir(study.name) else []
     return " ".join(words)
 
 
-def _refuse_changed(runs: list[PlannedRun]) -> None:
-    changed = [run.name for run in runs if run.finished() and _saved_config(run.root) != _as_json(run.config)]
+def _refuse_changed(study: Study, out: Path, runs: list[PlannedRun], sets: list[str] | None) -> None:
+    """Refuse to go on while any run in the study directory (finished or not, planned now or not)
+    was made by a variant that has changed since, or started from such a run."""
+    existing = [config.parent for config in (out / "runs").glob("*/config.json")]
+    if not existing:
+        return
+    # What every existing run would be now, with the datasets and seeds it was made with.
+    saved = {root: _saved_config(root) for root in existing}
+    seen_datasets = sorted({c["dataset"] for c in saved.values()} | {r.dataset for r in runs})
+    seen_seeds = sorted({c["seed"] for c in saved.values()} | {r.seed for r in runs})
+    expected = {run.root: run for run in plan_study(study, out, datasets=seen_datasets, seeds=seen_seeds, sets=sets)}
+    changed = {root for root, config in saved.items() if root in expected and config != _as_json(expected[root].config)}
+    for root in list(saved):  # a run started from a changed source is stale too
+        if saved[root].get("init_from") and Path(saved[root]["init_from"]) in changed:
+            changed.add(root)
     if changed:
-        raise MMSRError(f"finished runs whose variant changed since they ran: {', '.join(changed)}",
-                        where=runs[0].root.parent, hint="delete those run directories to train them again, or run the study under "
-                             "another name (--out)")
+        names = ", ".join(sorted(root.name for root in changed))
+        raise MMSRError(f"runs whose variant (or transfer source) changed since they ran: {names}",
+                        where=out / "runs", hint="delete those run directories to train them again, or run the "
+                                                 "changed study under another name with --out NAME")
 
 
 def _as_json(config: TrainConfig) -> dict:
@@ -224,17 +245,30 @@ def _train_and_evaluate(study: Study, run: PlannedRun, progress: ProgressFactory
     started = time.perf_counter()
     best = train(prepared.config, prepared.root, from_cache=study.from_cache, resume=prepared.resume,
                  progress=progress, log=log)
-    wall = time.perf_counter() - started
-    evaluations = {}
-    for split in study.splits:
-        result = evaluate_run(run.root, split, ks=sorted({*study.ks, 10, 20, 50}), protocol=study.protocol, device=run.config.device)
-        evaluations[split] = {"cases": result["users"], "metrics": result["metrics"], "protocol": result["protocol"]}
     records = _read_metrics(run.root)
     summary = {"variant": run.variant.name, "dataset": run.dataset, "seed": run.seed,
                "best_epoch": best.get("epoch"), "epochs_run": len(records),
                "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in records), 1),
-               "wall_seconds_this_session": round(wall, 1), "evaluations": evaluations}
+               "wall_seconds_last_session": round(time.perf_counter() - started, 1), "evaluations": {}}
+    _evaluate(study, run, summary, log)
+
+
+def _missing_evaluations(study: Study, root: Path) -> list[str]:
+    done = json.loads((root / RESULT_FILE).read_text())["evaluations"]
+    return [split for split in study.splits if done.get(split, {}).get("protocol") != study.protocol]
+
+
+def _evaluate(study: Study, run: PlannedRun, summary: dict, log: Log) -> None:
+    """Evaluate the splits `summary` lacks under the study's protocol; then write it, last."""
+    for split in study.splits:
+        if summary["evaluations"].get(split, {}).get("protocol") == study.protocol:
+            continue
+        result = evaluate_run(run.root, split, ks=sorted({*study.ks, 10, 20, 50}), protocol=study.protocol,
+                              device=run.config.device)
+        summary["evaluations"][split] = {"cases": result["users"], "metrics": result["metrics"],
+                                         "protocol": study.protocol}
     atomic_write_text(run.root / RESULT_FILE, json.dumps(summary, indent=2) + "\n")
+    evaluations = summary["evaluations"]
     log(f"{run.name}: best epoch {summary['best_epoch']}, "
         + ", ".join(f"{split} " + " ".join(f"{m} {evaluations[split]['metrics'][m]:.4f}" for m in study.metrics)
                     for split in study.splits))
@@ -243,4 +277,3 @@ def _train_and_evaluate(study: Study, run: PlannedRun, progress: ProgressFactory
 def _read_metrics(root: Path) -> list[dict]:
     path = root / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-

@@ -250,15 +250,29 @@ def _parse(raw: dict, path: Path, problems: list[str]) -> Study:
         table=_table(_table_of(raw.get("table"), "[table]", problems), problems),
         figures=_figures(raw.get("figure", []), problems), data=data, from_cache=from_cache,
         notes=str(head.get("notes", "")))
+    for where, overrides in [("study.set", study.overrides), *((f"variant {v.name!r} set", v.overrides)
+                                                               for v in study.variants)]:
+        if "dataset" in overrides:
+            problems.append(f"{where}: dataset is chosen by study.datasets, a variant's dataset key or --dataset")
     _check_references(study, problems)
     return study
+
+
+DEMO_OPTIONS = {"items": int, "users": int, "seed": int, "domain": int}  # create_demo's, the study may set
 
 
 def _data_recipes(data: dict, problems: list[str]) -> dict:
     for name, recipe in data.items():
         recipe = _table_of(recipe, f"data.{name}", problems)
         _unknown(recipe, {"demo"}, f"data.{name}.", problems)
-        _table_of(recipe.get("demo"), f"data.{name}.demo", problems)
+        if "demo" not in recipe:
+            problems.append(f"data.{name} says how to make the dataset: add demo = {{ ... }}")
+            continue
+        options = _table_of(recipe["demo"], f"data.{name}.demo", problems)
+        _unknown(options, set(DEMO_OPTIONS), f"data.{name}.demo.", problems)
+        for key, kind in DEMO_OPTIONS.items():
+            if key in options and (not isinstance(options[key], kind) or isinstance(options[key], bool)):
+                problems.append(f"data.{name}.demo.{key} must be {kind.__name__}, got {options[key]!r}")
     return data
 
 
@@ -312,6 +326,11 @@ def _table(table: dict, problems: list[str]) -> Table:
     for dim in rows + columns + best_within:
         if dim not in DIMENSIONS:
             problems.append(f"table: unknown dimension {dim!r} (known: {', '.join(DIMENSIONS)})")
+    for dim in sorted(set(rows) & set(columns)):
+        problems.append(f"table: dimension {dim!r} is in both rows and columns")
+    for dim in best_within:
+        if dim not in ("variant", "column"):
+            problems.append(f"table.best_within: {dim!r} is always held fixed; only variant or column can be")
     # A dimension the layout does not name spans the columns, outermost (no header when it has
     # one value, as `column` has outside a grid).
     columns = tuple(d for d in DIMENSIONS if d not in rows + columns) + columns
@@ -320,7 +339,9 @@ def _table(table: dict, problems: list[str]) -> Table:
         spec = _table_of(table["improv"], "table.improv", problems)
         _unknown(spec, _IMPROV_KEYS, "table.improv.", problems)
         along = spec.get("along", columns[-1] if columns else "")
-        if not columns or along != columns[-1]:
+        if along not in ("variant", "column"):
+            problems.append(f"table.improv.along must be variant or column (the models compared), got {along!r}")
+        elif not columns or along != columns[-1]:
             problems.append(f"table.improv.along must be the last of table.columns ({columns[-1:]}), got {along!r}")
         improv = Improv(of=_strings(spec.get("of", []), "table.improv.of", problems),
                         over=_strings(spec.get("over", []), "table.improv.over", problems), along=along)
@@ -340,28 +361,39 @@ def _figures(entries: Any, problems: list[str]) -> tuple[Figure, ...]:
         variants = _strings(entry.get("variants", []), f"{where}.variants", problems)
         if kind in ("items", "users") and len(variants) not in (1, 2):
             problems.append(f"{where}: a t-SNE figure shows one variant or compares two, got {len(variants)}")
-        figures.append(Figure(kind=kind, variants=variants, metric=str(entry.get("metric", "HR@10")),
+        metric = str(entry.get("metric", "HR@10"))
+        if kind == "curves" and not (_METRIC.match(metric) or metric in ("loss", "lr", "epoch_seconds")):
+            problems.append(f"{where}.metric {metric!r}: use HR@K, NDCG@K, loss, lr or epoch_seconds")
+        figures.append(Figure(kind=kind, variants=variants, metric=metric,
                               dataset=str(entry.get("dataset", "")), name=str(entry.get("name", f"figure{index + 1}"))))
     return tuple(figures)
 
 
 def _check_references(study: Study, problems: list[str]) -> None:
     names = {v.name for v in study.variants}
-    labels = {v.label for v in study.variants} | {v.column for v in study.variants}
     for variant in study.variants:
         if variant.init_from and variant.init_from not in names:
             problems.append(f"variant {variant.name!r}: init_from {variant.init_from!r} is no variant of the study")
         if variant.init_from == variant.name:
             problems.append(f"variant {variant.name!r} cannot start from itself")
+    cells = [(v.label, v.column) for v in study.variants if v.in_table]
+    for label, column in sorted({c for c in cells if cells.count(c) > 1}):
+        problems.append(f"two variants share the label {label!r}" + (f" in column {column!r}" if column else "")
+                        + ": their numbers would be averaged like seeds")
+    datasets = set(study.datasets) | {v.dataset for v in study.variants if v.dataset}
     for figure in study.figures:
         for name in figure.variants:
             if name not in names:
                 problems.append(f"figure {figure.name!r}: no variant {name!r}")
+        if figure.dataset and figure.dataset not in datasets:
+            problems.append(f"figure {figure.name!r}: dataset {figure.dataset!r} is not one the study runs on")
     improv = study.table.improv
     if improv:
+        along = {v.label for v in study.variants} if improv.along == "variant" else {v.column for v in study.variants}
         for label in (*improv.of, *improv.over):
-            if label not in labels:
-                problems.append(f"table.improv: {label!r} is neither a variant label nor a column")
+            if label not in along:
+                problems.append(f"table.improv: {label!r} is not a {improv.along} of the study "
+                                f"(known: {', '.join(sorted(a for a in along if a))})")
     _check_cycles(study, problems)
 
 
