@@ -25,11 +25,13 @@ def prepare():
 @app.command("list")
 def list_(json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables.")):
     """Short names you can pass as text_model / vision_model, and the supported families."""
-    from mmsr.encoders.registry import describe_short_names, list_families  # deferred: pulls in torch (seconds)
+    # deferred: pulls in torch (seconds)
+    from mmsr.encoders.registry import PARADIGMS, describe_families, describe_short_names
 
-    names = describe_short_names()
+    names, families = describe_short_names(), describe_families()
     if json_out:
-        print_json({"names": names, "families": list_families()})
+        print_json({"names": names, "families": sorted(families),
+                    "paradigms": {entry: family["paradigm"] for entry, family in families.items()}})
         return
     table = Table(title="encoders by short name")
     for column in ("name", "modality", "prepared", "description"):
@@ -38,10 +40,11 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print one JSON ob
         table.add_row(name, short["modality"], "yes" if short["prepared"] else "no (mmsr models prepare)",
                       short["description"])
     console.print(table)
-    families = Table(title="families (any local directory / cached Hub name of these types, or a prefix)")
-    families.add_column("family")
-    families.add_column("modality")
-    for entry in list_families():
+    table = Table(title="families (any local directory / cached Hub name of these types, or a prefix)",
+                  caption="; ".join(f"{key}: {text}" for key, text in PARADIGMS.items()))
+    for column in ("family", "modality", "paradigm"):
+        table.add_column(column)
+    for entry, family in families.items():
         key, modality = entry.rsplit("/", 1)
-        families.add_row(key, modality)
-    console.print(families)
+        table.add_row(key, modality, family["paradigm"])
+    console.print(table)

@@ -82,6 +82,8 @@ def kept_patch_indices(num_patches: int, ratio: float, seed: int) -> tuple[int, 
 
 class SplitEncoder(nn.Module):
     modality: str = ""  # "text" or "image"
+    # What kind of pretrained model the family is: a key of `registry.PARADIGMS`.
+    paradigm: str = "unimodal"
     # Why this family cannot drop patch tokens (None: it can, see `keep_patches`). Families opt
     # in, so a new family refuses image_mask_ratio until someone checks it can drop tokens.
     patch_drop_refusal: str | None = "it has no patch tokens to drop"

@@ -15,20 +15,47 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+def load_tower(source: str, dtype, towers: dict[str, tuple[str, str | None]]):
+    """The one tower of a checkpoint a slot needs, chosen by its config's `model_type`.
+
+    `towers` maps a model_type to (transformers class, attribute of the loaded model holding the
+    tower, or None for the model itself): a full two-stream checkpoint (CLIPModel, GroupViTModel)
+    serves both slots, each keeping only its own tower, so the other tower's weights are neither
+    kept in memory nor part of the weights hash. The registry has already checked the type.
+    """
+    import transformers
+
+    class_name, attribute = towers[transformers.AutoConfig.from_pretrained(source).model_type]
+    model = getattr(transformers, class_name).from_pretrained(source, dtype=dtype)
+    return getattr(model, attribute) if attribute else model
+
+
 def preprocessor_config(source: str) -> dict:
-    """preprocessor_config.json of a local directory or a cached Hub model, or {}."""
-    path = Path(source) / "preprocessor_config.json"
+    """The image processor's settings of a local directory or a cached Hub model, or {}.
+
+    Checkpoints on the Hub carry preprocessor_config.json; transformers 5 saves a whole processor
+    (`AutoProcessor.save_pretrained`, tokenizer included) as processor_config.json, with those
+    settings under "image_processor". The first file found wins.
+    """
+    for name, part in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        path = _model_file(source, name)
+        if path is not None:
+            config = json.loads(path.read_text())
+            return (config.get(part) or {}) if part else config
+    return {}
+
+
+def _model_file(source: str, name: str) -> Path | None:
+    path = Path(source) / name
     if not Path(source).is_dir():  # a Hub name: look in the local Hub cache only
         from huggingface_hub import try_to_load_from_cache
 
         try:
-            cached = try_to_load_from_cache(source, "preprocessor_config.json")
+            cached = try_to_load_from_cache(source, name)
         except ValueError:  # not a valid repo id
             cached = None
         path = Path(cached) if isinstance(cached, str) else None
-    if path is None or not path.is_file():
-        return {}
-    return json.loads(path.read_text())
+    return path if path is not None and path.is_file() else None
 
 
 def image_transform(source: str, size: int, mean, std, interpolation: str = "bicubic") -> ImageTransform:

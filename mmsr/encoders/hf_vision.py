@@ -172,6 +172,7 @@ class ViTMAEEncoder(HFViTEncoder):
 @register_family("hf:clip_vision_model", "hf:clip", modality="image")
 class CLIPVisionEncoder(HFViTEncoder):
     model_class = "CLIPVisionModel"
+    paradigm = "two-stream-shallow"
     mean, std = CLIP_MEAN, CLIP_STD
 
     @classmethod

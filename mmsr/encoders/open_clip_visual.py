@@ -26,6 +26,9 @@ PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 @register_family("open_clip", modality="image")
 class OpenCLIPVisualEncoder(SplitEncoder):
     modality = "image"
+    # CLIP-style image towers. mmsr reads no open_clip text tower: for paradigm (a) with both towers
+    # of one checkpoint, give a transformers CLIP directory as both text_model and vision_model.
+    paradigm = "two-stream-shallow"
     patch_drop_refusal = None
 
     def __init__(self, visual: nn.Module, transform: ImageTransform, *, name: str, top_blocks: int):

@@ -25,6 +25,15 @@ from mmsr.errors import MMSRError
 
 MODALITIES = ("text", "image")
 HF_PREFIX = "hf"
+SLOTS = {"text": "encoders.text_model", "image": "encoders.vision_model"}
+
+# What kind of pretrained model a family is (seed §6, Table VI), shown by `mmsr models list`.
+# A family class says which in its `paradigm` attribute. Single-stream deep-fusion VLPs (b) and
+# two-stream deep-fusion VLPs (c) add their keys here when they arrive.
+PARADIGMS = {
+    "unimodal": "pretrained on one modality",
+    "two-stream-shallow": "(a) VLP: two streams, shallow fusion (CLIP, GroupViT)",
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,8 @@ def register_family(*keys: str, modality: str):
         raise ValueError(f"modality must be one of {MODALITIES}")
 
     def decorator(cls):
+        if cls.paradigm not in PARADIGMS:
+            raise ValueError(f"{cls.__name__}.paradigm={cls.paradigm!r} is not one of {sorted(PARADIGMS)}")
         for key in keys:
             if (key, modality) in _FAMILIES:
                 raise ValueError(f"encoder family {key!r} ({modality}) registered twice")
@@ -103,13 +114,26 @@ def describe_short_names() -> dict[str, dict]:
             for name, short in short_names().items()}
 
 
-def family_for(key: str, modality: str) -> Family:
+def describe_families() -> dict[str, dict]:
+    """{"key/modality": {"paradigm", "paradigm_description"}} for every family (`mmsr models list`)."""
     _load_families()
-    try:
+    return {f"{key}/{mod}": {"paradigm": family.cls.paradigm, "paradigm_description": PARADIGMS[family.cls.paradigm]}
+            for (key, mod), family in sorted(_FAMILIES.items())}
+
+
+def family_for(key: str, modality: str, where: str | None = None) -> Family:
+    _load_families()
+    if (key, modality) in _FAMILIES:
         return _FAMILIES[(key, modality)]
-    except KeyError:
-        known = ", ".join(k for k, m in sorted(_FAMILIES) if m == modality)
-        raise MMSRError(f"no {modality} encoder family for {key!r}", hint=f"supported: {known}") from None
+    # A checkpoint of one tower only (a GroupViT vision model, a CLIP text model) given for the
+    # other slot: say which slot it fits, rather than listing every family.
+    fits = sorted(m for k, m in _FAMILIES if k == key)
+    if fits:
+        raise MMSRError(f"no {modality} encoder family for {key!r}: it holds {fits[0]} weights only",
+                        where=where, hint=f"give it as {SLOTS[fits[0]]}; as {SLOTS[modality]} give a model with a "
+                                          f"{modality} tower, e.g. a full CLIPModel or GroupViTModel directory")
+    known = ", ".join(k for k, m in sorted(_FAMILIES) if m == modality)
+    raise MMSRError(f"no {modality} encoder family for {key!r}", where=where, hint=f"supported: {known}")
 
 
 def _hf_model_type(source: str) -> str:
@@ -140,7 +164,7 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> tuple[Family
             spec = rest
         else:
             return family_for(prefix, modality), rest
-    return family_for(f"{HF_PREFIX}:{_hf_model_type(spec)}", modality), spec
+    return family_for(f"{HF_PREFIX}:{_hf_model_type(spec)}", modality, where=spec), spec
 
 
 def create_encoder(name_or_path: str | os.PathLike, modality: str, top_blocks: int, *, max_text_len: int = 50,
@@ -187,4 +211,5 @@ def _load_families() -> None:
 
 
 # One small module per family; adding a family = adding a module here.
-FAMILY_MODULES = ("hf_text", "hf_vision", "hf_swin", "open_clip_visual", "timm_cnn", "offline")
+FAMILY_MODULES = ("hf_text", "hf_vision", "hf_swin", "open_clip_visual", "timm_cnn", "vlp_text", "groupvit_vision",
+                  "offline")
