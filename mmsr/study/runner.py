@@ -42,6 +42,7 @@ from mmsr.train.kinds import ID_ONLY_KINDS
 from mmsr.train.recipe import train
 from mmsr.train.run import prepare_run, run_config
 
+
 @dataclass(frozen=True)
 class PlannedRun:
     variant: Variant
