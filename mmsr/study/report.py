@@ -47,7 +47,9 @@ def collect(out: Path, study: Study) -> list[dict]:
                          **evaluation["metrics"], "best_epoch": result["best_epoch"],
                          "epochs_run": result["epochs_run"], "train_seconds": result["train_seconds"],
                          "run": str(result_file.parent), "_in_table": variant.in_table})
-    rows.sort(key=lambda r: (order[r["variant"]], r["dataset"], r["seed"], r["split"]))
+    datasets = {name: i for i, name in enumerate(study.datasets)}  # the study's order, not the alphabet's
+    rows.sort(key=lambda r: (order[r["variant"]], datasets.get(r["dataset"], len(datasets)), r["dataset"], r["seed"],
+                             r["split"]))
     return rows
 
 
