@@ -43,9 +43,10 @@ trainer does not know studies exist; a study only resolves configs and calls it.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +130,14 @@ class Study:
     def datasets_of(self, variant: Variant) -> tuple[str, ...]:
         return (variant.dataset,) if variant.dataset else self.datasets
 
+    @functools.cached_property
     def base_mapping(self) -> dict:
+        """The base config file's mapping, read once: a plan resolves every variant x dataset x seed."""
         return config_lib.read_file(self.base) if self.base else {}
 
     def config_mapping(self, variant: Variant, dataset: str, seed: int | None, sets: list[str] | None) -> dict:
         """base file <- study `set` <- variant `set` <- `--set` <- dataset and seed."""
-        data = config_lib.merge(self.base_mapping(), self.overrides)
+        data = config_lib.merge(self.base_mapping, self.overrides)
         data = config_lib.merge(data, variant.overrides)
         data = config_lib.merge(data, config_lib.parse_overrides(sets))
         data["dataset"] = dataset
@@ -422,10 +425,3 @@ def _config_problems(study: Study) -> list[str]:
                 problems.append(f"variant {variant.name!r}: " + error.message.split(": ", 1)[-1])
                 break
     return problems
-
-
-def as_dict(study: Study) -> dict:
-    """What `report.md` and `results.csv` record of the study."""
-    return {"name": study.name, "title": study.title, "path": str(study.path), "datasets": list(study.datasets),
-            "splits": list(study.splits), "metrics": list(study.metrics), "protocol": study.protocol,
-            "variants": [asdict(v) for v in study.variants]}
