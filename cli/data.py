@@ -23,21 +23,31 @@ app.command("import")(import_)
 def demo(
     name: Optional[str] = typer.Option(None, "--name", help="Dataset name (under $MMSR_HOME/datasets) or a path. "
                                        "Default: demo, or demo-dK for --domain K."),
-    items: int = typer.Option(3000, "--items", help="Number of items, each with a 224x224 picture and a title."),
-    users: int = typer.Option(2000, "--users", help="Number of users, with 5 to 40 interactions each."),
+    items: int = typer.Option(3000, "--items", help="Number of items, each with a picture and a title."),
+    users: int = typer.Option(2000, "--users", help="Number of users."),
     seed: int = typer.Option(0, "--seed", help="Generator seed: the same seed gives the same bytes."),
     domain: int = typer.Option(0, "--domain", help="0: the demo. K > 0: a catalogue disjoint from every other "
                                "domain's (new items, pictures, brands and users; ids prefixed dK-) under the same "
                                "rules, to try transfer (mmsr train --init-from)."),
+    min_length: int = typer.Option(5, "--min-length", help="Fewest interactions per user. Lengths are this plus a "
+                                   "geometric draw of mean 8, capped at --max-length (HM's 31 per user: "
+                                   "--min-length 23 --max-length 200)."),
+    max_length: int = typer.Option(40, "--max-length", help="Most interactions per user."),
+    image_size: int = typer.Option(224, "--image-size", help="Picture side in pixels. Smaller is faster to write "
+                                   "for large catalogues; the cache build resizes to encoders.image_size anyway."),
+    sampler: str = typer.Option("auto", "--sampler", help="How choices are drawn: exact (the original draws; "
+                                "cost grows with interactions x items), grouped (the same rule, streamed, cost grows "
+                                "with the interactions) or auto (exact up to 10,000 items)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset of that name."),
 ):
-    """Generate the synthetic demo dataset (offline, deterministic, well under a minute).
+    """Generate the synthetic demo dataset (offline, deterministic; the default one in seconds).
 
     Colour, shape and pattern are visible only in the pictures; category, material and style
     only in the text; users' choices depend on both. See the README for the rules.
     """
     dest, written = create_demo(name, items=items, users=users, seed=seed, domain=domain, overwrite=overwrite,
-                                progress=progress_bar)
+                                progress=progress_bar, min_len=min_length, max_len=max_length,
+                                image_size=image_size, sampler=sampler)
     console.print(f"[green]wrote {dest}" if written
                   else f"[yellow]{dest} already exists; keeping it (pass --overwrite to regenerate).")
 

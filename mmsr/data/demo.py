@@ -10,7 +10,9 @@ to a second colour. A user picks items with probability proportional to
 without repeats, where popularity is Zipf-like over a random order of the items. So the
 picture explains part of each choice and the text the other part: a text+image model can
 beat text alone, image alone and item IDs alone, and most items are seen fewer than ten
-times in training (cold), where only content can help.
+times in training (cold), where only content can help. The weights and the two samplers
+that draw the choices (the original one, and a streamed one for large datasets) are in
+mmsr/data/demo_choices.py.
 
 Domains (`domain=K`) are catalogues drawn under the same rules and attribute vocabulary but
 from their own random streams: new items, pictures, brands and users, with ids prefixed
@@ -29,6 +31,7 @@ import numpy as np
 
 from mmsr import paths
 from mmsr.data.dataset import DatasetWriter
+from mmsr.data.demo_choices import SAMPLERS, choose_sampler
 from mmsr.errors import MMSRError
 from mmsr.progress import ProgressFactory, no_progress
 
@@ -45,10 +48,6 @@ BRANDS = ("Norda", "Velo", "Atlas", "Kumo", "Brisa", "Oaken", "Lumen", "Tessa", 
 # Other domains name their own brands from these syllables: another shop, other makers, so
 # titles differ across domains where the attribute words do not.
 BRAND_SYLLABLES = ("Ka", "Lo", "Mi", "Ren", "Sa", "To", "Vi", "Nu", "Pe", "Dor", "Ga", "Li", "Bo", "Fen", "Ra")
-B_COLOUR = 4.0
-B_CATEGORY = 4.0
-SWITCH_PROB = 0.3
-NOISE_SHARE = 0.05
 ZIPF_EXPONENT = 0.6
 
 
@@ -157,58 +156,40 @@ def render_image(colour: int, shape: int, pattern: int, rng: np.random.Generator
     return picture
 
 
-def _draw_sequences(rng: np.random.Generator, items: DemoItems, users: int, min_len: int, max_len: int):
-    n = len(items.popularity)
-    sequences = []
-    for _ in range(users):
-        length = int(np.clip(min_len + rng.geometric(1 / 9) - 1, min_len, max_len))
-        length = min(length, n)
-        colour = rng.integers(len(COLOURS))
-        category = rng.integers(len(CATEGORIES))
-        switch_at = length if rng.random() > SWITCH_PROB else int(rng.integers(2, max(3, length)))
-        second_colour = rng.integers(len(COLOURS))
-        chosen: list[int] = []
-        taken = np.zeros(n, dtype=bool)
-        for step in range(length):
-            c = colour if step < switch_at else second_colour
-            if rng.random() < NOISE_SHARE:
-                weight = items.popularity.copy()
-            else:
-                weight = items.popularity * np.exp(B_COLOUR * (items.colour == c) + B_CATEGORY * (items.category == category))
-            weight[taken] = 0.0
-            pick = int(rng.choice(n, p=weight / weight.sum()))
-            taken[pick] = True
-            chosen.append(pick)
-        sequences.append(chosen)
-    return sequences
-
-
 def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: int = 2000, seed: int = 0,
-                  domain: int = 0, min_len: int = 5, max_len: int = 40, image_size: int = 224,
+                  domain: int = 0, min_len: int = 5, max_len: int = 40, image_size: int = 224, sampler: str = "auto",
                   overwrite: bool = False, progress=None) -> Path:
     """Write the demo dataset to `dest` atomically. `progress(advance)` is called per item and per user.
-    `domain` K > 0 draws a catalogue disjoint from every other domain's (see the module doc)."""
+    `domain` K > 0 draws a catalogue disjoint from every other domain's (see the module doc).
+    `sampler` draws the choices (mmsr/data/demo_choices.py): `auto` keeps the original draws up
+    to 10,000 items and streams larger datasets in bounded memory."""
     if items < 10 or users < 1:
         raise MMSRError("the demo needs at least 10 items and 1 user")
+    if not 1 <= min_len <= max_len:
+        raise MMSRError(f"sequence lengths {min_len}..{max_len}: need 1 <= min length <= max length")
+    if image_size < 16:
+        raise MMSRError(f"image size {image_size}: the pictures need at least 16 pixels a side")
     if domain < 0:
         raise MMSRError(f"demo domain {domain} is negative", hint="use --domain 0 (the demo) or a positive number")
+    draw_sequences = SAMPLERS.entry(choose_sampler(sampler, items)).builder
     catalogue = Domain(seed, domain)
     attrs = _draw_items(catalogue.rng(0), items)
     image_rng, seq_rng, brands = catalogue.rng(1), catalogue.rng(2), catalogue.brands()
     with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite) as writer:
+        item_ids = [catalogue.item_id(i) for i in range(items)]
         for i in range(items):
             picture = render_image(attrs.colour[i], attrs.shape[i], attrs.pattern[i], image_rng, image_size)
-            writer.add_item(catalogue.item_id(i), title=_title(attrs, i, brands),
+            writer.add_item(item_ids[i], title=_title(attrs, i, brands),
                             description=_description(attrs, i, 100 + i), category=CATEGORIES[attrs.category[i]],
                             image=picture)
             if progress:
                 progress(1)
-        base_time = 1_700_000_000
-        for u, sequence in enumerate(_draw_sequences(seq_rng, attrs, users, min_len, max_len)):
-            t = base_time + int(seq_rng.integers(0, 86_400 * 30))
-            for item in sequence:
-                t += int(seq_rng.integers(60, 86_400))
-                writer.add_interaction(catalogue.user_id(u), catalogue.item_id(item), t)
+        sequences = draw_sequences(seq_rng, attrs.popularity, attrs.colour, attrs.category, users, min_len, max_len,
+                                   len(COLOURS), len(CATEGORIES))
+        for u, chosen, times in sequences:
+            user = catalogue.user_id(u)
+            for item, t in zip(chosen.tolist(), times.tolist()):
+                writer.add_interaction(user, item_ids[item], t)
             if progress:
                 progress(1)
     return Path(dest)
@@ -221,15 +202,16 @@ def default_demo_name(domain: int = 0) -> str:
 
 
 def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000, seed: int = 0, domain: int = 0,
-                overwrite: bool = False, progress: ProgressFactory = no_progress) -> tuple[Path, bool]:
+                overwrite: bool = False, progress: ProgressFactory = no_progress, **shape) -> tuple[Path, bool]:
     """`mmsr data demo`: the demo dataset `name` (under $MMSR_HOME/datasets, or a path; default
     `default_demo_name(domain)`), generated unless it already exists (`overwrite` regenerates
-    it). Returns (its directory, whether it was written now)."""
+    it). `shape` passes min_len, max_len, image_size and sampler on to `generate_demo`.
+    Returns (its directory, whether it was written now)."""
     name = name or default_demo_name(domain)
     dest = paths.dataset_dir(name)
     if dest.exists() and not overwrite:
         return dest, False
     with progress("demo data", items + users) as advance:
         generate_demo(dest, name=Path(name).name, items=items, users=users, seed=seed, domain=domain,
-                      overwrite=overwrite, progress=advance)
+                      overwrite=overwrite, progress=advance, **shape)
     return dest, True

@@ -261,7 +261,8 @@ def _parse(raw: dict, path: Path, problems: list[str]) -> Study:
     return study
 
 
-DEMO_OPTIONS = {"items": int, "users": int, "seed": int, "domain": int}  # create_demo's, the study may set
+DEMO_OPTIONS = {"items": int, "users": int, "seed": int, "domain": int, "min_len": int, "max_len": int,
+                "image_size": int, "sampler": str}  # create_demo's, the study may set
 
 
 def _data_recipes(data: dict, problems: list[str]) -> dict:
