@@ -3,28 +3,36 @@
     cache = open_cache(path)                  # StoreError if missing or incomplete
     cache.check({"text": expected_text_fp})   # StoreError naming the differing keys
     hidden, mask = cache.load("text", into="ram")   # or "mmap" or "cuda"
+    cache.release_pages()                     # "mmap": unmap the pages read so far (RSS), keep them cached
 
 Reads are bulk: whole blocks of chunks at a time, never one item at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import mmap
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mmsr_store import manifest
-from mmsr_store.errors import StoreError
+from mmsr_store.errors import OutOfSpaceError, StoreError, out_of_space_guard
 from mmsr_store.fingerprint import canonical, diff, digest
 from mmsr_store.layout import (FORMAT, HIDDEN, LOCK_DIR, MASK, MMAP_DIR, STORE_DIR, atomic_write_json, num_chunks,
                                read_item_ids)
+from mmsr_store.memory import available_memory, human_bytes
 from mmsr_store.shards import flocked
 
 BUILD_HINT = "run mmsr cache build (it resumes where it stopped)"
 READ_BLOCK_BYTES = 64 << 20
+MMAP_SPACE_HINT = ("free some space on that disk (the mmap/ folder of a cache you no longer train on can go) and "
+                   "rerun: the copy is made again, a half-written one is never used")
 
 
 def _pending_chunks(cache_dir: Path, modality: str, chunk_items: int, item_ids: list[str]) -> list[int]:
@@ -104,6 +112,7 @@ class Cache:
         self._group = group
         self.modalities: tuple[str, ...] = tuple(group.attrs["modalities"])
         self.num_items: int = int(group.attrs["num_items"])
+        self._mappings: list[mmap.mmap] = []  # of the "mmap" loads, for release_pages()
 
     def __repr__(self) -> str:
         return f"Cache({str(self.path)!r}, modalities={self.modalities}, num_items={self.num_items})"
@@ -152,8 +161,9 @@ class Cache:
     def load(self, modality: str, into: str = "ram", device: str | None = None):
         """-> (hidden torch.float16 [N,T,D], mask torch.bool [N,T]).
 
-        "ram": decompressed into process memory. "mmap": memory-mapped .npy copies under
-        CACHE/mmap/ (made on first use, shared by processes through the page cache).
+        "ram": decompressed into process memory (`nbytes(modality)`); refused, before anything is
+        allocated, when that is more than the memory available. "mmap": memory-mapped .npy copies
+        under CACHE/mmap/ (made on first use, shared by processes through the page cache).
         "cuda": straight into GPU memory block by block (`device`, default "cuda").
         """
         import torch
@@ -161,6 +171,7 @@ class Cache:
         hidden_array, mask_array = self._arrays(modality)
         read_hidden, read_mask = self._reader(modality, HIDDEN, hidden_array), self._reader(modality, MASK, mask_array)
         if into == "ram":
+            self._refuse_beyond_memory(modality)
             hidden = np.empty(hidden_array.shape, dtype=np.float16)
             mask = np.empty(mask_array.shape, dtype=bool)
             for a, b in self._blocks(modality):
@@ -183,6 +194,20 @@ class Cache:
             torch.cuda.synchronize(target)
             return hidden, mask
         raise StoreError(f"unknown load target {into!r}", hint='use "ram", "mmap" or "cuda"')
+
+    def nbytes(self, modality: str) -> int:
+        """Bytes `load(modality, into="ram")` takes: the float16 states and the bool mask."""
+        n, t, d = self.shape(modality)
+        return n * t * d * 2 + n * t
+
+    def _refuse_beyond_memory(self, modality: str) -> None:
+        # A backstop for every caller: filling arrays past what the kernel can give ends in an
+        # OOM kill, with no message. The trainer's feed checks first, with a margin for the model.
+        need, free = self.nbytes(modality), available_memory()
+        if free is not None and need > free:
+            raise StoreError(f"the {modality} states need {human_bytes(need)} in RAM, only {human_bytes(free)} "
+                             "is available", where=self.path,
+                             hint='load them with into="mmap": memory-mapped from a copy on disk, paged in as read')
 
     def _reader(self, modality: str, name: str, array):
         """read(a, b) -> rows a..b of `array` (`modality`/`name`); a damaged chunk raises a StoreError naming it."""
@@ -214,33 +239,105 @@ class Cache:
                 return False
 
         if not fresh():
-            folder.mkdir(parents=True, exist_ok=True)
-            with flocked(self.path / LOCK_DIR / "mmap.lock"):
+            with contextlib.ExitStack() as stack:
+                with out_of_space_guard(folder, "the mmap copies", hint=MMAP_SPACE_HINT):
+                    folder.mkdir(parents=True, exist_ok=True)
+                    stack.enter_context(flocked(self.path / LOCK_DIR / "mmap.lock"))
                 if not fresh():
-                    stamp_path.unlink(missing_ok=True)
-                    hidden_array, mask_array = self._arrays(modality)
-                    for out, array, name in ((hidden_path, hidden_array, HIDDEN), (mask_path, mask_array, MASK)):
-                        self._write_npy(out, array, self._reader(modality, name, array), self._blocks(modality))
-                    atomic_write_json(stamp_path, {"digest": want})
-        # Copy-on-write mapping: pages are shared through the page cache, writes stay private.
-        return np.load(hidden_path, mmap_mode="c"), np.load(mask_path, mmap_mode="c")
+                    self._make_mmap_copy(modality, hidden_path, mask_path, stamp_path, want)
+        (hidden, hidden_map), (mask, mask_map) = _map_npy(hidden_path), _map_npy(mask_path)
+        self._mappings += [hidden_map, mask_map]
+        return hidden, mask
+
+    def release_pages(self) -> None:
+        """Unmap from this process the pages of the "mmap" loads read so far (MADV_DONTNEED).
+
+        Every page of a mapped file that a process has read counts in its RSS until the kernel
+        needs the memory, so an epoch over states larger than RAM would show (and, in a cgroup,
+        be charged) all of them. Dropped pages stay in the page cache: the next read is a minor
+        fault, not disk I/O. The mappings are copy-on-write and never written, so nothing is lost.
+        """
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is not None:
+            for mapping in self._mappings:
+                mapping.madvise(advice)
+
+    def _make_mmap_copy(self, modality: str, hidden_path: Path, mask_path: Path, stamp_path: Path, want: str) -> None:
+        """Write both .npy files, then the stamp that makes them trusted.
+
+        The stamp goes first and comes back last, so a copy cut short (a full disk, a kill) is
+        never used: the next load remakes it. Stale copies are deleted up front to free their
+        space; a process that still maps one keeps its pages (the inode lives until unmapped).
+        """
+        stamp_path.unlink(missing_ok=True)
+        hidden_path.unlink(missing_ok=True)
+        mask_path.unlink(missing_ok=True)
+        need = self.nbytes(modality)
+        free = shutil.disk_usage(hidden_path.parent).free
+        if need > free:  # fail now, not after decoding most of the states
+            error = OutOfSpaceError(f"cannot write the mmap copy of the {modality} states: it needs "
+                                    f"{human_bytes(need)}, {human_bytes(free)} is free there", where=hidden_path.parent,
+                                    hint=MMAP_SPACE_HINT)
+            error.reason = "not enough free space"
+            raise error
+        hidden_array, mask_array = self._arrays(modality)
+        for out, array, name in ((hidden_path, hidden_array, HIDDEN), (mask_path, mask_array, MASK)):
+            with out_of_space_guard(out, f"the mmap copy of {modality}/{name}", hint=MMAP_SPACE_HINT):
+                self._write_npy(out, array, self._reader(modality, name, array), self._blocks(modality))
+        with out_of_space_guard(stamp_path, f"the mmap stamp of {modality}", hint=MMAP_SPACE_HINT):
+            atomic_write_json(stamp_path, {"digest": want})
 
     @staticmethod
     def _write_npy(path: Path, array, read, blocks) -> None:
+        """`array` as a .npy file at `path`, one block of rows at a time.
+
+        Plain writes, not a writable memmap: on a full disk a write() fails with ENOSPC, where a
+        store into a mapped page of a sparse file kills the process with SIGBUS; and written
+        pages go to the page cache, not into this process's RSS. Peak memory is one decoded
+        block (READ_BLOCK_BYTES). Written to a temp file, fsynced (a filesystem that allocates
+        late reports ENOSPC there), then renamed: a failure leaves nothing at `path`.
+        """
+        dtype = np.dtype(array.dtype.to_native_dtype() if hasattr(array.dtype, "to_native_dtype") else array.dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(array.shape)}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        os.close(fd)
         try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=array.dtype.to_native_dtype()
-                                            if hasattr(array.dtype, "to_native_dtype") else array.dtype,
-                                            shape=array.shape)
-            for a, b in blocks:
-                out[a:b] = read(a, b)
-            out.flush()
-            del out
+            with os.fdopen(fd, "wb") as handle:
+                np.lib.format.write_array_header_1_0(handle, header)
+                for a, b in blocks:
+                    _write_block(handle, np.ascontiguousarray(read(a, b), dtype=dtype))
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _map_npy(path: Path) -> tuple[np.ndarray, mmap.mmap]:
+    """(the array of the .npy file at `path`, mapped copy-on-write, and its mapping).
+
+    Pages are shared with every other process through the page cache; writes stay private.
+    """
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+        offset = handle.tell()
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    if fortran_order:
+        raise StoreError("a Fortran-ordered mmap copy: not written by mmsr", where=path,
+                         hint="delete the mmap/ folder; the next load remakes it")
+    try:
+        array = np.frombuffer(mapping, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+    except ValueError:  # shorter than its header says: truncated behind mmsr's back
+        raise StoreError(f"a truncated mmap copy ({mapping.size()} bytes for {shape})", where=path,
+                         hint="delete the mmap/ folder; the next load remakes it") from None
+    return array, mapping
+
+
+def _write_block(handle, block: np.ndarray) -> None:
+    """One block of rows into an open .npy file (a seam the tests fill the disk through)."""
+    handle.write(memoryview(block).cast("B"))
 
 
 def open_cache(path: str | os.PathLike) -> Cache:

@@ -72,6 +72,8 @@ class TrainConfig:
     dataset: str = "demo"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # Where --from-cache loads the states: auto = cuda on a GPU, else ram while they take at most
+    # half the available memory, else mmap; ram is refused beyond 80% of it (docs/cache.md).
     cache_into: Literal["auto", "ram", "mmap", "cuda"] = "auto"
     eval_every: int = 1  # epochs between validations
     eval_batch_size: int = 256

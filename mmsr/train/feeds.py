@@ -11,8 +11,9 @@ cached and end-to-end paths share one code path from `upper` onwards.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Protocol, Union
+from typing import Callable, Protocol, Union
 
 import torch
 
@@ -21,6 +22,8 @@ from mmsr.data.dataset import BadImagePolicy, Dataset
 from mmsr.errors import MMSRError
 from mmsr.models.layers import masked_mean
 from mmsr.train.config import TrainConfig
+from mmsr_store import Cache
+from mmsr_store.memory import available_memory, human_bytes
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 ItemInputs = Union[States, torch.Tensor]  # states for content towers, ids for the ID tower
@@ -37,16 +40,37 @@ class IdFeed:
         return ids
 
 
+# A memory-mapped feed hands back its mapped pages (Cache.release_pages) after gathering this
+# many bytes, so the pages an epoch reads do not pile up in the process's RSS: they stay in
+# the page cache, shared and reclaimable, and RSS stays within about this plus the kernel's
+# fault-around (a few pages next to each row read).
+MMAP_RESIDENT_BYTES = 1 << 30
+
+
 class CacheFeed:
-    def __init__(self, states: States, device: torch.device):
+    """Rows of the loaded states, gathered in bulk for a batch's items (never a zarr read).
+
+    `release` (memory-mapped states only) is called after every MMAP_RESIDENT_BYTES gathered.
+    """
+
+    def __init__(self, states: States, device: torch.device, release: Callable[[], None] | None = None):
         self.states = states
         self.device = device
+        self.release = release
+        # Bytes one item's rows take, every modality together: what a gather touches per id.
+        self._row_bytes = sum(t[0].numel() * t.element_size() for pair in states.values() for t in pair if len(t))
+        self._gathered = 0
 
     def __call__(self, ids: torch.Tensor) -> States:
         out = {}
         for modality, (hidden, mask) in self.states.items():
             index = ids.to(hidden.device)
             out[modality] = (hidden[index].to(self.device, non_blocking=True), mask[index].to(self.device))
+        if self.release is not None:
+            self._gathered += ids.numel() * self._row_bytes
+            if self._gathered >= MMAP_RESIDENT_BYTES:
+                self.release()
+                self._gathered = 0
         return out
 
 
@@ -137,11 +161,77 @@ def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from
                         f"{config.on_bad_image}", where=path,
                         hint=f"train with --set on_bad_image={built_with}, or rebuild the cache with "
                              f"--set on_bad_image={config.on_bad_image} --overwrite")
-    into = config.cache_into
-    if into == "auto":
-        into = "cuda" if device.type == "cuda" else "ram"
+    into, why = choose_cache_into(config.cache_into, cache, tuple(encoders), device)
     states = {m: cache.load(m, into=into) for m in encoders}
-    return CacheFeed(states, device), f"cache {path} ({into})"
+    feed = CacheFeed(states, device, release=cache.release_pages if into == "mmap" else None)
+    return feed, f"cache {path} ({into}{': ' + why if why else ''})"
+
+
+# cache_into="auto" off GPU loads into RAM while the states take at most this share of the
+# available memory; the rest is for the model, the optimizer, batches and the evaluation.
+# Beyond it, mmap: the kernel pages the states in and out of its page cache as they are read.
+AUTO_RAM_FRACTION = 0.5
+# cache_into="ram" is refused beyond this share, before anything is allocated: past it the run
+# would be OOM-killed part way (after minutes of loading, or epochs later) instead of told now.
+RAM_FRACTION = 0.8
+RAM_HINT = ("train with --set cache_into=mmap: the states are memory-mapped from a copy on disk and paged in "
+            "as read (or cache_into=auto, which picks it)")
+
+
+def choose_cache_into(requested: str, cache: Cache, modalities: tuple[str, ...],
+                      device: torch.device) -> tuple[str, str]:
+    """(where `cache.load` puts the states of `modalities`, why: "" or a note for the feed's
+    description) for `config.cache_into`. The rule is documented in docs/cache.md ("Loading")."""
+    if requested not in _CACHE_INTO:
+        raise MMSRError(f"unknown cache_into {requested!r}", hint="use auto, ram, mmap or cuda")
+    # Every torchrun process on this node loads its own copy into RAM (mmap shares one).
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    need = processes * sum(cache.nbytes(m) for m in modalities)
+    return _CACHE_INTO[requested](_Budget(cache.path, need, available_memory(), processes), device)
+
+
+class _Budget:
+    """What loading into RAM would take (`need`, all of this node's processes together) against
+    what is available (`free`, None where the platform does not say)."""
+
+    def __init__(self, path: Path, need: int, free: int | None, processes: int):
+        self.path, self.need, self.free, self.processes = path, need, free, processes
+
+    def states(self) -> str:
+        per = f" ({self.processes} processes on this node, a copy each)" if self.processes > 1 else ""
+        return f"{human_bytes(self.need)} of states{per}"
+
+    def fits(self, fraction: float) -> bool:
+        return self.free is None or self.need <= fraction * self.free
+
+
+def _auto(budget: _Budget, device: torch.device) -> tuple[str, str]:
+    if device.type == "cuda":
+        return "cuda", ""
+    if budget.free is None:
+        return "ram", "available memory unknown"
+    share = f"{AUTO_RAM_FRACTION:.0%} of {human_bytes(budget.free)} available"
+    if budget.fits(AUTO_RAM_FRACTION):
+        return "ram", f"{budget.states()} <= {share}"
+    return "mmap", f"{budget.states()} > {share}"
+
+
+def _ram(budget: _Budget, device: torch.device) -> tuple[str, str]:
+    if not budget.fits(RAM_FRACTION):
+        raise MMSRError(f"cache_into=ram needs {budget.states()} in RAM, but only {human_bytes(budget.free)} is "
+                        f"available (ram is refused beyond {RAM_FRACTION:.0%} of it, to leave room for training)",
+                        where=budget.path, hint=RAM_HINT)
+    return "ram", ""
+
+
+def _as_asked(into: str) -> Callable[[_Budget, torch.device], tuple[str, str]]:
+    return lambda budget, device: (into, "")
+
+
+# config.cache_into -> how it resolves to a load target, and why.
+_CACHE_INTO: dict[str, Callable[[_Budget, torch.device], tuple[str, str]]] = {
+    "auto": _auto, "ram": _ram, "mmap": _as_asked("mmap"), "cuda": _as_asked("cuda"),
+}
 
 
 @torch.no_grad()
