@@ -34,7 +34,8 @@ def demo(
                                    "--min-length 23 --max-length 200)."),
     max_length: int = typer.Option(40, "--max-length", help="Most interactions per user."),
     image_size: int = typer.Option(224, "--image-size", help="Picture side in pixels. Smaller is faster to write "
-                                   "for large catalogues; the cache build resizes to encoders.image_size anyway."),
+                                   "for large catalogues; the cache build resizes to encoders.image_size anyway. 0: no "
+                                   "pictures (a text-only catalogue)."),
     sampler: str = typer.Option("auto", "--sampler", help="How choices are drawn: exact (the original draws; "
                                 "cost grows with interactions x items), grouped (the same rule, streamed, cost grows "
                                 "with the interactions) or auto (exact up to 10,000 items)."),

@@ -115,6 +115,8 @@ def test_generate_demo_with_the_scale_options(tmp_path):
     counts = np.bincount(dataset.inter_user)
     assert dataset.meta["counts"]["users"] == 30 and counts.min() >= 6 and counts.max() <= 12
     assert dataset.load_picture(0)[0].size == (32, 32)
+    generate_demo(tmp_path / "text-only", items=40, users=5, image_size=0)
+    assert load_dataset(tmp_path / "text-only").meta["counts"]["items_with_image"] == 0
     for bad, message in (({"min_len": 0}, "min length"), ({"min_len": 9, "max_len": 8}, "min length"),
                          ({"image_size": 8}, "16 pixels")):
         with pytest.raises(MMSRError, match=message):

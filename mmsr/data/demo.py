@@ -167,8 +167,9 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
         raise MMSRError("the demo needs at least 10 items and 1 user")
     if not 1 <= min_len <= max_len:
         raise MMSRError(f"sequence lengths {min_len}..{max_len}: need 1 <= min length <= max length")
-    if image_size < 16:
-        raise MMSRError(f"image size {image_size}: the pictures need at least 16 pixels a side")
+    if image_size and image_size < 16:
+        raise MMSRError(f"image size {image_size}: the pictures need at least 16 pixels a side",
+                        hint="or 0 for a text-only catalogue")
     if domain < 0:
         raise MMSRError(f"demo domain {domain} is negative", hint="use --domain 0 (the demo) or a positive number")
     draw_sequences = SAMPLERS.entry(choose_sampler(sampler, items)).builder
@@ -178,7 +179,10 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
     with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite) as writer:
         item_ids = [catalogue.item_id(i) for i in range(items)]
         for i in range(items):
-            picture = render_image(attrs.colour[i], attrs.shape[i], attrs.pattern[i], image_rng, image_size)
+            # image_size 0: a text-only catalogue, for benchmarks of the store and the ranking at
+            # millions of items, where writing the pictures would take longest.
+            picture = (render_image(attrs.colour[i], attrs.shape[i], attrs.pattern[i], image_rng, image_size)
+                       if image_size else None)
             writer.add_item(item_ids[i], title=_title(attrs, i, brands),
                             description=_description(attrs, i, 100 + i), category=CATEGORIES[attrs.category[i]],
                             image=picture)
