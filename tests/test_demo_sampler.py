@@ -122,3 +122,30 @@ def test_generate_demo_with_the_scale_options(tmp_path):
         with pytest.raises(MMSRError, match=message):
             generate_demo(tmp_path / "bad", items=40, users=3, **bad)
     assert not (tmp_path / "bad").exists()
+
+
+def test_fast_interaction_reader_equals_the_line_reader(tmp_path, monkeypatch):
+    """The block-wise reader gives the line-by-line reader's arrays, users in first-appearance
+    order across blocks; anything unusual falls back to the line reader and its errors."""
+    from mmsr.data import dataset as dataset_module
+    from mmsr.data.dataset import _read_interactions_by_line, load_dataset
+
+    root = generate_demo(tmp_path / "d", items=40, users=25, sampler="grouped", image_size=16)
+    table = root / "interactions.tsv"
+    monkeypatch.setattr(dataset_module, "READ_BLOCK_BYTES", 97)  # many blocks, cut mid-line
+    loaded = load_dataset(root)
+    expected = _read_interactions_by_line(table, loaded.item_index)
+    assert loaded.user_ids == expected[0]
+    for got, want in zip((loaded.inter_user, loaded.inter_item, loaded.inter_time), expected[1:]):
+        assert np.array_equal(got, want)
+    assert dataset_module._parse_interactions_fast(table, loaded.item_index) is not None
+
+    lines = table.read_text().splitlines()
+    for body, fast_ok in ((lines[:5] + [""] + lines[5:], False), ([line + "\r" for line in lines], False)):
+        table.write_text("\n".join(body) + "\n")
+        assert (dataset_module._parse_interactions_fast(table, loaded.item_index) is not None) == fast_ok
+        assert np.array_equal(load_dataset(root).inter_item, expected[2])
+    table.write_text("\n".join(lines[:7] + [lines[7].replace("\ti", "\tnope")] + lines[8:]) + "\n")
+    with pytest.raises(MMSRError, match="unknown item") as error:
+        load_dataset(root)
+    assert f"{table}:8" in str(error.value)
