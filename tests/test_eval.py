@@ -102,7 +102,7 @@ def test_faiss_ranks_equal_brute_force_with_ties(mask_history, max_k):
     items, users, targets, histories = integer_problem(seed=max_k)
     expected = brute_force_ranks(items, users, targets, histories, mask_history, max_k)
     got = rank_targets(items, users, targets, histories, mask_history=mask_history, max_k=max_k,
-                       batch_size=32, device="cpu")
+                       batch_size=32, device="cpu", backend="faiss")
     np.testing.assert_array_equal(got, expected)
     assert (expected <= max_k).any()  # the test exercises both sides of the cut-off
     if max_k < 1000:
@@ -123,7 +123,8 @@ def test_faiss_ranks_equal_float64_brute_force_on_gaussian_data():
         row[h[h != targets[u]]] = -np.inf
         expected.append(1 + int((row > row[targets[u]]).sum()))
     expected = np.minimum(expected, 21)
-    got = rank_targets(torch.from_numpy(items), users, targets, (hist.offsets, hist.items), max_k=20, batch_size=64)
+    got = rank_targets(torch.from_numpy(items), users, targets, (hist.offsets, hist.items), max_k=20, batch_size=64,
+                       backend="faiss")
     np.testing.assert_array_equal(got, expected)
 
 
@@ -228,9 +229,9 @@ def test_rescore_every_candidate_path_agrees():
     """The GPU path trusts no rounding bound and re-scores every candidate; same ranks."""
     items, users, targets, histories = integer_problem(seed=6)
     index = ItemIndex(items, device="cpu")
-    fast = rank_targets(index, users, targets, histories, max_k=20, batch_size=40)
+    fast = rank_targets(index, users, targets, histories, max_k=20, batch_size=40, backend="faiss")
     index.rounding = None
-    slow = rank_targets(index, users, targets, histories, max_k=20, batch_size=40)
+    slow = rank_targets(index, users, targets, histories, max_k=20, batch_size=40, backend="faiss")
     np.testing.assert_array_equal(fast, slow)
     np.testing.assert_array_equal(fast, brute_force_ranks(items, users, targets, histories, True, 20))
 
@@ -241,5 +242,5 @@ def test_gpu_index_equals_brute_force():
     items, users, targets, histories = integer_problem(seed=7)
     index = ItemIndex(items, device="gpu")
     assert index.backend == "faiss-gpu"
-    got = rank_targets(index, users, targets, histories, max_k=20)
+    got = rank_targets(index, users, targets, histories, max_k=20, backend="faiss")
     np.testing.assert_array_equal(got, brute_force_ranks(items, users, targets, histories, True, 20))

@@ -1,10 +1,11 @@
-"""Evaluate a recommender on a split: every item embedded once, exact full ranking in FAISS.
+"""Evaluate a recommender on a split: every item embedded once, exact full ranking of every item.
 
 Item vectors are computed in batches from the item feed (cache, raw or IDs); user vectors
 from each case's history (the last `max_seq_len` items before the target); the target's
 rank comes from `mmsr.eval.search.rank_targets`, which masks the case's whole history
-(paper protocol) unless `mask_history=False` (RecBole protocol). Under torchrun, the cases
-are split over the ranks and the metric sums are all-reduced.
+(paper protocol) unless `mask_history=False` (RecBole protocol), on the exact path that is
+fastest here (`mmsr.eval.backends`; the result's "backend" says which ran). Under torchrun,
+the cases are split over the ranks and the metric sums are all-reduced.
 
     evaluate_model(model, feed, split, "valid")   # a model in memory (the trainer's validation)
     evaluate_run("demo-mmsr-sasrec", "test")      # `mmsr eval`: a run directory, eval_test.json written
@@ -23,7 +24,8 @@ from mmsr.data.split import Split
 from mmsr.distributed import init_from_env
 from mmsr.errors import MMSRError
 from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums
-from mmsr.eval.search import ItemIndex, case_histories, full_ranking_metrics, ranks_from_scores, shard_rows
+from mmsr.eval.backends import resolve_backend
+from mmsr.eval.search import ItemIndex, case_histories, full_ranking_metrics, ranks_from_scores, search_k, shard_rows
 from mmsr.train.batches import left_pad
 from mmsr.train.run import load_run
 
@@ -93,8 +95,11 @@ def batched_ranks(model, items: torch.Tensor, histories: list[np.ndarray], targe
 
 def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
                    batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
-                   search_device: str = "auto") -> dict:
-    """`search_device`: "auto" (a GPU index when faiss-gpu and CUDA are present), "cpu" or "gpu"."""
+                   search_device: str = "auto", search_backend: str = "auto") -> dict:
+    """`search_device`: "auto" (a GPU index when faiss-gpu and CUDA are present), "cpu" or "gpu".
+    `search_backend`: "auto" (measured: faiss-cpu or dense counting on the CPU, faiss-gpu on a GPU
+    index), "faiss", "dense" or a backend name (`mmsr.eval.backends`). The result's "backend"
+    names the path that ran."""
     device = device or torch.device("cpu")
     cases = split.cases(which)
     mine = shard_rows(len(cases), rank, world)
@@ -111,20 +116,30 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
         sums = metric_sums(ranks, ks)
         metrics = finalize(reduce_metric_sums(sums) if world > 1 else sums)
         backend = "exact-batched (candidate-dependent scorer, every item scored)"
+        choice = {"name": "exact-batched", "requested": search_backend}
     else:
         user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
         index = ItemIndex(model.score_vectors(items).numpy(), device=search_device)
+        resolved = resolve_backend(index, search_backend,
+                                   k=search_k(max(parse_ks(ks)), masks.lengths() if mask_history else np.zeros(0)))
         metrics = full_ranking_metrics(index, user_vecs.numpy(), targets, masks, ks=ks, mask_history=mask_history,
-                                       shard=False)  # this rank's cases; sums all-reduced
-        backend = f"faiss: exact inner product, {index.backend} IndexFlatIP"
+                                       backend=resolved, shard=False)  # this rank's cases; sums all-reduced
+        backend = f"exact inner product, {resolved.name}: {SEARCH_LABELS[resolved.name.split('-')[0]]}"
+        # The name, not the probe's timings: a result is the same whenever it is recomputed.
+        choice = {"name": resolved.name, "requested": resolved.requested}
     return {"split": which, "users": len(cases), "items": split.num_items,
             "protocol": "paper (history masked)" if mask_history else "recbole (history not masked)",
-            "search": backend, "metrics": metrics}
+            "search": backend, "backend": choice, "metrics": metrics}
+
+
+# backend family -> how its ranks are computed, for the result's "search" line
+SEARCH_LABELS = {"faiss": "IndexFlatIP top-k, near-ties re-scored in float64",
+                 "dense": "GEMM score blocks, items strictly above the target counted, near-ties re-scored in float64"}
 
 
 def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protocol: str = "paper",
                  faiss: bool = True, checkpoint: str = "best", batch_size: int = 512, device: str = "auto",
-                 search_device: str = "auto") -> dict:
+                 search_device: str = "auto", search_backend: str = "auto") -> dict:
     """`mmsr eval`: rebuild the model from the run directory alone, rank every item for every case
     of `split` (test | valid | cold | new) and write the result to RUN/eval_<split>.json (rank 0).
 
@@ -139,7 +154,7 @@ def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protoco
     dist = init_from_env(loaded.device)
     result = evaluate_model(loaded.model, loaded.feed, loaded.split, split, ks=ks, mask_history=PROTOCOLS[protocol],
                             batch_size=batch_size, device=loaded.device, rank=dist.rank, world=dist.world,
-                            search_device=search_device)
+                            search_device=search_device, search_backend=search_backend)
     result["run"] = str(loaded.root)
     result["checkpoint"] = loaded.info["checkpoint"]
     if dist.main:

@@ -1,8 +1,11 @@
-"""Exact full-ranking search with FAISS `IndexFlatIP`: ranks of targets (`rank_targets`), metrics
-(`full_ranking_metrics`), top-k (`top_k`).
+"""Exact full ranking: ranks of targets (`rank_targets`), metrics (`full_ranking_metrics`), top-k (`top_k`).
 
 Score = inner product. Every item is ranked for every user (no sampling), in batches of
 users, so memory is bounded by the batch size and never holds a users x items matrix.
+Two paths apply the same rule below and return the same ranks: FAISS `IndexFlatIP` top-k
+search (this module; the GPU path, and `top_k` for `mmsr recommend`) and dense counting
+(`mmsr.eval.dense`: score blocks, count strictly higher). `backend="auto"` runs whichever is
+faster on this machine (`mmsr.eval.backends`, measured once per process).
 
 The rank of a target (see docs/eval.md for the two protocols and the tie rule):
 
@@ -12,7 +15,7 @@ The rank of a target (see docs/eval.md for the two protocols and the tie rule):
   except the target itself, which is never masked even when it also occurs in the history.
   `mask_history=False` is RecBole's protocol: nothing is masked.
 - Ties count in the target's favour: only *strictly* higher scores push it down.
-- How it is computed: FAISS returns the top `m = max_k + 1 + |history|` items of each user.
+- How FAISS computes it: FAISS returns the top `m = max_k + 1 + |history|` items of each user.
   The target's score is computed exactly (float64 products of the float32 inputs). A
   candidate is compared by its FAISS score when that score is farther from the target's than
   the float32 rounding bound of an inner product (D * 2^-24 * |q| * |v|, which covers any
@@ -42,6 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmsr.errors import MMSRError
+from mmsr.eval import dense
+from mmsr.eval.backends import Choice, resolve_backend
+from mmsr.eval.exact import exact_higher, rounding_bound, target_scores, tie_bound
 from mmsr.eval.metrics import (
     DEFAULT_KS,
     distributed_info,
@@ -58,8 +64,6 @@ DEFAULT_BATCH_SIZE = 4096
 # more efficient GEMMs: ~1.3-1.5x faster at 50k items x 384 dims on 2 cores. The block buffer
 # is min(queries, 4096) x this many floats: 64 MB at 4096.
 FAISS_DATABASE_BLOCK = 4096
-# Floats gathered at once for exact re-scoring (bounds those buffers to ~32 MB each).
-_RESCORE_FLOATS = 8 * 1024 * 1024
 
 
 def _faiss():
@@ -104,7 +108,9 @@ class ItemIndex:
 
     `device`: "auto" (GPU when FAISS has GPU support and CUDA is present, else CPU), "cpu"
     or "gpu" (an error when unavailable). `backend` says which was used: "faiss-gpu" or
-    "faiss-cpu". The float32 vectors are kept for exact re-scoring of candidates.
+    "faiss-cpu". The float32 vectors are kept for exact re-scoring of candidates and for the
+    dense path; the FAISS CPU index (a second copy of them) is built on its first search, so
+    an evaluation that counts densely never holds it.
     """
 
     def __init__(self, item_vectors, device: str = "auto"):
@@ -115,8 +121,7 @@ class ItemIndex:
         if len(self.vectors) == 0:
             raise MMSRError("there are no items to rank", where="item vectors")
         self.num_items, self.dim = self.vectors.shape
-        self._cpu = faiss.IndexFlatIP(self.dim)
-        self._cpu.add(self.vectors)
+        self._cpu = None
         self._gpu = None
         self._gpu_resources = None
         use_gpu = device == "gpu" or (device == "auto" and faiss_has_gpu())
@@ -127,15 +132,20 @@ class ItemIndex:
             # Under torchrun each rank uses its own GPU (LOCAL_RANK), as the trainer does.
             self.gpu_id = int(os.environ.get("LOCAL_RANK", "0")) % faiss.get_num_gpus()
             self._gpu_resources = faiss.StandardGpuResources()
-            self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_id, self._cpu)
+            self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_id, self.cpu_index())
         self.backend = "faiss-gpu" if self._gpu is not None else "faiss-cpu"
         self.norms = np.linalg.norm(self.vectors, axis=1).astype(np.float64)
-        # |FAISS score - exact score| <= dim * 2^-24 * |q| * |v| for a float32 dot product in any
-        # summation order (with a 1% margin). None: no bound is trusted, re-score every candidate.
-        self.rounding = None if self._gpu is not None else 1.01 * self.dim * 2.0**-24
-        # Exact (float64) scores closer than this (times |q| * |v|) are ties: float64 summation
-        # in another order could swap them. Far below what float32 inputs can resolve.
-        self.tie = 2.0 * self.dim * 2.0**-53
+        # |float32 score - exact score| <= rounding * |q| * |v| (mmsr.eval.exact). None: no bound is
+        # trusted (a GPU GEMM may run in reduced precision), FAISS candidates are all re-scored.
+        self.rounding = None if self._gpu is not None else rounding_bound(self.dim)
+        self.tie = tie_bound(self.dim)
+
+    def cpu_index(self):
+        """FAISS's CPU `IndexFlatIP`, built on first use."""
+        if self._cpu is None:
+            self._cpu = _faiss().IndexFlatIP(self.dim)
+            self._cpu.add(self.vectors)
+        return self._cpu
 
     def __repr__(self) -> str:
         return f"ItemIndex(items={self.num_items}, dim={self.dim}, backend={self.backend!r})"
@@ -150,7 +160,7 @@ class ItemIndex:
         saved = faiss.cvar.distance_compute_blas_database_bs
         faiss.cvar.distance_compute_blas_database_bs = FAISS_DATABASE_BLOCK
         try:
-            return self._cpu.search(queries, k)
+            return self.cpu_index().search(queries, k)
         finally:
             faiss.cvar.distance_compute_blas_database_bs = saved
 
@@ -214,30 +224,23 @@ def _masked(ids: np.ndarray, rows: np.ndarray, hist: Histories, num_items: int) 
 def _strictly_higher(index: ItemIndex, q: np.ndarray, t: np.ndarray, faiss_scores: np.ndarray,
                      ids: np.ndarray) -> np.ndarray:
     """bool [B, M]: candidate ids[b, j] scores strictly higher than target t[b] (exact target score)."""
-    target_scores = np.einsum("bd,bd->b", q, index.vectors[t], dtype=np.float64)
+    t_scores = target_scores(q, index.vectors, t)
     q_norms = np.linalg.norm(q.astype(np.float64), axis=1)
     target_norms = index.norms[t]
 
-    def exact_higher(r, c):  # float64 re-scoring of candidates (r, c); ties within float64 rounding
-        out = np.empty(len(r), dtype=bool)
-        step = max(1, _RESCORE_FLOATS // index.dim)  # bounded gather buffers
-        for lo in range(0, len(r), step):
-            rr, cand = r[lo:lo + step], ids[r[lo:lo + step], c[lo:lo + step]]
-            exact = np.einsum("nd,nd->n", q[rr], index.vectors[cand], dtype=np.float64)
-            tie = index.tie * q_norms[rr] * np.maximum(index.norms[cand], target_norms[rr])
-            out[lo:lo + step] = exact - target_scores[rr] > tie
-        return out
+    def rescore(r, c):  # the float64 routine every path shares (mmsr.eval.exact)
+        return exact_higher(index.vectors, index.norms, index.tie, q, q_norms, t_scores, target_norms, r, ids[r, c])
 
     if index.rounding is None:
         r, c = np.indices(ids.shape).reshape(2, -1)
-        return exact_higher(r, c).reshape(ids.shape)
+        return rescore(r, c).reshape(ids.shape)
     tolerance = index.rounding * q_norms[:, None] * index.norms[ids] + 1e-30
-    diff = faiss_scores.astype(np.float64) - target_scores[:, None]
+    diff = faiss_scores.astype(np.float64) - t_scores[:, None]
     higher = diff > tolerance
     unsure = np.abs(diff) <= tolerance
     if unsure.any():
         r, c = np.nonzero(unsure)
-        higher[r, c] = exact_higher(r, c)
+        higher[r, c] = rescore(r, c)
     return higher
 
 
@@ -251,6 +254,7 @@ def rank_targets(
     max_k: int = 50,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
+    backend: str | Choice = "auto",
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """1-based ranks [U] int64 of each user's target among all items; ranks > max_k come back as max_k + 1.
@@ -259,6 +263,8 @@ def rank_targets(
     user_vectors: [U, D]; targets: [U] item indices; histories: CSR `(offsets [U+1], items)`,
     a `Histories`, a list of per-user sequences, or None (nothing to mask).
     mask_history: True = the paper's protocol (history masked), False = RecBole's (not masked).
+    backend: "auto" (the faster exact path here), "faiss", "dense", a backend name, or a `Choice`
+    from `resolve_backend` (which also says what ran); every one gives the same ranks.
     on_batch: called with the number of users finished after each batch (for progress bars).
     """
     index = item_vectors if isinstance(item_vectors, ItemIndex) else ItemIndex(item_vectors, device=device)
@@ -280,11 +286,25 @@ def rank_targets(
     if mask_history and histories is not None:
         hist = Histories.coerce(histories, num_users, index.num_items)
     lengths = hist.lengths() if hist is not None else np.zeros(num_users, dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")  # nearly uniform k per FAISS call
+    if not num_users:
+        return np.zeros(0, dtype=np.int64)
+    choice = resolve_backend(index, backend, k=search_k(max_k, lengths))
+    return _RANKERS[choice.name](index, queries, targets, hist, max_k, batch_size, on_batch)
 
-    ranks = np.empty(num_users, dtype=np.int64)
+
+def search_k(max_k: int, lengths: np.ndarray) -> int:
+    """The top-k a FAISS search asks for on a typical case: max_k + 1 + its history length."""
+    return max_k + 1 + (int(np.median(lengths)) if len(lengths) else 0)
+
+
+def _faiss_ranks(index: ItemIndex, queries: np.ndarray, targets: np.ndarray, hist: Histories | None, max_k: int,
+                 batch_size: int, on_batch) -> np.ndarray:
+    """The FAISS path: top `max_k + 1 + |history|` candidates per user, counted (module docstring)."""
+    lengths = hist.lengths() if hist is not None else np.zeros(len(queries), dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")  # nearly uniform k per FAISS call
+    ranks = np.empty(len(queries), dtype=np.int64)
     done = 0
-    for start in range(0, num_users, batch_size):
+    for start in range(0, len(queries), batch_size):
         rows = order[start:start + batch_size]
         q = queries[rows]
         t = targets[rows]
@@ -303,6 +323,26 @@ def rank_targets(
     return ranks
 
 
+def _dense_ranks(gemm: str):
+    """The dense path (`mmsr.eval.dense`) with one GEMM; user blocks no larger than `batch_size`."""
+    def run(index: ItemIndex, queries, targets, hist: Histories | None, max_k: int, batch_size: int, on_batch):
+        offsets, items = (hist.offsets, hist.items) if hist is not None else (None, None)
+        # rounding_bound, not index.rounding: these scores come from the CPU GEMM even when the
+        # index lives on a GPU.
+        return dense.count_ranks(index.vectors, index.norms, rounding_bound(index.dim), index.tie, queries, targets,
+                                 offsets, items, max_k, gemm=gemm, users_block=min(batch_size, dense.USERS_BLOCK),
+                                 on_batch=on_batch)
+    return run
+
+
+# backend name (mmsr.eval.backends) -> ranks(index, queries, targets, hist, max_k, batch_size, on_batch)
+_RANKERS = {
+    "faiss-cpu": _faiss_ranks,
+    "faiss-gpu": _faiss_ranks,
+    **{f"dense-{gemm}": _dense_ranks(gemm) for gemm in dense.GEMMS},
+}
+
+
 def shard_rows(num_rows: int, rank: int, world_size: int) -> np.ndarray:
     """The rows a rank evaluates: rank, rank + world, ... (balanced within one row)."""
     return np.arange(rank, num_rows, world_size, dtype=np.int64)
@@ -318,6 +358,7 @@ def full_ranking_metrics(
     mask_history: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
+    backend: str | Choice = "auto",
     shard: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
@@ -327,6 +368,7 @@ def full_ranking_metrics(
     all-reduced, so every rank returns the global metrics. With `shard=True` every rank is
     given all users and evaluates its share (`shard_rows`); with `shard=False` each rank
     passes only its own users. Without a process group both mean "all users, here".
+    `backend`: as in `rank_targets`; the metrics do not depend on it.
     """
     ks = parse_ks(ks)
     rank, world = distributed_info()
@@ -337,7 +379,7 @@ def full_ranking_metrics(
         user_vectors = user_vectors[rows] if not hasattr(user_vectors, "detach") else user_vectors[rows.tolist()]
         targets = np.asarray(targets)[rows]
     ranks = rank_targets(item_vectors, user_vectors, targets, histories, mask_history=mask_history,
-                         max_k=max(ks), batch_size=batch_size, device=device, on_batch=on_batch)
+                         max_k=max(ks), batch_size=batch_size, device=device, backend=backend, on_batch=on_batch)
     sums = metric_sums(ranks, ks)
     if world > 1:
         sums = reduce_metric_sums(sums)
