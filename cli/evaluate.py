@@ -12,8 +12,8 @@ from mmsr_cli.common import is_rank_zero, print_json
 def eval_command(
     run: str = typer.Option(..., "--run", "--run-dir", help="Run name or directory (from `mmsr train`; "
                             "--run-dir under torchrun)."),
-    faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="Exact FAISS IndexFlatIP search (the only backend; "
-                               "GPU index when CUDA and faiss-gpu are present)."),
+    faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="Exact full ranking of every item (the only "
+                               "mode); --search-backend picks how it is computed."),
     split: str = typer.Option("test", "--split", help="test | valid | cold (sub-sequences ending in a cold item) | new (test cases whose "
                        "target has no training interaction: only content can rank it)."),
     k: str = typer.Option("10,20,50", "--k", help="Cut-offs for HR@K and NDCG@K."),
@@ -24,13 +24,17 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda."),
     search_device: str = typer.Option("auto", "--search-device", help="FAISS index: auto (GPU when faiss-gpu "
                                       "and CUDA are present) | cpu | gpu."),
+    search_backend: str = typer.Option("auto", "--search-backend", help="auto (on CPU: the fastest exact path "
+                                       "here, timed once: faiss or dense counting; on a GPU index: faiss) | faiss "
+                                       "| dense | dense-torch | dense-numpy. Ranks are the same on every path."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
     """Full-ranking HR@K / NDCG@K on a split; also written to RUN/eval_<split>.json."""
     from mmsr.eval.runner import evaluate_run  # deferred: pulls in torch (seconds)
 
     result = evaluate_run(run, split, ks=k, protocol=protocol, faiss=faiss, checkpoint=checkpoint,
-                          batch_size=batch_size, device=device, search_device=search_device)
+                          batch_size=batch_size, device=device, search_device=search_device,
+                          search_backend=search_backend)
     if not is_rank_zero():
         return
     if json_out:

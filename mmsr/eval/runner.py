@@ -14,6 +14,7 @@ the cases are split over the ranks and the metric sums are all-reduced.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,9 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
     cases = split.cases(which)
     mine = shard_rows(len(cases), rank, world)
     users, positions = cases.users[mine], cases.positions[mine]
+    clock = _Clock()
     items = item_matrix(model, feed, split.num_items, batch_size, device)
+    clock.lap("items")
     max_len = split.config.max_seq_len
     histories = [split.history(u, p, max_len) for u, p in zip(users, positions)]
     targets = split.items[split.offsets[users] + positions]
@@ -113,23 +116,39 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
         ks = parse_ks(ks)
         ranks = batched_ranks(model, items, histories, targets, masks if mask_history else None, max_len, device,
                               max(ks))
+        clock.lap("ranking")  # the user states are part of the scorer's blocks
         sums = metric_sums(ranks, ks)
         metrics = finalize(reduce_metric_sums(sums) if world > 1 else sums)
         backend = "exact-batched (candidate-dependent scorer, every item scored)"
         choice = {"name": "exact-batched", "requested": search_backend}
     else:
         user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
+        clock.lap("users")
         index = ItemIndex(model.score_vectors(items).numpy(), device=search_device)
         resolved = resolve_backend(index, search_backend,
                                    k=search_k(max(parse_ks(ks)), masks.lengths() if mask_history else np.zeros(0)))
         metrics = full_ranking_metrics(index, user_vecs.numpy(), targets, masks, ks=ks, mask_history=mask_history,
                                        backend=resolved, shard=False)  # this rank's cases; sums all-reduced
+        clock.lap("ranking")
         backend = f"exact inner product, {resolved.name}: {SEARCH_LABELS[resolved.name.split('-')[0]]}"
         # The name, not the probe's timings: a result is the same whenever it is recomputed.
         choice = {"name": resolved.name, "requested": resolved.requested}
     return {"split": which, "users": len(cases), "items": split.num_items,
             "protocol": "paper (history masked)" if mask_history else "recbole (history not masked)",
-            "search": backend, "backend": choice, "metrics": metrics}
+            "search": backend, "backend": choice, "metrics": metrics,
+            # Where the time went (this rank's): the item tower, the user tower, the ranking.
+            "seconds": clock.laps}
+
+
+class _Clock:
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 # backend family -> how its ranks are computed, for the result's "search" line
