@@ -200,12 +200,13 @@ def run_phase(name: str, argvs: list[list[str]], env: dict, kind: str = "mmsr") 
             result_path = Path(handle.name)
         process = subprocess.Popen([sys.executable, __file__, "--child", str(result_path), "--child-kind", kind,
                                     "--", *argv],
-                                   env=env, stdout=subprocess.PIPE, text=True)
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         children.append((process, result_path, argv))
     results, stdout = [], ""
     for process, result_path, argv in children:
-        out, _ = process.communicate()
-        stdout += out
+        out, said = process.communicate()
+        sys.stderr.write(said)  # the command's own messages (mmsr writes them to stderr), passed on
+        stdout += out + said
         text = result_path.read_text() if result_path.is_file() else ""
         result_path.unlink(missing_ok=True)
         if process.returncode != 0 or not text:
@@ -236,11 +237,13 @@ def _epoch_record(home: Path, run: str) -> dict:
 
 
 def cached_items(home: Path, shape: str) -> int:
-    """Items whose every modality is finished in the shape's cache: the chunk markers' row ranges."""
+    """Items whose every modality is finished in the shape's cache: the chunk markers' row ranges
+    (a modality of the store with no marker yet counts as none done)."""
     done = []
-    for modality in sorted((home / "caches" / f"scale-{shape}").glob("*/manifest/*")):
-        done.append(sum(marker["stop"] - marker["start"]
-                        for marker in map(json.loads, (m.read_text() for m in modality.glob("*.json")))))
+    for store in (home / "caches" / f"scale-{shape}").glob("*/store.zarr"):
+        for modality in sorted(p.name for p in store.iterdir() if p.is_dir()):
+            markers = (store.parent / "manifest" / modality).glob("*.json")
+            done.append(sum(m["stop"] - m["start"] for m in (json.loads(path.read_text()) for path in markers)))
     return min(done) if done else 0
 
 
