@@ -111,8 +111,12 @@ class GroupedPicker:
         self.cumulative = np.cumsum(popularity[self.order])
         counts = np.bincount(group, minlength=n_colours * n_categories)
         self.last = np.cumsum(counts) - 1  # position of each group's last item in `order`
-        self.mass = np.bincount(group, weights=popularity, minlength=n_colours * n_categories)
-        self.start = np.concatenate([[0.0], np.cumsum(self.mass)[:-1]])
+        self.first = self.last - counts + 1
+        # Each group's mass and where its span starts, read off the same running sum that is
+        # searched, so that a draw inside a group's span lands on that group's items.
+        ends = np.concatenate([[0.0], self.cumulative])[self.last + 1]
+        self.start = np.concatenate([[0.0], ends[:-1]])
+        self.mass = ends - self.start
         # For every taste (colour, category): the cumulative mass over the groups.
         group_colour, group_category = np.divmod(np.arange(len(counts)), n_categories)
         taste_colour, taste_category = np.divmod(np.arange(len(counts)), n_categories)
@@ -132,8 +136,10 @@ class GroupedPicker:
         low = np.where(noise, 0.0, self.start[group])
         span = np.where(noise, self.cumulative[-1], self.mass[group])
         position = np.searchsorted(self.cumulative, low + u_item * span, side="right")
-        limit = np.where(noise, len(self.order) - 1, self.last[group])
-        return self.order[np.minimum(position, limit)]
+        # Rounding at a span's edge must not step into a neighbouring group.
+        lowest = np.where(noise, 0, self.first[group])
+        highest = np.where(noise, len(self.order) - 1, self.last[group])
+        return self.order[np.clip(position, lowest, highest)]
 
 
 @SAMPLERS.register("grouped", help="the same rule at a cost that grows with the interactions; streamed")
