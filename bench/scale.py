@@ -259,9 +259,7 @@ def summarise(name: str, result: dict, spec: dict, home: Path, shape: str) -> di
     """The figures of one phase: wall, peak RSS, and its throughput."""
     out = {"wall_s": result["wall_s"], "peak_rss_mb": result["peak_rss_mb"]}
     stdout = result.pop("stdout", "")
-    if name == "data":
-        out["interactions_per_s"] = None  # filled from `info`, which counts them
-    elif name == "info":
+    if name == "info":
         report = _last_json(stdout)
         out["report"] = {key: report.get(key) for key in ("users", "items", "interactions", "cold_items",
                                                           "avg_seq_len") if key in report}

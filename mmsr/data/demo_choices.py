@@ -50,7 +50,6 @@ FIRST_TIME = 1_700_000_000
 Sequence = tuple[int, np.ndarray, np.ndarray]
 Sampler = Callable[..., Iterator[Sequence]]
 SAMPLERS: Registry[Sampler] = Registry("demo sampler")
-SAMPLER_CHOICES = ("auto", "exact", "grouped")
 
 
 def choose_sampler(name: str, items: int) -> str:
@@ -118,10 +117,10 @@ class GroupedPicker:
         self.start = np.concatenate([[0.0], ends[:-1]])
         self.mass = ends - self.start
         # For every taste (colour, category): the cumulative mass over the groups.
-        group_colour, group_category = np.divmod(np.arange(len(counts)), n_categories)
-        taste_colour, taste_category = np.divmod(np.arange(len(counts)), n_categories)
-        boost = np.exp(B_COLOUR * (group_colour[None, :] == taste_colour[:, None])
-                       + B_CATEGORY * (group_category[None, :] == taste_category[:, None]))
+        # Tastes and groups are both (colour, category) pairs, numbered alike.
+        colour_of, category_of = np.divmod(np.arange(len(counts)), n_categories)
+        boost = np.exp(B_COLOUR * (colour_of[None, :] == colour_of[:, None])
+                       + B_CATEGORY * (category_of[None, :] == category_of[:, None]))
         cdf = np.cumsum(boost * self.mass[None, :], axis=1)
         self.taste_cdf = cdf / cdf[:, -1:]
 
