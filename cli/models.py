@@ -24,14 +24,17 @@ def prepare():
 
 @app.command("list")
 def list_(json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables.")):
-    """Short names you can pass as text_model / vision_model, and the supported families."""
+    """Short names you can pass as text_model / vision_model, the supported families with their
+    paradigm (seed §6), and the picture representations a VisualBERT-style joint model reads."""
     # deferred: pulls in torch (seconds)
     from mmsr.encoders.registry import PARADIGMS, describe_families, describe_short_names
+    from mmsr.encoders.visual_features import describe_representations
 
-    names, families = describe_short_names(), describe_families()
+    names, families, representations = describe_short_names(), describe_families(), describe_representations()
     if json_out:
         print_json({"names": names, "families": sorted(families),
-                    "paradigms": {entry: family["paradigm"] for entry, family in families.items()}})
+                    "paradigms": {entry: family["paradigm"] for entry, family in families.items()},
+                    "representations": representations})
         return
     table = Table(title="encoders by short name")
     for column in ("name", "modality", "prepared", "description"):
@@ -47,4 +50,10 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print one JSON ob
     for entry, family in families.items():
         key, modality = entry.rsplit("/", 1)
         table.add_row(key, modality, family["paradigm"])
+    console.print(table)
+    table = Table(title="picture representations (encoders.joint_vision, for one-stream models that take one)")
+    for column in ("representation", "description"):
+        table.add_column(column)
+    for name, description in representations.items():
+        table.add_row(name, description)
     console.print(table)

@@ -26,7 +26,7 @@ import yaml
 
 from mmsr import config as config_lib
 from mmsr.atomic import atomic_write_text
-from mmsr.caches import cache_path, expected_fingerprint
+from mmsr.caches import cache_path, check_inputs, expected_fingerprint
 from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeholder_picture
 from mmsr.distributed import pick_device
 from mmsr.encoders import create_encoders
@@ -156,6 +156,18 @@ class _BatchSource(torch.utils.data.Dataset):
         if self.modality == "text":
             raw = [self.dataset.item_text(i, self.text_fields) for i in rows]
             return Batch(task, start, stop, self.encoder.preprocess(raw), torch.ones(len(raw), dtype=torch.bool), [])
+        if self.modality == "joint":
+            raw, problems = [], []
+            for i in rows:
+                pair, problem = self.dataset.load_text_and_picture(i, self.text_fields, self.on_bad_image,
+                                                                   self.image_size)
+                if problem and self.on_bad_image == "error":
+                    return Batch(task, start, stop, None, torch.zeros(0, dtype=torch.bool), [], error=problem)
+                if problem:
+                    problems.append(f"{problem} -> placeholder (a joint model always reads a picture)")
+                raw.append(pair)
+            return Batch(task, start, stop, self.encoder.preprocess(raw), torch.ones(len(raw), dtype=torch.bool),
+                         problems)
         pictures, present, problems = [], [], []
         for i in rows:
             picture, problem = self.dataset.load_picture(i, self.on_bad_image, self.image_size)
@@ -228,7 +240,8 @@ def encode_rows(encoder, batch: Batch, tokens: int, dim: int, device: torch.devi
 
 def probe_shape(encoder, modality: str, encoder_config: EncoderConfig, device: torch.device) -> tuple[int, int]:
     """(T, D) of `lower` for this encoder: one tiny forward on a blank input."""
-    raw = ["probe"] if modality == "text" else [placeholder_picture(encoder_config.image_size)]
+    picture = placeholder_picture(encoder_config.image_size)
+    raw = {"text": ["probe"], "image": [picture], "joint": [("probe", picture)]}[modality]
     hidden, _ = encoder.lower(to_device(encoder.preprocess(raw), device))
     tokens, dim = int(hidden.shape[1]), int(hidden.shape[2])
     if modality == "text":
@@ -271,6 +284,7 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
     wanted = set(encoder_config.modalities)
     if set(encoders) != wanted:
         raise MMSRError(f"encoders for {sorted(encoders)} but the config enables {sorted(wanted)}")
+    check_inputs(dataset, wanted)
     path = Path(cache_dir) if cache_dir is not None else cache_path(dataset, encoder_config)
 
     specs, reports = {}, {}

@@ -10,7 +10,6 @@ Shared by the two sides of the cache: `mmsr.cache_stage` (which writes it) and
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 from mmsr import paths
@@ -24,18 +23,18 @@ from mmsr_store.layout import FORMAT, STORE_DIR
 
 CACHE_DTYPE = "float16"
 NO_IMAGE = "zeros with an all-False mask"
+# A one-stream model always sees a picture beside the text: an item without one gets the grey
+# placeholder (mmsr.data.dataset.placeholder_picture).
+NO_JOINT_IMAGE = "the grey placeholder picture"
 
 
 def config_hash(encoder_config: EncoderConfig, length: int = 12) -> str:
     """Short hash of the encoder config, with local model paths replaced by their content key,
     so that a cache moves with its data root and its checkpoint (`mmsr.encoders.model_key`)."""
-    identity = asdict(encoder_config)
-    for field in ("text_model", "vision_model"):
-        identity[field] = model_key(identity[field])
-    if not identity["image_mask_ratio"]:
-        # Unmasked states do not depend on the seed, and caches built before the setting existed
-        # keep their directory.
-        del identity["image_mask_ratio"], identity["image_mask_seed"]
+    identity = encoder_config.identity()
+    for field in ("text_model", "vision_model", "joint_model", "joint_vision_model"):
+        if field in identity:
+            identity[field] = model_key(identity[field])
     return digest(identity, length)
 
 
@@ -64,17 +63,25 @@ def _dataset_dir_name(dataset_root_or_name: str | os.PathLike | Dataset) -> str:
     return str(dataset_root_or_name)
 
 
+def check_inputs(dataset: Dataset, modalities) -> None:
+    """Refuse a joint (one-stream) model on a dataset it cannot read: it needs text and pictures."""
+    if "joint" in modalities and not dataset.has_pictures():
+        raise MMSRError("encoders.joint_model reads each item's text and picture together, but no item of this "
+                        "dataset has a picture", where=dataset.root,
+                        hint='use a text model instead: --set encoders.joint_model="" --set encoders.text_model=minilm')
+
+
 def expected_fingerprint(encoder, dataset: Dataset, encoder_config: EncoderConfig) -> dict:
     """The fingerprint a cache of `encoder`'s modality must carry to be valid for `dataset`."""
     modality = encoder.modality
     fingerprint = {**encoder.identity(), "modality": modality, "cache_dtype": CACHE_DTYPE, "store_format": FORMAT,
                    "item_list_hash": items_hash(dataset.item_ids()), "num_items": dataset.num_items}
-    if modality == "text":
+    if modality in ("text", "joint"):
         fingerprint["text_fields"] = list(encoder_config.text_fields)
         fingerprint["max_text_len"] = encoder_config.max_text_len
-    else:
+    if modality in ("image", "joint"):
         fingerprint["image_size"] = encoder_config.image_size
-        fingerprint["no_image"] = NO_IMAGE
+        fingerprint["no_image"] = NO_IMAGE if modality == "image" else NO_JOINT_IMAGE
     return fingerprint
 
 

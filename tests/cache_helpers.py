@@ -136,6 +136,24 @@ def fake_encoders(sleep: float = 0.0, text_seed: int = 0) -> dict:
     return {"text": FakeTextEncoder(seed=text_seed, sleep=sleep), "image": FakeImageEncoder(sleep=sleep)}
 
 
+def joint_setup(path: str, sleep: float = 0.0) -> tuple[EncoderConfig, dict]:
+    """A real (tiny) one-stream encoder, its lower part slowed by `sleep` per batch so a test can
+    kill the build between chunks."""
+    from mmsr.encoders import create_encoder
+
+    config = EncoderConfig(text_model="", vision_model="", joint_model=path, joint_top_blocks=1, max_text_len=12,
+                           image_size=32)
+    encoder = create_encoder(path, "joint", 1, max_text_len=12, image_size=32)
+    if sleep:
+        lower = encoder.lower_forward
+
+        def slow(batch):
+            time.sleep(sleep)
+            return lower(batch)
+        encoder.lower_forward = slow
+    return config, {"joint": encoder}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dataset")
@@ -145,14 +163,17 @@ def main(argv=None) -> None:
     parser.add_argument("--chunk-items", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--joint", help="a one-stream model directory: build its joint cache instead of the fakes")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from mmsr.cache_stage import build_cache
     from mmsr.data.dataset import load_dataset
 
-    report = build_cache(load_dataset(args.dataset), fake_config(), batch_size=args.batch_size,
+    config, encoders = (joint_setup(args.joint, args.sleep) if args.joint
+                        else (fake_config(), fake_encoders(args.sleep)))
+    report = build_cache(load_dataset(args.dataset), config, batch_size=args.batch_size,
                          num_workers=args.num_workers, shard=args.shard, device="cpu", chunk_items=args.chunk_items,
-                         cache_dir=args.cache_dir, encoders=fake_encoders(args.sleep))
+                         cache_dir=args.cache_dir, encoders=encoders)
     print({m: r.encoded_items for m, r in report.modalities.items()}, flush=True)
 
 

@@ -18,6 +18,13 @@ TEXT_LEN = 12
 IMAGE_SIZE = 40
 
 
+def raw_inputs(modality: str) -> list:
+    """Texts, pictures, or (text, picture) pairs for a joint (one-stream) model."""
+    if modality == "joint":
+        return list(zip(TEXTS, _images()))
+    return TEXTS if modality == "text" else _images()
+
+
 def _images(size=48):
     from mmsr.data.demo import render_image
 
@@ -125,15 +132,17 @@ def tiny_specs(tmp_path_factory):
 def _encoder(tiny_specs, family, top_blocks):
     spec, options = tiny_specs[family]
     modality = family.rsplit("/", 1)[1]
-    size = {"max_text_len": TEXT_LEN} if modality == "text" else {"image_size": IMAGE_SIZE}
+    size = {"text": {"max_text_len": TEXT_LEN}, "image": {"image_size": IMAGE_SIZE},
+            "joint": {"max_text_len": TEXT_LEN, "image_size": IMAGE_SIZE}}[modality]
     torch.manual_seed(0)  # open_clip / timm tiny models are random-initialised at creation
     return create_encoder(spec, modality, top_blocks, **size, **options)
 
 
 def test_every_registered_family_has_a_tiny_model():
+    from test_joint import JOINT_TINY  # the one-stream VLPs (ViLT, VisualBERT)
     from test_vlp import VLP_TINY  # the VLP towers (CLIP text, GroupViT) are built and tested there
 
-    assert set(list_families()) == set(TINY) | set(VLP_TINY), "add a tiny builder for each new family"
+    assert set(list_families()) == set(TINY) | set(VLP_TINY) | set(JOINT_TINY), "add a tiny builder for each new family"
 
 
 @pytest.mark.parametrize("family", sorted(TINY))
@@ -141,7 +150,7 @@ def test_upper_of_lower_equals_full(tiny_specs, family):
     torch.manual_seed(0)
     encoder = _encoder(tiny_specs, family, 1)
     assert encoder.family == family.rsplit("/", 1)[0]
-    raw = TEXTS if encoder.modality == "text" else _images()
+    raw = raw_inputs(encoder.modality)
     batch = encoder.preprocess(raw)
     for top_blocks in sorted({0, 1, encoder.num_layers}):
         encoder = _encoder(tiny_specs, family, top_blocks)
@@ -169,7 +178,7 @@ def test_freezing_is_by_module_and_lower_runs_in_eval(tiny_specs, family):
     assert all(not m.training for module in encoder.lower_modules() for m in module.modules())
     assert all(m.training for module in encoder.upper_modules() for m in module.modules())
     # forward/backward through the trainable part
-    raw = TEXTS if encoder.modality == "text" else _images()
+    raw = raw_inputs(encoder.modality)
     tokens, _ = encoder(encoder.preprocess(raw))
     tokens.float().pow(2).mean().backward()
     grads = [p.grad for m in encoder.upper_modules() for p in m.parameters()]
@@ -184,11 +193,13 @@ def test_identity_is_json_and_complete(tiny_specs, family):
     for key in ("family", "model", "weights_sha256", "num_layers", "split_layer", "top_blocks", "dtype"):
         assert key in identity
     assert identity["split_layer"] == identity["num_layers"] - 1
-    if encoder.modality == "text":
+    if encoder.modality in ("text", "joint"):
         assert identity["tokenizer"]["max_length"] == TEXT_LEN
-    else:
+    if encoder.modality == "image":
         transform = identity["image_transform"]
         assert transform["size"] == IMAGE_SIZE and len(transform["mean"]) == len(transform["std"]) == 3
+    if encoder.modality == "joint":
+        assert identity["picture"]
     assert _encoder(tiny_specs, family, 1).identity() == identity  # deterministic
 
 

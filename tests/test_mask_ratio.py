@@ -152,8 +152,9 @@ def test_cache_directory_hash_follows_ratio_and_seed():
     from mmsr_store.fingerprint import digest
 
     base = EncoderConfig()
-    unmasked = {k: v for k, v in asdict(base).items() if not k.startswith("image_mask")}
-    assert config_hash(base) == digest(unmasked, 12)  # the directory of caches built before the setting
+    # The directory of caches built before the setting (and before the joint-model settings).
+    unmasked = {k: v for k, v in asdict(base).items() if not k.startswith(("image_mask", "joint_"))}
+    assert config_hash(base) == digest(unmasked, 12)
     assert config_hash(EncoderConfig(image_mask_seed=4)) == config_hash(base)  # no mask: the seed is moot
     hashes = {config_hash(EncoderConfig(image_mask_ratio=r, image_mask_seed=s)) for r, s in
               ((0.5, 0), (0.75, 0), (0.5, 1))}

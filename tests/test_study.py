@@ -230,3 +230,10 @@ def test_ties_share_a_mark_and_all_equal_gets_none(tmp_path):
              "NDCG@10": ndcg, "_in_table": True} for name, (hr, ndcg) in values.items()]
     lines = render_table(study, cells(study, rows)).splitlines()
     assert lines[2:] == ["| a | **0.2500** | 0.0000 |", "| b | **0.2500** | 0.0000 |", "| c | <u>0.1000</u> | 0.0000 |"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "paper").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_study_file_loads_and_builds_each_variants_config(path):
+    study = load_study(path)  # check_configs: every variant's TrainConfig is built
+    assert study.variants and study.title

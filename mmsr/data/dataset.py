@@ -85,6 +85,19 @@ class Dataset:
     def item_categories(self) -> list[str]:
         return [str(item.get("category") or "") for item in self.items]
 
+    def has_pictures(self) -> bool:
+        return any(item.get("image") for item in self.items)
+
+    def load_text_and_picture(self, index: int, fields: Iterable[str] | None, on_bad_image: BadImagePolicy = "error",
+                              size: int = 224):
+        """((text, picture), problem or None): what a one-stream (joint) model reads of an item.
+
+        Such a model cannot leave the picture out, so an item without a readable picture gets the
+        grey placeholder whatever the policy; the caller still stops on a problem under "error".
+        """
+        picture, problem = self.load_picture(index, on_bad_image, size)
+        return (self.item_text(index, fields), picture if picture is not None else placeholder_picture(size)), problem
+
     def load_picture(self, index: int, on_bad_image: BadImagePolicy = "error", size: int = 224):
         """(RGB picture or None, problem or None) for one item.
 

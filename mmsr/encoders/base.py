@@ -89,6 +89,9 @@ class SplitEncoder(nn.Module):
     patch_drop_refusal: str | None = "it has no patch tokens to drop"
     image_mask_ratio: float = 0.0
     image_mask_seed: int = 0
+    # The picture representations a one-stream (joint) family reads (`encoders.joint_vision`, see
+    # mmsr.encoders.visual_features); empty: it embeds pixels itself, or it is not a joint family.
+    vision_representations: tuple[str, ...] = ()
 
     def __init__(self, name: str, num_layers: int, top_blocks: int):
         super().__init__()
@@ -161,6 +164,26 @@ class SplitEncoder(nn.Module):
                             f"{cls.patch_drop_refusal}",
                             hint="set encoders.image_mask_ratio=0, or choose a ViT-style vision model "
                                  "(ViT, DINOv2, ViT-MAE, CLIP, open_clip ViT)")
+
+    @classmethod
+    def check_vision(cls, vision: str, vision_model: str, family: str = "") -> None:
+        """Refuse a picture representation this joint family does not take (before any weights load)."""
+        name = family or cls.__name__
+        if not cls.vision_representations:
+            if vision or vision_model:
+                raise MMSRError(f"{name} embeds the pixels of the picture itself and takes no picture representation "
+                                f"(encoders.joint_vision={vision!r}, encoders.joint_vision_model={vision_model!r})",
+                                hint='remove encoders.joint_vision and encoders.joint_vision_model, or set them to ""')
+            return
+        if vision not in cls.vision_representations:
+            raise MMSRError(f"{name} reads a picture representation, and encoders.joint_vision={vision!r} is not one "
+                            "it takes", hint="set encoders.joint_vision to one of "
+                                             + ", ".join(cls.vision_representations))
+        if not vision_model:
+            raise MMSRError(f"{name} with encoders.joint_vision={vision!r} needs the weights of that representation's "
+                            "model in encoders.joint_vision_model",
+                            hint="e.g. torchvision:fasterrcnn_resnet50_fpn@/path/weights.pth (region), "
+                                 "torchvision:resnet50@/path/weights.pth (grid), a CLIP directory (patch-emb, patch-vit)")
 
     def set_image_mask(self, ratio: float, seed: int = 0) -> None:
         self.check_image_mask_support(ratio, seed, self.family)

@@ -6,7 +6,7 @@ identified by it, and a trainer refuses a cache built with different values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -26,6 +26,16 @@ class EncoderConfig:
     # CNN and Swin encoders refuse a nonzero ratio. Both are in the cache fingerprint.
     image_mask_ratio: float = 0.0
     image_mask_seed: int = 0
+    # A one-stream, deep-fusion VLP (seed §6 (b): ViLT, VisualBERT): one transformer over an item's
+    # text and picture tokens together, cached as the "joint" modality. It reads both inputs, so
+    # text_model and vision_model must be "" beside it.
+    joint_model: str = ""
+    joint_top_blocks: int = 4  # seed §6.1: the last 4 blocks of the single stream train
+    # VisualBERT's picture input, computed once at cache time (mmsr.encoders.visual_features):
+    # region | grid | patch-emb | patch-vit, and the weights of that representation's model.
+    # ViLT embeds its own patches and takes neither.
+    joint_vision: str = ""
+    joint_vision_model: str = ""
 
     def __post_init__(self):
         if self.text_top_blocks < 0 or self.vision_top_blocks < 0:
@@ -39,7 +49,31 @@ class EncoderConfig:
                              f"got {self.image_mask_ratio}")
         if self.image_mask_seed < 0:
             raise ValueError(f"image_mask_seed must be >= 0, got {self.image_mask_seed}")
+        if self.joint_top_blocks < 0:
+            raise ValueError("joint_top_blocks must be >= 0")
+        if self.joint_model and (self.text_model or self.vision_model):
+            raise ValueError('joint_model reads both the text and the picture of an item, so text_model and '
+                             'vision_model must be "" beside it (set encoders.text_model="" and '
+                             'encoders.vision_model="")')
+        if (self.joint_vision or self.joint_vision_model) and not self.joint_model:
+            raise ValueError("joint_vision and joint_vision_model feed a joint model's picture input; set "
+                             "encoders.joint_model too, or remove them")
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m, name in (("text", self.text_model), ("image", self.vision_model)) if name)
+        return tuple(m for m, name in (("text", self.text_model), ("image", self.vision_model),
+                                       ("joint", self.joint_model)) if name)
+
+    def identity(self) -> dict:
+        """The fields that name this config's cache. Settings left at a default that changes
+        nothing are left out, so caches built before those settings existed keep their name."""
+        identity = asdict(self)
+        if not identity["image_mask_ratio"]:  # unmasked states do not depend on the seed
+            del identity["image_mask_ratio"], identity["image_mask_seed"]
+        if not identity["joint_model"]:
+            for key in JOINT_KEYS:
+                del identity[key]
+        return identity
+
+
+JOINT_KEYS = ("joint_model", "joint_top_blocks", "joint_vision", "joint_vision_model")

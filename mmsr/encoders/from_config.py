@@ -18,10 +18,16 @@ def create_encoders(encoder_config: EncoderConfig, only: tuple[str, ...] | None 
     for modality in encoder_config.modalities:
         if only is not None and modality not in only:
             continue
-        name = encoder_config.text_model if modality == "text" else encoder_config.vision_model
-        top = encoder_config.text_top_blocks if modality == "text" else encoder_config.vision_top_blocks
+        name, top = (getattr(encoder_config, key) for key in SLOT_KEYS[modality])
+        joint = dict(vision=encoder_config.joint_vision,
+                     vision_model=encoder_config.joint_vision_model) if modality == "joint" else {}
         out[modality] = create_encoder(name, modality, top, max_text_len=encoder_config.max_text_len,
                                        image_size=encoder_config.image_size,
                                        image_mask_ratio=encoder_config.image_mask_ratio,
-                                       image_mask_seed=encoder_config.image_mask_seed)
+                                       image_mask_seed=encoder_config.image_mask_seed, **joint)
     return out
+
+
+# modality -> (the EncoderConfig fields naming its model and its trainable top blocks)
+SLOT_KEYS = {"text": ("text_model", "text_top_blocks"), "image": ("vision_model", "vision_top_blocks"),
+             "joint": ("joint_model", "joint_top_blocks")}

@@ -23,16 +23,20 @@ from typing import Callable
 from mmsr.encoders.base import SplitEncoder
 from mmsr.errors import MMSRError
 
-MODALITIES = ("text", "image")
+# "joint": one model over an item's text and picture together (one-stream VLPs); its cached
+# states cover both inputs.
+MODALITIES = ("text", "image", "joint")
 HF_PREFIX = "hf"
-SLOTS = {"text": "encoders.text_model", "image": "encoders.vision_model"}
+SLOTS = {"text": "encoders.text_model", "image": "encoders.vision_model", "joint": "encoders.joint_model"}
 
 # What kind of pretrained model a family is (seed §6, Table VI), shown by `mmsr models list`.
-# A family class says which in its `paradigm` attribute. Single-stream deep-fusion VLPs (b) and
-# two-stream deep-fusion VLPs (c) add their keys here when they arrive.
+# A family class says which in its `paradigm` attribute. Two-stream deep-fusion VLPs (c) add
+# their key here when they arrive.
 PARADIGMS = {
     "unimodal": "pretrained on one modality",
     "two-stream-shallow": "(a) VLP: two streams, shallow fusion (CLIP, GroupViT)",
+    "one-stream-deep": "(b) VLP: one stream, deep fusion (ViLT, VisualBERT): text and picture tokens "
+                       "through one transformer, cached as the joint modality",
 }
 
 
@@ -169,25 +173,31 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> tuple[Family
 
 def create_encoder(name_or_path: str | os.PathLike, modality: str, top_blocks: int, *, max_text_len: int = 50,
                    image_size: int = 224, image_mask_ratio: float = 0.0, image_mask_seed: int = 0,
-                   dtype: str = "float32", pretrained: bool = True) -> SplitEncoder:
+                   dtype: str = "float32", pretrained: bool = True, vision: str = "",
+                   vision_model: str = "") -> SplitEncoder:
     """Build a split encoder: lower layers frozen (eval mode), top `top_blocks` blocks trainable.
 
     `name_or_path`: a short name (`list_encoders()`), a transformers directory or cached Hub
     name, `open_clip:NAME[@weights]` or `timm:NAME[@weights]`. `pretrained=False` builds
     open_clip/timm models randomly initialised (tests); transformers models always load weights.
     `image_mask_ratio` / `image_mask_seed` (vision only): see `SplitEncoder.keep_patches`.
+    `vision` / `vision_model` (joint only): the picture representation a one-stream model reads
+    and its weights (`mmsr.encoders.visual_features`); families that embed pixels refuse them.
     """
     family, source = resolve_spec(name_or_path, modality)
     options = dict(top_blocks=top_blocks, dtype=dtype, pretrained=pretrained)
-    if modality == "text":
+    if modality in ("text", "joint"):
         options["max_text_len"] = max_text_len
-    else:
+    if modality in ("image", "joint"):
         options["image_size"] = image_size
         family.cls.check_image_mask_support(image_mask_ratio, image_mask_seed, family.key)  # before loading weights
+    if modality == "joint":
+        family.cls.check_vision(vision, vision_model, family.key)  # before loading weights
+        options.update(vision=vision, vision_model=vision_model)
     encoder = family.cls.from_source(source, **options)
     encoder.spec = str(name_or_path)
     encoder.family = family.key
-    if modality == "image":
+    if modality in ("image", "joint"):
         encoder.set_image_mask(image_mask_ratio, image_mask_seed)
     encoder.freeze_lower()
     encoder.eval()  # the trainer switches the upper blocks to train mode; lower ones stay in eval
@@ -212,4 +222,4 @@ def _load_families() -> None:
 
 # One small module per family; adding a family = adding a module here.
 FAMILY_MODULES = ("hf_text", "hf_vision", "hf_swin", "open_clip_visual", "timm_cnn", "vlp_text", "groupvit_vision",
-                  "offline")
+                  "vilt", "visualbert", "offline")

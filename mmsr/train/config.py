@@ -186,7 +186,7 @@ _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "hea
           "vq_bits": ("kind", "vq_bits")}
 # Dataset fields FDSA can take as features (model.side_features).
 SIDE_FEATURES = ("category",)
-_MODALITY_KEYS = {"text": "encoders.text_model", "image": "encoders.vision_model"}
+_MODALITY_KEYS = {"text": "encoders.text_model", "image": "encoders.vision_model", "joint": "encoders.joint_model"}
 
 
 def _default(cls: type, name: str):

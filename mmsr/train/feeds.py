@@ -17,7 +17,7 @@ from typing import Callable, Protocol, Union
 
 import torch
 
-from mmsr.caches import cache_path, open_checked_cache
+from mmsr.caches import cache_path, check_inputs, open_checked_cache
 from mmsr.data.dataset import BadImagePolicy, Dataset
 from mmsr.errors import MMSRError
 from mmsr.models.layers import masked_mean
@@ -91,17 +91,21 @@ class RawFeed:
         self.image_size = image_size
 
     def raw(self, modality: str, ids: list[int]) -> list:
-        """Texts, or pictures (None for an item without one)."""
+        """Texts, pictures (None for an item without one), or (text, picture) pairs for a joint model."""
         if modality == "text":
             return [self.dataset.item_text(i, self.text_fields) for i in ids]
-        pictures = []
+        out = []
         for i in ids:
-            picture, problem = self.dataset.load_picture(i, self.on_bad_image, self.image_size)
+            if modality == "joint":
+                value, problem = self.dataset.load_text_and_picture(i, self.text_fields, self.on_bad_image,
+                                                                    self.image_size)
+            else:
+                value, problem = self.dataset.load_picture(i, self.on_bad_image, self.image_size)
             if problem and self.on_bad_image == "error":
                 raise MMSRError(problem, hint="restore the file, or train with --set on_bad_image=skip|placeholder "
                                               "(as `mmsr cache build` does)")
-            pictures.append(picture)
-        return pictures
+            out.append(value)
+        return out
 
     def __call__(self, ids: torch.Tensor) -> States:
         id_list = ids.tolist()
@@ -150,6 +154,7 @@ def open_feed(config: TrainConfig, model, dataset: Dataset, from_cache: bool,
 def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from_cache: bool,
                      device: torch.device) -> tuple[ItemFeed, str]:
     """The lower-layer states of `encoders`: from the cache, or computed from raw inputs."""
+    check_inputs(dataset, encoders)
     if not from_cache:
         return (RawFeed(dataset, encoders, config.encoders.text_fields, device, on_bad_image=config.on_bad_image,
                         image_size=config.encoders.image_size), "end-to-end (lower layers every step)")

@@ -45,7 +45,8 @@ INIT_FILE = "init.json"
 # sits on, and where that model is split (top block i is layer L - k + i). The others (text
 # length and fields, image size, image masking) change what the encoders read, not what their
 # weights mean, so they may differ: adapting to such a change is what fine-tuning is for.
-TRANSFER_ENCODER_KEYS = ("text_model", "text_top_blocks", "vision_model", "vision_top_blocks")
+TRANSFER_ENCODER_KEYS = ("text_model", "text_top_blocks", "vision_model", "vision_top_blocks", "joint_model",
+                         "joint_top_blocks", "joint_vision", "joint_vision_model")
 
 
 @dataclass
@@ -190,8 +191,10 @@ def _refuse_id_kind(kind: str, what: str, where: str) -> None:
 def _encoder_keys(source: TrainConfig, target: TrainConfig) -> list[str]:
     """TRANSFER_ENCODER_KEYS, less a modality's top blocks where neither run has that modality."""
     used = {m for config in (source, target) for m, model in
-            (("text", config.encoders.text_model), ("vision", config.encoders.vision_model)) if model}
-    return [key for key in TRANSFER_ENCODER_KEYS if key.endswith("_model") or key.split("_")[0] in used]
+            (("text", config.encoders.text_model), ("vision", config.encoders.vision_model),
+             ("joint", config.encoders.joint_model)) if model}
+    return [key for key in TRANSFER_ENCODER_KEYS
+            if key in ("text_model", "vision_model", "joint_model") or key.split("_")[0] in used]
 
 
 def init_from_source(model: Recommender, source: TransferSource) -> dict:
