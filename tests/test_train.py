@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmsr import config as config_lib
-from mmsr.models.fusion import fusion_names
+from mmsr.models.fusion import PRETRAINED_FUSIONS, fusion_names
 from mmsr.models.sequence import sequence_model_names
 from mmsr.train.config import TrainConfig
 
@@ -76,8 +76,8 @@ def _fits_a_batch(overrides, steps=40, lr=0.001):
     return losses
 
 
-@pytest.mark.parametrize("fusion", [f for f in fusion_names() if f != "pool"])
-def test_every_fusion_learns(built_cache, fusion):
+@pytest.mark.parametrize("fusion", [f for f in fusion_names() if f != "pool" and f not in PRETRAINED_FUSIONS])
+def test_every_fusion_learns(built_cache, fusion):  # FLAVA's trains with its own towers in test_vlp
     losses = _fits_a_batch(built_cache + [f"model.fusion={fusion}"])
     assert losses[-1] < 0.95 * losses[0], losses
 

@@ -1,4 +1,5 @@
-"""Paradigm (a) of seed §6 (Table VI): two-stream, shallow-fusion VLPs (CLIP, GroupViT).
+"""Paradigms (a) and (c) of seed §6 (Table VI): two-stream VLPs, with shallow fusion (CLIP,
+GroupViT) and with deep fusion (FLAVA, whose multimodal encoder is the fusion).
 
 Tiny random-initialised towers built from the transformers architectures, with CLIP's real BPE
 tokenizer (rebuilt from the merges file open_clip ships): honest for plumbing, loaded through
@@ -48,6 +49,10 @@ def _text_config(tokenizer):
 GROUPVIT_VISION = dict(hidden_size=32, num_hidden_layers=sum(GROUPVIT_DEPTHS), depths=GROUPVIT_DEPTHS,
                        num_group_tokens=GROUPVIT_GROUPS, num_output_groups=[4, 2, 2], num_attention_heads=4,
                        intermediate_size=64, image_size=32, patch_size=8)
+FLAVA_TOWER = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
+FLAVA_IMAGE = dict(image_size=32, patch_size=8, **FLAVA_TOWER)
+FLAVA_MULTIMODAL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+FLAVA_CODEBOOK = dict(hidden_size=8, num_groups=1, num_blocks_per_group=1, vocab_size=16)  # unused by mmsr
 CLIP_VISION = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=32,
                    patch_size=8)
 
@@ -67,6 +72,15 @@ def _build_dirs(root: Path) -> dict[str, str]:
         "groupvit_text": t.GroupViTTextModel(t.GroupViTTextConfig(**text)),
         "groupvit_vision": t.GroupViTVisionModel(t.GroupViTVisionConfig(**GROUPVIT_VISION)),
     }
+    bert = contract._tokenizer()  # FLAVA's text tower reads BERT's uncased WordPiece
+    flava_text = dict(vocab_size=bert.vocab_size, max_position_embeddings=32, **FLAVA_TOWER)
+    flava = {
+        "flava": t.FlavaModel(t.FlavaConfig(text_config=flava_text, image_config=FLAVA_IMAGE,
+                                            multimodal_config=FLAVA_MULTIMODAL, hidden_size=32, projection_dim=16,
+                                            image_codebook_config=FLAVA_CODEBOOK)),
+        "flava_text": t.FlavaTextModel(t.FlavaTextConfig(**flava_text)),
+        "flava_image": t.FlavaImageModel(t.FlavaImageConfig(**FLAVA_IMAGE)),
+    }
     dirs = {}
     for name, model in models.items():
         path = root / name
@@ -74,6 +88,8 @@ def _build_dirs(root: Path) -> dict[str, str]:
         if "vision" not in name:
             tokenizer.save_pretrained(path)
         dirs[name] = str(path)
+    for name, model in flava.items():
+        dirs[name] = contract._save(model, root / name, None if name == "flava_image" else bert)
     return dirs
 
 
@@ -85,6 +101,10 @@ VLP_TINY = {
     "hf:groupvit/image": "groupvit",
     "hf:groupvit_text_model/text": "groupvit_text",
     "hf:groupvit_vision_model/image": "groupvit_vision",
+    "hf:flava/text": "flava",
+    "hf:flava/image": "flava",
+    "hf:flava_text_model/text": "flava_text",
+    "hf:flava_image_model/image": "flava_image",
 }
 
 
@@ -280,15 +300,18 @@ def test_models_list_shows_each_family_with_its_paradigm():
     paradigms = json.loads(result.stdout.strip().splitlines()[-1])["paradigms"]
     assert set(paradigms) == set(list_families())
     two_stream = {family for family, paradigm in paradigms.items() if paradigm == "two-stream-shallow"}
-    assert two_stream == {*VLP_TINY, "hf:clip/image", "hf:clip_vision_model/image", "open_clip/image"}
+    deep = {family for family in VLP_TINY if "flava" in family}
+    assert two_stream == {*VLP_TINY, "hf:clip/image", "hf:clip_vision_model/image", "open_clip/image"} - deep
+    assert {family for family, paradigm in paradigms.items() if paradigm == "two-stream-deep"} == deep
     assert paradigms["hf:bert/text"] == "unimodal"
     table = CliRunner().invoke(app, ["list"]).output
     assert "paradigm" in table and "two-stream-shallow" in table
 
 
-@pytest.mark.parametrize("name,checkpoint", [("clip", "openai/clip-vit-base-patch32"),
-                                             ("groupvit", "nvidia/groupvit-gcc-yfcc")])
-def test_vlp_config_trains_from_the_cache_and_evaluates(tiny_dirs, small_demo, tmp_path, name, checkpoint):
+@pytest.mark.parametrize("name,checkpoint,fusion", [("clip", "openai/clip-vit-base-patch32", "concat"),
+                                                    ("groupvit", "nvidia/groupvit-gcc-yfcc", "concat"),
+                                                    ("flava", "facebook/flava-full", "flava")])
+def test_vlp_config_trains_from_the_cache_and_evaluates(tiny_dirs, small_demo, tmp_path, name, checkpoint, fusion):
     from mmsr.cache_stage import build_cache
     from mmsr.data.dataset import load_dataset
     from mmsr.eval.runner import evaluate_run
@@ -297,7 +320,7 @@ def test_vlp_config_trains_from_the_cache_and_evaluates(tiny_dirs, small_demo, t
 
     path = CONFIGS / f"{name}.toml"
     shipped = config_lib.load(TrainConfig, path)
-    assert shipped.model.fusion == "concat" and shipped.encoders.text_model == shipped.encoders.vision_model == checkpoint
+    assert shipped.model.fusion == fusion and shipped.encoders.text_model == shipped.encoders.vision_model == checkpoint
     assert shipped.encoders.text_top_blocks == shipped.encoders.vision_top_blocks == 2
     overrides = [f"dataset={small_demo}", f"encoders.text_model={tiny_dirs[name]}",
                  f"encoders.vision_model={tiny_dirs[name]}", "encoders.max_text_len=16", "encoders.image_size=32",
@@ -312,3 +335,59 @@ def test_vlp_config_trains_from_the_cache_and_evaluates(tiny_dirs, small_demo, t
     result = evaluate_run(tmp_path / "run", "test", device="cpu")
     assert result["items"] == 300 and result["users"] > 0
     assert all(0.0 <= value <= 1.0 for value in result["metrics"].values())
+
+
+# -- FLAVA (paradigm (c)): the multimodal encoder as the fusion ----------------------------------
+def _flava_pair(tiny_dirs, text="flava", image="flava", top_blocks=1):
+    return {"text": create_encoder(tiny_dirs[text], "text", top_blocks, max_text_len=12),
+            "image": create_encoder(tiny_dirs[image], "image", top_blocks, image_size=32)}
+
+
+def test_flava_fusion_on_split_towers_is_flavas_own_pooled_multimodal_output(tiny_dirs):
+    from transformers import FlavaModel
+
+    from mmsr.models.fusion import create_fusion
+
+    model = FlavaModel.from_pretrained(tiny_dirs["flava"]).eval()
+    for top_blocks in (0, 1, 3):
+        encoders = _flava_pair(tiny_dirs, top_blocks=top_blocks)
+        text = encoders["text"].preprocess(["a red leather jacket", "", "boots"])
+        image = encoders["image"].preprocess(contract._images()[:3])
+        states = {m: encoders[m].upper(*encoders[m].lower(batch)) for m, batch in (("text", text), ("image", image))}
+        fusion = create_fusion("flava", input_dims={"text": 32, "image": 32}, dim=16, encoders=encoders).eval()
+        with torch.no_grad():
+            ours = fusion.pooled(states)
+            theirs = model(**text, pixel_values=image["pixel_values"],
+                           output_hidden_states=True).multimodal_output.pooler_output
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+        assert fusion(states).shape == (3, 16)
+
+
+def test_flavas_multimodal_encoder_trains_at_the_encoder_learning_rate(tiny_dirs):
+    from mmsr.train.config import TrainConfig
+    from mmsr.train.model import build_model, parameter_groups
+
+    config = config_lib.load(TrainConfig, CONFIGS / "flava.toml", [
+        f"encoders.text_model={tiny_dirs['flava']}", f"encoders.vision_model={tiny_dirs['flava']}",
+        "encoders.max_text_len=12", "encoders.image_size=32", "model.dim=16"])
+    model = build_model(config, 10)
+    groups = {group["name"]: group for group in parameter_groups(model, config)}
+    multimodal = {id(p) for p in model.items.fusion.multimodal.parameters()}
+    assert multimodal and multimodal <= {id(p) for p in groups["encoder_tops"]["params"]}
+    assert groups["encoder_tops"]["lr"] == config.optim.encoder_lr
+    assert {id(p) for p in model.items.fusion.project.parameters()} <= {id(p) for p in groups["downstream"]["params"]}
+
+
+def test_flava_fusion_refuses_towers_it_cannot_read(tiny_dirs):
+    from mmsr.models.fusion import create_fusion
+
+    def refused(encoders) -> str:
+        with pytest.raises(MMSRError) as raised:
+            create_fusion("flava", input_dims={m: e.output_size for m, e in encoders.items()}, dim=16,
+                          encoders=encoders)
+        return str(raised.value)
+
+    clip = {"text": create_encoder(tiny_dirs["clip"], "text", 1, max_text_len=12),
+            "image": create_encoder(tiny_dirs["clip"], "image", 1, image_size=32)}
+    assert "reads FLAVA's own text and image towers" in refused(clip)
+    assert "both towers from one FLAVA checkpoint" in refused(_flava_pair(tiny_dirs, text="flava_text"))

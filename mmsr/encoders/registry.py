@@ -30,13 +30,14 @@ HF_PREFIX = "hf"
 SLOTS = {"text": "encoders.text_model", "image": "encoders.vision_model", "joint": "encoders.joint_model"}
 
 # What kind of pretrained model a family is (seed §6, Table VI), shown by `mmsr models list`.
-# A family class says which in its `paradigm` attribute. Two-stream deep-fusion VLPs (c) add
-# their key here when they arrive.
+# A family class says which in its `paradigm` attribute.
 PARADIGMS = {
     "unimodal": "pretrained on one modality",
     "two-stream-shallow": "(a) VLP: two streams, shallow fusion (CLIP, GroupViT)",
     "one-stream-deep": "(b) VLP: one stream, deep fusion (ViLT, VisualBERT): text and picture tokens "
                        "through one transformer, cached as the joint modality",
+    "two-stream-deep": "(c) VLP: two streams, deep fusion (FLAVA): each tower split, FLAVA's multimodal encoder "
+                       "as the fusion (model.fusion=flava)",
 }
 
 
@@ -222,4 +223,4 @@ def _load_families() -> None:
 
 # One small module per family; adding a family = adding a module here.
 FAMILY_MODULES = ("hf_text", "hf_vision", "hf_swin", "open_clip_visual", "timm_cnn", "vlp_text", "groupvit_vision",
-                  "vilt", "visualbert", "offline")
+                  "vilt", "visualbert", "flava", "offline")

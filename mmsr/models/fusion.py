@@ -25,16 +25,24 @@ TokenDict = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def create_fusion(name: str, *, input_dims: dict[str, int], dim: int, layers: int = 1, heads: int = 4,
-                  dropout: float = 0.1) -> nn.Module:
+                  dropout: float = 0.1, encoders: dict | None = None) -> nn.Module:
+    """`encoders` ({modality: SplitEncoder}): read by fusions that come with a pretrained model
+    (`flava` loads the multimodal encoder of its towers' checkpoint)."""
     needs = FUSIONS.needs(name)
     if needs and sorted(input_dims) != sorted(needs):
         raise MMSRError(f"fusion {name!r} needs {' and '.join(needs)}, got {sorted(input_dims)}",
                         hint="use fusion 'pool' for single-modality models (MMSR-T, MMSR-V)")
-    return FUSIONS.create(name, input_dims=input_dims, dim=dim, layers=layers, heads=heads, dropout=dropout)
+    return FUSIONS.create(name, input_dims=input_dims, dim=dim, layers=layers, heads=heads, dropout=dropout,
+                          encoders=encoders)
 
 
 def fusion_names() -> list[str]:
     return FUSIONS.names()
+
+
+# Fusions that are a pretrained model's own part and load it from their towers' checkpoint: they
+# cannot be built from dimensions alone (tests build them with those towers, tests/test_vlp.py).
+PRETRAINED_FUSIONS = ("flava",)
 
 
 class _Pooled(nn.Module):
@@ -137,7 +145,7 @@ class _Tokens(nn.Module):
 class MergeAttention(_Tokens):
     """Single-stream: both token sequences concatenated through `layers` transformer blocks."""
 
-    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1):
+    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1, **_):
         super().__init__(input_dims, dim)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
@@ -155,7 +163,7 @@ class MergeAttention(_Tokens):
 class CoAttention(_Tokens):
     """Two streams: each cross-attends the other (one layer), then a merging projection."""
 
-    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1):  # one layer, as in the paper: `layers` unused
+    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1, **_):  # one layer, as in the paper: `layers` unused
         super().__init__(input_dims, dim)
         self.cross = nn.ModuleList(Block(dim, heads, dropout) for _ in range(2))
         # A block normalises its own stream; the other stream, read as keys and values, needs its own norm.
@@ -185,3 +193,10 @@ for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", F
 FUSIONS.register("pool")(lambda input_dims, dim, **_: Pool(input_dims, dim))
 FUSIONS.register("merge-attn", params=("layers", "heads"), needs=BOTH)(MergeAttention)
 FUSIONS.register("coattn", params=("heads",), needs=BOTH)(CoAttention)
+
+
+@FUSIONS.register("flava", needs=BOTH, help="FLAVA's own multimodal encoder (paradigm (c)), pretrained, wholly trained")
+def _flava(input_dims, dim, encoders=None, **_):
+    from mmsr.models.flava_fusion import FlavaFusion  # deferred: loads a transformers checkpoint
+
+    return FlavaFusion.from_encoders(encoders, dim)

@@ -131,7 +131,12 @@ def trainable_state(model: Recommender) -> dict[str, torch.Tensor]:
 
 
 def parameter_groups(model: Recommender, config: TrainConfig) -> list[dict]:
-    tops = {id(p) for e in model.encoders.values() for m in e.upper_modules() for p in m.parameters()}
+    """The pretrained parameters that train (the encoders' tops, and a pretrained fusion's such as
+    FLAVA's multimodal encoder) take encoder_lr; the freshly initialised rest takes lr."""
+    pretrained = [m for e in model.encoders.values() for m in e.upper_modules()]
+    fusion = getattr(model.items, "fusion", None)
+    pretrained += list(getattr(fusion, "pretrained_modules", list)())
+    tops = {id(p) for m in pretrained for p in m.parameters()}
     top_params = [p for p in model.parameters() if p.requires_grad and id(p) in tops]
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in tops]
     groups = [{"name": "downstream", "params": rest, "lr": config.optim.lr, "weight_decay": config.optim.weight_decay}]
