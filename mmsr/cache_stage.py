@@ -284,7 +284,7 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
     wanted = set(encoder_config.modalities)
     if set(encoders) != wanted:
         raise MMSRError(f"encoders for {sorted(encoders)} but the config enables {sorted(wanted)}")
-    check_inputs(dataset, wanted)
+    check_inputs(dataset, encoder_config)
     path = Path(cache_dir) if cache_dir is not None else cache_path(dataset, encoder_config)
 
     specs, reports = {}, {}

@@ -63,12 +63,20 @@ def _dataset_dir_name(dataset_root_or_name: str | os.PathLike | Dataset) -> str:
     return str(dataset_root_or_name)
 
 
-def check_inputs(dataset: Dataset, modalities) -> None:
+def check_inputs(dataset: Dataset, encoder_config: EncoderConfig) -> None:
     """Refuse a joint (one-stream) model on a dataset it cannot read: it needs text and pictures."""
-    if "joint" in modalities and not dataset.has_pictures():
+    if "joint" not in encoder_config.modalities:
+        return
+    if not dataset.has_pictures():
         raise MMSRError("encoders.joint_model reads each item's text and picture together, but no item of this "
                         "dataset has a picture", where=dataset.root,
                         hint='use a text model instead: --set encoders.joint_model="" --set encoders.text_model=minilm')
+    fields = encoder_config.text_fields
+    if not any(dataset.item_text(i, fields) for i in range(dataset.num_items)):
+        raise MMSRError(f"encoders.joint_model reads each item's text and picture together, but no item of this "
+                        f"dataset has text in encoders.text_fields={list(fields)}", where=dataset.root,
+                        hint='name the fields that hold text, or use a vision model instead: --set '
+                             'encoders.joint_model="" --set encoders.vision_model=dinov2-s')
 
 
 def expected_fingerprint(encoder, dataset: Dataset, encoder_config: EncoderConfig) -> dict:

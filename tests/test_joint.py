@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -279,7 +280,7 @@ def test_vilt_config_trains_from_the_cache_evaluates_and_matches_end_to_end(tiny
     assert (cached - raw).abs().max() > 0  # really read from the float16 cache
 
 
-def test_a_joint_model_on_a_dataset_without_pictures_is_refused(tiny_dirs, small_demo, tmp_path):
+def test_a_joint_model_on_a_dataset_without_pictures_or_text_is_refused(tiny_dirs, small_demo, tmp_path):
     from test_cache_stage import copy_dataset
 
     from mmsr.cache_stage import build_cache
@@ -289,11 +290,18 @@ def test_a_joint_model_on_a_dataset_without_pictures_is_refused(tiny_dirs, small
         for item in items:
             item.pop("image", None)
 
-    root = copy_dataset(small_demo, tmp_path / "text-only", edit=drop_pictures)
+    def drop_text(items, _dest):
+        for item in items:
+            item.update(title="", description="", category="")
+
     config = EncoderConfig(text_model="", vision_model="", joint_model=tiny_dirs["vilt"], max_text_len=16,
                            image_size=32)
-    with pytest.raises(MMSRError, match="no item of this dataset has a picture"):
-        build_cache(load_dataset(root), config, num_workers=0, cache_dir=tmp_path / "cache")
+    for name, edit, problem in (("text-only", drop_pictures, "no item of this dataset has a picture"),
+                                ("pictures-only", drop_text, "no item of this dataset has text in "
+                                                             "encoders.text_fields=['title', 'description', 'category']")):
+        root = copy_dataset(small_demo, tmp_path / name, edit=edit)
+        with pytest.raises(MMSRError, match=re.escape(problem)):
+            build_cache(load_dataset(root), config, num_workers=0, cache_dir=tmp_path / "cache")
 
 
 def _build(dataset, cache_dir, vilt, **options):

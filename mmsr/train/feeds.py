@@ -154,7 +154,7 @@ def open_feed(config: TrainConfig, model, dataset: Dataset, from_cache: bool,
 def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from_cache: bool,
                      device: torch.device) -> tuple[ItemFeed, str]:
     """The lower-layer states of `encoders`: from the cache, or computed from raw inputs."""
-    check_inputs(dataset, encoders)
+    check_inputs(dataset, config.encoders)
     if not from_cache:
         return (RawFeed(dataset, encoders, config.encoders.text_fields, device, on_bad_image=config.on_bad_image,
                         image_size=config.encoders.image_size), "end-to-end (lower layers every step)")
