@@ -55,3 +55,12 @@ def tiny_overrides(tiny_models, small_demo):
             "encoders.vision_top_blocks=1", "encoders.max_text_len=16", "encoders.image_size=32",
             "model.dim=32", "optim.batch_size=32", "optim.lr=0.003", "optim.epochs=3",
             "split.sample_users=64", "eval_batch_size=128"]
+
+
+@pytest.fixture(scope="session")
+def visual_sources(tmp_path_factory):
+    """Tiny random weights for VisualBERT's four picture representations, saved once per session
+    (test_visual_features and test_joint both read them; the detector's state dict is large)."""
+    from test_visual_features import build_sources
+
+    return build_sources(tmp_path_factory.mktemp("visual_sources"))

@@ -145,8 +145,26 @@ def test_every_registered_family_has_a_tiny_model():
     assert set(list_families()) == set(TINY) | set(VLP_TINY) | set(JOINT_TINY), "add a tiny builder for each new family"
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
-def test_upper_of_lower_equals_full(tiny_specs, family):
+def contract_tests(families) -> tuple:
+    """The split-encoder contract as three tests parametrized over `families` ({family: ...}),
+    for each module that builds its own tiny models (a `tiny_specs` fixture of the same shape):
+
+        test_upper_of_lower_equals_full, test_freezing_is_by_module_and_lower_runs_in_eval, \
+            test_identity_is_json_and_complete = contract_tests(FAMILIES)
+    """
+    def parametrized(check):
+        @pytest.mark.parametrize("family", sorted(families))
+        def test(tiny_specs, family):
+            check(tiny_specs, family)
+        test.__name__ = check.__name__.replace("check_", "test_", 1)
+        return test
+
+    return tuple(parametrized(check) for check in (check_upper_of_lower_equals_full,
+                                                   check_freezing_is_by_module_and_lower_runs_in_eval,
+                                                   check_identity_is_json_and_complete))
+
+
+def check_upper_of_lower_equals_full(tiny_specs, family):
     torch.manual_seed(0)
     encoder = _encoder(tiny_specs, family, 1)
     assert encoder.family == family.rsplit("/", 1)[0]
@@ -166,8 +184,7 @@ def test_upper_of_lower_equals_full(tiny_specs, family):
         assert hidden.shape[1] == TEXT_LEN  # fixed T, whatever the text length
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
-def test_freezing_is_by_module_and_lower_runs_in_eval(tiny_specs, family):
+def check_freezing_is_by_module_and_lower_runs_in_eval(tiny_specs, family):
     encoder = _encoder(tiny_specs, family, 1)
     lower = {id(p) for m in encoder.lower_modules() for p in m.parameters()}
     upper = {id(p) for m in encoder.upper_modules() for p in m.parameters()}
@@ -186,8 +203,7 @@ def test_freezing_is_by_module_and_lower_runs_in_eval(tiny_specs, family):
     assert all(p.grad is None for m in encoder.lower_modules() for p in m.parameters())
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
-def test_identity_is_json_and_complete(tiny_specs, family):
+def check_identity_is_json_and_complete(tiny_specs, family):
     encoder = _encoder(tiny_specs, family, 1)
     identity = json.loads(json.dumps(encoder.identity()))
     for key in ("family", "model", "weights_sha256", "num_layers", "split_layer", "top_blocks", "dtype"):
@@ -201,6 +217,10 @@ def test_identity_is_json_and_complete(tiny_specs, family):
     if encoder.modality == "joint":
         assert identity["picture"]
     assert _encoder(tiny_specs, family, 1).identity() == identity  # deterministic
+
+
+test_upper_of_lower_equals_full, test_freezing_is_by_module_and_lower_runs_in_eval, \
+    test_identity_is_json_and_complete = contract_tests(TINY)
 
 
 def test_weights_hash_tracks_the_weights(tiny_specs):

@@ -54,13 +54,10 @@ WIDTHS = {"region": 1024, "grid": 512, "patch-emb": 32, "patch-vit": 32}
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    from test_visual_features import build_sources
-
+def tiny_dirs(tmp_path_factory, visual_sources):
     root = tmp_path_factory.mktemp("joint")
-    sources = build_sources(root / "sources")
     torch.manual_seed(0)
-    dirs = {"vilt": _vilt(root / "vilt"), "sources": sources}
+    dirs = {"vilt": _vilt(root / "vilt"), "sources": visual_sources}
     for width in sorted(set(WIDTHS.values())):
         dirs[f"visualbert-{width}"] = _visualbert(root / f"visualbert-{width}", width)
     return dirs
@@ -82,19 +79,8 @@ def tiny_specs(tiny_dirs):
 
 
 # -- the split-encoder contract, joint modality included -----------------------------------------
-@pytest.mark.parametrize("family", sorted(JOINT_TINY))
-def test_upper_of_lower_equals_full(tiny_specs, family):
-    contract.test_upper_of_lower_equals_full(tiny_specs, family)
-
-
-@pytest.mark.parametrize("family", sorted(JOINT_TINY))
-def test_freezing_is_by_module_and_lower_runs_in_eval(tiny_specs, family):
-    contract.test_freezing_is_by_module_and_lower_runs_in_eval(tiny_specs, family)
-
-
-@pytest.mark.parametrize("family", sorted(JOINT_TINY))
-def test_identity_is_json_and_complete(tiny_specs, family):
-    contract.test_identity_is_json_and_complete(tiny_specs, family)
+test_upper_of_lower_equals_full, test_freezing_is_by_module_and_lower_runs_in_eval, \
+    test_identity_is_json_and_complete = contract.contract_tests(JOINT_TINY)
 
 
 @pytest.mark.parametrize("family", sorted(JOINT_TINY))
@@ -246,9 +232,9 @@ def test_vilt_config_trains_from_the_cache_evaluates_and_matches_end_to_end(tiny
     from mmsr.cache_stage import build_cache
     from mmsr.data.dataset import load_dataset
     from mmsr.eval.runner import evaluate_run
+    from test_train import assert_cached_item_vectors_equal_end_to_end
+
     from mmsr.train.config import TrainConfig
-    from mmsr.train.feeds import open_feed
-    from mmsr.train.model import build_model
     from mmsr.train.recipe import train
 
     path = CONFIGS / "vilt.toml"
@@ -269,15 +255,7 @@ def test_vilt_config_trains_from_the_cache_evaluates_and_matches_end_to_end(tiny
     assert result["items"] == 300 and result["users"] > 0
 
     no_dropout = config_lib.load(TrainConfig, path, _overrides(tiny_dirs, small_demo) + ["model.dropout=0.0"])
-    torch.manual_seed(0)
-    model = build_model(no_dropout, dataset.num_items).eval()
-    cached_feed, _ = open_feed(no_dropout, model, dataset, True, torch.device("cpu"))
-    raw_feed, _ = open_feed(no_dropout, model, dataset, False, torch.device("cpu"))
-    ids = torch.arange(0, dataset.num_items, 11)
-    with torch.no_grad():
-        cached, raw = model.item_vectors(ids, cached_feed), model.item_vectors(ids, raw_feed)
-    torch.testing.assert_close(cached, raw, atol=2e-2, rtol=2e-2)  # float16 cache
-    assert (cached - raw).abs().max() > 0  # really read from the float16 cache
+    assert_cached_item_vectors_equal_end_to_end(no_dropout, dataset, every=11)
 
 
 def test_a_joint_model_on_a_dataset_without_pictures_or_text_is_refused(tiny_dirs, small_demo, tmp_path):

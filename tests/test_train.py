@@ -121,25 +121,33 @@ def test_cache_refuses_another_config(built_cache, tmp_path):
         _train(built_cache + ["encoders.text_top_blocks=2"], tmp_path / "run")
 
 
-def test_cached_path_equals_end_to_end(built_cache):
-    from mmsr.data.dataset import load_dataset
-    from mmsr.data.split import split_dataset
-    from mmsr.train.batches import TrainBatches
-    from mmsr.train.model import build_model
+def assert_cached_item_vectors_equal_end_to_end(config, dataset, every: int = 7):
+    """A model without dropout gives the same item vectors from the float16 cache as from raw
+    inputs (up to float16), and not bit-identical ones. Returns (model, cache feed, raw feed)."""
     from mmsr.train.feeds import open_feed
+    from mmsr.train.model import build_model
 
-    config = _config(built_cache + ["model.dropout=0.0"])
-    dataset = load_dataset(config.dataset)
     torch.manual_seed(0)
     model = build_model(config, dataset.num_items).eval()
     cache_feed, _ = open_feed(config, model, dataset, True, torch.device("cpu"))
     raw_feed, _ = open_feed(config, model, dataset, False, torch.device("cpu"))
-    ids = torch.arange(0, dataset.num_items, 7)
+    ids = torch.arange(0, dataset.num_items, every)
     with torch.no_grad():
         cached = model.item_vectors(ids, cache_feed)
         raw = model.item_vectors(ids, raw_feed)
     torch.testing.assert_close(cached, raw, atol=2e-2, rtol=2e-2)  # float16 cache
     assert (cached - raw).abs().max() > 0  # the cache really is float16, not a copy of the raw path
+    return model, cache_feed, raw_feed
+
+
+def test_cached_path_equals_end_to_end(built_cache):
+    from mmsr.data.dataset import load_dataset
+    from mmsr.data.split import split_dataset
+    from mmsr.train.batches import TrainBatches
+
+    config = _config(built_cache + ["model.dropout=0.0"])
+    dataset = load_dataset(config.dataset)
+    model, cache_feed, raw_feed = assert_cached_item_vectors_equal_end_to_end(config, dataset)
     batch = TrainBatches(split_dataset(dataset, config.split), 16, 0).batch(0, 0)
     with torch.no_grad():
         loss_cached, n1 = _loss(model, batch, cache_feed)

@@ -20,8 +20,8 @@ SIZE = 64  # image_size: small, and a multiple of 32 (no detector padding) for t
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    return build_sources(tmp_path_factory.mktemp("visual_sources"))
+def sources(visual_sources):
+    return visual_sources
 
 
 def build_sources(root) -> dict:

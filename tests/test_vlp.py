@@ -130,19 +130,8 @@ def test_every_registered_family_has_a_tiny_model_here_or_in_test_encoders():
     assert set(list_families()) == set(contract.TINY) | set(VLP_TINY) | set(JOINT_TINY)
 
 
-@pytest.mark.parametrize("family", sorted(VLP_TINY))
-def test_upper_of_lower_equals_full(tiny_specs, family):
-    contract.test_upper_of_lower_equals_full(tiny_specs, family)
-
-
-@pytest.mark.parametrize("family", sorted(VLP_TINY))
-def test_freezing_is_by_module_and_lower_runs_in_eval(tiny_specs, family):
-    contract.test_freezing_is_by_module_and_lower_runs_in_eval(tiny_specs, family)
-
-
-@pytest.mark.parametrize("family", sorted(VLP_TINY))
-def test_identity_is_json_and_complete(tiny_specs, family):
-    contract.test_identity_is_json_and_complete(tiny_specs, family)
+test_upper_of_lower_equals_full, test_freezing_is_by_module_and_lower_runs_in_eval, \
+    test_identity_is_json_and_complete = contract.contract_tests(VLP_TINY)
 
 
 # -- GroupViT's stages ---------------------------------------------------------------------------
