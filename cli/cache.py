@@ -26,6 +26,12 @@ def build(
     vision_model: Optional[str] = typer.Option(None, "--vision-model", help='Short name, HF name, open_clip:/timm: spec; "" for none.'),
     text_top_blocks: Optional[int] = typer.Option(None, "--text-top-blocks", help="Trainable top blocks k (split at L-k)."),
     vision_top_blocks: Optional[int] = typer.Option(None, "--vision-top-blocks", help="Trainable top blocks k (split at L-k)."),
+    joint_model: Optional[str] = typer.Option(None, "--joint-model", help='A one-stream VLP (ViLT, VisualBERT) over text and '
+                                              'picture together, cached as the joint modality; give --text-model "" '
+                                              '--vision-model "" with it.'),
+    joint_top_blocks: Optional[int] = typer.Option(None, "--joint-top-blocks", help="Trainable top blocks of the joint model (default 4)."),
+    joint_vision: Optional[str] = typer.Option(None, "--joint-vision", help="VisualBERT's picture representation: region | grid | patch-emb | patch-vit."),
+    joint_vision_model: Optional[str] = typer.Option(None, "--joint-vision-model", help="Its weights: torchvision:ARCH@FILE or a CLIP directory."),
     max_text_len: Optional[int] = typer.Option(None, "--max-text-len", help="Tokens per text (default 50)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Picture side in pixels (default 224)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Items per forward pass (default 64)."),
@@ -47,7 +53,8 @@ def build(
 
     cfg = load_build_config(config, sets, dataset=dataset, text_model=text_model, vision_model=vision_model,
                             text_top_blocks=text_top_blocks, vision_top_blocks=vision_top_blocks,
-                            max_text_len=max_text_len, image_size=image_size, batch_size=batch_size,
+                            joint_model=joint_model, joint_top_blocks=joint_top_blocks, joint_vision=joint_vision,
+                            joint_vision_model=joint_vision_model, max_text_len=max_text_len, image_size=image_size, batch_size=batch_size,
                             num_workers=num_workers, on_bad_image=on_bad_image, device=device, seed=seed)
     report = build_cache(load_dataset(cfg.dataset, check_images=False), cfg.encoders, batch_size=cfg.batch_size,
                          num_workers=cfg.num_workers, shard=shard, on_bad_image=cfg.on_bad_image, device=cfg.device,
