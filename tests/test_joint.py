@@ -159,7 +159,7 @@ def test_models_list_shows_the_one_stream_families_and_the_four_representations(
     assert result.exit_code == 0, result.output
     listing = json.loads(result.stdout.strip().splitlines()[-1])
     assert {f for f, p in listing["paradigms"].items() if p == "one-stream-deep"} == set(JOINT_TINY)
-    assert set(listing["representations"]) == set(WIDTHS)
+    assert set(listing["representations"]) == {*WIDTHS, "region-c5"}
     table = CliRunner().invoke(app, ["list"]).output
     assert "one-stream-deep" in table and "patch-vit" in table
 
@@ -197,7 +197,8 @@ def test_vilt_text_longer_than_its_positions_is_refused(tiny_dirs):
 def test_visualbert_needs_a_representation_it_takes_of_the_width_it_reads(tiny_dirs):
     spec = tiny_dirs["visualbert-32"]
     message = _error(spec, max_text_len=12)
-    assert "encoders.joint_vision='' is not one it takes" in message and "region, grid, patch-emb, patch-vit" in message
+    assert "encoders.joint_vision='' is not one it takes" in message
+    assert "region, region-c5, grid, patch-emb, patch-vit" in message
     assert "needs the weights of that representation's model" in _error(spec, max_text_len=12, vision="grid")
     message = _error(spec, max_text_len=12, vision="grid", vision_model=tiny_dirs["sources"]["grid"])
     assert "the grid representation gives 512-wide features but this VisualBERT takes 32-wide ones" in message

@@ -58,6 +58,7 @@ def build_sources(root) -> dict:
                        image_size=32, patch_size=8)).save_pretrained(root / "vit")
     (root / "not-weights.pth").write_text("hello")
     return {"root": root, "region": f"torchvision:fasterrcnn_resnet50_fpn@{root / 'frcnn.pth'}",
+            "region-c5": f"torchvision:fasterrcnn_resnet50_fpn@{root / 'frcnn.pth'}",
             "grid": f"torchvision:resnet18@{root / 'r18.pth'}", "patch-emb": str(root / "clip-vision"),
             "patch-vit": str(root / "clip-vision")}
 
@@ -81,14 +82,14 @@ def _run(features, pixels):
         return features(pixels)
 
 
-def test_registry_lists_the_four_representations():
+def test_registry_lists_the_four_representations_and_region_at_detectron_width():
     described = describe_representations()
-    assert sorted(described) == ["grid", "patch-emb", "patch-vit", "region"]
+    assert sorted(described) == ["grid", "patch-emb", "patch-vit", "region", "region-c5"]
     assert all(isinstance(text, str) and text and "\n" not in text for text in described.values())
 
 
-@pytest.mark.parametrize("name, rows, dim", [("region", 49, 1024), ("grid", 4, 512), ("patch-emb", 65, 32),
-                                             ("patch-vit", 65, 32)])
+@pytest.mark.parametrize("name, rows, dim", [("region", 49, 1024), ("region-c5", 49, 2048), ("grid", 4, 512),
+                                             ("patch-emb", 65, 32), ("patch-vit", 65, 32)])
 def test_shapes_masks_and_frozen(built, pictures, name, rows, dim):
     features = built[name]
     assert isinstance(features, VisualFeatures) and features.name == name
@@ -156,6 +157,31 @@ def test_region_rows_are_box_head_of_torchvision_detections(built, pictures, sou
                 box_rows = reference.roi_heads.box_head(
                     _pool_one(reference, maps, mine["boxes"], index, images.image_sizes))
             torch.testing.assert_close(rows[index, : len(box_rows)], box_rows, atol=1e-4, rtol=1e-4)
+
+
+def test_region_c5_describes_the_same_boxes_by_the_resnets_last_stage(built, pictures):
+    """Same boxes as `region`; each row is the 7x7 RoIAlign of the box on C5 (stride 32), averaged."""
+    from torchvision.ops import roi_align
+
+    region, c5 = built["region"], built["region-c5"]
+    pixels = c5.preprocess(pictures)
+    with torch.inference_mode():
+        boxes = [d["boxes"] for d in region.detect(pixels)]
+        rows, mask = c5(pixels)
+    assert sum(len(b) for b in boxes) > 0
+    for index, picture_boxes in enumerate(boxes):
+        assert int(mask[index].sum()) == len(picture_boxes)
+        if not len(picture_boxes):
+            continue
+        with torch.inference_mode():
+            images, _ = c5.detector.transform([pixels[index]])
+            body = c5.detector.backbone.body(images.tensors)
+            last = body[max(body)]  # layer4: the ResNet's last stage
+            expected = roi_align(last, [picture_boxes], output_size=7, spatial_scale=1 / 32, sampling_ratio=2,
+                                 aligned=True).mean(dim=(2, 3))
+        assert last.shape[1] == 2048
+        torch.testing.assert_close(rows[index, : len(picture_boxes)], expected, atol=1e-4, rtol=1e-4)
+        assert not rows[index, len(picture_boxes):].any()
 
 
 def _pool_one(reference, maps, boxes, index, image_sizes):

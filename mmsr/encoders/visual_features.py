@@ -61,6 +61,7 @@ MIN_IMAGE_SIZE = 32
 # What source each representation takes (error messages).
 SOURCE_KINDS = {
     "region": "torchvision:fasterrcnn_resnet50_fpn@/path/weights.pth (a Faster R-CNN state dict)",
+    "region-c5": "torchvision:fasterrcnn_resnet50_fpn@/path/weights.pth (a ResNet Faster R-CNN state dict)",
     "grid": "torchvision:resnet50@/path/weights.pth (a torchvision ResNet state dict)",
     "patch-emb": "a local transformers CLIPVisionModel or CLIPModel directory",
     "patch-vit": "a local transformers CLIPVisionModel or CLIPModel directory",
@@ -311,6 +312,51 @@ class RegionFeatures(VisualFeatures):
                 "box_rows": "roi_heads.box_head(box_roi_pool(features, detected boxes))"}
 
 
+class RegionC5Features(RegionFeatures):
+    """The same boxes as `region`, each described by the detector's ResNet last stage (C5)
+    instead of its box head: RoI-aligned to 7x7 on C5 (stride 32) and averaged, 2048 wide for a
+    ResNet-50. That is the shape of the Detectron "bottom-up" region features VisualBERT was
+    pre-trained on (its released checkpoints take 2048), which torchvision's 1024-wide box head
+    is not; the boxes, thresholds and padding are `region`'s.
+    """
+
+    name = "region-c5"
+    C5_STRIDE = 32
+
+    def __init__(self, detector: nn.Module, **options):
+        super().__init__(detector, **options)
+        last_stage = getattr(detector.backbone.body, "layer4", None)
+        if last_stage is None:
+            raise MMSRError(f"region-c5 reads a ResNet's last stage, and {options['architecture']} has none",
+                            hint="use a fasterrcnn_resnet50_fpn* detector, or the region representation")
+        block = last_stage[-1]
+        self.feature_dim = (getattr(block, "bn3", None) or block.bn2).num_features
+        self._c5: torch.Tensor | None = None
+        last_stage.register_forward_hook(self._keep_c5)
+
+    def _keep_c5(self, _module, _inputs, output) -> None:
+        self._c5 = output
+
+    def forward(self, pixels):
+        from torchvision.ops import roi_align
+
+        rows = torch.zeros(len(pixels), self.max_rows, self.feature_dim, dtype=self._dtype(), device=self._device())
+        mask = torch.zeros(len(pixels), self.max_rows, dtype=torch.bool, device=rows.device)
+        for index, picture in enumerate(pixels):  # one at a time, as `region` (see there)
+            boxes = self._detect_one(picture)[0]["boxes"]
+            if len(boxes):
+                pooled = roi_align(self._c5, [boxes], output_size=7, spatial_scale=1 / self.C5_STRIDE,
+                                   sampling_ratio=2, aligned=True)
+                rows[index, : len(boxes)] = pooled.mean(dim=(2, 3))
+                mask[index, : len(boxes)] = True
+        self._c5 = None
+        return rows, mask
+
+    def extra_identity(self):
+        return {**super().extra_identity(),
+                "box_rows": "roi_align(C5, detected boxes, 7x7, scale 1/32, sampling 2, aligned).mean(7x7)"}
+
+
 # -- grid: ResNet last stage ------------------------------------------------------------------------------------
 
 
@@ -456,6 +502,10 @@ class PatchViTFeatures(CLIPPatchFeatures):
 REPRESENTATIONS.register("region", params=("score_threshold", "max_boxes"),
                          help="Faster R-CNN RoI features of the top 49 boxes scoring > 0.05: 49 x 1024, "
                               "masked where fewer boxes (seed §6.1)")(RegionFeatures.from_source)
+REPRESENTATIONS.register("region-c5", params=("score_threshold", "max_boxes"),
+                         help="the region boxes described by the ResNet's last stage (RoI-aligned on C5, averaged): "
+                              "49 x 2048, the width of the released VisualBERT's region features"
+                         )(RegionC5Features.from_source)
 REPRESENTATIONS.register("grid", help="ResNet last-stage grid before pooling: 7x7 = 49 rows x 2048 at 224 px"
                          )(GridFeatures.from_source)
 REPRESENTATIONS.register("patch-emb", help="CLIP-ViT patch embedding only: class + patch tokens with position "

@@ -5,8 +5,9 @@ from a separate vision model (seed §6 (b); the paper used `uclanlp/visualbert-v
     upper: layers[L-k:]                                  = VisualBertModel's last_hidden_state
 
 The visual features come from one of the four representations of seed §6.1 (Table VII),
-`encoders.joint_vision`: region (Faster R-CNN RoI features of the top 49 boxes), grid (ResNet-50
-7x7), patch-emb (CLIP-ViT's patch embedding) or patch-vit (the whole CLIP-ViT), with weights from
+`encoders.joint_vision`: region (Faster R-CNN RoI features of the top 49 boxes; `region-c5`
+describes the same boxes at the 2048 width of Detectron's features), grid (ResNet-50 7x7),
+patch-emb (CLIP-ViT's patch embedding) or patch-vit (the whole CLIP-ViT), with weights from
 `encoders.joint_vision_model` (`mmsr.encoders.visual_features`). The representation is part of
 the frozen lower part, so it runs once per item, at cache time, and its weights are in the
 encoder's weights hash. Its width must be the checkpoint's `visual_embedding_dim` (2048 for the
@@ -26,7 +27,7 @@ from mmsr.errors import MMSRError
 
 @register_family("hf:visual_bert", modality="joint")
 class VisualBertEncoder(OneStreamEncoder):
-    vision_representations = ("region", "grid", "patch-emb", "patch-vit")
+    vision_representations = ("region", "region-c5", "grid", "patch-emb", "patch-vit")
 
     def __init__(self, model, tokenizer, features, *, name: str, top_blocks: int, max_text_len: int):
         check_text_positions(model, max_text_len, name)
@@ -39,7 +40,7 @@ class VisualBertEncoder(OneStreamEncoder):
             raise MMSRError(f"the {features.name} representation gives {features.feature_dim}-wide features but this "
                             f"VisualBERT takes {width}-wide ones (visual_embedding_dim)", where=name,
                             hint="choose the representation and weights the checkpoint was trained on (2048: "
-                                 "region or grid from a ResNet-50), or a checkpoint of the features' width")
+                                 "region-c5 or grid from a ResNet-50), or a checkpoint of the features' width")
         super().__init__(model, tokenizer, name=name, top_blocks=top_blocks, max_text_len=max_text_len)
         self.features = features
 
