@@ -91,6 +91,7 @@ def train_and_evaluate(run: str, config: str, overrides: list[str], splits, env:
     records = read_metrics(home / "runs" / run)
     best = max((r for r in records if "valid" in r), key=lambda r: (r["valid"]["NDCG@10"], -r["epoch"]))
     out.update({"epochs_run": len(records), "best_epoch": best["epoch"],
+                "valid": {k: round(v, 4) for k, v in best["valid"].items()},
                 "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
                 "epoch_seconds_median": sorted(r["epoch_seconds"] for r in records)[len(records) // 2]})
     for split, protocol in splits:
