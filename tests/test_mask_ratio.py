@@ -19,8 +19,10 @@ from mmsr.errors import MMSRError
 VIT_FAMILIES = ["hf:vit/image", "hf:vit_mae/image", "hf:dinov2/image", "hf:clip_vision_model/image",
                 "hf:clip/image", "open_clip/image"]
 REFUSING = {"hf:swin/image": "shifted windows", "timm/image": "CNN"}
-# GroupViT drops patches too, but has no class token and regroups its tokens: tests/test_vlp.py.
-TESTED_IN_TEST_VLP = {"hf:groupvit/image", "hf:groupvit_vision_model/image"}
+# GroupViT drops patches too, but has no class token and regroups its tokens; FLAVA's image tower
+# is a ViT built from a FLAVA checkpoint: both in tests/test_vlp.py.
+TESTED_IN_TEST_VLP = {"hf:groupvit/image", "hf:groupvit_vision_model/image", "hf:flava/image",
+                      "hf:flava_image_model/image"}
 PATCHES = (IMAGE_SIZE // 8) ** 2  # the tiny ViTs: patch 8 at 40 px -> 5x5 grid
 
 

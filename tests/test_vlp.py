@@ -380,3 +380,20 @@ def test_flava_fusion_refuses_towers_it_cannot_read(tiny_dirs):
             "image": create_encoder(tiny_dirs["clip"], "image", 1, image_size=32)}
     assert "reads FLAVA's own text and image towers" in refused(clip)
     assert "both towers from one FLAVA checkpoint" in refused(_flava_pair(tiny_dirs, text="flava_text"))
+
+
+@pytest.mark.parametrize("name", ["flava", "flava_image"])
+def test_flava_image_tower_drops_patches_like_every_vit(tiny_dirs, name):
+    """The reference is FLAVA's own tower forward with the same patches dropped right after its
+    embedding (a hook)."""
+    from mmsr.encoders.base import patches_kept
+
+    batch = None
+    for top_blocks in (0, 1, 3):
+        encoder = create_encoder(tiny_dirs[name], "image", top_blocks, image_size=32, image_mask_ratio=0.5,
+                                 image_mask_seed=3)
+        batch = batch or encoder.preprocess(contract._images())
+        hidden, mask = encoder.lower(batch)
+        assert hidden.shape[1] == 1 + patches_kept(16, 0.5) and mask.all()
+        with torch.no_grad():
+            torch.testing.assert_close(encoder.upper(hidden, mask)[0], encoder.full(batch), atol=1e-5, rtol=1e-5)

@@ -49,6 +49,7 @@ from mmsr.encoders.base import state_dict_sha256, torch_dtype
 from mmsr.encoders.hf_common import image_transform, load_tower, quiet_transformers
 from mmsr.encoders.image import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from mmsr.encoders.model_key import model_key
+from mmsr.encoders.registry import _hf_model_type  # the project's offline config reader and its error
 from mmsr.errors import MMSRError
 from mmsr.registry import Registry
 
@@ -418,8 +419,6 @@ class GridFeatures(VisualFeatures):
 
 
 def _clip_tower(name: str, source: str, dtype: str) -> nn.Module:
-    from mmsr.encoders.registry import _hf_model_type  # the project's offline config reader and its error
-
     if _torchvision_spec(name, source) is not None:
         raise MMSRError(f"{name} cannot use this source: it takes {SOURCE_KINDS[name]}", where=source,
                         hint=_kinds_hint())

@@ -22,6 +22,7 @@ from mmsr.encoders.base import torch_dtype
 from mmsr.encoders.hf_common import quiet_transformers
 from mmsr.encoders.joint import OneStreamEncoder, check_text_positions, load_tokenizer
 from mmsr.encoders.registry import register_family
+from mmsr.encoders.visual_features import create_visual_features
 from mmsr.errors import MMSRError
 
 
@@ -48,8 +49,6 @@ class VisualBertEncoder(OneStreamEncoder):
     def from_source(cls, source: str, *, top_blocks: int, dtype: str, max_text_len: int, image_size: int,
                     vision: str = "", vision_model: str = "", pretrained: bool = True):
         from transformers import VisualBertModel
-
-        from mmsr.encoders.visual_features import create_visual_features
 
         quiet_transformers()
         model = VisualBertModel.from_pretrained(source, dtype=torch_dtype(dtype))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmsr.encoders.flava import PARADIGM
 from mmsr.encoders.model_key import model_key
 from mmsr.errors import MMSRError
 
@@ -31,8 +32,6 @@ class FlavaFusion(nn.Module):
     @classmethod
     def from_encoders(cls, encoders: dict | None, dim: int) -> "FlavaFusion":
         from transformers import AutoConfig, FlavaModel
-
-        from mmsr.encoders.flava import PARADIGM
 
         families = {m: getattr(e, "paradigm", None) == PARADIGM for m, e in (encoders or {}).items()}
         if set(families) != {"text", "image"} or not all(families.values()):
