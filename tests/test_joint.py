@@ -232,11 +232,10 @@ def _overrides(tiny_dirs, small_demo, name="vilt"):
 def test_vilt_config_trains_from_the_cache_evaluates_and_matches_end_to_end(tiny_dirs, small_demo, tmp_path):
     from mmsr.cache_stage import build_cache
     from mmsr.data.dataset import load_dataset
-    from mmsr.eval.runner import evaluate_run
     from test_train import assert_cached_item_vectors_equal_end_to_end
+    from test_vlp import assert_trains_two_epochs_from_the_cache_and_evaluates
 
     from mmsr.train.config import TrainConfig
-    from mmsr.train.recipe import train
 
     path = CONFIGS / "vilt.toml"
     shipped = config_lib.load(TrainConfig, path)
@@ -248,13 +247,7 @@ def test_vilt_config_trains_from_the_cache_evaluates_and_matches_end_to_end(tiny
     assert report.complete and set(report.modalities) == {"joint"}
     assert report.modalities["joint"].tokens == 16 + 1 + 16
 
-    best = train(config, tmp_path / "run", from_cache=True, log=lambda *_: None)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(losses) == 2 and losses[-1] < losses[0], losses
-    assert 0.0 <= best["valid"]["HR@10"] <= 1.0
-    result = evaluate_run(tmp_path / "run", "test", device="cpu")
-    assert result["items"] == 300 and result["users"] > 0
-
+    assert_trains_two_epochs_from_the_cache_and_evaluates(config, tmp_path / "run")
     no_dropout = config_lib.load(TrainConfig, path, _overrides(tiny_dirs, small_demo) + ["model.dropout=0.0"])
     assert_cached_item_vectors_equal_end_to_end(no_dropout, dataset, every=11)
 

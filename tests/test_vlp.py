@@ -303,9 +303,7 @@ def test_models_list_shows_each_family_with_its_paradigm():
 def test_vlp_config_trains_from_the_cache_and_evaluates(tiny_dirs, small_demo, tmp_path, name, checkpoint, fusion):
     from mmsr.cache_stage import build_cache
     from mmsr.data.dataset import load_dataset
-    from mmsr.eval.runner import evaluate_run
     from mmsr.train.config import TrainConfig
-    from mmsr.train.recipe import train
 
     path = CONFIGS / f"{name}.toml"
     shipped = config_lib.load(TrainConfig, path)
@@ -317,11 +315,19 @@ def test_vlp_config_trains_from_the_cache_and_evaluates(tiny_dirs, small_demo, t
                  "split.sample_users=64", "eval_batch_size=128"]
     config = config_lib.load(TrainConfig, path, overrides)
     build_cache(load_dataset(config.dataset), config.encoders, batch_size=64, num_workers=0)
-    best = train(config, tmp_path / "run", from_cache=True, log=lambda *_: None)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert_trains_two_epochs_from_the_cache_and_evaluates(config, tmp_path / "run")
+
+
+def assert_trains_two_epochs_from_the_cache_and_evaluates(config, run) -> None:
+    """Two epochs from a built cache lower the loss; FAISS evaluates the run on the 300-item demo."""
+    from mmsr.eval.runner import evaluate_run
+    from mmsr.train.recipe import train
+
+    best = train(config, run, from_cache=True, log=lambda *_: None)
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and losses[-1] < losses[0], losses
     assert 0.0 <= best["valid"]["HR@10"] <= 1.0
-    result = evaluate_run(tmp_path / "run", "test", device="cpu")
+    result = evaluate_run(run, "test", device="cpu")
     assert result["items"] == 300 and result["users"] > 0
     assert all(0.0 <= value <= 1.0 for value in result["metrics"].values())
 
