@@ -30,7 +30,8 @@ def build(
                                               'picture together, cached as the joint modality; give --text-model "" '
                                               '--vision-model "" with it.'),
     joint_top_blocks: Optional[int] = typer.Option(None, "--joint-top-blocks", help="Trainable top blocks of the joint model (default 4)."),
-    joint_vision: Optional[str] = typer.Option(None, "--joint-vision", help="VisualBERT's picture representation: region | grid | patch-emb | patch-vit."),
+    joint_vision: Optional[str] = typer.Option(None, "--joint-vision", help="VisualBERT's picture representation: "
+                                               "region | region-c5 | grid | patch-emb | patch-vit."),
     joint_vision_model: Optional[str] = typer.Option(None, "--joint-vision-model", help="Its weights: torchvision:ARCH@FILE or a CLIP directory."),
     max_text_len: Optional[int] = typer.Option(None, "--max-text-len", help="Tokens per text (default 50)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Picture side in pixels (default 224)."),

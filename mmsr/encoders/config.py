@@ -32,7 +32,7 @@ class EncoderConfig:
     joint_model: str = ""
     joint_top_blocks: int = 4  # seed §6.1: the last 4 blocks of the single stream train
     # VisualBERT's picture input, computed once at cache time (mmsr.encoders.visual_features):
-    # region | grid | patch-emb | patch-vit, and the weights of that representation's model.
+    # region | region-c5 | grid | patch-emb | patch-vit, and the weights of that representation's model.
     # ViLT embeds its own patches and takes neither.
     joint_vision: str = ""
     joint_vision_model: str = ""
