@@ -57,8 +57,9 @@ class FlavaFusion(nn.Module):
         """FLAVA's pooled multimodal output, [N, multimodal hidden size]."""
         (image, image_mask), (text, text_mask) = inputs["image"], inputs["text"]
         joined = torch.cat([self.image_to_mm(image), self.text_to_mm(text)], dim=1)
-        cls_mask = torch.ones_like(image_mask[:, :1])
-        mask = torch.cat([cls_mask, image_mask, text_mask], dim=1).long()
+        # The multimodal encoder prepends its own class token (when its config has one): always attended.
+        cls_mask = [torch.ones_like(image_mask[:, :1])] if self.multimodal.use_cls_token else []
+        mask = torch.cat([*cls_mask, image_mask, text_mask], dim=1).long()
         return self.multimodal(joined, attention_mask=mask).pooler_output
 
     def forward(self, inputs) -> torch.Tensor:
