@@ -56,13 +56,17 @@ class ViltEncoder(OneStreamEncoder):
         return {key: batch.get(key) for key in ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
                                                  "pixel_mask")}
 
-    def _patch_order(self, batch) -> torch.Tensor:
-        """[N, patches kept]: where each picture token of this batch's draw goes in raster order."""
+    def _visual_embed(self, batch):
+        """ViLT's patch embedding under the fixed seed: (tokens, mask, raster order of the draw)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(PATCH_ORDER_SEED)
-            _, _, (patch_index, (_, width)) = self.model.embeddings.visual_embed(
+            tokens, mask, (patch_index, (_, width)) = self.model.embeddings.visual_embed(
                 batch["pixel_values"], batch["pixel_mask"], max_image_length=self.model.config.max_image_length)
-        return (patch_index[..., 0] * width + patch_index[..., 1]).argsort(dim=1)
+        return tokens, mask, (patch_index[..., 0] * width + patch_index[..., 1]).argsort(dim=1)
+
+    def _patch_order(self, batch) -> torch.Tensor:
+        """[N, patches kept]: where each picture token of this batch's draw goes in raster order."""
+        return self._visual_embed(batch)[2]
 
     def _raster(self, tokens: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """Reorder the picture tokens (after the text and the picture's class token) by `order`."""
@@ -73,14 +77,16 @@ class ViltEncoder(OneStreamEncoder):
         return tokens.gather(1, index)
 
     def embed_joint(self, batch):
-        inputs = self._inputs(batch)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(PATCH_ORDER_SEED)
-            hidden, mask = self.model.embeddings(inputs["input_ids"], inputs["attention_mask"],
-                                                 inputs["token_type_ids"], inputs["pixel_values"],
-                                                 inputs["pixel_mask"], None, None)
-        order = self._patch_order(batch)
-        return self._raster(hidden, order), self._raster(mask, order).bool()
+        # ViltEmbeddings.forward, with the patches embedded once: it would discard the patch order
+        # the raster reordering needs, and a second draw would run the patch convolution again.
+        embeddings = self.model.embeddings
+        image, image_mask, order = self._visual_embed(batch)
+        text = embeddings.text_embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        text_mask = batch["attention_mask"]
+        text = text + embeddings.token_type_embeddings(torch.zeros_like(text_mask, dtype=torch.long))
+        image = image + embeddings.token_type_embeddings(torch.ones_like(image_mask, dtype=torch.long))
+        hidden, mask = torch.cat([text, image], dim=1), torch.cat([text_mask.bool(), image_mask.bool()], dim=1)
+        return self._raster(hidden, order), self._raster(mask, order)
 
     def picture_identity(self):
         return {"transform": self.transform.identity(), "patch_order": "raster (class token first)",
