@@ -31,6 +31,34 @@ def test_roundtrip_and_meta(tmp_path):
     assert len(dataset.meta["content_hash"]) == 64
 
 
+def test_items_are_read_from_their_lines_on_demand_in_this_and_other_processes(tmp_path):
+    """The loaded items are byte spans of items.jsonl, not dicts (issue 14): every way of reading
+    them gives the file's objects, through a byte-order mark, blank lines, non-ASCII text, a
+    pickle (spawned workers) and a fork."""
+    import multiprocessing
+    import pickle
+
+    root = _write(tmp_path / "ds")
+    lines = (root / "items.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "title": "Crème brûlée 🍮"}, ensure_ascii=False)
+    (root / "items.jsonl").write_bytes("\ufeff".encode() + ("\n\n".join(lines) + "\r\n").encode())
+    expected = [json.loads(line) for line in lines]
+
+    items = load_dataset(root).items
+    assert len(items) == 3 and list(items) == expected and items[:] == expected
+    assert [items[i] for i in (0, 1, 2, -1)] == [*expected, expected[-1]]
+    assert items[1]["title"] == "Crème brûlée 🍮"
+    items[0]["title"] = "changed"  # a fresh dict each time: the table itself cannot be edited
+    assert items[0] == expected[0]
+    with pytest.raises(IndexError):
+        items[3]
+    assert pickle.loads(pickle.dumps(items))[2] == expected[2]
+    items[0]  # the parent's descriptor is open before the fork
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.map(items.__getitem__, [2, 1]) == [expected[2], expected[1]]
+    assert items[1] == expected[1]
+
+
 def test_duplicate_item_is_refused_and_nothing_is_left(tmp_path):
     with pytest.raises(MMSRError, match="duplicate item id 'a'"):
         with DatasetWriter(tmp_path / "ds") as writer:

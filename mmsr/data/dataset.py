@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import math
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -27,7 +28,8 @@ import numpy as np
 
 from mmsr import paths
 from mmsr.atomic import atomic_dir
-from mmsr.data.textfile import iter_json_lines, iter_lines
+from mmsr.data.item_table import ItemTable
+from mmsr.data.textfile import iter_json_lines_at, iter_lines
 from mmsr.errors import MMSRError
 from mmsr_store.errors import out_of_space_guard
 
@@ -53,7 +55,7 @@ class Dataset:
 
     root: Path
     meta: dict
-    items: list[dict]
+    items: ItemTable  # a sequence of item dicts, parsed from items.jsonl when read
     item_index: dict[str, int]
     user_ids: list[str]
     inter_user: np.ndarray  # int64 index into user_ids
@@ -367,10 +369,11 @@ def _require_file(path: Path) -> Path:
     return path
 
 
-def _read_items(path: Path, root: Path, check_images: bool) -> tuple[list[dict], dict[str, int]]:
-    items: list[dict] = []
+def _read_items(path: Path, root: Path, check_images: bool) -> tuple[ItemTable, dict[str, int]]:
+    """Every item is parsed and checked once here; afterwards only its byte span is kept."""
     index: dict[str, int] = {}
-    for where, item in iter_json_lines(_require_file(path)):
+    starts, ends = array("q"), array("q")  # 8 bytes an item, not a Python int's 36
+    for where, item, (start, end) in iter_json_lines_at(_require_file(path)):
         if not isinstance(item.get("id"), str) or not item["id"]:
             raise MMSRError("an item needs a non-empty string \"id\"", where=where)
         if item["id"] in index:
@@ -379,11 +382,12 @@ def _read_items(path: Path, root: Path, check_images: bool) -> tuple[list[dict],
         if ref is not None and check_images and not (root / ref).is_file():
             raise MMSRError(f"missing image file {ref!r} for item {item['id']!r}", where=where,
                             hint="restore the file, or re-import with --on-bad-image skip|placeholder")
-        index[item["id"]] = len(items)
-        items.append(item)
-    if not items:
+        index[item["id"]] = len(starts)
+        starts.append(start)
+        ends.append(end)
+    if not starts:
         raise MMSRError("no items", where=path)
-    return items, index
+    return ItemTable(path, np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64)), index
 
 
 # The fast reader parses this many bytes at a time (whole lines), bounding its memory.

@@ -24,9 +24,19 @@ def iter_lines(path: Path, advance: Advance | None = None) -> Iterator[tuple[int
     `advance` is called with the kilobytes read (progress by size, so the total is known).
     `.gz` files are read through gzip (then progress counts uncompressed bytes).
     """
+    for number, text, _ in iter_lines_at(path, advance):
+        yield number, text
+
+
+def iter_lines_at(path: Path, advance: Advance | None = None) -> Iterator[tuple[int, str, tuple[int, int]]]:
+    """`iter_lines` with each line's byte span (start after a byte-order mark, end after the line
+    break), for readers that come back to a line later (`mmsr.data.item_table`). In a `.gz`
+    file the offsets are the uncompressed stream's."""
     path = Path(path)
+    offset = 0
     with _open_binary(path) as handle:
         for number, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
             if advance is not None:
                 advance(len(raw) / 1024)
             try:
@@ -34,14 +44,20 @@ def iter_lines(path: Path, advance: Advance | None = None) -> Iterator[tuple[int
             except UnicodeDecodeError as error:
                 raise MMSRError(f"not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})",
                                 where=f"{path}:{number}", hint="re-encode the file as UTF-8") from None
-            if number == 1:
-                text = text.removeprefix("\ufeff")  # a byte-order mark from spreadsheet exports
-            yield number, text.rstrip("\r\n")
+            if number == 1 and text.startswith("\ufeff"):  # a byte-order mark from spreadsheet exports
+                text, start = text[1:], start + len("\ufeff".encode("utf-8"))
+            yield number, text.rstrip("\r\n"), (start, offset)
 
 
 def iter_json_lines(path: Path, advance: Advance | None = None) -> Iterator[tuple[str, dict]]:
     """("file:line", object) for every non-blank line of a JSON-lines file."""
-    for number, line in iter_lines(path, advance):
+    for where, record, _ in iter_json_lines_at(path, advance):
+        yield where, record
+
+
+def iter_json_lines_at(path: Path, advance: Advance | None = None) -> Iterator[tuple[str, dict, tuple[int, int]]]:
+    """`iter_json_lines` with each record's byte span in the file (start, end)."""
+    for number, line, span in iter_lines_at(path, advance):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -51,4 +67,4 @@ def iter_json_lines(path: Path, advance: Advance | None = None) -> Iterator[tupl
             raise MMSRError(f"malformed JSON: {error.msg} (column {error.colno})", where=where) from None
         if not isinstance(record, dict):
             raise MMSRError("expected one JSON object per line", where=where)
-        yield where, record
+        yield where, record, span
