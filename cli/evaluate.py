@@ -14,8 +14,9 @@ def eval_command(
                             "--run-dir under torchrun)."),
     faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="Exact full ranking of every item (the only "
                                "mode); --search-backend picks how it is computed."),
-    split: str = typer.Option("test", "--split", help="test | valid | cold (sub-sequences ending in a cold item) | new (test cases whose "
-                       "target has no training interaction: only content can rank it)."),
+    split: str = typer.Option("test", "--split", help="test | valid | cold (sub-sequences ending in a cold item) | "
+                              "new (test cases whose target has no training interaction: only content can rank "
+                              "it). Several, comma-separated (test,cold,new), share one pass of the item tower."),
     k: str = typer.Option("10,20,50", "--k", help="Cut-offs for HR@K and NDCG@K."),
     protocol: str = typer.Option("paper", "--protocol", help="paper: mask the user's history items; "
                                  "recbole: no masking (RecBole's full ranking)."),
@@ -29,24 +30,28 @@ def eval_command(
                                        "| dense | dense-torch | dense-numpy. Ranks are the same on every path."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
-    """Full-ranking HR@K / NDCG@K on a split; also written to RUN/eval_<split>.json."""
-    from mmsr.eval.runner import evaluate_run  # deferred: pulls in torch (seconds)
+    """Full-ranking HR@K / NDCG@K on each split; also written to RUN/eval_<split>.json.
 
-    result = evaluate_run(run, split, ks=k, protocol=protocol, faiss=faiss, checkpoint=checkpoint,
-                          batch_size=batch_size, device=device, search_device=search_device,
-                          search_backend=search_backend)
+    With --json: one split prints its result object; several print {"splits": {name: result}}."""
+    from mmsr.eval.runner import evaluate_splits, parse_splits  # deferred: pulls in torch (seconds)
+
+    splits = parse_splits(split)
+    results = evaluate_splits(run, splits, ks=k, protocol=protocol, faiss=faiss, checkpoint=checkpoint,
+                              batch_size=batch_size, device=device, search_device=search_device,
+                              search_backend=search_backend)
     if not is_rank_zero():
         return
     if json_out:
-        print_json(result)
+        print_json(results[splits[0]] if len(splits) == 1 else {"splits": results})
         return
-    table = Table(title=f"{split} split: {result['users']:,} cases, {result['items']:,} items, {result['protocol']}",
-                  caption=result["search"])
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in result["metrics"].items():
-        table.add_row(key, f"{value:.4f}")
-    Console().print(table)
+    for name, result in results.items():
+        table = Table(title=f"{name} split: {result['users']:,} cases, {result['items']:,} items, "
+                            f"{result['protocol']}", caption=result["search"])
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in result["metrics"].items():
+            table.add_row(key, f"{value:.4f}")
+        Console().print(table)
 
 
 def recommend_command(

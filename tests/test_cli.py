@@ -161,7 +161,15 @@ def test_eval_and_recommend_are_one_library_call_each(small_demo, mmsr_home):
     # Everything but where the time went (two runs, two timings) is the library's result.
     assert set(said.pop("seconds")) == set(result.pop("seconds")) == {"items", "users", "ranking"}
     assert said == result
+    # Several splits in one call: one item-tower pass, the same metrics as one call per split.
+    alone = {split: evaluate_run("tiny", split, ks="5,10")["metrics"] for split in ("cold", "test")}
+    printed = runner.invoke(app, ["eval", "--run", "tiny", "--split", "cold, test,cold", "--k", "5,10", "--json"])
+    assert printed.exit_code == 0, printed.output
+    together = json.loads(printed.stdout.strip().splitlines()[-1])["splits"]
+    assert list(together) == ["cold", "test"] and {s: r["metrics"] for s, r in together.items()} == alone
+    assert together["test"]["seconds"]["items"] == 0  # counted once, with the first split
     for args, message in ((["--protocol", "sampled"], "unknown protocol 'sampled'"),
-                          (["--no-faiss"], "only FAISS exact search is implemented")):
+                          (["--no-faiss"], "only FAISS exact search is implemented"),
+                          (["--split", "test,tset"], "unknown split 'tset'"), (["--split", ","], "no split given")):
         refused = runner.invoke(app, ["eval", "--run", "tiny", *args])
         assert isinstance(refused.exception, MMSRError) and message in str(refused.exception)

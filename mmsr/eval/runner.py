@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mmsr.atomic import atomic_write_text
-from mmsr.data.split import Split
+from mmsr.data.split import EVAL_SPLITS, Split
 from mmsr.distributed import init_from_env
 from mmsr.errors import MMSRError
 from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums
@@ -96,18 +96,23 @@ def batched_ranks(model, items: torch.Tensor, histories: list[np.ndarray], targe
 
 def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
                    batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
-                   search_device: str = "auto", search_backend: str = "auto") -> dict:
+                   search_device: str = "auto", search_backend: str = "auto", items: torch.Tensor | None = None) -> dict:
     """`search_device`: "auto" (a GPU index when faiss-gpu and CUDA are present), "cpu" or "gpu".
     `search_backend`: "auto" (measured: faiss-cpu or dense counting on the CPU, faiss-gpu on a GPU
     index), "faiss", "dense" or a backend name (`mmsr.eval.backends`). The result's "backend"
-    names the path that ran."""
+    names the path that ran. `items`: the catalogue's vectors from `item_matrix`, when another
+    split of the same model already computed them (the item tower is most of an evaluation's
+    time on a large catalogue); the result's seconds then say "items": 0."""
     device = device or torch.device("cpu")
     cases = split.cases(which)
     mine = shard_rows(len(cases), rank, world)
     users, positions = cases.users[mine], cases.positions[mine]
     clock = _Clock()
-    items = item_matrix(model, feed, split.num_items, batch_size, device)
-    clock.lap("items")
+    if items is None:
+        items = item_matrix(model, feed, split.num_items, batch_size, device)
+        clock.lap("items")
+    else:
+        clock.skip("items")
     max_len = split.config.max_seq_len
     histories = [split.history(u, p, max_len) for u, p in zip(users, positions)]
     targets = split.items[split.offsets[users] + positions]
@@ -140,6 +145,17 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
             "seconds": clock.laps}
 
 
+def parse_splits(splits: str | list[str]) -> list[str]:
+    """"test,cold" or ["test", "cold"] -> ["test", "cold"]: known names, each once, in order."""
+    names = [name.strip() for name in (splits.split(",") if isinstance(splits, str) else splits)]
+    names = list(dict.fromkeys(name for name in names if name))
+    unknown = [name for name in names if name not in EVAL_SPLITS]
+    if unknown or not names:
+        raise MMSRError(f"unknown split {unknown[0]!r}" if unknown else "no split given", where="--split",
+                        hint="use one or more of " + ", ".join(EVAL_SPLITS) + ", comma-separated")
+    return names
+
+
 class _Clock:
     def __init__(self):
         self.laps: dict[str, float] = {}
@@ -149,6 +165,11 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = round(now - self._last, 3)
         self._last = now
+
+    def skip(self, name: str) -> None:
+        """A stage that did not run here (0 s)."""
+        self.laps[name] = 0.0
+        self._last = time.perf_counter()
 
 
 # backend family -> how its ranks are computed, for the result's "search" line
@@ -164,18 +185,38 @@ def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protoco
 
     Under torchrun the cases are shared out over the ranks; every rank returns the global metrics.
     """
+    return evaluate_splits(run, [split], ks=ks, protocol=protocol, faiss=faiss, checkpoint=checkpoint,
+                           batch_size=batch_size, device=device, search_device=search_device,
+                           search_backend=search_backend)[split]
+
+
+def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protocol: str = "paper",
+                    faiss: bool = True, checkpoint: str = "best", batch_size: int = 512, device: str = "auto",
+                    search_device: str = "auto", search_backend: str = "auto") -> dict[str, dict]:
+    """`evaluate_run` for several splits of one run: the model is loaded and the catalogue
+    embedded once, then each split is ranked ({split: result}, in the order given). Every name
+    is checked before any work starts."""
     if protocol not in PROTOCOLS:
         raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
     if not faiss:
         raise MMSRError("only FAISS exact search is implemented", where="--no-faiss")
+    splits = parse_splits(splits)
     ks = parse_ks(ks)
     loaded = load_run(run, checkpoint, device)
     dist = init_from_env(loaded.device)
-    result = evaluate_model(loaded.model, loaded.feed, loaded.split, split, ks=ks, mask_history=PROTOCOLS[protocol],
-                            batch_size=batch_size, device=loaded.device, rank=dist.rank, world=dist.world,
-                            search_device=search_device, search_backend=search_backend)
-    result["run"] = str(loaded.root)
-    result["checkpoint"] = loaded.info["checkpoint"]
-    if dist.main:
-        atomic_write_text(loaded.root / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
-    return result
+    started = time.perf_counter()
+    items = item_matrix(loaded.model, loaded.feed, loaded.split.num_items, batch_size, loaded.device)
+    item_seconds = round(time.perf_counter() - started, 3)
+    results = {}
+    for number, split in enumerate(splits):
+        result = evaluate_model(loaded.model, loaded.feed, loaded.split, split, ks=ks, mask_history=PROTOCOLS[protocol],
+                                batch_size=batch_size, device=loaded.device, rank=dist.rank, world=dist.world,
+                                search_device=search_device, search_backend=search_backend, items=items)
+        if number == 0:  # the one item-tower pass, counted with the first split
+            result["seconds"]["items"] = item_seconds
+        result["run"] = str(loaded.root)
+        result["checkpoint"] = loaded.info["checkpoint"]
+        if dist.main:
+            atomic_write_text(loaded.root / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
+        results[split] = result
+    return results

@@ -32,7 +32,7 @@ from mmsr.caches import cache_path
 from mmsr.data.dataset import load_dataset
 from mmsr.data.demo import create_demo
 from mmsr.errors import MMSRError
-from mmsr.eval.runner import evaluate_run
+from mmsr.eval.runner import evaluate_splits
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, study_dir
 from mmsr.study.report import write_report
@@ -261,13 +261,14 @@ def _missing_evaluations(study: Study, root: Path) -> list[str]:
 
 def _evaluate(study: Study, run: PlannedRun, summary: dict, log: Log) -> None:
     """Evaluate the splits `summary` lacks under the study's protocol; then write it, last."""
-    for split in study.splits:
-        if summary["evaluations"].get(split, {}).get("protocol") == study.protocol:
-            continue
-        result = evaluate_run(run.root, split, ks=sorted({*study.ks, 10, 20, 50}), protocol=study.protocol,
-                              device=run.config.device)
-        summary["evaluations"][split] = {"cases": result["users"], "metrics": result["metrics"],
-                                         "protocol": study.protocol}
+    missing = [split for split in study.splits
+               if summary["evaluations"].get(split, {}).get("protocol") != study.protocol]
+    if missing:  # one model load and one item-tower pass for all of them
+        results = evaluate_splits(run.root, missing, ks=sorted({*study.ks, 10, 20, 50}), protocol=study.protocol,
+                                  device=run.config.device)
+        for split, result in results.items():
+            summary["evaluations"][split] = {"cases": result["users"], "metrics": result["metrics"],
+                                             "protocol": study.protocol}
     atomic_write_text(run.root / RESULT_FILE, json.dumps(summary, indent=2) + "\n")
     evaluations = summary["evaluations"]
     log(f"{run.name}: best epoch {summary['best_epoch']}, "
