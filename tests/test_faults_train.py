@@ -5,6 +5,7 @@ full tmpfs, real bytes flipped on disk), and each test checks that no finished w
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,15 +44,27 @@ def test_signal_checkpoints_the_step_and_resume_is_bit_identical(small_demo, mms
     assert last[0] == {**last[1], "epoch_seconds": last[0]["epoch_seconds"]}
 
 
-def _trained_run(small_demo, mmsr_home, name="r", epochs=2):
-    result = _cli(["train", "--run", name, *_sets(_idsr(small_demo, epochs))], mmsr_home)
+@pytest.fixture(scope="module")
+def finished_run(small_demo, tmp_path_factory):
+    """One finished 3-epoch run (21 steps), trained once through the CLI for this module's tests,
+    which each damage a copy of it (`_trained_run`)."""
+    home = tmp_path_factory.mktemp("finished")
+    result = _cli(["train", "--run", "r", *_sets(_idsr(small_demo, 3))], home)
     assert result.returncode == 0, result.stderr
-    return mmsr_home / "runs" / name
+    return home / "runs" / "r"
+
+
+def _trained_run(finished_run, mmsr_home, name="r"):
+    """A copy of `finished_run` under this test's data root: a run directory holds no path of
+    its root, so the copy is the run a user would have trained there."""
+    run = mmsr_home / "runs" / name
+    shutil.copytree(finished_run, run)
+    return run
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped"])
-def test_damaged_last_checkpoint_is_named_and_best_takes_over(small_demo, mmsr_home, damage):
-    run = _trained_run(small_demo, mmsr_home, epochs=3)
+def test_damaged_last_checkpoint_is_named_and_best_takes_over(small_demo, mmsr_home, finished_run, damage):
+    run = _trained_run(finished_run, mmsr_home)
     last = run / "checkpoints" / "last.pt"
     data = bytearray(last.read_bytes())
     if damage == "truncated":
@@ -91,8 +104,8 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_eval_refuses_a_hostile_checkpoint(small_demo, mmsr_home):
-    run = _trained_run(small_demo, mmsr_home, epochs=1)
+def test_eval_refuses_a_hostile_checkpoint(mmsr_home, finished_run):
+    run = _trained_run(finished_run, mmsr_home)
     marker = mmsr_home / "ran"
     script = (f"import os, torch\nclass P:\n    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
               f"s = torch.load('{run}/checkpoints/best.pt', weights_only=True)\ns['extra'] = P()\n"
@@ -141,11 +154,11 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(small_demo, tm
     assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 1
 
 
-def test_second_trainer_on_a_run_is_refused_naming_the_holder(small_demo, mmsr_home):
+def test_second_trainer_on_a_run_is_refused_naming_the_holder(small_demo, mmsr_home, finished_run):
     from mmsr.locks import output_lock
     from mmsr.train.run import prepare_run
 
-    run = _trained_run(small_demo, mmsr_home, epochs=1)
+    run = _trained_run(finished_run, mmsr_home)
     before = _sha(run / "checkpoints" / "last.pt")
     with output_lock(run, "training run"):  # this test process is the first trainer
         refused = _cli(["train", "--run", "r", "--resume"], mmsr_home)  # a real second process
@@ -158,9 +171,9 @@ def test_second_trainer_on_a_run_is_refused_naming_the_holder(small_demo, mmsr_h
         pass
 
 
-def test_disk_full_during_checkpoint_keeps_the_last_one_and_resume_finishes(small_demo, mmsr_home, tmp_path):
-    probe = _trained_run(small_demo, mmsr_home, name="probe", epochs=1)
-    size = (probe / "checkpoints" / "last.pt").stat().st_size
+def test_disk_full_during_checkpoint_keeps_the_last_one_and_resume_finishes(small_demo, mmsr_home, tmp_path,
+                                                                           finished_run):
+    size = (finished_run / "checkpoints" / "last.pt").stat().st_size  # the same model's, whatever the epoch
     runs = mmsr_home / "runs"
     train = f"{sys.executable} -m mmsr_cli.app train --run r {' '.join(_sets(_idsr(small_demo, 2)))}"
     out = tmp_path / "out"
@@ -191,7 +204,6 @@ mkdir -p {out} && cp -r "$MOUNT_AT/r" {out}/
 def test_failure_line_is_the_last_line_after_progress_bars(small_demo, mmsr_home, tmp_path):
     """A command stopped mid-epoch with live bars on a terminal: nothing is drawn after its line."""
     import re
-    import shutil
 
     from test_train import _SIGNAL_AT_STEP
 
