@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_scale_small_runs_every_phase(tmp_path, tiny_models):
     overrides = [f"encoders.text_model={tiny_models['text']}", f"encoders.vision_model={tiny_models['vision']}",
                  "encoders.max_text_len=16", "model.dim=32", "optim.batch_size=64"]
-    phases = "data,info,cache,train-ram,train-mmap,eval-test,eval-cold"
+    # eval-cold is eval-test's command on another split: one of them is enough here.
+    phases = "data,info,cache,train-ram,train-mmap,eval-test"
     command = [sys.executable, str(REPO / "bench" / "scale.py"), "--shape", "small", "--home", str(tmp_path),
                "--phases", phases, "--users", "200", "--items", "150", "--image-size", "32"]
     for override in overrides:
@@ -37,6 +38,5 @@ def test_scale_small_runs_every_phase(tmp_path, tiny_models):
     # The same data, seed and states through the two feeds train the same model.
     assert ram["valid"] == mmap["valid"]
     assert result["phases"]["eval-test"]["items"] == 150 and "HR@10" in result["phases"]["eval-test"]["metrics"]
-    assert result["phases"]["eval-cold"]["metrics"]["HR@10"] >= 0
     assert result["mmap_over_ram_steps"] > 0
     assert (tmp_path / "runs" / "scale-small-mmap" / "metrics.jsonl").is_file()

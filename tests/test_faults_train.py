@@ -30,10 +30,19 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_run(small_demo, tmp_path_factory):
+    """`_idsr(small_demo)` trained without interruption, once for the signal tests."""
+    home = tmp_path_factory.mktemp("uninterrupted")
+    result = _cli(["train", "--run", "whole", *_sets(_idsr(small_demo))], home)
+    assert result.returncode == 0, result.stderr
+    return home / "runs" / "whole"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_checkpoints_the_step_and_resume_is_bit_identical(small_demo, mmsr_home, signum):
+def test_signal_checkpoints_the_step_and_resume_is_bit_identical(small_demo, mmsr_home, uninterrupted_run, signum):
     # No checkpoint_every_steps: the checkpoint at step 9 exists only because of the signal.
-    (a, b), last = kill_and_resume(_idsr(small_demo), 9, mmsr_home, signum=signum)
+    (a, b), last = kill_and_resume(_idsr(small_demo), 9, mmsr_home, signum=signum, whole=uninterrupted_run)
     said = kill_and_resume.stderr
     # The signal lands after step 9 was counted; the run stops after the step it was in (10).
     assert f"{signal.Signals(signum).name} at epoch 2, step 3 of 7: checkpoint saved" in said

@@ -10,7 +10,7 @@ from mmsr import config as config_lib
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
 from mmsr.train.losses import LOSSES, LossInputs, create_loss, loss_names
-from test_train import _fits_a_batch as fits_a_batch, assert_two_processes_train_as_one, kill_and_resume  # the trainer tests' helpers
+from test_train import _fits_a_batch as fits_a_batch, assert_two_processes_train_as_one  # the trainer tests' helpers
 
 # Three items of four, 2-d vectors, two target positions.
 TABLE = [[1.0, 0.0], [0.0, 1.0], [0.5, -1.0], [-1.0, 0.5]]
@@ -155,17 +155,6 @@ def test_two_process_in_batch_losses_match_one_process(small_demo, mmsr_home):
                  "model.dropout=0.0", "split.sample_users=96", "eval_every=5", "optim.loss=mixed",
                  "optim.mixed_negatives=7"]
     assert_two_processes_train_as_one(overrides, mmsr_home)
-
-
-def test_mixed_resumes_after_a_kill_mid_epoch_as_if_uninterrupted(small_demo, mmsr_home):
-    overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=2", "optim.batch_size=32",
-                 "split.sample_users=128", "checkpoint_every_steps=1", "optim.loss=mixed",
-                 "optim.mixed_negatives=16", "eval_every=2"]
-    (a, b), last = kill_and_resume(overrides, 6, mmsr_home)  # mid-epoch: 4 steps per epoch
-    assert a["global_step"] == b["global_step"] == 8
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert last[0]["loss"] == last[1]["loss"]
 
 
 # ----------------------------------------------------------------------------- bad input
