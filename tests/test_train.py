@@ -235,13 +235,16 @@ TORCHRUN = ("-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", 
             "--rdzv-endpoint", "localhost:0", "-m", "mmsr_cli.app")
 
 
-def assert_two_processes_train_as_one(overrides, home):
-    """Train run "single" in one process and run "ddp" under a 2-process torchrun: same weights."""
-    single = _cli(["train", "--run", "single", *_sets(overrides)], home)
-    assert single.returncode == 0, single.stderr
+def assert_two_processes_train_as_one(overrides, home, single: str | None = None):
+    """Train run "single" in one process and run "ddp" under a 2-process torchrun: same weights.
+    `single`: a run under `home` already trained in one process with `overrides`, used instead."""
+    if single is None:
+        single = "single"
+        trained = _cli(["train", "--run", single, *_sets(overrides)], home)
+        assert trained.returncode == 0, trained.stderr
     ddp = _cli(["train", "--run-dir", "ddp", *_sets(overrides)], home, module=TORCHRUN)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    a = torch.load(home / "runs/single/checkpoints/last.pt", weights_only=True)["model"]
+    a = torch.load(home / f"runs/{single}/checkpoints/last.pt", weights_only=True)["model"]
     b = torch.load(home / "runs/ddp/checkpoints/last.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
