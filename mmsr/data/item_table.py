@@ -1,9 +1,9 @@
 """The items of a loaded dataset, read from items.jsonl on demand instead of held as dicts.
 
-A Python dict per item costs about 0.9 KB, which is 0.9 GB of RSS for a million-item catalogue
-before any training starts (issue 14). The table keeps only where each item's line starts
-(8 bytes per item) and parses a line when it is asked for; the page cache, not the process,
-holds the text. Reading one item is a `pread` and a `json.loads`: microseconds, cheap next to
+A Python dict per item cost about 0.7 KB, 0.73 GB of RSS for a million-item catalogue before
+any training started (issue 14; docs/scale.md). The table keeps only where each item's line
+starts and ends (16 bytes an item) and parses a line when it is asked for; the page cache, not
+the process, holds the text. Reading one item is a `pread` and a `json.loads`: microseconds, cheap next to
 tokenising it, and nothing here is on a per-step path (training reads the cache or IDs).
 
     table[i]          the item's dict, parsed now (a fresh dict: changing it changes nothing)
@@ -34,7 +34,6 @@ class ItemTable(Sequence):
         self.starts = np.asarray(starts, dtype=np.int64)
         self.ends = np.asarray(ends, dtype=np.int64)
         self._fd: int | None = None
-        self._pid = -1
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -66,11 +65,11 @@ class ItemTable(Sequence):
         return json.loads(os.pread(self._descriptor(), end - start, start))
 
     def _descriptor(self) -> int:
-        # One descriptor per process: a forked worker must not share the parent's (pread has no
-        # shared offset, but a descriptor closed in one process must not vanish in the other).
-        if self._fd is None or self._pid != os.getpid():
+        # Opened on first use and kept. pread has no file offset to share, so a forked data
+        # worker can read through the descriptor it inherited; a spawned one unpickles the table
+        # (path and spans only) and opens its own.
+        if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-            self._pid = os.getpid()
         return self._fd
 
     def __getstate__(self) -> dict:
@@ -80,7 +79,7 @@ class ItemTable(Sequence):
         self.__init__(state["path"], state["starts"], state["ends"])
 
     def __del__(self):
-        if self._fd is not None and self._pid == os.getpid():
+        if self._fd is not None:
             try:
                 os.close(self._fd)
             except OSError:
