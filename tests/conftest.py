@@ -3,6 +3,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("MMSR_NO_PROGRESS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # scripts/test.sh runs one pytest-xdist worker per core: each computes on one thread (and so
+    # do the commands it starts), or the workers' thread pools would fight over the same cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
