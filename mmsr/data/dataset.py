@@ -61,6 +61,11 @@ class Dataset:
     inter_user: np.ndarray  # int64 index into user_ids
     inter_item: np.ndarray  # int64 index into items
     inter_time: np.ndarray  # float64 timestamps
+    # What start-up needs of every item, kept from the one parse at load so that no command
+    # re-reads items.jsonl for it: category codes into `category_names`, and the picture count.
+    category_codes: np.ndarray
+    category_names: list[str]
+    pictures: int
     text_fields: tuple[str, ...] = TEXT_FIELDS
 
     @property
@@ -82,13 +87,13 @@ class Dataset:
         return None if ref is None else self.root / ref
 
     def item_ids(self) -> list[str]:
-        return [item["id"] for item in self.items]
+        return list(self.item_index)  # insertion order is file order
 
     def item_categories(self) -> list[str]:
-        return [str(item.get("category") or "") for item in self.items]
+        return [self.category_names[code] for code in self.category_codes.tolist()]
 
     def has_pictures(self) -> bool:
-        return any(item.get("image") for item in self.items)
+        return self.pictures > 0
 
     def load_text_and_picture(self, index: int, fields: Iterable[str] | None, on_bad_image: BadImagePolicy = "error",
                               size: int = 224):
@@ -343,10 +348,10 @@ def load_dataset(name_or_path: str | Path, *, check_images: bool = True) -> Data
     if not root.is_dir():
         raise MMSRError("a dataset is a directory, this is a file", where=root)
     meta = _read_meta(root / "meta.json")
-    items, item_index = _read_items(root / "items.jsonl", root, check_images)
+    items, item_index, columns = _read_items(root / "items.jsonl", root, check_images)
     user_ids, inter_user, inter_item, inter_time = _read_interactions(root / "interactions.tsv", item_index)
     fields = tuple(meta.get("text_fields") or TEXT_FIELDS)
-    return Dataset(root, meta, items, item_index, user_ids, inter_user, inter_item, inter_time, fields)
+    return Dataset(root, meta, items, item_index, user_ids, inter_user, inter_item, inter_time, *columns, fields)
 
 
 def _read_meta(path: Path) -> dict:
@@ -369,10 +374,12 @@ def _require_file(path: Path) -> Path:
     return path
 
 
-def _read_items(path: Path, root: Path, check_images: bool) -> tuple[ItemTable, dict[str, int]]:
-    """Every item is parsed and checked once here; afterwards only its byte span is kept."""
+def _read_items(path: Path, root: Path, check_images: bool) -> tuple[ItemTable, dict[str, int], tuple]:
+    """Every item is parsed and checked once here; afterwards only its byte span is kept, and
+    the columns `Dataset` keeps: (category codes, category names, picture count)."""
     index: dict[str, int] = {}
     starts, ends = array("q"), array("q")  # 8 bytes an item, not a Python int's 36
+    codes, names, pictures = array("i"), {}, 0
     for where, item, (start, end) in iter_json_lines_at(_require_file(path)):
         if not isinstance(item.get("id"), str) or not item["id"]:
             raise MMSRError("an item needs a non-empty string \"id\"", where=where)
@@ -385,9 +392,12 @@ def _read_items(path: Path, root: Path, check_images: bool) -> tuple[ItemTable, 
         index[item["id"]] = len(starts)
         starts.append(start)
         ends.append(end)
+        codes.append(names.setdefault(str(item.get("category") or ""), len(names)))
+        pictures += bool(ref)
     if not starts:
         raise MMSRError("no items", where=path)
-    return ItemTable(path, np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64)), index
+    table = ItemTable(path, np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64))
+    return table, index, (np.frombuffer(codes, dtype=np.int32), list(names), pictures)
 
 
 # The fast reader parses this many bytes at a time (whole lines), bounding its memory.

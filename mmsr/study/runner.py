@@ -147,7 +147,8 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
     atomic_write_text(out / ORIGIN_FILE, json.dumps({"name": study.name, "file": str(study.path),
                                                      "command": command}) + "\n")
     todo = [run for run in runs if not run.finished()]
-    unevaluated = [run for run in runs if run.finished() and _missing_evaluations(study, run.root)]
+    unevaluated = [run for run in runs if run.finished()
+                   and _missing_evaluations(study, json.loads((run.root / RESULT_FILE).read_text())["evaluations"])]
     log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} finished already, {len(todo)} to train "
         f"-> {out}")
     for run in unevaluated:  # the study's splits or protocol changed since: evaluate, do not train
@@ -254,15 +255,14 @@ def _train_and_evaluate(study: Study, run: PlannedRun, progress: ProgressFactory
     _evaluate(study, run, summary, log)
 
 
-def _missing_evaluations(study: Study, root: Path) -> list[str]:
-    done = json.loads((root / RESULT_FILE).read_text())["evaluations"]
+def _missing_evaluations(study: Study, done: dict) -> list[str]:
+    """The study's splits that `done` (a run's "evaluations") lacks under the study's protocol."""
     return [split for split in study.splits if done.get(split, {}).get("protocol") != study.protocol]
 
 
 def _evaluate(study: Study, run: PlannedRun, summary: dict, log: Log) -> None:
     """Evaluate the splits `summary` lacks under the study's protocol; then write it, last."""
-    missing = [split for split in study.splits
-               if summary["evaluations"].get(split, {}).get("protocol") != study.protocol]
+    missing = _missing_evaluations(study, summary["evaluations"])
     if missing:  # one model load and one item-tower pass for all of them
         results = evaluate_splits(run.root, missing, ks=sorted({*study.ks, 10, 20, 50}), protocol=study.protocol,
                                   device=run.config.device)
