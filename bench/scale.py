@@ -92,7 +92,9 @@ def phase_commands(shape: str, spec: dict, profile: Path, overrides: list[str]) 
              *[arg for o in overrides if not o.startswith("encoders.") for arg in ("--set", o)]]
     shards = spec["shards"]
     cache = ["cache", "build", "--dataset", name, *common]
-    evaluated = f"{name}-ram" if "train-ram" in spec["phases"] else f"{name}-mmap"
+    # The shape's own phases decide, not --phases: a rerun of the evaluations alone evaluates
+    # the run the full benchmark trained.
+    evaluated = f"{name}-ram" if "train-ram" in SHAPES[shape]["phases"] else f"{name}-mmap"
     return {
         "data": [["data", "demo", "--name", name, "--users", str(spec["users"]), "--items", str(spec["items"]),
                   "--min-length", str(spec["min_length"]), "--max-length", str(spec["max_length"]),

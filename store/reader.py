@@ -3,9 +3,10 @@
     cache = open_cache(path)                  # StoreError if missing or incomplete
     cache.check({"text": expected_text_fp})   # StoreError naming the differing keys
     hidden, mask = cache.load("text", into="ram")   # or "mmap" or "cuda"
+    hidden, mask = cache.rows("text")(ids)    # or rows by id, a chunk decoded at a time (one pass)
     cache.release_pages()                     # "mmap": unmap the pages read so far (RSS), keep them cached
 
-Reads are bulk: whole blocks of chunks at a time, never one item at a time.
+Reads are bulk: whole chunks or blocks of chunks at a time, never one item at a time.
 """
 
 from __future__ import annotations
@@ -195,6 +196,13 @@ class Cache:
             return hidden, mask
         raise StoreError(f"unknown load target {into!r}", hint='use "ram", "mmap" or "cuda"')
 
+    def rows(self, modality: str, keep_bytes: int = READ_BLOCK_BYTES) -> "RowReader":
+        """A reader of `modality`'s rows by item id, straight from the store (`RowReader`): for a
+        pass that reads each item once, where `load` would first hold every state in memory."""
+        hidden, mask = self._arrays(modality)
+        return RowReader(self._reader(modality, HIDDEN, hidden), self._reader(modality, MASK, mask),
+                         int(hidden.chunks[0]), self.num_items, keep_bytes)
+
     def nbytes(self, modality: str) -> int:
         """Bytes `load(modality, into="ram")` takes: the float16 states and the bool mask."""
         n, t, d = self.shape(modality)
@@ -311,6 +319,54 @@ class Cache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class RowReader:
+    """reader(ids) -> (hidden float16 [n,T,D], mask bool [n,T]) of the items `ids`, in that order.
+
+    Each chunk the ids fall in is decoded whole and the last few are kept (about `keep_bytes`),
+    so a pass in item order decodes every chunk once however its batches cut the chunks, and
+    memory stays at a few chunks whatever the catalogue's size. A damaged chunk is a StoreError
+    naming it, as for `Cache.load`.
+    """
+
+    def __init__(self, read_hidden, read_mask, chunk_items: int, num_items: int, keep_bytes: int):
+        self._read_hidden, self._read_mask = read_hidden, read_mask
+        self.chunk_items, self.num_items = chunk_items, num_items
+        self._keep_bytes = keep_bytes
+        self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # chunk -> rows, oldest first
+
+    def __call__(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_items):
+            bad = int(ids[(ids < 0) | (ids >= self.num_items)][0])
+            raise StoreError(f"item {bad} is not in this cache ({self.num_items} items)")
+        chunks = ids // self.chunk_items
+        hidden = mask = None
+        for chunk in np.unique(chunks):
+            rows = np.flatnonzero(chunks == chunk)
+            chunk_hidden, chunk_mask = self._chunk(int(chunk))
+            if hidden is None:
+                hidden = np.empty((len(ids), *chunk_hidden.shape[1:]), dtype=chunk_hidden.dtype)
+                mask = np.empty((len(ids), *chunk_mask.shape[1:]), dtype=chunk_mask.dtype)
+            local = ids[rows] - int(chunk) * self.chunk_items
+            hidden[rows], mask[rows] = chunk_hidden[local], chunk_mask[local]
+        if hidden is None:  # no ids: the shapes of one chunk's rows, none of them
+            chunk_hidden, chunk_mask = self._chunk(0)
+            return chunk_hidden[:0].copy(), chunk_mask[:0].copy()
+        return hidden, mask
+
+    def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        if chunk in self._decoded:
+            return self._decoded[chunk]
+        a, b = chunk * self.chunk_items, min(self.num_items, (chunk + 1) * self.chunk_items)
+        rows = self._read_hidden(a, b), self._read_mask(a, b)
+        self._decoded[chunk] = rows
+        kept = sum(h.nbytes + m.nbytes for h, m in self._decoded.values())
+        while len(self._decoded) > 1 and kept > self._keep_bytes:
+            oldest = next(iter(self._decoded))
+            kept -= sum(x.nbytes for x in self._decoded.pop(oldest))
+        return rows
 
 
 def _map_npy(path: Path) -> tuple[np.ndarray, mmap.mmap]:

@@ -89,6 +89,10 @@ def test_damaged_chunk_is_named_on_load_found_by_verify_and_repaired_alone(small
         assert f"mmsr cache verify {path} --repair" in message and str(path) in message
     with pytest.raises(StoreError, match="image/mask chunk 2 "):
         cache.load("image")
+    read = cache.rows("text")  # the streamed reader (a loaded run's feed) reads the others, names that one
+    assert read([0, 79, 96])[0].shape[0] == 3
+    with pytest.raises(StoreError, match=r"text/hidden chunk 5 \(items 80\.\.95\) fails its CRC32C"):
+        read([81])
 
     report = verify_cache(path)
     assert [(b.modality, b.array, b.chunk) for b in report.bad] == [("image", "mask", 2), ("text", "hidden", 5)]

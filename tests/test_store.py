@@ -146,6 +146,32 @@ def test_ram_and_mmap_agree(tmp_path):
         cache.load("image")
 
 
+def test_rows_by_id_match_the_loaded_states_decoding_each_chunk_once_in_order(tmp_path, monkeypatch):
+    with CacheWriter(tmp_path / "c", item_ids=ids(9), specs={"text": spec(chunk_items=2)}) as writer:
+        fill(writer)
+    cache = open_cache(tmp_path / "c")
+    hidden, mask = (t.numpy() for t in cache.load("text"))
+    from mmsr_store import reader
+
+    decoded = []
+    real_read_rows = reader.read_rows
+    monkeypatch.setattr(reader, "read_rows", lambda *a: decoded.append(a[1:2] + a[3:]) or real_read_rows(*a))
+    read = cache.rows("text")
+    for start in range(0, 9, 3):  # batches of 3 across chunks of 2: each chunk decoded once all the same
+        got_hidden, got_mask = read(np.arange(start, min(9, start + 3)))
+        assert got_hidden.tobytes() == hidden[start:start + 3].tobytes()
+        assert (got_mask == mask[start:start + 3]).all()
+    assert sorted(set(decoded)) == sorted(decoded) and len(decoded) == 2 * 5  # hidden + mask, 5 chunks
+
+    shuffled = np.array([8, 0, 5, 5, 3])  # any order, repeats
+    assert read(shuffled)[0].tobytes() == hidden[shuffled].tobytes()
+    assert read([])[0].shape == (0, T, D)
+    with pytest.raises(StoreError, match="item 9 is not in this cache"):
+        read([1, 9])
+    small = cache.rows("text", keep_bytes=1)  # memory: one chunk kept, the rest decoded again
+    assert small(shuffled)[0].tobytes() == hidden[shuffled].tobytes()
+
+
 def test_shard_parse_and_env(monkeypatch):
     assert Shard.parse("1/3") == Shard(1, 3)
     assert Shard.parse(None) == Shard(0, 1)

@@ -2,6 +2,7 @@
 outside the model's `forward`.
 
     CacheFeed  slices of the cached lower-layer states, held in RAM, memory-mapped or on GPU;
+    StreamFeed rows of the cache decoded as asked (a loaded run's one pass over the items);
     RawFeed    the frozen lower layers run on raw text and pictures (end-to-end mode: eval, no grad);
     IdFeed     IDSR: the ids themselves.
 
@@ -74,6 +75,24 @@ class CacheFeed:
         return out
 
 
+class StreamFeed:
+    """Rows read from the store as asked, a chunk decoded at a time (`Cache.rows`): for a loaded
+    run, which embeds each item at most once (evaluation, recommend, plots), so loading every
+    state first would only add the whole cache to the process's memory (3.3 GB at HM's shape)."""
+
+    def __init__(self, readers: dict, device: torch.device):
+        self.readers = readers
+        self.device = device
+
+    def __call__(self, ids: torch.Tensor) -> States:
+        wanted = ids.cpu().numpy()
+        out = {}
+        for modality, read in self.readers.items():
+            hidden, mask = read(wanted)
+            out[modality] = (torch.from_numpy(hidden).to(self.device), torch.from_numpy(mask).to(self.device))
+        return out
+
+
 class RawFeed:
     """Runs each encoder's frozen lower layers on raw text and pictures, every call.
 
@@ -137,14 +156,15 @@ class WithIds:
 
 
 def open_feed(config: TrainConfig, model, dataset: Dataset, from_cache: bool,
-              device: torch.device) -> tuple[ItemFeed, str]:
+              device: torch.device, *, stream: bool = False) -> tuple[ItemFeed, str]:
     """The model's item feed and a description of it, by what its item tower reads
     (`model.item_inputs`): ids, the zarr cache (checked against this model's fingerprints,
-    loaded in bulk into `config.cache_into`), raw inputs, or ids with either."""
+    loaded in bulk into `config.cache_into`, or with `stream` read from the store as asked: for
+    one pass over the items), raw inputs, or ids with either."""
     if model.item_inputs == "ids":
         return IdFeed(), "ids"
     encoders = model.encoders
-    states, description = (open_states_feed(config, encoders, dataset, from_cache, device) if encoders
+    states, description = (open_states_feed(config, encoders, dataset, from_cache, device, stream=stream) if encoders
                            else (None, "no content"))
     if model.item_inputs == "ids+states":
         return WithIds(states), f"ids and {description}"
@@ -152,7 +172,7 @@ def open_feed(config: TrainConfig, model, dataset: Dataset, from_cache: bool,
 
 
 def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from_cache: bool,
-                     device: torch.device) -> tuple[ItemFeed, str]:
+                     device: torch.device, *, stream: bool = False) -> tuple[ItemFeed, str]:
     """The lower-layer states of `encoders`: from the cache, or computed from raw inputs."""
     check_inputs(dataset, config.encoders)
     if not from_cache:
@@ -166,6 +186,8 @@ def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from
                         f"{config.on_bad_image}", where=path,
                         hint=f"train with --set on_bad_image={built_with}, or rebuild the cache with "
                              f"--set on_bad_image={config.on_bad_image} --overwrite")
+    if stream:
+        return StreamFeed({m: cache.rows(m) for m in encoders}, device), f"cache {path} (streamed, a chunk at a time)"
     into, why = choose_cache_into(config.cache_into, cache, tuple(encoders), device)
     states = {m: cache.load(m, into=into) for m in encoders}
     feed = CacheFeed(states, device, release=cache.release_pages if into == "mmap" else None)

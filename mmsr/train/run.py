@@ -123,6 +123,8 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
 
 
 def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
+    """A run rebuilt from its directory alone: its config, the `checkpoint`'s weights, its dataset
+    and split, and an item feed that streams its cache (`mmsr eval`, `recommend`, the plots)."""
     root = paths.runs_dir(name_or_path)
     config = run_config(root)
     info = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
@@ -138,7 +140,8 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     if unexpected:
         raise MMSRError(f"checkpoint has weights this model does not: {unexpected[:3]}", where=ckpt_path)
     model.eval()
-    feed, _ = open_feed(config, model, dataset, info.get("from_cache", False), dev)
+    # A loaded run embeds each item at most once: its cache is streamed, never loaded whole.
+    feed, _ = open_feed(config, model, dataset, info.get("from_cache", False), dev, stream=True)
     return LoadedRun(root, config, model, dataset, split, feed, dev, info | {"checkpoint": str(ckpt_path),
                                                                           "epoch": state.get("epoch")})
 

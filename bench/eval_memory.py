@@ -1,0 +1,74 @@
+"""Where `mmsr eval`'s memory goes: resident memory after each of its stages, on a trained run.
+
+    MMSR_HOME=/tmp/scale-hm python bench/eval_memory.py scale-hm-ram --split test
+
+Runs the evaluation in this process (`mmsr.eval.runner.evaluate_splits`, as `mmsr eval` does)
+with its stages wrapped: loading the dataset, splitting, building the model, opening the item
+feed, the item tower, the cases' histories, the user tower, the index and the ranking. Each
+stage reports the RSS it leaves (VmRSS), the peak so far (VmHWM) and its seconds, in the order
+they ran; a stage that runs twice (one per split) is reported each time. Linux only (/proc).
+Writes the run's eval_<split>.json as `mmsr eval` does. Prints one JSON object last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import current_rss_mb, peak_rss_mb  # noqa: E402  (bench/, next to this file)
+
+# (module, function) pairs, in the order `mmsr eval` calls them.
+STAGES = (("mmsr.train.run", "load_dataset"), ("mmsr.train.run", "split_dataset"), ("mmsr.train.run", "build_model"),
+          ("mmsr.train.run", "open_feed"), ("mmsr.eval.runner", "item_matrix"),
+          ("mmsr.eval.runner", "case_histories"), ("mmsr.eval.runner", "user_matrix"),
+          ("mmsr.eval.runner", "ItemIndex"), ("mmsr.eval.runner", "full_ranking_metrics"),
+          ("mmsr.eval.runner", "batched_ranks"))
+
+
+def wrap_stages(record: list[dict]) -> None:
+    import importlib
+
+    for module_name, name in STAGES:
+        module = importlib.import_module(module_name)
+        inner = getattr(module, name)
+
+        @functools.wraps(inner)
+        def timed(*args, _inner=inner, _name=name, **kwargs):
+            start = time.perf_counter()
+            out = _inner(*args, **kwargs)
+            record.append({"stage": _name, "seconds": round(time.perf_counter() - start, 3),
+                           "rss_mb": round(current_rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1)})
+            print(f"[eval-memory] {record[-1]}", file=sys.stderr, flush=True)
+            return out
+
+        setattr(module, name, timed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a trained run (name under $MMSR_HOME/runs, or a path)")
+    parser.add_argument("--split", default="test", help="split(s) to evaluate, comma-separated (default: test)")
+    args = parser.parse_args()
+
+    from mmsr.eval.runner import evaluate_splits
+    from mmsr.machine import cpu_model
+
+    record: list[dict] = []
+    start_rss = current_rss_mb()
+    wrap_stages(record)
+    results = evaluate_splits(args.run, args.split)
+    print(json.dumps({"benchmark": "eval_memory", "run": args.run, "cpu": cpu_model(),
+                      "rss_at_start_mb": round(start_rss, 1), "stages": record, "peak_rss_mb": round(peak_rss_mb(), 1),
+                      "seconds": {split: result["seconds"] for split, result in results.items()},
+                      "metrics": {split: result["metrics"] for split, result in results.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
