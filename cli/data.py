@@ -45,6 +45,11 @@ def demo(
 
     Colour, shape and pattern are visible only in the pictures; category, material and style
     only in the text; users' choices depend on both. See the README for the rules.
+
+    The dataset appears whole or not at all. A large generation stopped part way (a full
+    disk, Ctrl-C) keeps what it wrote up to its last checkpoint (every 4,096 items, and every
+    8,192 users with the grouped sampler) beside the dataset, in .NAME.partial: run the same
+    command again and it goes on from there, to the same bytes as one uninterrupted run.
     """
     dest, written = create_demo(name, items=items, users=users, seed=seed, domain=domain, overwrite=overwrite,
                                 progress=progress_bar, min_len=min_length, max_len=max_length,

@@ -12,15 +12,14 @@ from typing import Iterator
 from mmsr.errors import MMSRError
 from mmsr_store.layout import atomic_write_bytes  # one implementation; the store may not import mmsr
 
-__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "staged_dir"]
 
 
 @contextlib.contextmanager
 def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; rename it to `final` only if the block succeeds."""
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise MMSRError("already exists", where=final, hint="pick another name, or pass --overwrite")
+    _refuse_existing(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
@@ -28,6 +27,28 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _move_into_place(tmp, final)
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path, staging: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """`atomic_dir` for a long write that can resume: the block writes into `staging` (made if
+    missing, kept as it is when it exists), which is renamed to `final` if the block succeeds
+    and kept, for the rerun to go on from, if it fails. The caller decides whether what a
+    kept `staging` holds is still valid, and must hold a lock: two writers would share it."""
+    final, staging = Path(final), Path(staging)
+    _refuse_existing(final, overwrite)
+    staging.mkdir(parents=True, exist_ok=True)
+    yield staging
+    _move_into_place(staging, final)
+
+
+def _refuse_existing(final: Path, overwrite: bool) -> None:
+    if final.exists() and not overwrite:
+        raise MMSRError("already exists", where=final, hint="pick another name, or pass --overwrite")
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
     if final.exists():
         # Move the old one aside first, so that there is never a moment without a complete copy.
         trash = final.parent / f".{final.name}.old-{os.getpid()}"

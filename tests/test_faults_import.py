@@ -296,7 +296,7 @@ def test_full_disk_during_demo_and_import_then_rerun(tmp_path, mmsr_home):
     mmsr = " ".join(MMSR)
     script = f"""
         run() {{ local tag=$1 rc=0; shift; "$@" >{logs}/$tag.out 2>{logs}/$tag.err || rc=$?; echo "$tag.rc $rc"; }}
-        tree() {{ (cd "$MOUNT_AT" && find . -type f | sort | xargs sha256sum | sha256sum | cut -c1-16); }}
+        tree() {{ (cd "$MOUNT_AT/d" && find . -type f | sort | xargs sha256sum | sha256sum | cut -c1-16); }}
         run small {mmsr} data demo --name d --items 10 --users 5
         echo "small.tree $(tree)"
         run demo {mmsr} data demo --name d --items 300 --users 50 --overwrite
@@ -322,11 +322,13 @@ def test_full_disk_during_demo_and_import_then_rerun(tmp_path, mmsr_home):
         name = "d" if tag == "demo" else "r"
         assert f"{datasets / name}: cannot write: no space left on device" in error, error
         assert "free some space and rerun" in error and "Traceback" not in (logs / f"{tag}.err").read_text()
-    assert seen["demo.ls"] == "d," and seen["import.ls"] == "d,"  # no temporary directory left
+    # No temporary or staging directory left: the demo stopped before its first checkpoint, so
+    # there was nothing to resume from (test_demo_resume covers the resume). The demo's lock stays.
+    assert seen["demo.ls"] == ".d.lock,d," and seen["import.ls"] == ".d.lock,d,"
     assert seen["demo.tree"] == seen["small.tree"]  # the existing dataset is byte for byte intact
 
     assert seen["demo2.rc"] == "0" and seen["import2.rc"] == "0", (logs / "demo2.err").read_text()
-    assert seen["final.ls"] == "d,r,"
+    assert seen["final.ls"] == ".d.lock,d,r,"
     demo = json.loads((logs / "d.json").read_text())
     assert demo["counts"]["items"] == 300 and demo["counts"]["items_with_image"] == 300
     from mmsr.data.demo import generate_demo

@@ -19,6 +19,8 @@ import hashlib
 import io
 import json
 import math
+import os
+import shutil
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Iterable, Literal
 import numpy as np
 
 from mmsr import paths
-from mmsr.atomic import atomic_dir
+from mmsr.atomic import atomic_dir, atomic_write_text, staged_dir
 from mmsr.data.item_table import ItemTable
 from mmsr.data.textfile import iter_json_lines_at, iter_lines
 from mmsr.errors import MMSRError
@@ -137,6 +139,10 @@ class DatasetWriter:
     an exception inside the block removes the temporary directory and leaves any existing
     dataset of that name untouched. A full disk raises `OutOfSpaceError` naming the dataset.
 
+    With `staging` (a fixed path), the writer can resume instead: the block writes there, a
+    failure keeps it, and `checkpoint()` / `restore()` record and return to a point the caller
+    can regenerate from (the demo generator; mmsr/data/demo.py).
+
     Importers set `items_path` (the file the items came from) so that an interaction naming an
     unknown item says which file should have listed it, and read `duplicate_users` (the
     policy for a user with more than one line, where a format has one line per user) and
@@ -145,7 +151,8 @@ class DatasetWriter:
 
     def __init__(self, dest: Path, *, name: str | None = None, source: str = "unknown",
                  on_bad_image: BadImagePolicy = "error", overwrite: bool = False,
-                 allow_empty_text: bool = False, duplicate_users: DuplicateUsersPolicy = "error"):
+                 allow_empty_text: bool = False, duplicate_users: DuplicateUsersPolicy = "error",
+                 staging: Path | None = None):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise MMSRError(f"unknown --on-bad-image policy {on_bad_image!r}", hint="use error, skip or placeholder")
         if duplicate_users not in DUPLICATE_USERS_POLICIES:
@@ -158,7 +165,10 @@ class DatasetWriter:
         self.duplicate_users = duplicate_users
         self.items_path: Path | None = None
         self.merged_users: list[dict] = []
-        self._atomic = atomic_dir(self.dest, overwrite=overwrite)
+        self.staging = staging
+        self._checkpointed = False  # a staging folder holds something to resume from
+        self._atomic = (staged_dir(self.dest, staging, overwrite=overwrite) if staging is not None
+                        else atomic_dir(self.dest, overwrite=overwrite))
         self.problems: list[str] = []
         self._item_index: dict[str, int] = {}
         self._users: set[str] = set()
@@ -168,19 +178,22 @@ class DatasetWriter:
 
     def _space(self):
         """A full disk anywhere in the writer -> one error naming the dataset being written. A
-        dataset is all-or-nothing, so the hint says that, not that the rerun resumes."""
-        return out_of_space_guard(self.dest, hint="free some space and rerun the command: nothing of this "
-                                                  "dataset was written, and an existing dataset of that name is "
-                                                  "unchanged")
+        dataset is all-or-nothing (or, staged, resumed), so the hint says which."""
+        done = ("what was written up to the last checkpoint is kept in " + str(self.staging) + " and the rerun "
+                "goes on from there" if self._checkpointed else "nothing of this dataset was written")
+        return out_of_space_guard(self.dest, hint=f"free some space and rerun the command: {done}, and an "
+                                                  "existing dataset of that name is unchanged")
 
     def __enter__(self) -> "DatasetWriter":
         with self._space():
             self.tmp = self._atomic.__enter__()
             try:
-                (self.tmp / "images").mkdir()
-                self._items_fh = open(self.tmp / "items.jsonl", "w", encoding="utf-8")
-                self._inter_fh = open(self.tmp / "interactions.tsv", "w", encoding="utf-8")
-                self._inter_fh.write("user\titem\ttimestamp\n")
+                (self.tmp / "images").mkdir(exist_ok=True)
+                # Appending: a staged writer's `restore` cuts the files back to its checkpoint.
+                self._items_fh = open(self.tmp / "items.jsonl", "a", encoding="utf-8")
+                self._inter_fh = open(self.tmp / "interactions.tsv", "a", encoding="utf-8")
+                if not self._inter_fh.tell():
+                    self._inter_fh.write("user\titem\ttimestamp\n")
             except BaseException as error:  # __exit__ will not run: remove the temporary directory here
                 self._close_files()
                 self._atomic.__exit__(type(error), error, error.__traceback__)
@@ -189,24 +202,65 @@ class DatasetWriter:
 
     def __exit__(self, kind, value, tb) -> bool:
         if kind is not None:
-            self._close_files()
-            return bool(self._atomic.__exit__(kind, value, tb))
+            return self._abandon(kind, value, tb)
         try:
             with self._space():
                 self._finish()
         except BaseException as error:
-            self._close_files()
-            self._atomic.__exit__(type(error), error, error.__traceback__)
+            self._abandon(type(error), error, error.__traceback__)
             raise
         return bool(self._atomic.__exit__(None, None, None))
 
+    def _abandon(self, kind, value, tb) -> bool:
+        """Stop on an error: the temporary directory goes, or a staging folder stays to resume
+        from (unless it holds no checkpoint: then it only takes space)."""
+        self._close_files()
+        if self.staging is not None and not self._checkpointed:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        return bool(self._atomic.__exit__(kind, value, tb))
+
     def _close_files(self) -> None:
-        """Close without flushing errors: the temporary directory is about to be removed anyway,
-        and a second ENOSPC from the flush must not hide the error that stopped the writer."""
+        """Close without flushing errors: the temporary directory is about to be removed (what a
+        staging folder must keep was made durable at its checkpoint), and a second ENOSPC from the flush must not hide the error that stopped the writer."""
         for handle in (getattr(self, "_items_fh", None), getattr(self, "_inter_fh", None)):
             if handle is not None:
                 with contextlib.suppress(OSError):
                     handle.close()
+
+    # -- resuming (staged writers)
+    def checkpoint(self, path: Path, **place) -> None:
+        """Make everything written so far durable, then record at `path` (JSON, replaced whole)
+        what `restore` needs to come back here, beside the caller's `place` (its own position)."""
+        with self._space():
+            for handle in (self._items_fh, self._inter_fh):
+                handle.flush()
+                os.fsync(handle.fileno())
+            mine = {"items_bytes": self._items_fh.tell(), "interactions_bytes": self._inter_fh.tell(),
+                    "interactions": self._n_inter, "with_image": self._with_image, "with_text": self._with_text,
+                    "problems": list(self.problems)}
+            atomic_write_text(path, json.dumps({**place, "writer": mine}))
+        self._checkpointed = True
+
+    def restore(self, checkpoint: dict, item_ids: list[str], users: Iterable[str]) -> None:
+        """Back to `checkpoint` (what `checkpoint()` recorded, read back): the files cut to its
+        length, the counts as they were. `item_ids` and `users` are those written by then, in
+        order; the caller regenerates them rather than the checkpoint storing millions of ids."""
+        if self.staging is None:
+            raise ValueError("only a staged DatasetWriter can be restored")
+        state = checkpoint["writer"]
+        self._checkpointed = True
+        for handle, size in ((self._items_fh, state["items_bytes"]), (self._inter_fh, state["interactions_bytes"])):
+            handle.flush()
+            if handle.tell() < size:
+                raise MMSRError(f"{Path(handle.name).name} is shorter than its checkpoint says", where=self.tmp,
+                                hint="delete that folder and rerun: it starts again")
+            handle.truncate(size)
+            handle.seek(size)
+        self._item_index = {item_id: index for index, item_id in enumerate(item_ids)}
+        self._users = set(users)
+        self._n_inter, self._with_image, self._with_text = (state["interactions"], state["with_image"],
+                                                           state["with_text"])
+        self.problems = list(state["problems"])
 
     # -- items
     def add_item(self, item_id: str, *, title: str = "", description: str = "", category: str = "",

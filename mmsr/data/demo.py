@@ -24,6 +24,8 @@ always was, byte for byte.
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +33,9 @@ import numpy as np
 
 from mmsr import paths
 from mmsr.data.dataset import DatasetWriter
-from mmsr.data.demo_choices import SAMPLERS, choose_sampler
+from mmsr.data.demo_choices import CHUNK_USERS, SAMPLERS, choose_sampler
 from mmsr.errors import MMSRError
+from mmsr.locks import output_lock
 from mmsr.progress import ProgressFactory, no_progress
 
 COLOURS = {
@@ -156,10 +159,20 @@ def render_image(colour: int, shape: int, pattern: int, rng: np.random.Generator
     return picture
 
 
+# A generation stopped part way (a full disk, a kill) keeps what it wrote in `.NAME.partial`
+# beside the dataset, and where it stood in `.NAME.partial.json`: the random streams' states and
+# the files' lengths at the last checkpoint. Rerun with the same options, it goes on from there,
+# draw for draw, so the dataset is byte for byte what one uninterrupted run writes. Checkpoints
+# fall every CHECKPOINT_ITEMS items and, with the grouped sampler, every CHUNK_USERS users (the
+# exact sampler draws every sequence before the first is written: its users start again).
+CHECKPOINT_ITEMS = 4096
+
+
 def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: int = 2000, seed: int = 0,
                   domain: int = 0, min_len: int = 5, max_len: int = 40, image_size: int = 224, sampler: str = "auto",
                   overwrite: bool = False, progress=None) -> Path:
-    """Write the demo dataset to `dest` atomically. `progress(advance)` is called per item and per user.
+    """Write the demo dataset to `dest`, whole or not at all, resuming a stopped generation with
+    the same options (see CHECKPOINT_ITEMS). `progress(advance)` is called per item and per user.
     `domain` K > 0 draws a catalogue disjoint from every other domain's (see the module doc).
     `sampler` draws the choices (mmsr/data/demo_choices.py): `auto` keeps the original draws up
     to 10,000 items and streams larger datasets in bounded memory."""
@@ -172,31 +185,71 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
                         hint="or 0 for a text-only catalogue")
     if domain < 0:
         raise MMSRError(f"demo domain {domain} is negative", hint="use --domain 0 (the demo) or a positive number")
-    draw_sequences = SAMPLERS.entry(choose_sampler(sampler, items)).builder
+    sampler = choose_sampler(sampler, items)
+    draw_sequences = SAMPLERS.entry(sampler).builder
+    users_resume = "start_user" in SAMPLERS.params(sampler)
     catalogue = Domain(seed, domain)
     attrs = _draw_items(catalogue.rng(0), items)
     image_rng, seq_rng, brands = catalogue.rng(1), catalogue.rng(2), catalogue.brands()
-    with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite) as writer:
-        item_ids = [catalogue.item_id(i) for i in range(items)]
-        for i in range(items):
-            # image_size 0: a text-only catalogue, for benchmarks of the store and the ranking at
-            # millions of items, where writing the pictures would take longest.
-            picture = (render_image(attrs.colour[i], attrs.shape[i], attrs.pattern[i], image_rng, image_size)
-                       if image_size else None)
-            writer.add_item(item_ids[i], title=_title(attrs, i, brands),
-                            description=_description(attrs, i, 100 + i), category=CATEGORIES[attrs.category[i]],
-                            image=picture)
-            if progress:
-                progress(1)
-        sequences = draw_sequences(seq_rng, attrs.popularity, attrs.colour, attrs.category, users, min_len, max_len,
-                                   len(COLOURS), len(CATEGORIES))
-        for u, chosen, times in sequences:
-            user = catalogue.user_id(u)
-            for item, t in zip(chosen.tolist(), times.tolist()):
-                writer.add_interaction(user, item_ids[item], t)
-            if progress:
-                progress(1)
-    return Path(dest)
+    request = {"format": 1, "name": name, "items": items, "users": users, "seed": seed, "domain": domain,
+               "min_len": min_len, "max_len": max_len, "image_size": image_size, "sampler": sampler}
+    dest = Path(dest)
+    staging, state_path = dest.parent / f".{dest.name}.partial", dest.parent / f".{dest.name}.partial.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(dest, "demo dataset"):
+        state = _saved_state(staging, state_path, request)
+        with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite, staging=staging) as writer:
+            item_ids = [catalogue.item_id(i) for i in range(items)]
+            done_items, done_users = (state["items_done"], state["users_done"]) if state else (0, 0)
+            if state:
+                writer.restore(state, item_ids[:done_items], map(catalogue.user_id, range(done_users)))
+                image_rng.bit_generator.state, seq_rng.bit_generator.state = state["image_rng"], state["seq_rng"]
+                if progress:
+                    progress(done_items + done_users)
+
+            def checkpoint(items_done: int, users_done: int) -> None:
+                writer.checkpoint(state_path, request=request, items_done=items_done, users_done=users_done,
+                                  image_rng=image_rng.bit_generator.state, seq_rng=seq_rng.bit_generator.state)
+
+            for i in range(done_items, items):
+                # image_size 0: a text-only catalogue, for benchmarks of the store and the ranking at
+                # millions of items, where writing the pictures would take longest.
+                picture = (render_image(attrs.colour[i], attrs.shape[i], attrs.pattern[i], image_rng, image_size)
+                           if image_size else None)
+                writer.add_item(item_ids[i], title=_title(attrs, i, brands),
+                                description=_description(attrs, i, 100 + i), category=CATEGORIES[attrs.category[i]],
+                                image=picture)
+                if progress:
+                    progress(1)
+                if (i + 1) % CHECKPOINT_ITEMS == 0 or i + 1 == items:
+                    checkpoint(i + 1, 0)
+            sequences = draw_sequences(seq_rng, attrs.popularity, attrs.colour, attrs.category, users, min_len,
+                                       max_len, len(COLOURS), len(CATEGORIES),
+                                       **({"start_user": done_users} if users_resume else {}))
+            for u, chosen, times in sequences:
+                user = catalogue.user_id(u)
+                for item, t in zip(chosen.tolist(), times.tolist()):
+                    writer.add_interaction(user, item_ids[item], t)
+                if progress:
+                    progress(1)
+                if users_resume and (u + 1) % CHUNK_USERS == 0 and u + 1 < users:
+                    checkpoint(items, u + 1)
+        state_path.unlink(missing_ok=True)
+    return dest
+
+
+def _saved_state(staging: Path, state_path: Path, request: dict) -> dict | None:
+    """The checkpoint of a stopped generation of this very request, or None; a staging folder
+    that no checkpoint of this request describes is removed (it cannot be resumed)."""
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        state = None
+    if state is not None and state.get("request") == request and staging.is_dir():
+        return state
+    shutil.rmtree(staging, ignore_errors=True)
+    state_path.unlink(missing_ok=True)
+    return None
 
 
 def default_demo_name(domain: int = 0) -> str:

@@ -141,13 +141,21 @@ class GroupedPicker:
         return self.order[np.clip(position, lowest, highest)]
 
 
-@SAMPLERS.register("grouped", help="the same rule at a cost that grows with the interactions; streamed")
+@SAMPLERS.register("grouped", params=("start_user",),
+                   help="the same rule at a cost that grows with the interactions; streamed")
 def grouped_sequences(rng: np.random.Generator, popularity: np.ndarray, colour: np.ndarray, category: np.ndarray,
-                      users: int, min_len: int, max_len: int, n_colours: int, n_categories: int) -> Iterator[Sequence]:
-    """The same rule in O(interactions log items), drawn CHUNK_USERS users at a time."""
+                      users: int, min_len: int, max_len: int, n_colours: int, n_categories: int,
+                      start_user: int = 0) -> Iterator[Sequence]:
+    """The same rule in O(interactions log items), drawn CHUNK_USERS users at a time.
+
+    A chunk's draws all happen before its first user is handed on, so once a chunk's last user
+    is consumed, `rng` stands where the next chunk starts: a generation stopped there resumes
+    with that state and `start_user` (a multiple of CHUNK_USERS), draw for draw."""
+    if start_user % CHUNK_USERS:
+        raise ValueError(f"start_user {start_user} is not at a chunk boundary ({CHUNK_USERS} users)")
     n = len(popularity)
     picker = GroupedPicker(popularity, colour, category, n_colours, n_categories)
-    for first in range(0, users, CHUNK_USERS):
+    for first in range(start_user, users, CHUNK_USERS):
         count = min(CHUNK_USERS, users - first)
         lengths = np.minimum(np.clip(min_len + rng.geometric(1 / 9, size=count) - 1, min_len, max_len), n)
         taste_colour = rng.integers(n_colours, size=count)
