@@ -53,6 +53,8 @@ def models_dir() -> Path:
 
 
 def dataset_names() -> list[str]:
-    """The datasets under $MMSR_HOME/datasets (directories holding a meta.json), sorted."""
+    """The datasets under $MMSR_HOME/datasets (directories holding a meta.json), sorted; hidden
+    ones (a generation's staging folder, a dataset being replaced) are not datasets."""
     root = home() / "datasets"
-    return sorted(entry.name for entry in root.iterdir() if (entry / "meta.json").is_file()) if root.is_dir() else []
+    return sorted(entry.name for entry in root.iterdir()
+                  if not entry.name.startswith(".") and (entry / "meta.json").is_file()) if root.is_dir() else []

@@ -25,8 +25,8 @@ import numpy as np
 from mmsr_store import manifest
 from mmsr_store.errors import OutOfSpaceError, StoreError, out_of_space_guard
 from mmsr_store.fingerprint import canonical, diff, digest
-from mmsr_store.layout import (FORMAT, HIDDEN, LOCK_DIR, MASK, MMAP_DIR, STORE_DIR, atomic_write_json, num_chunks,
-                               read_item_ids)
+from mmsr_store.layout import (FORMAT, HIDDEN, HIDDEN_DTYPE, LOCK_DIR, MASK, MMAP_DIR, STORE_DIR, atomic_write_json,
+                               num_chunks, read_item_ids)
 from mmsr_store.memory import available_memory, human_bytes
 from mmsr_store.shards import flocked
 
@@ -201,7 +201,7 @@ class Cache:
         pass that reads each item once, where `load` would first hold every state in memory."""
         hidden, mask = self._arrays(modality)
         return RowReader(self._reader(modality, HIDDEN, hidden), self._reader(modality, MASK, mask),
-                         int(hidden.chunks[0]), self.num_items, keep_bytes)
+                         int(hidden.chunks[0]), tuple(hidden.shape), keep_bytes)
 
     def nbytes(self, modality: str) -> int:
         """Bytes `load(modality, into="ram")` takes: the float16 states and the bool mask."""
@@ -330,9 +330,9 @@ class RowReader:
     naming it, as for `Cache.load`.
     """
 
-    def __init__(self, read_hidden, read_mask, chunk_items: int, num_items: int, keep_bytes: int):
+    def __init__(self, read_hidden, read_mask, chunk_items: int, shape: tuple[int, int, int], keep_bytes: int):
         self._read_hidden, self._read_mask = read_hidden, read_mask
-        self.chunk_items, self.num_items = chunk_items, num_items
+        self.chunk_items, (self.num_items, self._tokens, self._dim) = chunk_items, shape
         self._keep_bytes = keep_bytes
         self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # chunk -> rows, oldest first
 
@@ -342,18 +342,13 @@ class RowReader:
             bad = int(ids[(ids < 0) | (ids >= self.num_items)][0])
             raise StoreError(f"item {bad} is not in this cache ({self.num_items} items)")
         chunks = ids // self.chunk_items
-        hidden = mask = None
+        hidden = np.empty((len(ids), self._tokens, self._dim), dtype=HIDDEN_DTYPE)
+        mask = np.empty((len(ids), self._tokens), dtype=bool)
         for chunk in np.unique(chunks):
             rows = np.flatnonzero(chunks == chunk)
             chunk_hidden, chunk_mask = self._chunk(int(chunk))
-            if hidden is None:
-                hidden = np.empty((len(ids), *chunk_hidden.shape[1:]), dtype=chunk_hidden.dtype)
-                mask = np.empty((len(ids), *chunk_mask.shape[1:]), dtype=chunk_mask.dtype)
             local = ids[rows] - int(chunk) * self.chunk_items
             hidden[rows], mask[rows] = chunk_hidden[local], chunk_mask[local]
-        if hidden is None:  # no ids: the shapes of one chunk's rows, none of them
-            chunk_hidden, chunk_mask = self._chunk(0)
-            return chunk_hidden[:0].copy(), chunk_mask[:0].copy()
         return hidden, mask
 
     def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import pytest
 
 from mmsr.data import demo, demo_choices
 from mmsr.data.dataset import DatasetWriter
+from mmsr.errors import MMSRError
 from mmsr_store.errors import OutOfSpaceError
 
 SHAPE = dict(items=50, users=70, image_size=16, sampler="grouped", min_len=3, max_len=9)
@@ -116,3 +117,29 @@ def test_full_disk_after_a_checkpoint_says_the_rerun_goes_on(tmp_path, monkeypat
     demo.generate_demo(tmp_path / "d", **SHAPE)
     assert json.loads((tmp_path / "d" / "meta.json").read_text())["content_hash"] == \
         json.loads((demo.generate_demo(tmp_path / "whole", **SHAPE) / "meta.json").read_text())["content_hash"]
+
+
+def test_a_resumed_run_stopped_before_it_writes_keeps_the_checkpoint(tmp_path, monkeypatch, small_checkpoints):
+    dest = tmp_path / "d"
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        _stop_at(patch, "add_interaction", 200)
+        demo.generate_demo(dest, **SHAPE)
+    place = json.loads((tmp_path / ".d.partial.json").read_text())
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # Ctrl-C while the rerun starts up
+        patch.setattr(demo.Domain, "item_id", lambda self, i: (_ for _ in ()).throw(KeyboardInterrupt))
+        demo.generate_demo(dest, **SHAPE)
+    assert (tmp_path / ".d.partial").is_dir() and json.loads((tmp_path / ".d.partial.json").read_text()) == place
+    written = _stop_at(monkeypatch, "add_item", -1)
+    demo.generate_demo(dest, **SHAPE)
+    assert written[0] == 0  # every item was before the checkpoint: none written again
+    assert _meta(dest)["content_hash"] == _meta(demo.generate_demo(tmp_path / "whole", **SHAPE))["content_hash"]
+
+
+def test_an_existing_dataset_is_refused_before_a_stale_partial_is_touched(tmp_path, monkeypatch, small_checkpoints):
+    demo.generate_demo(tmp_path / "d", **SHAPE)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        _stop_at(patch, "add_interaction", 100)
+        demo.generate_demo(tmp_path / "d", **{**SHAPE, "users": 71}, overwrite=True)
+    with pytest.raises(MMSRError, match="already exists"):
+        demo.generate_demo(tmp_path / "d", **SHAPE)
+    assert (tmp_path / ".d.partial").is_dir() and (tmp_path / ".d.partial.json").is_file()

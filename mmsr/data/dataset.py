@@ -139,9 +139,10 @@ class DatasetWriter:
     an exception inside the block removes the temporary directory and leaves any existing
     dataset of that name untouched. A full disk raises `OutOfSpaceError` naming the dataset.
 
-    With `staging` (a fixed path), the writer can resume instead: the block writes there, a
-    failure keeps it, and `checkpoint()` / `restore()` record and return to a point the caller
-    can regenerate from (the demo generator; mmsr/data/demo.py).
+    With `staging` (a fixed path) and `checkpoints` (a JSON file beside it), the writer can
+    resume instead: the block writes into `staging`, `checkpoint()` records in `checkpoints` a
+    point the caller can regenerate from, `restore()` returns to it, and a failure keeps
+    `staging` whenever `checkpoints` exists (the demo generator; mmsr/data/demo.py).
 
     Importers set `items_path` (the file the items came from) so that an interaction naming an
     unknown item says which file should have listed it, and read `duplicate_users` (the
@@ -152,7 +153,7 @@ class DatasetWriter:
     def __init__(self, dest: Path, *, name: str | None = None, source: str = "unknown",
                  on_bad_image: BadImagePolicy = "error", overwrite: bool = False,
                  allow_empty_text: bool = False, duplicate_users: DuplicateUsersPolicy = "error",
-                 staging: Path | None = None):
+                 staging: Path | None = None, checkpoints: Path | None = None):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise MMSRError(f"unknown --on-bad-image policy {on_bad_image!r}", hint="use error, skip or placeholder")
         if duplicate_users not in DUPLICATE_USERS_POLICIES:
@@ -165,8 +166,9 @@ class DatasetWriter:
         self.duplicate_users = duplicate_users
         self.items_path: Path | None = None
         self.merged_users: list[dict] = []
-        self.staging = staging
-        self._checkpointed = False  # a staging folder holds something to resume from
+        if (staging is None) != (checkpoints is None):
+            raise ValueError("a staged DatasetWriter needs both staging and checkpoints")
+        self.staging, self.checkpoints = staging, checkpoints
         self._atomic = (staged_dir(self.dest, staging, overwrite=overwrite) if staging is not None
                         else atomic_dir(self.dest, overwrite=overwrite))
         self.problems: list[str] = []
@@ -180,7 +182,7 @@ class DatasetWriter:
         """A full disk anywhere in the writer -> one error naming the dataset being written. A
         dataset is all-or-nothing (or, staged, resumed), so the hint says which."""
         done = ("what was written up to the last checkpoint is kept in " + str(self.staging) + " and the rerun "
-                "goes on from there" if self._checkpointed else "nothing of this dataset was written")
+                "goes on from there" if self._resumable() else "nothing of this dataset was written")
         return out_of_space_guard(self.dest, hint=f"free some space and rerun the command: {done}, and an "
                                                   "existing dataset of that name is unchanged")
 
@@ -215,22 +217,27 @@ class DatasetWriter:
         """Stop on an error: the temporary directory goes, or a staging folder stays to resume
         from (unless it holds no checkpoint: then it only takes space)."""
         self._close_files()
-        if self.staging is not None and not self._checkpointed:
+        if self.staging is not None and not self._resumable():
             shutil.rmtree(self.staging, ignore_errors=True)
         return bool(self._atomic.__exit__(kind, value, tb))
 
+    def _resumable(self) -> bool:
+        """A staging folder with a checkpoint to go on from (this run's, or the one it resumed)."""
+        return self.checkpoints is not None and self.checkpoints.is_file()
+
     def _close_files(self) -> None:
         """Close without flushing errors: the temporary directory is about to be removed (what a
-        staging folder must keep was made durable at its checkpoint), and a second ENOSPC from the flush must not hide the error that stopped the writer."""
+        staging folder keeps was flushed at its checkpoint), and a second ENOSPC from the flush must not hide the error that stopped the writer."""
         for handle in (getattr(self, "_items_fh", None), getattr(self, "_inter_fh", None)):
             if handle is not None:
                 with contextlib.suppress(OSError):
                     handle.close()
 
     # -- resuming (staged writers)
-    def checkpoint(self, path: Path, **place) -> None:
-        """Make everything written so far durable, then record at `path` (JSON, replaced whole)
-        what `restore` needs to come back here, beside the caller's `place` (its own position)."""
+    def checkpoint(self, **place) -> None:
+        """Flush the tables to disk, then record in `checkpoints` (JSON, replaced whole) what
+        `restore` needs to come back here, beside the caller's `place` (its own position).
+        Survives a kill or a full disk; the pictures are not fsynced, so not a power loss."""
         with self._space():
             for handle in (self._items_fh, self._inter_fh):
                 handle.flush()
@@ -238,8 +245,7 @@ class DatasetWriter:
             mine = {"items_bytes": self._items_fh.tell(), "interactions_bytes": self._inter_fh.tell(),
                     "interactions": self._n_inter, "with_image": self._with_image, "with_text": self._with_text,
                     "problems": list(self.problems)}
-            atomic_write_text(path, json.dumps({**place, "writer": mine}))
-        self._checkpointed = True
+            atomic_write_text(self.checkpoints, json.dumps({**place, "writer": mine}))
 
     def restore(self, checkpoint: dict, item_ids: list[str], users: Iterable[str]) -> None:
         """Back to `checkpoint` (what `checkpoint()` recorded, read back): the files cut to its
@@ -248,7 +254,6 @@ class DatasetWriter:
         if self.staging is None:
             raise ValueError("only a staged DatasetWriter can be restored")
         state = checkpoint["writer"]
-        self._checkpointed = True
         for handle, size in ((self._items_fh, state["items_bytes"]), (self._inter_fh, state["interactions_bytes"])):
             handle.flush()
             if handle.tell() < size:

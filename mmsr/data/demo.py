@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsr import paths
+from mmsr import __version__, paths
 from mmsr.data.dataset import DatasetWriter
 from mmsr.data.demo_choices import CHUNK_USERS, SAMPLERS, choose_sampler
 from mmsr.errors import MMSRError
@@ -191,14 +191,20 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
     catalogue = Domain(seed, domain)
     attrs = _draw_items(catalogue.rng(0), items)
     image_rng, seq_rng, brands = catalogue.rng(1), catalogue.rng(2), catalogue.brands()
-    request = {"format": 1, "name": name, "items": items, "users": users, "seed": seed, "domain": domain,
-               "min_len": min_len, "max_len": max_len, "image_size": image_size, "sampler": sampler}
+    # What the staged bytes depend on: a checkpoint of anything else (other options, another
+    # chunking or version of the generator) is not resumed.
+    request = {"format": 1, "mmsr": __version__, "chunk_users": CHUNK_USERS, "checkpoint_items": CHECKPOINT_ITEMS,
+               "name": name, "items": items, "users": users, "seed": seed, "domain": domain, "min_len": min_len,
+               "max_len": max_len, "image_size": image_size, "sampler": sampler}
     dest = Path(dest)
+    if dest.exists() and not overwrite:  # refused before a stale partial is touched
+        raise MMSRError("already exists", where=dest, hint="pick another name, or pass --overwrite")
     staging, state_path = dest.parent / f".{dest.name}.partial", dest.parent / f".{dest.name}.partial.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(dest, "demo dataset"):
         state = _saved_state(staging, state_path, request)
-        with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite, staging=staging) as writer:
+        with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite, staging=staging,
+                           checkpoints=state_path) as writer:
             item_ids = [catalogue.item_id(i) for i in range(items)]
             done_items, done_users = (state["items_done"], state["users_done"]) if state else (0, 0)
             if state:
@@ -208,7 +214,7 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
                     progress(done_items + done_users)
 
             def checkpoint(items_done: int, users_done: int) -> None:
-                writer.checkpoint(state_path, request=request, items_done=items_done, users_done=users_done,
+                writer.checkpoint(request=request, items_done=items_done, users_done=users_done,
                                   image_rng=image_rng.bit_generator.state, seq_rng=seq_rng.bit_generator.state)
 
             for i in range(done_items, items):
