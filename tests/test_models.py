@@ -124,3 +124,20 @@ def test_sasrec_ignores_padding_content():
     garbage = items.clone()
     garbage[:, :4] = 50.0
     torch.testing.assert_close(model(items, mask)[:, 4:], model(garbage, mask)[:, 4:])
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_sasrec_last_state_is_the_last_position_of_forward(layers):
+    """Evaluation's shortcut (the top block for the last position alone) gives forward's last
+    state, with left padding and a sequence with a single item."""
+    torch.manual_seed(0)
+    model = create_sequence_model("sasrec", dim=16, max_len=8, layers=layers).eval()
+    items = torch.randn(4, 8, 16)
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    mask[1, :3] = False
+    mask[2, :7] = False
+    with torch.no_grad():
+        last = model.last_state(items * mask.unsqueeze(-1), mask)
+        full = model(items * mask.unsqueeze(-1), mask)[:, -1]
+    assert last.shape == (4, 16)
+    torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)

@@ -58,13 +58,14 @@ def user_matrix(model, items: torch.Tensor, histories: list[np.ndarray], max_len
     model.eval()
     # Filled in place: a kept `states[:, -1]` would be a view holding its batch's whole [B, L, D]
     # states alive (on CPU, .float().cpu() copies nothing), L times the vectors' memory: 2.4 GB
-    # for HM's 200,000 users (L = 20, dim 128) before this was written so.
+    # for HM's 200,000 users (L = 20, dim 128) before this was written so. (The SASRec tower now
+    # returns the last state alone; other towers still slice it from all of them.)
     out = torch.zeros(0, items.shape[1])
     items_dev = items.to(device)
     for start in range(0, len(histories), batch_size):
         ids, mask = left_pad(histories[start:start + batch_size], max_len)
         ids, mask = ids.to(device), mask.to(device)
-        vectors = model.user_vectors(items_dev[ids.clamp_min(0)], mask)[:, -1]
+        vectors = model.last_user_vectors(items_dev[ids.clamp_min(0)], mask)
         if start == 0:
             out = torch.empty(len(histories), vectors.shape[-1])
         out[start:start + len(ids)] = vectors

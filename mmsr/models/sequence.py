@@ -46,6 +46,23 @@ class SASRec(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, allowed = self._inputs(items, mask)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.norm(x)
+
+    def last_state(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`forward(items, mask)[:, -1]`, the state evaluation scores, with the last block run for
+        the last position alone: its keys still read every position (as the block's own
+        normalised input), but its query, output projection and MLP run once, not L times
+        (about 1.7x less work for two blocks at L = 20). Equal to forward's up to float rounding."""
+        x, allowed = self._inputs(items, mask)
+        *lower, top = self.blocks
+        for block in lower:
+            x = block(x, allowed)
+        return self.norm(top(x[:, -1:], allowed[:, :, -1:], context=top.norm1(x)))[:, 0]
+
+    def _inputs(self, items: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         length = items.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} > max_len {self.max_len}")
@@ -55,10 +72,7 @@ class SASRec(nn.Module):
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
         # A padded position may always see itself, so no softmax row is empty.
         allowed = (causal & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
-        allowed = allowed.unsqueeze(1)
-        for block in self.blocks:
-            x = block(x, allowed)
-        return self.norm(x)
+        return x, allowed.unsqueeze(1)
 
 
 @SEQUENCE_MODELS.register("gru4rec", params=("layers",))
