@@ -38,8 +38,9 @@ PROFILES = {
     "demo": {"idsr": ("configs/demo-cpu.toml", ["model.kind=idsr"]), "content": ("configs/demo-cpu.toml", [])},
     "ml-100k": {"idsr": ("configs/movielens-idsr.toml", []), "content": ("configs/movielens-mmsrt.toml", [])},
 }
-SPLITS = {"demo": [("test", "paper"), ("cold", "paper"), ("new", "paper")],
-          "ml-100k": [("test", "recbole"), ("test", "paper"), ("cold", "paper"), ("new", "paper")]}
+SPLITS = {"demo": [("test", "paper"), ("cold", "paper"), ("cold-test", "paper"), ("new", "paper")],
+          "ml-100k": [("test", "recbole"), ("test", "paper"), ("cold", "paper"), ("cold-test", "paper"),
+                      ("new", "paper")]}
 
 
 def prepare(dataset: str, env: dict, home: Path, source: str | None, log) -> dict:

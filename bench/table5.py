@@ -39,7 +39,7 @@ ROWS = {
     "carca": ("CARCA++ (bce)", "configs/baselines/carca.toml", []),
     "mmsr": ("MMSR", "configs/demo-cpu.toml", []),
 }
-SPLITS = (("test", "paper"), ("cold", "paper"), ("new", "paper"))
+SPLITS = (("test", "paper"), ("cold", "paper"), ("cold-test", "paper"), ("new", "paper"))
 
 
 def run_row(name: str, sets: list[str], env: dict, home: Path, log) -> dict:

@@ -78,7 +78,7 @@ def info(
     table.add_column("")
     table.add_column("value", justify="right")
     for key in ("users", "items", "interactions", "items_with_image", "items_with_text", "cold_items",
-                "cold_sequences", "new_items", "new_test_cases", "avg_seq_len"):
+                "cold_sequences", "cold_test_cases", "new_items", "new_test_cases", "avg_seq_len"):
         table.add_row(key, f"{report[key]:,}" if isinstance(report[key], int) else str(report[key]))
     table.add_row("raw users / interactions", f"{counts['users']:,} / {counts['interactions']:,}")
     Console().print(table)

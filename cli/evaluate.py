@@ -14,9 +14,11 @@ def eval_command(
                             "--run-dir under torchrun)."),
     faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="Exact full ranking of every item (the only "
                                "mode); --search-backend picks how it is computed."),
-    split: str = typer.Option("test", "--split", help="test | valid | cold (sub-sequences ending in a cold item) | "
-                              "new (test cases whose target has no training interaction: only content can rank "
-                              "it). Several, comma-separated (test,cold,new), share one pass of the item tower."),
+    split: str = typer.Option("test", "--split", help="test | valid | cold (the paper's: every sub-sequence ending "
+                              "in a cold item, most of them inside the training part) | cold-test (the test cases "
+                              "whose target is cold: held out) | new (test cases whose target has no training "
+                              "interaction: only content can rank it). Several, comma-separated (test,cold,new), "
+                              "share one pass of the item tower."),
     k: str = typer.Option("10,20,50", "--k", help="Cut-offs for HR@K and NDCG@K."),
     protocol: str = typer.Option("paper", "--protocol", help="paper: mask the user's history items; "
                                  "recbole: no masking (RecBole's full ranking)."),

@@ -14,5 +14,5 @@ $MMSR data info demo
 $MMSR models prepare
 $MMSR cache build --dataset demo --config "$CONFIG"
 $MMSR train --from-cache --config "$CONFIG" --run demo-cpu --overwrite
-$MMSR eval --run demo-cpu --faiss --split test,cold,new  # one pass of the item tower for the three
+$MMSR eval --run demo-cpu --faiss --split test,cold,cold-test,new  # one pass of the item tower for all four
 $MMSR recommend --run demo-cpu --history i00001,i00002,i00003 -k 5

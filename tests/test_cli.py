@@ -25,7 +25,7 @@ def test_demo_then_info_json(mmsr_home):
     assert info.returncode == 0, info.stderr
     report = json.loads(info.stdout)
     for key in ("users", "items", "interactions", "items_with_image", "items_with_text", "cold_items",
-                "cold_sequences", "new_items", "new_test_cases", "avg_seq_len"):
+                "cold_sequences", "cold_test_cases", "new_items", "new_test_cases", "avg_seq_len"):
         assert key in report
     assert report["items"] == 120 and report["users"] == 80
     assert report["items_with_image"] == 120 and report["items_with_text"] == 120

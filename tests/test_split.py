@@ -109,3 +109,20 @@ def test_new_cases_are_test_targets_without_any_training_interaction():
     assert split.stats()["new_items"] == int((split.train_counts == 0).sum())
     with pytest.raises(MMSRError, match="use test, valid, cold, new"):
         split.cases("warm")
+
+
+def test_cold_test_cases_are_the_held_out_part_of_the_cold_set():
+    """The paper's cold set includes prefixes ending inside the training part (targets the
+    model trains on); cold-test keeps the test cases whose target is cold, nothing else."""
+    # Item 7 is seen once in training (u0), so cold at threshold 2; item 1 is seen three times.
+    rows = [("u0", 1, 0), ("u0", 7, 1), ("u0", 1, 2), ("u0", 2, 3), ("u0", 4, 4),
+            ("u1", 1, 0), ("u1", 4, 1), ("u1", 5, 2), ("u1", 6, 3), ("u1", 7, 4),
+            ("u2", 1, 0), ("u2", 4, 1), ("u2", 5, 2), ("u2", 6, 3), ("u2", 4, 4)]
+    split = _split(rows, 10, min_interactions=5, cold_threshold=2, cold_min_history=1)
+    cold_test = split.cases("cold-test")
+    assert [split.user_ids[u] for u in cold_test.users] == ["u1"]
+    assert [split.target(int(u), int(p)) for u, p in zip(cold_test.users, cold_test.positions)] == [7]
+    cold = {(int(u), int(p)) for u, p in zip(split.cases("cold").users, split.cases("cold").positions)}
+    assert {(int(u), int(p)) for u, p in zip(cold_test.users, cold_test.positions)} < cold
+    assert (0, 1) in cold  # u0's training interaction with item 7: in the paper's cold set only
+    assert split.stats()["cold_test_cases"] == 1

@@ -185,7 +185,7 @@ def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protoco
                  faiss: bool = True, checkpoint: str = "best", batch_size: int = 512, device: str = "auto",
                  search_device: str = "auto", search_backend: str = "auto") -> dict:
     """`mmsr eval`: rebuild the model from the run directory alone, rank every item for every case
-    of `split` (test | valid | cold | new) and write the result to RUN/eval_<split>.json (rank 0).
+    of `split` (test | valid | cold | new | cold-test) and write the result to RUN/eval_<split>.json (rank 0).
 
     Under torchrun the cases are shared out over the ranks; every rank returns the global metrics.
     """

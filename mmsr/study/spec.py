@@ -4,7 +4,7 @@
     title = "Table III: MMSR with various fusion methods"
     base = "../demo-cpu.toml"            # a training config, relative to this file
     datasets = ["demo"]                  # what `--dataset` replaces
-    splits = ["test"]                    # test | valid | cold | new
+    splits = ["test"]                    # test | valid | cold | new | cold-test
     metrics = ["HR@10", "NDCG@10"]
     protocol = "paper"                   # paper (history masked) | recbole
     set = { "optim.epochs" = 20 }        # overrides for every variant
@@ -51,10 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from mmsr import config as config_lib
+from mmsr.data.split import EVAL_SPLITS as SPLITS
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
 
-SPLITS = ("test", "valid", "cold", "new")
 PROTOCOLS = ("paper", "recbole")
 DIMENSIONS = ("variant", "column", "dataset", "split", "metric")
 FIGURE_KINDS = ("curves", "items", "users")  # mmsr.study.figures.DRAWERS
