@@ -227,7 +227,8 @@ class DatasetWriter:
 
     def _close_files(self) -> None:
         """Close without flushing errors: the temporary directory is about to be removed (what a
-        staging folder keeps was flushed at its checkpoint), and a second ENOSPC from the flush must not hide the error that stopped the writer."""
+        staging folder keeps was flushed at its checkpoint), and a second ENOSPC from the flush
+        must not hide the error that stopped the writer."""
         for handle in (getattr(self, "_items_fh", None), getattr(self, "_inter_fh", None)):
             if handle is not None:
                 with contextlib.suppress(OSError):
