@@ -136,8 +136,10 @@ def mapped_rss(path: Path) -> int:
     total, inside = 0, False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         fields = line.split()
-        if len(fields) >= 6 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
-            inside = fields[5] == str(path)
+        if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
+            # An anonymous mapping's header has no path (5 fields): it ends `path`'s section too,
+            # or its Rss would be counted as the file's whenever it sits right after the file.
+            inside = len(fields) >= 6 and fields[5] == str(path)
         elif inside and fields[0] == "Rss:":
             total += int(fields[1])
     return total
