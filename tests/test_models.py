@@ -141,3 +141,28 @@ def test_sasrec_last_state_is_the_last_position_of_forward(layers):
         full = model(items * mask.unsqueeze(-1), mask)[:, -1]
     assert last.shape == (4, 16)
     torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)
+
+
+def test_a_built_models_evaluation_state_takes_the_sasrec_shortcut(monkeypatch):
+    """Evaluation's user vectors (`Recommender.last_user_vectors`) reach SASRec.last_state
+    through the model's user tower (the same UserTower for every SASRec kind but FDSA), and
+    equal the full forward's last position."""
+    from mmsr import config as config_lib
+    from mmsr.models.sequence import SASRec
+    from mmsr.train.config import TrainConfig
+    from mmsr.train.model import build_model
+
+    config = config_lib.load(TrainConfig, None, ["model.kind=idsr", "model.dim=16"])
+    model = build_model(config, 30).eval()
+    calls = []
+    real = SASRec.last_state
+    monkeypatch.setattr(SASRec, "last_state", lambda self, *args: calls.append(1) or real(self, *args))
+    torch.manual_seed(0)
+    length = config.split.max_seq_len
+    vectors, mask = torch.randn(3, length, 16), torch.ones(3, length, dtype=torch.bool)
+    mask[0, :5] = False
+    with torch.no_grad():
+        last = model.last_user_vectors(vectors, mask)
+        full = model.user_vectors(vectors, mask)[:, -1]
+    assert calls and last.shape == (3, 16)
+    torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)

@@ -71,3 +71,9 @@ class UserTower(nn.Module):
 
     def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.sequence(item_vectors, mask)
+
+    def last_state(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`forward(...)[:, -1]`, through the sequence model's own shortcut where it has one
+        (SASRec.last_state)."""
+        last = getattr(self.sequence, "last_state", None)
+        return last(item_vectors, mask) if last is not None else self.sequence(item_vectors, mask)[:, -1]
