@@ -12,14 +12,14 @@ from typing import Iterator
 from mmsr.errors import MMSRError
 from mmsr_store.layout import atomic_write_bytes  # one implementation; the store may not import mmsr
 
-__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "staged_dir"]
+__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "refuse_existing", "staged_dir"]
 
 
 @contextlib.contextmanager
 def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; rename it to `final` only if the block succeeds."""
     final = Path(final)
-    _refuse_existing(final, overwrite)
+    refuse_existing(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
@@ -37,13 +37,15 @@ def staged_dir(final: Path, staging: Path, *, overwrite: bool = False) -> Iterat
     and kept, for the rerun to go on from, if it fails. The caller decides whether what a
     kept `staging` holds is still valid, and must hold a lock: two writers would share it."""
     final, staging = Path(final), Path(staging)
-    _refuse_existing(final, overwrite)
+    refuse_existing(final, overwrite)
     staging.mkdir(parents=True, exist_ok=True)
     yield staging
     _move_into_place(staging, final)
 
 
-def _refuse_existing(final: Path, overwrite: bool) -> None:
+def refuse_existing(final: Path, overwrite: bool) -> None:
+    """The one "already exists" refusal of every atomic output (checked again where it must come
+    before other work, e.g. the demo's stale staging folder)."""
     if final.exists() and not overwrite:
         raise MMSRError("already exists", where=final, hint="pick another name, or pass --overwrite")
 

@@ -139,10 +139,10 @@ class DatasetWriter:
     an exception inside the block removes the temporary directory and leaves any existing
     dataset of that name untouched. A full disk raises `OutOfSpaceError` naming the dataset.
 
-    With `staging` (a fixed path) and `checkpoints` (a JSON file beside it), the writer can
-    resume instead: the block writes into `staging`, `checkpoint()` records in `checkpoints` a
-    point the caller can regenerate from, `restore()` returns to it, and a failure keeps
-    `staging` whenever `checkpoints` exists (the demo generator; mmsr/data/demo.py).
+    With `staging` (a fixed path), the writer can resume instead: the block writes into
+    `staging`, `checkpoint()` records a point the caller can regenerate from in the JSON file
+    `checkpoint_file(staging)` beside it, `restore()` returns to it, a failure keeps `staging`
+    whenever that file exists, and success removes both (the demo generator; mmsr/data/demo.py).
 
     Importers set `items_path` (the file the items came from) so that an interaction naming an
     unknown item says which file should have listed it, and read `duplicate_users` (the
@@ -153,7 +153,7 @@ class DatasetWriter:
     def __init__(self, dest: Path, *, name: str | None = None, source: str = "unknown",
                  on_bad_image: BadImagePolicy = "error", overwrite: bool = False,
                  allow_empty_text: bool = False, duplicate_users: DuplicateUsersPolicy = "error",
-                 staging: Path | None = None, checkpoints: Path | None = None):
+                 staging: Path | None = None):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise MMSRError(f"unknown --on-bad-image policy {on_bad_image!r}", hint="use error, skip or placeholder")
         if duplicate_users not in DUPLICATE_USERS_POLICIES:
@@ -166,9 +166,8 @@ class DatasetWriter:
         self.duplicate_users = duplicate_users
         self.items_path: Path | None = None
         self.merged_users: list[dict] = []
-        if (staging is None) != (checkpoints is None):
-            raise ValueError("a staged DatasetWriter needs both staging and checkpoints")
-        self.staging, self.checkpoints = staging, checkpoints
+        self.staging = staging
+        self.checkpoints = checkpoint_file(staging) if staging is not None else None
         self._atomic = (staged_dir(self.dest, staging, overwrite=overwrite) if staging is not None
                         else atomic_dir(self.dest, overwrite=overwrite))
         self.problems: list[str] = []
@@ -211,7 +210,10 @@ class DatasetWriter:
         except BaseException as error:
             self._abandon(type(error), error, error.__traceback__)
             raise
-        return bool(self._atomic.__exit__(None, None, None))
+        suppressed = bool(self._atomic.__exit__(None, None, None))
+        if self.checkpoints is not None:  # in place: nothing left to resume
+            self.checkpoints.unlink(missing_ok=True)
+        return suppressed
 
     def _abandon(self, kind, value, tb) -> bool:
         """Stop on an error: the temporary directory goes, or a staging folder stays to resume
@@ -368,6 +370,11 @@ class DatasetWriter:
         if self.merged_users:  # only when a policy acted, so that other datasets' meta.json stays as it was
             meta["duplicate_users"] = self.merged_users
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def checkpoint_file(staging: Path) -> Path:
+    """Where a staged DatasetWriter records its checkpoint: `.NAME.partial` -> `.NAME.partial.json`."""
+    return staging.parent / f"{staging.name}.json"
 
 
 def _safe_name(item_id: str) -> str:

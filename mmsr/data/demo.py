@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from mmsr import __version__, paths
-from mmsr.data.dataset import DatasetWriter
+from mmsr.atomic import refuse_existing
+from mmsr.data.dataset import DatasetWriter, checkpoint_file
 from mmsr.data.demo_choices import CHUNK_USERS, SAMPLERS, choose_sampler
 from mmsr.errors import MMSRError
 from mmsr.locks import output_lock
@@ -197,14 +198,12 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
                "name": name, "items": items, "users": users, "seed": seed, "domain": domain, "min_len": min_len,
                "max_len": max_len, "image_size": image_size, "sampler": sampler}
     dest = Path(dest)
-    if dest.exists() and not overwrite:  # refused before a stale partial is touched
-        raise MMSRError("already exists", where=dest, hint="pick another name, or pass --overwrite")
-    staging, state_path = dest.parent / f".{dest.name}.partial", dest.parent / f".{dest.name}.partial.json"
+    refuse_existing(dest, overwrite)  # before a stale partial is touched
+    staging = dest.parent / f".{dest.name}.partial"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(dest, "demo dataset"):
-        state = _saved_state(staging, state_path, request)
-        with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite, staging=staging,
-                           checkpoints=state_path) as writer:
+        state = _saved_state(staging, request)
+        with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite, staging=staging) as writer:
             item_ids = [catalogue.item_id(i) for i in range(items)]
             done_items, done_users = (state["items_done"], state["users_done"]) if state else (0, 0)
             if state:
@@ -240,13 +239,13 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
                     progress(1)
                 if users_resume and (u + 1) % CHUNK_USERS == 0 and u + 1 < users:
                     checkpoint(items, u + 1)
-        state_path.unlink(missing_ok=True)
     return dest
 
 
-def _saved_state(staging: Path, state_path: Path, request: dict) -> dict | None:
+def _saved_state(staging: Path, request: dict) -> dict | None:
     """The checkpoint of a stopped generation of this very request, or None; a staging folder
     that no checkpoint of this request describes is removed (it cannot be resumed)."""
+    state_path = checkpoint_file(staging)
     try:
         state = json.loads(state_path.read_text())
     except (OSError, ValueError):

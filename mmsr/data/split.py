@@ -111,12 +111,10 @@ class Split:
             position = np.arange(len(self.items), dtype=np.int64) - np.repeat(self.offsets[:-1], lengths)
             keep = cold & (position >= self.config.cold_min_history)
             return EvalCases(split, np.repeat(users, lengths)[keep], position[keep])
-        if split == "new":
-            unseen = self.train_counts[self.items[self.offsets[1:] - 1]] == 0
-            return EvalCases(split, users[unseen], (lengths - 1)[unseen])
-        if split == "cold-test":
-            cold = self.cold_items[self.items[self.offsets[1:] - 1]]
-            return EvalCases(split, users[cold], (lengths - 1)[cold])
+        if split in ("new", "cold-test"):  # the test cases whose target was never trained on / is cold
+            target = self.items[self.offsets[1:] - 1]
+            keep = self.train_counts[target] == 0 if split == "new" else self.cold_items[target]
+            return EvalCases(split, users[keep], (lengths - 1)[keep])
         raise MMSRError(f"unknown split {split!r}", hint="use " + ", ".join(EVAL_SPLITS))
 
     def stats(self) -> dict:

@@ -75,6 +75,13 @@ class SASRec(nn.Module):
         return x, allowed.unsqueeze(1)
 
 
+def last_state(model: nn.Module, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`model(items, mask)[:, -1]`, through the model's own `last_state` shortcut where it has
+    one (SASRec, and the towers that wrap a sequence model): what evaluation scores."""
+    shortcut = getattr(model, "last_state", None)
+    return shortcut(items, mask) if shortcut is not None else model(items, mask)[:, -1]
+
+
 @SEQUENCE_MODELS.register("gru4rec", params=("layers",))
 class GRU4Rec(nn.Module):
     def __init__(self, dim: int, max_len: int, layers: int = 4, heads: int = 2, dropout: float = 0.1):

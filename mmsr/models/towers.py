@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mmsr.encoders.base import SplitEncoder
+from mmsr.models.sequence import last_state
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -73,7 +74,4 @@ class UserTower(nn.Module):
         return self.sequence(item_vectors, mask)
 
     def last_state(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`forward(...)[:, -1]`, through the sequence model's own shortcut where it has one
-        (SASRec.last_state)."""
-        last = getattr(self.sequence, "last_state", None)
-        return last(item_vectors, mask) if last is not None else self.sequence(item_vectors, mask)[:, -1]
+        return last_state(self.sequence, item_vectors, mask)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
+from mmsr.models.sequence import last_state
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
 from mmsr.train.kinds import KindInputs, build_towers
@@ -58,10 +59,7 @@ class Recommender(nn.Module):
     def last_user_vectors(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Each sequence's state after its last item, [B, D]: what evaluation scores. A user
         tower that can compute that position alone (`last_state`, SASRec) skips the others."""
-        last = getattr(self.user, "last_state", None)
-        if last is None:
-            return self.user_vectors(item_vectors, mask)[:, -1]
-        return last(item_vectors * mask.unsqueeze(-1), mask)
+        return last_state(self.user, item_vectors * mask.unsqueeze(-1), mask)
 
     def all_item_vectors(self) -> torch.Tensor:
         """Every item's scored vector, for the full softmax: only towers whose scored part is a
