@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -193,6 +194,13 @@ def _coerce(kind: Any, value: Any) -> tuple[bool, Any]:
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
+        # YAML 1.1 (PyYAML, which reads --set values) takes "2e-3" for a string: it wants a dot.
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return False, None
+            return math.isfinite(number), number
         return False, None
     if kind is str:
         return isinstance(value, str), value

@@ -133,3 +133,12 @@ def test_cache_build_validates_the_whole_training_file(tmp_path):
     path.write_text('[model]\nsequence = "gru4rec"\nsequence_heads = 4\n')
     with pytest.raises(MMSRError, match="sequence_heads"):
         cache_section(read_file(path), source=str(path))
+
+
+def test_a_float_override_may_be_written_without_a_dot():
+    # PyYAML reads "2e-3" as a string (YAML 1.1 wants "2.0e-3"); a float setting takes it.
+    config = load(TrainConfig, None, ["optim.lr=2e-3", "optim.encoder_lr=1E-5", "optim.weight_decay=0"])
+    assert (config.optim.lr, config.optim.encoder_lr, config.optim.weight_decay) == (2e-3, 1e-5, 0.0)
+    assert "optim.lr must be float, got 'fast'" in _error(["optim.lr=fast"])
+    assert "optim.lr must be float" in _error(["optim.lr=nan"])
+    assert load(TrainConfig, None, ["dataset=1e3"]).dataset == "1e3"  # a string setting keeps the text
