@@ -32,10 +32,13 @@ STAGES = (("mmsr.train.run", "load_dataset"), ("mmsr.train.run", "split_dataset"
           ("mmsr.eval.runner", "batched_ranks"))
 
 
-def wrap_stages(record: list[dict]) -> None:
+def wrap_stages(record: list[dict], stages=STAGES, repeated: tuple[str, ...] = ()) -> None:
+    """Wrap each (module, function) so that every call appends its seconds, the RSS it leaves and
+    the peak so far to `record`. Consecutive calls of a stage in `repeated` (a training step)
+    are folded into one entry: their count, total seconds and the largest RSS they left."""
     import importlib
 
-    for module_name, name in STAGES:
+    for module_name, name in stages:
         module = importlib.import_module(module_name)
         inner = getattr(module, name)
 
@@ -43,9 +46,19 @@ def wrap_stages(record: list[dict]) -> None:
         def timed(*args, _inner=inner, _name=name, **kwargs):
             start = time.perf_counter()
             out = _inner(*args, **kwargs)
-            record.append({"stage": _name, "seconds": round(time.perf_counter() - start, 3),
-                           "rss_mb": round(current_rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1)})
-            print(f"[eval-memory] {record[-1]}", file=sys.stderr, flush=True)
+            seconds, rss = time.perf_counter() - start, round(current_rss_mb(), 1)
+            last = record[-1] if record else {}
+            if _name in repeated and last.get("stage") == _name:
+                last.update(calls=last["calls"] + 1, seconds=round(last["seconds"] + seconds, 3), rss_mb=rss,
+                            max_rss_mb=max(last["max_rss_mb"], rss), peak_rss_mb=round(peak_rss_mb(), 1))
+                if last["calls"] % 100:
+                    return out
+            else:
+                record.append({"stage": _name, "seconds": round(seconds, 3), "rss_mb": rss,
+                               "peak_rss_mb": round(peak_rss_mb(), 1)})
+                if _name in repeated:
+                    record[-1].update(calls=1, max_rss_mb=rss)
+            print(f"[memory] {record[-1]}", file=sys.stderr, flush=True)
             return out
 
         setattr(module, name, timed)

@@ -2,6 +2,7 @@
 
     available_memory()   # bytes, or None where the platform does not say
     human_bytes(9.1e9)   # "9.1 GB"
+    mapped_file_rss()    # bytes of mapped files resident in this process (RssFile), or None
 
 The answer is the smallest of:
 - MemAvailable in /proc/meminfo: what the kernel can hand out without swapping, page cache
@@ -18,6 +19,7 @@ import os
 from pathlib import Path
 
 MEMINFO = Path("/proc/meminfo")
+PROC_STATUS = Path("/proc/self/status")
 PROC_CGROUP = Path("/proc/self/cgroup")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # cgroup v1 spells "no limit" as a page-rounded 2**63 - 1; anything this large is no limit.
@@ -30,6 +32,17 @@ def available_memory() -> int | None:
     if found:
         return max(0, min(found))
     return _sysconf_available()
+
+
+def mapped_file_rss() -> int | None:
+    """Bytes of file-backed pages mapped into this process (RssFile); None where /proc does not say."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024  # the kernel writes kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def human_bytes(n: float) -> str:
