@@ -43,13 +43,19 @@ def item_vectors_of(model, feed, ids, batch_size: int, device: torch.device, pro
     """The vectors of the items `ids`, in that order: a plot's sample need not embed the catalogue."""
     model.eval()
     ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
-    out = []
+    # Filled in place, as user_matrix is: a list of batches then torch.cat holds the vectors
+    # twice at the end (512 MB more for a million items at dim 128), and a kept batch output
+    # could be a view that holds more than itself.
+    out = None
     for start in range(0, len(ids), batch_size):
         batch = ids[start:start + batch_size].to(device)
-        out.append(model.item_vectors(batch, feed).float().cpu())
+        vectors = model.item_vectors(batch, feed)
+        if out is None:
+            out = torch.empty(len(ids), vectors.shape[-1])
+        out[start:start + len(batch)] = vectors
         if progress:
             progress(len(batch))
-    return torch.cat(out)
+    return out if out is not None else torch.zeros(0, 0)  # no ids asked: nothing to embed
 
 
 @torch.no_grad()
