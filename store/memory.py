@@ -36,13 +36,7 @@ def available_memory() -> int | None:
 
 def mapped_file_rss() -> int | None:
     """Bytes of file-backed pages mapped into this process (RssFile); None where /proc does not say."""
-    try:
-        for line in PROC_STATUS.read_text().splitlines():
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) * 1024  # the kernel writes kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _kb_field(PROC_STATUS, "RssFile")
 
 
 def human_bytes(n: float) -> str:
@@ -63,9 +57,14 @@ def _read_int(path: Path) -> int | None:
 
 
 def _meminfo_available() -> int | None:
+    return _kb_field(MEMINFO, "MemAvailable")
+
+
+def _kb_field(path: Path, key: str) -> int | None:
+    """Bytes of a "Key:  1234 kB" line of a /proc file; None if it cannot be read."""
     try:
-        for line in MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in path.read_text().splitlines():
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024  # the kernel writes kB
     except (OSError, ValueError, IndexError):
         pass
