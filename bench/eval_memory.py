@@ -48,17 +48,17 @@ def wrap_stages(record: list[dict], stages=STAGES, repeated: tuple[str, ...] = (
             out = _inner(*args, **kwargs)
             seconds, rss = time.perf_counter() - start, round(current_rss_mb(), 1)
             last = record[-1] if record else {}
-            if _name in repeated and last.get("stage") == _name:
+            folded = _name in repeated and last.get("stage") == _name
+            if folded:
                 last.update(calls=last["calls"] + 1, seconds=round(last["seconds"] + seconds, 3), rss_mb=rss,
                             max_rss_mb=max(last["max_rss_mb"], rss), peak_rss_mb=round(peak_rss_mb(), 1))
-                if last["calls"] % 100:
-                    return out
             else:
                 record.append({"stage": _name, "seconds": round(seconds, 3), "rss_mb": rss,
                                "peak_rss_mb": round(peak_rss_mb(), 1)})
                 if _name in repeated:
                     record[-1].update(calls=1, max_rss_mb=rss)
-            print(f"[memory] {record[-1]}", file=sys.stderr, flush=True)
+            if not folded or record[-1]["calls"] % 100 == 0:  # a folded stage: every 100th call
+                print(f"[memory] {record[-1]}", file=sys.stderr, flush=True)
             return out
 
         setattr(module, name, timed)

@@ -43,39 +43,44 @@ def item_vectors_of(model, feed, ids, batch_size: int, device: torch.device, pro
     """The vectors of the items `ids`, in that order: a plot's sample need not embed the catalogue."""
     model.eval()
     ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
-    # Filled in place, as user_matrix is: a list of batches then torch.cat holds the vectors
-    # twice at the end (512 MB more for a million items at dim 128), and a kept batch output
-    # could be a view that holds more than itself.
-    out = None
-    for start in range(0, len(ids), batch_size):
-        batch = ids[start:start + batch_size].to(device)
-        vectors = model.item_vectors(batch, feed)
-        if out is None:
-            out = torch.empty(len(ids), vectors.shape[-1])
-        out[start:start + len(batch)] = vectors
-        if progress:
-            progress(len(batch))
-    return out if out is not None else torch.zeros(0, 0)  # no ids asked: nothing to embed
+
+    def batches():
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start:start + batch_size].to(device)
+            yield start, model.item_vectors(batch, feed)
+            if progress:
+                progress(len(batch))
+
+    return _filled(len(ids), 0, batches())
+
+
+def _filled(rows: int, empty_width: int, batches) -> torch.Tensor:
+    """[rows, D] float32 on the CPU from (start, [B, D]) batches, written into one tensor made at
+    the first batch. Not a list then torch.cat, which holds the vectors twice at the end (512 MB
+    more for a million items at dim 128), and not kept batch outputs, which may be views holding
+    far more: a kept `states[:, -1]` (on CPU, .float().cpu() copies nothing) held its batch's
+    whole [B, L, D] states, 2.4 GB for HM's 200,000 users before user_matrix was written so."""
+    out = torch.zeros(0, empty_width)
+    for start, vectors in batches:
+        if start == 0:
+            out = torch.empty(rows, vectors.shape[-1])
+        out[start:start + len(vectors)] = vectors
+    return out
 
 
 @torch.no_grad()
 def user_matrix(model, items: torch.Tensor, histories: list[np.ndarray], max_len: int, batch_size: int,
                 device: torch.device) -> torch.Tensor:
     model.eval()
-    # Filled in place: a kept `states[:, -1]` would be a view holding its batch's whole [B, L, D]
-    # states alive (on CPU, .float().cpu() copies nothing), L times the vectors' memory: 2.4 GB
-    # for HM's 200,000 users (L = 20, dim 128) before this was written so. (The SASRec tower now
-    # returns the last state alone; other towers still slice it from all of them.)
-    out = torch.zeros(0, items.shape[1])
     items_dev = items.to(device)
-    for start in range(0, len(histories), batch_size):
-        ids, mask = left_pad(histories[start:start + batch_size], max_len)
-        ids, mask = ids.to(device), mask.to(device)
-        vectors = model.last_user_vectors(items_dev[ids.clamp_min(0)], mask)
-        if start == 0:
-            out = torch.empty(len(histories), vectors.shape[-1])
-        out[start:start + len(ids)] = vectors
-    return out
+
+    def batches():
+        for start in range(0, len(histories), batch_size):
+            ids, mask = left_pad(histories[start:start + batch_size], max_len)
+            ids, mask = ids.to(device), mask.to(device)
+            yield start, model.last_user_vectors(items_dev[ids.clamp_min(0)], mask)
+
+    return _filled(len(histories), items.shape[1], batches())
 
 
 # Candidate-dependent scoring (CARCA++): cases x items per block, bounding the [cases, items, D]
