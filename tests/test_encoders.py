@@ -330,3 +330,25 @@ def test_models_list_cli():
     listing = json.loads(result.stdout.strip().splitlines()[-1])
     assert listing["names"]["minilm"]["modality"] == "text" and "hf:bert/text" in listing["families"]
     assert listing["names"]["dinov2-s"]["prepared"] is False  # fresh MMSR_HOME
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_fixed_length_tokens_equal_the_tokenizers_own_call(side):
+    """The backend path gives what `tokenizer(...)` gives: ids, mask, type ids, padding and
+    truncation on the tokenizer's side, empty and over-long texts."""
+    from mmsr.encoders.hf_common import FixedLengthTokenizer
+
+    tokenizer = _tokenizer()
+    tokenizer.padding_side = tokenizer.truncation_side = side
+    texts = ["Vintage leather jacket by Norda", "", "ÉTÉ  naïve café — 東京 🙂", "  ",
+             "a much longer description that is surely cut at twelve tokens, and then some more words"]
+    expected = tokenizer(texts, padding="max_length", truncation=True, max_length=TEXT_LEN, return_tensors="pt")
+    fast = FixedLengthTokenizer(tokenizer, TEXT_LEN)
+    assert fast.backend is not None  # the path under test
+    python = FixedLengthTokenizer(tokenizer, TEXT_LEN)
+    python.backend = None  # as for a tokenizer without a Rust backend
+    for got in (fast(texts), python(texts)):
+        assert sorted(got) == sorted(expected.keys()) == ["attention_mask", "input_ids", "token_type_ids"]
+        for key, value in got.items():
+            assert value.dtype == expected[key].dtype and torch.equal(value, expected[key]), key
+    assert fast(texts)["attention_mask"].sum(1).tolist()[1] == 2  # [CLS] [SEP]: nothing else

@@ -403,3 +403,22 @@ def test_flava_image_tower_drops_patches_like_every_vit(tiny_dirs, name):
         assert hidden.shape[1] == 1 + patches_kept(16, 0.5) and mask.all()
         with torch.no_grad():
             torch.testing.assert_close(encoder.upper(hidden, mask)[0], encoder.full(batch), atol=1e-5, rtol=1e-5)
+
+
+def test_clip_fixed_length_tokens_equal_the_tokenizers_own_call():
+    """CLIP's BPE through the backend path: the same ids and mask as `tokenizer(...)`, EOS as
+    the pad token (set by the CLIP text encoder), no type ids."""
+    from mmsr.encoders.hf_common import FixedLengthTokenizer
+
+    tokenizer = clip_tokenizer()
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    texts = ["Vintage leather jacket by Norda", "", "a much longer description that is surely cut at twelve tokens"]
+    expected = tokenizer(texts, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    fast = FixedLengthTokenizer(tokenizer, 12)
+    assert fast.backend is not None
+    got = fast(texts)
+    assert sorted(got) == sorted(k for k in expected.keys() if k != "token_type_ids")
+    for key, value in got.items():
+        assert torch.equal(value, expected[key]), key

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mmsr.encoders.base import SplitEncoder, torch_dtype
-from mmsr.encoders.hf_common import quiet_transformers
+from mmsr.encoders.hf_common import FixedLengthTokenizer, quiet_transformers
 from mmsr.encoders.model_key import model_key
 from mmsr.encoders.registry import register_family
 
@@ -33,6 +33,7 @@ class HFTextEncoder(SplitEncoder):
         self.model = model
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
+        self.tokenise = FixedLengthTokenizer(tokenizer, max_text_len)
         self.hidden_size = self.output_size = model.config.hidden_size
 
     @property
@@ -71,9 +72,7 @@ class HFTextEncoder(SplitEncoder):
     # -- the contract
     def preprocess(self, raw: list[str | None]) -> dict[str, torch.Tensor]:
         texts = ["" if text is None else str(text) for text in raw]
-        encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_len,
-                                 return_tensors="pt")
-        return {key: encoded[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded}
+        return self.tokenise(texts)
 
     def _run(self, layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask
