@@ -280,8 +280,8 @@ def test_negatives_follow_their_rule(small_demo, mode):
         assert seen_drawn > 0
 
 
-@pytest.mark.parametrize("windows", ["last", "all"])
-def test_training_windows(small_demo, windows):
+@pytest.mark.parametrize("windows,stride", [("last", 0), ("all", 0), ("all", 1), ("all", 3)])
+def test_training_windows(small_demo, windows, stride):
     from collections import Counter
 
     from mmsr.data.dataset import load_dataset
@@ -289,20 +289,32 @@ def test_training_windows(small_demo, windows):
     from mmsr.train.batches import TrainBatches
 
     split = split_dataset(load_dataset(small_demo), SplitConfig(max_seq_len=4))
-    batches = TrainBatches(split, 16, 0, windows=windows)
+    batches = TrainBatches(split, 16, 0, windows=windows, stride=stride)
     order = batches.order(0)
     seen = Counter()
     for step in range(len(batches)):
         batch = batches.batch(0, step, order)
         users = batches.users_of(order[step * 16:(step + 1) * 16])
         for row, user in enumerate(users):
-            seen.update((int(user), int(t)) for t in batch.targets[row][batch.mask[row]])
+            train = split.train_sequence(user)
+            for position in np.flatnonzero(batch.mask[row].numpy()):
+                seen[int(user), int(batch.targets[row, position])] += 1
+                # the input before a target is the item before it in the user's sequence, so a
+                # row holds the target's true history; with a stride, at least 4 - stride items of it
+                history = batch.inputs[row, :position + 1].numpy()
+                history = history[history != -1]
+                end = int(np.flatnonzero(train == int(batch.targets[row, position]))[-1])
+                assert list(history) == list(train[max(0, end - 4):end])[-len(history):]
+                assert len(history) >= min(end, 4 - (stride or 4) + 1)
+            assert (batch.negatives[row] != -1).tolist() == batch.mask[row].tolist()
     expected = Counter()
     for user in np.unique(batches.row_users):
         train = split.train_sequence(user)
         targets = train[1:] if windows == "all" else train[1:][-4:]
         expected.update((int(user), int(t)) for t in targets)
-    assert seen == expected  # "all": every training item after the first is a target exactly once
+    assert seen == expected  # "all": every training item after the first is a target once, whatever the stride
+    if stride:
+        assert len(batches.row_users) > len(TrainBatches(split, 16, 0, windows="all").row_users)
 
 
 def test_a_resumed_run_keeps_its_early_stop(small_demo, mmsr_home):
@@ -322,3 +334,16 @@ def test_a_resumed_run_keeps_its_early_stop(small_demo, mmsr_home):
     assert resumed.resume
     assert train(resumed.config, resumed.root, from_cache=False, resume=True, log=lambda text: None) == best
     assert (prepared.root / "metrics.jsonl").read_text() == metrics
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["optim.window_stride=5"], "optim.window_stride=5 is ignored with optim.windows='last'"),
+    (["optim.windows=all", "split.max_seq_len=10", "optim.window_stride=11"], "between 1 and split.max_seq_len=10"),
+    (["optim.windows=all", "optim.window_stride=-1"], "between 1 and split.max_seq_len"),
+])
+def test_a_window_stride_that_cannot_work_is_refused(overrides, expected):
+    from mmsr.errors import MMSRError
+
+    with pytest.raises(MMSRError, match=expected):
+        config_lib.load(TrainConfig, None, overrides)
+    config_lib.load(TrainConfig, None, ["optim.windows=all", "split.max_seq_len=10", "optim.window_stride=10"])

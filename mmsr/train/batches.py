@@ -4,8 +4,11 @@ With `windows="last"` (the reference code's choice) a user contributes one row p
 the last `max_seq_len + 1` items of their training part. With `windows="all"` the whole
 training part is cut, from the end backwards, into rows of up to `max_seq_len + 1` items that
 overlap by one, so every training item after a user's first is a target once per epoch
-(long histories, e.g. MovieLens, are not thrown away). In a row, inputs are items[:-1] and
-targets items[1:], left-padded to `max_seq_len`. Negatives are drawn uniformly
+(long histories, e.g. MovieLens, are not thrown away). With a `stride` below `max_seq_len` the
+rows' ends are `stride` items apart and each row keeps only its last `stride` targets: every
+item is still a target once, with at least `max_seq_len - stride` items before it in its row
+(a non-overlapping window's first targets see almost no history). In a row, inputs are
+items[:-1] and targets items[1:], left-padded to `max_seq_len`. Negatives are drawn uniformly
 from items outside the user's training history. For the `mixed` loss a global batch also
 carries `mixed_negatives` items drawn uniformly from the whole catalogue. All randomness comes
 from generators seeded by (seed, epoch) and (seed, epoch, step), so an interrupted epoch
@@ -64,7 +67,7 @@ class Batch:
 
 class TrainBatches:
     def __init__(self, split: Split, batch_size: int, seed: int, negatives: str = "unseen", windows: str = "last",
-                 uniform_items: int = 0):
+                 uniform_items: int = 0, stride: int = 0):
         if negatives not in NEGATIVE_MODES:
             raise ValueError(f"negatives must be one of {NEGATIVE_MODES}")
         if windows not in WINDOW_MODES:
@@ -77,10 +80,13 @@ class TrainBatches:
         self.batch_size = batch_size
         self.seed = seed
         self.max_len = split.config.max_seq_len
+        self.stride = stride or self.max_len
+        if not 1 <= self.stride <= self.max_len:
+            raise ValueError("stride must be between 1 and max_seq_len (0: max_seq_len)")
         lengths = split.lengths() - 2
         users = np.flatnonzero(lengths >= 2)  # a target needs an input before it
         # One row per (user, end): the row is train_sequence(user)[end - max_len - 1:end].
-        ends = [[n] if windows == "last" else list(range(n, 1, -self.max_len)) for n in lengths[users]]
+        ends = [[n] if windows == "last" else list(range(n, 1, -self.stride)) for n in lengths[users]]
         self.row_users = np.repeat(users, [len(e) for e in ends]).astype(np.int64)
         self.row_ends = np.asarray([end for row in ends for end in row], dtype=np.int64)
 
@@ -90,7 +96,8 @@ class TrainBatches:
         from mmsr.train.losses import uniform_items  # deferred: mmsr.train.losses imports PAD from here
 
         o = config.optim
-        return cls(split, o.batch_size, config.seed, o.negatives, o.windows, uniform_items=uniform_items(o))
+        return cls(split, o.batch_size, config.seed, o.negatives, o.windows, uniform_items=uniform_items(o),
+                   stride=o.window_stride)
 
     def __len__(self) -> int:
         return -(-len(self.row_users) // self.batch_size)
@@ -114,9 +121,10 @@ class TrainBatches:
         for row, (user, end) in enumerate(zip(users, ends)):
             seq = self.split.train_sequence(user)[max(0, end - self.max_len - 1):end]
             n = len(seq) - 1
+            kept = min(n, self.stride)  # the earlier targets belong to the row before (overlapping windows)
             inputs[row, -n:] = seq[:-1]
-            targets[row, -n:] = seq[1:]
-            negatives[row, -n:] = self._negatives(user, seq[1:], rng)
+            targets[row, -kept:] = seq[-kept:]
+            negatives[row, -kept:] = self._negatives(user, seq[-kept:], rng)
         mask = targets != PAD
         # Its own generator: the per-position negatives stay the same draws whatever the loss.
         uniform = np.random.default_rng([self.seed, epoch, step, 2]).integers(

@@ -64,6 +64,12 @@ class OptimConfig:
     # Training rows per user and epoch: "last" = the last max_seq_len + 1 items of the training
     # part (the reference code); "all" = the whole training part in windows of that length.
     windows: Literal["last", "all"] = "last"
+    # With windows = "all": how far apart the windows' ends are (0 = split.max_seq_len: windows
+    # that do not overlap). A smaller stride overlaps them, and a window keeps as targets only
+    # its last `window_stride` items, so every item is still a target once per epoch, now with at
+    # least max_seq_len - window_stride items of history (RecBole's prefixes are stride 1), at
+    # max_seq_len / window_stride times the rows.
+    window_stride: int = 0
     amp: bool = True  # bf16 autocast, on GPU only
 
 
@@ -151,7 +157,18 @@ class TrainConfig:
                             "the batch) would cost users x candidates attentions per step; use --set "
                             "optim.loss=bce (the paper's) or bpr")
         problems += self._check_loss()
+        problems += self._check_windows()
         return problems
+
+    def _check_windows(self) -> list[str]:
+        stride, length = self.optim.window_stride, self.split.max_seq_len
+        if stride and self.optim.windows != "all":
+            return [f"optim.window_stride={stride} is ignored with optim.windows={self.optim.windows!r} (one "
+                    "window per user); use --set optim.windows=all, or remove it"]
+        if not 0 <= stride <= length:
+            return [f"optim.window_stride={stride} must be between 1 and split.max_seq_len={length} (or 0 for "
+                    "windows that do not overlap): a larger stride would skip items"]
+        return []
 
     def _check_loss(self) -> list[str]:
         optim, problems = self.optim, []
