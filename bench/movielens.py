@@ -40,6 +40,9 @@ MODELS = {
     "idsr": {"config": "configs/movielens-idsr.toml", "from_cache": False},
     "mmsrt": {"config": "configs/movielens-mmsrt.toml", "from_cache": True},
     "fdsa": {"config": "configs/baselines/movielens-fdsa.toml", "from_cache": True},
+    # the genres alone, as `bench/recbole_fdsa.py --features class` runs RecBole's FDSA: no encoder
+    "fdsa-genres": {"config": "configs/baselines/movielens-fdsa.toml", "from_cache": False,
+                    "sets": ["encoders.text_model="]},
 }
 
 
@@ -110,6 +113,7 @@ def train_and_evaluate(run: str, config: str, overrides: list[str], splits, env:
 def bench_model(name: str, spec: dict, sets: list[str], env: dict, home: Path, log) -> dict:
     run = f"bench-ml100k-{name}"
     config = spec["config"]
+    sets = spec.get("sets", []) + sets
     overrides = [a for s in sets for a in ("--set", s)]
     out: dict = {"config": config, "overrides": sets}
     if spec["from_cache"]:
@@ -156,7 +160,7 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("MMSR_HOME") or None,
                         help="data root for this bench (default: $MMSR_HOME, else a new temporary folder)")
     parser.add_argument("--source", help="folder with ml-100k.inter / ml-100k.item (default: from the recbole wheel)")
-    parser.add_argument("--models", default="idsr,mmsrt", help="comma-separated: idsr, mmsrt, fdsa")
+    parser.add_argument("--models", default="idsr,mmsrt", help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         help="a training override for every model, e.g. optim.epochs=50 (repeatable)")
     args = parser.parse_args()
