@@ -49,8 +49,8 @@ def run_row(name: str, sets: list[str], env: dict, home: Path, log) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | test HR@10 | test NDCG@10 | cold HR@10 | cold NDCG@10 | new HR@10 | new NDCG@10 | "
-             "best epoch / run | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    header = " | ".join(f"{split} HR@10 | {split} NDCG@10" for split, _ in SPLITS)
+    lines = [f"| model | {header} | best epoch / run | train s |", "|---" * (2 * len(SPLITS) + 3) + "|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['row']} | {r['error']} |||||||")

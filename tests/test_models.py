@@ -115,6 +115,21 @@ def test_sequence_model_is_causal_and_trains(name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("name", sequence_model_names())
+def test_sequence_model_tells_users_apart_at_an_id_tables_scale(name):
+    """Item vectors come at the scale of an ID table (std 0.02). A model whose biases drown
+    them gives every user the same vector at the start, and then learns little beyond
+    popularity: GRU4Rec without its input norm scored a pairwise cosine of 1.000 here, and
+    reached test HR@10 0.036 on the demo against 0.098 with it."""
+    torch.manual_seed(0)
+    model = create_sequence_model(name, dim=64, max_len=20).eval()
+    items, mask = torch.randn(64, 20, 64) * 0.02, torch.ones(64, 20, dtype=torch.bool)
+    with torch.no_grad():
+        users = model(items, mask)[:, -1]
+    cosine = torch.nn.functional.cosine_similarity(users[:, None], users[None], dim=-1)
+    assert cosine[~torch.eye(64, dtype=torch.bool)].mean() < 0.99
+
+
 def test_sasrec_ignores_padding_content():
     torch.manual_seed(0)
     model = create_sequence_model("sasrec", dim=16, max_len=8).eval()
