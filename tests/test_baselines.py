@@ -191,3 +191,30 @@ def test_carca_evaluates_by_exact_batched_scoring(built_cache, tmp_path):
     assert len(top["items"]) == 5 and not {"i00001", "i00002"} & {row["item"] for row in top["items"]}
     scores = [row["score"] for row in top["items"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_vqrec_codes_do_not_depend_on_faiss_threads(monkeypatch):
+    """FAISS's k-means sums in an order that follows its thread count (3,000 x 128 features:
+    28% of the codes moved between 1 and 4 threads; too slow for a test), so VQRec trains its
+    quantizer on one thread whatever FAISS is set to, and leaves the setting as it found it."""
+    import faiss
+
+    from mmsr.models.vqrec import quantize
+
+    threads_seen = []
+
+    class RecordingOPQ(faiss.OPQMatrix):
+        def train(self, x):
+            threads_seen.append(faiss.omp_get_max_threads())
+            return super().train(x)
+
+    monkeypatch.setattr(faiss, "OPQMatrix", RecordingOPQ)
+    features = np.random.RandomState(0).randn(600, 32).astype(np.float32)
+    before = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(4)
+        codes = quantize(features, 8)
+        assert faiss.omp_get_max_threads() == 4
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert threads_seen == [1] and codes.shape == (600, 8)

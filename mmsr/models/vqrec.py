@@ -37,16 +37,24 @@ def quantize(features: np.ndarray, codes: int, bits: int = 8) -> np.ndarray:
     if n < 2 ** bits:
         raise MMSRError(f"vqrec: {n} items cannot train {2 ** bits} centroids per code",
                         hint="use a larger dataset, or fewer bits (model.vq_bits)")
-    # OPQ (a learned rotation) then PQ, spelled out so that both k-means may run on a small
-    # catalogue: FAISS asks for 39 points per centroid by default and warns below that.
-    opq_pq = _quantizer(faiss, d, codes, bits)
-    opq = faiss.OPQMatrix(d, codes)
-    opq.pq = opq_pq
-    opq.train(features)
-    rotated = opq.apply(features)
-    pq = _quantizer(faiss, d, codes, bits)
-    pq.train(rotated)
-    return _unpack(pq.compute_codes(rotated), codes, bits)
+    # FAISS's k-means sums in an order that depends on its thread count: on the demo's features
+    # 58% of the codes moved between 1 and 2 threads, so a run's result depended on the machine.
+    # One thread makes the codes a function of the features alone.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        # OPQ (a learned rotation) then PQ, spelled out so that both k-means may run on a small
+        # catalogue: FAISS asks for 39 points per centroid by default and warns below that.
+        opq_pq = _quantizer(faiss, d, codes, bits)
+        opq = faiss.OPQMatrix(d, codes)
+        opq.pq = opq_pq
+        opq.train(features)
+        rotated = opq.apply(features)
+        pq = _quantizer(faiss, d, codes, bits)
+        pq.train(rotated)
+        return _unpack(pq.compute_codes(rotated), codes, bits)
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def _quantizer(faiss, d: int, codes: int, bits: int):
