@@ -53,7 +53,7 @@ def table(rows: list[dict]) -> str:
     lines = [f"| model | {header} | best epoch / run | train s |", "|---" * (2 * len(SPLITS) + 3) + "|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['row']} | {r['error']} |||||||")
+            lines.append(f"| {r['row']} | {r['error']} " + "|" * (2 * len(SPLITS) + 2))
             continue
         cells = [f"{r[f'{s}_{p}']['HR@10']:.4f} | {r[f'{s}_{p}']['NDCG@10']:.4f}" for s, p in SPLITS]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r['best_epoch']} / {r['epochs_run']} | "
