@@ -72,13 +72,17 @@ def image_transform(source: str, size: int, mean, std, interpolation: str = "bic
     )
 
 
+# A model input's name -> the attribute of a `tokenizers.Encoding` that holds it.
+ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+
 class FixedLengthTokenizer:
     """`tokenizer(texts, padding="max_length", truncation=True, max_length=length)` as tensors,
     the same ids, mask and type ids, but straight through the Rust backend where there is one.
 
     transformers' `__call__` spends about a third of its time in Python bookkeeping (character
-    offsets, the BatchEncoding): this path tokenises the demo's texts 1.56x (16 tokens) to 1.73x
-    (32) faster (bench/tokenise.py). It matters where the DataLoader workers' tokenising, not the
+    offsets, the BatchEncoding): this path tokenises the demo's texts 1.5-1.7x faster at 16 and 32
+    tokens (bench/tokenise.py). It matters where the DataLoader workers' tokenising, not the
     forward, bounds a cache build: a GPU forward, or a small encoder. `encode_batch_fast` skips
     the offsets; padding and truncation are the tokenizer's own settings (side, pad id, pad type
     id), read once. A tokenizer without a Rust backend is called as before.
@@ -86,8 +90,7 @@ class FixedLengthTokenizer:
 
     def __init__(self, tokenizer, length: int):
         self.tokenizer, self.length = tokenizer, length
-        self.keys = [key for key in ("input_ids", "attention_mask", "token_type_ids")
-                     if key in tokenizer.model_input_names]
+        self.keys = [key for key in ENCODING_FIELDS if key in tokenizer.model_input_names]
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self.backend = None
         if backend is not None and tokenizer.pad_token is not None and hasattr(backend, "encode_batch_fast"):
@@ -104,7 +107,6 @@ class FixedLengthTokenizer:
                                      return_tensors="pt")
             return {key: encoded[key] for key in self.keys if key in encoded}
         encodings = self.backend.encode_batch_fast(texts)
-        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-        return {key: torch.from_numpy(np.array([getattr(e, fields[key]) for e in encodings], dtype=np.int64)
-                                      .reshape(len(texts), self.length))
+        return {key: torch.from_numpy(np.array([getattr(e, ENCODING_FIELDS[key]) for e in encodings],
+                                               dtype=np.int64).reshape(len(texts), self.length))
                 for key in self.keys}
