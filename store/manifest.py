@@ -61,13 +61,25 @@ def read(cache_dir: Path, modality: str) -> dict[int, ChunkRecord]:
     if not folder.is_dir():
         return records
     for path in folder.glob("[0-9]*.json"):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            record = ChunkRecord(**data)
-        except (OSError, ValueError, TypeError):
-            continue
-        records[record.chunk] = record
+        record = _parse(path)
+        if record is not None:
+            records[record.chunk] = record
     return records
+
+
+def read_one(cache_dir: Path, modality: str, chunk: int) -> ChunkRecord | None:
+    """The marker of one chunk, or None. A writer asks this once per chunk it finishes; reading
+    the whole manifest there made a build quadratic in its chunks."""
+    record = _parse(marker_path(cache_dir, modality, chunk))
+    return record if record is not None and record.chunk == chunk else None
+
+
+def _parse(path: Path) -> ChunkRecord | None:
+    """The marker in `path`; None when it is missing or unreadable (the chunk counts as not done)."""
+    try:
+        return ChunkRecord(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def write(cache_dir: Path, modality: str, record: ChunkRecord) -> None:

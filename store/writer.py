@@ -216,7 +216,7 @@ class CacheWriter:
         hidden_array, mask_array = self.arrays[task.modality]
         hidden = np.ascontiguousarray(hidden, dtype=np.float16)
         mask = np.ascontiguousarray(mask, dtype=bool)
-        old = manifest.read(self.dir, task.modality).get(task.chunk)
+        old = manifest.read_one(self.dir, task.modality, task.chunk)
         if task.todo_start > task.start:
             # An extended last chunk: keep the finished rows, rewrite the chunk whole.
             def kept(name, array):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -85,6 +86,19 @@ def test_marker_for_other_items_is_ignored(tmp_path):
     manifest.write(tmp_path / "c", "text", record)
     with pytest.raises(StoreError, match=r"1 of 2 chunks unfinished \(0\)"):
         open_cache(tmp_path / "c")
+
+
+def test_read_one_marker_agrees_with_the_whole_manifest(tmp_path):
+    with CacheWriter(tmp_path / "c", item_ids=ids(8), specs={"text": spec()}) as writer:
+        fill(writer)
+    whole = manifest.read(tmp_path / "c", "text")
+    assert manifest.read_one(tmp_path / "c", "text", 1) == whole[1]
+    assert manifest.read_one(tmp_path / "c", "text", 7) is None  # no such chunk
+    # A marker file holding another chunk's record, or garbage, does not count for its chunk.
+    manifest.marker_path(tmp_path / "c", "text", 0).write_text(json.dumps(whole[1].to_json()))
+    assert manifest.read_one(tmp_path / "c", "text", 0) is None
+    manifest.marker_path(tmp_path / "c", "text", 1).write_text("{not json")
+    assert manifest.read_one(tmp_path / "c", "text", 1) is None
 
 
 def test_missing_cache_names_the_fix(tmp_path):
