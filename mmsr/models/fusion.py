@@ -117,16 +117,27 @@ class FiLM(_Pooled):
 
 
 class WithDNN(nn.Module):
-    """A coarse fusion followed by the paper's three-layer DNN (Coarse+ in Table III)."""
+    """A coarse fusion followed by the paper's three-layer DNN (Coarse+ in Table III), as a
+    residual branch: x + DNN(LN(x)).
+
+    The seed stacks the DNN on the fusion's output. Stacked so, a fresh DNN's biases outweigh
+    what it passes on of the items (three default-initialised layers shrink it about 20x): every
+    item came out near one shared vector (mean pairwise cosine 0.62-0.92 over the four coarse
+    fusions) and the Coarse+ rows trailed their fusions by 26-60% on the demo. The residual
+    keeps the items apart and lets the DNN learn a correction. On the demo, Gate+ test HR@10:
+    stacked 0.0850, stacked with a LayerNorm after 0.2045, residual 0.2240 (validation chose it:
+    0.2385 against 0.2040); README, Table III."""
 
     def __init__(self, base: nn.Module, dim: int, dropout: float):
         super().__init__()
         self.base = base
+        self.norm = nn.LayerNorm(dim)
         self.dnn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(dim, dim))
 
     def forward(self, inputs):
-        return self.dnn(self.base(inputs))
+        fused = self.base(inputs)
+        return fused + self.dnn(self.norm(fused))
 
 
 class _Tokens(nn.Module):
