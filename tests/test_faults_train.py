@@ -126,6 +126,24 @@ def test_eval_refuses_a_hostile_checkpoint(mmsr_home, finished_run):
     assert not marker.exists()
 
 
+def test_a_checkpoint_of_another_model_is_refused_naming_its_tensors(mmsr_home, finished_run):
+    """A run written by a model with other modules (CARCA++'s scorer and the Coarse+ DNN changed
+    theirs) is refused by eval, recommend and resume alike, not loaded in part."""
+    run = _trained_run(finished_run, mmsr_home)
+    for name in ("best", "last"):
+        path = run / "checkpoints" / f"{name}.pt"
+        state = torch.load(path, weights_only=True)
+        moved = next(iter(state["model"]))
+        state["model"]["scorer.ffn.0.weight"] = state["model"].pop(moved)
+        torch.save(state, path)
+    for command in (["eval", "--run", "r"], ["recommend", "--run", "r", "--history", "i00001"],
+                    ["train", "--run", "r", "--resume"]):
+        refused = _cli(command, mmsr_home)
+        line = refused.stderr.strip().splitlines()[-1]
+        assert refused.returncode == 2 and "does not fit this model" in line, refused.stderr
+        assert "scorer.ffn.0.weight" in line and moved in line and "--overwrite" in line
+
+
 def test_saving_non_finite_weights_is_refused(tmp_path):
     from mmsr.train.checkpoint import save_checkpoint
 

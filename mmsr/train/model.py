@@ -131,6 +131,22 @@ def frozen_state_keys(model: Recommender) -> set[str]:
     return keys
 
 
+def load_weights(model: Recommender, weights: dict[str, torch.Tensor], where) -> None:
+    """A checkpoint's weights into `model`, which must hold exactly the checkpoint's tensors
+    besides the frozen pretrained ones (never saved). A checkpoint written by another version
+    of a model's modules is refused, naming the tensors, rather than loaded in part."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [key for key in missing if key not in frozen_state_keys(model)]
+    if unexpected or missing:
+        found = ", ".join(part for part in (
+            f"weights this model does not have: {unexpected[:3]}" if unexpected else "",
+            f"no weights for {missing[:3]}" if missing else "") if part)
+        raise MMSRError(f"the checkpoint does not fit this model ({found})", where=where,
+                        hint="it was written by a model with other modules (another mmsr version, or other "
+                             "model.* settings): train the run again with --overwrite, or load it with the "
+                             "mmsr that wrote it")
+
+
 def trainable_state(model: Recommender) -> dict[str, torch.Tensor]:
     frozen = frozen_state_keys(model)
     return {key: value for key, value in model.state_dict().items() if key not in frozen}

@@ -29,7 +29,7 @@ from mmsr.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
-from mmsr.train.model import build_model, parameter_groups, trainable_state
+from mmsr.train.model import build_model, load_weights, parameter_groups, trainable_state
 from mmsr.train.run import INIT_FILE, init_from_source, init_summary, run_config, transfer_source
 from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
 
@@ -109,7 +109,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     if resume:
         state = load_checkpoint(ckpt_dir / f"{resume_from}.pt", hint=_resume_hint(resume_from, run_dir))
         _check_same_config(run_dir, config)
-        model.load_state_dict(state["model"], strict=False)
+        load_weights(model, state["model"], ckpt_dir / f"{resume_from}.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state)

@@ -36,7 +36,7 @@ from mmsr.train.checkpoint import load_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed
 from mmsr.train.kinds import MODEL_KINDS
-from mmsr.train.model import Recommender, build_model, trainable_state
+from mmsr.train.model import Recommender, build_model, load_weights, trainable_state
 
 
 RESUME_POINTS = ("last", "best")
@@ -136,9 +136,7 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
     model = build_model(config, dataset.num_items, categories=dataset.item_categories()).to(dev)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if unexpected:
-        raise MMSRError(f"checkpoint has weights this model does not: {unexpected[:3]}", where=ckpt_path)
+    load_weights(model, state["model"], ckpt_path)
     model.eval()
     # A loaded run embeds each item at most once: its cache is streamed, never loaded whole.
     feed, _ = open_feed(config, model, dataset, info.get("from_cache", False), dev, stream=True)
