@@ -202,6 +202,7 @@ def _register_coarse(name: str, cls: type) -> None:
 for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
     _register_coarse(_name, _cls)
 FUSIONS.register("pool")(lambda input_dims, dim, **_: Pool(input_dims, dim))
+FUSIONS.register("pool+dnn")(lambda input_dims, dim, dropout=0.1, **_: WithDNN(Pool(input_dims, dim), dim, dropout))
 FUSIONS.register("merge-attn", params=("layers", "heads"), needs=BOTH)(MergeAttention)
 FUSIONS.register("coattn", params=("heads",), needs=BOTH)(CoAttention)
 
