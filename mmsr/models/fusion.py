@@ -193,16 +193,16 @@ class CoAttention(_Tokens):
 BOTH = ("text", "image")
 
 
-def _register_coarse(name: str, cls: type) -> None:
-    FUSIONS.register(name, needs=BOTH)(lambda input_dims, dim, dropout=0.1, **_: cls(input_dims, dim))
-    FUSIONS.register(f"{name}+dnn", needs=BOTH)(
+def _register_coarse(name: str, cls: type, needs: tuple[str, ...] = BOTH) -> None:
+    """`name` and `name+dnn` (Coarse+: the same fusion with the residual DNN on top)."""
+    FUSIONS.register(name, needs=needs)(lambda input_dims, dim, dropout=0.1, **_: cls(input_dims, dim))
+    FUSIONS.register(f"{name}+dnn", needs=needs)(
         lambda input_dims, dim, dropout=0.1, **_: WithDNN(cls(input_dims, dim), dim, dropout))
 
 
 for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
     _register_coarse(_name, _cls)
-FUSIONS.register("pool")(lambda input_dims, dim, **_: Pool(input_dims, dim))
-FUSIONS.register("pool+dnn")(lambda input_dims, dim, dropout=0.1, **_: WithDNN(Pool(input_dims, dim), dim, dropout))
+_register_coarse("pool", Pool, needs=())  # any modalities: MMSR-T and MMSR-V's fusion
 FUSIONS.register("merge-attn", params=("layers", "heads"), needs=BOTH)(MergeAttention)
 FUSIONS.register("coattn", params=("heads",), needs=BOTH)(CoAttention)
 

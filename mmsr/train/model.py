@@ -136,7 +136,8 @@ def load_weights(model: Recommender, weights: dict[str, torch.Tensor], where) ->
     besides the frozen pretrained ones (never saved). A checkpoint written by another version
     of a model's modules is refused, naming the tensors, rather than loaded in part."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [key for key in missing if key not in frozen_state_keys(model)]
+    frozen = frozen_state_keys(model)
+    missing = [key for key in missing if key not in frozen]
     if unexpected or missing:
         found = ", ".join(part for part in (
             f"weights this model does not have: {unexpected[:3]}" if unexpected else "",
