@@ -33,7 +33,13 @@ def init_from_env(device: torch.device) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            # NCCL binds a communicator to a device; without `device_id` every rank's first
+            # collective that uses the current device (the metric sums) would pick GPU 0.
+            torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
         # Leave the group before the interpreter tears down gloo's threads (otherwise a rank
         # can abort with "terminate called without an active exception" at exit).
         atexit.register(_leave)
@@ -61,6 +67,16 @@ def pick_device(name: str = "auto") -> torch.device:
         raise MMSRError(f"unknown device {name!r}", hint="use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MMSRError(f"device {requested!r} but CUDA is not available", hint="use device=auto or cpu")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise MMSRError(f"device {str(device)!r} but this process sees {count} GPU(s)"
+                            + (f" (LOCAL_RANK={os.environ['LOCAL_RANK']})" if "LOCAL_RANK" in os.environ else ""),
+                            hint="start at most one torchrun process per visible GPU (--nproc-per-node), "
+                                 "or name a visible device")
+        # Made current, so that what takes "the current device" (pinned-memory threads, NCCL's
+        # metric sums, FAISS) works on this process's GPU, not on GPU 0 in every rank.
+        torch.cuda.set_device(device)
     return device
 
 

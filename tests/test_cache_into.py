@@ -171,15 +171,58 @@ def test_mmap_feed_hands_back_the_pages_it_read(cached, monkeypatch, measured):
     assert len(released) == 3  # 100 items are ~92 kB of rows: one release per batch
 
 
-def test_auto_on_gpu_keeps_cuda_and_unknown_memory_keeps_ram(cached, monkeypatch):
+def test_auto_on_gpu_keeps_cuda_while_it_fits_and_unknown_memory_keeps_ram(cached, monkeypatch):
     _, path = cached
     cache = open_cache(path)
+    gpu = torch.device("cuda", 1)
+    need = states_need(path)
+    seen = []
+    gpu_free = {"bytes": 2 * need}
+    monkeypatch.setattr(feeds, "gpu_free_memory", lambda device: seen.append(device) or gpu_free["bytes"])
     pretend_available(monkeypatch, 1)
-    assert feeds.choose_cache_into("auto", cache, cache.modalities, torch.device("cuda")) == ("cuda", "")
+    assert feeds.choose_cache_into("auto", cache, cache.modalities, gpu) == ("cuda", "")
+    assert seen == [gpu]  # the free memory of this process's own GPU, not the current one
+    assert feeds.choose_cache_into("cuda", cache, cache.modalities, gpu) == ("cuda", "")
+    # Too big for the GPU: "auto" falls back to the host rule and says why; "cuda" is refused.
+    gpu_free["bytes"] = need
+    into, why = feeds.choose_cache_into("auto", cache, cache.modalities, gpu)
+    assert into == "mmap" and "free on cuda:1" in why, why  # 1 byte of host RAM: mmap
+    pretend_available(monkeypatch, 100 * need)
+    assert feeds.choose_cache_into("auto", cache, cache.modalities, gpu)[0] == "ram"
+    with pytest.raises(MMSRError) as error:
+        feeds.choose_cache_into("cuda", cache, cache.modalities, gpu)
+    assert "free there" in str(error.value) and "cache_into=auto" in str(error.value) and str(path) in str(error.value)
+    # Four torchrun processes each hold a copy on their own GPU: the need per GPU is one copy.
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    gpu_free["bytes"] = 2 * need
+    assert feeds.choose_cache_into("auto", cache, cache.modalities, gpu) == ("cuda", "")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    with pytest.raises(MMSRError, match="the run's device is cpu"):
+        feeds.choose_cache_into("cuda", cache, cache.modalities, CPU)
+    pretend_available(monkeypatch, 1)
     assert feeds.choose_cache_into("mmap", cache, cache.modalities, CPU) == ("mmap", "")
     pretend_available(monkeypatch, None)
     assert feeds.choose_cache_into("auto", cache, cache.modalities, CPU) == ("ram", "available memory unknown")
     assert feeds.choose_cache_into("ram", cache, cache.modalities, CPU) == ("ram", "")
+
+
+def test_a_gpu_feed_loads_the_states_onto_its_own_gpu(cached, monkeypatch):
+    """Under torchrun, rank r trains on cuda:r: its states go there, not to the current device
+    (cuda:0 in every rank until it is set), which would put every rank's copy on GPU 0."""
+    dataset, path = cached
+    gpu = torch.device("cuda", 3)
+    monkeypatch.setattr(feeds, "gpu_free_memory", lambda device: 1 << 40)
+    loads = []
+
+    def load(self, modality, into="ram", device=None):
+        loads.append((modality, into, device))
+        return torch.zeros(self.num_items, 1, 1, dtype=torch.float16), torch.zeros(self.num_items, 1, dtype=torch.bool)
+
+    monkeypatch.setattr(store_reader.Cache, "load", load)
+    feed, description = open_feed(dataset, "auto", device=gpu)
+    assert description == f"cache {path} (cuda)"
+    assert sorted(loads) == [("image", "cuda", gpu), ("text", "cuda", gpu)]
+    assert feed.device == gpu
 
 
 def test_the_reader_refuses_ram_beyond_available_memory(cached, monkeypatch):

@@ -22,8 +22,29 @@ from mmsr.atomic import atomic_write_bytes
 from mmsr.errors import MMSRError
 
 
+def rng_state(device: torch.device) -> dict:
+    """This process's random state: the CPU generator and, on a GPU, its own device's."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def gather_rng_states(device: torch.device) -> list[dict]:
+    """Every rank's `rng_state`, in rank order (collective under torch.distributed): a checkpoint
+    written by rank 0 must give each rank back its own stream, since ranks draw differently
+    (dropout over batches of other shapes) and each GPU has its own generator."""
+    import torch.distributed as dist
+
+    mine = rng_state(device)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [mine]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
+
+
 def save_checkpoint(path: Path, *, model_state: dict, optimizer=None, scheduler=None, epoch: int, step: int,
-                    global_step: int, best: dict | None = None, extra: dict | None = None) -> None:
+                    global_step: int, best: dict | None = None, extra: dict | None = None,
+                    rng: list[dict] | None = None) -> None:
+    """`rng`: every rank's `rng_state` (`gather_rng_states`); default: this process's, on the CPU."""
     bad = [name for name, tensor in model_state.items() if tensor.is_floating_point() and not bool(
         torch.isfinite(tensor).all())]
     if bad:  # never overwrite a good checkpoint with weights that cannot be used
@@ -34,8 +55,7 @@ def save_checkpoint(path: Path, *, model_state: dict, optimizer=None, scheduler=
         "model": model_state,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rng": rng if rng is not None else [rng_state(torch.device("cpu"))],
         "epoch": epoch,
         "step": step,
         "global_step": global_step,
@@ -82,7 +102,16 @@ def _damage(archive_file: io.BytesIO) -> str | None:
     return f"checksum mismatch in {bad}" if bad else None
 
 
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["rng_cpu"])
-    if state.get("rng_cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+def restore_rng(state: dict, rank: int = 0, device: torch.device = torch.device("cpu")) -> None:
+    """Give this rank its own random state back. Resumed with another number of ranks, rank r
+    takes saved rank r mod the saved count: the run continues, no longer bit-identically."""
+    if "rng" not in state:  # written before per-rank states: rank 0's CPU state, every GPU's as rank 0 saw them
+        torch.set_rng_state(state["rng_cpu"])
+        saved = state.get("rng_cuda") or []
+        if device.type == "cuda" and device.index < len(saved):
+            torch.cuda.set_rng_state(saved[device.index], device)
+        return
+    mine = state["rng"][rank % len(state["rng"])]
+    torch.set_rng_state(mine["cpu"])
+    if mine["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], device)

@@ -201,7 +201,7 @@ def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from
     if stream:
         return StreamFeed({m: cache.rows(m) for m in encoders}, device), f"cache {path} (streamed, a chunk at a time)"
     into, why = choose_cache_into(config.cache_into, cache, tuple(encoders), device)
-    states = {m: cache.load(m, into=into) for m in encoders}
+    states = {m: cache.load(m, into=into, device=device if into == "cuda" else None) for m in encoders}
     feed = CacheFeed(states, device, release=cache.release_pages if into == "mmap" else None)
     return feed, f"cache {path} ({into}{': ' + why if why else ''})"
 
@@ -213,6 +213,11 @@ AUTO_RAM_FRACTION = 0.5
 # cache_into="ram" is refused beyond this share, before anything is allocated: past it the run
 # would be OOM-killed part way (after minutes of loading, or epochs later) instead of told now.
 RAM_FRACTION = 0.8
+# On a GPU, "auto" puts the states there while they take at most this share of its free memory
+# (the rest is for the model, activations and the evaluation's item matrix), and "cuda" is
+# refused beyond GPU_FRACTION, before anything is allocated.
+AUTO_GPU_FRACTION = 0.5
+GPU_FRACTION = 0.9
 RAM_HINT = ("train with --set cache_into=mmap: the states are memory-mapped from a copy on disk and paged in "
             "as read (or cache_into=auto, which picks it)")
 
@@ -244,9 +249,25 @@ class _Budget:
         return self.free is None or self.need <= fraction * self.free
 
 
+def gpu_free_memory(device: torch.device) -> int:
+    """Bytes free on `device` now (the CUDA driver's count, other processes' use included)."""
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+def _gpu_share(budget: _Budget, device: torch.device) -> tuple[int, int]:
+    """(bytes of states this process would put on its GPU, bytes free there); each torchrun
+    process holds its own copy on its own GPU, so the node's `need` is split among them."""
+    return budget.need // budget.processes, gpu_free_memory(device)
+
+
 def _auto(budget: _Budget, device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
-        return "cuda", ""
+        need, free = _gpu_share(budget, device)
+        if need <= AUTO_GPU_FRACTION * free:
+            return "cuda", ""
+        # Too big for the GPU: the host rule below, with the reason in the feed's description.
+        into, why = _auto(budget, torch.device("cpu"))
+        return into, f"{human_bytes(need)} of states > {AUTO_GPU_FRACTION:.0%} of {human_bytes(free)} free on {device}; {why}"
     if budget.free is None:
         return "ram", "available memory unknown"
     share = f"{AUTO_RAM_FRACTION:.0%} of {human_bytes(budget.free)} available"
@@ -263,13 +284,26 @@ def _ram(budget: _Budget, device: torch.device) -> tuple[str, str]:
     return "ram", ""
 
 
+def _cuda(budget: _Budget, device: torch.device) -> tuple[str, str]:
+    if device.type != "cuda":
+        raise MMSRError(f"cache_into=cuda but the run's device is {device}", where=budget.path,
+                        hint="set device = \"cuda\" (or auto on a GPU machine), or cache_into = \"auto\"")
+    need, free = _gpu_share(budget, device)
+    if need > GPU_FRACTION * free:
+        raise MMSRError(f"cache_into=cuda needs {human_bytes(need)} of states on {device}, but only "
+                        f"{human_bytes(free)} is free there", where=budget.path,
+                        hint="train with --set cache_into=auto: it keeps the states in host RAM or "
+                             "memory-maps them, and copies each batch's rows to the GPU")
+    return "cuda", ""
+
+
 def _as_asked(into: str) -> Callable[[_Budget, torch.device], tuple[str, str]]:
     return lambda budget, device: (into, "")
 
 
 # config.cache_into -> how it resolves to a load target, and why.
 _CACHE_INTO: dict[str, Callable[[_Budget, torch.device], tuple[str, str]]] = {
-    "auto": _auto, "ram": _ram, "mmap": _as_asked("mmap"), "cuda": _as_asked("cuda"),
+    "auto": _auto, "ram": _ram, "mmap": _as_asked("mmap"), "cuda": _cuda,
 }
 
 

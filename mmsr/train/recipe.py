@@ -25,7 +25,7 @@ from mmsr.errors import MMSRError
 from mmsr.locks import output_lock
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.batches import TrainBatches
-from mmsr.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from mmsr.train.checkpoint import gather_rng_states, load_checkpoint, restore_rng, save_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
@@ -112,7 +112,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         load_weights(model, state["model"], ckpt_dir / f"{resume_from}.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state)
+        restore_rng(state, dist.rank, device)
         start_epoch, start_step, global_step, best = state["epoch"], state["step"], state["global_step"], state["best"]
         # A checkpoint taken after an epoch's last step but before its validation resumes into
         # an epoch with no steps left: the loop below still validates and records it.
@@ -130,10 +130,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
             f"item feed: {feed_desc}  device: {device}  processes: {dist.world}")
 
     def checkpoint(epoch: int, step: int, name: str = "last.pt", extra: dict | None = None) -> None:
+        rng = gather_rng_states(device)  # every rank calls this: a collective under torchrun
         if dist.main:
             save_checkpoint(ckpt_dir / name, model_state=trainable_state(model), optimizer=optimizer,
                             scheduler=scheduler, epoch=epoch, step=step, global_step=global_step, best=best,
-                            extra=extra)
+                            extra=extra, rng=rng)
 
     # Carried over a resume, so that a run stopped early (or killed after its early stop) does
     # not train again, and a resumed run stops where the uninterrupted one does.

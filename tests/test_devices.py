@@ -1,0 +1,95 @@
+"""Which GPU each process uses, checked on a CPU machine by standing in for the CUDA driver.
+
+A torchrun rank must train on its own GPU (LOCAL_RANK), make it current, and bind NCCL to it:
+anything that takes "the current device" (NCCL's metric sums, pinned-memory threads) otherwise
+lands on GPU 0 in every rank. And a checkpoint written by rank 0 gives every rank its own
+random state back, with the GPU generator of its own device.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmsr import distributed
+from mmsr.errors import MMSRError
+from mmsr.train import checkpoint
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    """torch.cuda as a 4-GPU machine would answer; what was made current is recorded."""
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(torch.device(device)))
+    return current
+
+
+def test_each_torchrun_rank_takes_and_makes_current_its_own_gpu(four_gpus, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert distributed.pick_device("auto") == torch.device("cuda", 2)
+    assert distributed.pick_device("cuda") == torch.device("cuda", 2)
+    assert distributed.pick_device("cuda:1") == torch.device("cuda", 1)
+    assert distributed.pick_device("cpu") == torch.device("cpu")
+    assert four_gpus == [torch.device("cuda", 2), torch.device("cuda", 2), torch.device("cuda", 1)]
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(four_gpus, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with pytest.raises(MMSRError) as error:
+        distributed.pick_device("auto")
+    assert "'cuda:5'" in str(error.value) and "sees 4 GPU(s)" in str(error.value) and "LOCAL_RANK=5" in str(error.value)
+    assert "--nproc-per-node" in str(error.value)
+    assert four_gpus == []  # nothing was made current
+
+
+def test_nccl_is_bound_to_the_ranks_gpu(four_gpus, monkeypatch):
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: joined.append(kwargs))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 4)
+    monkeypatch.setattr(distributed.atexit, "register", lambda function: None)
+    gpu = torch.device("cuda", 3)
+    assert distributed.init_from_env(gpu) == distributed.Dist(3, 4, 3)
+    assert joined == [{"backend": "nccl", "device_id": gpu}] and four_gpus == [gpu]
+    joined.clear()
+    distributed.init_from_env(torch.device("cpu"))
+    assert joined == [{"backend": "gloo"}]
+
+
+def _draws() -> torch.Tensor:
+    return torch.rand(4)
+
+
+def test_every_rank_gets_its_own_random_state_back(tmp_path):
+    states = []
+    for rank in range(2):  # two ranks whose streams have drifted apart
+        torch.manual_seed(rank)
+        states.append(checkpoint.rng_state(torch.device("cpu")))
+    after = [None, None]
+    for rank in range(2):
+        torch.set_rng_state(states[rank]["cpu"])
+        after[rank] = _draws()
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(path, model_state={}, epoch=1, step=0, global_step=1, rng=states)
+    saved = checkpoint.load_checkpoint(path)
+    for rank in range(2):
+        torch.manual_seed(1234)
+        checkpoint.restore_rng(saved, rank)
+        assert torch.equal(_draws(), after[rank]), rank
+    # Resumed on three ranks: rank 2 takes saved rank 0's state, and nothing fails.
+    checkpoint.restore_rng(saved, 2)
+    assert torch.equal(_draws(), after[0])
+
+
+def test_checkpoints_from_before_per_rank_states_still_resume(tmp_path):
+    torch.manual_seed(7)
+    legacy = {"rng_cpu": torch.get_rng_state(), "rng_cuda": None}
+    expected = _draws()
+    torch.manual_seed(0)
+    checkpoint.restore_rng(legacy, 1)
+    assert torch.equal(_draws(), expected)
