@@ -108,8 +108,9 @@ def restore_rng(state: dict, rank: int = 0, device: torch.device = torch.device(
     if "rng" not in state:  # written before per-rank states: rank 0's CPU state, every GPU's as rank 0 saw them
         torch.set_rng_state(state["rng_cpu"])
         saved = state.get("rng_cuda") or []
-        if device.type == "cuda" and device.index < len(saved):
-            torch.cuda.set_rng_state(saved[device.index], device)
+        index = device.index or 0
+        if device.type == "cuda" and index < len(saved):
+            torch.cuda.set_rng_state(saved[index], device)
         return
     mine = state["rng"][rank % len(state["rng"])]
     torch.set_rng_state(mine["cpu"])
