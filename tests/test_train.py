@@ -84,6 +84,28 @@ def test_every_fusion_learns(built_cache, fusion):  # FLAVA's trains with its ow
     assert losses[-1] < 0.95 * losses[0], losses
 
 
+def test_a_standardized_fusion_learns_and_its_checkpoint_keeps_the_statistics(built_cache, tmp_path):
+    """model.fusion_standardize: the item statistics are learnt in training, saved with the
+    weights and used by a fresh `mmsr eval`-style load (eval mode), which must score as the
+    trainer's own validation did."""
+    from mmsr.eval.runner import evaluate_run
+    from mmsr.train.run import load_run
+
+    overrides = built_cache + ["model.fusion=gate", "model.fusion_standardize=true"]
+    losses = _fits_a_batch(overrides)
+    assert losses[-1] < 0.95 * losses[0], losses
+    best = _train(overrides, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["model"]
+    means = [value for key, value in state.items() if key.endswith("running_mean")]
+    assert len(means) == 2 and all(bool(m.abs().sum() > 0) for m in means)  # text and image, updated
+    loaded = load_run(tmp_path / "run", checkpoint="best")
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in loaded.model.modules())
+    config = _config(overrides)
+    again = evaluate_run(tmp_path / "run", "valid", ks=(10, 20), protocol=config.valid_protocol,
+                         batch_size=config.eval_batch_size)
+    assert again["metrics"] == best["valid"]
+
+
 @pytest.mark.parametrize("sequence", sequence_model_names())
 def test_every_sequence_model_learns(built_cache, sequence):
     losses = _fits_a_batch(built_cache + [f"model.sequence={sequence}", "model.fusion=gate"])

@@ -30,6 +30,9 @@ class ModelConfig:
     fusion: str = "merge-attn"  # with a single modality this default becomes "pool"
     fusion_layers: int = 1
     fusion_heads: int = 4
+    # Coarse fusions and pool: standardise each modality's pooled state over the batch's items
+    # before its LayerNorm (mmsr.models.fusion._Pooled); off by default, see its docstring.
+    fusion_standardize: bool = False
     sequence: str = "sasrec"
     sequence_layers: int | None = None  # None: SASRec 2, GRU4Rec 4, NextItNet 2
     sequence_heads: int = 2
@@ -198,6 +201,7 @@ class TrainConfig:
 
 # model.KEY -> (the component that reads it, the registry param it feeds)
 _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "heads"),
+          "fusion_standardize": ("fusion", "standardize"),
           "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads"),
           "side_features": ("kind", "side_features"), "vq_codes": ("kind", "vq_codes"),
           "vq_bits": ("kind", "vq_bits")}

@@ -79,7 +79,8 @@ def _content_tower(config: "TrainConfig", encoders: dict, fusion: str) -> Conten
         raise MMSRError(f"model.kind={m.kind} needs at least one of encoders.text_model / encoders.vision_model",
                         hint="or use model.kind=idsr")
     module = create_fusion(fusion, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
-                           layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout, encoders=encoders)
+                           layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout, encoders=encoders,
+                           standardize=m.fusion_standardize)
     return ContentItemTower(encoders, module, m.dim)
 
 
