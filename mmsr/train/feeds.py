@@ -267,7 +267,8 @@ def _auto(budget: _Budget, device: torch.device) -> tuple[str, str]:
             return "cuda", ""
         # Too big for the GPU: the host rule below, with the reason in the feed's description.
         into, why = _auto(budget, torch.device("cpu"))
-        return into, f"{human_bytes(need)} of states > {AUTO_GPU_FRACTION:.0%} of {human_bytes(free)} free on {device}; {why}"
+        too_big = f"{human_bytes(need)} of states > {AUTO_GPU_FRACTION:.0%} of {human_bytes(free)} free on {device}"
+        return into, f"{too_big}; {why}"
     if budget.free is None:
         return "ram", "available memory unknown"
     share = f"{AUTO_RAM_FRACTION:.0%} of {human_bytes(budget.free)} available"
