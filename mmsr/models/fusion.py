@@ -78,24 +78,18 @@ class _Pooled(nn.Module):
 
 
 class Pool(_Pooled):
-    def __init__(self, input_dims, dim, standardize=False, **_):
-        super().__init__(input_dims, dim, standardize)
-
     def forward(self, inputs: TokenDict) -> torch.Tensor:
         return torch.stack(self.pooled(inputs)).sum(0)
 
 
 class Sum(_Pooled):
-    def __init__(self, input_dims, dim, standardize=False, **_):
-        super().__init__(input_dims, dim, standardize)
-
     def forward(self, inputs):
         text, image = self.pooled(inputs)
         return text + image
 
 
 class Concat(_Pooled):
-    def __init__(self, input_dims, dim, standardize=False, **_):
+    def __init__(self, input_dims, dim, standardize=False):
         super().__init__(input_dims, dim, standardize)
         self.out = nn.Linear(2 * dim, dim)
 
@@ -106,7 +100,7 @@ class Concat(_Pooled):
 class Gate(_Pooled):
     """g = sigmoid(W [a; b]); g * a + (1 - g) * b."""
 
-    def __init__(self, input_dims, dim, standardize=False, **_):
+    def __init__(self, input_dims, dim, standardize=False):
         super().__init__(input_dims, dim, standardize)
         self.gate = nn.Linear(2 * dim, dim)
 
@@ -119,7 +113,7 @@ class Gate(_Pooled):
 class FiLM(_Pooled):
     """The text conditions the image: gamma(text) * image + beta(text)."""
 
-    def __init__(self, input_dims, dim, standardize=False, **_):
+    def __init__(self, input_dims, dim, standardize=False):
         super().__init__(input_dims, dim, standardize)
         self.film = nn.Linear(dim, 2 * dim)
 

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from mmsr.atomic import atomic_write_bytes
 from mmsr.errors import MMSRError
@@ -31,8 +32,6 @@ def gather_rng_states(device: torch.device) -> list[dict]:
     """Every rank's `rng_state`, in rank order (collective under torch.distributed): a checkpoint
     written by rank 0 must give each rank back its own stream, since ranks draw differently
     (dropout over batches of other shapes) and each GPU has its own generator."""
-    import torch.distributed as dist
-
     mine = rng_state(device)
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return [mine]

@@ -230,16 +230,18 @@ def choose_cache_into(requested: str, cache: Cache, modalities: tuple[str, ...],
         raise MMSRError(f"unknown cache_into {requested!r}", hint="use auto, ram, mmap or cuda")
     # Every torchrun process on this node loads its own copy into RAM (mmap shares one).
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    need = processes * sum(cache.nbytes(m) for m in modalities)
-    return _CACHE_INTO[requested](_Budget(cache.path, need, available_memory(), processes), device)
+    copy = sum(cache.nbytes(m) for m in modalities)
+    return _CACHE_INTO[requested](_Budget(cache.path, copy, available_memory(), processes), device)
 
 
 class _Budget:
-    """What loading into RAM would take (`need`, all of this node's processes together) against
-    what is available (`free`, None where the platform does not say)."""
+    """What loading would take (`copy`: one process's states; `need`: all of this node's
+    processes' copies in RAM) against what is available (`free`, None where the platform does
+    not say). On a GPU each process holds one copy on its own device."""
 
-    def __init__(self, path: Path, need: int, free: int | None, processes: int):
-        self.path, self.need, self.free, self.processes = path, need, free, processes
+    def __init__(self, path: Path, copy: int, free: int | None, processes: int):
+        self.path, self.copy, self.free, self.processes = path, copy, free, processes
+        self.need = copy * processes
 
     def states(self) -> str:
         per = f" ({self.processes} processes on this node, a copy each)" if self.processes > 1 else ""
@@ -254,21 +256,19 @@ def gpu_free_memory(device: torch.device) -> int:
     return int(torch.cuda.mem_get_info(device)[0])
 
 
-def _gpu_share(budget: _Budget, device: torch.device) -> tuple[int, int]:
-    """(bytes of states this process would put on its GPU, bytes free there); each torchrun
-    process holds its own copy on its own GPU, so the node's `need` is split among them."""
-    return budget.need // budget.processes, gpu_free_memory(device)
-
-
 def _auto(budget: _Budget, device: torch.device) -> tuple[str, str]:
-    if device.type == "cuda":
-        need, free = _gpu_share(budget, device)
-        if need <= AUTO_GPU_FRACTION * free:
-            return "cuda", ""
-        # Too big for the GPU: the host rule below, with the reason in the feed's description.
-        into, why = _auto(budget, torch.device("cpu"))
-        too_big = f"{human_bytes(need)} of states > {AUTO_GPU_FRACTION:.0%} of {human_bytes(free)} free on {device}"
-        return into, f"{too_big}; {why}"
+    if device.type != "cuda":
+        return _auto_host(budget)
+    free = gpu_free_memory(device)
+    if budget.copy <= AUTO_GPU_FRACTION * free:
+        return "cuda", ""
+    # Too big for the GPU: the host rule, with both reasons in the feed's description.
+    into, why = _auto_host(budget)
+    return into, f"{human_bytes(budget.copy)} of states > {AUTO_GPU_FRACTION:.0%} of {human_bytes(free)} free " \
+                 f"on {device}; {why}"
+
+
+def _auto_host(budget: _Budget) -> tuple[str, str]:
     if budget.free is None:
         return "ram", "available memory unknown"
     share = f"{AUTO_RAM_FRACTION:.0%} of {human_bytes(budget.free)} available"
@@ -289,9 +289,9 @@ def _cuda(budget: _Budget, device: torch.device) -> tuple[str, str]:
     if device.type != "cuda":
         raise MMSRError(f"cache_into=cuda but the run's device is {device}", where=budget.path,
                         hint="set device = \"cuda\" (or auto on a GPU machine), or cache_into = \"auto\"")
-    need, free = _gpu_share(budget, device)
-    if need > GPU_FRACTION * free:
-        raise MMSRError(f"cache_into=cuda needs {human_bytes(need)} of states on {device}, but only "
+    free = gpu_free_memory(device)
+    if budget.copy > GPU_FRACTION * free:
+        raise MMSRError(f"cache_into=cuda needs {human_bytes(budget.copy)} of states on {device}, but only "
                         f"{human_bytes(free)} is free there", where=budget.path,
                         hint="train with --set cache_into=auto: it keeps the states in host RAM or "
                              "memory-maps them, and copies each batch's rows to the GPU")
