@@ -25,15 +25,17 @@ TokenDict = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def create_fusion(name: str, *, input_dims: dict[str, int], dim: int, layers: int = 1, heads: int = 4,
-                  dropout: float = 0.1, encoders: dict | None = None, standardize: bool = False) -> nn.Module:
+                  dropout: float = 0.1, encoders: dict | None = None, standardize: bool = False,
+                  attention_dropout: float | None = None) -> nn.Module:
     """`encoders` ({modality: SplitEncoder}): read by fusions that come with a pretrained model
-    (`flava` loads the multimodal encoder of its towers' checkpoint)."""
+    (`flava` loads the multimodal encoder of its towers' checkpoint). `attention_dropout` (token
+    fusions; None: `dropout`): see layers.Block."""
     needs = FUSIONS.needs(name)
     if needs and sorted(input_dims) != sorted(needs):
         raise MMSRError(f"fusion {name!r} needs {' and '.join(needs)}, got {sorted(input_dims)}",
                         hint="use fusion 'pool' for single-modality models (MMSR-T, MMSR-V)")
     return FUSIONS.create(name, input_dims=input_dims, dim=dim, layers=layers, heads=heads, dropout=dropout,
-                          encoders=encoders, standardize=standardize)
+                          encoders=encoders, standardize=standardize, attention_dropout=attention_dropout)
 
 
 def fusion_names() -> list[str]:
@@ -163,9 +165,10 @@ class _Tokens(nn.Module):
 class MergeAttention(_Tokens):
     """Single-stream: both token sequences concatenated through `layers` transformer blocks."""
 
-    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1, **_):
+    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1, attention_dropout=None, **_):
         super().__init__(input_dims, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout, attention_dropout=attention_dropout)
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, inputs):
@@ -181,9 +184,10 @@ class MergeAttention(_Tokens):
 class CoAttention(_Tokens):
     """Two streams: each cross-attends the other (one layer), then a merging projection."""
 
-    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1, **_):  # one layer, as in the paper: `layers` unused
+    # One layer, as in the paper: `layers` unused.
+    def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1, attention_dropout=None, **_):
         super().__init__(input_dims, dim)
-        self.cross = nn.ModuleList(Block(dim, heads, dropout) for _ in range(2))
+        self.cross = nn.ModuleList(Block(dim, heads, dropout, attention_dropout=attention_dropout) for _ in range(2))
         # A block normalises its own stream; the other stream, read as keys and values, needs its own norm.
         self.context_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2))
         self.merge = nn.Sequential(nn.LayerNorm(2 * dim), nn.Linear(2 * dim, dim))
@@ -195,7 +199,8 @@ class CoAttention(_Tokens):
         return self.merge(torch.cat([masked_mean(a2, mask_a), masked_mean(b2, mask_b)], dim=-1))
 
 
-# `params`: the knobs a fusion reads (model.fusion_layers -> layers, model.fusion_heads -> heads), so
+# `params`: the knobs a fusion reads (model.fusion_layers -> layers, model.fusion_heads -> heads,
+# model.fusion_attention_dropout -> attention_dropout), so
 # that the config refuses a setting that would change nothing; `needs`: the modalities it cannot do without.
 BOTH = ("text", "image")
 
@@ -212,8 +217,8 @@ def _register_coarse(name: str, cls: type, needs: tuple[str, ...] = BOTH) -> Non
 for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
     _register_coarse(_name, _cls)
 _register_coarse("pool", Pool, needs=())  # any modalities: MMSR-T and MMSR-V's fusion
-FUSIONS.register("merge-attn", params=("layers", "heads"), needs=BOTH)(MergeAttention)
-FUSIONS.register("coattn", params=("heads",), needs=BOTH)(CoAttention)
+FUSIONS.register("merge-attn", params=("layers", "heads", "attention_dropout"), needs=BOTH)(MergeAttention)
+FUSIONS.register("coattn", params=("heads", "attention_dropout"), needs=BOTH)(CoAttention)
 
 
 @FUSIONS.register("flava", needs=BOTH, help="FLAVA's own multimodal encoder (paradigm (c)), pretrained, wholly trained")

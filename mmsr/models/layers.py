@@ -47,12 +47,17 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; with `context` it is a cross-attention block."""
+    """Pre-norm transformer block; with `context` it is a cross-attention block.
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, mlp_ratio: int = 4):
+    `attention_dropout` (None: `dropout`, as BERT does) drops attention probabilities. On a CPU it
+    is not free: scaled_dot_product_attention has no fused kernel with dropout there and falls
+    back to materialising the attention matrix and its mask (README, "Attention dropout")."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, mlp_ratio: int = 4,
+                 attention_dropout: float | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, dropout if attention_dropout is None else attention_dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio * dim, dropout)
         self.dropout = nn.Dropout(dropout)
