@@ -35,7 +35,7 @@ class ModelConfig:
     fusion_standardize: bool = False
     # Token fusions (merge-attn, coattn): dropout on their attention probabilities; None follows
     # `dropout`, as BERT does. 0 cuts merge-attention's training step on a CPU to 0.61-0.69x
-    # (README, "Attention dropout"); what it does to accuracy is not measured yet.
+    # (README, "Attention dropout"); on the demo, one run, test HR@10 moved -2% at 0.
     fusion_attention_dropout: float | None = None
     sequence: str = "sasrec"
     sequence_layers: int | None = None  # None: SASRec 2, GRU4Rec 4, NextItNet 2
