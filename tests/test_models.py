@@ -80,24 +80,21 @@ def test_standardized_fusion_removes_the_direction_pretrained_states_share(name)
     assert any("running_mean" in key for key in standardized.state_dict())  # kept in checkpoints
 
 
-def test_standardize_is_refused_for_a_fusion_that_does_not_read_it(tmp_path):
-    from mmsr import config as config_lib
-    from mmsr.train.config import TrainConfig
-
-    with pytest.raises(MMSRError, match="model.fusion_standardize=True is ignored by fusion 'coattn'"):
-        config_lib.load(TrainConfig, None, ["model.fusion=coattn", "model.fusion_standardize=true"])
+def _train_output(name, **rates):
+    """A fresh fusion's output in train mode, with the same weights and the same random draws
+    whatever the dropout rates."""
+    torch.manual_seed(0)
+    fusion = create_fusion(name, input_dims={"text": 12, "image": 20}, dim=16, heads=2, **rates).train()
+    torch.manual_seed(1)
+    return fusion(_tokens())
 
 
 @pytest.mark.parametrize("name", BUILT_FROM_DIMENSIONS)
 def test_attention_dropout_is_declared_exactly_by_the_fusions_it_changes(name):
     """model.fusion_attention_dropout acts in training only, so it is checked in train mode, with
-    every other dropout off and the same random draws for both values."""
+    every other dropout off."""
     def output(rate):
-        torch.manual_seed(0)
-        fusion = create_fusion(name, input_dims={"text": 12, "image": 20}, dim=16, heads=2, dropout=0.0,
-                               attention_dropout=rate).train()
-        torch.manual_seed(1)
-        return fusion(_tokens())
+        return _train_output(name, dropout=0.0, attention_dropout=rate)
 
     assert torch.equal(output(0.0), output(0.0))  # nothing else random in train mode
     assert (not torch.equal(output(0.0), output(0.5))) == ("attention_dropout" in FUSIONS.params(name))
@@ -105,24 +102,20 @@ def test_attention_dropout_is_declared_exactly_by_the_fusions_it_changes(name):
 
 @pytest.mark.parametrize("name", ["merge-attn", "coattn"])
 def test_attention_dropout_follows_dropout_unless_set(name):
-    def output(**rates):
-        torch.manual_seed(0)
-        fusion = create_fusion(name, input_dims={"text": 12, "image": 20}, dim=16, heads=2, **rates).train()
-        torch.manual_seed(1)
-        return fusion(_tokens())
-
-    assert torch.equal(output(dropout=0.3), output(dropout=0.3, attention_dropout=0.3))
-    assert not torch.equal(output(dropout=0.3), output(dropout=0.3, attention_dropout=0.0))
+    assert torch.equal(_train_output(name, dropout=0.3), _train_output(name, dropout=0.3, attention_dropout=0.3))
+    assert not torch.equal(_train_output(name, dropout=0.3), _train_output(name, dropout=0.3, attention_dropout=0.0))
 
 
 @pytest.mark.parametrize("overrides, message", [
+    (["model.fusion=coattn", "model.fusion_standardize=true"],
+     "model.fusion_standardize=True is ignored by fusion 'coattn'"),
     (["model.fusion=gate", "model.fusion_attention_dropout=0"],
      "model.fusion_attention_dropout=0.0 is ignored by fusion 'gate'.*coattn, merge-attn"),
     (["model.fusion=merge-attn", "model.fusion_attention_dropout=1"],
      r"model.fusion_attention_dropout=1.0 is a probability of dropping a unit: it must be in \[0, 1\)"),
     (["model.dropout=-0.1"], r"model.dropout=-0.1 is a probability"),
 ])
-def test_config_refuses_attention_dropout_it_cannot_use(overrides, message):
+def test_config_refuses_a_fusion_setting_it_cannot_use(overrides, message):
     from mmsr import config as config_lib
     from mmsr.train.config import TrainConfig
 
