@@ -225,6 +225,61 @@ def test_distributed_two_process_gloo(tmp_path):
         assert "disagree" in mismatch  # both ranks raise, neither hangs
 
 
+class _RecordingTower(torch.nn.Module):
+    """An item tower with fixed random weights that records which items it embedded."""
+
+    def __init__(self, num_items: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.table = torch.nn.Parameter(torch.randn(num_items, 8, generator=generator))
+        self.proj = torch.nn.Parameter(torch.randn(8, 6, generator=generator))
+        self.embedded: list[int] = []
+
+    def item_vectors(self, ids, feed):
+        self.embedded.extend(ids.tolist())
+        return torch.tanh(self.table[ids] @ self.proj)
+
+
+# (items, batch size, items each rank embeds): five batches, the last one short (rank 0 takes
+# batches 0, 2 and 4); and one batch, so rank 1 gets none
+_SHARED_TOWER_CASES = [(37, 8, [8 + 8 + 5, 8 + 8]), (5, 8, [5, 0])]
+
+
+def _shared_item_tower_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    from mmsr.eval.runner import item_matrix
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for items, batch, _ in _SHARED_TOWER_CASES:
+            tower = _RecordingTower(items)
+            vectors = item_matrix(tower, None, items, batch, torch.device("cpu"), rank=rank, world=world)
+            np.save(f"{out_dir}/{items}-rank{rank}.npy", vectors.numpy())
+            np.save(f"{out_dir}/{items}-rank{rank}-embedded.npy", np.array(tower.embedded))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torchrun_ranks_share_the_item_tower_and_each_gets_the_single_process_matrix(tmp_path):
+    """Each rank embeds only its own batches, and the all-reduce gives every rank exactly (to
+    the bit) the matrix one process computes."""
+    import torch.multiprocessing as mp
+
+    from mmsr.eval.runner import item_matrix
+
+    mp.spawn(_shared_item_tower_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    torch.set_num_threads(1)
+    for items, batch, shares in _SHARED_TOWER_CASES:
+        alone = item_matrix(_RecordingTower(items), None, items, batch, torch.device("cpu")).numpy()
+        embedded = [np.load(tmp_path / f"{items}-rank{rank}-embedded.npy") for rank in range(2)]
+        assert sorted(np.concatenate(embedded).tolist()) == list(range(items))  # each item once, by one rank
+        assert [len(done) for done in embedded] == shares
+        for rank in range(2):
+            np.testing.assert_array_equal(np.load(tmp_path / f"{items}-rank{rank}.npy"), alone)
+
+
 def test_rescore_every_candidate_path_agrees():
     """The GPU path trusts no rounding bound and re-scores every candidate; same ranks."""
     items, users, targets, histories = integer_problem(seed=6)

@@ -1,0 +1,95 @@
+"""`mmsr eval` under torchrun: do N ranks finish an evaluation N times sooner than one process?
+
+    python bench/eval_ranks.py --run RUN [--home H] [--nproc 2] [--split test] [--repeats 2]
+
+The same `mmsr eval --run RUN --split S --json`, alternated within each round:
+- alone: one process, one thread;
+- ranks: `torchrun --nproc-per-node N`, one thread per rank, gloo.
+
+Each result's "seconds" (rank 0's item tower, user tower and ranking) and the command's wall
+time (start-up included) are kept; the JSON gives their medians and `ranks_over_alone` for
+each stage. The user tower and the ranking are split by cases over the ranks; the item tower
+is shared by batches (`mmsr.eval.runner.item_matrix`), so on N free cores every stage's ratio
+should approach 1/N. Both ways must report the same metrics (`max_metric_diff`: the metric
+sums are reduced in another order, so a last-digit difference is possible). The CPU model
+is reported; timings are this machine's. Prints one JSON object last. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mmsr.machine import cpu_model  # noqa: E402
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a trained run (name under $MMSR_HOME/runs, or a path)")
+    p.add_argument("--home", help="MMSR_HOME for the commands (default: the environment's)")
+    p.add_argument("--nproc", type=int, default=2, help="torchrun processes (default 2)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--repeats", type=int, default=2, help="rounds, each running both ways (default 2)")
+    return p.parse_args()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def evaluate(args, ranks: int) -> dict:
+    command = [sys.executable, "-m", "mmsr_cli.app"]
+    if ranks > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(ranks),
+                   "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "mmsr_cli.app"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MMSR_NO_PROGRESS="1", GLOO_SOCKET_IFNAME="lo")
+    if args.home:
+        env["MMSR_HOME"] = args.home
+    started = time.perf_counter()
+    # --run-dir: torchrun's own parser would take --run for an abbreviation of its --run-path.
+    done = subprocess.run([*command, "eval", "--run-dir", args.run, "--split", args.split, "--json"], env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"eval with {ranks} process(es) failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 2), **result["seconds"], "metrics": result["metrics"], "backend": result["backend"]}
+
+
+def main() -> None:
+    args = parse()
+    if args.nproc < 2:
+        sys.exit("--nproc must be at least 2")
+    runs = {"alone": [], "ranks": []}
+    for round_ in range(args.repeats):
+        # Alternate which way goes first, so that a drift in the machine's load hits both.
+        order = ("alone", "ranks") if round_ % 2 == 0 else ("ranks", "alone")
+        for way in order:
+            result = evaluate(args, 1 if way == "alone" else args.nproc)
+            runs[way].append(result)
+            print(f"round {round_ + 1} {way}: " + ", ".join(f"{k} {v}" for k, v in result.items()
+                                                         if k not in ("metrics", "backend")), flush=True)
+    stages = [k for k in runs["alone"][0] if k not in ("metrics", "backend")]
+    medians = {way: {k: statistics.median(r[k] for r in results) for k in stages} for way, results in runs.items()}
+    ratios = {k: round(medians["ranks"][k] / medians["alone"][k], 3) if medians["alone"][k] else None
+              for k in stages}
+    metrics = [r["metrics"] for results in runs.values() for r in results]
+    diff = max(abs(m[k] - metrics[0][k]) for m in metrics for k in metrics[0])
+    print(json.dumps({"benchmark": "eval_ranks", "run": args.run, "split": args.split, "nproc": args.nproc,
+                      "threads_per_process": 1, "cpu": cpu_model(), "cpus": os.cpu_count(),
+                      "backend": runs["alone"][0]["backend"], "median_seconds": medians,
+                      "ranks_over_alone": ratios, "max_metric_diff": diff, "metrics": metrics[0], "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
