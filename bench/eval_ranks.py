@@ -4,13 +4,14 @@
 
 The same `mmsr eval --run RUN --split S --json`, alternated within each round:
 - alone: one process, one thread;
-- ranks: `torchrun --nproc-per-node N`, one thread per rank, gloo.
+- ranks: `torchrun --nproc-per-node N`, one thread per rank, gloo;
+- threads: one process, N threads (the other way to use N cores).
 
 Each result's "seconds" (rank 0's item tower, user tower and ranking) and the command's wall
 time (start-up included) are kept; the JSON gives their medians and `ranks_over_alone` for
-each stage. The user tower and the ranking are split by cases over the ranks; the item tower
-is shared by batches (`mmsr.eval.runner.item_matrix`), so on N free cores every stage's ratio
-should approach 1/N. Both ways must report the same metrics (`max_metric_diff`: the metric
+each stage (and `threads_over_alone`). The user tower and the ranking are split by cases over
+the ranks; the item tower is shared by batches (`mmsr.eval.runner.item_matrix`), so on N free
+cores every stage's ratio should approach 1/N (less where the cores are hyperthreads). Both ways must report the same metrics (`max_metric_diff`: the metric
 sums are reduced in another order, so a last-digit difference is possible). The CPU model
 is reported; timings are this machine's. Prints one JSON object last. Not a test.
 """
@@ -47,12 +48,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def evaluate(args, ranks: int) -> dict:
+def evaluate(args, ranks: int, threads: int = 1) -> dict:
     command = [sys.executable, "-m", "mmsr_cli.app"]
     if ranks > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(ranks),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "mmsr_cli.app"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MMSR_NO_PROGRESS="1", GLOO_SOCKET_IFNAME="lo")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MMSR_NO_PROGRESS="1", GLOO_SOCKET_IFNAME="lo")
     if args.home:
         env["MMSR_HOME"] = args.home
     started = time.perf_counter()
@@ -70,25 +71,29 @@ def main() -> None:
     args = parse()
     if args.nproc < 2:
         sys.exit("--nproc must be at least 2")
-    runs = {"alone": [], "ranks": []}
+    ways = {"alone": (1, 1), "ranks": (args.nproc, 1), "threads": (1, args.nproc)}  # (processes, threads each)
+    runs = {way: [] for way in ways}
     for round_ in range(args.repeats):
-        # Alternate which way goes first, so that a drift in the machine's load hits both.
-        order = ("alone", "ranks") if round_ % 2 == 0 else ("ranks", "alone")
+        # Alternate the order, so that a drift in the machine's load hits every way.
+        order = list(ways) if round_ % 2 == 0 else list(reversed(ways))
         for way in order:
-            result = evaluate(args, 1 if way == "alone" else args.nproc)
+            result = evaluate(args, *ways[way])
             runs[way].append(result)
             print(f"round {round_ + 1} {way}: " + ", ".join(f"{k} {v}" for k, v in result.items()
                                                          if k not in ("metrics", "backend")), flush=True)
     stages = [k for k in runs["alone"][0] if k not in ("metrics", "backend")]
     medians = {way: {k: statistics.median(r[k] for r in results) for k in stages} for way, results in runs.items()}
-    ratios = {k: round(medians["ranks"][k] / medians["alone"][k], 3) if medians["alone"][k] else None
-              for k in stages}
+
+    def over_alone(way):
+        return {k: round(medians[way][k] / medians["alone"][k], 3) if medians["alone"][k] else None for k in stages}
+
     metrics = [r["metrics"] for results in runs.values() for r in results]
     diff = max(abs(m[k] - metrics[0][k]) for m in metrics for k in metrics[0])
     print(json.dumps({"benchmark": "eval_ranks", "run": args.run, "split": args.split, "nproc": args.nproc,
-                      "threads_per_process": 1, "cpu": cpu_model(), "cpus": os.cpu_count(),
+                      "processes_threads": ways, "cpu": cpu_model(), "cpus": os.cpu_count(),
                       "backend": runs["alone"][0]["backend"], "median_seconds": medians,
-                      "ranks_over_alone": ratios, "max_metric_diff": diff, "metrics": metrics[0], "runs": runs}))
+                      "ranks_over_alone": over_alone("ranks"), "threads_over_alone": over_alone("threads"),
+                      "max_metric_diff": diff, "metrics": metrics[0], "runs": runs}))
 
 
 if __name__ == "__main__":
