@@ -133,6 +133,19 @@ def test_study_trains_every_variant_once_and_reports_what_it_measured(study_file
         run_study(study_file, only=["idsr"], log=_quiet)
 
 
+def test_a_partial_study_reports_the_command_that_makes_what_it_shows(study_file, mmsr_home):
+    """Run with --only and --out NAME, the report's commands train its variants alone and
+    re-render its own directory, not the whole study's."""
+    out = run_study(study_file, only=["gate"], seeds=[0], out="gate-only", log=_quiet)
+    assert out == mmsr_home / "studies" / "gate-only"
+    report = (out / "report.md").read_text()
+    assert f"Reproduce: `mmsr study run {study_file} --seeds 0 --out gate-only --only gate`" in report
+    assert "Re-render: `mmsr study report gate-only`" in report
+    result = CliRunner().invoke(app, ["study", "report", "gate-only"])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").read_text() == report
+
+
 def test_study_killed_with_sigkill_resumes_without_retraining_finished_runs(study_file, mmsr_home):
     env = {**os.environ, "MMSR_HOME": str(mmsr_home), "MMSR_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "mmsr_cli.app", "study", "run", str(study_file), "--only", "gate,sum"]

@@ -229,10 +229,18 @@ def render_report(study: Study, rows: list[dict], command: str = "", figures: li
         if figure.suffix == ".png":
             lines += ["", f"![{figure.stem}]({figure.name}) (data: {figure.stem}.csv)"]
     if command:
-        lines += ["", f"Reproduce: `{command}`"]
-    name = study.name if out is None or out == study_dir(out.name) else out
+        lines += ["", f"Reproduce: `{command}{_only(study, rows)}`"]
+    name = study.name if out is None else out.name if out == study_dir(out.name) else out
     lines += ["", f"Re-render: `mmsr study report {name}`; every number above is in results.csv."]
     return "\n".join(lines) + "\n"
+
+
+def _only(study: Study, rows: list[dict]) -> str:
+    """` --only a,b` when the finished runs are some of the study's variants: the command then
+    trains what the report shows, not the whole study."""
+    present = {row["variant"] for row in rows}
+    names = [variant.name for variant in study.variants if variant.name in present]
+    return f" --only {','.join(names)}" if names and len(names) < len(study.variants) else ""
 
 
 def write_report(out: Path, study: Study, command: str = "", *, figures: bool = False,

@@ -140,7 +140,8 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
     out = study_dir(out or study.name)
     runs = plan_study(study, out, datasets=datasets, seeds=seeds, only=only, sets=sets)
     _refuse_changed(study, out, runs, sets)
-    # The report covers every finished run, so its command is the study's, not this --only subset.
+    # The report covers every finished run, so its command is the study's, not this --only
+    # subset; the report names the variants it shows (`report._only`).
     command = _command(study, out, datasets, seeds, sets)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_FILE, study.path.read_text(encoding="utf-8"))
@@ -175,7 +176,8 @@ def _command(study: Study, out: Path, datasets, seeds, sets) -> str:
     words += [f"--dataset {','.join(datasets)}"] if datasets else []
     words += [f"--seeds {','.join(map(str, seeds))}"] if seeds else []
     words += [f"--set {item}" for item in sets or []]
-    words += [f"--out {out}"] if out != study_dir(study.name) else []
+    if out != study_dir(study.name):  # a name under $MMSR_HOME/studies, as typed, or a path
+        words.append(f"--out {out.name if out == study_dir(out.name) else out}")
     return " ".join(words)
 
 
