@@ -8,12 +8,13 @@ The same `mmsr eval --run RUN --split S --json`, alternated within each round:
 - threads: one process, N threads (the other way to use N cores).
 
 Each result's "seconds" (rank 0's item tower, user tower and ranking) and the command's wall
-time (start-up included) are kept; the JSON gives their medians and `ranks_over_alone` for
-each stage (and `threads_over_alone`). The user tower and the ranking are split by cases over
-the ranks; the item tower is shared by batches (`mmsr.eval.runner.item_matrix`), so on N free
-cores every stage's ratio should approach 1/N (less where the cores are hyperthreads). Both ways must report the same metrics (`max_metric_diff`: the metric
-sums are reduced in another order, so a last-digit difference is possible). The CPU model
-is reported; timings are this machine's. Prints one JSON object last. Not a test.
+time (start-up included) are kept; the JSON gives their medians and, per stage,
+`ranks_over_alone` and `threads_over_alone`. The user tower and the ranking are split by
+cases over the ranks; the item tower is shared by batches (`mmsr.eval.runner.item_matrix`),
+so on N free cores every stage's ratio should approach 1/N (less where the cores are
+hyperthreads). Every way must report the same metrics (`max_metric_diff`: the metric sums are
+reduced in another order, so a last-digit difference is possible). The CPU model is
+reported; timings are this machine's. Prints one JSON object last. Not a test.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--home", help="MMSR_HOME for the commands (default: the environment's)")
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes (default 2)")
     p.add_argument("--split", default="test")
-    p.add_argument("--repeats", type=int, default=2, help="rounds, each running both ways (default 2)")
+    p.add_argument("--repeats", type=int, default=2, help="rounds, each running every way (default 2)")
     return p.parse_args()
 
 

@@ -43,7 +43,7 @@ def item_matrix(model, feed, num_items: int, batch_size: int, device: torch.devi
     on a large catalogue (73.6 s against 5.2 s of ranking at a million items, docs/scale.md),
     instead of each rank embedding every item: rank r embeds batches r, r + world, ... and one
     all-reduce hands every rank the whole matrix. The batches are the ones a single process
-    forms, so each vector is computed as there, and adding the other ranks' zeros changes no bit."""
+    forms, so each vector is computed as there, and adding the other ranks' zeros changes no value."""
     if world == 1:
         return item_vectors_of(model, feed, np.arange(num_items), batch_size, device, progress)
     return _shared_item_matrix(model, feed, num_items, batch_size, device, progress, rank, world)
