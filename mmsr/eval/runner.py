@@ -65,27 +65,24 @@ def item_vectors_of(model, feed, ids, batch_size: int, device: torch.device, pro
     return _filled(len(ids), 0, batches())
 
 
-@torch.no_grad()
 def _shared_item_matrix(model, feed, num_items: int, batch_size: int, device: torch.device, progress, rank: int,
                         world: int) -> torch.Tensor:
     import torch.distributed as dist
 
-    model.eval()
+    # Batch b (items b*batch_size ...) is rank b % world's. Its batches back to back, chunked by
+    # batch_size again, are the same batches: only the catalogue's last one is short, and it comes last.
+    items = torch.arange(num_items)
+    mine = items[(items // batch_size) % world == rank]
+    vectors = item_vectors_of(model, feed, mine, batch_size, device, progress)
     # NCCL reduces GPU tensors only, gloo CPU ones.
     where = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    out = None
-    for start in range(rank * batch_size, num_items, world * batch_size):
-        vectors = model.item_vectors(torch.arange(start, min(start + batch_size, num_items), device=device), feed)
-        if out is None:
-            out = torch.zeros(num_items, vectors.shape[-1], device=where)
-        out[start:start + len(vectors)] = vectors
-        if progress:
-            progress(len(vectors))
     # A rank given no batch (fewer batches than ranks) learns the width from the others.
-    width = torch.tensor([0 if out is None else out.shape[1]], device=where)
+    width = torch.tensor([vectors.shape[1]], device=where)
     dist.all_reduce(width, op=dist.ReduceOp.MAX)
-    if out is None:
-        out = torch.zeros(num_items, int(width), device=where)
+    out = torch.zeros(num_items, int(width), device=where)
+    if len(mine):
+        out[mine.to(where)] = vectors.to(where)
+    del vectors
     dist.all_reduce(out)
     return out.cpu()
 

@@ -19,6 +19,12 @@ def study_dir(name: str | Path) -> Path:
     return paths.resolve("studies", name)
 
 
+def typed_name(out: Path) -> str:
+    """How a user names study directory `out` on the command line (`--out`, `mmsr study
+    report`): its name when it lies under $MMSR_HOME/studies, else its path."""
+    return out.name if out == study_dir(out.name) else str(out)
+
+
 def load_run_study(out: Path) -> tuple[Study, str]:
     """The study a study directory was run from (its copied file) and the command that ran it."""
     if not (out / STUDY_FILE).is_file():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mmsr.atomic import atomic_write_text
 from mmsr.machine import cpu_model
-from mmsr.study.layout import load_run_study, study_dir
+from mmsr.study.layout import load_run_study, study_dir, typed_name
 from mmsr.study.spec import Study
 
 RUN_COLUMNS = ("variant", "label", "column", "group", "dataset", "seed", "split", "protocol", "cases")
@@ -230,7 +230,7 @@ def render_report(study: Study, rows: list[dict], command: str = "", figures: li
             lines += ["", f"![{figure.stem}]({figure.name}) (data: {figure.stem}.csv)"]
     if command:
         lines += ["", f"Reproduce: `{command}{_only(study, rows)}`"]
-    name = study.name if out is None else out.name if out == study_dir(out.name) else out
+    name = study.name if out is None else typed_name(out)
     lines += ["", f"Re-render: `mmsr study report {name}`; every number above is in results.csv."]
     return "\n".join(lines) + "\n"
 

@@ -34,7 +34,7 @@ from mmsr.data.demo import create_demo
 from mmsr.errors import MMSRError
 from mmsr.eval.runner import evaluate_splits
 from mmsr.progress import ProgressFactory, no_progress
-from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, study_dir
+from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, study_dir, typed_name
 from mmsr.study.report import write_report
 from mmsr.study.spec import Study, Variant, load_study
 from mmsr.train.config import TrainConfig
@@ -176,8 +176,7 @@ def _command(study: Study, out: Path, datasets, seeds, sets) -> str:
     words += [f"--dataset {','.join(datasets)}"] if datasets else []
     words += [f"--seeds {','.join(map(str, seeds))}"] if seeds else []
     words += [f"--set {item}" for item in sets or []]
-    if out != study_dir(study.name):  # a name under $MMSR_HOME/studies, as typed, or a path
-        words.append(f"--out {out.name if out == study_dir(out.name) else out}")
+    words += [f"--out {typed_name(out)}"] if out != study_dir(study.name) else []
     return " ".join(words)
 
 
