@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from mmsr.eval.metrics import compute_metrics
-from mmsr.eval.runner import PROTOCOLS, item_matrix, user_matrix
+from mmsr.eval.runner import PROTOCOLS
+from mmsr.eval.towers import item_matrix, user_matrix
 from mmsr.eval.search import ItemIndex, case_histories, rank_targets
 from mmsr.machine import cpu_model
 from mmsr.train.run import load_run

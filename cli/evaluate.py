@@ -30,6 +30,10 @@ def eval_command(
     search_backend: str = typer.Option("auto", "--search-backend", help="auto (on CPU: the fastest exact path "
                                        "here, timed once: faiss or dense counting; on a GPU index: faiss) | faiss "
                                        "| dense | dense-torch | dense-numpy. Ranks are the same on every path."),
+    shard_items: bool = typer.Option(False, "--shard-items", help="Under torchrun: each rank keeps only its "
+                                     "slice of the item vectors and counts the items of its slice above each "
+                                     "target; the counts are summed. For catalogues whose vectors do not fit in "
+                                     "one rank's memory. Dense counting on the CPU (not FAISS); same ranks."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
     """Full-ranking HR@K / NDCG@K on each split; also written to RUN/eval_<split>.json.
@@ -40,7 +44,7 @@ def eval_command(
     splits = parse_splits(split)
     results = evaluate_splits(run, splits, ks=k, protocol=protocol, faiss=faiss, checkpoint=checkpoint,
                               batch_size=batch_size, device=device, search_device=search_device,
-                              search_backend=search_backend)
+                              search_backend=search_backend, shard_items=shard_items)
     if not is_rank_zero():
         return
     if json_out:

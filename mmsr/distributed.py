@@ -83,3 +83,26 @@ def pick_device(name: str = "auto") -> torch.device:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def all_reduced(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """`tensor` reduced over the ranks ("sum" or "max"), returned on the CPU.
+
+    NCCL reduces GPU tensors only and gloo CPU ones, so the tensor travels on the collective's
+    device; the caller never needs to know which backend the run joined. Without a process
+    group (one process) the tensor itself."""
+    if not dist.is_initialized():
+        return tensor.cpu()
+    where = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = tensor.to(where)
+    dist.all_reduce(out, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return out.cpu()
+
+
+def all_gathered(value) -> list:
+    """Every rank's `value` (any picklable object), in rank order; [value] in one process."""
+    if not dist.is_initialized():
+        return [value]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out

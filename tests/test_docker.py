@@ -197,3 +197,7 @@ def test_torchrun_recipe_two_local_processes(small_demo, tmp_path):
     single = json.loads(alone.stdout)
     assert reduced["users"] == single["users"] == 200
     assert reduced["metrics"] == pytest.approx(single["metrics"])
+    # --shard-items: no rank holds every item's vector, the same ranks
+    sliced = json.loads(recipe("eval", "--run-dir", "r1", "--shard-items", "--json").stdout.strip().splitlines()[-1])
+    assert sliced["backend"]["name"] == "dense-item-shards" and sliced["backend"]["item_shards"] == 2
+    assert sliced["metrics"] == pytest.approx(single["metrics"])

@@ -248,7 +248,7 @@ _SHARED_TOWER_CASES = [(37, 8, [8 + 8 + 5, 8 + 8]), (5, 8, [5, 0])]
 def _shared_item_tower_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
-    from mmsr.eval.runner import item_matrix
+    from mmsr.eval.towers import item_matrix
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -267,7 +267,7 @@ def test_torchrun_ranks_share_the_item_tower_and_each_gets_the_single_process_ma
     the bit) the matrix one process computes."""
     import torch.multiprocessing as mp
 
-    from mmsr.eval.runner import item_matrix
+    from mmsr.eval.towers import item_matrix
 
     mp.spawn(_shared_item_tower_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     torch.set_num_threads(1)

@@ -122,41 +122,65 @@ def count_ranks(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: fl
     / `exact.tie_bound` of D; queries [U, D] float32; offsets [U+1] / history: the masked items
     of each user in CSR form (None: nothing masked). The target is never counted, masked or not.
     """
+    targets = np.asarray(targets, dtype=np.int64)
+    counts = count_higher(vectors, norms, rounding, tie, queries, target_scores(queries, vectors, targets),
+                          norms[targets], targets, offsets, history, max_k, gemm=gemm, users_block=users_block,
+                          items_block=items_block, on_batch=on_batch)
+    return np.where(counts >= max_k, max_k + 1, counts + 1)
+
+
+def count_higher(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: float, queries: np.ndarray,
+                 target_score: np.ndarray, target_norm: np.ndarray, hidden_targets: np.ndarray,
+                 offsets: np.ndarray | None, history: np.ndarray | None, max_k: int, *, gemm: str = "auto",
+                 users_block: int = USERS_BLOCK, items_block: int = ITEMS_BLOCK,
+                 on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """int64 [U]: how many of `vectors` score strictly higher than each user's target, capped at max_k.
+
+    The items need not hold the targets: each user's exact target score and target norm are
+    given (float64, `exact.target_scores`), so a slice of the catalogue can count its share and
+    the shares add up (`mmsr.eval.item_shards`). `hidden_targets` [U]: the target's row in
+    `vectors`, or -1 when it is not among them; `offsets`/`history`: the masked items as rows of
+    `vectors` (CSR, None: nothing masked).
+    """
     if gemm == "auto":
         gemm = fastest_gemm(vectors.shape[1])
     multiply = GEMMS[gemm]
     num_items = len(vectors)
+    counts = np.zeros(len(queries), dtype=np.int64)
+    if not num_items or not len(queries):
+        return counts
     users_block = max(1, min(users_block, len(queries)))
     items_block = max(1, min(items_block, num_items))
     block_norm = np.array([norms[b:b + items_block].max() for b in range(0, num_items, items_block)])
     scores = np.empty(users_block * items_block, dtype=np.float32)
     marks = np.empty(users_block * items_block, dtype=bool)
     threads = worker_threads()
-    ranks = np.empty(len(queries), dtype=np.int64)
     for start in range(0, len(queries), users_block):
         stop = min(start + users_block, len(queries))
         hidden = None if offsets is None else (np.diff(offsets[start:stop + 1]), history[offsets[start]:offsets[stop]])
-        block = _UserBlock(vectors, norms, rounding, tie, queries[start:stop], targets[start:stop], hidden, max_k)
-        ranks[start:stop] = block.run(multiply, items_block, block_norm, scores, marks, threads)
+        block = _UserBlock(vectors, norms, rounding, tie, queries[start:stop], target_score[start:stop],
+                           target_norm[start:stop], hidden_targets[start:stop], hidden, max_k)
+        counts[start:stop] = block.run(multiply, items_block, block_norm, scores, marks, threads)
         if on_batch is not None:
             on_batch(stop)
-    return ranks
+    return counts
 
 
 class _UserBlock:
     """One block of users, scanned over all item blocks; `count` holds the unmasked items known to
     score strictly higher than each user's target (capped at max_k)."""
 
-    def __init__(self, vectors, norms, rounding, tie, q, targets, hist, max_k):
+    def __init__(self, vectors, norms, rounding, tie, q, target_score, target_norm, targets, hist, max_k):
         self.vectors, self.norms, self.rounding, self.tie, self.max_k = vectors, norms, rounding, tie, max_k
         self.q = np.ascontiguousarray(q)
         self.q_norms = np.linalg.norm(self.q.astype(np.float64), axis=1)
-        self.target_score = target_scores(self.q, vectors, targets)
-        self.target_norm = norms[targets]
+        self.target_score, self.target_norm = target_score, target_norm
         self.count = np.zeros(len(q), dtype=np.int64)
         # Entries set to -inf before counting: the history (if masked) and the target itself,
         # sorted by item so each item block finds its own with a binary search.
-        rows, items = np.arange(len(q)), np.asarray(targets, dtype=np.int64)
+        targets = np.asarray(targets, dtype=np.int64)
+        rows = np.flatnonzero(targets >= 0)
+        items = targets[rows]
         if hist is not None:  # (lengths [B], items): this block's masked items, CSR without offsets
             lengths, history = hist
             rows = np.concatenate([rows, np.repeat(np.arange(len(q)), lengths)])
@@ -189,7 +213,7 @@ class _UserBlock:
             if not still.all():
                 active = active[still]
                 q = np.ascontiguousarray(self.q[active])
-        return np.where(self.count >= self.max_k, self.max_k + 1, self.count + 1)
+        return self.count
 
     def _hide(self, scores, active, start, stop) -> None:
         """-inf at this item block's masked entries (and targets) of the active users."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mmsr.errors import MMSRError
-from mmsr.eval.runner import item_matrix, user_matrix
+from mmsr.eval.towers import item_matrix, user_matrix
 from mmsr.eval.search import top_k
 from mmsr.train.batches import left_pad
 from mmsr.train.run import load_run

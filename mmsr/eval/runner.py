@@ -27,93 +27,14 @@ from mmsr.distributed import init_from_env
 from mmsr.errors import MMSRError
 from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums
 from mmsr.eval.backends import resolve_backend
+from mmsr.eval.item_shards import gemm_for, ranks_over_slices
 from mmsr.eval.search import ItemIndex, case_histories, full_ranking_metrics, ranks_from_scores, search_k, shard_rows
+from mmsr.eval.towers import ItemSlice, item_matrix, item_slice, user_matrix
 from mmsr.train.batches import left_pad
 from mmsr.train.run import load_run
 
 # --protocol -> whether the user's history items are masked (docs/eval.md)
 PROTOCOLS = {"paper": True, "recbole": False}
-
-
-def item_matrix(model, feed, num_items: int, batch_size: int, device: torch.device, progress=None, *,
-                rank: int = 0, world: int = 1) -> torch.Tensor:
-    """Every item's vector, [num_items, D] float32 on the CPU.
-
-    Under torchrun (`world` > 1) the ranks share the item tower, most of an evaluation's time
-    on a large catalogue (73.6 s against 5.2 s of ranking at a million items, docs/scale.md),
-    instead of each rank embedding every item: rank r embeds batches r, r + world, ... and one
-    all-reduce hands every rank the whole matrix. The batches are the ones a single process
-    forms, so each vector is computed as there, and adding the other ranks' zeros changes no value."""
-    if world == 1:
-        return item_vectors_of(model, feed, np.arange(num_items), batch_size, device, progress)
-    return _shared_item_matrix(model, feed, num_items, batch_size, device, progress, rank, world)
-
-
-@torch.no_grad()
-def item_vectors_of(model, feed, ids, batch_size: int, device: torch.device, progress=None) -> torch.Tensor:
-    """The vectors of the items `ids`, in that order: a plot's sample need not embed the catalogue."""
-    model.eval()
-    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
-
-    def batches():
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start:start + batch_size].to(device)
-            yield start, model.item_vectors(batch, feed)
-            if progress:
-                progress(len(batch))
-
-    return _filled(len(ids), 0, batches())
-
-
-def _shared_item_matrix(model, feed, num_items: int, batch_size: int, device: torch.device, progress, rank: int,
-                        world: int) -> torch.Tensor:
-    import torch.distributed as dist
-
-    # Batch b (items b*batch_size ...) is rank b % world's. Its batches back to back, chunked by
-    # batch_size again, are the same batches: only the catalogue's last one is short, and it comes last.
-    items = torch.arange(num_items)
-    mine = items[(items // batch_size) % world == rank]
-    vectors = item_vectors_of(model, feed, mine, batch_size, device, progress)
-    # NCCL reduces GPU tensors only, gloo CPU ones.
-    where = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    # A rank given no batch (fewer batches than ranks) learns the width from the others.
-    width = torch.tensor([vectors.shape[1]], device=where)
-    dist.all_reduce(width, op=dist.ReduceOp.MAX)
-    out = torch.zeros(num_items, int(width), device=where)
-    if len(mine):
-        out[mine.to(where)] = vectors.to(where)
-    del vectors
-    dist.all_reduce(out)
-    return out.cpu()
-
-
-def _filled(rows: int, empty_width: int, batches) -> torch.Tensor:
-    """[rows, D] float32 on the CPU from (start, [B, D]) batches, written into one tensor made at
-    the first batch. Not a list then torch.cat, which holds the vectors twice at the end (512 MB
-    more for a million items at dim 128), and not kept batch outputs, which may be views holding
-    far more: a kept `states[:, -1]` (on CPU, .float().cpu() copies nothing) held its batch's
-    whole [B, L, D] states, 2.4 GB for HM's 200,000 users before user_matrix was written so."""
-    out = torch.zeros(0, empty_width)
-    for start, vectors in batches:
-        if start == 0:
-            out = torch.empty(rows, vectors.shape[-1])
-        out[start:start + len(vectors)] = vectors
-    return out
-
-
-@torch.no_grad()
-def user_matrix(model, items: torch.Tensor, histories: list[np.ndarray], max_len: int, batch_size: int,
-                device: torch.device) -> torch.Tensor:
-    model.eval()
-    items_dev = items.to(device)
-
-    def batches():
-        for start in range(0, len(histories), batch_size):
-            ids, mask = left_pad(histories[start:start + batch_size], max_len)
-            ids, mask = ids.to(device), mask.to(device)
-            yield start, model.last_user_vectors(items_dev[ids.clamp_min(0)], mask)
-
-    return _filled(len(histories), items.shape[1], batches())
 
 
 # Candidate-dependent scoring (CARCA++): cases x items per block, bounding the [cases, items, D]
@@ -144,14 +65,20 @@ def batched_ranks(model, items: torch.Tensor, histories: list[np.ndarray], targe
 
 def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
                    batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
-                   search_device: str = "auto", search_backend: str = "auto", items: torch.Tensor | None = None) -> dict:
+                   search_device: str = "auto", search_backend: str = "auto", items: torch.Tensor | None = None,
+                   shard_items: bool = False) -> dict:
     """`search_device`: "auto" (a GPU index when faiss-gpu and CUDA are present), "cpu" or "gpu".
     `search_backend`: "auto" (measured: faiss-cpu or dense counting on the CPU, faiss-gpu on a GPU
     index), "faiss", "dense" or a backend name (`mmsr.eval.backends`). The result's "backend"
     names the path that ran. `items`: the catalogue's vectors from `item_matrix`, when another
     split of the same model already computed them (the item tower is most of an evaluation's
-    time on a large catalogue); the result's seconds then say "items": 0."""
+    time on a large catalogue); the result's seconds then say "items": 0. `shard_items`: no rank
+    holds the whole catalogue (`mmsr.eval.item_shards`); `items` is then this rank's `ItemSlice`."""
     device = device or torch.device("cpu")
+    if shard_items:
+        return _evaluate_over_slices(model, feed, split, which, ks=ks, mask_history=mask_history,
+                                     batch_size=batch_size, device=device, rank=rank, world=world,
+                                     search_backend=search_backend, part=items)
     cases = split.cases(which)
     mine = shard_rows(len(cases), rank, world)
     users, positions = cases.users[mine], cases.positions[mine]
@@ -186,7 +113,31 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
         backend = f"exact inner product, {resolved.name}: {SEARCH_LABELS[resolved.name.split('-')[0]]}"
         # The name, not the probe's timings: a result is the same whenever it is recomputed.
         choice = {"name": resolved.name, "requested": resolved.requested}
-    return {"split": which, "users": len(cases), "items": split.num_items,
+    return _result(split, which, len(cases), mask_history, backend, choice, metrics, clock)
+
+
+def _evaluate_over_slices(model, feed, split: Split, which: str, *, ks, mask_history: bool, batch_size: int,
+                          device: torch.device, rank: int, world: int, search_backend: str,
+                          part: ItemSlice | None) -> dict:
+    gemm = gemm_for(model, search_backend)
+    ks = parse_ks(ks)
+    clock = _Clock()
+    if part is None:
+        part = item_slice(model, feed, split.num_items, batch_size, device, rank, world)
+        clock.lap("items")
+    else:
+        clock.skip("items")
+    ranks = ranks_over_slices(model, part, split, which, max_k=max(ks), mask_history=mask_history,
+                              batch_size=batch_size, device=device, rank=rank, world=world, gemm=gemm, clock=clock)
+    backend = (f"exact inner product, dense counting over {world} item slice{'s' if world > 1 else ''} "
+               f"(one per rank, counts all-reduced): {SEARCH_LABELS['dense']}")
+    choice = {"name": "dense-item-shards", "requested": search_backend, "gemm": gemm, "item_shards": world}
+    return _result(split, which, len(ranks), mask_history, backend, choice, finalize(metric_sums(ranks, ks)), clock)
+
+
+def _result(split: Split, which: str, cases: int, mask_history: bool, backend: str, choice: dict, metrics: dict,
+            clock: _Clock) -> dict:
+    return {"split": which, "users": cases, "items": split.num_items,
             "protocol": "paper (history masked)" if mask_history else "recbole (history not masked)",
             "search": backend, "backend": choice, "metrics": metrics,
             # Where the time went (this rank's): the item tower, the user tower, the ranking.
@@ -227,7 +178,7 @@ SEARCH_LABELS = {"faiss": "IndexFlatIP top-k, near-ties re-scored in float64",
 
 def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protocol: str = "paper",
                  faiss: bool = True, checkpoint: str = "best", batch_size: int = 512, device: str = "auto",
-                 search_device: str = "auto", search_backend: str = "auto") -> dict:
+                 search_device: str = "auto", search_backend: str = "auto", shard_items: bool = False) -> dict:
     """`mmsr eval`: rebuild the model from the run directory alone, rank every item for every case
     of `split` (test | valid | cold | new | cold-test) and write the result to RUN/eval_<split>.json (rank 0).
 
@@ -236,12 +187,13 @@ def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protoco
     """
     return evaluate_splits(run, [split], ks=ks, protocol=protocol, faiss=faiss, checkpoint=checkpoint,
                            batch_size=batch_size, device=device, search_device=search_device,
-                           search_backend=search_backend)[split]
+                           search_backend=search_backend, shard_items=shard_items)[split]
 
 
 def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protocol: str = "paper",
                     faiss: bool = True, checkpoint: str = "best", batch_size: int = 512, device: str = "auto",
-                    search_device: str = "auto", search_backend: str = "auto") -> dict[str, dict]:
+                    search_device: str = "auto", search_backend: str = "auto",
+                    shard_items: bool = False) -> dict[str, dict]:
     """`evaluate_run` for several splits of one run: the model is loaded and the catalogue
     embedded once, then each split is ranked ({split: result}, in the order given). Every name
     is checked before any work starts."""
@@ -254,14 +206,20 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
     loaded = load_run(run, checkpoint, device)
     dist = init_from_env(loaded.device)
     started = time.perf_counter()
-    items = item_matrix(loaded.model, loaded.feed, loaded.split.num_items, batch_size, loaded.device,
-                        rank=dist.rank, world=dist.world)
+    if shard_items:
+        gemm_for(loaded.model, search_backend)  # refused before the item tower, not after it
+        items = item_slice(loaded.model, loaded.feed, loaded.split.num_items, batch_size, loaded.device, dist.rank,
+                           dist.world)
+    else:
+        items = item_matrix(loaded.model, loaded.feed, loaded.split.num_items, batch_size, loaded.device,
+                            rank=dist.rank, world=dist.world)
     item_seconds = round(time.perf_counter() - started, 3)
     results = {}
     for number, split in enumerate(splits):
         result = evaluate_model(loaded.model, loaded.feed, loaded.split, split, ks=ks, mask_history=PROTOCOLS[protocol],
                                 batch_size=batch_size, device=loaded.device, rank=dist.rank, world=dist.world,
-                                search_device=search_device, search_backend=search_backend, items=items)
+                                search_device=search_device, search_backend=search_backend, items=items,
+                                shard_items=shard_items)
         if number == 0:  # the one item-tower pass, counted with the first split
             result["seconds"]["items"] = item_seconds
         result["run"] = str(loaded.root)

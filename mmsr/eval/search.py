@@ -47,7 +47,7 @@ import numpy as np
 from mmsr.errors import MMSRError
 from mmsr.eval import dense
 from mmsr.eval.backends import Choice, resolve_backend
-from mmsr.eval.exact import exact_higher, rounding_bound, target_scores, tie_bound
+from mmsr.eval.exact import exact_higher, rounding_bound, target_scores, tie_bound, vector_norms
 from mmsr.eval.metrics import (
     DEFAULT_KS,
     distributed_info,
@@ -64,8 +64,6 @@ DEFAULT_BATCH_SIZE = 4096
 # more efficient GEMMs: ~1.3-1.5x faster at 50k items x 384 dims on 2 cores. The block buffer
 # is min(queries, 4096) x this many floats: 64 MB at 4096.
 FAISS_DATABASE_BLOCK = 4096
-# Rows per block of the item norms (a 16 MB temporary at 384 dims).
-NORM_BLOCK = 1 << 16
 
 
 def _faiss():
@@ -136,9 +134,7 @@ class ItemIndex:
             self._gpu_resources = faiss.StandardGpuResources()
             self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_id, self.cpu_index())
         self.backend = "faiss-gpu" if self._gpu is not None else "faiss-cpu"
-        # In blocks: np.linalg.norm squares the whole matrix first (512 MB more at 1M items x 128).
-        self.norms = np.concatenate([np.linalg.norm(self.vectors[start:start + NORM_BLOCK], axis=1)
-                                     for start in range(0, self.num_items, NORM_BLOCK)]).astype(np.float64)
+        self.norms = vector_norms(self.vectors)
         # |float32 score - exact score| <= rounding * |q| * |v| (mmsr.eval.exact). None: no bound is
         # trusted (a GPU GEMM may run in reduced precision), FAISS candidates are all re-scored.
         self.rounding = None if self._gpu is not None else rounding_bound(self.dim)

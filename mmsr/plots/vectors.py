@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsr.errors import MMSRError
-from mmsr.eval.runner import item_vectors_of, user_matrix
+from mmsr.eval.towers import item_vectors_of, user_matrix
 from mmsr.plots.common import run_dir
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.run import LoadedRun, load_run
