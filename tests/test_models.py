@@ -270,3 +270,24 @@ def test_a_built_models_evaluation_state_takes_the_sasrec_shortcut(monkeypatch):
         full = model.user_vectors(vectors, mask)[:, -1]
     assert calls and last.shape == (3, 16)
     torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)
+
+
+def test_postnorm_sasrec_normalises_after_each_residual_and_sasrec_keeps_its_weights():
+    """`sasrec-postnorm` (RecBole's layout): each block is norm(x + attn(x)), then norm(x + mlp(x)),
+    on a normalised input and with no final norm; `sasrec` gains no parameter from the option,
+    so its checkpoints still load."""
+    torch.manual_seed(0)
+    items, mask = torch.randn(3, 8, 16), torch.ones(3, 8, dtype=torch.bool)
+    mask[0, :3] = False
+    post = create_sequence_model("sasrec-postnorm", dim=16, max_len=8, layers=1).eval()
+    block = post.blocks[0]
+    with torch.no_grad():
+        x = post.input_norm(items + post.position.weight) * mask[..., None]
+        allowed = (torch.ones(8, 8, dtype=torch.bool).tril() & mask[:, None, :]) | torch.eye(8, dtype=torch.bool)
+        h = block.norm1(x + block.attn(x, x, allowed[:, None]))
+        expected = block.norm2(h + block.mlp(h))
+        torch.testing.assert_close(post(items, mask), expected)
+        torch.testing.assert_close(post.last_state(items, mask), expected[:, -1])
+    pre = create_sequence_model("sasrec", dim=16, max_len=8)
+    assert "input_norm.weight" in post.state_dict() and "norm.weight" not in post.state_dict()
+    assert not any(key.startswith("input_norm") for key in pre.state_dict()) and "norm.weight" in pre.state_dict()

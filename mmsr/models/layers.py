@@ -51,11 +51,14 @@ class Block(nn.Module):
 
     `attention_dropout` (None: `dropout`, as BERT does) drops attention probabilities. On a CPU it
     is not free: scaled_dot_product_attention has no fused kernel with dropout there and falls
-    back to materialising the attention matrix and its mask (README, "Attention dropout")."""
+    back to materialising the attention matrix and its mask (README, "Attention dropout").
+    `post_norm`: normalise after each residual sum instead (the original Transformer's order,
+    and RecBole's SASRec and FDSA); self-attention only."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, mlp_ratio: int = 4,
-                 attention_dropout: float | None = None):
+                 attention_dropout: float | None = None, post_norm: bool = False):
         super().__init__()
+        self.post_norm = post_norm
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout if attention_dropout is None else attention_dropout)
         self.norm2 = nn.LayerNorm(dim)
@@ -63,6 +66,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, allowed=None, context=None):
+        if self.post_norm:
+            x = self.norm1(x + self.dropout(self.attn(x, x, allowed)))
+            return self.norm2(x + self.mlp(x))
         h = self.norm1(x)
         x = x + self.dropout(self.attn(h, context if context is not None else h, allowed))
         return x + self.mlp(self.norm2(x))

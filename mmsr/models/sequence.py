@@ -36,14 +36,17 @@ def sequence_model_names() -> list[str]:
 class SASRec(nn.Module):
     """Causal transformer with learned positions (Kang & McAuley 2018); padding keys are masked."""
 
+    post_norm = False
+
     def __init__(self, dim: int, max_len: int, layers: int = 2, heads: int = 2, dropout: float = 0.1):
         super().__init__()
         self.max_len = max_len
         self.position = nn.Embedding(max_len, dim)
         nn.init.normal_(self.position.weight, std=0.02)  # at the scale of the item vectors
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
-        self.norm = nn.LayerNorm(dim)
+        self.input_norm = nn.LayerNorm(dim) if self.post_norm else nn.Identity()
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout, post_norm=self.post_norm) for _ in range(layers))
+        self.norm = nn.Identity() if self.post_norm else nn.LayerNorm(dim)
 
     def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x, allowed = self._inputs(items, mask)
@@ -68,11 +71,25 @@ class SASRec(nn.Module):
             raise ValueError(f"sequence length {length} > max_len {self.max_len}")
         # Positions count back from the most recent item, so left padding does not shift them.
         position = torch.arange(self.max_len - length, self.max_len, device=items.device)
-        x = self.dropout(items + self.position(position)) * mask.unsqueeze(-1)
+        x = self.dropout(self.input_norm(items + self.position(position))) * mask.unsqueeze(-1)
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
         # A padded position may always see itself, so no softmax row is empty.
         allowed = (causal & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
         return x, allowed.unsqueeze(1)
+
+
+@SEQUENCE_MODELS.register("sasrec-postnorm", params=("layers", "heads"))
+class PostNormSASRec(SASRec):
+    """SASRec in the layout RecBole 1.2.1 gives SASRec and FDSA: a LayerNorm on the item vectors
+    plus positions going in, post-norm blocks (normalised after each residual sum), no final
+    norm. `sasrec` is pre-norm with a final norm, the layout that trains deeper stacks stably;
+    this one is here to compare with RecBole's models layer for layer (docs/compare.md, FDSA).
+    Its evaluation runs the whole stack (no last-position shortcut)."""
+
+    post_norm = True
+
+    def last_state(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.forward(items, mask)[:, -1]
 
 
 def last_state(model: nn.Module, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
