@@ -1,10 +1,12 @@
 """Where `mmsr eval`'s memory goes: resident memory after each of its stages, on a trained run.
 
     MMSR_HOME=/tmp/scale-hm python bench/eval_memory.py scale-hm-ram --split test
+    MMSR_HOME=H torchrun --nproc-per-node 2 bench/eval_memory.py RUN [--shard-items]   (one JSON per rank)
 
 Runs the evaluation in this process (`mmsr.eval.runner.evaluate_splits`, as `mmsr eval` does)
 with its stages wrapped: loading the dataset, splitting, building the model, opening the item
-feed, the item tower, the cases' histories, the user tower, the index and the ranking. Each
+feed, the item tower, the cases' histories, the user tower, the index and the ranking (with
+--shard-items: the slice, the history rows gathered, the user tower and the slice's count). Each
 stage reports the RSS it leaves (VmRSS), the peak so far (VmHWM) and its seconds, in the order
 they ran; a stage that runs twice (one per split) is reported each time. Linux only (/proc).
 Writes the run's eval_<split>.json as `mmsr eval` does. Prints one JSON object last.
@@ -29,7 +31,10 @@ STAGES = (("mmsr.train.run", "load_dataset"), ("mmsr.train.run", "split_dataset"
           ("mmsr.train.run", "open_feed"), ("mmsr.eval.runner", "item_matrix"),
           ("mmsr.eval.runner", "case_histories"), ("mmsr.eval.runner", "user_matrix"),
           ("mmsr.eval.runner", "ItemIndex"), ("mmsr.eval.runner", "full_ranking_metrics"),
-          ("mmsr.eval.runner", "batched_ranks"))
+          ("mmsr.eval.runner", "batched_ranks"),
+          # --shard-items (mmsr.eval.item_shards)
+          ("mmsr.eval.runner", "item_slice"), ("mmsr.eval.item_shards", "case_histories"),
+          ("mmsr.eval.item_shards", "user_matrix"), ("mmsr.eval.item_shards", "count_higher"))
 
 
 def wrap_stages(record: list[dict], stages=STAGES, repeated: tuple[str, ...] = ()) -> None:
@@ -68,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a trained run (name under $MMSR_HOME/runs, or a path)")
     parser.add_argument("--split", default="test", help="split(s) to evaluate, comma-separated (default: test)")
+    parser.add_argument("--shard-items", action="store_true", help="as `mmsr eval --shard-items` (under torchrun)")
     args = parser.parse_args()
 
     from mmsr.eval.runner import evaluate_splits
@@ -76,7 +82,7 @@ def main() -> None:
     record: list[dict] = []
     start_rss = current_rss_mb()
     wrap_stages(record)
-    results = evaluate_splits(args.run, args.split)
+    results = evaluate_splits(args.run, args.split, shard_items=args.shard_items)
     print(json.dumps({"benchmark": "eval_memory", "run": args.run, "cpu": cpu_model(),
                       "rss_at_start_mb": round(start_rss, 1), "stages": record, "peak_rss_mb": round(peak_rss_mb(), 1),
                       "seconds": {split: result["seconds"] for split, result in results.items()},
