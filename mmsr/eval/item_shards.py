@@ -29,8 +29,8 @@ import torch
 from mmsr.distributed import all_gathered, all_reduced
 from mmsr.errors import MMSRError
 from mmsr.eval.dense import count_higher
-from mmsr.eval.exact import rounding_bound, tie_bound, vector_norms
-from mmsr.eval.search import case_histories
+from mmsr.eval.exact import rounding_bound, target_scores, tie_bound, vector_norms
+from mmsr.eval.search import case_histories, shard_rows
 from mmsr.eval.towers import ItemSlice, user_matrix
 
 # what --search-backend may ask for here: the dense counting path (gemm "auto" = measured)
@@ -57,7 +57,7 @@ def ranks_over_slices(model, part: ItemSlice, split, which: str, *, max_k: int, 
     every rank. `clock`: laps "users" and "ranking" when given (the runner's `_Clock`)."""
     cases = split.cases(which)
     max_len = split.config.max_seq_len
-    mine = np.arange(rank, len(cases), world, dtype=np.int64)
+    mine = shard_rows(len(cases), rank, world)
     histories = [split.history(u, p, max_len) for u, p in zip(cases.users[mine], cases.positions[mine])]
     # 2. the union of every rank's history items, in the same order everywhere
     wanted = np.unique(np.concatenate(histories)) if histories else np.zeros(0, dtype=np.int64)
@@ -79,7 +79,7 @@ def ranks_over_slices(model, part: ItemSlice, split, which: str, *, max_k: int, 
     owned = part.local(targets)
     here = np.flatnonzero(owned >= 0)
     exact = torch.zeros(2, len(cases), dtype=torch.float64)  # the targets' exact scores and norms
-    exact[0, here] = torch.from_numpy(np.einsum("bd,bd->b", queries[here], items[owned[here]], dtype=np.float64))
+    exact[0, here] = torch.from_numpy(target_scores(queries[here], items, owned[here]))
     exact[1, here] = torch.from_numpy(norms[owned[here]])
     target_score, target_norm = all_reduced(exact).numpy()
     offsets = history = None
