@@ -273,10 +273,24 @@ def assert_two_processes_train_as_one(overrides, home, single: str | None = None
 
 
 def test_two_process_ddp_matches_one_process(small_demo, mmsr_home):
-    # `mmsr eval` under torchrun against one process: tests/test_docker.py, through the recipe.
+    """The same weights, and the same validation with each rank keeping only its slice of the
+    item vectors (`valid_shard_items`). `mmsr eval` under torchrun against one process:
+    tests/test_docker.py, through the recipe."""
     overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=1", "optim.batch_size=32",
-                 "model.dropout=0.0"]
+                 "model.dropout=0.0", "valid_shard_items=true"]
     assert_two_processes_train_as_one(overrides, mmsr_home)
+    valid = [json.loads((mmsr_home / f"runs/{run}/metrics.jsonl").read_text().splitlines()[-1])["valid"]
+             for run in ("single", "ddp")]
+    assert valid[0] == pytest.approx(valid[1], abs=1e-6) and valid[0]["HR@20"] > 0
+
+
+def test_sharded_validation_is_refused_for_a_candidate_dependent_scorer():
+    from mmsr.config import build
+    from mmsr.errors import MMSRError
+    from mmsr.train.config import TrainConfig
+
+    with pytest.raises(MMSRError, match="valid_shard_items ranks by inner products"):
+        build(TrainConfig, {"model": {"kind": "carca"}, "optim": {"loss": "bce"}, "valid_shard_items": True})
 
 
 @pytest.mark.parametrize("mode", ["unseen", "any"])

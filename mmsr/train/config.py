@@ -93,6 +93,9 @@ class TrainConfig:
     # Validation protocol for model selection: "paper" masks the history, "recbole" does not
     # (select with the protocol you will report).
     valid_protocol: Literal["paper", "recbole"] = "paper"
+    # Under torchrun, validate as `mmsr eval --shard-items` does: each rank keeps only its slice of
+    # the item vectors (for catalogues whose vectors do not fit in one rank); the same metrics.
+    valid_shard_items: bool = False
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never
     # An unreadable picture: error (stop, naming the item) | skip (the item has no picture) |
     # placeholder (a grey one). The same setting as `mmsr cache build`'s, and read by it from
@@ -167,6 +170,10 @@ class TrainConfig:
                             f"optim.loss={self.optim.loss!r} (which scores every user against every candidate of "
                             "the batch) would cost users x candidates attentions per step; use --set "
                             "optim.loss=bce (the paper's) or bpr")
+        if "pair_loss" in needs and self.valid_shard_items:
+            problems.append(f"valid_shard_items ranks by inner products, and model.kind={model.kind} scores each "
+                            "candidate through cross-attention; remove valid_shard_items (its validation scores "
+                            "every item exactly, in blocks)")
         problems += self._check_loss()
         problems += self._check_windows()
         return problems
@@ -224,7 +231,8 @@ def _default(cls: type, name: str):
     return found.default_factory() if found.default is MISSING else found.default
 
 
-TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "valid_protocol", "early_stop_patience",
+TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "valid_protocol", "valid_shard_items",
+                   "early_stop_patience",
                    "checkpoint_every_steps", "cache_into", "init_from")
 
 

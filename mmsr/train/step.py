@@ -86,5 +86,5 @@ def validate(model, feed, split: Split, config: TrainConfig, *, device: torch.de
     """Full-ranking HR/NDCG@10,20 on the validation split, under the config's `valid_protocol`."""
     result = evaluate_model(model, feed, split, "valid", ks=(10, 20), batch_size=config.eval_batch_size,
                             device=device, rank=dist.rank, world=dist.world,
-                            mask_history=config.valid_protocol == "paper")
+                            mask_history=config.valid_protocol == "paper", shard_items=config.valid_shard_items)
     return result["metrics"]
