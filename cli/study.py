@@ -83,6 +83,24 @@ def plan_command(
     console.print(table)
 
 
+@app.command("merge")
+def merge_command(
+    sources: list[str] = typer.Argument(..., help="Study directories (names under $MMSR_HOME/studies, or paths) "
+                                        "made from one study file, e.g. by `--only` on several machines."),
+    out: str = typer.Option(..., "--out", help="The merged study's name under $MMSR_HOME/studies, or a path; "
+                            "an existing directory of the same study gains the runs it lacks."),
+):
+    """Put the finished runs of several directories of one study into one, and render its report.
+
+    Runs are hard-linked where possible (else copied), each whole or not at all; a run whose
+    config differs between sources, a transfer run, or sources run from another study file or
+    with other --dataset/--set options are refused before anything is written."""
+    from mmsr.study.merge import merge_studies  # deferred: the report pulls in matplotlib
+
+    out_dir = merge_studies(sources, out, log=log)
+    log(f"[green]merged: {out_dir / 'report.md'}")
+
+
 @app.command("report")
 def report_command(name: str = typer.Argument(..., help="Study name (under $MMSR_HOME/studies) or directory.")):
     """Re-render results.csv, report.md and the figures from the finished runs, training nothing."""

@@ -250,3 +250,50 @@ def test_ties_share_a_mark_and_all_equal_gets_none(tmp_path):
 def test_every_shipped_study_file_loads_and_builds_each_variants_config(path):
     study = load_study(path)  # check_configs: every variant's TrainConfig is built
     assert study.variants and study.title
+
+
+def test_merge_puts_the_finished_runs_of_partial_studies_in_one_and_refuses_a_mix(study_file, mmsr_home):
+    """Two machines' `--only` halves of one study merged: one table, nothing retrained, the files
+    linked; another study file, other --set options or a run with another config are refused
+    before anything is written."""
+    from mmsr.study.merge import merge_studies
+
+    part_a = run_study(study_file, only=["gate"], seeds=[0], out="part-a", log=_quiet)
+    part_b = run_study(study_file, only=["sum"], seeds=[0], out="part-b", log=_quiet)
+    merged = merge_studies(["part-a", "part-b"], "whole", log=_quiet)
+    assert merged == mmsr_home / "studies" / "whole"
+    with open(merged / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted({r["variant"] for r in rows}) == ["gate", "sum"]
+    for row in rows:  # the merged rows are the sources' own numbers, read from the merged runs
+        assert Path(row["run"]).parent == merged / "runs"
+        source = part_a if row["variant"] == "gate" else part_b
+        evaluated = json.loads((source / "runs" / Path(row["run"]).name / f"eval_{row['split']}.json").read_text())
+        assert float(row["HR@10"]) == pytest.approx(evaluated["metrics"]["HR@10"], abs=1e-6)
+    checkpoint = merged / "runs" / "gate--demo-small--seed0" / "checkpoints" / "best.pt"
+    assert checkpoint.stat().st_ino == (part_a / "runs" / checkpoint.parent.parent.name / "checkpoints" /
+                                        "best.pt").stat().st_ino  # linked, not copied
+    report = (merged / "report.md").read_text()
+    assert f"Reproduce: `mmsr study run {study_file} --seeds 0 --out whole --only gate,sum`" in report
+    messages = []  # the merged directory is a study directory like any other: nothing to train
+    run_study(study_file, only=["gate", "sum"], seeds=[0], out="whole", log=messages.append)
+    assert any("2 finished already, 0 to train" in m for m in messages)
+
+    # refused, and nothing written
+    other = mmsr_home / "studies" / "other-lr"  # as if run with --set optim.lr=0.002
+    other.mkdir()
+    for name in ("study.toml", "origin.json"):
+        (other / name).write_text((part_a / name).read_text().replace("--seeds 0", "--seeds 0 --set optim.lr=0.002"))
+    with pytest.raises(MMSRError, match="was run with --set optim.lr=0.002"):
+        merge_studies(["part-a", "other-lr"], "mixed", log=_quiet)
+    config = part_b / "runs" / "sum--demo-small--seed0" / "config.json"
+    (part_b / "runs" / "gate--demo-small--seed0").mkdir()
+    (part_b / "runs" / "gate--demo-small--seed0" / "config.json").write_text(
+        config.read_text().replace('"sum"', '"concat"'))
+    (part_b / "runs" / "gate--demo-small--seed0" / "study.json").write_text("{}")
+    with pytest.raises(MMSRError, match="same run name, other config"):
+        merge_studies(["part-a", "part-b"], "mixed", log=_quiet)
+    (part_b / "study.toml").write_text((part_b / "study.toml").read_text().replace("A tiny", "Another"))
+    with pytest.raises(MMSRError, match="another study file"):
+        merge_studies(["part-a", "part-b"], "mixed", log=_quiet)
+    assert not (mmsr_home / "studies" / "mixed").exists()

@@ -34,3 +34,17 @@ def load_run_study(out: Path) -> tuple[Study, str]:
     study = load_study(out / STUDY_FILE, check_configs=False)
     study = replace(study, name=origin.get("name", out.name), path=Path(origin.get("file", study.path)))
     return study, origin.get("command", "")
+
+
+def study_command(study: Study, out: Path, datasets=None, seeds=None, sets=None) -> str:
+    """The `mmsr study run` command that makes study directory `out` (its report's "Reproduce")."""
+    try:
+        shown = study.path.relative_to(Path.cwd())
+    except ValueError:
+        shown = study.path
+    words = ["mmsr study run", str(shown)]
+    words += [f"--dataset {','.join(datasets)}"] if datasets else []
+    words += [f"--seeds {','.join(map(str, seeds))}"] if seeds else []
+    words += [f"--set {item}" for item in sets or []]
+    words += [f"--out {typed_name(out)}"] if out != study_dir(study.name) else []
+    return " ".join(words)

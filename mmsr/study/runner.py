@@ -34,7 +34,7 @@ from mmsr.data.demo import create_demo
 from mmsr.errors import MMSRError
 from mmsr.eval.runner import evaluate_splits
 from mmsr.progress import ProgressFactory, no_progress
-from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, study_dir, typed_name
+from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, study_command, study_dir
 from mmsr.study.report import write_report
 from mmsr.study.spec import Study, Variant, load_study
 from mmsr.train.config import TrainConfig
@@ -142,7 +142,7 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
     _refuse_changed(study, out, runs, sets)
     # The report covers every finished run, so its command is the study's, not this --only
     # subset; the report names the variants it shows (`report._only`).
-    command = _command(study, out, datasets, seeds, sets)
+    command = study_command(study, out, datasets, seeds, sets)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_FILE, study.path.read_text(encoding="utf-8"))
     atomic_write_text(out / ORIGIN_FILE, json.dumps({"name": study.name, "file": str(study.path),
@@ -165,19 +165,6 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
             advance(1)
     write_report(out, study, command, figures=True, log=log)
     return out
-
-
-def _command(study: Study, out: Path, datasets, seeds, sets) -> str:
-    try:
-        shown = study.path.relative_to(Path.cwd())
-    except ValueError:
-        shown = study.path
-    words = ["mmsr study run", str(shown)]
-    words += [f"--dataset {','.join(datasets)}"] if datasets else []
-    words += [f"--seeds {','.join(map(str, seeds))}"] if seeds else []
-    words += [f"--set {item}" for item in sets or []]
-    words += [f"--out {typed_name(out)}"] if out != study_dir(study.name) else []
-    return " ".join(words)
 
 
 def _refuse_changed(study: Study, out: Path, runs: list[PlannedRun], sets: list[str] | None) -> None:
