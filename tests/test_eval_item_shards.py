@@ -68,8 +68,9 @@ def _expected(model, split, which, mask_history, max_k):
 def test_one_slice_ranks_as_brute_force_and_as_the_default_path(which, mask_history):
     split, model = _split(), _IntegerModel(90)
     part = item_slice(model, None, split.num_items, 16, torch.device("cpu"), 0, 1)
-    ranks = ranks_over_slices(model, part, split, which, max_k=10, mask_history=mask_history, batch_size=8,
-                              device=torch.device("cpu"), rank=0, world=1)
+    ranks, gemm = ranks_over_slices(model, part, split, which, max_k=10, mask_history=mask_history, batch_size=8,
+                                    device=torch.device("cpu"), rank=0, world=1)
+    assert gemm in ("torch", "numpy")  # the GEMM that ran, not "auto"
     np.testing.assert_array_equal(ranks, _expected(model, split, which, mask_history, 10))
     kwargs = dict(ks=(1, 5, 10), mask_history=mask_history, batch_size=8)
     sharded = evaluate_model(model, None, split, which, shard_items=True, **kwargs)
@@ -109,8 +110,8 @@ def _worker(rank, world, init_file, out_dir):
             result = evaluate_model(model, None, split, "test", ks=(1, 5, 10), batch_size=batch, rank=rank,
                                     world=world, shard_items=True)
             part = item_slice(_IntegerModel(items), None, items, batch, torch.device("cpu"), rank, world)
-            ranks = ranks_over_slices(model, part, split, "valid", max_k=10, mask_history=True, batch_size=batch,
-                                      device=torch.device("cpu"), rank=rank, world=world)
+            ranks, _ = ranks_over_slices(model, part, split, "valid", max_k=10, mask_history=True,
+                                         batch_size=batch, device=torch.device("cpu"), rank=rank, world=world)
             np.save(f"{out_dir}/{items}-{rank}.npy", np.array([result, ranks, sorted(set(model.embedded)),
                                                                len(part.vectors)], dtype=object), allow_pickle=True)
     finally:

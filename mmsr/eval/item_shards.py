@@ -28,7 +28,7 @@ import torch
 
 from mmsr.distributed import all_gathered, all_reduced
 from mmsr.errors import MMSRError
-from mmsr.eval.dense import count_higher
+from mmsr.eval.dense import count_higher, fastest_gemm
 from mmsr.eval.exact import rounding_bound, target_scores, tie_bound, vector_norms
 from mmsr.eval.search import case_histories, shard_rows
 from mmsr.eval.towers import ItemSlice, user_matrix
@@ -52,9 +52,11 @@ def gemm_for(model, search_backend: str) -> str:
 
 
 def ranks_over_slices(model, part: ItemSlice, split, which: str, *, max_k: int, mask_history: bool, batch_size: int,
-                      device: torch.device, rank: int, world: int, gemm: str = "auto", clock=None) -> np.ndarray:
+                      device: torch.device, rank: int, world: int, gemm: str = "auto",
+                      clock=None) -> tuple[np.ndarray, str]:
     """1-based ranks [cases] (capped at max_k + 1) of every case of `split`'s `which`, the same on
-    every rank. `clock`: laps "users" and "ranking" when given (the runner's `_Clock`)."""
+    every rank, and the GEMM that computed the scores. `clock`: laps "users" and "ranking" when
+    given (the runner's `_Clock`)."""
     cases = split.cases(which)
     max_len = split.config.max_seq_len
     mine = shard_rows(len(cases), rank, world)
@@ -87,13 +89,14 @@ def ranks_over_slices(model, part: ItemSlice, split, which: str, *, max_k: int, 
         masks = case_histories(split.offsets, split.items, cases.users, cases.positions)
         offsets, history = _within(masks.offsets, part.local(masks.items))
     dim = items.shape[1]
+    gemm = fastest_gemm(dim) if gemm == "auto" else gemm
     counts = count_higher(items, norms, rounding_bound(dim), tie_bound(dim), queries,
                           target_score, target_norm, owned, offsets, history, max_k, gemm=gemm)
     # 5. the whole catalogue's count
     total = all_reduced(torch.from_numpy(counts)).numpy()
     if clock:
         clock.lap("ranking")
-    return np.where(total >= max_k, max_k + 1, total + 1)
+    return np.where(total >= max_k, max_k + 1, total + 1), gemm
 
 
 def _within(offsets: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -127,8 +127,9 @@ def _evaluate_over_slices(model, feed, split: Split, which: str, *, ks, mask_his
         clock.lap("items")
     else:
         clock.skip("items")
-    ranks = ranks_over_slices(model, part, split, which, max_k=max(ks), mask_history=mask_history,
-                              batch_size=batch_size, device=device, rank=rank, world=world, gemm=gemm, clock=clock)
+    ranks, gemm = ranks_over_slices(model, part, split, which, max_k=max(ks), mask_history=mask_history,
+                                    batch_size=batch_size, device=device, rank=rank, world=world, gemm=gemm,
+                                    clock=clock)
     backend = (f"exact inner product, dense counting over {world} item slice{'s' if world > 1 else ''} "
                f"(one per rank, counts all-reduced): {SEARCH_LABELS['dense']}")
     choice = {"name": "dense-item-shards", "requested": search_backend, "gemm": gemm, "item_shards": world}
