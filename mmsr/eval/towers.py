@@ -21,11 +21,12 @@ def item_matrix(model, feed, num_items: int, batch_size: int, device: torch.devi
     Under torchrun (`world` > 1) the ranks share the item tower, most of an evaluation's time
     on a large catalogue (73.6 s against 5.2 s of ranking at a million items, docs/scale.md),
     instead of each rank embedding every item: rank r embeds batches r, r + world, ... and one
-    all-reduce hands every rank the whole matrix. The batches are the ones a single process
-    forms, so each vector is computed as there, and adding the other ranks' zeros changes no value."""
+    all-reduce hands every rank the whole matrix (`ItemSlice.rows_of`). The batches are the ones
+    a single process forms, so each vector is computed as there, and adding the other ranks'
+    zeros changes no value."""
     if world == 1:
         return item_vectors_of(model, feed, np.arange(num_items), batch_size, device, progress)
-    return _shared_item_matrix(model, feed, num_items, batch_size, device, progress, rank, world)
+    return item_slice(model, feed, num_items, batch_size, device, rank, world, progress).rows_of(np.arange(num_items))
 
 
 @torch.no_grad()
@@ -42,11 +43,6 @@ def item_vectors_of(model, feed, ids, batch_size: int, device: torch.device, pro
                 progress(len(batch))
 
     return _filled(len(ids), 0, batches())
-
-
-def _shared_item_matrix(model, feed, num_items: int, batch_size: int, device: torch.device, progress, rank: int,
-                        world: int) -> torch.Tensor:
-    return item_slice(model, feed, num_items, batch_size, device, rank, world, progress).rows_of(np.arange(num_items))
 
 
 def rank_items(num_items: int, batch_size: int, rank: int, world: int) -> np.ndarray:
