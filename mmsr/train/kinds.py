@@ -121,7 +121,7 @@ def _fdsa(config: "TrainConfig", inputs: KindInputs):
         raise MMSRError("fdsa has no feature: no encoder and no side feature",
                         hint="set encoders.text_model / encoders.vision_model, or model.side_features=['category']")
     items = FDSAItemTower(inputs.num_items, m.dim, encoders, category, len(vocabulary))
-    return items, FDSAUserTower(_sequence(config), _sequence(config), m.dim)
+    return items, FDSAUserTower(_sequence(config), _sequence(config), m.dim, m.dropout)
 
 
 @MODEL_KINDS.register("vqrec", params=("vq_codes", "vq_bits"), needs=("text", "item_ids"),
