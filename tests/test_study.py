@@ -278,6 +278,9 @@ def test_merge_puts_the_finished_runs_of_partial_studies_in_one_and_refuses_a_mi
     messages = []  # the merged directory is a study directory like any other: nothing to train
     run_study(study_file, only=["gate", "sum"], seeds=[0], out="whole", log=messages.append)
     assert any("2 finished already, 0 to train" in m for m in messages)
+    messages = []  # merging a source into a directory that already holds its runs moves nothing
+    merge_studies(["part-a"], "whole", log=messages.append)
+    assert "merged 0 run(s)" in messages[0] and "(2 in all)" in messages[0]
 
     # refused, and nothing written
     other = mmsr_home / "studies" / "other-lr"  # as if run with --set optim.lr=0.002

@@ -38,10 +38,12 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, log: Callable[[
     """Merge the finished runs of `sources` (study names or directories) into `out`; returns it."""
     if not sources:
         raise MMSRError("no study directory to merge", hint="name one or more: mmsr study merge A B --out NAME")
-    dirs = [study_dir(source) for source in sources]
     target = study_dir(out)
+    dirs = [study_dir(source) for source in sources]
     study, _ = load_run_study(dirs[0])
     file_text = (dirs[0] / STUDY_FILE).read_text(encoding="utf-8")
+    if target not in dirs and (target / STUDY_FILE).is_file():
+        dirs.append(target)  # an existing directory of the study: checked like a source, its runs kept
     options = [_options(d) for d in dirs]
     for directory, option in zip(dirs, options):
         load_run_study(directory)  # "not a study directory" names it
@@ -59,7 +61,8 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, log: Callable[[
         if (target / STUDY_FILE).read_text(encoding="utf-8") != file_text:
             raise MMSRError(f"holds another study than {dirs[0]}", where=target, hint="merge into a new --out NAME")
 
-    chosen, unfinished = _finished_runs([*dirs, target] if target.is_dir() else dirs)
+    # The target first: a run it already holds stays, and is not placed again.
+    chosen, unfinished = _finished_runs(sorted(dirs, key=lambda d: d != target))
     target.mkdir(parents=True, exist_ok=True)
     moved = 0
     for name, run in sorted(chosen.items()):
