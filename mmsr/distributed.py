@@ -85,16 +85,21 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduced(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """`tensor` reduced over the ranks ("sum" or "max"), returned on the CPU.
+def collective_device() -> torch.device:
+    """Where a collective's tensors must be: NCCL reduces GPU tensors only, gloo CPU ones. A
+    large buffer made here from the start is not copied there (and back) a second time."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
-    NCCL reduces GPU tensors only and gloo CPU ones, so the tensor travels on the collective's
-    device; the caller never needs to know which backend the run joined. Without a process
-    group (one process) the tensor itself."""
+
+def all_reduced(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """`tensor` reduced over the ranks ("sum" or "max"), returned on the CPU; the caller never
+    needs to know which backend the run joined. Without a process group (one process) the
+    tensor itself."""
     if not dist.is_initialized():
         return tensor.cpu()
-    where = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    out = tensor.to(where)
+    out = tensor.to(collective_device())
     dist.all_reduce(out, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return out.cpu()
 

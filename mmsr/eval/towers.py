@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmsr.distributed import all_reduced
+from mmsr.distributed import all_reduced, collective_device
 from mmsr.train.batches import left_pad
 
 
@@ -101,12 +101,17 @@ class ItemSlice:
         return np.where(self.ids[rows] == items, rows, -1)
 
     def rows_of(self, items: np.ndarray) -> torch.Tensor:
-        """[len(items), D]: the vectors of `items` (the same list on every rank), from their owners."""
-        out = torch.zeros(len(items), self.vectors.shape[1])
+        """[len(items), D]: the vectors of `items` (the same list on every rank), from their owners.
+        The zero-filled buffer is made on the collective's device, so a rank holds the result
+        once on the CPU; when `items` take the whole slice, it is scattered without a copy."""
+        out = torch.zeros(len(items), self.vectors.shape[1], device=collective_device())
         local = self.local(items)
         mine = np.flatnonzero(local >= 0)
         if len(mine):
-            out[torch.from_numpy(mine)] = self.vectors[torch.from_numpy(local[mine])].float()
+            rows = local[mine]
+            whole = len(rows) == len(self.vectors) and np.array_equal(rows, np.arange(len(rows)))
+            source = self.vectors if whole else self.vectors[torch.from_numpy(rows)]
+            out[torch.from_numpy(mine).to(out.device)] = source.to(out.device, torch.float32)
         return all_reduced(out)
 
 
@@ -114,7 +119,7 @@ def item_slice(model, feed, num_items: int, batch_size: int, device: torch.devic
                world: int, progress=None) -> ItemSlice:
     """This rank's items through the item tower (the batches `towers.item_matrix` gives it)."""
     ids = rank_items(num_items, batch_size, rank, world)
-    vectors = item_vectors_of(model, feed, ids, batch_size, device, progress).cpu()
+    vectors = item_vectors_of(model, feed, ids, batch_size, device, progress)  # on the CPU
     # A rank given no batch (fewer batches than ranks) learns the width from the others.
     width = int(all_reduced(torch.tensor([vectors.shape[1]]), "max"))
     return ItemSlice(ids, vectors if len(ids) else torch.zeros(0, width), num_items)

@@ -45,8 +45,9 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, log: Callable[[
     if target not in dirs and (target / STUDY_FILE).is_file():
         dirs.append(target)  # an existing directory of the study: checked like a source, its runs kept
     options = [_options(d) for d in dirs]
-    for directory, option in zip(dirs, options):
-        load_run_study(directory)  # "not a study directory" names it
+    for directory, option in zip(dirs[1:], options[1:]):
+        if not (directory / STUDY_FILE).is_file():
+            load_run_study(directory)  # raises: "not a study directory", naming it
         if (directory / STUDY_FILE).read_text(encoding="utf-8") != file_text:
             raise MMSRError(f"was run from another study file than {dirs[0]}", where=directory,
                             hint="merge only directories of one study file")
@@ -55,11 +56,9 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, log: Callable[[
                 raise MMSRError(f"was run with {key} {' '.join(option[key]) or '(none)'}, {dirs[0]} with "
                                 f"{' '.join(options[0][key]) or '(none)'}", where=directory,
                                 hint="runs made with other settings answer another question: keep them apart")
-    if target.is_dir() and any(target.iterdir()):
-        if not (target / STUDY_FILE).is_file():
-            raise MMSRError("exists and is not a study directory", where=target, hint="merge into a new --out NAME")
-        if (target / STUDY_FILE).read_text(encoding="utf-8") != file_text:
-            raise MMSRError(f"holds another study than {dirs[0]}", where=target, hint="merge into a new --out NAME")
+    # (an existing target study directory was checked above, as a source)
+    if target.is_dir() and any(target.iterdir()) and not (target / STUDY_FILE).is_file():
+        raise MMSRError("exists and is not a study directory", where=target, hint="merge into a new --out NAME")
 
     # The target first: a run it already holds stays, and is not placed again.
     chosen, unfinished = _finished_runs(sorted(dirs, key=lambda d: d != target))
