@@ -20,7 +20,10 @@ def train_command(
     from_cache: bool = typer.Option(False, "--from-cache", help="Read the frozen layers' states from the zarr cache "
                                     "(`mmsr cache build` first). Without it the lower layers run every step."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint (after a "
-                                "crash, Ctrl-C or SIGTERM: the run checkpoints the step it was on)."),
+                                "crash, Ctrl-C or SIGTERM: the run checkpoints the step it was on), with its "
+                                "own config. --set optim.epochs=N lengthens a finished run (also "
+                                "optim.decay_start_epoch, a longer early_stop_patience) when the steps taken keep "
+                                "their learning rates."),
     resume_from: str = typer.Option("last", "--resume-from", help="With --resume: last | best. best when "
                                     "last.pt is damaged; the epochs after best.pt are trained again."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the run afresh, deleting the old one."),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -370,6 +371,74 @@ def test_a_resumed_run_keeps_its_early_stop(small_demo, mmsr_home):
     assert resumed.resume
     assert train(resumed.config, resumed.root, from_cache=False, resume=True, log=lambda text: None) == best
     assert (prepared.root / "metrics.jsonl").read_text() == metrics
+
+
+def test_a_resume_that_lengthens_the_run_equals_the_longer_run(small_demo, mmsr_home):
+    """`--resume --set optim.epochs=N` on a finished run trains on, step for step, as a run
+    started with N epochs: same weights, same records; the run's config says N afterwards."""
+    from mmsr.train.recipe import train
+    from mmsr.train.run import prepare_run, run_config
+
+    quiet = lambda text: None  # noqa: E731
+    base = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.batch_size=32", "model.dropout=0.2",
+            "optim.decay_start_epoch=2"]  # the longer run decays over its third epoch, after the steps taken
+    longer = prepare_run("longer", None, base + ["optim.epochs=3"], log=quiet)
+    train(longer.config, longer.root, from_cache=False, log=quiet)
+    short = prepare_run("short", None, base + ["optim.epochs=2"], log=quiet)
+    train(short.config, short.root, from_cache=False, log=quiet)
+    assert len((short.root / "metrics.jsonl").read_text().splitlines()) == 2
+
+    resumed = prepare_run("short", None, ["optim.epochs=3"], resume=True, log=quiet)  # on the run's own config
+    said = []
+    train(resumed.config, resumed.root, from_cache=False, resume=True, log=said.append)
+    assert any("optim.epochs 2 -> 3" in line for line in said)
+    a, b = (torch.load(run.root / "checkpoints/last.pt", weights_only=True) for run in (longer, short))
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    records = [[_without_seconds(line) for line in (run.root / "metrics.jsonl").read_text().splitlines()]
+               for run in (longer, short)]
+    assert len(records[0]) == 3 and records[0] == records[1]
+    assert run_config(short.root) == longer.config
+
+    again = prepare_run("short", resume=True, log=quiet)  # finished: nothing left, and it says so
+    said.clear()
+    train(again.config, again.root, from_cache=False, resume=True, log=said.append)
+    assert any(line.startswith("nothing to train: the run finished at epoch 3") for line in said)
+
+
+def _without_seconds(line: str) -> dict:
+    record = json.loads(line)
+    record.pop("epoch_seconds")
+    return record
+
+
+@pytest.mark.parametrize("change,taken,expected", [
+    (["model.dim=32"], 14, "model.dim 16 -> 32"),
+    (["optim.epochs=6"], 21, "changes the learning rate of step 16 (epoch 3)"),  # the decay was under way
+    (["optim.decay_start_epoch=1"], 14, "changes the learning rate of step 9 (epoch 2)"),
+    (["early_stop_patience=2"], 14, "a shorter patience could have stopped the run"),
+])
+def test_a_resume_that_would_change_steps_taken_is_refused(change, taken, expected, tmp_path):
+    from mmsr.errors import MMSRError
+    from mmsr.train.schedule import resumed_length_change
+
+    saved = ["model.dim=16", "optim.epochs=4", "optim.decay_start_epoch=2", "early_stop_patience=5"]
+    with pytest.raises(MMSRError, match=re.escape(expected)):
+        resumed_length_change(_config(saved), _config(saved + change), taken, 7, where=tmp_path)
+
+
+def test_a_resume_may_change_the_length_and_lengthen_the_patience_only(tmp_path):
+    from mmsr.train.schedule import resumed_length_change
+
+    saved = ["optim.epochs=4", "optim.decay_start_epoch=2", "early_stop_patience=5"]
+    assert resumed_length_change(_config(saved), _config(saved), 14, 7, where=tmp_path) == {}
+    # Before the decay starts, the length may move both ways; a longer patience, or none, is allowed.
+    longer = saved + ["optim.epochs=8", "optim.decay_start_epoch=6", "early_stop_patience=0"]
+    assert resumed_length_change(_config(saved), _config(longer), 14, 7, where=tmp_path) == {
+        "early_stop_patience": (5, 0), "optim.decay_start_epoch": (2, 6), "optim.epochs": (4, 8)}
+    assert resumed_length_change(_config(saved), _config(saved + ["optim.epochs=3"]), 7, 7, where=tmp_path) == {
+        "optim.epochs": (4, 3)}
 
 
 @pytest.mark.parametrize("overrides,expected", [

@@ -29,29 +29,10 @@ from mmsr.train.checkpoint import gather_rng_states, load_checkpoint, restore_rn
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
-from mmsr.train.model import build_model, load_weights, parameter_groups, trainable_state
+from mmsr.train.model import build_model, load_weights, trainable_state
 from mmsr.train.run import INIT_FILE, init_from_source, init_summary, run_config, transfer_source
+from mmsr.train.schedule import make_optimizer, resumed_length_change
 from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
-
-
-def lr_factor(config: TrainConfig, steps_per_epoch: int):
-    """1 until `decay_start_epoch`, then linear down to `final_lr_fraction` at the last step."""
-    o = config.optim
-    start = min(o.decay_start_epoch, o.epochs) * steps_per_epoch
-    end = o.epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < start or end <= start:
-            return 1.0
-        return 1.0 - (1.0 - o.final_lr_fraction) * min(1.0, (step - start) / (end - start))
-
-    return factor
-
-
-def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
-    """AdamW over the two parameter groups, and the linear-decay schedule stepped once per step."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, config))
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
 
 
 def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume: bool = False,
@@ -108,7 +89,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     start_epoch, start_step, global_step, best, partial = 0, 0, 0, {}, {}
     if resume:
         state = load_checkpoint(ckpt_dir / f"{resume_from}.pt", hint=_resume_hint(resume_from, run_dir))
-        _check_same_config(run_dir, config)
+        _adopt_resumed_config(run_dir, config, state["global_step"], steps_per_epoch, dist, log)
         load_weights(model, state["model"], ckpt_dir / f"{resume_from}.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -139,7 +120,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     # Carried over a resume, so that a run stopped early (or killed after its early stop) does
     # not train again, and a resumed run stops where the uninterrupted one does.
     bad_validations = _validations_since_best(config, best, start_epoch)
-    if resume and _early_stopped(config, bad_validations):
+    if resume and (_early_stopped(config, bad_validations) or start_epoch >= config.optim.epochs):
+        if dist.main:
+            log(f"nothing to train: the run {'stopped early' if start_epoch < config.optim.epochs else 'finished'} "
+                f"at epoch {start_epoch} (best {best.get('epoch')}); lengthen it with --resume --set "
+                "optim.epochs=N (and early_stop_patience)")
         barrier()
         return best
     stops = held.enter_context(StopRequests(dist, device))  # from here on a signal stops after the step
@@ -255,13 +240,18 @@ def _start_run_dir(run_dir: Path, config: TrainConfig, info: dict, init: dict | 
             path.unlink()
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+def _adopt_resumed_config(run_dir: Path, config: TrainConfig, steps_taken: int, steps_per_epoch: int,
+                          dist: Dist, log) -> None:
     # Rebuilt, not compared raw: a run saved before a config field existed (e.g. init_from)
     # holds its default, and must still resume.
-    saved = json.loads(json.dumps(asdict(run_config(run_dir))))
-    if saved != json.loads(json.dumps(asdict(config))):
-        raise MMSRError("--resume with a config that differs from the run's", where=run_dir / "config.json",
-                        hint="resume with the same config (or none: the run's own is used)")
+    changed = resumed_length_change(run_config(run_dir), config, steps_taken, steps_per_epoch,
+                                    where=run_dir / "config.json")
+    if changed and dist.main:
+        # The run is now the new config's run, step for step; its config says so.
+        atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+        shown = ", ".join(f"{key} {a} -> {b}" for key, (a, b) in changed.items())
+        log(f"resuming with {shown}: the {steps_taken:,} steps taken keep their learning rates, so the run "
+            "continues as one started with the new length")
 
 
 def _append_metrics(run_dir: Path, record: dict) -> None:

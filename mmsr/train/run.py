@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,8 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
 
     - config: defaults <- `config_path` <- `overrides` (--set) <- `flags` (dotted keys, None = not given).
     - directory: `run` (a name under $MMSR_HOME/runs, or a path); default DATASET-KIND-SEQUENCE.
-    - `resume`: continue from checkpoints/last.pt, with the run's saved config unless a file, an
-      override or a flag is given. With no checkpoint yet the run starts afresh in the same
+    - `resume`: continue from checkpoints/last.pt, with the run's saved config (under any override
+      or flag) unless a file is given. With no checkpoint yet the run starts afresh in the same
       directory: torchrun --max-restarts passes the same --resume on the first start too, and a
       run that died before its first checkpoint must restart from a plain rerun.
     - Otherwise an existing non-empty directory is refused, or deleted (by rank 0) with `overwrite`.
@@ -98,9 +98,11 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
     if resume_from not in RESUME_POINTS:
         raise MMSRError(f"--resume-from {resume_from!r}", hint=f"use one of {', '.join(RESUME_POINTS)}")
     checkpoint = root / "checkpoints" / f"{resume_from}.pt"
-    given = config_path is not None or bool(overrides) or any(v is not None for v in (flags or {}).values())
-    if resume and not given and (root / "config.json").is_file():
-        config = run_config(root)
+    if resume and config_path is None and (root / "config.json").is_file():
+        # The run's own config, with any --set or flag on top (a resume may lengthen the run:
+        # mmsr.train.schedule); a config file replaces it and must match it.
+        saved = json.loads(json.dumps(asdict(run_config(root))))
+        config = config_lib.load(TrainConfig, None, overrides, flags, base=saved)
     if resume and resume_from != "last" and not checkpoint.is_file():
         raise MMSRError("checkpoint not found", where=checkpoint, hint="resume from last, or start again with "
                                                                         "--overwrite")
