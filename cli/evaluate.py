@@ -38,6 +38,11 @@ def eval_command(
 ):
     """Full-ranking HR@K / NDCG@K on each split; also written to RUN/eval_<split>.json.
 
+    Each figure comes with its standard error over the split's cases ("standard_errors" in the
+    JSON): how much the choice of cases alone moves it. Two runs' figures less than about three
+    standard errors apart (1.96 x sqrt 2) are not told apart by these cases at the 95% level;
+    seeds add their own spread on top.
+
     With --json: one split prints its result object; several print {"splits": {name: result}}."""
     from mmsr.eval.runner import evaluate_splits, parse_splits  # deferred: pulls in torch (seconds)
 
@@ -55,8 +60,10 @@ def eval_command(
                             f"{result['protocol']}", caption=result["search"])
         table.add_column("metric")
         table.add_column("value", justify="right")
+        table.add_column("± std. error", justify="right")  # the cases' own spread, not the seed's
+        errors = result.get("standard_errors", {})
         for key, value in result["metrics"].items():
-            table.add_row(key, f"{value:.4f}")
+            table.add_row(key, f"{value:.4f}", f"{errors[key]:.4f}" if key in errors else "")
         Console().print(table)
 
 

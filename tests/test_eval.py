@@ -65,6 +65,24 @@ def test_metrics_hand_computed():
     assert metric_sums(ranks, (10,))["count"] == 6
 
 
+def test_standard_errors_are_the_cases_sample_spread_and_add_up_over_batches():
+    from mmsr.eval.metrics import finalize, standard_errors
+
+    ranks = np.random.default_rng(0).integers(1, 80, size=997)
+    halves = [metric_sums(part, (10, 20)) for part in (ranks[:400], ranks[400:])]
+    summed = {key: halves[0][key] + halves[1][key] for key in halves[0]}  # as batches and ranks add them
+    errors = standard_errors(summed)
+    assert list(errors) == list(finalize(summed)) == ["HR@10", "NDCG@10", "HR@20", "NDCG@20"]
+    for k in (10, 20):
+        hits = (ranks <= k).astype(float)
+        gains = np.where(ranks <= k, 1 / np.log2(ranks + 1.0), 0.0)
+        assert errors[f"HR@{k}"] == pytest.approx(hits.std(ddof=1) / math.sqrt(len(ranks)), rel=1e-9)
+        assert errors[f"NDCG@{k}"] == pytest.approx(gains.std(ddof=1) / math.sqrt(len(ranks)), rel=1e-9)
+    assert errors["HR@10"] > 0
+    assert standard_errors(metric_sums(np.array([3]), (10,))) == {"HR@10": 0.0, "NDCG@10": 0.0}  # one case
+    assert standard_errors(metric_sums(np.full(5, 4), (10,)))["NDCG@10"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_parse_ks():
     assert parse_ks("20, 10,50,10") == (10, 20, 50)
     assert parse_ks(5) == (5,)

@@ -15,6 +15,7 @@ Only numpy here; torch is imported lazily, and only when a process group is init
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterable, Mapping
 
@@ -24,6 +25,7 @@ from mmsr.errors import MMSRError
 
 DEFAULT_KS = (10, 20, 50)
 COUNT_KEY = "count"
+SQUARES = ":sq"  # suffix of a metric's sum of squared per-case values
 
 
 def parse_ks(ks: str | int | Iterable[int]) -> tuple[int, ...]:
@@ -64,22 +66,47 @@ def ndcg_at_k(ranks, k: int) -> np.ndarray:
 
 
 def metric_sums(ranks, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
-    """{"HR@K": sum, "NDCG@K": sum, ..., "count": number of cases}; add these across batches."""
+    """{"HR@K": sum, "NDCG@K": sum, ..., "count": number of cases}; add these across batches.
+    Each metric's sum of squared per-case values rides along ("NDCG@K:sq"), for its standard
+    error (`standard_errors`)."""
     ranks = _as_ranks(ranks)
     sums: dict[str, float] = {}
     for k in parse_ks(ks):
-        sums[f"HR@{k}"] = float(hit_at_k(ranks, k).sum())
-        sums[f"NDCG@{k}"] = float(ndcg_at_k(ranks, k).sum())
+        hits, gains = hit_at_k(ranks, k), ndcg_at_k(ranks, k)
+        sums[f"HR@{k}"] = float(hits.sum())
+        sums[f"NDCG@{k}"] = float(gains.sum())
+        sums[f"HR@{k}{SQUARES}"] = float(hits.sum())  # 0/1 values are their own squares
+        sums[f"NDCG@{k}{SQUARES}"] = float(np.square(gains).sum())
     sums[COUNT_KEY] = float(ranks.size)
     return sums
+
+
+def _metric_keys(sums: Mapping[str, float]) -> list[str]:
+    keys = [key for key in sums if key != COUNT_KEY and not key.endswith(SQUARES)]
+    return sorted(keys, key=lambda key: (int(key.split("@")[1]), key.split("@")[0] != "HR"))
 
 
 def finalize(sums: Mapping[str, float]) -> dict[str, float]:
     """Sums -> means in [0, 1], keyed like {"HR@10": ..., "NDCG@10": ...} (ordered by K, HR first)."""
     count = sums.get(COUNT_KEY, 0.0)
-    keys = [key for key in sums if key != COUNT_KEY]
-    keys.sort(key=lambda key: (int(key.split("@")[1]), key.split("@")[0] != "HR"))
-    return {key: (sums[key] / count if count else 0.0) for key in keys}
+    return {key: (sums[key] / count if count else 0.0) for key in _metric_keys(sums)}
+
+
+def standard_errors(sums: Mapping[str, float]) -> dict[str, float]:
+    """The standard error of each mean of `finalize`, over the cases: sqrt(s^2 / n) with s^2 the
+    per-case values' sample variance (n - 1). It measures how far the split's cases alone move a
+    figure, not the seed's effect, which only reruns show (943 test users put an HR@10 near 0.12 at a standard error of
+    about 0.011). 0 with fewer than two cases."""
+    count = sums.get(COUNT_KEY, 0.0)
+    errors = {}
+    for key in _metric_keys(sums):
+        if count < 2 or key + SQUARES not in sums:
+            errors[key] = 0.0
+            continue
+        mean = sums[key] / count
+        variance = max(0.0, (sums[key + SQUARES] - count * mean * mean) / (count - 1))
+        errors[key] = math.sqrt(variance / count)
+    return errors
 
 
 def compute_metrics(ranks, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:

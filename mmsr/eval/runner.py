@@ -25,10 +25,10 @@ from mmsr.atomic import atomic_write_text
 from mmsr.data.split import EVAL_SPLITS, Split
 from mmsr.distributed import init_from_env
 from mmsr.errors import MMSRError
-from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums
+from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums, standard_errors
 from mmsr.eval.backends import resolve_backend
 from mmsr.eval.item_shards import gemm_for, ranks_over_slices
-from mmsr.eval.search import ItemIndex, case_histories, full_ranking_metrics, ranks_from_scores, search_k, shard_rows
+from mmsr.eval.search import ItemIndex, case_histories, rank_targets, ranks_from_scores, search_k, shard_rows
 from mmsr.eval.towers import ItemSlice, item_matrix, item_slice, user_matrix
 from mmsr.train.batches import left_pad
 from mmsr.train.run import load_run
@@ -98,7 +98,7 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
                               max(ks))
         clock.lap("ranking")  # the user states are part of the scorer's blocks
         sums = metric_sums(ranks, ks)
-        metrics = finalize(reduce_metric_sums(sums) if world > 1 else sums)
+        sums = reduce_metric_sums(sums) if world > 1 else sums
         backend = "exact-batched (candidate-dependent scorer, every item scored)"
         choice = {"name": "exact-batched", "requested": search_backend}
     else:
@@ -107,13 +107,16 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
         index = ItemIndex(model.score_vectors(items).numpy(), device=search_device)
         resolved = resolve_backend(index, search_backend,
                                    k=search_k(max(parse_ks(ks)), masks.lengths() if mask_history else np.zeros(0)))
-        metrics = full_ranking_metrics(index, user_vecs.numpy(), targets, masks, ks=ks, mask_history=mask_history,
-                                       backend=resolved, shard=False)  # this rank's cases; sums all-reduced
+        ks = parse_ks(ks)
+        ranks = rank_targets(index, user_vecs.numpy(), targets, masks, mask_history=mask_history, max_k=max(ks),
+                             backend=resolved)  # this rank's cases; their sums are all-reduced
+        sums = metric_sums(ranks, ks)
+        sums = reduce_metric_sums(sums) if world > 1 else sums
         clock.lap("ranking")
         backend = f"exact inner product, {resolved.name}: {SEARCH_LABELS[resolved.name.split('-')[0]]}"
         # The name, not the probe's timings: a result is the same whenever it is recomputed.
         choice = {"name": resolved.name, "requested": resolved.requested}
-    return _result(split, which, len(cases), mask_history, backend, choice, metrics, clock)
+    return _result(split, which, len(cases), mask_history, backend, choice, sums, clock)
 
 
 def _evaluate_over_slices(model, feed, split: Split, which: str, *, ks, mask_history: bool, batch_size: int,
@@ -133,14 +136,16 @@ def _evaluate_over_slices(model, feed, split: Split, which: str, *, ks, mask_his
     backend = (f"exact inner product, dense counting over {world} item slice{'s' if world > 1 else ''} "
                f"(one per rank, counts all-reduced): {SEARCH_LABELS['dense']}")
     choice = {"name": "dense-item-shards", "requested": search_backend, "gemm": gemm, "item_shards": world}
-    return _result(split, which, len(ranks), mask_history, backend, choice, finalize(metric_sums(ranks, ks)), clock)
+    return _result(split, which, len(ranks), mask_history, backend, choice, metric_sums(ranks, ks), clock)
 
 
-def _result(split: Split, which: str, cases: int, mask_history: bool, backend: str, choice: dict, metrics: dict,
+def _result(split: Split, which: str, cases: int, mask_history: bool, backend: str, choice: dict, sums: dict,
             clock: _Clock) -> dict:
     return {"split": which, "users": cases, "items": split.num_items,
             "protocol": "paper (history masked)" if mask_history else "recbole (history not masked)",
-            "search": backend, "backend": choice, "metrics": metrics,
+            "search": backend, "backend": choice, "metrics": finalize(sums),
+            # How far this split's cases alone move each figure (not the seed's effect).
+            "standard_errors": standard_errors(sums),
             # Where the time went (this rank's): the item tower, the user tower, the ranking.
             "seconds": clock.laps}
 
