@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,22 @@ def batched_ranks(model, items: torch.Tensor, histories: list[np.ndarray], targe
     return ranks
 
 
+@dataclass
+class RankedCases:
+    """The ranks `case_ranks` computed: `ranks[i]` is the rank of case `rows[i]` of
+    `split.cases(which)`, 1-based and capped at max K + 1: this process's share under torchrun,
+    or every case on every rank when `replicated` (item slices). `cases` is how many the split
+    has in all; `search` and `backend` say how they were computed; `clock` where the time went."""
+
+    ranks: np.ndarray
+    rows: np.ndarray
+    cases: int
+    replicated: bool
+    search: str
+    backend: dict
+    clock: "_Clock"
+
+
 def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
                    batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
                    search_device: str = "auto", search_backend: str = "auto", items: torch.Tensor | None = None,
@@ -74,11 +91,26 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
     split of the same model already computed them (the item tower is most of an evaluation's
     time on a large catalogue); the result's seconds then say "items": 0. `shard_items`: no rank
     holds the whole catalogue (`mmsr.eval.item_shards`); `items` is then this rank's `ItemSlice`."""
+    ks = parse_ks(ks)
+    ranked = case_ranks(model, feed, split, which, max_k=max(ks), mask_history=mask_history, batch_size=batch_size,
+                        device=device, rank=rank, world=world, search_device=search_device,
+                        search_backend=search_backend, items=items, shard_items=shard_items)
+    sums = metric_sums(ranked.ranks, ks)
+    if world > 1 and not ranked.replicated:
+        sums = reduce_metric_sums(sums)
+    return _result(split, which, ranked.cases, mask_history, ranked.search, ranked.backend, sums, ranked.clock)
+
+
+def case_ranks(model, feed, split: Split, which: str, *, max_k: int, mask_history: bool = True,
+               batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
+               search_device: str = "auto", search_backend: str = "auto", items: torch.Tensor | None = None,
+               shard_items: bool = False) -> RankedCases:
+    """Each case's rank, by the path `evaluate_model` describes (its arguments)."""
     device = device or torch.device("cpu")
     if shard_items:
-        return _evaluate_over_slices(model, feed, split, which, ks=ks, mask_history=mask_history,
-                                     batch_size=batch_size, device=device, rank=rank, world=world,
-                                     search_backend=search_backend, part=items)
+        return _ranks_over_slices(model, feed, split, which, max_k=max_k, mask_history=mask_history,
+                                  batch_size=batch_size, device=device, rank=rank, world=world,
+                                  search_backend=search_backend, part=items)
     cases = split.cases(which)
     mine = shard_rows(len(cases), rank, world)
     users, positions = cases.users[mine], cases.positions[mine]
@@ -93,50 +125,43 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
     targets = split.items[split.offsets[users] + positions]
     masks = case_histories(split.offsets, split.items, users, positions)
     if model.scorer is not None:
-        ks = parse_ks(ks)
         ranks = batched_ranks(model, items, histories, targets, masks if mask_history else None, max_len, device,
-                              max(ks))
+                              max_k)
         clock.lap("ranking")  # the user states are part of the scorer's blocks
-        sums = metric_sums(ranks, ks)
-        sums = reduce_metric_sums(sums) if world > 1 else sums
-        backend = "exact-batched (candidate-dependent scorer, every item scored)"
-        choice = {"name": "exact-batched", "requested": search_backend}
+        search = "exact-batched (candidate-dependent scorer, every item scored)"
+        backend = {"name": "exact-batched", "requested": search_backend}
     else:
         user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
         clock.lap("users")
         index = ItemIndex(model.score_vectors(items).numpy(), device=search_device)
         resolved = resolve_backend(index, search_backend,
-                                   k=search_k(max(parse_ks(ks)), masks.lengths() if mask_history else np.zeros(0)))
-        ks = parse_ks(ks)
-        ranks = rank_targets(index, user_vecs.numpy(), targets, masks, mask_history=mask_history, max_k=max(ks),
-                             backend=resolved)  # this rank's cases; their sums are all-reduced
-        sums = metric_sums(ranks, ks)
-        sums = reduce_metric_sums(sums) if world > 1 else sums
+                                   k=search_k(max_k, masks.lengths() if mask_history else np.zeros(0)))
+        ranks = rank_targets(index, user_vecs.numpy(), targets, masks, mask_history=mask_history, max_k=max_k,
+                             backend=resolved)
         clock.lap("ranking")
-        backend = f"exact inner product, {resolved.name}: {SEARCH_LABELS[resolved.name.split('-')[0]]}"
+        search = f"exact inner product, {resolved.name}: {SEARCH_LABELS[resolved.name.split('-')[0]]}"
         # The name, not the probe's timings: a result is the same whenever it is recomputed.
-        choice = {"name": resolved.name, "requested": resolved.requested}
-    return _result(split, which, len(cases), mask_history, backend, choice, sums, clock)
+        backend = {"name": resolved.name, "requested": resolved.requested}
+    return RankedCases(ranks, mine, len(cases), False, search, backend, clock)
 
 
-def _evaluate_over_slices(model, feed, split: Split, which: str, *, ks, mask_history: bool, batch_size: int,
-                          device: torch.device, rank: int, world: int, search_backend: str,
-                          part: ItemSlice | None) -> dict:
+def _ranks_over_slices(model, feed, split: Split, which: str, *, max_k: int, mask_history: bool, batch_size: int,
+                       device: torch.device, rank: int, world: int, search_backend: str,
+                       part: ItemSlice | None) -> RankedCases:
     gemm = gemm_for(model, search_backend)
-    ks = parse_ks(ks)
     clock = _Clock()
     if part is None:
         part = item_slice(model, feed, split.num_items, batch_size, device, rank, world)
         clock.lap("items")
     else:
         clock.skip("items")
-    ranks, gemm = ranks_over_slices(model, part, split, which, max_k=max(ks), mask_history=mask_history,
+    ranks, gemm = ranks_over_slices(model, part, split, which, max_k=max_k, mask_history=mask_history,
                                     batch_size=batch_size, device=device, rank=rank, world=world, gemm=gemm,
                                     clock=clock)
-    backend = (f"exact inner product, dense counting over {world} item slice{'s' if world > 1 else ''} "
-               f"(one per rank, counts all-reduced): {SEARCH_LABELS['dense']}")
-    choice = {"name": "dense-item-shards", "requested": search_backend, "gemm": gemm, "item_shards": world}
-    return _result(split, which, len(ranks), mask_history, backend, choice, metric_sums(ranks, ks), clock)
+    search = (f"exact inner product, dense counting over {world} item slice{'s' if world > 1 else ''} "
+              f"(one per rank, counts all-reduced): {SEARCH_LABELS['dense']}")
+    backend = {"name": "dense-item-shards", "requested": search_backend, "gemm": gemm, "item_shards": world}
+    return RankedCases(ranks, np.arange(len(ranks)), len(ranks), True, search, backend, clock)
 
 
 def _result(split: Split, which: str, cases: int, mask_history: bool, backend: str, choice: dict, sums: dict,

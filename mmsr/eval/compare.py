@@ -1,0 +1,108 @@
+"""Two runs on the same cases: is the difference larger than what the cases alone move?
+
+`mmsr compare A B --split test` ranks every case of the split under both runs (one process,
+the models loaded in turn, the same exact ranking as `mmsr eval`), then, per metric:
+
+- each run's mean and its standard error over the cases (as `mmsr eval` reports them);
+- the paired difference B - A, with a 95% bootstrap confidence interval over the cases
+  (`scipy.stats.bootstrap`, BCa);
+- the p-value of a paired randomisation test (`scipy.stats.permutation_test` with
+  `permutation_type="samples"`: each case's two values swapped at random), the test that
+  Smucker, Allan and Carterette (CIKM 2007) recommend for IR metrics.
+
+Pairing removes what the runs share (the users every model finds easy or hard), so it resolves
+differences that the two separate standard errors cannot. It says nothing about seeds: two
+seeds of one config differ too, and comparing them first shows what a seed alone moves.
+
+The runs must rank the same cases (same dataset, same split settings): checked case by case.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mmsr.errors import MMSRError
+from mmsr.eval.metrics import hit_at_k, metric_sums, ndcg_at_k, parse_ks, standard_errors
+from mmsr.eval.runner import PROTOCOLS, case_ranks
+from mmsr.train.run import load_run
+
+METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
+# Resampling memory bound: values held at once per batch of resamples.
+_VALUES_PER_BATCH = 20_000_000
+
+
+def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str = "paper", ks="10,20",
+                 checkpoint: str = "best", resamples: int = 9999, seed: int = 0, batch_size: int = 512,
+                 device: str = "auto", search_backend: str = "auto") -> dict:
+    """{"runs", "split", "protocol", "cases", "metrics": {name: {a, b, se_a, se_b, difference,
+    ci95, p_value}}}: see the module docstring. `seed` fixes the resampling, so a comparison
+    is the same whenever it is recomputed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MMSRError("mmsr compare runs in one process", where="torchrun",
+                        hint="run it without torchrun: it ranks each split once per run")
+    if protocol not in PROTOCOLS:
+        raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
+    if resamples < 100:
+        raise MMSRError(f"--resamples {resamples} is too few for a 95% interval", where="--resamples",
+                        hint="use at least 1000 (the default is 9999)")
+    ks = parse_ks(ks)
+    ranked = [_ranks(run, split, protocol, max(ks), checkpoint, batch_size, device, search_backend)
+              for run in (run_a, run_b)]
+    (cases_a, ranks_a, root_a), (cases_b, ranks_b, root_b) = ranked
+    _check_same_cases(cases_a, cases_b, root_a, root_b)
+    errors = [standard_errors(metric_sums(ranks, ks)) for ranks in (ranks_a, ranks_b)]
+    metrics = {}
+    for k in ks:
+        for name, per_case in METRICS.items():
+            key = f"{name}@{k}"
+            metrics[key] = {**_paired(per_case(ranks_a, k), per_case(ranks_b, k), resamples, seed),
+                            "se_a": errors[0][key], "se_b": errors[1][key]}
+    return {"runs": {"a": str(root_a), "b": str(root_b)}, "split": split, "protocol": protocol,
+            "cases": len(ranks_a), "checkpoint": checkpoint, "resamples": resamples, "metrics": metrics}
+
+
+def _ranks(run: str, split: str, protocol: str, max_k: int, checkpoint: str, batch_size: int, device: str,
+           search_backend: str):
+    loaded = load_run(run, checkpoint, device)
+    cases = loaded.split.cases(split)
+    identity = np.stack([cases.users, cases.positions,
+                         loaded.split.items[loaded.split.offsets[cases.users] + cases.positions]])
+    ranked = case_ranks(loaded.model, loaded.feed, loaded.split, split, max_k=max_k, mask_history=PROTOCOLS[protocol],
+                        batch_size=batch_size, device=loaded.device, search_backend=search_backend)
+    return identity, ranked.ranks, loaded.root
+
+
+def _check_same_cases(a: np.ndarray, b: np.ndarray, root_a, root_b) -> None:
+    if a.shape != b.shape or not np.array_equal(a, b):
+        if a.shape != b.shape:
+            detail = f"{a.shape[1]:,} cases against {b.shape[1]:,}"
+        else:
+            first = int(np.flatnonzero((a != b).any(axis=0))[0])
+            detail = (f"case {first}: user {a[0, first]} position {a[1, first]} target {a[2, first]} against "
+                      f"user {b[0, first]} position {b[1, first]} target {b[2, first]}")
+        raise MMSRError(f"the two runs rank different cases ({detail})", where=f"{root_a} and {root_b}",
+                        hint="compare runs trained on the same dataset with the same split settings (split.*)")
+
+
+def _paired(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> dict:
+    from scipy import stats  # deferred: only this command needs it
+
+    n = len(a)
+    difference = b - a
+    out = {"a": float(a.mean()), "b": float(b.mean()), "difference": float(difference.mean())}
+    if n < 2 or np.all(difference == difference[0]):
+        # Every case moved alike (often: not at all): nothing to resample, and the sign-flip
+        # test's p-value is exact (only the all-same-sign flips are as extreme).
+        out.update(ci95=[out["difference"], out["difference"]],
+                   p_value=1.0 if out["difference"] == 0 else min(1.0, 2.0 ** (1 - n)))
+        return out
+    batch = max(1, _VALUES_PER_BATCH // n)
+    interval = stats.bootstrap((difference,), np.mean, n_resamples=resamples, batch=batch, vectorized=True,
+                               method="BCa", rng=np.random.default_rng(seed)).confidence_interval
+    test = stats.permutation_test((b, a), lambda x, y, axis: np.mean(x - y, axis=axis), n_resamples=resamples,
+                                  permutation_type="samples", vectorized=True, batch=batch,
+                                  rng=np.random.default_rng(seed + 1))
+    out.update(ci95=[float(interval.low), float(interval.high)], p_value=float(test.pvalue))
+    return out
