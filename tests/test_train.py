@@ -16,6 +16,7 @@ import torch
 from mmsr import config as config_lib
 from mmsr.models.fusion import PRETRAINED_FUSIONS, fusion_names
 from mmsr.models.sequence import sequence_model_names
+from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
 
 
@@ -426,6 +427,54 @@ def test_a_resume_that_would_change_steps_taken_is_refused(change, taken, expect
     saved = ["model.dim=16", "optim.epochs=4", "optim.decay_start_epoch=2", "early_stop_patience=5"]
     with pytest.raises(MMSRError, match=re.escape(expected)):
         resumed_length_change(_config(saved), _config(saved + change), taken, 7, where=tmp_path)
+
+
+def test_item_spread_is_what_the_items_differ_by_over_their_length():
+    from mmsr.eval.towers import item_spread
+
+    assert item_spread(torch.ones(5, 3)) == 0.0  # one vector for every item
+    assert item_spread(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(1.0)  # nothing shared
+    shared = torch.tensor([[10.0, 1.0], [10.0, -1.0]])
+    assert item_spread(shared) == pytest.approx(1 / np.hypot(10, 1))
+
+
+def test_validation_records_the_item_spread_and_warns_when_the_items_collapse(small_demo, mmsr_home, monkeypatch):
+    import mmsr.train.recipe as recipe
+    from mmsr.train.run import prepare_run
+
+    real = recipe.validate
+    spreads = iter([None, 0.02])  # epoch 1 as measured, epoch 2 as a collapsed tower would give
+
+    def validate(*args, **kwargs):
+        result = real(*args, **kwargs)
+        forced = next(spreads)
+        return result if forced is None else {**result, "item_spread": forced}
+
+    monkeypatch.setattr(recipe, "validate", validate)
+    prepared = prepare_run("spread", None, [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16",
+                                            "optim.epochs=2", "optim.batch_size=32"], log=lambda text: None)
+    said = []
+    recipe.train(prepared.config, prepared.root, from_cache=False, log=said.append)
+    records = [json.loads(line) for line in (prepared.root / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["item_spread"] > 0.1 and records[1]["item_spread"] == 0.02
+    warnings = [line for line in said if "nearly collapsed" in line]
+    assert len(warnings) == 1 and "2.0% of their length" in warnings[0] and "optim.warmup_epochs" in warnings[0]
+
+
+def test_warmup_ramps_the_learning_rate_then_hands_over_to_the_decay():
+    from mmsr.train.schedule import lr_factor
+
+    # 7 steps an epoch: half an epoch of warm-up is 4 steps; the decay starts at epoch 2 of 3.
+    factor = lr_factor(_config(["optim.epochs=3", "optim.decay_start_epoch=2", "optim.warmup_epochs=0.5",
+                                "optim.final_lr_fraction=0.1"]), 7)
+    assert [factor(step) for step in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert factor(14) == 1.0 and factor(21) == pytest.approx(0.1)
+    plain = lr_factor(_config(["optim.epochs=3", "optim.decay_start_epoch=2"]), 7)
+    assert [plain(step) for step in range(22)][4:] == [factor(step) for step in range(22)][4:]
+    assert plain(0) == 1.0  # none by default: the seed's schedule, unchanged
+    for bad in ("-1", "3"):
+        with pytest.raises(MMSRError, match="optim.warmup_epochs"):
+            _config(["optim.epochs=3", f"optim.warmup_epochs={bad}"])
 
 
 def test_a_resume_may_change_the_length_and_lengthen_the_patience_only(tmp_path):

@@ -30,7 +30,7 @@ from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduc
 from mmsr.eval.backends import resolve_backend
 from mmsr.eval.item_shards import gemm_for, ranks_over_slices
 from mmsr.eval.search import ItemIndex, case_histories, rank_targets, ranks_from_scores, search_k, shard_rows
-from mmsr.eval.towers import ItemSlice, item_matrix, item_slice, user_matrix
+from mmsr.eval.towers import ItemSlice, item_matrix, item_slice, item_spread, user_matrix
 from mmsr.train.batches import left_pad
 from mmsr.train.run import load_run
 
@@ -78,6 +78,7 @@ class RankedCases:
     search: str
     backend: dict
     clock: "_Clock"
+    item_spread: float | None = None  # towers.item_spread of the scored vectors; None over item slices
 
 
 def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), mask_history: bool = True,
@@ -98,7 +99,10 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
     sums = metric_sums(ranked.ranks, ks)
     if world > 1 and not ranked.replicated:
         sums = reduce_metric_sums(sums)
-    return _result(split, which, ranked.cases, mask_history, ranked.search, ranked.backend, sums, ranked.clock)
+    result = _result(split, which, ranked.cases, mask_history, ranked.search, ranked.backend, sums, ranked.clock)
+    if ranked.item_spread is not None:
+        result["item_spread"] = round(ranked.item_spread, 4)
+    return result
 
 
 def case_ranks(model, feed, split: Split, which: str, *, max_k: int, mask_history: bool = True,
@@ -142,7 +146,8 @@ def case_ranks(model, feed, split: Split, which: str, *, max_k: int, mask_histor
         search = f"exact inner product, {resolved.name}: {SEARCH_LABELS[resolved.name.split('-')[0]]}"
         # The name, not the probe's timings: a result is the same whenever it is recomputed.
         backend = {"name": resolved.name, "requested": resolved.requested}
-    return RankedCases(ranks, mine, len(cases), False, search, backend, clock)
+    return RankedCases(ranks, mine, len(cases), False, search, backend, clock,
+                       item_spread=item_spread(model.score_vectors(items)))
 
 
 def _ranks_over_slices(model, feed, split: Split, which: str, *, max_k: int, mask_history: bool, batch_size: int,

@@ -123,3 +123,13 @@ def item_slice(model, feed, num_items: int, batch_size: int, device: torch.devic
     # A rank given no batch (fewer batches than ranks) learns the width from the others.
     width = int(all_reduced(torch.tensor([vectors.shape[1]]), "max"))
     return ItemSlice(ids, vectors if len(ids) else torch.zeros(0, width), num_items)
+
+
+def item_spread(vectors: torch.Tensor) -> float:
+    """How far apart the items are: the mean length of the vectors less their common mean, over
+    their mean length (0: every item the same vector; a trained tower sits near 1). A common part
+    shifts every score of a user alike, so only the rest ranks; an item tower whose rest has
+    shrunk to a few percent has collapsed (the trainer warns: `mmsr.train.recipe`)."""
+    vectors = vectors.double()
+    length = vectors.norm(dim=1).mean()
+    return float((vectors - vectors.mean(0)).norm(dim=1).mean() / length) if length > 0 else 0.0

@@ -59,6 +59,9 @@ class OptimConfig:
     encoder_weight_decay: float = 0.0
     decay_start_epoch: int = 120  # linear decay to final_lr_fraction from here to the end
     final_lr_fraction: float = 0.1
+    # Linear warm-up of the learning rate over the first warmup_epochs (a fraction is fine),
+    # from 1/warmup-steps of it to all of it. 0: none (the seed's setting).
+    warmup_epochs: float = 0.0
     grad_clip: float = 1.0  # 0 switches clipping off
     # A name in mmsr.train.losses.LOSSES: bce (the seed's), bpr, inbatch, inbatch-logq, mixed,
     # softmax (ID models only).
@@ -176,6 +179,9 @@ class TrainConfig:
                             "every item exactly, in blocks)")
         problems += self._check_loss()
         problems += self._check_windows()
+        if not 0 <= self.optim.warmup_epochs < max(self.optim.epochs, 1):
+            problems.append(f"optim.warmup_epochs={self.optim.warmup_epochs} must be at least 0 and below "
+                            f"optim.epochs={self.optim.epochs}")
         return problems
 
     def _check_windows(self) -> list[str]:

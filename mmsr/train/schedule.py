@@ -25,15 +25,23 @@ LENGTH_KEYS = ("optim.epochs", "optim.decay_start_epoch", "early_stop_patience")
 
 
 def lr_factor(config: TrainConfig, steps_per_epoch: int):
-    """1 until `decay_start_epoch`, then linear down to `final_lr_fraction` at the last step."""
+    """Up linearly over `warmup_epochs` (step s of W at (s + 1) / W), 1 until `decay_start_epoch`,
+    then linear down to `final_lr_fraction` at the last step."""
     o = config.optim
     start = min(o.decay_start_epoch, o.epochs) * steps_per_epoch
     end = o.epochs * steps_per_epoch
+    warmup = round(o.warmup_epochs * steps_per_epoch)
 
-    def factor(step: int) -> float:
+    def decay(step: int) -> float:
         if step < start or end <= start:
             return 1.0
         return 1.0 - (1.0 - o.final_lr_fraction) * min(1.0, (step - start) / (end - start))
+
+    def factor(step: int) -> float:
+        # A fresh transformer's first Adam steps move every weight by about lr at once; with
+        # inputs that share one large direction (pretrained token states do) that can collapse
+        # every item onto one vector before anything item-specific is learnt (README, "Warm-up").
+        return decay(step) * ((step + 1) / warmup if step < warmup else 1.0)
 
     return factor
 

@@ -2,7 +2,7 @@
 call these same two, so a benchmark times what training runs.
 
     result = train_step(model, batch, feed, optimizer, scheduler, dist=dist, device=device, optim=config.optim)
-    metrics = validate(model, feed, split, config, device=device, dist=dist)
+    metrics = validate(model, feed, split, config, device=device, dist=dist)["metrics"]
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def train_step(model, batch: Batch, feed, optimizer: torch.optim.Optimizer, sche
 
 
 def validate(model, feed, split: Split, config: TrainConfig, *, device: torch.device, dist: Dist) -> dict:
-    """Full-ranking HR/NDCG@10,20 on the validation split, under the config's `valid_protocol`."""
-    result = evaluate_model(model, feed, split, "valid", ks=(10, 20), batch_size=config.eval_batch_size,
-                            device=device, rank=dist.rank, world=dist.world,
-                            mask_history=config.valid_protocol == "paper", shard_items=config.valid_shard_items)
-    return result["metrics"]
+    """Full-ranking HR/NDCG@10,20 on the validation split, under the config's `valid_protocol`:
+    `mmsr.eval.runner.evaluate_model`'s result ("metrics", and "item_spread" but over item slices)."""
+    return evaluate_model(model, feed, split, "valid", ks=(10, 20), batch_size=config.eval_batch_size,
+                          device=device, rank=dist.rank, world=dist.world,
+                          mask_history=config.valid_protocol == "paper", shard_items=config.valid_shard_items)
