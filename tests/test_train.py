@@ -429,10 +429,16 @@ def test_a_resume_that_would_change_steps_taken_is_refused(change, taken, expect
         resumed_length_change(_config(saved), _config(saved + change), taken, 7, where=tmp_path)
 
 
-def test_item_spread_is_what_the_items_differ_by_over_their_length():
+def test_item_spread_is_what_the_items_differ_by_over_their_length(monkeypatch):
+    import mmsr.eval.towers as towers
     from mmsr.eval.towers import item_spread
 
     assert item_spread(torch.ones(5, 3)) == 0.0  # one vector for every item
+    vectors = torch.randn(1000, 16, generator=torch.Generator().manual_seed(0)) + 3
+    whole = vectors.double()
+    expected = float((whole - whole.mean(0)).norm(dim=1).mean() / whole.norm(dim=1).mean())
+    monkeypatch.setattr(towers, "_SPREAD_ROWS", 7)  # summed over blocks, as a large catalogue is
+    assert item_spread(vectors) == pytest.approx(expected, rel=1e-12)
     assert item_spread(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(1.0)  # nothing shared
     shared = torch.tensor([[10.0, 1.0], [10.0, -1.0]])
     assert item_spread(shared) == pytest.approx(1 / np.hypot(10, 1))

@@ -130,6 +130,15 @@ def item_spread(vectors: torch.Tensor) -> float:
     their mean length (0: every item the same vector; a trained tower sits near 1). A common part
     shifts every score of a user alike, so only the rest ranks; an item tower whose rest has
     shrunk to a few percent has collapsed (the trainer warns: `mmsr.train.recipe`)."""
-    vectors = vectors.double()
-    length = vectors.norm(dim=1).mean()
-    return float((vectors - vectors.mean(0)).norm(dim=1).mean() / length) if length > 0 else 0.0
+    if len(vectors) == 0:
+        return 0.0
+    # Two passes over row blocks, summed in float64: a whole float64 copy of a million-item
+    # matrix would be gigabytes, and evaluation's memory is bounded by its blocks.
+    blocks = range(0, len(vectors), _SPREAD_ROWS)
+    mean = sum(vectors[a:a + _SPREAD_ROWS].sum(0, dtype=torch.float64) for a in blocks) / len(vectors)
+    length = sum(float(vectors[a:a + _SPREAD_ROWS].double().norm(dim=1).sum()) for a in blocks)
+    rest = sum(float((vectors[a:a + _SPREAD_ROWS].double() - mean).norm(dim=1).sum()) for a in blocks)
+    return rest / length if length > 0 else 0.0
+
+
+_SPREAD_ROWS = 65_536
