@@ -38,10 +38,11 @@ def eval_command(
 ):
     """Full-ranking HR@K / NDCG@K on each split; also written to RUN/eval_<split>.json.
 
-    Each figure comes with its standard error over the split's cases ("standard_errors" in the
-    JSON): how much the choice of cases alone moves it. Two runs' figures less than about three
-    standard errors apart (1.96 x sqrt 2) are not told apart by these cases at the 95% level;
-    seeds add their own spread on top.
+    Each figure comes with its standard error over the split's cases
+    ("standard_errors" in the JSON): how much the choice of cases alone moves
+    it. Two runs' figures less than about three standard errors apart
+    (1.96 x sqrt 2) are not told apart by these cases at the 95% level; seeds
+    add their own spread on top (`mmsr compare` pairs two runs case by case).
 
     With --json: one split prints its result object; several print {"splits": {name: result}}."""
     from mmsr.eval.runner import evaluate_splits, parse_splits  # deferred: pulls in torch (seconds)
@@ -81,13 +82,14 @@ def compare_command(
     device: str = typer.Option("auto", "--device", help="Where the models run: auto | cpu | cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
-    """Is run B better than run A on the same cases, beyond what the cases alone move?
+    """Is run B better than run A on the same cases, beyond what the cases move?
 
-    Ranks every case of the split under both runs, then per metric: each run's mean ± its
-    standard error, the paired difference B - A with a 95% bootstrap interval over the cases,
-    and the p-value of a paired randomisation test. Both runs must rank the same cases (same
-    dataset and split settings). Seeds are not accounted for: compare two seeds of one config
-    to see what a seed alone moves."""
+    Ranks every case of the split under both runs, then per metric: each
+    run's mean ± its standard error, the paired difference B - A with a 95%
+    bootstrap interval over the cases, and the p-value of a paired
+    randomisation test. Both runs must rank the same cases (same dataset and
+    split settings). Seeds are not accounted for: compare two seeds of one
+    config to see what a seed alone moves."""
     from mmsr.eval.compare import compare_runs  # deferred: pulls in torch (seconds)
 
     result = compare_runs(run_a, run_b, split, protocol=protocol, ks=k, checkpoint=checkpoint, resamples=resamples,
