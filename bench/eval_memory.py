@@ -30,7 +30,7 @@ from memory import current_rss_mb, peak_rss_mb  # noqa: E402  (bench/, next to t
 STAGES = (("mmsr.train.run", "load_dataset"), ("mmsr.train.run", "split_dataset"), ("mmsr.train.run", "build_model"),
           ("mmsr.train.run", "open_feed"), ("mmsr.eval.runner", "item_matrix"),
           ("mmsr.eval.runner", "case_histories"), ("mmsr.eval.runner", "user_matrix"),
-          ("mmsr.eval.runner", "ItemIndex"), ("mmsr.eval.runner", "full_ranking_metrics"),
+          ("mmsr.eval.runner", "ItemIndex"), ("mmsr.eval.runner", "rank_targets"),
           ("mmsr.eval.runner", "batched_ranks"),
           # --shard-items (mmsr.eval.item_shards)
           ("mmsr.eval.runner", "item_slice"), ("mmsr.eval.item_shards", "case_histories"),
