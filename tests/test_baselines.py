@@ -235,3 +235,20 @@ def test_vqrec_codes_do_not_depend_on_faiss_threads(monkeypatch):
     finally:
         faiss.omp_set_num_threads(before)
     assert threads_seen == [1] and codes.shape == (600, 8)
+
+
+def test_fdsa_category_features_start_at_the_id_tables_scale():
+    """RecBole starts its feature tables at N(0, 0.02), as mmsr's ID table; the genres once came
+    in at 6x that (nn.EmbeddingBag's N(0, 1) times the feature scale)."""
+    import torch
+
+    from mmsr.models.fdsa import FDSAItemTower, category_tokens
+
+    torch.manual_seed(0)
+    table, vocabulary = category_tokens([f"genre{i % 40}|genre{(i * 7) % 40}" for i in range(2000)])
+    tower = FDSAItemTower(2000, 64, {}, table, vocabulary_size=len(vocabulary))
+    ids = torch.arange(2000)
+    features = tower.features(ids, {})
+    ids_std, features_std = tower.embedding(ids).std().item(), features.std().item()
+    assert 0.7 < features_std / ids_std < 1.0, (features_std, ids_std)  # two tokens averaged: 1/sqrt(2) of one
+    assert torch.count_nonzero(tower.category_embedding.weight[0]) == 0  # padding
