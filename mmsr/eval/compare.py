@@ -31,6 +31,8 @@ from mmsr.train.run import load_run
 METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
 # Resampling memory bound: values held at once per batch of resamples.
 _VALUES_PER_BATCH = 20_000_000
+# Fewer resamples leave the interval's 2.5% tails to a couple of dozen draws.
+MIN_RESAMPLES = 999
 
 
 def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str = "paper", ks="10,20",
@@ -44,9 +46,9 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
                         hint="run it without torchrun: it ranks each split once per run")
     if protocol not in PROTOCOLS:
         raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
-    if resamples < 100:
+    if resamples < MIN_RESAMPLES:
         raise MMSRError(f"--resamples {resamples} is too few for a 95% interval", where="--resamples",
-                        hint="use at least 1000 (the default is 9999)")
+                        hint=f"use at least {MIN_RESAMPLES} (the default is 9999)")
     ks = parse_ks(ks)
     ranked = [_ranks(run, split, protocol, max(ks), checkpoint, batch_size, device, search_backend)
               for run in (run_a, run_b)]

@@ -95,8 +95,8 @@ def finalize(sums: Mapping[str, float]) -> dict[str, float]:
 def standard_errors(sums: Mapping[str, float]) -> dict[str, float]:
     """The standard error of each mean of `finalize`, over the cases: sqrt(s^2 / n) with s^2 the
     per-case values' sample variance (n - 1). It measures how far the split's cases alone move a
-    figure, not the seed's effect, which only reruns show (943 test users put an HR@10 near 0.12 at a standard error of
-    about 0.011). 0 with fewer than two cases."""
+    figure, not the seed's effect, which only reruns show (943 test users put an HR@10 near 0.12
+    at a standard error of about 0.011). 0 with fewer than two cases."""
     count = sums.get(COUNT_KEY, 0.0)
     errors = {}
     for key in _metric_keys(sums):
