@@ -134,10 +134,14 @@ def item_spread(vectors: torch.Tensor) -> float:
         return 0.0
     # Two passes over row blocks, summed in float64: a whole float64 copy of a million-item
     # matrix would be gigabytes, and evaluation's memory is bounded by its blocks.
-    blocks = range(0, len(vectors), _SPREAD_ROWS)
-    mean = sum(vectors[a:a + _SPREAD_ROWS].sum(0, dtype=torch.float64) for a in blocks) / len(vectors)
-    length = sum(float(vectors[a:a + _SPREAD_ROWS].double().norm(dim=1).sum()) for a in blocks)
-    rest = sum(float((vectors[a:a + _SPREAD_ROWS].double() - mean).norm(dim=1).sum()) for a in blocks)
+    total, length = torch.zeros(vectors.shape[1], dtype=torch.float64), 0.0
+    for start in range(0, len(vectors), _SPREAD_ROWS):
+        block = vectors[start:start + _SPREAD_ROWS].double()
+        total += block.sum(0)
+        length += float(block.norm(dim=1).sum())
+    mean = total / len(vectors)
+    rest = sum(float((vectors[a:a + _SPREAD_ROWS].double() - mean).norm(dim=1).sum())
+               for a in range(0, len(vectors), _SPREAD_ROWS))
     return rest / length if length > 0 else 0.0
 
 
