@@ -128,6 +128,7 @@ def case_ranks(model, feed, split: Split, which: str, *, max_k: int, mask_histor
     histories = [split.history(u, p, max_len) for u, p in zip(users, positions)]
     targets = split.items[split.offsets[users] + positions]
     masks = case_histories(split.offsets, split.items, users, positions)
+    scored = model.score_vectors(items)
     if model.scorer is not None:
         ranks = batched_ranks(model, items, histories, targets, masks if mask_history else None, max_len, device,
                               max_k)
@@ -137,7 +138,7 @@ def case_ranks(model, feed, split: Split, which: str, *, max_k: int, mask_histor
     else:
         user_vecs = user_matrix(model, items, histories, max_len, batch_size, device)
         clock.lap("users")
-        index = ItemIndex(model.score_vectors(items).numpy(), device=search_device)
+        index = ItemIndex(scored.numpy(), device=search_device)
         resolved = resolve_backend(index, search_backend,
                                    k=search_k(max_k, masks.lengths() if mask_history else np.zeros(0)))
         ranks = rank_targets(index, user_vecs.numpy(), targets, masks, mask_history=mask_history, max_k=max_k,
@@ -147,7 +148,7 @@ def case_ranks(model, feed, split: Split, which: str, *, max_k: int, mask_histor
         # The name, not the probe's timings: a result is the same whenever it is recomputed.
         backend = {"name": resolved.name, "requested": resolved.requested}
     return RankedCases(ranks, mine, len(cases), False, search, backend, clock,
-                       item_spread=item_spread(model.score_vectors(items)))
+                       item_spread=item_spread(scored))
 
 
 def _ranks_over_slices(model, feed, split: Split, which: str, *, max_k: int, mask_history: bool, batch_size: int,

@@ -125,6 +125,10 @@ def item_slice(model, feed, num_items: int, batch_size: int, device: torch.devic
     return ItemSlice(ids, vectors if len(ids) else torch.zeros(0, width), num_items)
 
 
+# Rows per block of `item_spread`'s float64 sums.
+_SPREAD_ROWS = 65_536
+
+
 def item_spread(vectors: torch.Tensor) -> float:
     """How far apart the items are: the mean length of the vectors less their common mean, over
     their mean length (0: every item the same vector; a trained tower sits near 1). A common part
@@ -134,15 +138,12 @@ def item_spread(vectors: torch.Tensor) -> float:
         return 0.0
     # Two passes over row blocks, summed in float64: a whole float64 copy of a million-item
     # matrix would be gigabytes, and evaluation's memory is bounded by its blocks.
+    blocks = vectors.split(_SPREAD_ROWS)
     total, length = torch.zeros(vectors.shape[1], dtype=torch.float64), 0.0
-    for start in range(0, len(vectors), _SPREAD_ROWS):
-        block = vectors[start:start + _SPREAD_ROWS].double()
+    for part in blocks:
+        block = part.double()
         total += block.sum(0)
         length += float(block.norm(dim=1).sum())
     mean = total / len(vectors)
-    rest = sum(float((vectors[a:a + _SPREAD_ROWS].double() - mean).norm(dim=1).sum())
-               for a in range(0, len(vectors), _SPREAD_ROWS))
+    rest = sum(float((block.double() - mean).norm(dim=1).sum()) for block in blocks)
     return rest / length if length > 0 else 0.0
-
-
-_SPREAD_ROWS = 65_536
