@@ -2,6 +2,7 @@
 
     python bench/recbole_fdsa.py --venv /tmp/rbvenv --out /tmp/rbfdsa [--features class,movie_title]
                                  [--epochs 300] [--stopping-step 10] [--max-minutes 30]
+                                 [--from-checkpoint /tmp/rbfdsa/saved/FDSA-....pth]
 
 RecBole is NOT a project dependency: --venv names a throw-away venv holding recbole==1.2.1 (installed
 with --no-deps) plus what its imports need (pandas, scipy, scikit-learn, colorlog==4.7.2,
@@ -24,6 +25,12 @@ Workarounds for the present stack (no RecBole file is edited):
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 is set;
   * pandas 3 (copy-on-write) breaks RecBole's token_seq remapping: the venv needs pandas<3
     (pandas==2.2.3 used with numpy 2.4).
+
+Per-case ranks: <out>/ranks_test.csv holds, for every test user, RecBole's user token, the target
+item's token and its rank over every item (1 + the number of items scoring strictly higher, item 0,
+RecBole's padding, excluded; nothing else masked, as RecBole's full ranking of a sequential model).
+`mmsr compare RUN <out>/ranks_test.csv --protocol recbole` pairs it case by case with an mmsr run on
+the same split. --from-checkpoint re-tests a saved model (<out>/saved/*.pth) without training.
 
 --max-minutes stops training after an epoch when one more epoch (at the mean pace so far) would pass
 the wall-clock bound (counted from the start of training); the best checkpoint (by validation
@@ -65,6 +72,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra RecBole setting (value parsed as YAML), e.g. --set train_batch_size=1024")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--from-checkpoint", default=None,
+                   help="RecBole checkpoint (.pth) to test and rank with, instead of training")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -162,13 +171,22 @@ def inner(args: argparse.Namespace) -> None:
         return save(epoch, *a, **k)
 
     trainer._train_epoch, trainer._save_checkpoint = timed_train_epoch, tracked_save
-    try:
-        trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=callback)
-    except TimeBound:
-        pass
-    best_valid = trainer.best_valid_result
+    if args.from_checkpoint:
+        checkpoint = torch.load(args.from_checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(checkpoint["state_dict"])
+        model.load_other_parameter(checkpoint.get("other_parameter"))
+        state["best_epoch"] = checkpoint["epoch"] + 1
+        best_valid = {}
+        test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    else:
+        try:
+            trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=callback)
+        except TimeBound:
+            pass
+        best_valid = trainer.best_valid_result
+        test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     train_s = time.perf_counter() - started
-    test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    ranks = write_ranks(trainer.model, test_data, dataset, out / "ranks_test.csv")
     seconds = time.perf_counter() - started
 
     keys = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob", "attn_dropout_prob",
@@ -191,9 +209,16 @@ def inner(args: argparse.Namespace) -> None:
         "params": int(sum(p.numel() for p in model.parameters())),
         "valid": {k: float(v) for k, v in best_valid.items()},
         "test": {k: float(v) for k, v in test.items()},
+        # The ranks file's own figures: equal to "test" up to the order of tied scores, which
+        # RecBole's top-k leaves to torch.topk and the file counts in the target's favour.
+        "ranks_file": {"path": str(out / "ranks_test.csv"), "cases": int(len(ranks)),
+                       **{f"{name}@{k}": float(value) for k in (10, 20)
+                          for name, value in (("hit", (ranks <= k).mean()),
+                                              ("ndcg", np.where(ranks <= k, 1 / np.log2(ranks + 1), 0).mean()))}},
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epochs_run"],
-        "stopped_by": "time bound" if state.get("time_bound_hit") else
+        "stopped_by": "not trained here (--from-checkpoint)" if args.from_checkpoint else
+                      "time bound" if state.get("time_bound_hit") else
                       ("early stopping" if state["epochs_run"] < args.epochs else "epochs"),
         "train_epoch_s_mean": round(sum(state["epoch_s"]) / max(1, len(state["epoch_s"])), 2),
         "train_s": round(train_s, 1),
@@ -204,6 +229,36 @@ def inner(args: argparse.Namespace) -> None:
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
+
+
+def write_ranks(model, test_data, dataset, path: Path):
+    """Every test case's rank under the model, as `user,item,rank` (RecBole's tokens; see the
+    module docstring), written to `path`; returns the ranks."""
+    import numpy as np
+    import torch
+
+    model.eval()
+    users, items, ranks = [], [], []
+    with torch.no_grad():
+        for interaction, history_index, positive_u, positive_i in test_data:
+            scores = model.full_sort_predict(interaction).view(-1, dataset.item_num).clone()
+            scores[:, 0] = -float("inf")
+            if history_index is not None:  # RecBole masks nothing for sequential models; kept as its trainer does
+                scores[history_index] = -float("inf")
+            target = scores[positive_u, positive_i]
+            ranks.append((1 + (scores[positive_u] > target[:, None]).sum(1)).numpy())
+            users.append(interaction[dataset.uid_field][positive_u].numpy())
+            items.append(positive_i.numpy())
+    users, items, ranks = (np.concatenate(part) for part in (users, items, ranks))
+    user_tokens = dataset.id2token(dataset.uid_field, users)
+    item_tokens = dataset.id2token(dataset.iid_field, items)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        f.write("user,item,rank\n")
+        for user, item, rank in zip(user_tokens, item_tokens, ranks):
+            f.write(f"{user},{item},{int(rank)}\n")
+    tmp.replace(path)
+    return ranks
 
 
 def main() -> int:

@@ -69,8 +69,9 @@ def eval_command(
 
 
 def compare_command(
-    run_a: str = typer.Argument(..., help="The first run (name or directory): A."),
-    run_b: str = typer.Argument(..., help="The second run: B. Differences are B - A."),
+    run_a: str = typer.Argument(..., help="The first run (name or directory), or another tool's ranks "
+                                "(a .csv file, see below): A."),
+    run_b: str = typer.Argument(..., help="The second run, or a ranks file: B. Differences are B - A."),
     split: str = typer.Option("test", "--split", help="One split, as in `mmsr eval` (test | valid | cold | "
                               "cold-test | new)."),
     k: str = typer.Option("10,20", "--k", help="Cut-offs for HR@K and NDCG@K."),
@@ -89,7 +90,14 @@ def compare_command(
     bootstrap interval over the cases, and the p-value of a paired
     randomisation test. Both runs must rank the same cases (same dataset and
     split settings). Seeds are not accounted for: compare two seeds of one
-    config to see what a seed alone moves."""
+    config to see what a seed alone moves.
+
+    Either side may be another tool's per-case ranks (RecBole, a paper's
+    script): a .csv with the header user,item,rank, one row per case of the
+    split, user and item (the target) in the dataset's own IDs, rank = 1 +
+    the items scoring strictly higher under the same protocol. It is matched
+    to the run's cases by user and target; a row the run does not have, or a
+    case without a row, is refused with its line."""
     from mmsr.eval.compare import compare_runs  # deferred: pulls in torch (seconds)
 
     result = compare_runs(run_a, run_b, split, protocol=protocol, ks=k, checkpoint=checkpoint, resamples=resamples,

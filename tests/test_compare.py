@@ -92,3 +92,70 @@ def test_the_paired_interval_and_test_see_a_shift_that_separate_errors_cannot():
     assert noise["ci95"][0] < 0 < noise["ci95"][1] and noise["p_value"] > 0.05
     same_shift = _paired(np.zeros(5), np.ones(5), 1999, seed=0)
     assert same_shift["ci95"] == [1.0, 1.0] and same_shift["p_value"] == pytest.approx(2 / 2 ** 5)
+
+
+def _write_ranks(path, keys, ranks, order=None):
+    order = range(len(ranks)) if order is None else order
+    lines = ["user,item,rank"] + [f"{keys.users[i]},{keys.items[i]},{ranks[i]}" for i in order]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_another_tools_ranks_file_pairs_with_a_run_as_that_run_would(two_runs, tmp_path):
+    """A file holding run A's ranks (rows shuffled, IDs as the dataset spells them) compares
+    with run B exactly as run A does: the file is matched by user and target, not by order."""
+    from mmsr.eval.compare import _ranks, compare_runs
+
+    a, b = two_runs
+    side = _ranks(str(a), "test", "recbole", 20, "best", 512, "cpu", "auto")
+    assert side.ranks.max() > 1 and len(set(side.keys.users)) == len(side.ranks) == 200
+    order = np.random.default_rng(0).permutation(len(side.ranks))
+    ranks_file = _write_ranks(tmp_path / "other_tool.csv", side.keys, side.ranks, order)
+    runs = compare_runs(str(a), str(b), "test", protocol="recbole", ks="10,20", resamples=999)
+    with_file = compare_runs(str(ranks_file), str(b), "test", protocol="recbole", ks="10,20", resamples=999)
+    assert with_file["metrics"] == runs["metrics"] and with_file["runs"]["a"] == str(ranks_file)
+    reversed_sides = compare_runs(str(b), str(ranks_file), "test", protocol="recbole", ks="10", resamples=999)
+    assert reversed_sides["metrics"]["HR@10"]["difference"] == pytest.approx(-runs["metrics"]["HR@10"]["difference"])
+
+
+def test_a_ranks_file_that_does_not_match_the_runs_cases_is_refused_with_its_line(two_runs, tmp_path):
+    from mmsr.eval.compare import _ranks, compare_runs
+
+    a, b = two_runs
+    side = _ranks(str(a), "test", "recbole", 10, "best", 512, "cpu", "auto")
+    keys, ranks = side.keys, side.ranks
+
+    def refused(text, pattern):
+        path = tmp_path / "ranks.csv"
+        path.write_text(text)
+        with pytest.raises(MMSRError, match=pattern) as error:
+            compare_runs(str(b), str(path), "test", protocol="recbole", ks="10", resamples=999)
+        return str(error.value)
+
+    rows = [f"{u},{i},{r}" for u, i, r in zip(keys.users, keys.items, ranks)]
+    other_item = next(item for item in keys.items if item != keys.items[0])
+    message = refused("\n".join(["user,item,rank", f"{keys.users[0]},{other_item},3", *rows[1:]]),
+                      f"user {keys.users[0]}'s test target is item {keys.items[0]} in the run; this row has item")
+    assert "ranks.csv:2" in message
+    assert "ranks.csv:3" in refused("\n".join(["user,item,rank", rows[0], "nobody,x,1"]), "user nobody has no test case")
+    assert "ranks.csv:3" in refused("\n".join(["user,item,rank", rows[0], rows[0]]), "a second row .* line 2")
+    refused("\n".join(["user,item,rank", *rows[1:]]),
+            f"1 of the run's 200 test cases have no row \\(the first: user {keys.users[0]}")
+    for bad in ("0", "2.5", "", str(keys.num_items + 1)):
+        assert "ranks.csv:2" in refused("\n".join(["user,item,rank", f"{keys.users[0]},{keys.items[0]},{bad}"]),
+                                        "is not a whole number from 1 to")
+    assert "ranks.csv:1" in refused("user,target,rank\n", "the header lacks item")
+    with pytest.raises(MMSRError, match="no such ranks file"):
+        compare_runs(str(a), str(tmp_path / "absent.csv"), "test", ks="10", resamples=999)
+    with pytest.raises(MMSRError, match="both sides are ranks files"):
+        compare_runs(str(tmp_path / "x.csv"), str(tmp_path / "y.csv"), "test", ks="10", resamples=999)
+
+
+def test_a_split_with_two_cases_of_one_user_and_target_cannot_take_a_ranks_file(tmp_path):
+    from mmsr.eval.external_ranks import CaseKeys, read_ranks
+
+    path = tmp_path / "ranks.csv"
+    path.write_text("user,item,rank\nu1,i1,4\nu1,i2,1\n")
+    assert read_ranks(path, CaseKeys("cold", ["u1", "u1"], ["i2", "i1"], 10)).tolist() == [1, 4]
+    with pytest.raises(MMSRError, match="two cases for user u1 with target i1"):
+        read_ranks(path, CaseKeys("cold", ["u1", "u1"], ["i1", "i1"], 10))

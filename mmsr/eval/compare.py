@@ -15,15 +15,20 @@ differences that the two separate standard errors cannot. It says nothing about 
 seeds of one config differ too, and comparing them first shows what a seed alone moves.
 
 The runs must rank the same cases (same dataset, same split settings): checked case by case.
+Either side may instead be another tool's per-case ranks, a CSV of user,item,rank
+(`mmsr.eval.external_ranks`), matched to the other side's cases by user and target: that is how
+mmsr is compared with RecBole case by case (`bench/recbole_fdsa.py` writes RecBole's ranks).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from mmsr.errors import MMSRError
+from mmsr.eval.external_ranks import CaseKeys, is_ranks_file, read_ranks
 from mmsr.eval.metrics import hit_at_k, metric_sums, ndcg_at_k, parse_ks, standard_errors
 from mmsr.eval.runner import PROTOCOLS, case_ranks
 from mmsr.train.run import load_run
@@ -49,11 +54,21 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     if resamples < MIN_RESAMPLES:
         raise MMSRError(f"--resamples {resamples} is too few for a 95% interval", where="--resamples",
                         hint=f"use at least {MIN_RESAMPLES} (the default is 9999)")
+    if is_ranks_file(run_a) and is_ranks_file(run_b):
+        raise MMSRError("both sides are ranks files", where=f"{run_a} and {run_b}",
+                        hint="one side must be an mmsr run: its split defines the cases the file is matched to")
     ks = parse_ks(ks)
-    ranked = [_ranks(run, split, protocol, max(ks), checkpoint, batch_size, device, search_backend)
-              for run in (run_a, run_b)]
-    (cases_a, ranks_a, root_a), (cases_b, ranks_b, root_b) = ranked
-    _check_same_cases(cases_a, cases_b, root_a, root_b)
+    ranked = {run: _ranks(run, split, protocol, max(ks), checkpoint, batch_size, device, search_backend)
+              for run in (run_a, run_b) if not is_ranks_file(run)}
+    reference = next(iter(ranked.values()))
+    for run in (run_a, run_b):
+        if is_ranks_file(run):
+            # Capped as the run's ranks are: no metric at K <= max K tells the two apart.
+            ranked[run] = _Ranked(reference.identity, np.minimum(read_ranks(run, reference.keys), max(ks) + 1),
+                                  run, reference.keys)
+    side_a, side_b = ranked[run_a], ranked[run_b]
+    _check_same_cases(side_a.identity, side_b.identity, side_a.label, side_b.label)
+    ranks_a, ranks_b = side_a.ranks, side_b.ranks
     errors = [standard_errors(metric_sums(ranks, ks)) for ranks in (ranks_a, ranks_b)]
     metrics = {}
     for k in ks:
@@ -61,19 +76,32 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
             key = f"{name}@{k}"
             metrics[key] = {**_paired(per_case(ranks_a, k), per_case(ranks_b, k), resamples, seed),
                             "se_a": errors[0][key], "se_b": errors[1][key]}
-    return {"runs": {"a": str(root_a), "b": str(root_b)}, "split": split, "protocol": protocol,
+    return {"runs": {"a": str(side_a.label), "b": str(side_b.label)}, "split": split, "protocol": protocol,
             "cases": len(ranks_a), "checkpoint": checkpoint, "resamples": resamples, "metrics": metrics}
 
 
+@dataclass
+class _Ranked:
+    """One side of a comparison: its cases (user, position, target: [3, cases]), their ranks,
+    what to call it (a run's directory or a ranks file), and its cases' IDs for a ranks file."""
+
+    identity: np.ndarray
+    ranks: np.ndarray
+    label: object
+    keys: CaseKeys
+
+
 def _ranks(run: str, split: str, protocol: str, max_k: int, checkpoint: str, batch_size: int, device: str,
-           search_backend: str):
+           search_backend: str) -> _Ranked:
     loaded = load_run(run, checkpoint, device)
     cases = loaded.split.cases(split)
-    identity = np.stack([cases.users, cases.positions,
-                         loaded.split.items[loaded.split.offsets[cases.users] + cases.positions]])
+    targets = loaded.split.items[loaded.split.offsets[cases.users] + cases.positions]
     ranked = case_ranks(loaded.model, loaded.feed, loaded.split, split, max_k=max_k, mask_history=PROTOCOLS[protocol],
                         batch_size=batch_size, device=loaded.device, search_backend=search_backend)
-    return identity, ranked.ranks, loaded.root
+    item_ids = loaded.dataset.item_ids()
+    keys = CaseKeys(split, [loaded.split.user_ids[u] for u in cases.users], [item_ids[t] for t in targets],
+                    loaded.split.num_items)
+    return _Ranked(np.stack([cases.users, cases.positions, targets]), ranked.ranks, loaded.root, keys)
 
 
 def _check_same_cases(a: np.ndarray, b: np.ndarray, root_a, root_b) -> None:

@@ -1,0 +1,114 @@
+"""Another tool's per-case ranks (RecBole, a paper's script), matched to an mmsr run's cases so
+that `mmsr compare RUN other.csv` pairs them case by case.
+
+The file is CSV with a header naming `user`, `item` and `rank` (other columns are ignored):
+
+    user,item,rank
+    259,271,98
+
+- `user`, `item`: the IDs of the dataset's source, which `mmsr data import` keeps; `item` is the
+  case's target.
+- `rank`: 1 + the number of items scoring strictly higher than the target (mmsr's tie rule,
+  docs/eval.md), under the protocol of the comparison: RecBole's masks nothing, the paper's masks
+  the user's history items. `bench/recbole_fdsa.py` writes such a file for RecBole's FDSA.
+
+One row per case of the split, no more: a row whose user has another target in the run means
+the two tools split the data differently, and that is refused with the row's line, as is a case
+left without a row. Cases are keyed by (user, target), so a split in which one user has two
+cases with the same target (a re-consumed item on the cold split) cannot be matched.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmsr.errors import MMSRError
+
+COLUMNS = ("user", "item", "rank")
+SUFFIXES = (".csv",)
+
+
+def is_ranks_file(name: str) -> bool:
+    """`mmsr compare`'s arguments: a ranks file by its suffix, anything else is a run."""
+    return Path(name).suffix.lower() in SUFFIXES
+
+
+@dataclass
+class CaseKeys:
+    """A run's cases as another tool names them: `users[i]` and `items[i]` are case i's user
+    and target IDs, in the dataset's own spelling."""
+
+    split: str
+    users: list[str]
+    items: list[str]
+    num_items: int
+
+
+def read_ranks(path: str | Path, cases: CaseKeys) -> np.ndarray:
+    """The file's rank for each of `cases`, in the cases' order (int64, 1-based)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MMSRError("no such ranks file", where=path,
+                        hint="give a CSV with columns user,item,rank (see `mmsr compare --help`)")
+    index = _case_index(cases)
+    target_of = {user: item for user, item in zip(cases.users, cases.items)}
+    ranks = np.zeros(len(cases.users), dtype=np.int64)
+    seen_at = np.zeros(len(cases.users), dtype=np.int64)  # the line that gave case i its rank
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise MMSRError(f"the header lacks {', '.join(missing)}", where=f"{path}:1",
+                            hint="the first line must name the columns user,item,rank")
+        for row in reader:
+            line = reader.line_num
+            user, item = row["user"], row["item"]
+            case = index.get((user, item))
+            if case is None:
+                raise MMSRError(_unmatched(user, item, target_of, cases.split), where=f"{path}:{line}",
+                                hint="rank the same cases as the run: the same dataset, split the same way "
+                                     "(leave-one-out by time), one row per case")
+            if seen_at[case]:
+                raise MMSRError(f"a second row for user {user}, item {item} (the first is line {seen_at[case]})",
+                                where=f"{path}:{line}", hint="give each case one row")
+            ranks[case] = _rank(row["rank"], cases.num_items, f"{path}:{line}")
+            seen_at[case] = line
+    absent = np.flatnonzero(seen_at == 0)
+    if len(absent):
+        first = int(absent[0])
+        raise MMSRError(f"{len(absent):,} of the run's {len(cases.users):,} {cases.split} cases have no row "
+                        f"(the first: user {cases.users[first]}, item {cases.items[first]})", where=path,
+                        hint="rank every case of the split")
+    return ranks
+
+
+def _case_index(cases: CaseKeys) -> dict[tuple[str, str], int]:
+    index: dict[tuple[str, str], int] = {}
+    for case, key in enumerate(zip(cases.users, cases.items)):
+        if key in index:
+            raise MMSRError(f"the run's {cases.split} split has two cases for user {key[0]} with target {key[1]}, "
+                            "which a ranks file keyed by (user, item) cannot tell apart", where="--split",
+                            hint="compare with a ranks file on the test or valid split (one case per user)")
+        index[key] = case
+    return index
+
+
+def _unmatched(user: str, item: str, target_of: dict[str, str], split: str) -> str:
+    if user in target_of:
+        return f"user {user}'s {split} target is item {target_of[user]} in the run; this row has item {item}"
+    return f"user {user} has no {split} case in the run"
+
+
+def _rank(text: str, num_items: int, where: str) -> int:
+    try:
+        rank = int(text)
+    except (TypeError, ValueError):
+        rank = 0
+    if not 1 <= rank <= num_items:
+        raise MMSRError(f"rank {text!r} is not a whole number from 1 to {num_items:,} (the catalogue's size)",
+                        where=where, hint="ranks are 1-based: 1 + the items scoring strictly higher")
+    return rank
