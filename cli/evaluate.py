@@ -81,6 +81,10 @@ def compare_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the resampling (the figures repeat exactly)."),
     batch_size: int = typer.Option(512, "--batch-size", help="Items/users per batch: bounds memory."),
     device: str = typer.Option("auto", "--device", help="Where the models run: auto | cpu | cuda."),
+    shared_cases: bool = typer.Option(False, "--shared-cases", help="With a ranks file: pair only the cases "
+                                      "both sides rank, leaving out the file's rows whose user has another target "
+                                      "in the run (tools order same-second interactions differently) and the "
+                                      "run's cases the file lacks; the result counts them."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
     """Is run B better than run A on the same cases, beyond what the cases move?
@@ -101,12 +105,17 @@ def compare_command(
     from mmsr.eval.compare import compare_runs  # deferred: pulls in torch (seconds)
 
     result = compare_runs(run_a, run_b, split, protocol=protocol, ks=k, checkpoint=checkpoint, resamples=resamples,
-                          seed=seed, batch_size=batch_size, device=device)
+                          seed=seed, batch_size=batch_size, device=device, shared_cases=shared_cases)
     if json_out:
         print_json(result)
         return
+    caption = f"A = {result['runs']['a']}\nB = {result['runs']['b']}"
+    if "left_out" in result:
+        left = result["left_out"]
+        caption += (f"\nleft out: {left['run_cases']:,} of the run's cases, {left['file_rows']:,} rows of the file"
+                    + "".join(f"\n  {row}" for row in left["rows"][:5]))
     table = Table(title=f"{split} split: {result['cases']:,} cases, {protocol} protocol, {checkpoint} checkpoints",
-                  caption=f"A = {result['runs']['a']}\nB = {result['runs']['b']}")
+                  caption=caption)
     for column in ("metric", "A ± s.e.", "B ± s.e.", "B - A", "95% interval", "p (paired)"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, m in result["metrics"].items():

@@ -156,6 +156,30 @@ def test_a_split_with_two_cases_of_one_user_and_target_cannot_take_a_ranks_file(
 
     path = tmp_path / "ranks.csv"
     path.write_text("user,item,rank\nu1,i1,4\nu1,i2,1\n")
-    assert read_ranks(path, CaseKeys("cold", ["u1", "u1"], ["i2", "i1"], 10)).tolist() == [1, 4]
+    assert read_ranks(path, CaseKeys("cold", ["u1", "u1"], ["i2", "i1"], 10)).ranks.tolist() == [1, 4]
     with pytest.raises(MMSRError, match="two cases for user u1 with target i1"):
         read_ranks(path, CaseKeys("cold", ["u1", "u1"], ["i1", "i1"], 10))
+
+
+def test_shared_cases_pairs_only_what_both_sides_rank_and_says_what_it_left_out(two_runs, tmp_path):
+    """Another tool may split a few users differently (RecBole's float32 timestamps leave
+    interactions up to 64 s apart in file order): --shared-cases pairs the rest and counts what
+    it dropped."""
+    from mmsr.eval.compare import _ranks, compare_runs
+    from mmsr.eval.metrics import hit_at_k
+
+    a, b = two_runs
+    side = _ranks(str(a), "test", "recbole", 10, "best", 512, "cpu", "auto")
+    keys, ranks = side.keys, side.ranks
+    other_item = next(item for item in keys.items if item != keys.items[0])
+    rows = [f"{keys.users[0]},{other_item},1"] + [f"{u},{i},{r}" for u, i, r in
+                                                  zip(keys.users[2:], keys.items[2:], ranks[2:])]
+    path = tmp_path / "ranks.csv"
+    path.write_text("\n".join(["user,item,rank", *rows]) + "\n")
+    with pytest.raises(MMSRError, match="--shared-cases"):
+        compare_runs(str(b), str(path), "test", protocol="recbole", ks="10", resamples=999)
+    result = compare_runs(str(b), str(path), "test", protocol="recbole", ks="10", resamples=999, shared_cases=True)
+    assert result["cases"] == 198
+    assert result["left_out"]["run_cases"] == 2 and result["left_out"]["file_rows"] == 1
+    assert result["left_out"]["rows"][0].startswith(f"{path}:2: user {keys.users[0]}'s test target is item")
+    assert result["metrics"]["HR@10"]["b"] == pytest.approx(hit_at_k(ranks[2:], 10).mean(), abs=1e-12)

@@ -42,10 +42,11 @@ MIN_RESAMPLES = 999
 
 def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str = "paper", ks="10,20",
                  checkpoint: str = "best", resamples: int = 9999, seed: int = 0, batch_size: int = 512,
-                 device: str = "auto", search_backend: str = "auto") -> dict:
+                 device: str = "auto", search_backend: str = "auto", shared_cases: bool = False) -> dict:
     """{"runs", "split", "protocol", "cases", "metrics": {name: {a, b, se_a, se_b, difference,
     ci95, p_value}}}: see the module docstring. `seed` fixes the resampling, so a comparison
-    is the same whenever it is recomputed."""
+    is the same whenever it is recomputed. `shared_cases`: with a ranks file, pair only the
+    cases both sides rank (`read_ranks`); "left_out" then says what was not paired."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MMSRError("mmsr compare runs in one process", where="torchrun",
                         hint="run it without torchrun: it ranks each split once per run")
@@ -61,14 +62,20 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     ranked = {run: _ranks(run, split, protocol, max(ks), checkpoint, batch_size, device, search_backend)
               for run in (run_a, run_b) if not is_ranks_file(run)}
     reference = next(iter(ranked.values()))
+    shared, left_out = np.ones(len(reference.ranks), dtype=bool), []
     for run in (run_a, run_b):
         if is_ranks_file(run):
+            found = read_ranks(run, reference.keys, shared_only=shared_cases)
             # Capped as the run's ranks are: no metric at K <= max K tells the two apart.
-            ranked[run] = _Ranked(reference.identity, np.minimum(read_ranks(run, reference.keys), max(ks) + 1),
-                                  run, reference.keys)
+            ranked[run] = _Ranked(reference.identity, np.minimum(found.ranks, max(ks) + 1), run, reference.keys)
+            shared &= found.matched
+            left_out += found.unmatched
     side_a, side_b = ranked[run_a], ranked[run_b]
     _check_same_cases(side_a.identity, side_b.identity, side_a.label, side_b.label)
-    ranks_a, ranks_b = side_a.ranks, side_b.ranks
+    ranks_a, ranks_b = side_a.ranks[shared], side_b.ranks[shared]
+    if not len(ranks_a):
+        raise MMSRError("the two sides share no case", where=f"{run_a} and {run_b}",
+                        hint="the ranks file must use the dataset's own user and item IDs")
     errors = [standard_errors(metric_sums(ranks, ks)) for ranks in (ranks_a, ranks_b)]
     metrics = {}
     for k in ks:
@@ -76,8 +83,11 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
             key = f"{name}@{k}"
             metrics[key] = {**_paired(per_case(ranks_a, k), per_case(ranks_b, k), resamples, seed),
                             "se_a": errors[0][key], "se_b": errors[1][key]}
-    return {"runs": {"a": str(side_a.label), "b": str(side_b.label)}, "split": split, "protocol": protocol,
-            "cases": len(ranks_a), "checkpoint": checkpoint, "resamples": resamples, "metrics": metrics}
+    result = {"runs": {"a": str(side_a.label), "b": str(side_b.label)}, "split": split, "protocol": protocol,
+              "cases": len(ranks_a), "checkpoint": checkpoint, "resamples": resamples, "metrics": metrics}
+    if shared_cases:
+        result["left_out"] = {"run_cases": int((~shared).sum()), "file_rows": len(left_out), "rows": left_out}
+    return result
 
 
 @dataclass

@@ -14,8 +14,12 @@ The file is CSV with a header naming `user`, `item` and `rank` (other columns ar
 
 One row per case of the split, no more: a row whose user has another target in the run means
 the two tools split the data differently, and that is refused with the row's line, as is a case
-left without a row. Cases are keyed by (user, target), so a split in which one user has two
-cases with the same target (a re-consumed item on the cold split) cannot be matched.
+left without a row. Two tools can differ there without either being wrong: RecBole orders a
+user's interactions by a float32 timestamp, which cannot tell seconds apart near 2000's epoch
+times (float32 steps are 64 s there), so on MovieLens-100K 4 of 943 users get another test target.
+`shared_only` then keeps the cases both rank and says what it left out. Cases are keyed by
+(user, target), so a split in which one user has two cases with the same target (a re-consumed
+item on the cold split) cannot be matched.
 """
 
 from __future__ import annotations
@@ -48,8 +52,23 @@ class CaseKeys:
     num_items: int
 
 
-def read_ranks(path: str | Path, cases: CaseKeys) -> np.ndarray:
-    """The file's rank for each of `cases`, in the cases' order (int64, 1-based)."""
+@dataclass
+class FileRanks:
+    """`ranks[i]`: the file's rank for case i, 0 where it has no row for it (`shared_only`);
+    `unmatched`: the rows that name no case of the run, as "path:line: why"."""
+
+    ranks: np.ndarray
+    unmatched: list[str]
+
+    @property
+    def matched(self) -> np.ndarray:
+        return self.ranks > 0
+
+
+def read_ranks(path: str | Path, cases: CaseKeys, *, shared_only: bool = False) -> FileRanks:
+    """The file's rank for each of `cases`, in the cases' order (int64, 1-based). A row that
+    names no case, or a case without a row, is refused, unless `shared_only`: then both are
+    left out (rank 0, `unmatched`). Malformed rows are refused either way."""
     path = Path(path)
     if not path.is_file():
         raise MMSRError("no such ranks file", where=path,
@@ -58,6 +77,7 @@ def read_ranks(path: str | Path, cases: CaseKeys) -> np.ndarray:
     target_of = {user: item for user, item in zip(cases.users, cases.items)}
     ranks = np.zeros(len(cases.users), dtype=np.int64)
     seen_at = np.zeros(len(cases.users), dtype=np.int64)  # the line that gave case i its rank
+    unmatched = []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -67,23 +87,28 @@ def read_ranks(path: str | Path, cases: CaseKeys) -> np.ndarray:
         for row in reader:
             line = reader.line_num
             user, item = row["user"], row["item"]
+            rank = _rank(row["rank"], cases.num_items, f"{path}:{line}")
             case = index.get((user, item))
             if case is None:
-                raise MMSRError(_unmatched(user, item, target_of, cases.split), where=f"{path}:{line}",
-                                hint="rank the same cases as the run: the same dataset, split the same way "
-                                     "(leave-one-out by time), one row per case")
+                why = _unmatched(user, item, target_of, cases.split)
+                if not shared_only:
+                    raise MMSRError(why, where=f"{path}:{line}",
+                                    hint="rank the same cases as the run (the same dataset, split the same way, "
+                                         "one row per case), or pass --shared-cases to pair only the cases both rank")
+                unmatched.append(f"{path}:{line}: {why}")
+                continue
             if seen_at[case]:
                 raise MMSRError(f"a second row for user {user}, item {item} (the first is line {seen_at[case]})",
                                 where=f"{path}:{line}", hint="give each case one row")
-            ranks[case] = _rank(row["rank"], cases.num_items, f"{path}:{line}")
+            ranks[case] = rank
             seen_at[case] = line
     absent = np.flatnonzero(seen_at == 0)
-    if len(absent):
+    if len(absent) and not shared_only:
         first = int(absent[0])
         raise MMSRError(f"{len(absent):,} of the run's {len(cases.users):,} {cases.split} cases have no row "
                         f"(the first: user {cases.users[first]}, item {cases.items[first]})", where=path,
-                        hint="rank every case of the split")
-    return ranks
+                        hint="rank every case of the split, or pass --shared-cases to pair only the cases both rank")
+    return FileRanks(ranks, unmatched)
 
 
 def _case_index(cases: CaseKeys) -> dict[tuple[str, str], int]:
