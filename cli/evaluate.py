@@ -83,7 +83,7 @@ def compare_command(
     device: str = typer.Option("auto", "--device", help="Where the models run: auto | cpu | cuda."),
     shared_cases: bool = typer.Option(False, "--shared-cases", help="With a ranks file: pair only the cases "
                                       "both sides rank, leaving out the file's rows whose user has another target "
-                                      "in the run (tools order same-second interactions differently) and the "
+                                      "in the run (tools can order near-simultaneous interactions differently) and the "
                                       "run's cases the file lacks; the result counts them."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
@@ -101,7 +101,8 @@ def compare_command(
     split, user and item (the target) in the dataset's own IDs, rank = 1 +
     the items scoring strictly higher under the same protocol. It is matched
     to the run's cases by user and target; a row the run does not have, or a
-    case without a row, is refused with its line."""
+    case without a row, is refused with its line (--shared-cases pairs the
+    rest instead)."""
     from mmsr.eval.compare import compare_runs  # deferred: pulls in torch (seconds)
 
     result = compare_runs(run_a, run_b, split, protocol=protocol, ks=k, checkpoint=checkpoint, resamples=resamples,

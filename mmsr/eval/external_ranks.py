@@ -15,8 +15,8 @@ The file is CSV with a header naming `user`, `item` and `rank` (other columns ar
 One row per case of the split, no more: a row whose user has another target in the run means
 the two tools split the data differently, and that is refused with the row's line, as is a case
 left without a row. Two tools can differ there without either being wrong: RecBole orders a
-user's interactions by a float32 timestamp, which cannot tell seconds apart near 2000's epoch
-times (float32 steps are 64 s there), so on MovieLens-100K 4 of 943 users get another test target.
+user's interactions by a float32 timestamp, which cannot tell seconds apart at 1990s Unix times
+(float32 steps are 64 s there), so on MovieLens-100K 4 of 943 users get another test target.
 `shared_only` then keeps the cases both rank and says what it left out. Cases are keyed by
 (user, target), so a split in which one user has two cases with the same target (a re-consumed
 item on the cold split) cannot be matched.
