@@ -107,7 +107,7 @@ def test_another_tools_ranks_file_pairs_with_a_run_as_that_run_would(two_runs, t
     from mmsr.eval.compare import _ranks, compare_runs
 
     a, b = two_runs
-    side = _ranks(str(a), "test", "recbole", 20, "best", 512, "cpu", "auto")
+    side = _ranks(str(a), "test", "recbole", 20, "best", 512, "cpu", "auto", with_keys=True)
     assert side.ranks.max() > 1 and len(set(side.keys.users)) == len(side.ranks) == 200
     order = np.random.default_rng(0).permutation(len(side.ranks))
     ranks_file = _write_ranks(tmp_path / "other_tool.csv", side.keys, side.ranks, order)
@@ -122,7 +122,7 @@ def test_a_ranks_file_that_does_not_match_the_runs_cases_is_refused_with_its_lin
     from mmsr.eval.compare import _ranks, compare_runs
 
     a, b = two_runs
-    side = _ranks(str(a), "test", "recbole", 10, "best", 512, "cpu", "auto")
+    side = _ranks(str(a), "test", "recbole", 10, "best", 512, "cpu", "auto", with_keys=True)
     keys, ranks = side.keys, side.ranks
 
     def refused(text, pattern):
@@ -169,7 +169,7 @@ def test_shared_cases_pairs_only_what_both_sides_rank_and_says_what_it_left_out(
     from mmsr.eval.metrics import hit_at_k
 
     a, b = two_runs
-    side = _ranks(str(a), "test", "recbole", 10, "best", 512, "cpu", "auto")
+    side = _ranks(str(a), "test", "recbole", 10, "best", 512, "cpu", "auto", with_keys=True)
     keys, ranks = side.keys, side.ranks
     other_item = next(item for item in keys.items if item != keys.items[0])
     rows = [f"{keys.users[0]},{other_item},1"] + [f"{u},{i},{r}" for u, i, r in

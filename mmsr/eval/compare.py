@@ -55,23 +55,25 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     if resamples < MIN_RESAMPLES:
         raise MMSRError(f"--resamples {resamples} is too few for a 95% interval", where="--resamples",
                         hint=f"use at least {MIN_RESAMPLES} (the default is 9999)")
-    if is_ranks_file(run_a) and is_ranks_file(run_b):
+    files = [run for run in (run_a, run_b) if is_ranks_file(run)]
+    if len(files) == 2:
         raise MMSRError("both sides are ranks files", where=f"{run_a} and {run_b}",
                         hint="one side must be an mmsr run: its split defines the cases the file is matched to")
     ks = parse_ks(ks)
-    ranked = {run: _ranks(run, split, protocol, max(ks), checkpoint, batch_size, device, search_backend)
-              for run in (run_a, run_b) if not is_ranks_file(run)}
+    # The cases' IDs (strings, one per case) only when a file has to be matched to them.
+    ranked = {run: _ranks(run, split, protocol, max(ks), checkpoint, batch_size, device, search_backend,
+                          with_keys=bool(files))
+              for run in (run_a, run_b) if run not in files}
     reference = next(iter(ranked.values()))
     shared, left_out = np.ones(len(reference.ranks), dtype=bool), []
-    for run in (run_a, run_b):
-        if is_ranks_file(run):
-            found = read_ranks(run, reference.keys, shared_only=shared_cases)
-            # Capped as the run's ranks are: no metric at K <= max K tells the two apart.
-            ranked[run] = _Ranked(reference.identity, np.minimum(found.ranks, max(ks) + 1), run, reference.keys)
-            shared &= found.matched
-            left_out += found.unmatched
+    if files:
+        found = read_ranks(files[0], reference.keys, shared_only=shared_cases)
+        # Capped as the run's ranks are: no metric at K <= max K tells the two apart.
+        ranked[files[0]] = _Ranked(reference.identity, np.minimum(found.ranks, max(ks) + 1), files[0])
+        shared, left_out = found.matched, found.unmatched
+    else:
+        _check_same_cases(ranked[run_a].identity, ranked[run_b].identity, ranked[run_a].label, ranked[run_b].label)
     side_a, side_b = ranked[run_a], ranked[run_b]
-    _check_same_cases(side_a.identity, side_b.identity, side_a.label, side_b.label)
     ranks_a, ranks_b = side_a.ranks[shared], side_b.ranks[shared]
     if not len(ranks_a):
         raise MMSRError("the two sides share no case", where=f"{run_a} and {run_b}",
@@ -93,24 +95,27 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
 @dataclass
 class _Ranked:
     """One side of a comparison: its cases (user, position, target: [3, cases]), their ranks,
-    what to call it (a run's directory or a ranks file), and its cases' IDs for a ranks file."""
+    what to call it (a run's directory or a ranks file), and, where a ranks file is to be
+    matched to them, its cases' IDs."""
 
     identity: np.ndarray
     ranks: np.ndarray
     label: object
-    keys: CaseKeys
+    keys: CaseKeys | None = None
 
 
 def _ranks(run: str, split: str, protocol: str, max_k: int, checkpoint: str, batch_size: int, device: str,
-           search_backend: str) -> _Ranked:
+           search_backend: str, *, with_keys: bool = False) -> _Ranked:
     loaded = load_run(run, checkpoint, device)
     cases = loaded.split.cases(split)
     targets = loaded.split.items[loaded.split.offsets[cases.users] + cases.positions]
     ranked = case_ranks(loaded.model, loaded.feed, loaded.split, split, max_k=max_k, mask_history=PROTOCOLS[protocol],
                         batch_size=batch_size, device=loaded.device, search_backend=search_backend)
-    item_ids = loaded.dataset.item_ids()
-    keys = CaseKeys(split, [loaded.split.user_ids[u] for u in cases.users], [item_ids[t] for t in targets],
-                    loaded.split.num_items)
+    keys = None
+    if with_keys:
+        item_ids = loaded.dataset.item_ids()
+        keys = CaseKeys(split, [loaded.split.user_ids[u] for u in cases.users], [item_ids[t] for t in targets],
+                        loaded.split.num_items)
     return _Ranked(np.stack([cases.users, cases.positions, targets]), ranked.ranks, loaded.root, keys)
 
 

@@ -74,7 +74,8 @@ def read_ranks(path: str | Path, cases: CaseKeys, *, shared_only: bool = False) 
         raise MMSRError("no such ranks file", where=path,
                         hint="give a CSV with columns user,item,rank (see `mmsr compare --help`)")
     index = _case_index(cases)
-    target_of = {user: item for user, item in zip(cases.users, cases.items)}
+    # For the refusal's message: a user's one target, where the split has one case per user.
+    target_of = dict(zip(cases.users, cases.items)) if len(set(cases.users)) == len(cases.users) else {}
     ranks = np.zeros(len(cases.users), dtype=np.int64)
     seen_at = np.zeros(len(cases.users), dtype=np.int64)  # the line that gave case i its rank
     unmatched = []
@@ -125,7 +126,7 @@ def _case_index(cases: CaseKeys) -> dict[tuple[str, str], int]:
 def _unmatched(user: str, item: str, target_of: dict[str, str], split: str) -> str:
     if user in target_of:
         return f"user {user}'s {split} target is item {target_of[user]} in the run; this row has item {item}"
-    return f"user {user} has no {split} case in the run"
+    return f"user {user} has no {split} case with target {item} in the run"
 
 
 def _rank(text: str, num_items: int, where: str) -> int:
