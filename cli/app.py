@@ -31,6 +31,7 @@ app.add_typer(plot.app, name="plot")
 app.command("train")(train.train_command)
 app.command("eval")(evaluate.eval_command)
 app.command("compare")(evaluate.compare_command)
+app.command("ranks")(evaluate.ranks_command)
 app.command("recommend")(evaluate.recommend_command)
 
 _state = {"debug": False}

@@ -1,4 +1,4 @@
-"""`mmsr eval`, `mmsr compare` and `mmsr recommend`: exact full ranking over every item."""
+"""`mmsr eval`, `mmsr compare`, `mmsr ranks` and `mmsr recommend`: exact full ranking over every item."""
 
 from __future__ import annotations
 
@@ -124,6 +124,36 @@ def compare_command(
         table.add_row(name, f"{m['a']:.4f} ± {m['se_a']:.4f}", f"{m['b']:.4f} ± {m['se_b']:.4f}",
                       f"{m['difference']:+.4f}", f"[{low:+.4f}, {high:+.4f}]", f"{m['p_value']:.3g}")
     Console().print(table)
+
+
+def ranks_command(
+    run: str = typer.Argument(..., help="The run (name or directory)."),
+    out: str = typer.Argument(..., help="The file to write, NAME.csv."),
+    split: str = typer.Option("test", "--split", help="One split, as in `mmsr eval` (test | valid | cold | "
+                              "cold-test | new)."),
+    protocol: str = typer.Option("paper", "--protocol", help="paper (history masked) | recbole (not masked)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
+    batch_size: int = typer.Option(512, "--batch-size", help="Items/users per batch: bounds memory."),
+    device: str = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+):
+    """Write the rank of every case of a split under a run to a CSV: user,item,rank.
+
+    User and item (the case's target) are the dataset's own IDs; rank is exact,
+    1 + the items scoring strictly higher (every item counted), so any metric
+    can be computed from the file. It is the file `mmsr compare` takes as one
+    side: pair a run with one trained by another mmsr version (whose
+    checkpoint this version may refuse to load), or hand the ranks to
+    another tool's significance test."""
+    from mmsr.eval.run_ranks import write_run_ranks  # deferred: pulls in torch (seconds)
+
+    result = write_run_ranks(run, out, split, protocol=protocol, checkpoint=checkpoint, batch_size=batch_size,
+                             device=device)
+    if json_out:
+        print_json(result)
+        return
+    typer.echo(f"{result['cases']:,} {split} cases ranked ({protocol} protocol, {checkpoint} checkpoint): "
+               f"{result['path']}  HR@10 {result['HR@10']:.4f}, NDCG@10 {result['NDCG@10']:.4f}")
 
 
 def recommend_command(

@@ -94,23 +94,20 @@ def test_the_paired_interval_and_test_see_a_shift_that_separate_errors_cannot():
     assert same_shift["ci95"] == [1.0, 1.0] and same_shift["p_value"] == pytest.approx(2 / 2 ** 5)
 
 
-def _write_ranks(path, keys, ranks, order=None):
-    order = range(len(ranks)) if order is None else order
-    lines = ["user,item,rank"] + [f"{keys.users[i]},{keys.items[i]},{ranks[i]}" for i in order]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def test_another_tools_ranks_file_pairs_with_a_run_as_that_run_would(two_runs, tmp_path):
     """A file holding run A's ranks (rows shuffled, IDs as the dataset spells them) compares
     with run B exactly as run A does: the file is matched by user and target, not by order."""
-    from mmsr.eval.compare import _ranks, compare_runs
+    from mmsr.eval.compare import compare_runs
+    from mmsr.eval.external_ranks import CaseKeys, write_ranks
+    from mmsr.eval.run_ranks import rank_run
 
     a, b = two_runs
-    side = _ranks(str(a), "test", "recbole", 20, "best", 512, "cpu", "auto", with_keys=True)
-    assert side.ranks.max() > 1 and len(set(side.keys.users)) == len(side.ranks) == 200
+    side = rank_run(str(a), "test", "recbole", max_k=20, device="cpu", with_keys=True)
+    keys = side.keys
+    assert side.ranks.max() > 1 and len(set(keys.users)) == len(side.ranks) == 200
     order = np.random.default_rng(0).permutation(len(side.ranks))
-    ranks_file = _write_ranks(tmp_path / "other_tool.csv", side.keys, side.ranks, order)
+    shuffled = CaseKeys("test", [keys.users[i] for i in order], [keys.items[i] for i in order], keys.num_items)
+    ranks_file = write_ranks(tmp_path / "other_tool.csv", shuffled, side.ranks[order])
     runs = compare_runs(str(a), str(b), "test", protocol="recbole", ks="10,20", resamples=999)
     with_file = compare_runs(str(ranks_file), str(b), "test", protocol="recbole", ks="10,20", resamples=999)
     assert with_file["metrics"] == runs["metrics"] and with_file["runs"]["a"] == str(ranks_file)
@@ -119,10 +116,11 @@ def test_another_tools_ranks_file_pairs_with_a_run_as_that_run_would(two_runs, t
 
 
 def test_a_ranks_file_that_does_not_match_the_runs_cases_is_refused_with_its_line(two_runs, tmp_path):
-    from mmsr.eval.compare import _ranks, compare_runs
+    from mmsr.eval.compare import compare_runs
+    from mmsr.eval.run_ranks import rank_run
 
     a, b = two_runs
-    side = _ranks(str(a), "test", "recbole", 10, "best", 512, "cpu", "auto", with_keys=True)
+    side = rank_run(str(a), "test", "recbole", max_k=10, device="cpu", with_keys=True)
     keys, ranks = side.keys, side.ranks
 
     def refused(text, pattern):
@@ -165,11 +163,12 @@ def test_shared_cases_pairs_only_what_both_sides_rank_and_says_what_it_left_out(
     """Another tool may split a few users differently (RecBole's float32 timestamps leave
     interactions up to 64 s apart in file order): --shared-cases pairs the rest and counts what
     it dropped."""
-    from mmsr.eval.compare import _ranks, compare_runs
+    from mmsr.eval.compare import compare_runs
     from mmsr.eval.metrics import hit_at_k
+    from mmsr.eval.run_ranks import rank_run
 
     a, b = two_runs
-    side = _ranks(str(a), "test", "recbole", 10, "best", 512, "cpu", "auto", with_keys=True)
+    side = rank_run(str(a), "test", "recbole", max_k=10, device="cpu", with_keys=True)
     keys, ranks = side.keys, side.ranks
     other_item = next(item for item in keys.items if item != keys.items[0])
     rows = [f"{keys.users[0]},{other_item},1"] + [f"{u},{i},{r}" for u, i, r in
@@ -183,3 +182,46 @@ def test_shared_cases_pairs_only_what_both_sides_rank_and_says_what_it_left_out(
     assert result["left_out"]["run_cases"] == 2 and result["left_out"]["file_rows"] == 1
     assert result["left_out"]["rows"][0].startswith(f"{path}:2: user {keys.users[0]}'s test target is item")
     assert result["metrics"]["HR@10"]["b"] == pytest.approx(hit_at_k(ranks[2:], 10).mean(), abs=1e-12)
+
+
+def test_a_runs_written_ranks_are_exact_and_pair_with_it_as_the_run_itself(two_runs, tmp_path):
+    """`mmsr ranks` writes every case's exact rank (not capped at a K): equal to a brute-force
+    count over the model's own scores, and, read back by `mmsr compare`, the run's own figures."""
+    import torch
+
+    from mmsr.eval.compare import compare_runs
+    from mmsr.eval.external_ranks import CaseKeys, read_ranks
+    from mmsr.eval.run_ranks import write_run_ranks
+    from mmsr.eval.towers import item_matrix, user_matrix
+    from mmsr.train.run import load_run
+
+    a, b = two_runs
+    path = tmp_path / "a.csv"
+    written = write_run_ranks(str(a), path, "test", protocol="paper", device="cpu")
+    assert written["cases"] == 200 and written["path"] == str(path)
+
+    loaded = load_run(str(a), "best", "cpu")
+    split = loaded.split
+    cases = split.cases("test")
+    targets = split.items[split.offsets[cases.users] + cases.positions]
+    items = item_matrix(loaded.model, loaded.feed, split.num_items, 64, torch.device("cpu"))
+    histories = [split.history(u, p, split.config.max_seq_len) for u, p in zip(cases.users, cases.positions)]
+    users = user_matrix(loaded.model, items, histories, split.config.max_seq_len, 64, torch.device("cpu"))
+    scores = users.double().numpy() @ loaded.model.score_vectors(items).double().numpy().T
+    expected = []
+    for case, (user, position, target) in enumerate(zip(cases.users, cases.positions, targets)):
+        row = scores[case].copy()
+        start = split.offsets[user]
+        row[split.items[start:start + position]] = -np.inf  # the paper's protocol: the history never counts
+        row[target] = -np.inf
+        expected.append(1 + int((row > scores[case, target]).sum()))
+    item_ids = loaded.dataset.item_ids()
+    keys = CaseKeys("test", [split.user_ids[u] for u in cases.users], [item_ids[t] for t in targets], split.num_items)
+    found = read_ranks(path, keys).ranks
+    assert found.tolist() == expected and found.max() > 21  # beyond any K compare would ask for
+
+    runs = compare_runs(str(a), str(b), "test", ks="10,20", resamples=999)
+    assert compare_runs(str(path), str(b), "test", ks="10,20", resamples=999)["metrics"] == runs["metrics"]
+    assert written["NDCG@10"] == pytest.approx(runs["metrics"]["NDCG@10"]["a"], abs=1e-12)
+    with pytest.raises(MMSRError, match=r"a ranks file is a \.csv"):
+        write_run_ranks(str(a), tmp_path / "a.txt", "test", device="cpu")

@@ -23,15 +23,14 @@ mmsr is compared with RecBole case by case (`bench/recbole_fdsa.py` writes RecBo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from mmsr.errors import MMSRError
-from mmsr.eval.external_ranks import CaseKeys, is_ranks_file, read_ranks
+from mmsr.eval.external_ranks import is_ranks_file, read_ranks
 from mmsr.eval.metrics import hit_at_k, metric_sums, ndcg_at_k, parse_ks, standard_errors
-from mmsr.eval.runner import PROTOCOLS, case_ranks
-from mmsr.train.run import load_run
+from mmsr.eval.run_ranks import RunRanks, rank_run
+from mmsr.eval.runner import PROTOCOLS
 
 METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
 # Resampling memory bound: values held at once per batch of resamples.
@@ -61,15 +60,15 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
                         hint="one side must be an mmsr run: its split defines the cases the file is matched to")
     ks = parse_ks(ks)
     # The cases' IDs (strings, one per case) only when a file has to be matched to them.
-    ranked = {run: _ranks(run, split, protocol, max(ks), checkpoint, batch_size, device, search_backend,
-                          with_keys=bool(files))
+    ranked = {run: rank_run(run, split, protocol, max_k=max(ks), checkpoint=checkpoint, batch_size=batch_size,
+                            device=device, search_backend=search_backend, with_keys=bool(files))
               for run in (run_a, run_b) if run not in files}
     reference = next(iter(ranked.values()))
     shared, left_out = np.ones(len(reference.ranks), dtype=bool), []
     if files:
         found = read_ranks(files[0], reference.keys, shared_only=shared_cases)
         # Capped as the run's ranks are: no metric at K <= max K tells the two apart.
-        ranked[files[0]] = _Ranked(reference.identity, np.minimum(found.ranks, max(ks) + 1), files[0])
+        ranked[files[0]] = RunRanks(reference.identity, np.minimum(found.ranks, max(ks) + 1), files[0])
         shared, left_out = found.matched, found.unmatched
     else:
         _check_same_cases(ranked[run_a].identity, ranked[run_b].identity, ranked[run_a].label, ranked[run_b].label)
@@ -90,33 +89,6 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     if shared_cases:
         result["left_out"] = {"run_cases": int((~shared).sum()), "file_rows": len(left_out), "rows": left_out}
     return result
-
-
-@dataclass
-class _Ranked:
-    """One side of a comparison: its cases (user, position, target: [3, cases]), their ranks,
-    what to call it (a run's directory or a ranks file), and, where a ranks file is to be
-    matched to them, its cases' IDs."""
-
-    identity: np.ndarray
-    ranks: np.ndarray
-    label: object
-    keys: CaseKeys | None = None
-
-
-def _ranks(run: str, split: str, protocol: str, max_k: int, checkpoint: str, batch_size: int, device: str,
-           search_backend: str, *, with_keys: bool = False) -> _Ranked:
-    loaded = load_run(run, checkpoint, device)
-    cases = loaded.split.cases(split)
-    targets = loaded.split.items[loaded.split.offsets[cases.users] + cases.positions]
-    ranked = case_ranks(loaded.model, loaded.feed, loaded.split, split, max_k=max_k, mask_history=PROTOCOLS[protocol],
-                        batch_size=batch_size, device=loaded.device, search_backend=search_backend)
-    keys = None
-    if with_keys:
-        item_ids = loaded.dataset.item_ids()
-        keys = CaseKeys(split, [loaded.split.user_ids[u] for u in cases.users], [item_ids[t] for t in targets],
-                        loaded.split.num_items)
-    return _Ranked(np.stack([cases.users, cases.positions, targets]), ranked.ranks, loaded.root, keys)
 
 
 def _check_same_cases(a: np.ndarray, b: np.ndarray, root_a, root_b) -> None:

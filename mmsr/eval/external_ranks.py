@@ -10,7 +10,8 @@ The file is CSV with a header naming `user`, `item` and `rank` (other columns ar
   case's target.
 - `rank`: 1 + the number of items scoring strictly higher than the target (mmsr's tie rule,
   docs/eval.md), under the protocol of the comparison: RecBole's masks nothing, the paper's masks
-  the user's history items. `bench/recbole_fdsa.py` writes such a file for RecBole's FDSA.
+  the user's history items. `bench/recbole_fdsa.py` writes such a file for RecBole's FDSA,
+  `mmsr ranks` (`write_ranks`) one for an mmsr run.
 
 One row per case of the split, no more: a row whose user has another target in the run means
 the two tools split the data differently, and that is refused with the row's line, as is a case
@@ -25,11 +26,13 @@ item on the cold split) cannot be matched.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mmsr.atomic import atomic_write_text
 from mmsr.errors import MMSRError
 
 COLUMNS = ("user", "item", "rank")
@@ -110,6 +113,21 @@ def read_ranks(path: str | Path, cases: CaseKeys, *, shared_only: bool = False) 
                         f"(the first: user {cases.users[first]}, item {cases.items[first]})", where=path,
                         hint="rank every case of the split, or pass --shared-cases to pair only the cases both rank")
     return FileRanks(ranks, unmatched)
+
+
+def write_ranks(path: str | Path, cases: CaseKeys, ranks: np.ndarray) -> Path:
+    """Case i's rank `ranks[i]` as a row of a ranks file at `path`, in the cases' order; the file
+    appears whole or not at all. IDs are quoted where CSV needs it, so `read_ranks` reads back
+    any ID the dataset has."""
+    if len(ranks) != len(cases.users):
+        raise ValueError(f"{len(ranks)} ranks for {len(cases.users)} cases")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(zip(cases.users, cases.items, (int(r) for r in ranks)))
+    path = Path(path)
+    atomic_write_text(path, out.getvalue())
+    return path
 
 
 def _case_index(cases: CaseKeys) -> dict[tuple[str, str], int]:

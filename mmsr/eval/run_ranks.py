@@ -1,0 +1,82 @@
+"""One run's rank of every case of a split: what `mmsr compare` pairs, and what `mmsr ranks`
+writes to a file.
+
+A ranks file (`mmsr.eval.external_ranks`: user,item,rank in the dataset's own IDs) is how two
+models that cannot be loaded side by side are still compared case by case: another tool's
+model (RecBole's), or a run that this version of mmsr refuses to load because its modules
+changed since it was trained (`mmsr.train.model.load_weights`). The mmsr that trained the run
+writes its ranks; any later mmsr pairs them with a new run.
+
+For `mmsr compare` the ranks are capped at max K + 1 (exact for every metric it reports, and
+what makes the FAISS path cheap). A written file holds exact ranks, 1 + the items scoring
+strictly higher, so that any metric can be computed from it (MRR, HR@100, ...): every item is
+counted by the dense path (`mmsr.eval.dense`), never a top-k of the whole catalogue.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmsr.errors import MMSRError
+from mmsr.eval.external_ranks import CaseKeys, write_ranks
+from mmsr.eval.metrics import hit_at_k, ndcg_at_k
+from mmsr.eval.runner import PROTOCOLS, case_ranks
+from mmsr.train.run import load_run
+
+
+@dataclass
+class RunRanks:
+    """A run's cases (user, position, target: [3, cases]), their ranks, what to call the run
+    (its directory, or a ranks file in `mmsr compare`), and, when asked for, the cases' IDs."""
+
+    identity: np.ndarray
+    ranks: np.ndarray
+    label: object
+    keys: CaseKeys | None = None
+
+
+def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, checkpoint: str = "best",
+             batch_size: int = 512, device: str = "auto", search_backend: str = "auto",
+             with_keys: bool = False) -> RunRanks:
+    """Every case of `split` ranked under `run` (one process). Ranks above `max_k` come back as
+    `max_k + 1`; `max_k=None` gives exact ranks, by dense counting whatever `search_backend`
+    says. `with_keys`: also the cases' user and target IDs (one string each, so only on demand)."""
+    if protocol not in PROTOCOLS:
+        raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
+    loaded = load_run(run, checkpoint, device)
+    if max_k is None:
+        max_k, search_backend = loaded.split.num_items, "dense"
+    cases = loaded.split.cases(split)
+    targets = loaded.split.items[loaded.split.offsets[cases.users] + cases.positions]
+    ranked = case_ranks(loaded.model, loaded.feed, loaded.split, split, max_k=max_k, mask_history=PROTOCOLS[protocol],
+                        batch_size=batch_size, device=loaded.device, search_backend=search_backend)
+    keys = None
+    if with_keys:
+        item_ids = loaded.dataset.item_ids()
+        keys = CaseKeys(split, [loaded.split.user_ids[u] for u in cases.users], [item_ids[t] for t in targets],
+                        loaded.split.num_items)
+    return RunRanks(np.stack([cases.users, cases.positions, targets]), ranked.ranks, loaded.root, keys)
+
+
+def write_run_ranks(run: str, path: str | Path, split: str = "test", *, protocol: str = "paper",
+                    checkpoint: str = "best", batch_size: int = 512, device: str = "auto") -> dict:
+    """Write the exact rank of each case of `split` under `run` to `path` (the ranks file format,
+    `mmsr.eval.external_ranks`; written whole or not at all). Returns {"run", "split", "protocol",
+    "checkpoint", "cases", "path", "HR@10", "NDCG@10"}: the last two from the file's ranks, to
+    check it against `mmsr eval`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MMSRError("mmsr ranks runs in one process", where="torchrun", hint="run it without torchrun")
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise MMSRError("a ranks file is a .csv", where=path,
+                        hint="name it NAME.csv: that is how `mmsr compare` tells a ranks file from a run")
+    ranked = rank_run(run, split, protocol, checkpoint=checkpoint, batch_size=batch_size, device=device,
+                      with_keys=True)
+    write_ranks(path, ranked.keys, ranked.ranks)
+    return {"run": str(ranked.label), "split": split, "protocol": protocol, "checkpoint": checkpoint,
+            "cases": len(ranked.ranks), "path": str(path),
+            "HR@10": float(hit_at_k(ranked.ranks, 10).mean()), "NDCG@10": float(ndcg_at_k(ranked.ranks, 10).mean())}
