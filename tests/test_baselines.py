@@ -99,6 +99,10 @@ def test_bad_baseline_settings_are_refused(built_cache, small_demo, tmp_path):
         _config(built_cache + ["model.kind=vqrec", "encoders.text_model="])
     with pytest.raises(MMSRError, match="model.vq_codes=8 is ignored by model kind 'fdsa'"):
         _config(built_cache + ["model.kind=fdsa", "model.vq_codes=8"])
+    with pytest.raises(MMSRError, match="model.fdsa_shared=True is ignored by model kind 'idsr'"):
+        _config(built_cache + ["model.kind=idsr", "model.fdsa_shared=true"])
+    with pytest.raises(MMSRError, match="only self-attention streams have"):
+        _model(built_cache + ["model.kind=fdsa", "model.sequence=gru4rec", "model.fdsa_shared=true"], small_demo)
     with pytest.raises(MMSRError, match="model.side_features has 'brand'"):
         _config(built_cache + ["model.kind=fdsa", "model.side_features=['brand']"])
     # A dataset without categories: FDSA's category feature names the fix.
@@ -252,3 +256,55 @@ def test_fdsa_category_features_start_at_the_id_tables_scale():
     ids_std, features_std = tower.embedding(ids).std().item(), features.std().item()
     assert 0.7 < features_std / ids_std < 1.0, (features_std, ids_std)  # two tokens averaged: 1/sqrt(2) of one
     assert torch.count_nonzero(tower.category_embedding.weight[0]) == 0  # padding
+
+
+@pytest.mark.parametrize("sequence", ["sasrec", "sasrec-postnorm"])
+def test_fdsa_shared_streams_have_one_position_table_and_one_layer_norm_as_recboles(sequence):
+    """model.fdsa_shared: RecBole's FDSA adds one position table to both streams and runs one
+    LayerNorm over both streams and the merged vector. Off (the default), each has its own."""
+    import torch
+
+    from mmsr.models.fdsa import FDSAUserTower
+    from mmsr.models.sequence import create_sequence_model
+
+    def stream():
+        return create_sequence_model(sequence, dim=16, max_len=8, layers=1, heads=2, dropout=0.0)
+
+    def norm_of(s):
+        return s.input_norm if sequence == "sasrec-postnorm" else s.norm
+
+    torch.manual_seed(0)
+    separate = FDSAUserTower(stream(), stream(), 16)
+    assert separate.id_stream.position is not separate.feature_stream.position
+    assert len({id(m) for m in (norm_of(separate.id_stream), norm_of(separate.feature_stream), separate.out[0])}) == 3
+    tower = FDSAUserTower(stream(), stream(), 16, shared=True)
+    ids_stream, feature_stream = tower.id_stream, tower.feature_stream
+    shared = norm_of(ids_stream)
+    assert feature_stream.position is ids_stream.position is tower.position
+    assert isinstance(shared, torch.nn.LayerNorm) and tower.out[0] is shared is tower.norm is norm_of(feature_stream)
+    count = sum(p.numel() for p in separate.parameters())
+    assert sum(p.numel() for p in tower.parameters()) == count - 8 * 16 - 2 * 2 * 16  # one table and two norms less
+    # The tower's own names for them: a checkpoint of the unshared layout lacks these, so load_weights
+    # refuses it instead of loading two tables into one.
+    assert {"position.weight", "norm.weight", "norm.bias"} <= set(tower.state_dict())
+    assert not {"position.weight", "norm.weight"} & set(separate.state_dict())
+
+    # Learning moves the one table: a step through the feature stream alone changes the ID stream's positions.
+    items, mask = torch.randn(3, 8, 16), torch.ones(3, 8, dtype=torch.bool)
+    before = ids_stream.position.weight.detach().clone()
+    optimizer = torch.optim.SGD(tower.parameters(), lr=1.0)
+    feature_stream(items, mask).pow(2).sum().backward()
+    optimizer.step()
+    assert not torch.equal(before, ids_stream.position.weight)
+
+
+def test_fdsa_shared_needs_self_attention_streams():
+    import torch
+
+    from mmsr.models.fdsa import FDSAUserTower
+    from mmsr.models.sequence import create_sequence_model
+
+    streams = [create_sequence_model("gru4rec", dim=16, max_len=8, layers=1, heads=2, dropout=0.0) for _ in range(2)]
+    assert isinstance(FDSAUserTower(*streams, 16).out[0], torch.nn.LayerNorm)
+    with pytest.raises(MMSRError, match="only self-attention streams have"):
+        FDSAUserTower(*streams, 16, shared=True)

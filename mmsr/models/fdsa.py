@@ -24,7 +24,9 @@ import re
 import torch
 from torch import nn
 
+from mmsr.errors import MMSRError
 from mmsr.models.layers import masked_mean
+from mmsr.models.sequence import SASRec
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _TOKEN_SPLIT = re.compile(r"[|,;>]+|\s+")
@@ -122,14 +124,32 @@ class FDSAUserTower(nn.Module):
 
     The norm and dropout after the projection are RecBole 1.2.1's (the paper's FDSA scores the
     projection itself). On MovieLens-100K with the genres they raised validation NDCG@10 on
-    every seed tried (docs/compare.md, "FDSA against RecBole's FDSA")."""
+    every seed tried (docs/compare.md, "FDSA against RecBole's FDSA").
 
-    def __init__(self, id_stream: nn.Module, feature_stream: nn.Module, dim: int, dropout: float = 0.0):
+    `shared` (model.fdsa_shared): as in RecBole's FDSA, the two self-attention streams (SASRec's
+    layouts) share one position table, and one LayerNorm serves both streams and the merged
+    vector: the streams' output norm (pre-norm) or input norm (post-norm, RecBole's layout).
+    `position` and `norm` are then owned here and lent to the streams. Off by default: on
+    MovieLens-100K it left validation NDCG@10 level over four seeds (0.0741 against 0.0752) and
+    was not chosen (docs/compare.md, "One position table and one LayerNorm")."""
+
+    def __init__(self, id_stream: nn.Module, feature_stream: nn.Module, dim: int, dropout: float = 0.0,
+                 shared: bool = False):
         super().__init__()
         self.id_stream = id_stream
         self.feature_stream = feature_stream
         self.merge = nn.Linear(2 * dim, dim)
-        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout))
+        norm = nn.LayerNorm(dim)
+        if shared:
+            if not (isinstance(id_stream, SASRec) and isinstance(feature_stream, SASRec)):
+                raise MMSRError("model.fdsa_shared shares the streams' position table, which only self-attention "
+                                "streams have", where="model.sequence",
+                                hint="use model.sequence=sasrec or sasrec-postnorm, or model.fdsa_shared=false")
+            self.position = feature_stream.position = id_stream.position
+            place = "input_norm" if id_stream.post_norm else "norm"
+            norm = self.norm = getattr(id_stream, place)
+            setattr(feature_stream, place, norm)
+        self.out = nn.Sequential(norm, nn.Dropout(dropout))
         self.dim = dim
 
     def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

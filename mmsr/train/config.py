@@ -44,6 +44,9 @@ class ModelConfig:
     dropout: float = 0.1
     # fdsa: the dataset's fields used as features besides the encoders' outputs ("category").
     side_features: list[str] = field(default_factory=lambda: ["category"])
+    # fdsa: one position table and one LayerNorm for both streams and the merged vector, as
+    # RecBole's FDSA (mmsr.models.fdsa.FDSAUserTower); off: each stream its own.
+    fdsa_shared: bool = False
     # vqrec: code indices per item (OPQ sub-vectors) and bits per code (2**bits embeddings each).
     vq_codes: int = 32
     vq_bits: int = 8
@@ -225,8 +228,8 @@ _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "hea
           "fusion_standardize": ("fusion", "standardize"),
           "fusion_attention_dropout": ("fusion", "attention_dropout"),
           "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads"),
-          "side_features": ("kind", "side_features"), "vq_codes": ("kind", "vq_codes"),
-          "vq_bits": ("kind", "vq_bits")}
+          "side_features": ("kind", "side_features"), "fdsa_shared": ("kind", "fdsa_shared"),
+          "vq_codes": ("kind", "vq_codes"), "vq_bits": ("kind", "vq_bits")}
 # Dataset fields FDSA can take as features (model.side_features).
 SIDE_FEATURES = ("category",)
 _MODALITY_KEYS = {"text": "encoders.text_model", "image": "encoders.vision_model", "joint": "encoders.joint_model"}

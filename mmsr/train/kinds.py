@@ -103,7 +103,7 @@ def _morec(config: "TrainConfig", inputs: KindInputs):
     return _content_tower(config, encoders, "sum" if len(encoders) > 1 else "pool"), UserTower(_sequence(config))
 
 
-@MODEL_KINDS.register("fdsa", params=("side_features",), needs=("item_ids",),
+@MODEL_KINDS.register("fdsa", params=("side_features", "fdsa_shared"), needs=("item_ids",),
                       help="FDSA (Zhang et al. 2019): an ID stream and a feature stream of self-attention")
 def _fdsa(config: "TrainConfig", inputs: KindInputs):
     m = config.model
@@ -121,7 +121,7 @@ def _fdsa(config: "TrainConfig", inputs: KindInputs):
         raise MMSRError("fdsa has no feature: no encoder and no side feature",
                         hint="set encoders.text_model / encoders.vision_model, or model.side_features=['category']")
     items = FDSAItemTower(inputs.num_items, m.dim, encoders, category, len(vocabulary))
-    return items, FDSAUserTower(_sequence(config), _sequence(config), m.dim, m.dropout)
+    return items, FDSAUserTower(_sequence(config), _sequence(config), m.dim, m.dropout, shared=m.fdsa_shared)
 
 
 @MODEL_KINDS.register("vqrec", params=("vq_codes", "vq_bits"), needs=("text", "item_ids"),
