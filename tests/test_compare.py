@@ -196,7 +196,7 @@ def test_a_runs_written_ranks_are_exact_and_pair_with_it_as_the_run_itself(two_r
     from mmsr.train.run import load_run
 
     a, b = two_runs
-    path = tmp_path / "a.csv"
+    path = tmp_path / "new_folder" / "a.csv"
     written = write_run_ranks(str(a), path, "test", protocol="paper", device="cpu")
     assert written["cases"] == 200 and written["path"] == str(path)
 

@@ -130,8 +130,8 @@ class FDSAUserTower(nn.Module):
     layouts) share one position table, and one LayerNorm serves both streams and the merged
     vector: the streams' output norm (pre-norm) or input norm (post-norm, RecBole's layout).
     `position` and `norm` are then owned here and lent to the streams. Off by default: on
-    MovieLens-100K it left validation NDCG@10 level over four seeds (0.0741 against 0.0752) and
-    was not chosen (docs/compare.md, "One position table and one LayerNorm")."""
+    MovieLens-100K its validation NDCG@10 over four seeds was 0.0741 against 0.0752, so validation
+    did not choose it (docs/compare.md, "One position table and one LayerNorm")."""
 
     def __init__(self, id_stream: nn.Module, feature_stream: nn.Module, dim: int, dropout: float = 0.0,
                  shared: bool = False):
