@@ -30,7 +30,6 @@ from mmsr.errors import MMSRError
 from mmsr.eval.external_ranks import is_ranks_file, read_ranks
 from mmsr.eval.metrics import hit_at_k, metric_sums, ndcg_at_k, parse_ks, standard_errors
 from mmsr.eval.run_ranks import RunRanks, rank_run
-from mmsr.eval.runner import PROTOCOLS
 
 METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
 # Resampling memory bound: values held at once per batch of resamples.
@@ -49,8 +48,6 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MMSRError("mmsr compare runs in one process", where="torchrun",
                         hint="run it without torchrun: it ranks each split once per run")
-    if protocol not in PROTOCOLS:
-        raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
     if resamples < MIN_RESAMPLES:
         raise MMSRError(f"--resamples {resamples} is too few for a 95% interval", where="--resamples",
                         hint=f"use at least {MIN_RESAMPLES} (the default is 9999)")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsr.errors import MMSRError
-from mmsr.eval.external_ranks import CaseKeys, write_ranks
+from mmsr.eval.external_ranks import CaseKeys, is_ranks_file, write_ranks
 from mmsr.eval.metrics import hit_at_k, ndcg_at_k
 from mmsr.eval.runner import PROTOCOLS, case_ranks
 from mmsr.train.run import load_run
@@ -71,7 +71,7 @@ def write_run_ranks(run: str, path: str | Path, split: str = "test", *, protocol
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MMSRError("mmsr ranks runs in one process", where="torchrun", hint="run it without torchrun")
     path = Path(path)
-    if path.suffix.lower() != ".csv":
+    if not is_ranks_file(str(path)):
         raise MMSRError("a ranks file is a .csv", where=path,
                         hint="name it NAME.csv: that is how `mmsr compare` tells a ranks file from a run")
     ranked = rank_run(run, split, protocol, checkpoint=checkpoint, batch_size=batch_size, device=device,

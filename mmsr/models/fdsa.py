@@ -139,16 +139,17 @@ class FDSAUserTower(nn.Module):
         self.id_stream = id_stream
         self.feature_stream = feature_stream
         self.merge = nn.Linear(2 * dim, dim)
-        norm = nn.LayerNorm(dim)
+        if shared and not (isinstance(id_stream, SASRec) and isinstance(feature_stream, SASRec)):
+            raise MMSRError("model.fdsa_shared shares the streams' position table, which only self-attention "
+                            "streams have", where="model.sequence",
+                            hint="use model.sequence=sasrec or sasrec-postnorm, or model.fdsa_shared=false")
         if shared:
-            if not (isinstance(id_stream, SASRec) and isinstance(feature_stream, SASRec)):
-                raise MMSRError("model.fdsa_shared shares the streams' position table, which only self-attention "
-                                "streams have", where="model.sequence",
-                                hint="use model.sequence=sasrec or sasrec-postnorm, or model.fdsa_shared=false")
             self.position = feature_stream.position = id_stream.position
             place = "input_norm" if id_stream.post_norm else "norm"
             norm = self.norm = getattr(id_stream, place)
             setattr(feature_stream, place, norm)
+        else:
+            norm = nn.LayerNorm(dim)
         self.out = nn.Sequential(norm, nn.Dropout(dropout))
         self.dim = dim
 
