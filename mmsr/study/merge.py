@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from mmsr.atomic import atomic_write_text
+from mmsr.atomic import atomic_write_text, link_or_copy
 from mmsr.errors import MMSRError
 from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, load_run_study, study_command, study_dir
 from mmsr.study.report import write_report
@@ -115,15 +115,8 @@ def _place(run: Path, destination: Path) -> None:
     partial = destination.parent / f".{destination.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # what an interrupted merge left
     partial.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(run, partial, copy_function=_link_or_copy)
+    shutil.copytree(run, partial, copy_function=link_or_copy)
     os.replace(partial, destination)
-
-
-def _link_or_copy(source: str, destination: str) -> None:
-    try:
-        os.link(source, destination)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copy2(source, destination)
 
 
 def _options(directory: Path) -> dict[str, list[str]]:
