@@ -13,6 +13,7 @@ from mmsr.config import build
 from mmsr.data.split import SplitConfig
 from mmsr.encoders.config import EncoderConfig
 from mmsr.models.fusion import FUSIONS
+from mmsr.models.scores import SCORES
 from mmsr.models.sequence import SEQUENCE_MODELS
 from mmsr.train.kinds import MODEL_KINDS, TABLE_KINDS
 from mmsr.train.losses import LOSSES
@@ -50,6 +51,10 @@ class ModelConfig:
     # vqrec: code indices per item (OPQ sub-vectors) and bits per code (2**bits embeddings each).
     vq_codes: int = 32
     vq_bits: int = 8
+    # How a user vector scores an item vector (mmsr.models.scores): "dot" (the seed's) or
+    # "cosine" (both normalised, divided by `temperature`). Evaluation ranks by the same rule.
+    score: str = "dot"
+    temperature: float = 0.1  # cosine only
 
 
 @dataclass
@@ -133,7 +138,7 @@ class TrainConfig:
         if model.kind not in MODEL_KINDS:
             return [f"model.kind={model.kind!r} is not a known model kind; choose one of "
                     + ", ".join(MODEL_KINDS.names())]
-        parts = {"kind": MODEL_KINDS, "sequence": SEQUENCE_MODELS}
+        parts = {"kind": MODEL_KINDS, "sequence": SEQUENCE_MODELS, "score": SCORES}
         # Kinds that do not read model.fusion* (idsr, the baselines) take them as a documented
         # no-op: one profile file drives an MMSR model and its baselines.
         if "fusion" in MODEL_KINDS.params(model.kind):
@@ -176,6 +181,12 @@ class TrainConfig:
                             f"optim.loss={self.optim.loss!r} (which scores every user against every candidate of "
                             "the batch) would cost users x candidates attentions per step; use --set "
                             "optim.loss=bce (the paper's) or bpr")
+        if model.temperature <= 0:
+            problems.append(f"model.temperature={model.temperature!r} divides the cosine: it must be above 0 "
+                            "(0.05-0.2 are the usual values)")
+        if "pair_loss" in needs and model.score != _default(ModelConfig, "score"):
+            problems.append(f"model.score={model.score!r} rules an inner product, and model.kind={model.kind} scores "
+                            "each candidate through cross-attention; remove model.score")
         if "pair_loss" in needs and self.valid_shard_items:
             problems.append(f"valid_shard_items ranks by inner products, and model.kind={model.kind} scores each "
                             "candidate through cross-attention; remove valid_shard_items (its validation scores "
@@ -229,7 +240,8 @@ _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "hea
           "fusion_attention_dropout": ("fusion", "attention_dropout"),
           "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads"),
           "side_features": ("kind", "side_features"), "fdsa_shared": ("kind", "fdsa_shared"),
-          "vq_codes": ("kind", "vq_codes"), "vq_bits": ("kind", "vq_bits")}
+          "vq_codes": ("kind", "vq_codes"), "vq_bits": ("kind", "vq_bits"),
+          "temperature": ("score", "temperature")}
 # Dataset fields FDSA can take as features (model.side_features).
 SIDE_FEATURES = ("category",)
 _MODALITY_KEYS = {"text": "encoders.text_model", "image": "encoders.vision_model", "joint": "encoders.joint_model"}

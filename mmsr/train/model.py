@@ -1,7 +1,8 @@
 """Build the recommender from a config; what trains and what is saved.
 
-    Recommender = item tower + user tower, scored by inner product; `model.kind` picks the
-    towers (`mmsr.train.kinds`: MMSR, IDSR and the paper's baselines).
+    Recommender = item tower + user tower, scored by inner product after the score's rule
+    (`model.score`, `mmsr.models.scores`: dot or cosine / τ); `model.kind` picks the towers
+    (`mmsr.train.kinds`: MMSR, IDSR and the paper's baselines).
 
 The model never reads files: a feed (`mmsr.train.feeds`) turns item ids into the item
 tower's inputs (cached states, states computed from raw inputs, or the ids themselves)
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
+from mmsr.models.scores import create_score
 from mmsr.models.sequence import last_state
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
@@ -24,11 +26,12 @@ from mmsr.train.losses import LossInputs, create_loss
 
 class Recommender(nn.Module):
     def __init__(self, items: nn.Module, user: nn.Module, loss: str = "bce", train_counts: np.ndarray | None = None,
-                 scorer: nn.Module | None = None):
+                 scorer: nn.Module | None = None, score: nn.Module | None = None):
         super().__init__()
         self.items = items
         self.user = user
         self.scorer = scorer  # None: inner product (FAISS); else candidate-dependent (CARCA++)
+        self.score = score if score is not None else create_score("dot")
         self.loss = create_loss(loss, train_counts=train_counts)
 
     @property
@@ -46,9 +49,10 @@ class Recommender(nn.Module):
         return self.items(inputs)
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Item vectors -> what a user vector is scored against (FDSA: the ID half)."""
+        """Item vectors -> what a user vector is scored against (FDSA: the ID half), after the
+        score's rule (`model.score`)."""
         part = getattr(self.items, "score_part", None)
-        return part(vectors) if part is not None else vectors
+        return self.score.items(part(vectors) if part is not None else vectors)
 
     def item_vectors(self, ids: torch.Tensor, feed) -> torch.Tensor:
         return self.encode_items(feed(ids))
@@ -58,8 +62,9 @@ class Recommender(nn.Module):
 
     def last_user_vectors(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Each sequence's state after its last item, [B, D]: what evaluation scores. A user
-        tower that can compute that position alone (`last_state`, SASRec) skips the others."""
-        return last_state(self.user, item_vectors * mask.unsqueeze(-1), mask)
+        tower that can compute that position alone (`last_state`, SASRec) skips the others.
+        After the score's rule, so an inner product with `score_vectors` is the model's score."""
+        return self.score.users(last_state(self.user, item_vectors * mask.unsqueeze(-1), mask))
 
     def all_item_vectors(self) -> torch.Tensor:
         """Every item's scored vector, for the full softmax: only towers whose scored part is a
@@ -68,7 +73,7 @@ class Recommender(nn.Module):
         if table is None:
             raise MMSRError("the full softmax would run every item through the item tower at every step",
                             hint="use --set optim.loss=inbatch")
-        return table()
+        return self.score.items(table())
 
     def forward(self, batch: Batch, ids: torch.Tensor, rows: torch.Tensor, item_inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (summed loss, number of target positions) for this process's rows.
@@ -85,7 +90,7 @@ class Recommender(nn.Module):
         in_mask = batch.inputs != PAD
         users = self.user_vectors(vectors[inputs_row] * in_mask.unsqueeze(-1), in_mask)
         mask = batch.mask
-        loss = self.loss(LossInputs(users=users[mask], targets=batch.targets[mask],
+        loss = self.loss(LossInputs(users=self.score.users(users[mask]), targets=batch.targets[mask],
                                     target_vectors=scored[targets_row[mask]],
                                     negative_vectors=scored[negatives_row[mask]], item_ids=ids,
                                     item_vectors=scored, all_items=self.all_item_vectors,
@@ -116,7 +121,8 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     need not. `categories` (`Dataset.item_categories()`) feed FDSA's category feature.
     """
     items, user, scorer = build_towers(config, KindInputs(num_items, encoders, categories))
-    return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts, scorer=scorer)
+    return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts, scorer=scorer,
+                       score=create_score(config.model.score, temperature=config.model.temperature))
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:
