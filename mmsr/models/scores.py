@@ -46,7 +46,7 @@ class Cosine(nn.Module):
     Ranks depend only on the items' directions (a user's own scale, 1/τ included, changes none).
     """
 
-    def __init__(self, temperature: float = 0.1, **_):
+    def __init__(self, temperature: float = 0.05, **_):
         super().__init__()
         self.temperature = float(temperature)
 
@@ -62,5 +62,5 @@ SCORES.register("cosine", params=("temperature",),
                 help="cosine similarity / model.temperature, item and user vectors normalised")(Cosine)
 
 
-def create_score(name: str, *, temperature: float = 0.1) -> nn.Module:
+def create_score(name: str, *, temperature: float = 0.05) -> nn.Module:
     return SCORES.create(name, temperature=temperature)
