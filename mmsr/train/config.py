@@ -182,7 +182,7 @@ class TrainConfig:
                             f"optim.loss={self.optim.loss!r} (which scores every user against every candidate of "
                             "the batch) would cost users x candidates attentions per step; use --set "
                             "optim.loss=bce (the paper's) or bpr")
-        if model.temperature <= 0:
+        if model.score in SCORES and "temperature" in SCORES.params(model.score) and model.temperature <= 0:
             problems.append(f"model.temperature={model.temperature!r} divides the cosine: it must be above 0 "
                             "(0.05-0.2 are the usual values)")
         if "pair_loss" in needs and model.score != _default(ModelConfig, "score"):
