@@ -41,7 +41,7 @@ class Cosine(nn.Module):
     "On the effectiveness of sampled softmax loss for item recommendation", 2022).
 
     Why it can matter here: under the inner product an item's norm is a free per-item bias, which
-    an ID table fits to popularity and a content tower has to infer from text; normalising takes
+    an ID table can fit to popularity and a content tower has to infer from text; normalising takes
     that away from both, and τ sets how sharply the softmax losses separate the candidates.
     Ranks depend only on the items' directions (a user's own scale, 1/τ included, changes none).
     """
