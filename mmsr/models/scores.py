@@ -1,6 +1,6 @@
 """How a user vector scores an item vector, chosen by name (`model.score`), like the fusions.
 
-    score = create_score(name, temperature=...)
+    score = create_score(name, temperature=...)    # the settings its entry reads (`params`)
     logits = score.users(users) @ score.items(item_vectors).T
 
 Both sides go through their rule before anything is scored: the training losses, validation,
@@ -46,7 +46,7 @@ class Cosine(nn.Module):
     Ranks depend only on the items' directions (a user's own scale, 1/τ included, changes none).
     """
 
-    def __init__(self, temperature: float = 0.05, **_):
+    def __init__(self, temperature: float, **_):  # its default is model.temperature's, kept there
         super().__init__()
         self.temperature = float(temperature)
 
@@ -62,5 +62,5 @@ SCORES.register("cosine", params=("temperature",),
                 help="cosine similarity / model.temperature, item and user vectors normalised")(Cosine)
 
 
-def create_score(name: str, *, temperature: float = 0.05) -> nn.Module:
-    return SCORES.create(name, temperature=temperature)
+def create_score(name: str, **settings) -> nn.Module:
+    return SCORES.create(name, **settings)
