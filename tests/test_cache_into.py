@@ -5,6 +5,7 @@ mmap when the states do not fit comfortably, and a full disk while making the mm
 from __future__ import annotations
 
 import errno
+import gc
 import shlex
 import sys
 from pathlib import Path
@@ -156,6 +157,12 @@ def test_mmap_feed_hands_back_the_pages_it_read(cached, monkeypatch, measured):
     monkeypatch.setattr(feeds, "MMAP_RESIDENT_BYTES", 50_000)
     if not measured:
         monkeypatch.setattr(feeds, "mapped_file_rss", lambda: None)
+    # The feed measures the whole process's mapped file pages from its construction on. A dead
+    # memory map of an earlier test in this worker, unmapped by a collection during the epoch,
+    # would shrink that figure and hide this file's growth; collect them before the baseline.
+    # (Seen once under xdist: no release after the first batch; this cause is a likely one, not
+    # a confirmed one.)
+    gc.collect()
     feed, description = open_feed(dataset, "mmap")
     assert description == f"cache {path} (mmap)"
     real_release = feed.release
