@@ -75,10 +75,42 @@ def test_evaluation_ranks_a_cosine_model_by_cosine(tiny_overrides, tmp_path):
     assert (by_dot != got).any()
 
 
+def test_learned_cosine_starts_at_its_temperature_trains_it_and_keeps_it_above_the_floor():
+    users, items = torch.randn(4, 3), torch.randn(6, 3)
+    fixed, learned = create_score("cosine", temperature=0.2), create_score("cosine-learned", temperature=0.2)
+    assert torch.allclose(learned.users(users), fixed.users(users)) and torch.equal(learned.items(items), fixed.items(items))
+    assert learned.trained() == {"temperature": 0.2} and fixed.trained() == {}
+    logits = learned.users(users) @ learned.items(items).T
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    assert learned.log_scale.grad is not None and float(learned.log_scale.grad) != 0.0
+    with torch.no_grad():
+        learned.log_scale.fill_(math.log(1000.0))  # a temperature of 0.001: below CLIP's clamp
+    assert learned.trained() == {"temperature": 0.01}
+    assert torch.allclose(learned.users(users), create_score("cosine", temperature=0.01).users(users))
+
+
+def test_a_learned_temperature_is_recorded_saved_and_reloaded(tiny_overrides, tmp_path):
+    """Each epoch's record holds the temperature training reached, and the checkpoint keeps it:
+    the reloaded model's score is the trained one, not model.temperature again."""
+    import json
+
+    from mmsr.train.run import load_run
+
+    _train(tiny_overrides + ["model.kind=idsr", "model.score=cosine-learned", "model.temperature=0.1",
+                             "optim.loss=inbatch", "optim.epochs=2"], tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    temperatures = [r["temperature"] for r in records]
+    assert len(temperatures) == 2 and temperatures[-1] != 0.1, temperatures
+    loaded = load_run(tmp_path / "run", checkpoint="last", device="cpu")
+    assert loaded.model.score.trained() == {"temperature": temperatures[-1]}
+
+
 @pytest.mark.parametrize("overrides,expected", [
     (["model.score=angle"], ["model.score='angle' is not a known score", ", ".join(SCORES.names())]),
     (["model.temperature=0.2"], ["model.temperature=0.2 is ignored by score 'dot'", "cosine"]),
     (["model.score=cosine", "model.temperature=0"], ["model.temperature=0.0", "above 0"]),
+    (["model.score=cosine-learned", "model.temperature=0.005"], ["model.temperature=0.005", "below the 0.01",
+                                                                 "model.score=cosine"]),
     (["model.score=cosine", "model.kind=carca", "optim.loss=bce"], ["model.kind=carca", "cross-attention",
                                                                     "remove model.score"]),
 ])

@@ -7,10 +7,13 @@ Both sides go through their rule before anything is scored: the training losses,
 `mmsr eval` (FAISS or exact, sharded or not) and `mmsr recommend` all see the same vectors, so
 an inner-product index over `items(...)` ranks exactly as the model was trained to.
 
-A score has no parameters (the temperature is a setting), so checkpoints do not depend on it.
+`dot` and `cosine` have no parameters (the temperature is a setting); `cosine-learned` holds one,
+its temperature, which the checkpoint keeps like any other weight.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +35,10 @@ class Dot(nn.Module):
 
     def users(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors
+
+    def trained(self) -> dict[str, float]:
+        """What of the score training changed, for the epoch's record in metrics.jsonl."""
+        return {}
 
 
 class Cosine(nn.Module):
@@ -56,10 +63,40 @@ class Cosine(nn.Module):
     def users(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1) / self.temperature
 
+    def trained(self) -> dict[str, float]:
+        return {}
+
+
+class LearnedCosine(Cosine):
+    """Cosine similarity over a temperature that is trained with the model: CLIP's learnable
+    logit scale (Radford et al., ICML 2021), kept as log(1/τ) so a step changes it by a ratio.
+    It starts at `model.temperature` and stays at or above 0.01, CLIP's clamp (a scale of 100),
+    so that a softmax loss cannot sharpen the logits without bound on a training set it fits.
+    Ranks do not depend on it (see Cosine); only training does. It sits in the downstream
+    optimizer group with the sequence model, at its learning rate and weight decay.
+    """
+
+    MIN_TEMPERATURE = 0.01
+
+    def __init__(self, temperature: float, **_):
+        super().__init__(temperature)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / self.temperature)))
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=1.0 / self.MIN_TEMPERATURE)
+
+    def users(self, vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(vectors, dim=-1) * self.scale().to(vectors.dtype)
+
+    def trained(self) -> dict[str, float]:
+        return {"temperature": round(float(1.0 / self.scale().detach()), 5)}
+
 
 SCORES.register("dot", help="inner product (the seed's)")(Dot)
 SCORES.register("cosine", params=("temperature",),
                 help="cosine similarity / model.temperature, item and user vectors normalised")(Cosine)
+SCORES.register("cosine-learned", params=("temperature",),
+                help="cosine similarity over a trained temperature that starts at model.temperature")(LearnedCosine)
 
 
 def create_score(name: str, **settings) -> nn.Module:

@@ -13,7 +13,7 @@ from mmsr.config import build
 from mmsr.data.split import SplitConfig
 from mmsr.encoders.config import EncoderConfig
 from mmsr.models.fusion import FUSIONS
-from mmsr.models.scores import SCORES
+from mmsr.models.scores import SCORES, LearnedCosine
 from mmsr.models.sequence import SEQUENCE_MODELS
 from mmsr.train.kinds import MODEL_KINDS, TABLE_KINDS
 from mmsr.train.losses import LOSSES
@@ -51,8 +51,9 @@ class ModelConfig:
     # vqrec: code indices per item (OPQ sub-vectors) and bits per code (2**bits embeddings each).
     vq_codes: int = 32
     vq_bits: int = 8
-    # How a user vector scores an item vector (mmsr.models.scores): "dot" (the seed's) or
-    # "cosine" (both normalised, divided by `temperature`). Evaluation ranks by the same rule.
+    # How a user vector scores an item vector (mmsr.models.scores): "dot" (the seed's),
+    # "cosine" (both normalised, divided by `temperature`) or "cosine-learned" (the temperature
+    # trained from `temperature` on). Evaluation ranks by the same rule.
     score: str = "dot"
     # cosine only; 0.05 was better than 0.1 for IDSR on MovieLens-100K (docs/compare.md, "A cosine score")
     temperature: float = 0.05
@@ -185,6 +186,10 @@ class TrainConfig:
         if model.score in SCORES and "temperature" in SCORES.params(model.score) and model.temperature <= 0:
             problems.append(f"model.temperature={model.temperature!r} divides the cosine: it must be above 0 "
                             "(0.05-0.2 are the usual values)")
+        elif model.score == "cosine-learned" and model.temperature < LearnedCosine.MIN_TEMPERATURE:
+            problems.append(f"model.temperature={model.temperature!r} starts cosine-learned below the "
+                            f"{LearnedCosine.MIN_TEMPERATURE} it is kept above; start at or above it, or use "
+                            "model.score=cosine for a fixed temperature")
         if "pair_loss" in needs and model.score != _default(ModelConfig, "score"):
             problems.append(f"model.score={model.score!r} rules an inner product, and model.kind={model.kind} scores "
                             "each candidate through cross-attention; remove model.score")

@@ -160,7 +160,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                                 f"{steps_per_epoch}: checkpoint saved", where=run_dir,
                         hint=f"continue with `mmsr train --run {run_dir} --resume`")
         record = {"epoch": epoch + 1, "step": global_step, "loss": running.mean,
-                  "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - started, 3)}
+                  "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - started, 3),
+                  **model.score.trained()}
         validating = _validates(config, epoch + 1)
         improved = False
         if validating:
@@ -278,6 +279,8 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
 
 def _format_record(record: dict) -> str:
     text = f"epoch {record['epoch']}: loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['epoch_seconds']:.1f}s"
+    if "temperature" in record:  # a learned one (model.score = "cosine-learned")
+        text += f"  temperature {record['temperature']:.4f}"
     for key, value in record.get("valid", {}).items():
         text += f"  {key} {value:.4f}"
     return text
