@@ -1,13 +1,15 @@
-"""`mmsr models`: the offline default encoders and the encoder registry."""
+"""`mmsr models`: the offline default encoders, the encoder registry and the model parts by name."""
 
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mmsr_cli.common import console, print_json
 
-app = typer.Typer(help="Prepare and list encoder models (offline).", no_args_is_help=True)
+app = typer.Typer(help="Prepare and list encoder models (offline), and the model parts a config can name.",
+                  no_args_is_help=True)
 
 
 @app.command()
@@ -27,16 +29,19 @@ def prepare():
 @app.command("list")
 def list_(json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables.")):
     """Short names you can pass as text_model / vision_model, the supported families with their
-    paradigm (seed §6), and the picture representations a VisualBERT-style joint model reads."""
+    paradigm (seed §6), the picture representations a VisualBERT-style joint model reads, and the
+    names model.kind, model.sequence, model.fusion, optim.loss and model.score take."""
     # deferred: pulls in torch (seconds)
     from mmsr.encoders.registry import PARADIGMS, describe_families, describe_short_names
     from mmsr.encoders.visual_features import describe_representations
+    from mmsr.train.config import describe_parts
 
     names, families, representations = describe_short_names(), describe_families(), describe_representations()
+    parts = describe_parts()
     if json_out:
         print_json({"names": names, "families": sorted(families),
                     "paradigms": {entry: family["paradigm"] for entry, family in families.items()},
-                    "representations": representations})
+                    "representations": representations, "parts": parts})
         return
     table = Table(title="encoders by short name")
     for column in ("name", "modality", "prepared", "description"):
@@ -58,4 +63,12 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print one JSON ob
         table.add_column(column)
     for name, description in representations.items():
         table.add_row(name, description)
+    console.print(table)
+    table = Table(title="model parts, chosen by name in a config or with --set (e.g. --set model.score=cosine)")
+    for column in ("setting", "name", "description"):
+        table.add_column(column)
+    for setting, described in parts.items():
+        for row, (name, description) in enumerate(described.items()):
+            table.add_row(setting if row == 0 else "", name, escape(description))  # "[a; b]" is no markup
+        table.add_section()
     console.print(table)

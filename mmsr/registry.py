@@ -55,8 +55,18 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def describe(self) -> dict[str, str]:
+        """Each name's one line for a listing: its `help`, else its builder's docstring's first line."""
+        return {name: self._entries[name].help or _first_line(self._entries[name].builder.__doc__)
+                for name in self.names()}
+
     def taking(self, param: str) -> list[str]:
         return [name for name in self.names() if param in self._entries[name].params]
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+
+def _first_line(doc: str | None) -> str:
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".")

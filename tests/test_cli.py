@@ -173,3 +173,23 @@ def test_eval_and_recommend_are_one_library_call_each(small_demo, mmsr_home):
                           (["--split", "test,tset"], "unknown split 'tset'"), (["--split", ","], "no split given")):
         refused = runner.invoke(app, ["eval", "--run", "tiny", *args])
         assert isinstance(refused.exception, MMSRError) and message in str(refused.exception)
+
+
+def test_models_list_names_every_registered_part_with_its_line(mmsr_home):
+    """What --set model.kind / model.sequence / model.fusion / optim.loss / model.score accept,
+    straight from the registries, each name with a line (its help or its docstring's first)."""
+    from mmsr.models.fusion import FUSIONS
+    from mmsr.models.scores import SCORES
+    from mmsr.train.losses import LOSSES
+
+    result = mmsr("models", "list", "--json", home=mmsr_home)
+    assert result.returncode == 0, result.stderr
+    parts = json.loads(result.stdout)["parts"]
+    assert list(parts) == ["model.kind", "model.sequence", "model.fusion", "optim.loss", "model.score"]
+    assert list(parts["model.fusion"]) == FUSIONS.names() and list(parts["optim.loss"]) == LOSSES.names()
+    assert list(parts["model.score"]) == SCORES.names() and "cosine-learned" in parts["model.score"]
+    assert all(line for described in parts.values() for line in described.values()), parts
+    assert parts["model.fusion"]["gate"] == "g = sigmoid(W [a; b]); g * a + (1 - g) * b"  # docstring's first line
+    table = mmsr("models", "list", home=mmsr_home)
+    assert table.returncode == 0, table.stderr
+    assert "W [a; b]" in table.stderr and "inbatch-logq" in table.stderr  # the tables go to stderr; [a; b] is no markup

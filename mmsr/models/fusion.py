@@ -80,17 +80,23 @@ class _Pooled(nn.Module):
 
 
 class Pool(_Pooled):
+    """Each present modality pooled and projected, summed: a one-modality tower (MMSR-T, MMSR-V)."""
+
     def forward(self, inputs: TokenDict) -> torch.Tensor:
         return torch.stack(self.pooled(inputs)).sum(0)
 
 
 class Sum(_Pooled):
+    """Text and picture pooled, projected and added."""
+
     def forward(self, inputs):
         text, image = self.pooled(inputs)
         return text + image
 
 
 class Concat(_Pooled):
+    """Text and picture pooled and projected, concatenated, then one linear map back to `dim`."""
+
     def __init__(self, input_dims, dim, standardize=False):
         super().__init__(input_dims, dim, standardize)
         self.out = nn.Linear(2 * dim, dim)
@@ -207,9 +213,11 @@ BOTH = ("text", "image")
 
 def _register_coarse(name: str, cls: type, needs: tuple[str, ...] = BOTH) -> None:
     """`name` and `name+dnn` (Coarse+: the same fusion with the residual DNN on top)."""
-    FUSIONS.register(name, params=("standardize",), needs=needs)(
+    summary = cls.__doc__.strip().splitlines()[0].rstrip(".")
+    FUSIONS.register(name, params=("standardize",), needs=needs, help=summary)(
         lambda input_dims, dim, dropout=0.1, standardize=False, **_: cls(input_dims, dim, standardize))
-    FUSIONS.register(f"{name}+dnn", params=("standardize",), needs=needs)(
+    FUSIONS.register(f"{name}+dnn", params=("standardize",), needs=needs,
+                     help=f"{name}, then the paper's three-layer residual DNN (Coarse+, Table III)")(
         lambda input_dims, dim, dropout=0.1, standardize=False, **_: WithDNN(cls(input_dims, dim, standardize), dim,
                                                                             dropout))
 

@@ -248,6 +248,14 @@ _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "hea
           "side_features": ("kind", "side_features"), "fdsa_shared": ("kind", "fdsa_shared"),
           "vq_codes": ("kind", "vq_codes"), "vq_bits": ("kind", "vq_bits"),
           "temperature": ("score", "temperature")}
+
+
+def describe_parts() -> dict[str, dict[str, str]]:
+    """Every name a config can give each registered part, with its one line (`mmsr models list`)."""
+    return {"model.kind": MODEL_KINDS.describe(), "model.sequence": SEQUENCE_MODELS.describe(),
+            "model.fusion": FUSIONS.describe(), "optim.loss": LOSSES.describe(), "model.score": SCORES.describe()}
+
+
 # Dataset fields FDSA can take as features (model.side_features).
 SIDE_FEATURES = ("category",)
 _MODALITY_KEYS = {"text": "encoders.text_model", "image": "encoders.vision_model", "joint": "encoders.joint_model"}
