@@ -21,10 +21,24 @@ from torch import nn
 
 from mmsr.registry import Registry
 
-SCORES: Registry[nn.Module] = Registry("score")
+SCORES: Registry["Score"] = Registry("score")
 
 
-class Dot(nn.Module):
+class Score(nn.Module):
+    """What every score offers: its rule for item vectors and for user vectors, and what of it
+    training changed (none but for a learned temperature), for the epoch's record."""
+
+    def items(self, vectors: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def users(self, vectors: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def trained(self) -> dict[str, float]:
+        return {}
+
+
+class Dot(Score):
     """The inner product u·i: the seed's score, SASRec's and RecBole's."""
 
     def __init__(self, **_):
@@ -36,12 +50,8 @@ class Dot(nn.Module):
     def users(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors
 
-    def trained(self) -> dict[str, float]:
-        """What of the score training changed, for the epoch's record in metrics.jsonl."""
-        return {}
 
-
-class Cosine(nn.Module):
+class Cosine(Score):
     """Cosine similarity over a temperature, cos(u, i) / τ (the normalised, temperature-scaled
     softmax of two-tower retrieval: Yi et al., RecSys 2019; for sequential recommenders with
     content towers, UniSRec, Hou et al., KDD 2022; why τ matters for sampled softmax: Wu et al.,
@@ -62,9 +72,6 @@ class Cosine(nn.Module):
 
     def users(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1) / self.temperature
-
-    def trained(self) -> dict[str, float]:
-        return {}
 
 
 class LearnedCosine(Cosine):
@@ -103,5 +110,5 @@ SCORES.register("cosine-learned", params=("temperature",),
                 help="cosine similarity over a trained temperature that starts at model.temperature")(LearnedCosine)
 
 
-def create_score(name: str, **settings) -> nn.Module:
+def create_score(name: str, **settings) -> Score:
     return SCORES.create(name, **settings)

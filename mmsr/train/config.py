@@ -55,7 +55,8 @@ class ModelConfig:
     # "cosine" (both normalised, divided by `temperature`) or "cosine-learned" (the temperature
     # trained from `temperature` on). Evaluation ranks by the same rule.
     score: str = "dot"
-    # cosine only; 0.05 was better than 0.1 for IDSR on MovieLens-100K (docs/compare.md, "A cosine score")
+    # cosine (cosine-learned: where it starts); 0.05 was better than 0.1 for IDSR on MovieLens-100K
+    # (docs/compare.md, "A cosine score"), 0.2 for IDSR on the demo ("Lower and learned temperatures")
     temperature: float = 0.05
 
 

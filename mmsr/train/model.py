@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
-from mmsr.models.scores import create_score
+from mmsr.models.scores import Score, create_score
 from mmsr.models.sequence import last_state
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
@@ -26,7 +26,7 @@ from mmsr.train.losses import LossInputs, create_loss
 
 class Recommender(nn.Module):
     def __init__(self, items: nn.Module, user: nn.Module, loss: str = "bce", train_counts: np.ndarray | None = None,
-                 scorer: nn.Module | None = None, score: nn.Module | None = None):
+                 scorer: nn.Module | None = None, score: Score | None = None):
         super().__init__()
         self.items = items
         self.user = user
