@@ -31,10 +31,10 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print one JSON ob
     """Short names you can pass as text_model / vision_model, the supported families with their
     paradigm (seed §6), the picture representations a VisualBERT-style joint model reads, and the
     names model.kind, model.sequence, model.fusion, optim.loss and model.score take."""
-    # deferred: pulls in torch (seconds)
+    # deferred: these pull in torch (seconds)
     from mmsr.encoders.registry import PARADIGMS, describe_families, describe_short_names
     from mmsr.encoders.visual_features import describe_representations
-    from mmsr.train.config import describe_parts
+    from mmsr.train.config import describe_parts  # deferred: as above
 
     names, families, representations = describe_short_names(), describe_families(), describe_representations()
     parts = describe_parts()
