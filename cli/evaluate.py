@@ -69,9 +69,10 @@ def eval_command(
 
 
 def compare_command(
-    run_a: str = typer.Argument(..., help="The first run (name or directory), or another tool's ranks "
-                                "(a .csv file, see below): A."),
-    run_b: str = typer.Argument(..., help="The second run, or a ranks file: B. Differences are B - A."),
+    run_a: str = typer.Argument(..., help="The first run (name or directory), several runs separated by commas "
+                                "(seeds of one config, averaged case by case), or another tool's ranks (a .csv "
+                                "file, see below): A."),
+    run_b: str = typer.Argument(..., help="The second run, runs, or a ranks file: B. Differences are B - A."),
     split: str = typer.Option("test", "--split", help="One split, as in `mmsr eval` (test | valid | cold | "
                               "cold-test | new)."),
     k: str = typer.Option("10,20", "--k", help="Cut-offs for HR@K and NDCG@K."),
@@ -93,8 +94,10 @@ def compare_command(
     run's mean ± its standard error, the paired difference B - A with a 95%
     bootstrap interval over the cases, and the p-value of a paired
     randomisation test. Both runs must rank the same cases (same dataset and
-    split settings). Seeds are not accounted for: compare two seeds of one
-    config to see what a seed alone moves.
+    split settings). One run per side does not account for seeds: compare two
+    seeds of one config to see what a seed alone moves. Several runs on a side
+    (A1,A2,A3 B1,B2,B3) are averaged case by case first, so the test counts
+    what the seeds move each case (not a shift a seed gives every case alike).
 
     Either side may be another tool's per-case ranks (RecBole, a paper's
     script): a .csv with the header user,item,rank, one row per case of the

@@ -61,6 +61,40 @@ def test_a_run_against_itself_differs_by_nothing(two_runs):
         assert m["difference"] == 0 and m["ci95"] == [0, 0] and m["p_value"] == 1.0
 
 
+def test_several_runs_on_a_side_are_averaged_case_by_case(two_runs):
+    """Seeds on one side (A1,A2): each case's metric is their mean, so the side's figure is the
+    mean of the runs' figures, its standard error is over those per-case means, and the same runs
+    on both sides (in any order) differ by nothing."""
+    from mmsr.eval.compare import compare_runs
+    from mmsr.eval.metrics import ndcg_at_k
+    from mmsr.eval.run_ranks import rank_run
+
+    a, b = map(str, two_runs)
+    both = compare_runs(f"{a},{b}", a, "test", ks="10", resamples=999)
+    single = compare_runs(a, b, "test", ks="10", resamples=999)
+    assert both["runs_per_side"] == {"a": 2, "b": 1} and both["runs"]["a"] == f"{a}, {b}"
+    for key, m in both["metrics"].items():
+        assert m["a"] == pytest.approx((single["metrics"][key]["a"] + single["metrics"][key]["b"]) / 2, abs=1e-12)
+        assert m["b"] == pytest.approx(single["metrics"][key]["a"], abs=1e-12)
+    per_case = np.mean([ndcg_at_k(rank_run(run, "test", "paper", max_k=10).ranks, 10) for run in (a, b)], axis=0)
+    assert both["metrics"]["NDCG@10"]["se_a"] == pytest.approx(per_case.std(ddof=1) / np.sqrt(len(per_case)))
+    assert per_case.std() > 0 and not np.isin(per_case, (0.0, 1.0)).all()  # a real average, not one run's values
+    swapped = compare_runs(f"{a},{b}", f"{b},{a}", "test", ks="10", resamples=999)
+    for m in swapped["metrics"].values():
+        assert m["difference"] == 0 and m["p_value"] == 1.0
+
+
+def test_a_ranks_file_does_not_join_several_runs(two_runs, tmp_path):
+    from mmsr.eval.compare import compare_runs
+
+    path = tmp_path / "theirs.csv"
+    path.write_text("user,item,rank\n")
+    with pytest.raises(MMSRError, match="compared with one run, not with several"):
+        compare_runs(f"{two_runs[0]},{two_runs[1]}", str(path), "test", resamples=999)
+    with pytest.raises(MMSRError, match="no run given"):
+        compare_runs(" , ", str(two_runs[0]), "test", resamples=999)
+
+
 def test_runs_that_rank_different_cases_are_refused_naming_the_first(two_runs, tmp_path):
     from mmsr.eval.compare import compare_runs
 

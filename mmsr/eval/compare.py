@@ -11,8 +11,11 @@ the models loaded in turn, the same exact ranking as `mmsr eval`), then, per met
   Smucker, Allan and Carterette (CIKM 2007) recommend for IR metrics.
 
 Pairing removes what the runs share (the users every model finds easy or hard), so it resolves
-differences that the two separate standard errors cannot. It says nothing about seeds: two
-seeds of one config differ too, and comparing them first shows what a seed alone moves.
+differences that the two separate standard errors cannot. One run per side says nothing about
+seeds: two seeds of one config differ too, and comparing them first shows what a seed alone
+moves. A side may be several runs (`A1,A2,A3`: seeds of one config); each case's metric is then
+averaged over them before pairing, so the interval and the test count what the seeds move each
+case, but still not a shift one seed would give every case alike (three seeds cannot measure it).
 
 The runs must rank the same cases (same dataset, same split settings): checked case by case.
 Either side may instead be another tool's per-case ranks, a CSV of user,item,rank
@@ -28,7 +31,7 @@ import numpy as np
 
 from mmsr.errors import MMSRError
 from mmsr.eval.external_ranks import is_ranks_file, read_ranks
-from mmsr.eval.metrics import hit_at_k, metric_sums, ndcg_at_k, parse_ks, standard_errors
+from mmsr.eval.metrics import hit_at_k, ndcg_at_k, parse_ks
 from mmsr.eval.run_ranks import RunRanks, rank_run
 
 METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
@@ -51,15 +54,20 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     if resamples < MIN_RESAMPLES:
         raise MMSRError(f"--resamples {resamples} is too few for a 95% interval", where="--resamples",
                         hint=f"use at least {MIN_RESAMPLES} (the default is 9999)")
-    files = [run for run in (run_a, run_b) if is_ranks_file(run)]
+    sides = [_side(run_a), _side(run_b)]
+    files = [run for side in sides for run in side if is_ranks_file(run)]
     if len(files) == 2:
         raise MMSRError("both sides are ranks files", where=f"{run_a} and {run_b}",
                         hint="one side must be an mmsr run: its split defines the cases the file is matched to")
+    if files and any(len(side) > 1 for side in sides):
+        raise MMSRError("a ranks file is compared with one run, not with several", where=f"{run_a} and {run_b}",
+                        hint="give one run on each side, or write each run's ranks (`mmsr ranks`) and compare "
+                             "them one pair at a time")
     ks = parse_ks(ks)
     # The cases' IDs (strings, one per case) only when a file has to be matched to them.
     ranked = {run: rank_run(run, split, protocol, max_k=max(ks), checkpoint=checkpoint, batch_size=batch_size,
                             device=device, search_backend=search_backend, with_keys=bool(files))
-              for run in (run_a, run_b) if run not in files}
+              for side in sides for run in side if run not in files}
     reference = next(iter(ranked.values()))
     shared, left_out = np.ones(len(reference.ranks), dtype=bool), []
     if files:
@@ -68,24 +76,38 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
         ranked[files[0]] = RunRanks(reference.identity, np.minimum(found.ranks, max(ks) + 1), files[0])
         shared, left_out = found.matched, found.unmatched
     else:
-        _check_same_cases(ranked[run_a].identity, ranked[run_b].identity, ranked[run_a].label, ranked[run_b].label)
-    side_a, side_b = ranked[run_a], ranked[run_b]
-    ranks_a, ranks_b = side_a.ranks[shared], side_b.ranks[shared]
-    if not len(ranks_a):
+        for other in ranked.values():
+            _check_same_cases(reference.identity, other.identity, reference.label, other.label)
+    ranks = [[ranked[run].ranks[shared] for run in side] for side in sides]
+    if not len(ranks[0][0]):
         raise MMSRError("the two sides share no case", where=f"{run_a} and {run_b}",
                         hint="the ranks file must use the dataset's own user and item IDs")
-    errors = [standard_errors(metric_sums(ranks, ks)) for ranks in (ranks_a, ranks_b)]
     metrics = {}
     for k in ks:
         for name, per_case in METRICS.items():
             key = f"{name}@{k}"
-            metrics[key] = {**_paired(per_case(ranks_a, k), per_case(ranks_b, k), resamples, seed),
-                            "se_a": errors[0][key], "se_b": errors[1][key]}
-    result = {"runs": {"a": str(side_a.label), "b": str(side_b.label)}, "split": split, "protocol": protocol,
-              "cases": len(ranks_a), "checkpoint": checkpoint, "resamples": resamples, "metrics": metrics}
+            a, b = (np.mean([per_case(r, k) for r in side], axis=0) for side in ranks)
+            metrics[key] = {**_paired(a, b, resamples, seed), "se_a": _standard_error(a), "se_b": _standard_error(b)}
+    result = {"runs": {name: ", ".join(str(ranked[run].label) for run in side) for name, side in zip("ab", sides)},
+              "runs_per_side": {name: len(side) for name, side in zip("ab", sides)},
+              "split": split, "protocol": protocol, "cases": len(ranks[0][0]), "checkpoint": checkpoint,
+              "resamples": resamples, "metrics": metrics}
     if shared_cases:
         result["left_out"] = {"run_cases": int((~shared).sum()), "file_rows": len(left_out), "rows": left_out}
     return result
+
+
+def _side(spec: str) -> list[str]:
+    """One side's runs: a run, a ranks file, or several runs separated by commas."""
+    runs = [run.strip() for run in spec.split(",") if run.strip()]
+    if not runs:
+        raise MMSRError("no run given", where=repr(spec), hint="name a run, or several separated by commas")
+    return runs
+
+
+def _standard_error(values: np.ndarray) -> float:
+    """As `mmsr eval` reports it (metrics.standard_errors): sqrt(s^2 / n) over the cases."""
+    return float(np.sqrt(values.var(ddof=1) / len(values))) if len(values) > 1 else 0.0
 
 
 def _check_same_cases(a: np.ndarray, b: np.ndarray, root_a, root_b) -> None:
