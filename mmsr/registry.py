@@ -57,7 +57,7 @@ class Registry(Generic[T]):
 
     def describe(self) -> dict[str, str]:
         """Each name's one line for a listing: its `help`, else its builder's docstring's first line."""
-        return {name: self._entries[name].help or _first_line(self._entries[name].builder.__doc__)
+        return {name: self._entries[name].help or first_line(self._entries[name].builder.__doc__)
                 for name in self.names()}
 
     def taking(self, param: str) -> list[str]:
@@ -67,6 +67,7 @@ class Registry(Generic[T]):
         return name in self._entries
 
 
-def _first_line(doc: str | None) -> str:
+def first_line(doc: str | None) -> str:
+    """A docstring's first sentence, on one line, without its full stop: a registry entry's help."""
     paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
     return paragraph.split(". ")[0].rstrip(".")

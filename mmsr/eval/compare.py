@@ -31,7 +31,7 @@ import numpy as np
 
 from mmsr.errors import MMSRError
 from mmsr.eval.external_ranks import is_ranks_file, read_ranks
-from mmsr.eval.metrics import hit_at_k, ndcg_at_k, parse_ks
+from mmsr.eval.metrics import COUNT_KEY, SQUARES, hit_at_k, ndcg_at_k, parse_ks, standard_errors
 from mmsr.eval.run_ranks import RunRanks, rank_run
 
 METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
@@ -87,7 +87,8 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
         for name, per_case in METRICS.items():
             key = f"{name}@{k}"
             a, b = (np.mean([per_case(r, k) for r in side], axis=0) for side in ranks)
-            metrics[key] = {**_paired(a, b, resamples, seed), "se_a": _standard_error(a), "se_b": _standard_error(b)}
+            metrics[key] = {**_paired(a, b, resamples, seed), "se_a": _standard_error(key, a),
+                            "se_b": _standard_error(key, b)}
     result = {"runs": {name: ", ".join(str(ranked[run].label) for run in side) for name, side in zip("ab", sides)},
               "runs_per_side": {name: len(side) for name, side in zip("ab", sides)},
               "split": split, "protocol": protocol, "cases": len(ranks[0][0]), "checkpoint": checkpoint,
@@ -105,9 +106,11 @@ def _side(spec: str) -> list[str]:
     return runs
 
 
-def _standard_error(values: np.ndarray) -> float:
-    """As `mmsr eval` reports it (metrics.standard_errors): sqrt(s^2 / n) over the cases."""
-    return float(np.sqrt(values.var(ddof=1) / len(values))) if len(values) > 1 else 0.0
+def _standard_error(key: str, values: np.ndarray) -> float:
+    """`mmsr eval`'s standard error (metrics.standard_errors) of per-case values, which for a side
+    of several runs are the runs' per-case means rather than one run's 0/1 hits or gains."""
+    sums = {key: float(values.sum()), key + SQUARES: float(np.square(values).sum()), COUNT_KEY: float(len(values))}
+    return standard_errors(sums)[key]
 
 
 def _check_same_cases(a: np.ndarray, b: np.ndarray, root_a, root_b) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 from mmsr.errors import MMSRError
 from mmsr.models.layers import Block, key_mask, masked_mean
-from mmsr.registry import Registry
+from mmsr.registry import Registry, first_line
 
 FUSIONS: Registry[nn.Module] = Registry("fusion")
 TokenDict = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -213,8 +213,7 @@ BOTH = ("text", "image")
 
 def _register_coarse(name: str, cls: type, needs: tuple[str, ...] = BOTH) -> None:
     """`name` and `name+dnn` (Coarse+: the same fusion with the residual DNN on top)."""
-    summary = cls.__doc__.strip().splitlines()[0].rstrip(".")
-    FUSIONS.register(name, params=("standardize",), needs=needs, help=summary)(
+    FUSIONS.register(name, params=("standardize",), needs=needs, help=first_line(cls.__doc__))(
         lambda input_dims, dim, dropout=0.1, standardize=False, **_: cls(input_dims, dim, standardize))
     FUSIONS.register(f"{name}+dnn", params=("standardize",), needs=needs,
                      help=f"{name}, then the paper's three-layer residual DNN (Coarse+, Table III)")(
