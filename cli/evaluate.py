@@ -69,10 +69,10 @@ def eval_command(
 
 
 def compare_command(
-    run_a: str = typer.Argument(..., help="The first run (name or directory), several runs separated by commas "
-                                "(seeds of one config, averaged case by case), or another tool's ranks (a .csv "
-                                "file, see below): A."),
-    run_b: str = typer.Argument(..., help="The second run, runs, or a ranks file: B. Differences are B - A."),
+    run_a: str = typer.Argument(..., help="The first run (name or directory), another tool's ranks (a .csv "
+                                "file, see below), or several of either separated by commas (seeds of one config, "
+                                "averaged case by case): A."),
+    run_b: str = typer.Argument(..., help="The second run, ranks file, or several: B. Differences are B - A."),
     split: str = typer.Option("test", "--split", help="One split, as in `mmsr eval` (test | valid | cold | "
                               "cold-test | new)."),
     k: str = typer.Option("10,20", "--k", help="Cut-offs for HR@K and NDCG@K."),
@@ -82,10 +82,10 @@ def compare_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the resampling (the figures repeat exactly)."),
     batch_size: int = typer.Option(512, "--batch-size", help="Items/users per batch: bounds memory."),
     device: str = typer.Option("auto", "--device", help="Where the models run: auto | cpu | cuda."),
-    shared_cases: bool = typer.Option(False, "--shared-cases", help="With a ranks file: pair only the cases "
-                                      "both sides rank, leaving out the file's rows whose user has another target "
-                                      "in the run (tools can order near-simultaneous interactions differently) and the "
-                                      "run's cases the file lacks; the result counts them."),
+    shared_cases: bool = typer.Option(False, "--shared-cases", help="With ranks files: pair only the cases "
+                                      "every file ranks, leaving out the files' rows whose user has another target "
+                                      "in the runs (tools can order near-simultaneous interactions differently) and "
+                                      "the runs' cases a file lacks; the result counts them."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
     """Is run B better than run A on the same cases, beyond what the cases move?
@@ -99,13 +99,14 @@ def compare_command(
     (A1,A2,A3 B1,B2,B3) are averaged case by case first, so the test counts
     what the seeds move each case (not a shift a seed gives every case alike).
 
-    Either side may be another tool's per-case ranks (RecBole, a paper's
-    script): a .csv with the header user,item,rank, one row per case of the
-    split, user and item (the target) in the dataset's own IDs, rank = 1 +
-    the items scoring strictly higher under the same protocol. It is matched
-    to the run's cases by user and target; a row the run does not have, or a
-    case without a row, is refused with its line (--shared-cases pairs the
-    rest instead)."""
+    Any member of a side may be another tool's per-case ranks (RecBole, a
+    paper's script): a .csv with the header user,item,rank, one row per case
+    of the split, user and item (the target) in the dataset's own IDs, rank =
+    1 + the items scoring strictly higher under the same protocol, so
+    rb_seed1.csv,rb_seed2.csv is another tool's seeds as one side. Files are
+    matched to the runs' cases by user and target (at least one run must be
+    named); a row the runs do not have, or a case without a row, is refused
+    with its line (--shared-cases pairs the rest instead)."""
     from mmsr.eval.compare import compare_runs  # deferred: pulls in torch (seconds)
 
     result = compare_runs(run_a, run_b, split, protocol=protocol, ks=k, checkpoint=checkpoint, resamples=resamples,
@@ -116,7 +117,8 @@ def compare_command(
     caption = f"A = {result['runs']['a']}\nB = {result['runs']['b']}"
     if "left_out" in result:
         left = result["left_out"]
-        caption += (f"\nleft out: {left['run_cases']:,} of the run's cases, {left['file_rows']:,} rows of the file"
+        caption += (f"\nleft out: {left['run_cases']:,} of the runs' cases, {left['file_rows']:,} rows of "
+                    f"{left['files']} file{'s' if left['files'] > 1 else ''}"
                     + "".join(f"\n  {row}" for row in left["rows"][:5]))
     table = Table(title=f"{split} split: {result['cases']:,} cases, {protocol} protocol, {checkpoint} checkpoints",
                   caption=caption)

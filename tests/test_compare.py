@@ -84,15 +84,51 @@ def test_several_runs_on_a_side_are_averaged_case_by_case(two_runs):
         assert m["difference"] == 0 and m["p_value"] == 1.0
 
 
-def test_a_ranks_file_does_not_join_several_runs(two_runs, tmp_path):
+def test_ranks_files_join_a_side_as_the_runs_they_hold(two_runs, tmp_path):
+    """Another tool's seeds as one side: each file is matched to the runs' cases and averaged
+    with the side's other members case by case, exactly as the runs whose ranks it holds."""
     from mmsr.eval.compare import compare_runs
+    from mmsr.eval.run_ranks import write_run_ranks
 
-    path = tmp_path / "theirs.csv"
-    path.write_text("user,item,rank\n")
-    with pytest.raises(MMSRError, match="compared with one run, not with several"):
-        compare_runs(f"{two_runs[0]},{two_runs[1]}", str(path), "test", resamples=999)
+    a, b = two_runs
+    file_a = write_run_ranks(str(a), tmp_path / "a.csv", "test", protocol="recbole", device="cpu")["path"]
+    file_b = write_run_ranks(str(b), tmp_path / "b.csv", "test", protocol="recbole", device="cpu")["path"]
+    runs = compare_runs(str(a), f"{a},{b}", "test", protocol="recbole", ks="10", resamples=999)
+    assert runs["metrics"]["NDCG@10"]["difference"] != 0
+    files = compare_runs(str(a), f"{file_a},{file_b}", "test", protocol="recbole", ks="10", resamples=999)
+    mixed = compare_runs(str(a), f"{file_a},{b}", "test", protocol="recbole", ks="10", resamples=999)
+    assert files["metrics"] == runs["metrics"] == mixed["metrics"]
+    assert files["runs"]["b"] == f"{file_a}, {file_b}" and files["runs_per_side"] == {"a": 1, "b": 2}
+    same = compare_runs(f"{a},{b}", f"{file_b},{file_a}", "test", protocol="recbole", ks="10", resamples=999)
+    assert all(m["difference"] == 0 and m["p_value"] == 1.0 for m in same["metrics"].values())
+    with pytest.raises(MMSRError, match="both sides are ranks files"):
+        compare_runs(file_a, f"{file_a},{file_b}", "test", resamples=999)
     with pytest.raises(MMSRError, match="no run given"):
         compare_runs(" , ", str(two_runs[0]), "test", resamples=999)
+
+
+def test_shared_cases_with_several_files_pairs_the_cases_every_file_ranks(two_runs, tmp_path):
+    from mmsr.eval.compare import compare_runs
+    from mmsr.eval.metrics import hit_at_k
+    from mmsr.eval.run_ranks import rank_run
+
+    a, b = two_runs
+    side = rank_run(str(a), "test", "recbole", max_k=10, device="cpu", with_keys=True)
+    keys, ranks = side.keys, side.ranks
+    rows = [f"{u},{i},{r}" for u, i, r in zip(keys.users, keys.items, ranks)]
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text("\n".join(["user,item,rank", *rows[1:]]) + "\n")  # lacks case 0
+    second.write_text("\n".join(["user,item,rank", *rows[:5], *rows[6:], "nobody,x,1"]) + "\n")  # lacks case 5
+    with pytest.raises(MMSRError, match="--shared-cases"):
+        compare_runs(str(b), f"{first},{second}", "test", protocol="recbole", ks="10", resamples=999)
+    result = compare_runs(str(b), f"{first},{second}", "test", protocol="recbole", ks="10", resamples=999,
+                          shared_cases=True)
+    assert result["cases"] == 198
+    assert result["left_out"]["run_cases"] == 2 and result["left_out"]["files"] == 2
+    assert result["left_out"]["file_rows"] == 1 and result["left_out"]["rows"][0].startswith(f"{second}:201: user nobody")
+    kept = np.ones(len(ranks), dtype=bool)
+    kept[[0, 5]] = False
+    assert result["metrics"]["HR@10"]["b"] == pytest.approx(hit_at_k(ranks[kept], 10).mean(), abs=1e-12)
 
 
 def test_runs_that_rank_different_cases_are_refused_naming_the_first(two_runs, tmp_path):

@@ -18,9 +18,11 @@ averaged over them before pairing, so the interval and the test count what the s
 case, but still not a shift one seed would give every case alike (three seeds cannot measure it).
 
 The runs must rank the same cases (same dataset, same split settings): checked case by case.
-Either side may instead be another tool's per-case ranks, a CSV of user,item,rank
-(`mmsr.eval.external_ranks`), matched to the other side's cases by user and target: that is how
-mmsr is compared with RecBole case by case (`bench/recbole_fdsa.py` writes RecBole's ranks).
+Any member of a side may instead be another tool's per-case ranks, a CSV of user,item,rank
+(`mmsr.eval.external_ranks`), matched to the runs' cases by user and target: that is how mmsr
+is compared with RecBole case by case (`bench/recbole_fdsa.py` writes RecBole's ranks), and
+`rb_seed1.csv,rb_seed2.csv` is RecBole's seeds as one side. At least one member somewhere must
+be a run: its split defines the cases.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
                  device: str = "auto", search_backend: str = "auto", shared_cases: bool = False) -> dict:
     """{"runs", "split", "protocol", "cases", "metrics": {name: {a, b, se_a, se_b, difference,
     ci95, p_value}}}: see the module docstring. `seed` fixes the resampling, so a comparison
-    is the same whenever it is recomputed. `shared_cases`: with a ranks file, pair only the
-    cases both sides rank (`read_ranks`); "left_out" then says what was not paired."""
+    is the same whenever it is recomputed. `shared_cases`: with ranks files, pair only the
+    cases every file ranks (`read_ranks`); "left_out" then says what was not paired."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MMSRError("mmsr compare runs in one process", where="torchrun",
                         hint="run it without torchrun: it ranks each split once per run")
@@ -55,33 +57,30 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
         raise MMSRError(f"--resamples {resamples} is too few for a 95% interval", where="--resamples",
                         hint=f"use at least {MIN_RESAMPLES} (the default is 9999)")
     sides = [_side(run_a), _side(run_b)]
-    files = [run for side in sides for run in side if is_ranks_file(run)]
-    if len(files) == 2:
+    files = sorted({run for side in sides for run in side if is_ranks_file(run)})
+    if all(is_ranks_file(run) for side in sides for run in side):
         raise MMSRError("both sides are ranks files", where=f"{run_a} and {run_b}",
-                        hint="one side must be an mmsr run: its split defines the cases the file is matched to")
-    if files and any(len(side) > 1 for side in sides):
-        raise MMSRError("a ranks file is compared with one run, not with several", where=f"{run_a} and {run_b}",
-                        hint="give one run on each side, or write each run's ranks (`mmsr ranks`) and compare "
-                             "them one pair at a time")
+                        hint="name at least one mmsr run: its split defines the cases the files are matched to")
     ks = parse_ks(ks)
     # The cases' IDs (strings, one per case) only when a file has to be matched to them.
     ranked = {run: rank_run(run, split, protocol, max_k=max(ks), checkpoint=checkpoint, batch_size=batch_size,
                             device=device, search_backend=search_backend, with_keys=bool(files))
-              for side in sides for run in side if run not in files}
+              for side in sides for run in side if not is_ranks_file(run)}
     reference = next(iter(ranked.values()))
+    for other in ranked.values():
+        _check_same_cases(reference.identity, other.identity, reference.label, other.label)
     shared, left_out = np.ones(len(reference.ranks), dtype=bool), []
-    if files:
-        found = read_ranks(files[0], reference.keys, shared_only=shared_cases)
-        # Capped as the run's ranks are: no metric at K <= max K tells the two apart.
-        ranked[files[0]] = RunRanks(reference.identity, np.minimum(found.ranks, max(ks) + 1), files[0])
-        shared, left_out = found.matched, found.unmatched
-    else:
-        for other in ranked.values():
-            _check_same_cases(reference.identity, other.identity, reference.label, other.label)
+    for path in files:
+        found = read_ranks(path, reference.keys, shared_only=shared_cases)
+        # Capped as the runs' ranks are: no metric at K <= max K tells the two apart.
+        ranked[path] = RunRanks(reference.identity, np.minimum(found.ranks, max(ks) + 1), path)
+        # Every side's every member ranks each paired case: the cases all the files share.
+        shared &= found.matched
+        left_out += found.unmatched
     ranks = [[ranked[run].ranks[shared] for run in side] for side in sides]
     if not len(ranks[0][0]):
         raise MMSRError("the two sides share no case", where=f"{run_a} and {run_b}",
-                        hint="the ranks file must use the dataset's own user and item IDs")
+                        hint="the ranks files must use the dataset's own user and item IDs")
     metrics = {}
     for k in ks:
         for name, per_case in METRICS.items():
@@ -94,12 +93,13 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
               "split": split, "protocol": protocol, "cases": len(ranks[0][0]), "checkpoint": checkpoint,
               "resamples": resamples, "metrics": metrics}
     if shared_cases:
-        result["left_out"] = {"run_cases": int((~shared).sum()), "file_rows": len(left_out), "rows": left_out}
+        result["left_out"] = {"run_cases": int((~shared).sum()), "file_rows": len(left_out), "rows": left_out,
+                              "files": len(files)}
     return result
 
 
 def _side(spec: str) -> list[str]:
-    """One side's runs: a run, a ranks file, or several runs separated by commas."""
+    """One side's members: runs and ranks files, separated by commas."""
     runs = [run.strip() for run in spec.split(",") if run.strip()]
     if not runs:
         raise MMSRError("no run given", where=repr(spec), hint="name a run, or several separated by commas")
