@@ -182,6 +182,47 @@ def test_cached_path_equals_end_to_end(built_cache):
     torch.testing.assert_close(loss_cached / n1, loss_raw / n2, atol=1e-2, rtol=1e-2)
 
 
+def test_a_fixed_encoder_top_is_pooled_once_and_trains_as_from_its_states(tiny_overrides):
+    """With no text block fine-tuned and a fusion that pools first, the feed hands over each
+    item's pooled text, computed once: the loss and every gradient equal the states' to the bit.
+    The vision encoder's top block learns, so its states still come every step."""
+    from mmsr.cache_stage import build_cache
+    from mmsr.data.dataset import load_dataset
+    from mmsr.data.split import split_dataset
+    from mmsr.models.layers import PooledState
+    from mmsr.train.batches import TrainBatches
+    from mmsr.train.feeds import open_feed, open_states_feed
+    from mmsr.train.model import build_model
+
+    config = _config(tiny_overrides + ["encoders.text_top_blocks=0", "model.fusion=gate+dnn", "model.dropout=0.0"])
+    dataset = load_dataset(config.dataset)
+    build_cache(dataset, config.encoders, batch_size=64, num_workers=0)
+    torch.manual_seed(0)
+    model = build_model(config, dataset.num_items)
+    assert model.items.pooled_once() == ["text"]
+    pooled_feed, description = open_feed(config, model, dataset, True, torch.device("cpu"))
+    states_feed, _ = open_states_feed(config, model.encoders, dataset, True, torch.device("cpu"))
+    assert "text pooled once" in description
+    given = pooled_feed(torch.arange(5))
+    assert isinstance(given["text"], PooledState) and given["text"].vectors.shape == (5, 32)
+    assert not isinstance(given["image"], PooledState)
+
+    batch = TrainBatches(split_dataset(dataset, config.split), 16, 0).batch(0, 0)
+    results = []
+    for feed in (pooled_feed, states_feed):
+        model.zero_grad()
+        total, count = _loss(model, batch, feed)
+        total.backward()
+        results.append((total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b) and grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    assert all(torch.equal(grads_a[name], grads_b[name]) for name in grads_a)
+
+    for sets in (["encoders.text_top_blocks=1"], ["model.fusion=merge-attn"]):
+        other = _config(tiny_overrides + ["encoders.text_top_blocks=0", *sets])
+        assert build_model(other, dataset.num_items).items.pooled_once() == []
+
+
 def _cli(args, home, env_extra=None, module=("-m", "mmsr_cli.app")):
     env = dict(os.environ, MMSR_HOME=str(home), MMSR_NO_PROGRESS="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
                **(env_extra or {}))

@@ -132,6 +132,11 @@ class SplitEncoder(nn.Module):
     def upper_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
+    def upper_is_fixed(self) -> bool:
+        """Whether `upper` runs none of the model's modules (no top block, no final norm): then
+        it is a fixed function of the cached states, the same at every training step."""
+        return not self.upper_modules()
+
     def identity(self) -> dict:
         """What makes cached states valid: model identity and weights hash, split layer,
         tokenizer and max length or image transform. Goes into the cache fingerprint."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
-from mmsr.models.layers import masked_mean
+from mmsr.models.layers import pooled_upper
 from mmsr.models.sequence import SASRec
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -53,10 +53,9 @@ def given_features(encoders: nn.ModuleDict, project: nn.ModuleDict, states: Stat
     (FDSA, CARCA++) read it this way."""
     columns = []
     for modality, encoder in encoders.items():
-        hidden, mask = states[modality]
         with torch.no_grad():
-            tokens, token_mask = encoder.upper(hidden.float(), mask)
-        columns.append(project[modality](masked_mean(tokens, token_mask)))
+            pooled = pooled_upper(encoder, *states[modality])
+        columns.append(project[modality](pooled))
     return columns
 
 

@@ -62,6 +62,9 @@ class _Pooled(nn.Module):
     not MovieLens's text-only one, so it is off by default.
     """
 
+    # Its first step on each modality is the masked mean: a feed may pool once (towers.pooled_once).
+    pools_first = True
+
     def __init__(self, input_dims: dict[str, int], dim: int, standardize: bool = False):
         super().__init__()
         self.order = sorted(input_dims)
@@ -149,6 +152,10 @@ class WithDNN(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.dnn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(dim, dim))
+
+    @property
+    def pools_first(self) -> bool:
+        return getattr(self.base, "pools_first", False)
 
     def forward(self, inputs):
         fused = self.base(inputs)

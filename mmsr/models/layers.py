@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +13,27 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the valid tokens; a row with no valid token gives zeros."""
     weight = mask.to(tokens.dtype).unsqueeze(-1)
     return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+
+class PooledState(NamedTuple):
+    """A modality's items as a feed pooled them once, [N, D]: the masked mean of the encoder's
+    `upper` output, given in place of the (hidden, mask) states where nothing before the
+    pooling learns (`ContentItemTower.pooled_once`), so every step would compute it alike."""
+
+    vectors: torch.Tensor
+
+
+def pooled_upper(encoder, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N, D]: `encoder.upper` on cached lower-layer states (any float dtype), masked-mean pooled."""
+    return masked_mean(*encoder.upper(hidden.float(), mask))
+
+
+def as_tokens(state) -> tuple[torch.Tensor, torch.Tensor]:
+    """A `PooledState` as one valid token per item: a masked mean over it gives the vectors back
+    exactly (x * 1, summed over one token, divided by 1), so a fusion that pools first reads
+    the same numbers as from the states themselves."""
+    vectors = state.vectors.float().unsqueeze(1)
+    return vectors, torch.ones(vectors.shape[:2], dtype=torch.bool, device=vectors.device)
 
 
 class MLP(nn.Module):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mmsr.encoders.base import SplitEncoder
+from mmsr.models.layers import PooledState, as_tokens
 from mmsr.models.sequence import last_state
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -35,12 +36,26 @@ class ContentItemTower(nn.Module):
     def modalities(self) -> list[str]:
         return list(self.encoders)
 
+    def pooled_once(self) -> list[str]:
+        """The modalities a feed may hand over pooled (`PooledState`) instead of as states: the
+        fusion begins by pooling each modality, and the encoder's `upper` runs nothing that
+        learns (no top block, no final norm: MiniLM with text_top_blocks = 0), so each item's
+        pooled vector is the same at every step. On MovieLens-100K's MMSR-T that pooling and
+        its [items, tokens, 384] copies were two thirds of an epoch."""
+        if not getattr(self.fusion, "pools_first", False):
+            return []
+        return [modality for modality, encoder in self.encoders.items() if encoder.upper_is_fixed()]
+
     def from_states(self, states: States) -> torch.Tensor:
-        """Cached lower-layer states (any float dtype) -> item vectors."""
+        """Cached lower-layer states (any float dtype), or a feed's `PooledState` -> item vectors."""
         tokens = {}
         for modality, encoder in self.encoders.items():
-            hidden, mask = states[modality]
-            tokens[modality] = encoder.upper(hidden.float(), mask)
+            state = states[modality]
+            if isinstance(state, PooledState):
+                tokens[modality] = as_tokens(state)
+            else:
+                hidden, mask = state
+                tokens[modality] = encoder.upper(hidden.float(), mask)
         return self.fusion(tokens) * self.scale
 
     forward = from_states

@@ -89,6 +89,10 @@ class TrainBatches:
         ends = [[n] if windows == "last" else list(range(n, 1, -self.stride)) for n in lengths[users]]
         self.row_users = np.repeat(users, [len(e) for e in ends]).astype(np.int64)
         self.row_ends = np.asarray([end for row in ends for end in row], dtype=np.int64)
+        # user -> the sorted distinct items of their training sequence ("unseen" negatives avoid
+        # them), kept once computed: a user's rows recur in every epoch, and recomputing it was
+        # 7% of an MMSR-T epoch on MovieLens-100K.
+        self._seen: dict[int, np.ndarray] = {}
 
     @classmethod
     def for_config(cls, split: Split, config) -> "TrainBatches":
@@ -135,19 +139,31 @@ class TrainBatches:
     def _negatives(self, user: int, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One negative per target: "unseen" avoids the user's whole training history (the
         paper's rule); "any" avoids only that position's target (RecBole's rule)."""
-        exclude = np.unique(self.split.train_sequence(user)) if self.negatives == "unseen" else None
+        exclude = self._seen_items(user) if self.negatives == "unseen" else None
         out = rng.integers(self.split.num_items, size=len(targets))
         if self.split.num_items - (len(exclude) if exclude is not None else 1) < 1:
             return out  # nothing left to draw from: keep the draw rather than loop forever
 
         def forbidden(rows: np.ndarray) -> np.ndarray:
-            return np.isin(out[rows], exclude) if exclude is not None else out[rows] == targets[rows]
+            if exclude is None:
+                return out[rows] == targets[rows]
+            if not len(exclude):
+                return np.zeros(len(rows), dtype=bool)
+            at = np.minimum(np.searchsorted(exclude, out[rows]), len(exclude) - 1)
+            return exclude[at] == out[rows]
 
         rows = np.flatnonzero(forbidden(np.arange(len(out))))
         while len(rows):  # rejection sampling; histories are a tiny part of the catalogue
             out[rows] = rng.integers(self.split.num_items, size=len(rows))
             rows = rows[forbidden(rows)]
         return out
+
+
+    def _seen_items(self, user: int) -> np.ndarray:
+        seen = self._seen.get(user)
+        if seen is None:
+            seen = self._seen[user] = np.unique(self.split.train_sequence(user))
+        return seen
 
 
 def left_pad(sequences: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

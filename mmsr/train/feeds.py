@@ -21,7 +21,7 @@ import torch
 from mmsr.caches import cache_path, check_inputs, open_checked_cache
 from mmsr.data.dataset import BadImagePolicy, Dataset
 from mmsr.errors import MMSRError
-from mmsr.models.layers import masked_mean
+from mmsr.models.layers import PooledState, pooled_upper
 from mmsr.train.config import TrainConfig
 from mmsr_store import Cache
 from mmsr_store.memory import available_memory, human_bytes, mapped_file_rss
@@ -58,10 +58,13 @@ class CacheFeed:
     Without /proc, the gathered bytes are counted instead.
     """
 
-    def __init__(self, states: States, device: torch.device, release: Callable[[], None] | None = None):
+    def __init__(self, states: States, device: torch.device, release: Callable[[], None] | None = None,
+                 pooled: dict[str, torch.Tensor] | None = None):
         self.states = states
         self.device = device
         self.release = release
+        # {modality: [items, D]}: modalities pooled once (`pool_items`), handed over as PooledState.
+        self.pooled = pooled or {}
         # Bytes one item's rows take, every modality together: what a gather touches per id at least.
         self._row_bytes = sum(t[0].numel() * t.element_size() for pair in states.values() for t in pair if len(t))
         self._gathered = 0
@@ -72,6 +75,8 @@ class CacheFeed:
         for modality, (hidden, mask) in self.states.items():
             index = ids.to(hidden.device)
             out[modality] = (hidden[index].to(self.device, non_blocking=True), mask[index].to(self.device))
+        for modality, table in self.pooled.items():
+            out[modality] = PooledState(table[ids.to(table.device)])
         if self.release is not None:
             self._gathered += ids.numel() * self._row_bytes
             if self._resident_growth() >= MMAP_RESIDENT_BYTES:
@@ -176,16 +181,20 @@ def open_feed(config: TrainConfig, model, dataset: Dataset, from_cache: bool,
     if model.item_inputs == "ids":
         return IdFeed(), "ids"
     encoders = model.encoders
-    states, description = (open_states_feed(config, encoders, dataset, from_cache, device, stream=stream) if encoders
-                           else (None, "no content"))
+    pool_once = getattr(model.items, "pooled_once", lambda: [])()
+    states, description = (open_states_feed(config, encoders, dataset, from_cache, device, stream=stream,
+                                            pool_once=pool_once) if encoders else (None, "no content"))
     if model.item_inputs == "ids+states":
         return WithIds(states), f"ids and {description}"
     return states, description
 
 
 def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from_cache: bool,
-                     device: torch.device, *, stream: bool = False) -> tuple[ItemFeed, str]:
-    """The lower-layer states of `encoders`: from the cache, or computed from raw inputs."""
+                     device: torch.device, *, stream: bool = False, pool_once=()) -> tuple[ItemFeed, str]:
+    """The lower-layer states of `encoders`: from the cache, or computed from raw inputs.
+    `pool_once` (the item tower's `pooled_once`): modalities a loaded cache hands over pooled,
+    each item's vector computed once here and its states then dropped; a stream (one pass over
+    the items anyway) and the end-to-end feed keep the states."""
     check_inputs(dataset, config.encoders)
     if not from_cache:
         return (RawFeed(dataset, encoders, config.encoders.text_fields, device, on_bad_image=config.on_bad_image,
@@ -202,8 +211,23 @@ def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from
         return StreamFeed({m: cache.rows(m) for m in encoders}, device), f"cache {path} (streamed, a chunk at a time)"
     into, why = choose_cache_into(config.cache_into, cache, tuple(encoders), device)
     states = {m: cache.load(m, into=into, device=device if into == "cuda" else None) for m in encoders}
-    feed = CacheFeed(states, device, release=cache.release_pages if into == "mmap" else None)
-    return feed, f"cache {path} ({into}{': ' + why if why else ''})"
+    pooled = {m: pool_items(encoders[m], m, CacheFeed({m: states.pop(m)}, device), dataset.num_items,
+                            config.eval_batch_size, device) for m in pool_once}
+    feed = CacheFeed(states, device, release=cache.release_pages if into == "mmap" else None, pooled=pooled)
+    once = f"; {', '.join(pooled)} pooled once" if pooled else ""
+    return feed, f"cache {path} ({into}{': ' + why if why else ''}{once})"
+
+
+@torch.no_grad()
+def pool_items(encoder, modality: str, feed: ItemFeed, num_items: int, batch_size: int,
+               device: torch.device) -> torch.Tensor:
+    """[items, D] float32 on `device`: every item's `upper` output, masked-mean pooled, from `feed`'s
+    states of `modality`, `batch_size` items at a time."""
+    out = []
+    for start in range(0, num_items, batch_size):
+        ids = torch.arange(start, min(num_items, start + batch_size), device=device)
+        out.append(pooled_upper(encoder, *feed(ids)[modality]).float())
+    return torch.cat(out) if out else torch.zeros(0, encoder.output_size, device=device)
 
 
 # cache_into="auto" off GPU loads into RAM while the states take at most this share of the
@@ -317,13 +341,7 @@ def pooled_features(config: TrainConfig, modality: str, dataset: Dataset, from_c
 
     encoder = create_encoders(config.encoders, only=(modality,))[modality].to(device).eval()
     feed, _ = open_states_feed(config, {modality: encoder}, dataset, from_cache, device)
-    out = []
-    for start in range(0, dataset.num_items, config.eval_batch_size):
-        ids = torch.arange(start, min(dataset.num_items, start + config.eval_batch_size), device=device)
-        hidden, mask = feed(ids)[modality]
-        tokens, token_mask = encoder.upper(hidden.float(), mask)
-        out.append(masked_mean(tokens, token_mask).float().cpu())
-    return torch.cat(out)
+    return pool_items(encoder, modality, feed, dataset.num_items, config.eval_batch_size, device).cpu()
 
 
 def prepare_items(model, config: TrainConfig, dataset: Dataset, from_cache: bool, device: torch.device) -> None:
