@@ -53,8 +53,27 @@ def main() -> None:
         _last_words(f"{getattr(error, 'label', 'error')}: {error}", typer.colors.RED)
         sys.exit(getattr(error, "exit_status", 2))
     except KeyboardInterrupt:
-        _last_words("interrupted; finished work is kept, rerun the command to resume", None)
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as error:
+        # Typer turns Ctrl-C inside a command into Exit(130), which leaves as SystemExit(130).
+        if error.code == 130 and _from_keyboard(error):
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    _last_words("interrupted; finished work is kept, rerun the command to resume", None)
+    sys.exit(130)
+
+
+def _from_keyboard(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _last_words(text: str, colour) -> None:

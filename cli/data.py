@@ -12,6 +12,7 @@ from mmsr import paths
 from mmsr.data.dataset import load_dataset
 from mmsr.data.demo import create_demo
 from mmsr.data.split import SplitConfig, dataset_report
+from mmsr.errors import MMSRError
 from mmsr_cli.common import console, print_json, progress_bar
 from mmsr_cli.data_import import import_
 
@@ -68,8 +69,11 @@ def info(
 ):
     """Counts of a dataset before and after the paper's protocol (leave-one-out, cold items)."""
     dataset = load_dataset(name)
-    report = dataset_report(dataset, SplitConfig(min_interactions=min_interactions, cold_threshold=cold_threshold,
-                                                 max_seq_len=max_seq_len))
+    try:
+        split = SplitConfig(min_interactions=min_interactions, cold_threshold=cold_threshold, max_seq_len=max_seq_len)
+    except ValueError as error:
+        raise MMSRError(str(error), where="--min-interactions / --cold-threshold / --max-seq-len") from None
+    report = dataset_report(dataset, split)
     counts = report["raw"]
     if json_out:
         print_json(report)

@@ -23,7 +23,7 @@ def eval_command(
     protocol: str = typer.Option("paper", "--protocol", help="paper: mask the user's history items; "
                                  "recbole: no masking (RecBole's full ranking)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
-    batch_size: int = typer.Option(512, "--batch-size", help="Items/users per batch: bounds memory."),
+    batch_size: int = typer.Option(512, "--batch-size", min=1, help="Items/users per batch: bounds memory."),
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda."),
     search_device: str = typer.Option("auto", "--search-device", help="FAISS index: auto (GPU when faiss-gpu "
                                       "and CUDA are present) | cpu | gpu."),
@@ -80,7 +80,7 @@ def compare_command(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last, for both runs."),
     resamples: int = typer.Option(9999, "--resamples", help="Bootstrap and randomisation resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the resampling (the figures repeat exactly)."),
-    batch_size: int = typer.Option(512, "--batch-size", help="Items/users per batch: bounds memory."),
+    batch_size: int = typer.Option(512, "--batch-size", min=1, help="Items/users per batch: bounds memory."),
     device: str = typer.Option("auto", "--device", help="Where the models run: auto | cpu | cuda."),
     shared_cases: bool = typer.Option(False, "--shared-cases", help="With ranks files: pair only the cases "
                                       "every file ranks, leaving out the files' rows whose user has another target "
@@ -138,7 +138,7 @@ def ranks_command(
                               "cold-test | new)."),
     protocol: str = typer.Option("paper", "--protocol", help="paper (history masked) | recbole (not masked)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
-    batch_size: int = typer.Option(512, "--batch-size", help="Items/users per batch: bounds memory."),
+    batch_size: int = typer.Option(512, "--batch-size", min=1, help="Items/users per batch: bounds memory."),
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):

@@ -28,6 +28,9 @@ def test_demo_then_info_json(mmsr_home):
                 "cold_sequences", "cold_test_cases", "new_items", "new_test_cases", "avg_seq_len"):
         assert key in report
     assert report["items"] == 120 and report["users"] == 80
+    refused = mmsr("data", "info", "demo", "--min-interactions", "0", home=mmsr_home)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "min_interactions must be at least 3" in refused.stderr and "--min-interactions" in refused.stderr
     assert report["items_with_image"] == 120 and report["items_with_text"] == 120
     assert 5 <= report["avg_seq_len"] <= 40
 
@@ -193,3 +196,24 @@ def test_models_list_names_every_registered_part_with_its_line(mmsr_home):
     table = mmsr("models", "list", home=mmsr_home)
     assert table.returncode == 0, table.stderr
     assert "W [a; b]" in table.stderr and "inbatch-logq" in table.stderr  # the tables go to stderr; [a; b] is no markup
+
+
+def test_ctrl_c_inside_any_command_says_finished_work_is_kept(monkeypatch, capsys):
+    """Typer catches Ctrl-C inside a command and exits 130 itself; the line the README promises
+    must still be the last thing printed."""
+    import typer
+
+    import mmsr_cli.app as cli_app
+
+    stand_in = typer.Typer()
+
+    @stand_in.command()
+    def work():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_app, "app", stand_in)
+    monkeypatch.setattr("sys.argv", ["mmsr"])
+    with pytest.raises(SystemExit) as stopped:
+        cli_app.main()
+    assert stopped.value.code == 130
+    assert "interrupted; finished work is kept, rerun the command to resume" in capsys.readouterr().err

@@ -295,3 +295,11 @@ def test_a_runs_written_ranks_are_exact_and_pair_with_it_as_the_run_itself(two_r
     assert written["NDCG@10"] == pytest.approx(runs["metrics"]["NDCG@10"]["a"], abs=1e-12)
     with pytest.raises(MMSRError, match=r"a ranks file is a \.csv"):
         write_run_ranks(str(a), tmp_path / "a.txt", "test", device="cpu")
+
+
+def test_an_unknown_checkpoint_name_is_refused_naming_the_two(two_runs):
+    from mmsr.train.run import load_run
+
+    with pytest.raises(MMSRError, match="unknown checkpoint 'foo'") as error:
+        load_run(str(two_runs[0]), "foo", "cpu")
+    assert "use best" in str(error.value.hint)

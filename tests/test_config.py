@@ -1,6 +1,7 @@
 """The training config: every profile loads, saved configs reload, and no setting is silently ignored."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -142,3 +143,21 @@ def test_a_float_override_may_be_written_without_a_dot():
     assert "optim.lr must be float, got 'fast'" in _error(["optim.lr=fast"])
     assert "optim.lr must be float" in _error(["optim.lr=nan"])
     assert load(TrainConfig, None, ["dataset=1e3"]).dataset == "1e3"  # a string setting keeps the text
+
+
+@pytest.mark.parametrize("sets, said", [
+    (["optim.batch_size=0", "optim.loss=bce"], "optim.batch_size=0 must be at least 1"),
+    (["optim.epochs=0"], "optim.epochs=0 must be at least 1"),
+    (["optim.lr=-1"], "optim.lr=-1.0 must be at least 0"),
+    (["model.dim=0"], "model.dim=0 must be at least 1"),
+    (["eval_batch_size=0"], "eval_batch_size=0 must be at least 1"),
+    (["model.dim=30", "model.sequence_heads=4"], "model.dim=30 must be a multiple of model.sequence_heads=4"),
+])
+def test_numbers_outside_their_meaningful_range_are_refused_by_name(sets, said):
+    from mmsr import config as config_lib
+    from mmsr.train.config import TrainConfig
+
+    with pytest.raises(MMSRError, match=re.escape(said)):
+        config_lib.load(TrainConfig, None, sets)
+    # A sequence model without heads does not care how the width divides.
+    config_lib.load(TrainConfig, None, ["model.dim=30", "model.sequence=gru4rec", "model.kind=idsr"])

@@ -548,3 +548,14 @@ def test_a_window_stride_that_cannot_work_is_refused(overrides, expected):
     with pytest.raises(MMSRError, match=expected):
         config_lib.load(TrainConfig, None, overrides)
     config_lib.load(TrainConfig, None, ["optim.windows=all", "split.max_seq_len=10", "optim.window_stride=10"])
+
+
+def test_a_resume_that_reads_items_another_way_than_the_run_started_says_so(tmp_path):
+    from mmsr.train.recipe import _say_if_feed_changed
+
+    said = []
+    (tmp_path / "run.json").write_text(json.dumps({"from_cache": True}))
+    _say_if_feed_changed(tmp_path, True, said.append)
+    assert said == []
+    _say_if_feed_changed(tmp_path, False, said.append)
+    assert len(said) == 1 and "resume with --from-cache" in said[0]

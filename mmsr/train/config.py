@@ -94,6 +94,26 @@ class OptimConfig:
     amp: bool = True  # bf16 autocast, on GPU only
 
 
+# Settings and the least value that means something: {dotted key: (least, what it is)}.
+_RANGES = {
+    "optim.epochs": (1, "must be at least 1: a run trains at least one epoch"),
+    "optim.batch_size": (1, "must be at least 1 (users per step)"),
+    "optim.lr": (0.0, "must be at least 0 (a learning rate)"),
+    "optim.encoder_lr": (0.0, "must be at least 0 (a learning rate)"),
+    "optim.weight_decay": (0.0, "must be at least 0"),
+    "optim.grad_clip": (0.0, "must be at least 0 (0 switches clipping off)"),
+    "model.dim": (1, "must be at least 1 (the width of item and user vectors)"),
+    "model.sequence_heads": (1, "must be at least 1"),
+    "model.sequence_layers": (1, "must be at least 1 (or left unset for the sequence model's own default)"),
+    "model.fusion_layers": (1, "must be at least 1"),
+    "model.fusion_heads": (1, "must be at least 1"),
+    "eval_batch_size": (1, "must be at least 1 (items or users per batch)"),
+    "eval_every": (1, "must be at least 1 (epochs between validations)"),
+    "early_stop_patience": (0, "must be at least 0 (0: never stop early)"),
+    "checkpoint_every_steps": (0, "must be at least 0 (0: at the end of each epoch only)"),
+}
+
+
 @dataclass
 class TrainConfig:
     dataset: str = "demo"
@@ -200,9 +220,27 @@ class TrainConfig:
                             "every item exactly, in blocks)")
         problems += self._check_loss()
         problems += self._check_windows()
+        problems += self._check_ranges()
         if not 0 <= self.optim.warmup_epochs < max(self.optim.epochs, 1):
             problems.append(f"optim.warmup_epochs={self.optim.warmup_epochs} must be at least 0 and below "
                             f"optim.epochs={self.optim.epochs}")
+        return problems
+
+    def _check_ranges(self) -> list[str]:
+        """Numbers outside the range they mean anything in (a size of 0, a negative learning rate),
+        refused here rather than found as a division by zero, or a run that trains nothing."""
+        problems = []
+        for key, (lowest, why) in _RANGES.items():
+            value = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            if value is not None and value < lowest:
+                problems.append(f"{key}={value!r} {why}")
+        heads, sequence = self.model.sequence_heads, self.model.sequence
+        reads_heads = sequence in SEQUENCE_MODELS and "heads" in SEQUENCE_MODELS.params(sequence)
+        if reads_heads and heads >= 1 and self.model.dim >= 1 and self.model.dim % heads:
+            problems.append(f"model.dim={self.model.dim} must be a multiple of model.sequence_heads={heads} "
+                            "(each head takes an equal slice)")
         return problems
 
     def _check_windows(self) -> list[str]:

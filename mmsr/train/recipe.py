@@ -104,6 +104,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         partial = state["extra"]  # the interrupted epoch's running loss
         if dist.main and resume_from != "last":
             _drop_metrics_after(run_dir, start_epoch)
+        if dist.main:
+            _say_if_feed_changed(run_dir, from_cache, log)
     elif dist.main:
         _start_run_dir(run_dir, config, {"from_cache": from_cache, "item_feed": feed_desc, "world_size": dist.world},
                        init)
@@ -162,7 +164,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                     raise TrainingInterrupted(
                         signum, f"{signal.Signals(signum).name} at epoch {epoch + 1}, step {step + 1} of "
                                 f"{steps_per_epoch}: checkpoint saved", where=run_dir,
-                        hint=f"continue with `mmsr train --run {run_dir} --resume`")
+                        hint=f"continue with `mmsr train --run {run_dir} --resume{' --from-cache' if from_cache else ''}`")
         record = {"epoch": epoch + 1, "step": global_step, "loss": running.mean,
                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - started, 3),
                   **model.score.trained()}
@@ -279,6 +281,18 @@ def _adopt_resumed_config(run_dir: Path, config: TrainConfig, steps_taken: int, 
 def _append_metrics(run_dir: Path, record: dict) -> None:
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def _say_if_feed_changed(run_dir: Path, from_cache: bool, log) -> None:
+    """A resumed run may read its items another way than it started (the two are the same model),
+    but end-to-end runs the frozen layers every step: say so rather than be silently slower."""
+    info = run_dir / "run.json"
+    started = json.loads(info.read_text()).get("from_cache") if info.is_file() else None
+    if started is True and not from_cache:
+        log("note: this run started from the cache and resumes end-to-end (the frozen layers every step, "
+            "much slower); stop and resume with --from-cache to read the cache again")
+    elif started is False and from_cache:
+        log("note: this run started end-to-end and resumes from the cache")
 
 
 def _format_record(record: dict) -> str:

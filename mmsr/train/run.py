@@ -124,16 +124,24 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
     return PreparedRun(root, config, resume)
 
 
+# What a loaded run's weights may come from: its checkpoints/NAME.pt.
+CHECKPOINTS = ("best", "last")
+
+
 def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
     """A run rebuilt from its directory alone: its config, the `checkpoint`'s weights, its dataset
     and split, and an item feed that streams its cache (`mmsr eval`, `recommend`, the plots)."""
     root = paths.runs_dir(name_or_path)
     config = run_config(root)
     info = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
+    if checkpoint not in CHECKPOINTS:
+        raise MMSRError(f"unknown checkpoint {checkpoint!r}", where="--checkpoint",
+                        hint="use best (the best validation epoch; last.pt where there is none) or last")
     ckpt_path = root / "checkpoints" / f"{checkpoint}.pt"
     if checkpoint == "best" and not ckpt_path.is_file():
         ckpt_path = root / "checkpoints" / "last.pt"
-    state = load_checkpoint(ckpt_path)
+    state = load_checkpoint(ckpt_path, hint=f"the run has no {checkpoint} checkpoint: train it first "
+                                            f"(`mmsr train --run {root}`), or resume it if it was interrupted")
     dev = pick_device(device)
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
