@@ -26,7 +26,7 @@ import yaml
 
 from mmsr import config as config_lib
 from mmsr.atomic import atomic_write_text
-from mmsr.caches import cache_path, check_inputs, expected_fingerprint
+from mmsr.caches import cache_path, check_inputs, expected_fingerprint, item_digests
 from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeholder_picture
 from mmsr.distributed import pick_device
 from mmsr.encoders import create_encoders
@@ -323,8 +323,10 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
         specs[modality] = ModalitySpec(tokens, dim, expected_fingerprint(encoder, dataset, encoder_config),
                                        chunk_items or None)
 
+    digests = {modality: item_digests(dataset, modality, encoder_config) for modality in specs}
     with CacheWriter(path, item_ids=dataset.item_ids(), specs=specs, shard=shard,
-                     build={"on_bad_image": on_bad_image}, overwrite=overwrite) as writer:
+                     build={"on_bad_image": on_bad_image}, overwrite=overwrite, item_digests=digests,
+                     source=dataset.meta.get("content_hash", "")) as writer:
         if resolved_config is not None:
             _write_config(path / CONFIG_FILE, resolved_config)
         for modality in sorted(specs):

@@ -9,6 +9,7 @@ Shared by the two sides of the cache: `mmsr.cache_stage` (which writes it) and
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -99,7 +100,49 @@ def expected_fingerprints(encoders: dict, dataset: Dataset, encoder_config: Enco
 
 def open_checked_cache(path: str | os.PathLike, encoders: dict, dataset: Dataset,
                        encoder_config: EncoderConfig) -> Cache:
-    """Open the cache and refuse it unless its fingerprints match these encoders and this dataset."""
+    """Open the cache and refuse it unless its fingerprints match these encoders and this dataset,
+    and each row was encoded from what its item holds now (`check_item_inputs`)."""
     cache = open_cache(path)
     cache.check(expected_fingerprints(encoders, dataset, encoder_config))
+    check_item_inputs(cache, dataset, encoder_config)
     return cache
+
+
+def item_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig) -> list[str]:
+    """Per item, a digest of what the `modality` encoder reads of it: the text it is given
+    (`Dataset.item_text` over encoders.text_fields), the bytes of its picture file, or both."""
+    fields = tuple(encoder_config.text_fields)
+    out = []
+    for index in range(dataset.num_items):
+        h = hashlib.blake2b(digest_size=12)
+        if modality in ("text", "joint"):
+            h.update(dataset.item_text(index, fields).encode("utf-8"))
+            h.update(b"\0")
+        if modality in ("image", "joint"):
+            picture = dataset.image_path(index)
+            h.update(b"no picture" if picture is None else picture.read_bytes() if picture.is_file()
+                     else b"missing " + str(picture).encode("utf-8"))
+        out.append(h.hexdigest())
+    return out
+
+
+def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderConfig) -> None:
+    """Refuse a cache whose rows were encoded from other texts or pictures than the dataset's
+    items hold now: a dataset regenerated or re-imported under the same name, with the same item
+    ids. Fast when the dataset is the version the build read (its meta.json content hash);
+    otherwise every item's inputs are read again (pictures included). A cache built before the
+    digests were kept is not checked."""
+    version = dataset.meta.get("content_hash", "")
+    for modality in cache.modalities:
+        stored = cache.item_digests(modality)
+        if stored is None or (version and stored[0] == version):
+            continue
+        now = item_digests(dataset, modality, encoder_config)
+        changed = [row for row, (a, b) in enumerate(zip(stored[1], now)) if a != b]
+        if changed:
+            ids = dataset.item_ids()
+            raise MMSRError(f"{len(changed):,} item{'s' if len(changed) > 1 else ''} of dataset {dataset.name} "
+                            f"changed {modality} since this cache was built (the first: item {ids[changed[0]]!r})",
+                            where=cache.path,
+                            hint=f"rebuild it: mmsr cache build --dataset {dataset.name} (with the same --config and "
+                                 "--set as before) --overwrite")

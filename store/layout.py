@@ -8,6 +8,9 @@
                                each chunk file: zstd, then a CRC32C (`mmsr cache verify` checks it)
       manifest/<modality>/<chunk>.json   one marker per finished chunk (see manifest.py)
       item_ids.txt             the cached item list, one id a line, in row order
+      item_digests/<modality>.json   {"source", "digests"}: a digest of what each row was
+                               encoded from (its text, its picture's bytes), in row order, and
+                               the caller's name for the source version they were read from
       locks/                   flock files: the init lock and one per live shard
       mmap/                    .npy copies made by `load(..., into="mmap")`
       config.yaml, report.json written by the encoder stage
@@ -29,6 +32,7 @@ MANIFEST_DIR = "manifest"
 LOCK_DIR = "locks"
 MMAP_DIR = "mmap"
 ITEM_IDS = "item_ids.txt"
+ITEM_DIGESTS_DIR = "item_digests"
 HIDDEN = "hidden"
 MASK = "mask"
 HIDDEN_DTYPE = "float16"
@@ -89,6 +93,21 @@ def write_item_ids(cache_dir: Path, item_ids: list[str]) -> None:
         if "\n" in item_id:
             raise ValueError(f"item id {item_id!r} contains a newline")
     atomic_write_bytes(Path(cache_dir) / ITEM_IDS, "".join(i + "\n" for i in item_ids).encode("utf-8"))
+
+
+def read_item_digests(cache_dir: Path, modality: str) -> tuple[str, list[str]] | None:
+    """(source, digests) as `write_item_digests` left them; None for a cache built before digests
+    were kept (its rows' inputs cannot be checked)."""
+    path = Path(cache_dir) / ITEM_DIGESTS_DIR / f"{modality}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return str(data.get("source", "")), list(data.get("digests", []))
+
+
+def write_item_digests(cache_dir: Path, modality: str, source: str, digests: list[str]) -> None:
+    atomic_write_bytes(Path(cache_dir) / ITEM_DIGESTS_DIR / f"{modality}.json",
+                       json.dumps({"source": source, "digests": digests}).encode("utf-8"))
 
 
 def remove_partial_files(store_dir: Path) -> int:

@@ -26,7 +26,7 @@ from mmsr_store import manifest
 from mmsr_store.errors import OutOfSpaceError, StoreError, out_of_space_guard
 from mmsr_store.fingerprint import canonical, diff, digest
 from mmsr_store.layout import (FORMAT, HIDDEN, HIDDEN_DTYPE, LOCK_DIR, MASK, MMAP_DIR, STORE_DIR, atomic_write_json,
-                               num_chunks, read_item_ids)
+                               num_chunks, read_item_digests, read_item_ids)
 from mmsr_store.memory import available_memory, human_bytes
 from mmsr_store.shards import flocked
 
@@ -137,6 +137,11 @@ class Cache:
 
     def item_ids(self) -> list[str]:
         return read_item_ids(self.path)
+
+    def item_digests(self, modality: str) -> tuple[str, list[str]] | None:
+        """(source, a digest per row of what it was encoded from), as the build recorded them;
+        None for a cache built before they were kept."""
+        return read_item_digests(self.path, modality)
 
     def problems(self, modality: str | None = None) -> list[str]:
         """What the build reported about bad inputs (e.g. unreadable images), in chunk order."""

@@ -24,9 +24,9 @@ import numpy as np
 from mmsr_store import manifest
 from mmsr_store.errors import StoreError, out_of_space_guard
 from mmsr_store.fingerprint import canonical, diff, items_hash
-from mmsr_store.layout import (FORMAT, HIDDEN, HIDDEN_DTYPE, ITEM_IDS, LOCK_DIR, MANIFEST_DIR, MASK, MMAP_DIR,
-                               STORE_DIR, chunk_items_for, read_item_ids, remove_partial_files,
-                               write_item_ids)
+from mmsr_store.layout import (FORMAT, HIDDEN, HIDDEN_DTYPE, ITEM_DIGESTS_DIR, ITEM_IDS, LOCK_DIR, MANIFEST_DIR,
+                               MASK, MMAP_DIR, STORE_DIR, chunk_items_for, read_item_digests, read_item_ids,
+                               remove_partial_files, write_item_digests, write_item_ids)
 from mmsr_store.reader import read_rows
 from mmsr_store.shards import Shard, ShardClaim, flocked, holder, live_shards
 
@@ -74,7 +74,8 @@ def _codecs():
 
 class CacheWriter:
     def __init__(self, cache_dir: str | Path, *, item_ids: list[str], specs: dict[str, ModalitySpec],
-                 shard: Shard | None = None, build: dict | None = None, overwrite: bool = False):
+                 shard: Shard | None = None, build: dict | None = None, overwrite: bool = False,
+                 item_digests: dict[str, list[str]] | None = None, source: str = ""):
         import zarr
 
         if not specs:
@@ -86,6 +87,14 @@ class CacheWriter:
         self.dir = Path(cache_dir)
         self.item_ids = list(item_ids)
         self.specs = specs
+        # {modality: a digest per item of what its row is encoded from}; `source`: the caller's
+        # name for the version they were read from (a dataset's content hash). A cached row whose
+        # digest differs was encoded from other inputs: refused, never mixed with new rows.
+        self.item_digests = dict(item_digests or {})
+        self.source = source
+        for modality, digests in self.item_digests.items():
+            if len(digests) != len(self.item_ids):
+                raise StoreError(f"{len(digests)} {modality} digests for {len(self.item_ids)} items")
         self.shard = shard or Shard()
         self.build = canonical(build or {})
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +121,7 @@ class CacheWriter:
         return f"shard {shard}, {holder(self.dir, shard)}"
 
     def _wipe(self) -> None:
-        for name in (STORE_DIR, MANIFEST_DIR, MMAP_DIR, ITEM_IDS):
+        for name in (STORE_DIR, MANIFEST_DIR, MMAP_DIR, ITEM_IDS, ITEM_DIGESTS_DIR):
             path = self.dir / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -139,6 +148,8 @@ class CacheWriter:
                                   dtype="bool", fill_value=False, compressors=_codecs(),
                                   dimension_names=("item", "token"))
             write_item_ids(self.dir, self.item_ids)
+            for modality, digests in self.item_digests.items():
+                write_item_digests(self.dir, modality, self.source, digests)
             tmp.rename(self.dir / STORE_DIR)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -176,6 +187,7 @@ class CacheWriter:
             found = repr(new[first]) if first < len(new) else "missing (the list is shorter)"
             raise StoreError(f"the item list changed other than by appending: row {first} is {old[first]!r} in the "
                              f"cache and {found} in the dataset", where=self.dir, hint=REBUILD_HINT)
+        self._check_digests()
         n = len(new)
         grow = n != len(old) or attrs.get("num_items") != n or any(
             canonical(self.group[f"{m}/{HIDDEN}"].attrs.get("fingerprint")) != canonical(s.fingerprint)
@@ -194,6 +206,23 @@ class CacheWriter:
             hidden.attrs["fingerprint"] = canonical(spec.fingerprint)
         self.group.attrs["num_items"] = n
         write_item_ids(self.dir, new)
+
+    def _check_digests(self) -> None:
+        """Refuse rows encoded from other inputs than the items have now; then record the
+        digests (a cache from before they were kept adopts them: its rows cannot be checked)."""
+        for modality, digests in sorted(self.item_digests.items()):
+            stored = read_item_digests(self.dir, modality)
+            if stored is not None:
+                old = stored[1]
+                changed = [row for row, (a, b) in enumerate(zip(old, digests)) if a != b]
+                if changed:
+                    first = changed[0]
+                    raise StoreError(f"{len(changed):,} cached item{'s' if len(changed) > 1 else ''} changed "
+                                     f"{modality} since they were encoded (the first: item {self.item_ids[first]!r}, "
+                                     f"row {first})", where=self.dir, hint=REBUILD_HINT)
+                if stored == (self.source, digests):
+                    continue
+            write_item_digests(self.dir, modality, self.source, digests)
 
     # ------------------------------------------------------------------ work
     def chunk_items(self, modality: str) -> int:

@@ -235,3 +235,45 @@ def test_registry_encoders_states_equal_lower(tiny_models, small_demo, tmp_path)
     want = want_hidden.to(torch.float16).masked_fill(~want_mask.unsqueeze(-1), 0)
     torch.testing.assert_close(hidden[:5], want, atol=2e-3, rtol=0)
     assert cache.load("image")[0].shape[1:] == (17, 32)  # 16 patches + CLS
+
+
+def _new_version(root: Path, version: str) -> None:
+    """What `mmsr data demo|import --overwrite` leaves: meta.json's content hash of the new files."""
+    meta = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({**meta, "content_hash": version}))
+
+
+def test_rows_encoded_from_other_texts_or_pictures_are_refused_naming_the_first_item(small_demo, tmp_path):
+    """The same item ids with another title or picture (a dataset regenerated or re-imported
+    under the same name): building on the cache and training from it both refuse, naming the
+    first changed item. A new version whose items are unchanged (new interactions) keeps it."""
+    root = copy_dataset(small_demo, tmp_path / "shop")
+    path = tmp_path / "cache"
+    build(root, path)
+
+    def opened():
+        return open_checked_cache(path, fake_encoders(), load_dataset(root, check_images=False), fake_config())
+
+    opened()
+    _new_version(root, "interactions only")
+    opened()  # every item read again: the same inputs
+    items = [json.loads(line) for line in (root / "items.jsonl").read_text().splitlines()]
+    items[5]["title"] = "another title"
+    (root / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    _new_version(root, "a new title")
+    with pytest.raises(MMSRError, match=f"1 item of dataset \\S+ changed text since this cache was built "
+                                        f"\\(the first: item '{items[5]['id']}'\\)") as error:
+        opened()
+    assert "--overwrite" in str(error.value.hint)
+    with pytest.raises(StoreError, match=f"1 cached item changed text since they were encoded \\(the first: "
+                                         f"item '{items[5]['id']}', row 5\\)"):
+        build(root, path)
+    assert build(root, path, overwrite=True).complete
+    opened()
+
+    picture = next(item for item in items[20:] if item["image"])
+    (root / picture["image"]).write_bytes((root / picture["image"]).read_bytes() + b"\0")
+    _new_version(root, "a new picture")
+    with pytest.raises(MMSRError, match=f"changed image since this cache was built \\(the first: item "
+                                        f"'{picture['id']}'\\)"):
+        opened()

@@ -222,3 +222,27 @@ def test_overlapping_or_inconsistent_shards_refused(tmp_path):
     # Locks die with their holders: a later run may use any n.
     with CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(2, 5)) as writer:
         assert writer.pending("text") == []
+
+
+def test_item_digests_refuse_changed_rows_and_a_cache_without_them_adopts_them(tmp_path):
+    path = tmp_path / "c"
+    with CacheWriter(path, item_ids=ids(4), specs={"text": spec()}):
+        pass  # a cache from before digests were kept
+    assert open_cache_dir_digests(path) is None
+    with CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": list("abcd")}, source="v1"):
+        pass
+    assert open_cache_dir_digests(path) == ("v1", list("abcd"))
+    with CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": list("abcd")}, source="v2"):
+        pass  # a new version with the same inputs: recorded
+    assert open_cache_dir_digests(path) == ("v2", list("abcd"))
+    with pytest.raises(StoreError, match=r"2 cached items changed text since they were encoded \(the first: item "
+                                         r"'i1', row 1\)"):
+        CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": list("aXYd")}, source="v3")
+    with pytest.raises(StoreError, match="3 text digests for 4 items"):
+        CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": list("abc")})
+
+
+def open_cache_dir_digests(path):
+    from mmsr_store.layout import read_item_digests
+
+    return read_item_digests(path, "text")

@@ -559,3 +559,23 @@ def test_a_resume_that_reads_items_another_way_than_the_run_started_says_so(tmp_
     assert said == []
     _say_if_feed_changed(tmp_path, False, said.append)
     assert len(said) == 1 and "resume with --from-cache" in said[0]
+
+
+def test_a_run_whose_dataset_was_regenerated_is_refused_not_evaluated_on_other_data(tmp_path, mmsr_home):
+    from mmsr.data.demo import generate_demo
+    from mmsr.train.recipe import train
+    from mmsr.train.run import load_run, prepare_run
+
+    root = tmp_path / "shop"
+    generate_demo(root, name="shop", items=80, users=60, seed=0, image_size=32)
+    sets = [f"dataset={root}", "model.kind=idsr", "model.dim=16", "optim.epochs=1", "optim.batch_size=32"]
+    prepared = prepare_run("r", None, sets, log=lambda text: None)
+    train(prepared.config, prepared.root, from_cache=False, log=lambda text: None)
+    assert load_run("r", "best", "cpu").dataset.num_items == 80  # the same data: loads
+
+    generate_demo(root, name="shop", items=80, users=60, seed=1, image_size=32, overwrite=True)  # same ids
+    with pytest.raises(MMSRError, match="dataset shop has changed since this run trained on it"):
+        load_run("r", "best", "cpu")
+    resumed = prepare_run("r", None, sets, resume=True, log=lambda text: None)
+    with pytest.raises(MMSRError, match="has changed since this run trained"):
+        train(resumed.config, resumed.root, from_cache=False, resume=True, log=lambda text: None)

@@ -30,7 +30,8 @@ from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, load_weights, trainable_state
-from mmsr.train.run import INIT_FILE, init_from_source, init_summary, run_config, transfer_source
+from mmsr.train.run import (DATASET_HASH_KEY, INIT_FILE, check_same_dataset, init_from_source, init_summary,
+                            run_config, transfer_source)
 from mmsr.train.schedule import make_optimizer, resumed_length_change
 from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
 
@@ -92,6 +93,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     ckpt_dir = run_dir / "checkpoints"
     start_epoch, start_step, global_step, best, partial = 0, 0, 0, {}, {}
     if resume:
+        check_same_dataset(run_dir, dataset)
         state = load_checkpoint(ckpt_dir / f"{resume_from}.pt", hint=_resume_hint(resume_from, run_dir))
         _adopt_resumed_config(run_dir, config, state["global_step"], steps_per_epoch, dist, log)
         load_weights(model, state["model"], ckpt_dir / f"{resume_from}.pt")
@@ -107,8 +109,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         if dist.main:
             _say_if_feed_changed(run_dir, from_cache, log)
     elif dist.main:
-        _start_run_dir(run_dir, config, {"from_cache": from_cache, "item_feed": feed_desc, "world_size": dist.world},
-                       init)
+        _start_run_dir(run_dir, config, {"from_cache": from_cache, "item_feed": feed_desc, "world_size": dist.world,
+                                         DATASET_HASH_KEY: dataset.meta.get("content_hash")}, init)
         if init:
             log(init_summary(init))
     barrier()

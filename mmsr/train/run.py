@@ -124,6 +124,24 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
     return PreparedRun(root, config, resume)
 
 
+# run.json's record of the dataset a run trained on (its meta.json content_hash).
+DATASET_HASH_KEY = "dataset_content_hash"
+
+
+def check_same_dataset(root: Path, dataset, info: dict | None = None) -> None:
+    """Refuse a run whose dataset has changed since it started (regenerated or re-imported under
+    the same name): its split, its cases and its items would silently be other ones. Runs from
+    before the record existed are not checked."""
+    if info is None:
+        info = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
+    trained_on, now = info.get(DATASET_HASH_KEY), dataset.meta.get("content_hash")
+    if trained_on and now and trained_on != now:
+        raise MMSRError(f"dataset {dataset.name} has changed since this run trained on it (content hash "
+                        f"{trained_on[:12]} then, {now[:12]} now)", where=root,
+                        hint="restore the dataset the run was trained on, or train the run again on this one "
+                             "(--overwrite)")
+
+
 # What a loaded run's weights may come from: its checkpoints/NAME.pt.
 CHECKPOINTS = ("best", "last")
 
@@ -144,6 +162,7 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
                                             f"(`mmsr train --run {root}`), or resume it if it was interrupted")
     dev = pick_device(device)
     dataset = load_dataset(config.dataset)
+    check_same_dataset(root, dataset, info)
     split = split_dataset(dataset, config.split)
     model = build_model(config, dataset.num_items, categories=dataset.item_categories()).to(dev)
     load_weights(model, state["model"], ckpt_path)
