@@ -6,14 +6,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmsr_cli.common import is_rank_zero, print_json
+from mmsr_cli.common import console, is_rank_zero, print_json
 
 
 def eval_command(
     run: str = typer.Option(..., "--run", "--run-dir", help="Run name or directory (from `mmsr train`; "
                             "--run-dir under torchrun)."),
-    faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="Exact full ranking of every item (the only "
-                               "mode); --search-backend picks how it is computed."),
+    faiss: bool = typer.Option(True, "--faiss/--no-faiss", help="Exact full ranking of every item: the only "
+                               "mode (--no-faiss is refused); --search-backend picks how it is computed, FAISS or "
+                               "dense counting, with the same ranks."),
     split: str = typer.Option("test", "--split", help="test | valid | cold (the paper's: every sub-sequence ending "
                               "in a cold item, most of them inside the training part) | cold-test (the test cases "
                               "whose target is cold: held out) | new (test cases whose target has no training "
@@ -57,6 +58,9 @@ def eval_command(
         print_json(results[splits[0]] if len(splits) == 1 else {"splits": results})
         return
     for name, result in results.items():
+        if not result["users"]:  # its metrics are 0 by convention (finalize): not a figure to read
+            console.print(f"{name} split: no cases, nothing ranked (`mmsr data info` counts each split's cases)")
+            continue
         table = Table(title=f"{name} split: {result['users']:,} cases, {result['items']:,} items, "
                             f"{result['protocol']}", caption=result["search"])
         table.add_column("metric")

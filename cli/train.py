@@ -46,7 +46,8 @@ def train_command(
     --set model.fusion=pool.
 
     model.kind picks the model: mmsr (default), idsr (item IDs), and the paper's
-    baselines fdsa, vqrec and morec (configs/baselines/). Kinds other than mmsr
+    baselines fdsa, carca, vqrec and morec (configs/baselines/; `mmsr models list`
+    names every kind, fusion, sequence model, loss and score). Kinds other than mmsr
     take model.fusion* as a no-op, so one profile file drives a model and its
     baselines.
 
@@ -62,4 +63,5 @@ def train_command(
                            overwrite=overwrite, log=log)
     best = train(prepared.config, prepared.root, from_cache=from_cache, resume=prepared.resume,
                  resume_from=resume_from, progress=progress_bar, log=log)
-    log(f"[green]run {prepared.root}: best epoch {best.get('epoch')} {best.get('valid')}")
+    figures = "  ".join(f"{key} {value:.4f}" for key, value in (best.get("valid") or {}).items())
+    log(f"[green]run {prepared.root}: best epoch {best.get('epoch')}" + (f"  {figures}" if figures else ""))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mmsr.errors import MMSRError
-from mmsr_store.layout import atomic_write_bytes  # one implementation; the store may not import mmsr
+from mmsr_store.layout import DIR_MODE, atomic_write_bytes  # one implementation; the store may not import mmsr
 
 __all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "refuse_existing", "staged_dir"]
 
@@ -22,6 +22,7 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     refuse_existing(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
     except BaseException:

@@ -54,6 +54,19 @@ def num_chunks(num_items: int, chunk_items: int) -> int:
     return -(-num_items // chunk_items)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# What open() and mkdir() would give. tempfile makes its files 0600 and its directories 0700,
+# private to their owner: a ranks file, a run's config or a dataset written through them would
+# keep that, unreadable by the other users of a shared data root or container.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +77,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
 def _write_then_rename(path: Path, data: bytes, fsync: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             if fsync:

@@ -14,6 +14,7 @@ chunks it owns (chunk % n == i): two writers never touch one zarr chunk (zarr-py
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -24,9 +25,9 @@ import numpy as np
 from mmsr_store import manifest
 from mmsr_store.errors import StoreError, out_of_space_guard
 from mmsr_store.fingerprint import canonical, diff, items_hash
-from mmsr_store.layout import (FORMAT, HIDDEN, HIDDEN_DTYPE, ITEM_DIGESTS_DIR, ITEM_IDS, LOCK_DIR, MANIFEST_DIR,
-                               MASK, MMAP_DIR, STORE_DIR, chunk_items_for, read_item_digests, read_item_ids,
-                               remove_partial_files, write_item_digests, write_item_ids)
+from mmsr_store.layout import (DIR_MODE, FORMAT, HIDDEN, HIDDEN_DTYPE, ITEM_DIGESTS_DIR, ITEM_IDS, LOCK_DIR,
+                               MANIFEST_DIR, MASK, MMAP_DIR, STORE_DIR, chunk_items_for, read_item_digests,
+                               read_item_ids, remove_partial_files, write_item_digests, write_item_ids)
 from mmsr_store.reader import read_rows
 from mmsr_store.shards import Shard, ShardClaim, flocked, holder, live_shards
 
@@ -134,6 +135,7 @@ class CacheWriter:
 
         shutil.rmtree(self.dir / MANIFEST_DIR, ignore_errors=True)  # markers of a vanished store are void
         tmp = Path(tempfile.mkdtemp(prefix=f".{STORE_DIR}.tmp-", dir=self.dir))
+        os.chmod(tmp, DIR_MODE)
         try:
             n = len(self.item_ids)
             root = zarr.open_group(tmp, mode="w", attributes={

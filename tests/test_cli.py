@@ -172,7 +172,7 @@ def test_eval_and_recommend_are_one_library_call_each(small_demo, mmsr_home):
     assert list(together) == ["cold", "test"] and {s: r["metrics"] for s, r in together.items()} == alone
     assert together["test"]["seconds"]["items"] == 0  # counted once, with the first split
     for args, message in ((["--protocol", "sampled"], "unknown protocol 'sampled'"),
-                          (["--no-faiss"], "only FAISS exact search is implemented"),
+                          (["--no-faiss"], "evaluation is always an exact full ranking"),
                           (["--split", "test,tset"], "unknown split 'tset'"), (["--split", ","], "no split given")):
         refused = runner.invoke(app, ["eval", "--run", "tiny", *args])
         assert isinstance(refused.exception, MMSRError) and message in str(refused.exception)

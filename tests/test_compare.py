@@ -104,7 +104,9 @@ def test_ranks_files_join_a_side_as_the_runs_they_hold(two_runs, tmp_path):
     with pytest.raises(MMSRError, match="both sides are ranks files"):
         compare_runs(file_a, f"{file_a},{file_b}", "test", resamples=999)
     with pytest.raises(MMSRError, match="no run given"):
-        compare_runs(" , ", str(two_runs[0]), "test", resamples=999)
+        compare_runs("  ", str(two_runs[0]), "test", resamples=999)
+    with pytest.raises(MMSRError, match="an empty member in"):
+        compare_runs(f"{a},,{b}", str(a), "test", resamples=999)
 
 
 def test_shared_cases_with_several_files_pairs_the_cases_every_file_ranks(two_runs, tmp_path):
@@ -303,3 +305,22 @@ def test_an_unknown_checkpoint_name_is_refused_naming_the_two(two_runs):
     with pytest.raises(MMSRError, match="unknown checkpoint 'foo'") as error:
         load_run(str(two_runs[0]), "foo", "cpu")
     assert "use best" in str(error.value.hint)
+
+
+def test_a_ranks_file_saved_by_a_spreadsheet_or_with_a_short_row_is_read_or_refused_clearly(two_runs, tmp_path):
+    from mmsr.eval.compare import compare_runs
+    from mmsr.eval.run_ranks import write_run_ranks
+
+    a, b = two_runs
+    plain = write_run_ranks(str(a), tmp_path / "a.csv", "test", protocol="recbole", device="cpu")["path"]
+    text = open(plain).read()
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Excel saves a UTF-8 CSV
+    assert compare_runs(str(bom), str(b), "test", protocol="recbole", ks="10", resamples=999)["metrics"] == \
+        compare_runs(str(plain), str(b), "test", protocol="recbole", ks="10", resamples=999)["metrics"]
+    short = tmp_path / "short.csv"
+    lines = text.splitlines()
+    short.write_text("\n".join([*lines[:3], lines[3].split(",")[0], *lines[4:]]) + "\n")
+    with pytest.raises(MMSRError, match="the row has 1 field, the header names 3") as error:
+        compare_runs(str(short), str(b), "test", protocol="recbole", ks="10", resamples=999)
+    assert error.value.where.endswith("short.csv:4")

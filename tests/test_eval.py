@@ -317,3 +317,17 @@ def test_gpu_index_equals_brute_force():
     assert index.backend == "faiss-gpu"
     got = rank_targets(index, users, targets, histories, max_k=20, backend="faiss")
     np.testing.assert_array_equal(got, brute_force_ranks(items, users, targets, histories, True, 20))
+
+
+@pytest.mark.parametrize("parse, text, where", [
+    ("mmsr.eval.metrics:parse_ks", "10,,20", "--k"),
+    ("mmsr.eval.runner:parse_splits", "test,", "--split"),
+    ("mmsr.eval.recommend:parse_history", "i00001,,i00002", "--history"),
+])
+def test_an_empty_member_of_a_comma_list_is_refused_not_dropped(parse, text, where):
+    import importlib
+
+    module, name = parse.split(":")
+    with pytest.raises(MMSRError, match="an empty member") as error:
+        getattr(importlib.import_module(module), name)(text)
+    assert error.value.where == where

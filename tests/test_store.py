@@ -246,3 +246,18 @@ def open_cache_dir_digests(path):
     from mmsr_store.layout import read_item_digests
 
     return read_item_digests(path, "text")
+
+
+def test_written_files_and_directories_get_the_modes_open_and_mkdir_would(tmp_path):
+    """tempfile makes its files 0600 and its directories 0700: outputs handed to other tools or
+    users (a ranks CSV, a run's config, a dataset) must not stay private to their writer."""
+    from mmsr.atomic import atomic_dir
+    from mmsr_store.layout import atomic_write_bytes
+
+    mask = os.umask(0)
+    os.umask(mask)
+    atomic_write_bytes(tmp_path / "f.csv", b"user,item,rank\n")
+    assert (tmp_path / "f.csv").stat().st_mode & 0o777 == 0o666 & ~mask
+    with atomic_dir(tmp_path / "d") as staging:
+        (staging / "x").write_text("x")
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask

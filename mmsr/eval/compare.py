@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 
+from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 from mmsr.eval.external_ranks import is_ranks_file, read_ranks
 from mmsr.eval.metrics import COUNT_KEY, SQUARES, hit_at_k, ndcg_at_k, parse_ks, standard_errors
@@ -100,10 +101,9 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
 
 def _side(spec: str) -> list[str]:
     """One side's members: runs and ranks files, separated by commas."""
-    runs = [run.strip() for run in spec.split(",") if run.strip()]
-    if not runs:
+    if not spec.strip():
         raise MMSRError("no run given", where=repr(spec), hint="name a run, or several separated by commas")
-    return runs
+    return split_commas(spec, where=repr(spec), example="run-seed0,run-seed1,run-seed2")
 
 
 def _standard_error(key: str, values: np.ndarray) -> float:

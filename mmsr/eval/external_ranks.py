@@ -82,7 +82,9 @@ def read_ranks(path: str | Path, cases: CaseKeys, *, shared_only: bool = False) 
     ranks = np.zeros(len(cases.users), dtype=np.int64)
     seen_at = np.zeros(len(cases.users), dtype=np.int64)  # the line that gave case i its rank
     unmatched = []
-    with path.open(newline="") as f:
+    # utf-8-sig: a spreadsheet's CSV often starts with a byte-order mark, which would hide the
+    # first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -90,6 +92,11 @@ def read_ranks(path: str | Path, cases: CaseKeys, *, shared_only: bool = False) 
                             hint="the first line must name the columns user,item,rank")
         for row in reader:
             line = reader.line_num
+            if any(row[column] is None for column in COLUMNS):
+                fields = sum(value is not None for value in row.values())
+                raise MMSRError(f"the row has {fields} field{'s' if fields != 1 else ''}, the header names "
+                                f"{len(reader.fieldnames)}", where=f"{path}:{line}",
+                                hint="give every row a user, an item and a rank, comma-separated")
             user, item = row["user"], row["item"]
             rank = _rank(row["rank"], cases.num_items, f"{path}:{line}")
             case = index.get((user, item))

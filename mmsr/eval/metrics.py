@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 
 DEFAULT_KS = (10, 20, 50)
@@ -31,7 +32,7 @@ SQUARES = ":sq"  # suffix of a metric's sum of squared per-case values
 def parse_ks(ks: str | int | Iterable[int]) -> tuple[int, ...]:
     """`"10,20,50"`, `10` or `[10, 20]` -> a sorted tuple of distinct positive ints."""
     if isinstance(ks, str):
-        parts = [p.strip() for p in ks.split(",") if p.strip()]
+        parts = split_commas(ks, where="--k", example="10,20,50")
         try:
             values = [int(p) for p in parts]
         except ValueError:

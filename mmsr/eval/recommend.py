@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 from mmsr.eval.towers import item_matrix, user_matrix
 from mmsr.eval.search import top_k
@@ -26,8 +27,8 @@ ITEM_BATCH = 512
 
 
 def parse_history(text: str) -> list[str]:
-    """`"i00012, i00345"` (the --history option, oldest first) -> item ids; blanks are dropped."""
-    return [part.strip() for part in text.split(",") if part.strip()]
+    """`"i00012, i00345"` (the --history option, oldest first) -> item ids."""
+    return split_commas(text, where="--history", example="i00012,i00345")
 
 
 def recommend(run: str | Path, history: Sequence[str], k: int = 10, checkpoint: str = "best",

@@ -25,6 +25,7 @@ import torch
 from mmsr.atomic import atomic_write_text
 from mmsr.data.split import EVAL_SPLITS, Split
 from mmsr.distributed import init_from_env
+from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums, standard_errors
 from mmsr.eval.backends import resolve_backend
@@ -183,8 +184,9 @@ def _result(split: Split, which: str, cases: int, mask_history: bool, backend: s
 
 def parse_splits(splits: str | list[str]) -> list[str]:
     """"test,cold" or ["test", "cold"] -> ["test", "cold"]: known names, each once, in order."""
-    names = [name.strip() for name in (splits.split(",") if isinstance(splits, str) else splits)]
-    names = list(dict.fromkeys(name for name in names if name))
+    if isinstance(splits, str):  # nothing but commas: "no split given" below
+        splits = split_commas(splits, where="--split", example="test,cold,new") if splits.replace(",", "").strip() else []
+    names = list(dict.fromkeys(name.strip() for name in splits if name.strip()))
     unknown = [name for name in names if name not in EVAL_SPLITS]
     if unknown or not names:
         raise MMSRError(f"unknown split {unknown[0]!r}" if unknown else "no split given", where="--split",
@@ -237,7 +239,9 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
     if protocol not in PROTOCOLS:
         raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
     if not faiss:
-        raise MMSRError("only FAISS exact search is implemented", where="--no-faiss")
+        raise MMSRError("evaluation is always an exact full ranking of every item; there is no other mode",
+                        where="--no-faiss", hint="drop --no-faiss; --search-backend dense ranks without FAISS, "
+                                                 "with the same ranks")
     splits = parse_splits(splits)
     ks = parse_ks(ks)
     loaded = load_run(run, checkpoint, device)
