@@ -33,7 +33,7 @@ from mmsr.encoders import create_encoders
 from mmsr.encoders.config import EncoderConfig
 from mmsr.errors import MMSRError
 from mmsr.progress import ProgressFactory, no_progress
-from mmsr.train.config import cache_section
+from mmsr.train.config import TRAIN_ONLY_KEYS, TrainConfig, cache_section
 from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, VerifyReport, manifest, verify_cache
 from mmsr_store.layout import atomic_write_json, chunk_items_for
 from mmsr_store.verify import invalidate
@@ -76,7 +76,15 @@ def load_build_config(path: str | os.PathLike | None = None, overrides: list[str
     `mmsr cache build` and `mmsr train`. Unknown keys and wrong types are gathered into one error.
     """
     dotted = {(f"encoders.{name}" if name in ENCODER_FIELDS else name): value for name, value in flags.items()}
-    return config_lib.load(CacheBuildConfig, path, overrides, dotted, from_file=cache_section)
+    # A --set only training reads (model.*, optim.*) is taken as the file's sections are, so one
+    # list of --set drives both commands; its names are still checked.
+    training_only = [item for item in overrides or []
+                     if item.partition("=")[0].strip().split(".")[0] in TRAIN_ONLY_KEYS]
+    unknown = config_lib.unknown_keys(TrainConfig, config_lib.parse_overrides(training_only))
+    if unknown:
+        raise MMSRError("invalid --set: " + "; ".join(unknown))
+    kept = [item for item in overrides or [] if item not in training_only]
+    return config_lib.load(CacheBuildConfig, path, kept, dotted, from_file=cache_section)
 
 
 @dataclass

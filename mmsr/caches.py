@@ -10,7 +10,10 @@ Shared by the two sides of the cache: `mmsr.cache_stage` (which writes it) and
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shlex
+from dataclasses import asdict
 from pathlib import Path
 
 from mmsr import paths
@@ -18,9 +21,10 @@ from mmsr.data.dataset import Dataset
 from mmsr.encoders.config import EncoderConfig
 from mmsr.encoders.model_key import model_key
 from mmsr.errors import MMSRError
-from mmsr_store import Cache, open_cache
+from mmsr_store import Cache, StoreError, open_cache
 from mmsr_store.fingerprint import digest, items_hash
 from mmsr_store.layout import FORMAT, STORE_DIR
+from mmsr_store.reader import BUILD_HINT
 
 CACHE_DTYPE = "float16"
 NO_IMAGE = "zeros with an all-False mask"
@@ -99,13 +103,40 @@ def expected_fingerprints(encoders: dict, dataset: Dataset, encoder_config: Enco
 
 
 def open_checked_cache(path: str | os.PathLike, encoders: dict, dataset: Dataset,
-                       encoder_config: EncoderConfig) -> Cache:
+                       encoder_config: EncoderConfig, on_bad_image: str = "error") -> Cache:
     """Open the cache and refuse it unless its fingerprints match these encoders and this dataset,
-    and each row was encoded from what its item holds now (`check_item_inputs`)."""
-    cache = open_cache(path)
+    and each row was encoded from what its item holds now (`check_item_inputs`). A cache not
+    built yet, or not finished, is refused with the command that builds this one."""
+    try:
+        cache = open_cache(path)
+    except StoreError as error:
+        if error.hint != BUILD_HINT:
+            raise
+        raise MMSRError(error.message, where=error.where,
+                        hint=f"build it (a stopped build resumes where it stopped): "
+                             f"{build_command(dataset, encoder_config, on_bad_image)}") from None
     cache.check(expected_fingerprints(encoders, dataset, encoder_config))
     check_item_inputs(cache, dataset, encoder_config)
     return cache
+
+
+def build_command(dataset: Dataset, encoder_config: EncoderConfig, on_bad_image: str = "error") -> str:
+    """The `mmsr cache build` command line that makes the cache `encoder_config` names for
+    `dataset`: every encoder setting that differs from its default, as a --set."""
+    defaults = asdict(EncoderConfig())
+    sets = [f"encoders.{key}={_yaml_value(value)}" for key, value in asdict(encoder_config).items()
+            if value != defaults.get(key)]
+    if on_bad_image != "error":
+        sets.append(f"on_bad_image={on_bad_image}")
+    return " ".join(["mmsr cache build --dataset", shlex.quote(str(dataset.root)),
+                     *(f"--set {shlex.quote(item)}" for item in sets)])
+
+
+def _yaml_value(value) -> str:
+    """How --set (a YAML scalar) reads `value` back."""
+    if isinstance(value, str) and value and all(c.isalnum() or c in "-_./:" for c in value):
+        return value
+    return json.dumps(value)
 
 
 def item_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig) -> list[str]:

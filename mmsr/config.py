@@ -107,7 +107,12 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
         source = f"config {path}"
         found = read_file(path)
         data = merge(data, from_file(found, source) if from_file else found)
-    data = merge(data, parse_overrides(overrides))
+    overridden = parse_overrides(overrides)
+    # A misspelt --set is the user's to fix, not the file's: name it as theirs.
+    unknown = unknown_keys(cls, overridden)
+    if unknown:
+        raise MMSRError("invalid --set: " + "; ".join(unknown))
+    data = merge(data, overridden)
     given: dict = {}
     for key, value in (flags or {}).items():
         if value is None:
@@ -120,17 +125,30 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     return build(cls, merge(data, given), source=source)
 
 
+def unknown_keys(cls: type, data: dict, prefix: str = "") -> list[str]:
+    """Every key of `data` (nested) that dataclass `cls` has no field for, with a near name."""
+    hints = typing.get_type_hints(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    problems = []
+    for key, value in data.items():
+        if key not in fields:
+            close = [name for name in fields if name.startswith(key[:3])]
+            suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+            sections = [name for name in fields if dataclasses.is_dataclass(hints[name])]
+            where = f"; the sections are {', '.join(sections)}" if not prefix and isinstance(value, dict) else ""
+            problems.append(f"unknown key {prefix}{key}{suggestion}{where}")
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            problems += unknown_keys(hints[key], value, f"{prefix}{key}.")
+    return problems
+
+
 def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     if not isinstance(data, dict):
         problems.append(f"{prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}")
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {field.name: field for field in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            close = [name for name in fields if name.startswith(key[:3])]
-            suggestion = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"unknown key {prefix}{key}{suggestion}")
+    problems += unknown_keys(cls, {key: None for key in data}, prefix)  # this level; deeper ones below
     values = {}
     for name, field in fields.items():
         if name not in data:

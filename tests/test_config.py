@@ -161,3 +161,17 @@ def test_numbers_outside_their_meaningful_range_are_refused_by_name(sets, said):
         config_lib.load(TrainConfig, None, sets)
     # A sequence model without heads does not care how the width divides.
     config_lib.load(TrainConfig, None, ["model.dim=30", "model.sequence=gru4rec", "model.kind=idsr"])
+
+
+def test_a_misspelt_set_is_named_as_the_users_not_the_files():
+    from mmsr.cache_stage import load_build_config
+
+    with pytest.raises(MMSRError, match=r"^invalid --set: unknown key nosection; the sections are encoders, split"):
+        load(TrainConfig, "configs/demo-cpu.toml", ["nosection.x=1"])
+    with pytest.raises(MMSRError, match=r"invalid --set: unknown key optim.epoch \(did you mean 'epochs'\?\)"):
+        load(TrainConfig, "configs/demo-cpu.toml", ["optim.epoch=3"])
+    # cache build takes a training --set as it takes the file's sections: read by train, checked by name
+    built = load_build_config("configs/demo-cpu.toml", ["model.dim=32", "optim.epochs=3", "encoders.image_size=64"])
+    assert built.encoders.image_size == 64
+    with pytest.raises(MMSRError, match=r"invalid --set: unknown key model.dimm"):
+        load_build_config("configs/demo-cpu.toml", ["model.dimm=32"])

@@ -579,3 +579,27 @@ def test_a_run_whose_dataset_was_regenerated_is_refused_not_evaluated_on_other_d
     resumed = prepare_run("r", None, sets, resume=True, log=lambda text: None)
     with pytest.raises(MMSRError, match="has changed since this run trained"):
         train(resumed.config, resumed.root, from_cache=False, resume=True, log=lambda text: None)
+
+
+def test_a_missing_cache_names_the_build_command_that_makes_exactly_it(tiny_overrides, tmp_path):
+    """The hint is a command line: run as given, it builds the cache this training run reads."""
+    import shlex
+
+    from mmsr.cache_stage import load_build_config
+    from mmsr.caches import cache_path
+    from mmsr.data.dataset import load_dataset
+    from mmsr.train.feeds import open_feed
+    from mmsr.train.model import build_model
+
+    config = _config(tiny_overrides + ["encoders.image_size=48", "encoders.text_fields=[title]",
+                                       "on_bad_image=skip"])
+    dataset = load_dataset(config.dataset)
+    model = build_model(config, dataset.num_items)
+    with pytest.raises(MMSRError, match="cache not found") as error:
+        open_feed(config, model, dataset, True, torch.device("cpu"))
+    command = shlex.split(error.value.hint.split(": ", 1)[1])
+    assert command[:4] == ["mmsr", "cache", "build", "--dataset"]
+    sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    built = load_build_config(None, sets, dataset=command[4])
+    assert built.encoders == config.encoders and built.on_bad_image == "skip"
+    assert cache_path(load_dataset(command[4]), built.encoders) == Path(error.value.where)

@@ -200,7 +200,7 @@ def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from
         return (RawFeed(dataset, encoders, config.encoders.text_fields, device, on_bad_image=config.on_bad_image,
                         image_size=config.encoders.image_size), "end-to-end (lower layers every step)")
     path: Path = cache_path(dataset, config.encoders)
-    cache = open_checked_cache(path, encoders, dataset, config.encoders)
+    cache = open_checked_cache(path, encoders, dataset, config.encoders, config.on_bad_image)
     built_with = cache.build_options.get("on_bad_image", "error")
     if "image" in encoders and built_with != config.on_bad_image:
         raise MMSRError(f"the cache was built with on_bad_image={built_with}, this run says "
