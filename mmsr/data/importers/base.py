@@ -73,8 +73,11 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def size_kb(path: Path) -> int:
-    return max(1, Path(path).stat().st_size // 1024)
+def size_kb(path: Path) -> float:
+    """A file's size in kB, the progress total of reading it (`iter_lines` advances by the kB of
+    each line read, so the bar ends at 100% whatever the size; rounding down left small files'
+    bars at a few percent)."""
+    return Path(path).stat().st_size / 1024
 
 
 def parse_time(text: str, where: str) -> float:
