@@ -263,18 +263,16 @@ def default_demo_name(domain: int = 0) -> str:
     return f"demo-d{domain}" if domain else "demo"
 
 
-def _check_kept(dest: Path, items: int, users: int) -> None:
-    """An existing demo is kept only if it is the size asked for: keeping a 150-item dataset
-    when 500 items were asked would go on silently with the wrong data. (Its seed and lengths
-    are not recorded in meta.json, so they cannot be checked.)"""
+def kept_note(dest: Path, items: int, users: int) -> str:
+    """What to say of an existing demo kept instead of generated: "" when it is the size asked
+    for, else its size, so that a run does not go on unaware with other data than it asked for.
+    (Its seed and lengths are not recorded in meta.json, so they cannot be compared.)"""
     meta_path = dest / "meta.json"
     counts = json.loads(meta_path.read_text()).get("counts", {}) if meta_path.is_file() else {}
-    if not counts:
-        return
-    if (counts.get("items"), counts.get("users")) != (items, users):
-        raise MMSRError(f"this dataset already exists with {counts.get('items'):,} items and {counts.get('users'):,} "
-                        f"users; the command asks for {items:,} and {users:,}", where=dest,
-                        hint="pass --overwrite to generate it again with these options, or --name for another dataset")
+    if not counts or (counts.get("items"), counts.get("users")) == (items, users):
+        return ""
+    return (f"it has {counts.get('items'):,} items and {counts.get('users'):,} users, not the {items:,} and "
+            f"{users:,} asked for")
 
 
 def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000, seed: int = 0, domain: int = 0,
@@ -286,7 +284,6 @@ def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000
     name = name or default_demo_name(domain)
     dest = paths.dataset_dir(name)
     if dest.exists() and not overwrite:
-        _check_kept(dest, items, users)
         return dest, False
     with progress("demo data", items + users) as advance:
         generate_demo(dest, name=Path(name).name, items=items, users=users, seed=seed, domain=domain,
