@@ -112,9 +112,9 @@ def open_checked_cache(path: str | os.PathLike, encoders: dict, dataset: Dataset
     except StoreError as error:
         if error.hint != BUILD_HINT:
             raise
-        raise MMSRError(error.message, where=error.where,
-                        hint=f"build it (a stopped build resumes where it stopped): "
-                             f"{build_command(dataset, encoder_config, on_bad_image)}") from None
+        raise StoreError(error.message, where=error.where,
+                         hint=f"build it (a stopped build resumes where it stopped): "
+                              f"{build_command(dataset, encoder_config, on_bad_image)}") from None
     cache.check(expected_fingerprints(encoders, dataset, encoder_config))
     check_item_inputs(cache, dataset, encoder_config)
     return cache

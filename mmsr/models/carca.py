@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmsr.models.fdsa import given_features
+from mmsr.models.fdsa import fixed_features, given_features
 
 
 class CARCAItemTower(nn.Module):
@@ -37,6 +37,9 @@ class CARCAItemTower(nn.Module):
             parameter.requires_grad_(False)
         self.project = nn.ModuleDict({m: nn.Linear(e.output_size, dim) for m, e in encoders.items()})
         self.scale = dim ** -0.5  # content at the scale of the ID table (see ContentItemTower)
+
+    def pooled_once(self) -> list[str]:
+        return fixed_features(self.encoders)
 
     def forward(self, inputs: dict) -> torch.Tensor:
         vectors = self.embedding(inputs["ids"])

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
-from mmsr.models.layers import pooled_upper
+from mmsr.models.layers import PooledState, pooled_upper
 from mmsr.models.sequence import SASRec
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -53,10 +53,21 @@ def given_features(encoders: nn.ModuleDict, project: nn.ModuleDict, states: Stat
     (FDSA, CARCA++) read it this way."""
     columns = []
     for modality, encoder in encoders.items():
-        with torch.no_grad():
-            pooled = pooled_upper(encoder, *states[modality])
+        state = states[modality]
+        if isinstance(state, PooledState):  # the feed pooled it once (`fixed_features`)
+            pooled = state.vectors.float()
+        else:
+            with torch.no_grad():
+                pooled = pooled_upper(encoder, *state)
         columns.append(project[modality](pooled))
     return columns
+
+
+def fixed_features(encoders: nn.ModuleDict) -> list[str]:
+    """The modalities whose given features are the same at every step, which a feed may pool once
+    (`ContentItemTower.pooled_once` says why): the encoders are frozen here, and with no top
+    block nothing in `upper` drops units in training mode."""
+    return [modality for modality, encoder in encoders.items() if encoder.top_blocks == 0]
 
 
 class FDSAItemTower(nn.Module):
@@ -96,6 +107,9 @@ class FDSAItemTower(nn.Module):
     @property
     def modalities(self) -> list[str]:
         return list(self.encoders)
+
+    def pooled_once(self) -> list[str]:
+        return fixed_features(self.encoders)
 
     def features(self, ids: torch.Tensor, states: States) -> torch.Tensor:
         columns = given_features(self.encoders, self.project, states)
