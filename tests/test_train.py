@@ -245,7 +245,9 @@ def test_a_fixed_encoder_top_is_pooled_once_and_trains_as_from_its_states(tiny_o
 def test_the_baselines_given_features_are_pooled_once_when_no_top_block_runs(tiny_overrides, kind):
     """FDSA's and CARCA++'s content is given (frozen): with no top block, each modality's pooled
     state is the same at every step, pooled once, with the states' loss and gradients."""
-    sets = ["encoders.text_top_blocks=0", "encoders.vision_top_blocks=0", f"model.kind={kind}"]
+    # FDSA's states memory-mapped: pooled in one pass that hands the mapped pages back as training does.
+    sets = ["encoders.text_top_blocks=0", "encoders.vision_top_blocks=0", f"model.kind={kind}",
+            f"cache_into={'mmap' if kind == 'fdsa' else 'ram'}"]
     dataset = _pooled_and_states_agree(tiny_overrides + sets + (["optim.loss=bce"] if kind == "carca" else []),
                                        ["image", "text"])
     other = _config(tiny_overrides + [f"model.kind={kind}", "encoders.vision_top_blocks=0"]

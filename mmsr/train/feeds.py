@@ -211,9 +211,11 @@ def open_states_feed(config: TrainConfig, encoders: dict, dataset: Dataset, from
         return StreamFeed({m: cache.rows(m) for m in encoders}, device), f"cache {path} (streamed, a chunk at a time)"
     into, why = choose_cache_into(config.cache_into, cache, tuple(encoders), device)
     states = {m: cache.load(m, into=into, device=device if into == "cuda" else None) for m in encoders}
-    pooled = {m: pool_items(encoders[m], m, CacheFeed({m: states.pop(m)}, device), dataset.num_items,
-                            config.eval_batch_size, device) for m in pool_once}
-    feed = CacheFeed(states, device, release=cache.release_pages if into == "mmap" else None, pooled=pooled)
+    release = cache.release_pages if into == "mmap" else None
+    # One pass over a pooled modality's states, mapped pages handed back as in training; then dropped.
+    pooled = {m: pool_items(encoders[m], m, CacheFeed({m: states.pop(m)}, device, release=release),
+                            dataset.num_items, config.eval_batch_size, device) for m in pool_once}
+    feed = CacheFeed(states, device, release=release, pooled=pooled)
     once = f"; {', '.join(pooled)} pooled once" if pooled else ""
     return feed, f"cache {path} ({into}{': ' + why if why else ''}{once})"
 
