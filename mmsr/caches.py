@@ -116,7 +116,7 @@ def open_checked_cache(path: str | os.PathLike, encoders: dict, dataset: Dataset
                          hint=f"build it (a stopped build resumes where it stopped): "
                               f"{build_command(dataset, encoder_config, on_bad_image)}") from None
     cache.check(expected_fingerprints(encoders, dataset, encoder_config))
-    check_item_inputs(cache, dataset, encoder_config)
+    check_item_inputs(cache, dataset, encoder_config, on_bad_image)
     return cache
 
 
@@ -157,7 +157,8 @@ def item_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig)
     return out
 
 
-def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderConfig) -> None:
+def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderConfig,
+                      on_bad_image: str = "error") -> None:
     """Refuse a cache whose rows were encoded from other texts or pictures than the dataset's
     items hold now: a dataset regenerated or re-imported under the same name, with the same item
     ids. Fast when the dataset is the version the build read (its meta.json content hash);
@@ -175,5 +176,4 @@ def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderCon
             raise MMSRError(f"{len(changed):,} item{'s' if len(changed) > 1 else ''} of dataset {dataset.name} "
                             f"changed {modality} since this cache was built (the first: item {ids[changed[0]]!r})",
                             where=cache.path,
-                            hint=f"rebuild it: mmsr cache build --dataset {dataset.name} (with the same --config and "
-                                 "--set as before) --overwrite")
+                            hint=f"rebuild it: {build_command(dataset, encoder_config, on_bad_image)} --overwrite")
