@@ -39,7 +39,7 @@ def main() -> None:
     from mmsr.machine import cpu_model
     from mmsr.train.batches import TrainBatches
     from mmsr.train.config import TrainConfig
-    from mmsr.train.feeds import open_feed, open_states_feed
+    from mmsr.train.feeds import WithIds, open_feed, open_states_feed
     from mmsr.train.model import build_model
     from mmsr.train.schedule import make_optimizer
     from mmsr.train.step import train_step
@@ -50,7 +50,8 @@ def main() -> None:
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
     torch.manual_seed(config.seed)
-    model = build_model(config, dataset.num_items, train_counts=split.train_counts)
+    model = build_model(config, dataset.num_items, train_counts=split.train_counts,
+                        categories=dataset.item_categories())
     pooled_modalities = model.items.pooled_once() if hasattr(model.items, "pooled_once") else []
     if not pooled_modalities:
         raise SystemExit(f"{args.config}: no modality is pooled once (an encoder top learns, or the fusion "
@@ -61,6 +62,8 @@ def main() -> None:
     opened["pooled"] = time.perf_counter() - start
     start = time.perf_counter()
     states_feed, _ = open_states_feed(config, model.encoders, dataset, True, device)
+    if model.item_inputs == "ids+states":  # FDSA, CARCA++: the ids beside the states, as open_feed gives them
+        states_feed = WithIds(states_feed)
     opened["states"] = time.perf_counter() - start
 
     batches = TrainBatches.for_config(split, config)
