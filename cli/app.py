@@ -35,6 +35,9 @@ app.command("ranks")(evaluate.ranks_command)
 app.command("recommend")(evaluate.recommend_command)
 
 _state = {"debug": False}
+# click's base of its usage and option errors, as the click typer runs on defines it (typer
+# carries its own copy of click, so `import click` would name other classes).
+_CLICK_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
 
 
 @app.callback()
@@ -46,7 +49,18 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        app()
+        # Not standalone: a usage error (an unknown option, a bad value, a missing argument)
+        # comes here to be said in one line, as every other user error is, not in typer's panel.
+        status = app(standalone_mode=False, prog_name="mmsr")
+    except _CLICK_ERROR as error:
+        if type(error).__name__ == "NoArgsIsHelpError":
+            sys.exit(error.exit_code)  # the help was printed when the error was made
+        context = getattr(error, "ctx", None)
+        see = f" (see `{context.command_path} --help`)" if context is not None else ""
+        _last_words(f"error: {error.format_message()}{see}", typer.colors.RED)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        _interrupted()
     except UserError as error:
         if _state["debug"] or "--debug" in sys.argv:
             raise
@@ -59,6 +73,13 @@ def main() -> None:
         if error.code == 130 and _from_keyboard(error):
             _interrupted()
         raise
+    else:
+        # Not standalone, typer returns an Exit's code instead of exiting: Ctrl-C inside a
+        # command is Exit(130); --help and a finished command give 0 or None.
+        if status == 130:
+            _interrupted()
+        if isinstance(status, int) and status:
+            sys.exit(status)
 
 
 def _interrupted() -> None:

@@ -219,3 +219,16 @@ def test_ctrl_c_inside_any_command_says_finished_work_is_kept(monkeypatch, capsy
         cli_app.main()
     assert stopped.value.code == 130
     assert "interrupted; finished work is kept, rerun the command to resume" in capsys.readouterr().err
+
+
+def test_a_usage_error_is_one_line_naming_the_help(mmsr_home):
+    """Typer's own errors (an unknown option, a bad value, a missing argument) are user errors
+    too: one line, the last printed, exit 2, with the command's --help to read."""
+    for args, said in ((["train", "--nosuch"], "error: No such option: --nosuch (see `mmsr train --help`)"),
+                       (["eval"], "error: Missing option '--run'"),
+                       (["data", "info", "x", "--min-interactions", "abc"], "Invalid value for '--min-interactions'")):
+        result = mmsr(*args, home=mmsr_home)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert said in result.stderr
+    helped = mmsr("train", "--help", home=mmsr_home)
+    assert helped.returncode == 0 and "Usage: mmsr train" in helped.stdout
