@@ -19,7 +19,8 @@ app = typer.Typer(help="Build and inspect the encoder cache (the frozen lower la
 
 @app.command()
 def build(
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (under $MMSR_HOME/datasets) or path."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (under $MMSR_HOME/datasets) or path. "
+                                          "Default: the config's `dataset`, else demo."),
     config: Optional[Path] = typer.Option(None, "--config", help="A cache build config (YAML or TOML)."),
     sets: Optional[list[str]] = SetOption,
     text_model: Optional[str] = typer.Option(None, "--text-model", help='Short name, HF name or directory; "" for none.'),
