@@ -20,6 +20,14 @@ def _list(text: Optional[str], option: str, example: str) -> Optional[list[str]]
     return split_commas(text, where=option, example=example) if text else None
 
 
+def _datasets(text: Optional[str]) -> Optional[list[str]]:
+    return _list(text, "--dataset", "demo,ml-100k")
+
+
+def _only(text: Optional[str]) -> Optional[list[str]]:
+    return _list(text, "--only", "sum,gate (the study's variant names)")
+
+
 def _seeds(text: Optional[str]) -> Optional[list[int]]:
     try:
         return [int(part) for part in _list(text, "--seeds", "0,1,2")] if text else None
@@ -54,7 +62,7 @@ def run_command(
     """
     from mmsr.study.runner import run_study  # deferred: pulls in torch (seconds)
 
-    out_dir = run_study(file, datasets=_list(dataset, "--dataset", "demo,ml-100k"), seeds=_seeds(seeds), only=_list(only, "--only", "the variants' names, e.g. sum,gate"),
+    out_dir = run_study(file, datasets=_datasets(dataset), seeds=_seeds(seeds), only=_only(only),
                         sets=overrides, out=out, progress=progress_bar, log=log)
     log(f"[green]study done: {out_dir / 'report.md'}")
 
@@ -74,8 +82,8 @@ def plan_command(
     from mmsr.study.spec import load_study
 
     study = load_study(file)
-    runs = plan_study(study, study_dir(out or study.name), datasets=_list(dataset, "--dataset", "demo,ml-100k"), seeds=_seeds(seeds),
-                      only=_list(only, "--only", "the variants' names, e.g. sum,gate"), sets=overrides)
+    runs = plan_study(study, study_dir(out or study.name), datasets=_datasets(dataset), seeds=_seeds(seeds),
+                      only=_only(only), sets=overrides)
     table = Table(title=f"study {study.name}: {study.title}")
     for column in ("run", "state", "starts from"):
         table.add_column(column)
