@@ -184,8 +184,10 @@ def _result(split: Split, which: str, cases: int, mask_history: bool, backend: s
 
 def parse_splits(splits: str | list[str]) -> list[str]:
     """"test,cold" or ["test", "cold"] -> ["test", "cold"]: known names, each once, in order."""
-    if isinstance(splits, str):  # nothing but commas: "no split given" below
-        splits = split_commas(splits, where="--split", example="test,cold,new") if splits.replace(",", "").strip() else []
+    if isinstance(splits, str) and not splits.replace(",", "").strip():
+        splits = []  # nothing but commas: "no split given" below
+    elif isinstance(splits, str):
+        splits = split_commas(splits, where="--split", example="test,cold,new")
     names = list(dict.fromkeys(name.strip() for name in splits if name.strip()))
     unknown = [name for name in names if name not in EVAL_SPLITS]
     if unknown or not names:

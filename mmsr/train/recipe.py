@@ -166,7 +166,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                     raise TrainingInterrupted(
                         signum, f"{signal.Signals(signum).name} at epoch {epoch + 1}, step {step + 1} of "
                                 f"{steps_per_epoch}: checkpoint saved", where=run_dir,
-                        hint=f"continue with `mmsr train --run {run_dir} --resume{' --from-cache' if from_cache else ''}`")
+                        hint=f"continue with `mmsr train --run {run_dir} --resume"
+                             f"{' --from-cache' if from_cache else ''}`")
         record = {"epoch": epoch + 1, "step": global_step, "loss": running.mean,
                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - started, 3),
                   **model.score.trained()}
