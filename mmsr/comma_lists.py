@@ -8,9 +8,10 @@ from mmsr.errors import MMSRError
 def split_commas(text: str, *, where: str, example: str) -> list[str]:
     """The members of `text`, stripped. An empty member ("a,,b", "a,") is refused rather than
     dropped: it is most often a name that went missing while editing the command."""
+    if not text.strip():
+        raise MMSRError("nothing given", where=where, hint=f"name at least one, e.g. {example}")
     members = [member.strip() for member in text.split(",")]
-    if text.strip() and all(members):
-        return members
-    where_empty = "nothing" if not text.strip() else f"an empty member in {text!r}"
-    raise MMSRError(f"{where_empty}: a comma-separated list needs a value between every two commas", where=where,
-                    hint=f"e.g. {example}")
+    if not all(members):
+        raise MMSRError(f"an empty member in {text!r}: a comma-separated list needs a value between every two "
+                        "commas", where=where, hint=f"e.g. {example}")
+    return members

@@ -152,6 +152,7 @@ def test_a_float_override_may_be_written_without_a_dot():
     (["model.dim=0"], "model.dim=0 must be at least 1"),
     (["eval_batch_size=0"], "eval_batch_size=0 must be at least 1"),
     (["model.dim=30", "model.sequence_heads=4"], "model.dim=30 must be a multiple of model.sequence_heads=4"),
+    (["model.dim=30", "model.fusion=merge-attn"], "model.dim=30 must be a multiple of model.fusion_heads=4"),
 ])
 def test_numbers_outside_their_meaningful_range_are_refused_by_name(sets, said):
     from mmsr import config as config_lib

@@ -236,11 +236,17 @@ class TrainConfig:
                 value = getattr(value, part)
             if value is not None and value < lowest:
                 problems.append(f"{key}={value!r} {why}")
-        heads, sequence = self.model.sequence_heads, self.model.sequence
-        reads_heads = sequence in SEQUENCE_MODELS and "heads" in SEQUENCE_MODELS.params(sequence)
-        if reads_heads and heads >= 1 and self.model.dim >= 1 and self.model.dim % heads:
-            problems.append(f"model.dim={self.model.dim} must be a multiple of model.sequence_heads={heads} "
-                            "(each head takes an equal slice)")
+        model = self.model
+        # Each attention head takes an equal slice of the width, where the chosen part has heads.
+        parts = [("sequence_heads", SEQUENCE_MODELS, model.sequence)]
+        if model.kind in MODEL_KINDS and "fusion" in MODEL_KINDS.params(model.kind):  # others ignore model.fusion*
+            parts.append(("fusion_heads", FUSIONS, model.fusion))
+        for key, registry, name in parts:
+            heads = getattr(model, key)
+            reads_heads = name in registry and "heads" in registry.params(name)
+            if reads_heads and heads >= 1 and model.dim >= 1 and model.dim % heads:
+                problems.append(f"model.dim={model.dim} must be a multiple of model.{key}={heads} "
+                                "(each head takes an equal slice)")
         return problems
 
     def _check_windows(self) -> list[str]:
