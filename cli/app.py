@@ -68,11 +68,6 @@ def main() -> None:
         sys.exit(getattr(error, "exit_status", 2))
     except KeyboardInterrupt:
         _interrupted()
-    except SystemExit as error:
-        # Typer turns Ctrl-C inside a command into Exit(130), which leaves as SystemExit(130).
-        if error.code == 130 and _from_keyboard(error):
-            _interrupted()
-        raise
     else:
         # Not standalone, typer returns an Exit's code instead of exiting: Ctrl-C inside a
         # command is Exit(130); --help and a finished command give 0 or None.
@@ -85,16 +80,6 @@ def main() -> None:
 def _interrupted() -> None:
     _last_words("interrupted; finished work is kept, rerun the command to resume", None)
     sys.exit(130)
-
-
-def _from_keyboard(error: BaseException) -> bool:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def _last_words(text: str, colour) -> None:

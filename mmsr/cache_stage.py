@@ -26,7 +26,7 @@ import yaml
 
 from mmsr import config as config_lib
 from mmsr.atomic import atomic_write_text
-from mmsr.caches import cache_path, check_inputs, expected_fingerprint, item_digests
+from mmsr.caches import cache_path, check_inputs, current_digests, expected_fingerprint
 from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeholder_picture
 from mmsr.distributed import pick_device
 from mmsr.encoders import create_encoders
@@ -35,7 +35,7 @@ from mmsr.errors import MMSRError
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.config import TRAIN_ONLY_KEYS, TrainConfig, cache_section
 from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, VerifyReport, manifest, verify_cache
-from mmsr_store.layout import atomic_write_json, chunk_items_for
+from mmsr_store.layout import atomic_write_json, chunk_items_for, read_item_digests
 from mmsr_store.verify import invalidate
 
 CONFIG_FILE = "config.yaml"
@@ -331,7 +331,8 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
         specs[modality] = ModalitySpec(tokens, dim, expected_fingerprint(encoder, dataset, encoder_config),
                                        chunk_items or None)
 
-    digests = {modality: item_digests(dataset, modality, encoder_config) for modality in specs}
+    # A rerun on the version of the dataset the cache recorded reads no picture again for them.
+    digests = {m: current_digests(dataset, m, encoder_config, read_item_digests(path, m)) for m in specs}
     with CacheWriter(path, item_ids=dataset.item_ids(), specs=specs, shard=shard,
                      build={"on_bad_image": on_bad_image}, overwrite=overwrite, item_digests=digests,
                      source=dataset.meta.get("content_hash", "")) as writer:

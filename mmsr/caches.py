@@ -157,6 +157,17 @@ def item_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig)
     return out
 
 
+def current_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig,
+                    recorded: tuple[str, list[str]] | None) -> list[str]:
+    """`item_digests` of the dataset as it is: the `recorded` (source, digests) when they were
+    read from this very version of it (meta.json's content hash) and cover every item, else
+    every item's inputs read again (pictures included)."""
+    version = dataset.meta.get("content_hash", "")
+    if recorded is not None and version and recorded[0] == version and len(recorded[1]) == dataset.num_items:
+        return recorded[1]
+    return item_digests(dataset, modality, encoder_config)
+
+
 def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderConfig,
                       on_bad_image: str = "error") -> None:
     """Refuse a cache whose rows were encoded from other texts or pictures than the dataset's
@@ -164,12 +175,11 @@ def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderCon
     ids. Fast when the dataset is the version the build read (its meta.json content hash);
     otherwise every item's inputs are read again (pictures included). A cache built before the
     digests were kept is not checked."""
-    version = dataset.meta.get("content_hash", "")
     for modality in cache.modalities:
         stored = cache.item_digests(modality)
-        if stored is None or (version and stored[0] == version):
+        if stored is None:
             continue
-        now = item_digests(dataset, modality, encoder_config)
+        now = current_digests(dataset, modality, encoder_config, stored)
         changed = [row for row, (a, b) in enumerate(zip(stored[1], now)) if a != b]
         if changed:
             ids = dataset.item_ids()

@@ -63,8 +63,9 @@ def _umask() -> int:
 # What open() and mkdir() would give. tempfile makes its files 0600 and its directories 0700,
 # private to their owner: a ranks file, a run's config or a dataset written through them would
 # keep that, unreadable by the other users of a shared data root or container.
-FILE_MODE = 0o666 & ~_umask()
-DIR_MODE = 0o777 & ~_umask()
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:

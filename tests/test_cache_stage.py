@@ -277,3 +277,23 @@ def test_rows_encoded_from_other_texts_or_pictures_are_refused_naming_the_first_
     with pytest.raises(MMSRError, match=f"changed image since this cache was built \\(the first: item "
                                         f"'{picture['id']}'\\)"):
         opened()
+
+
+def test_an_unchanged_dataset_is_not_read_again_for_its_digests(small_demo, tmp_path, monkeypatch):
+    """The digests recorded for the dataset's version (its content hash) serve a rerun of the
+    build and every training open: no text or picture is read again for them."""
+    import mmsr.caches
+
+    root = copy_dataset(small_demo, tmp_path / "shop")
+    path = tmp_path / "cache"
+    build(root, path)
+
+    def read_again(*_args):
+        raise AssertionError("item inputs read again")
+
+    monkeypatch.setattr(mmsr.caches, "item_digests", read_again)
+    assert build(root, path).complete
+    open_checked_cache(path, fake_encoders(), load_dataset(root, check_images=False), fake_config())
+    _new_version(root, "v2")
+    with pytest.raises(AssertionError, match="read again"):
+        build(root, path)

@@ -590,12 +590,14 @@ def test_a_window_stride_that_cannot_work_is_refused(overrides, expected):
 
 def test_a_resume_that_reads_items_another_way_than_the_run_started_says_so(tmp_path):
     from mmsr.train.recipe import _say_if_feed_changed
+    from mmsr.train.run import run_info
 
     said = []
     (tmp_path / "run.json").write_text(json.dumps({"from_cache": True}))
-    _say_if_feed_changed(tmp_path, True, said.append)
+    started = run_info(tmp_path).get("from_cache")
+    _say_if_feed_changed(started, True, said.append)
     assert said == []
-    _say_if_feed_changed(tmp_path, False, said.append)
+    _say_if_feed_changed(started, False, said.append)
     assert len(said) == 1 and "resume with --from-cache" in said[0]
 
 

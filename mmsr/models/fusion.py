@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
-from mmsr.models.layers import Block, key_mask, masked_mean
+from mmsr.models.layers import Block, key_mask, masked_mean, pooled_vectors
 from mmsr.registry import Registry, first_line
 
 FUSIONS: Registry[nn.Module] = Registry("fusion")
@@ -79,7 +79,7 @@ class _Pooled(nn.Module):
         missing = [m for m in self.order if m not in inputs]
         if missing:
             raise ValueError(f"fusion needs modalities {self.order}, missing {missing}")
-        return [self.proj[m](masked_mean(*inputs[m])) for m in self.order]
+        return [self.proj[m](pooled_vectors(inputs[m])) for m in self.order]
 
 
 class Pool(_Pooled):

@@ -28,12 +28,9 @@ def pooled_upper(encoder, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return masked_mean(*encoder.upper(hidden.float(), mask))
 
 
-def as_tokens(state) -> tuple[torch.Tensor, torch.Tensor]:
-    """A `PooledState` as one valid token per item: a masked mean over it gives the vectors back
-    exactly (x * 1, summed over one token, divided by 1), so a fusion that pools first reads
-    the same numbers as from the states themselves."""
-    vectors = state.vectors.float().unsqueeze(1)
-    return vectors, torch.ones(vectors.shape[:2], dtype=torch.bool, device=vectors.device)
+def pooled_vectors(state) -> torch.Tensor:
+    """[N, D] per item: a feed's `PooledState` as it is, else the masked mean of (tokens, mask)."""
+    return state.vectors.float() if isinstance(state, PooledState) else masked_mean(*state)
 
 
 class MLP(nn.Module):

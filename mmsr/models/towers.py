@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mmsr.encoders.base import SplitEncoder
-from mmsr.models.layers import PooledState, as_tokens
+from mmsr.models.layers import PooledState
 from mmsr.models.sequence import last_state
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -51,8 +51,8 @@ class ContentItemTower(nn.Module):
         tokens = {}
         for modality, encoder in self.encoders.items():
             state = states[modality]
-            if isinstance(state, PooledState):
-                tokens[modality] = as_tokens(state)
+            if isinstance(state, PooledState):  # the fusion pools first: it takes the vectors as they are
+                tokens[modality] = state
             else:
                 hidden, mask = state
                 tokens[modality] = encoder.upper(hidden.float(), mask)

@@ -31,7 +31,7 @@ from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, load_weights, trainable_state
 from mmsr.train.run import (DATASET_HASH_KEY, INIT_FILE, check_same_dataset, init_from_source, init_summary,
-                            run_config, transfer_source)
+                            run_config, run_info, transfer_source)
 from mmsr.train.schedule import make_optimizer, resumed_length_change
 from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
 
@@ -93,7 +93,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     ckpt_dir = run_dir / "checkpoints"
     start_epoch, start_step, global_step, best, partial = 0, 0, 0, {}, {}
     if resume:
-        check_same_dataset(run_dir, dataset)
+        info = run_info(run_dir)
+        check_same_dataset(run_dir, dataset, info)
         state = load_checkpoint(ckpt_dir / f"{resume_from}.pt", hint=_resume_hint(resume_from, run_dir))
         _adopt_resumed_config(run_dir, config, state["global_step"], steps_per_epoch, dist, log)
         load_weights(model, state["model"], ckpt_dir / f"{resume_from}.pt")
@@ -107,7 +108,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         if dist.main and resume_from != "last":
             _drop_metrics_after(run_dir, start_epoch)
         if dist.main:
-            _say_if_feed_changed(run_dir, from_cache, log)
+            _say_if_feed_changed(info.get("from_cache"), from_cache, log)
     elif dist.main:
         _start_run_dir(run_dir, config, {"from_cache": from_cache, "item_feed": feed_desc, "world_size": dist.world,
                                          DATASET_HASH_KEY: dataset.meta.get("content_hash")}, init)
@@ -286,11 +287,10 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def _say_if_feed_changed(run_dir: Path, from_cache: bool, log) -> None:
-    """A resumed run may read its items another way than it started (the two are the same model),
-    but end-to-end runs the frozen layers every step: say so rather than be silently slower."""
-    info = run_dir / "run.json"
-    started = json.loads(info.read_text()).get("from_cache") if info.is_file() else None
+def _say_if_feed_changed(started: bool | None, from_cache: bool, log) -> None:
+    """A resumed run may read its items another way than it `started` (run.json's from_cache; the
+    two are the same model), but end-to-end runs the frozen layers every step: say so rather than
+    be silently slower."""
     if started is True and not from_cache:
         log("note: this run started from the cache and resumes end-to-end (the frozen layers every step, "
             "much slower); stop and resume with --from-cache to read the cache again")

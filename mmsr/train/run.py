@@ -128,12 +128,16 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
 DATASET_HASH_KEY = "dataset_content_hash"
 
 
-def check_same_dataset(root: Path, dataset, info: dict | None = None) -> None:
+def run_info(root: Path) -> dict:
+    """run.json: how the run was trained (its item feed, its dataset's content hash); {} if absent."""
+    path = Path(root) / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check_same_dataset(root: Path, dataset, info: dict) -> None:
     """Refuse a run whose dataset has changed since it started (regenerated or re-imported under
-    the same name): its split, its cases and its items would silently be other ones. Runs from
-    before the record existed are not checked."""
-    if info is None:
-        info = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
+    the same name): its split, its cases and its items would silently be other ones. `info`:
+    its `run_info`. Runs from before the record existed are not checked."""
     trained_on, now = info.get(DATASET_HASH_KEY), dataset.meta.get("content_hash")
     if trained_on and now and trained_on != now:
         raise MMSRError(f"dataset {dataset.name} has changed since this run trained on it (content hash "
@@ -151,7 +155,7 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     and split, and an item feed that streams its cache (`mmsr eval`, `recommend`, the plots)."""
     root = paths.runs_dir(name_or_path)
     config = run_config(root)
-    info = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
+    info = run_info(root)
     if checkpoint not in CHECKPOINTS:
         raise MMSRError(f"unknown checkpoint {checkpoint!r}", where="--checkpoint",
                         hint="use best (the best validation epoch; last.pt where there is none) or last")
