@@ -263,7 +263,8 @@ def encode_rows(encoder, batch: Batch, tokens: int, dim: int, device: torch.devi
     if d != dim or t > tokens or mask.shape != (n, t):
         raise MMSRError(f"{encoder.modality} encoder returned hidden {tuple(hidden.shape)} and mask {tuple(mask.shape)}; "
                         f"the cache holds {tokens} tokens of {dim}", where=f"items {batch.start}..{batch.stop - 1}")
-    hidden = hidden.to(torch.float16).masked_fill(~mask.bool().unsqueeze(-1), 0).cpu()
+    # The mask may come back on the CPU from an encoder that runs on a GPU (a plug-in's choice).
+    hidden = hidden.to(torch.float16).masked_fill(~mask.bool().to(hidden.device).unsqueeze(-1), 0).cpu()
     present = batch.present.nonzero().squeeze(1)
     hidden_out[present, :t] = hidden
     mask_out[present, :t] = mask.bool().cpu()

@@ -18,6 +18,9 @@ so T = 1 + kept patches. Differences are small hooks per class:
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
@@ -92,7 +95,7 @@ class HFViTEncoder(SplitEncoder):
 
     def _run(self, blocks, hidden):
         for block in blocks:
-            out = block(hidden, None)
+            out = block(hidden, **_no_mask(type(block)))
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
@@ -123,6 +126,14 @@ class HFViTEncoder(SplitEncoder):
 
 
 register_family("hf:vit", modality="image")(HFViTEncoder)
+
+
+@functools.cache
+def _no_mask(layer_class: type) -> dict:
+    """The keyword that says "no attention mask" to this transformers layer class. CLIP's and
+    SigLIP's layers require it, ViT's takes it, DINOv2's takes it in transformers 5.25 but takes no
+    mask at all in 5.17 (a GPU node's image failed on the positional None this replaced)."""
+    return {"attention_mask": None} if "attention_mask" in inspect.signature(layer_class.forward).parameters else {}
 
 
 @register_family("hf:dinov2", modality="image")

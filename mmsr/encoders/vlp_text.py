@@ -75,8 +75,9 @@ class CLIPTextEncoder(HFTextEncoder):
     def _run(self, layers, hidden, mask):
         from transformers.masking_utils import create_causal_mask
 
-        attention = create_causal_mask(config=self.model.config, inputs_embeds=hidden,
-                                       attention_mask=mask.to(torch.long), cache=None)
+        # Positional: the fourth parameter (no cache) is `cache` in transformers 5.25 and
+        # `past_key_values` in 5.17, a GPU node's image.
+        attention = create_causal_mask(self.model.config, hidden, mask.to(torch.long), None)
         for layer in layers:
             # As the model's own forward: with SDPA and no padding the mask above is None and
             # `is_causal` alone makes the attention causal.
