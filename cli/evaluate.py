@@ -26,11 +26,12 @@ def eval_command(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Items/users per batch: bounds memory."),
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda."),
-    search_device: str = typer.Option("auto", "--search-device", help="FAISS index: auto (GPU when faiss-gpu "
-                                      "and CUDA are present) | cpu | gpu."),
-    search_backend: str = typer.Option("auto", "--search-backend", help="auto (on CPU: the fastest exact path "
-                                       "here, timed once: faiss or dense counting; on a GPU index: faiss) | faiss "
-                                       "| dense | dense-torch | dense-numpy. Ranks are the same on every path."),
+    search_device: str = typer.Option("auto", "--search-device", help="Where the ranking runs: auto (the GPU "
+                                      "when CUDA is present) | cpu | gpu."),
+    search_backend: str = typer.Option("auto", "--search-backend", help="auto (on a GPU: faiss-gpu, or dense-gpu "
+                                       "without a FAISS GPU build; on CPU: the fastest exact path here, timed once) "
+                                       "| faiss | dense | dense-torch | dense-numpy | dense-gpu. Ranks are the same "
+                                       "on every path."),
     shard_items: bool = typer.Option(False, "--shard-items", help="Under torchrun: each rank keeps only its "
                                      "slice of the item vectors and counts the items of its slice above each "
                                      "target; the counts are summed. For catalogues whose vectors do not fit in "

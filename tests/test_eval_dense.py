@@ -181,3 +181,53 @@ def test_dense_backend_never_builds_the_faiss_index():
     assert index._cpu is None  # no second copy of the vectors
     rank_targets(index, users, targets, histories, backend="faiss")
     assert index._cpu is not None
+
+
+# ----------------------------------------------------------------- the GPU path's rule, on any device
+
+
+def count_on_device(items, users, targets, histories, mask_history, max_k, device="cpu", **kw):
+    """`dense_gpu.count_ranks` directly: its torch code runs on the CPU here and on a GPU in
+    tests/test_gpu.py, and must give the float64 ranks on both."""
+    import torch
+
+    from mmsr.eval import dense_gpu
+
+    hist = Histories.from_lists(histories) if mask_history and histories is not None else None
+    norms = np.linalg.norm(items.astype(np.float64), axis=1)
+    dim = items.shape[1]
+    return dense_gpu.count_ranks(items, norms, rounding_bound(dim), tie_bound(dim), users, np.asarray(targets),
+                                 None if hist is None else hist.offsets, None if hist is None else hist.items, max_k,
+                                 device=torch.device(device), **kw)
+
+
+def gpu_rule_problems():
+    """(name, items, users, targets, histories): exact ties everywhere, real-valued duplicates of the
+    targets, and near-ties below float32's resolution."""
+    yield "ties", *tie_problem(seed=7)
+    yield "gaussian", *gaussian_problem(seed=2)
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal(64)
+    items = np.repeat(base[None, :], 40, axis=0)
+    items[1:, 0] += np.linspace(-1e-6, 1e-6, 39)
+    users = np.repeat(np.abs(rng.standard_normal((1, 64))).astype(np.float32) + 1, 3, axis=0)
+    yield "near-ties", items.astype(np.float32), users, np.array([0, 20, 39]), None
+
+
+@pytest.mark.parametrize("blocks", [(16, 61), (4096, 32768)])
+@pytest.mark.parametrize("mask_history", [True, False])
+def test_the_gpu_counting_rule_gives_float64_ranks(blocks, mask_history):
+    for name, items, users, targets, histories in gpu_rule_problems():
+        for max_k in (3, 50):
+            expected = reference_ranks(items, users, targets, histories, mask_history, max_k)
+            got = count_on_device(items, users, targets, histories, mask_history, max_k, users_block=blocks[0],
+                                  items_block=blocks[1])
+            np.testing.assert_array_equal(got, expected, err_msg=f"{name} max_k={max_k}")
+
+
+def test_dense_gpu_is_refused_for_an_index_on_the_cpu():
+    items, users, targets, histories = tie_problem(seed=1)
+    index = ItemIndex(items, device="cpu")
+    assert index.gpu is None
+    with pytest.raises(MMSRError, match="dense-gpu ranking backend needs a GPU"):
+        rank_targets(index, users, targets, histories, backend="dense-gpu")

@@ -1,20 +1,23 @@
-"""Which exact ranking path a CPU evaluation runs: FAISS top-k search or dense counting, by measurement.
+"""Which exact ranking path an evaluation runs: FAISS top-k search or dense counting, on a GPU when
+there is one, else by measurement on the CPU.
 
-Both paths give the same ranks (the rule and tie rule in `mmsr.eval.search`); they differ
-only in speed, and which is faster depends on the CPU and its BLAS. faiss-cpu and numpy use
-OpenBLAS, torch uses MKL: on a Xeon with AVX-512 torch's GEMM ran ~7x faster than faiss-cpu's,
-on an AMD EPYC OpenBLAS's ran faster than MKL's (docs/eval.md). So "auto" times a score block
-of each path on this machine, once per process (about half a second on one core, less on
-more), and runs the fastest; no CPU-name rules.
+Every path gives the same ranks (the rule and tie rule in `mmsr.eval.search`); they differ
+only in speed. On the CPU which is faster depends on the CPU and its BLAS: faiss-cpu and numpy
+use OpenBLAS, torch uses MKL; on a Xeon with AVX-512 torch's GEMM ran ~7x faster than
+faiss-cpu's, on an AMD EPYC OpenBLAS's ran faster than MKL's (docs/eval.md). So "auto" times a
+score block of each CPU path on this machine, once per process (about half a second on one
+core, less on more), and runs the fastest; no CPU-name rules.
 
     name          what runs                                              when "auto" picks it
     faiss-gpu     FAISS GPU IndexFlatIP top-k, candidates re-scored      the index is on a GPU
+    dense-gpu     torch score blocks on the GPU, count strictly higher   a GPU, but no FAISS GPU
     faiss-cpu     FAISS CPU IndexFlatIP top-k, near-ties re-scored       its probe is the fastest
     dense-torch   torch.mm score blocks, count strictly higher           its probe is the fastest
     dense-numpy   numpy.matmul score blocks, count strictly higher       its probe is the fastest
 
-A request is "auto", "faiss" (the index's own: faiss-gpu or faiss-cpu), "dense" (the faster
-GEMM) or one of the names above. `top_k` (mmsr recommend) always uses FAISS.
+A request is "auto", "faiss" (the index's own: faiss-gpu or faiss-cpu), "dense" (dense-gpu on
+a GPU, else the faster CPU GEMM) or one of the names above. `top_k` (mmsr recommend) always
+uses FAISS.
 """
 
 from __future__ import annotations
@@ -107,18 +110,29 @@ def probe(dim: int, k: int, threads: int) -> dict[str, float]:
 def _auto(index, k: int) -> Choice:
     if index.backend == "faiss-gpu":
         return Choice("faiss-gpu", "auto")
+    if index.gpu is not None:
+        return Choice("dense-gpu", "auto")
     # FAISS's cost grows with k (its heaps): measure at the next power of two, so that nearby
     # k share one probe.
     seconds = probe(index.dim, 1 << max(0, int(k - 1).bit_length()), dense.worker_threads())
     return Choice(min(seconds, key=seconds.get), "auto", dict(seconds))
 
 
+def _dense_gpu(index, k: int) -> Choice:
+    if index.gpu is None:
+        raise MMSRError("the dense-gpu ranking backend needs a GPU, and this index is on the CPU",
+                        hint="run on a GPU node with --search-device auto or gpu, or pick a CPU backend")
+    return Choice("dense-gpu", "dense-gpu")
+
+
 # request -> resolver(index, k) -> Choice
 _REQUESTS = {
     "auto": _auto,
     "faiss": lambda index, k: Choice(index.backend, "faiss"),
-    "dense": lambda index, k: Choice(f"dense-{dense.fastest_gemm(index.dim)}", "dense"),
+    "dense": lambda index, k: Choice("dense-gpu" if index.gpu is not None else f"dense-{dense.fastest_gemm(index.dim)}",
+                                     "dense"),
     **{f"dense-{g}": (lambda g: lambda index, k: Choice(f"dense-{g}", f"dense-{g}"))(g) for g in dense.GEMMS},
+    "dense-gpu": _dense_gpu,
 }
 
 

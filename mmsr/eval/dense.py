@@ -201,8 +201,8 @@ class _UserBlock:
             multiply(q, self.vectors[start:stop], scores)
             self._hide(scores, active, start, stop)
             bound = self.rounding * self.q_norms[active] * block_norm[b] + 1e-30
-            low = _float32_down(self.target_score[active] - bound)
-            high = _float32_up(self.target_score[active] + bound)
+            low = float32_down(self.target_score[active] - bound)
+            high = float32_up(self.target_score[active] + bound)
             scan = functools.partial(self._scan, scores, marks, active, low, high, start)
             chunks = _row_chunks(len(active), threads)
             if len(chunks) > 1:
@@ -270,7 +270,7 @@ def _row_chunks(rows: int, threads: int, min_rows: int = 32) -> list[tuple[int, 
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def _float32_down(x: np.ndarray) -> np.ndarray:
+def float32_down(x: np.ndarray) -> np.ndarray:
     """float32 values <= x (a float32 comparison against them never misses a float64 crossing)."""
     y = x.astype(np.float32)
     over = y > x
@@ -278,7 +278,7 @@ def _float32_down(x: np.ndarray) -> np.ndarray:
     return y
 
 
-def _float32_up(x: np.ndarray) -> np.ndarray:
+def float32_up(x: np.ndarray) -> np.ndarray:
     y = x.astype(np.float32)
     under = y < x
     y[under] = np.nextafter(y[under], np.float32(np.inf))

@@ -86,9 +86,10 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
                    batch_size: int = 256, device: torch.device | None = None, rank: int = 0, world: int = 1,
                    search_device: str = "auto", search_backend: str = "auto", items: torch.Tensor | None = None,
                    shard_items: bool = False) -> dict:
-    """`search_device`: "auto" (a GPU index when faiss-gpu and CUDA are present), "cpu" or "gpu".
-    `search_backend`: "auto" (measured: faiss-cpu or dense counting on the CPU, faiss-gpu on a GPU
-    index), "faiss", "dense" or a backend name (`mmsr.eval.backends`). The result's "backend"
+    """`search_device`: "auto" (the GPU when CUDA is present), "cpu" or "gpu".
+    `search_backend`: "auto" (on a GPU faiss-gpu, or dense-gpu without a FAISS GPU build; measured
+    on the CPU: faiss-cpu or dense counting), "faiss", "dense" or a backend name
+    (`mmsr.eval.backends`). The result's "backend"
     names the path that ran. `items`: the catalogue's vectors from `item_matrix`, when another
     split of the same model already computed them (the item tower is most of an evaluation's
     time on a large catalogue); the result's seconds then say "items": 0. `shard_items`: no rank

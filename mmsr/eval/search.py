@@ -38,7 +38,6 @@ from about 20 queries per call).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -85,6 +84,13 @@ def faiss_has_gpu() -> bool:
         return False
 
 
+def _torch_gpu():
+    """This process's current CUDA device (pick_device made it current), or None without CUDA."""
+    import torch  # deferred: an index on the CPU needs no torch start-up
+
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+
+
 def as_float32_matrix(x, name: str, dim: int | None = None) -> np.ndarray:
     """numpy or torch [N, D] -> C-contiguous float32 numpy, with shape and finiteness checks."""
     if hasattr(x, "detach"):  # a torch tensor, on any device
@@ -106,11 +112,13 @@ def as_float32_matrix(x, name: str, dim: int | None = None) -> np.ndarray:
 class ItemIndex:
     """An exact inner-product index over item vectors (FAISS `IndexFlatIP`).
 
-    `device`: "auto" (GPU when FAISS has GPU support and CUDA is present, else CPU), "cpu"
-    or "gpu" (an error when unavailable). `backend` says which was used: "faiss-gpu" or
-    "faiss-cpu". The float32 vectors are kept for exact re-scoring of candidates and for the
-    dense path; the FAISS CPU index (a second copy of them) is built on its first search, so
-    an evaluation that counts densely never holds it.
+    `device`: "auto" (a GPU when one is present, else the CPU), "cpu" or "gpu" (an error
+    without CUDA). On a GPU, FAISS's GPU index when this FAISS build has one, and in any case
+    `gpu`, the torch device that the dense GPU path (`mmsr.eval.dense_gpu`) counts on (this
+    process's current GPU: its own under torchrun). `backend` names the FAISS index:
+    "faiss-gpu" or "faiss-cpu". The float32 vectors are kept for exact re-scoring of
+    candidates and for the dense paths; the FAISS CPU index (a second copy of them) is built
+    on its first search, so an evaluation that counts densely never holds it.
     """
 
     def __init__(self, item_vectors, device: str = "auto"):
@@ -124,13 +132,13 @@ class ItemIndex:
         self._cpu = None
         self._gpu = None
         self._gpu_resources = None
-        use_gpu = device == "gpu" or (device == "auto" and faiss_has_gpu())
-        if use_gpu:
-            if not faiss_has_gpu():
-                raise MMSRError("a GPU index was asked for, but this FAISS build has no GPU support or sees no CUDA device",
-                                hint="install faiss-gpu-cu12 on a CUDA machine, or use --device cpu")
-            # Under torchrun each rank uses its own GPU (LOCAL_RANK), as the trainer does.
-            self.gpu_id = int(os.environ.get("LOCAL_RANK", "0")) % faiss.get_num_gpus()
+        self.gpu = _torch_gpu() if device != "cpu" else None
+        if device == "gpu" and self.gpu is None:
+            raise MMSRError("a GPU index was asked for, but this process sees no CUDA device",
+                            hint="run on a GPU node, or use --search-device cpu")
+        if self.gpu is not None and faiss_has_gpu():
+            # Under torchrun each rank uses its own GPU, the one pick_device made current.
+            self.gpu_id = self.gpu.index
             self._gpu_resources = faiss.StandardGpuResources()
             self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_id, self.cpu_index())
         self.backend = "faiss-gpu" if self._gpu is not None else "faiss-cpu"
@@ -335,11 +343,23 @@ def _dense_ranks(gemm: str):
     return run
 
 
+def _dense_gpu_ranks(index: ItemIndex, queries, targets, hist: Histories | None, max_k: int, batch_size: int,
+                     on_batch):
+    """The dense path on the index's GPU (`mmsr.eval.dense_gpu`): the same ranks, the blocks on the device."""
+    from mmsr.eval import dense_gpu  # deferred: imports torch, which the CPU paths never need
+
+    offsets, items = (hist.offsets, hist.items) if hist is not None else (None, None)
+    return dense_gpu.count_ranks(index.vectors, index.norms, rounding_bound(index.dim), index.tie, queries, targets,
+                                 offsets, items, max_k, device=index.gpu,
+                                 users_block=min(batch_size, dense_gpu.USERS_BLOCK), on_batch=on_batch)
+
+
 # backend name (mmsr.eval.backends) -> ranks(index, queries, targets, hist, max_k, batch_size, on_batch)
 _RANKERS = {
     "faiss-cpu": _faiss_ranks,
     "faiss-gpu": _faiss_ranks,
     **{f"dense-{gemm}": _dense_ranks(gemm) for gemm in dense.GEMMS},
+    "dense-gpu": _dense_gpu_ranks,
 }
 
 

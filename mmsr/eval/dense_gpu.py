@@ -1,0 +1,136 @@
+"""Exact ranks by counting on a GPU (torch): `mmsr.eval.dense`'s rule with the score blocks on the device.
+
+Why a torch path: FAISS's GPU wheels on PyPI are built for CUDA 12 (faiss-gpu-cu12 loads
+libcublas.so.12), and an image built on CUDA 13 has none, so a GPU node may have no FAISS GPU
+index at all; torch, which trains the model, always has the GPU. A GPU counts a score block so
+fast that no top-k is worth keeping.
+
+The rule (`mmsr.eval.search`) and its arithmetic (`mmsr.eval.exact`) are the CPU paths':
+
+1. one float32 GEMM per users block x items block, with TF32 off (the rounding bound assumes
+   float32 products and sums, in any order);
+2. the masked entries (the history under the paper's protocol) and the target itself at -inf;
+3. on the device, per user: the items surely higher (score > target + bound, the bound taken for
+   the block's largest item norm) are counted, and the near ones (within the bound) are listed;
+4. the near ones, few for a trained model, are copied to the host and decided as the CPU paths
+   decide a candidate: by the pair's own bound, else by the shared float64 re-score
+   (`exact.exact_higher`), so identical items tie on every path.
+
+So the ranks are the CPU paths' ranks, case by case, whatever the GPU's summation order. Memory
+on the device: the item vectors (N x D float32) and one users_block x items_block score block
+with its boolean masks (512 MB + 2 x 128 MB at the defaults). The code is device-agnostic torch:
+tests run it on the CPU, where it must give the same ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from mmsr.eval.dense import float32_down, float32_up
+from mmsr.eval.exact import exact_higher, target_scores
+
+# 4096 x 32768 float32: a 512 MB score block, large enough to keep an H200 busy per launch.
+USERS_BLOCK = 4096
+ITEMS_BLOCK = 32768
+
+
+@contextlib.contextmanager
+def ieee_float32():
+    """float32 matrix products in full float32 (no TF32) for the duration, restored after."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = saved
+
+
+def count_ranks(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: float, queries: np.ndarray,
+                targets: np.ndarray, offsets: np.ndarray | None, history: np.ndarray | None, max_k: int, *,
+                device: torch.device, users_block: int = USERS_BLOCK, items_block: int = ITEMS_BLOCK,
+                on_batch=None) -> np.ndarray:
+    """1-based ranks [U] (capped at max_k + 1), as `mmsr.eval.dense.count_ranks` returns them,
+    with the score blocks computed and counted on `device`."""
+    targets = np.asarray(targets, dtype=np.int64)
+    counts = np.zeros(len(queries), dtype=np.int64)
+    if len(vectors) and len(queries):
+        exact = _Exact(vectors, norms, rounding, tie, queries, targets)
+        users_block = max(1, min(users_block, len(queries)))
+        items_block = max(1, min(items_block, len(vectors)))
+        with ieee_float32():
+            items = torch.from_numpy(vectors).to(device)
+            block_norms = [float(norms[b:b + items_block].max()) for b in range(0, len(vectors), items_block)]
+            for start in range(0, len(queries), users_block):
+                stop = min(start + users_block, len(queries))
+                hidden = _hidden(targets, offsets, history, start, stop)
+                counts[start:stop] = _count_block(items, block_norms, items_block, exact, start, stop, hidden, device,
+                                                  max_k)
+                if on_batch is not None:
+                    on_batch(stop)
+    return np.where(counts >= max_k, max_k + 1, counts + 1)
+
+
+class _Exact:
+    """The host-side float64 arithmetic of the rule, for every user at once."""
+
+    def __init__(self, vectors, norms, rounding, tie, queries, targets):
+        self.vectors, self.norms, self.rounding, self.tie, self.queries = vectors, norms, rounding, tie, queries
+        self.target_score = target_scores(queries, vectors, targets)
+        self.target_norm = norms[targets]
+        self.q_norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+
+    def higher(self, users: np.ndarray, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """bool: each (user, item) pair's float32 `scores` decided as the CPU paths decide a
+        candidate: beyond the pair's rounding bound, by the score; within it, by float64."""
+        diff = scores.astype(np.float64) - self.target_score[users]
+        bound = self.rounding * self.q_norms[users] * self.norms[items] + 1e-30
+        out = diff > bound
+        unsure = np.flatnonzero(np.abs(diff) <= bound)
+        if len(unsure):
+            out[unsure] = exact_higher(self.vectors, self.norms, self.tie, self.queries, self.q_norms,
+                                       self.target_score, self.target_norm, users[unsure], items[unsure])
+        return out
+
+
+def _hidden(targets, offsets, history, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows within the block, items) set to -inf: each user's target and, when masked, history."""
+    rows = np.arange(stop - start)
+    items = targets[start:stop]
+    if offsets is not None:
+        lengths = np.diff(offsets[start:stop + 1])
+        rows = np.concatenate([rows, np.repeat(np.arange(stop - start), lengths)])
+        items = np.concatenate([items, np.asarray(history[offsets[start]:offsets[stop]], dtype=np.int64)])
+    order = np.argsort(items, kind="stable")
+    return rows[order], items[order]
+
+
+def _count_block(items: torch.Tensor, block_norms: list[float], items_block: int, exact: _Exact, start: int,
+                 stop: int, hidden: tuple[np.ndarray, np.ndarray], device: torch.device, max_k: int) -> np.ndarray:
+    """The capped counts of users start:stop over every item block."""
+    q = torch.from_numpy(np.ascontiguousarray(exact.queries[start:stop])).to(device)
+    target = exact.target_score[start:stop]
+    q_norms = exact.q_norms[start:stop]
+    hide_rows, hide_items = hidden
+    sure = torch.zeros(stop - start, dtype=torch.int64, device=device)
+    near = np.zeros(stop - start, dtype=np.int64)
+    for b, first in enumerate(range(0, len(items), items_block)):
+        last = min(first + items_block, len(items))
+        scores = q @ items[first:last].T
+        lo, hi = np.searchsorted(hide_items, [first, last])
+        if lo < hi:
+            rows = torch.from_numpy(hide_rows[lo:hi]).to(device)
+            scores[rows, torch.from_numpy(hide_items[lo:hi] - first).to(device)] = -torch.inf
+        bound = exact.rounding * q_norms * block_norms[b] + 1e-30
+        low = torch.from_numpy(float32_down(target - bound)).to(device)[:, None]
+        high = torch.from_numpy(float32_up(target + bound)).to(device)[:, None]
+        sure += (scores > high).sum(dim=1)
+        r, c = torch.nonzero((scores >= low) & (scores <= high), as_tuple=True)
+        if len(r):
+            rows, cols = r.cpu().numpy(), c.cpu().numpy()
+            decided = exact.higher(rows + start, cols + first, scores[r, c].cpu().numpy())
+            near += np.bincount(rows[decided], minlength=stop - start)
+    return np.minimum(sure.cpu().numpy() + near, max_k)
