@@ -7,6 +7,7 @@ build in a subprocess (so a test can SIGKILL it or run two shards side by side).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,13 @@ from mmsr.encoders.base import SplitEncoder  # noqa: E402
 from mmsr.encoders.config import EncoderConfig  # noqa: E402
 
 DIM = 16
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_pythonpath() -> str:
+    """PYTHONPATH for a subprocess: this checkout first, then what this process was given (a node
+    whose packages come from PYTHONPATH rather than an installed environment keeps them)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 class _Blocks(nn.Module):

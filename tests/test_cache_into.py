@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cache_helpers import fake_config, fake_encoders
+from cache_helpers import fake_config, fake_encoders, repo_pythonpath
 from mmsr.caches import cache_path
 from mmsr.data.dataset import load_dataset
 from mmsr.errors import MMSRError
@@ -24,7 +24,6 @@ from mmsr_store import StoreError, open_cache
 from mmsr_store import reader as store_reader
 from mmsr_store.errors import OutOfSpaceError
 
-REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
@@ -366,7 +365,7 @@ mount -o remount,size=2048k "$MOUNT_AT"
 {python} > {out}/second.out 2>&1; echo $? > {out}/second.rc
 """
     # The text copy (~120 kB) fits in 160 kB; the image copy (~155 kB) does not.
-    done = run_on_small_disk(path / "mmap", 160, script, env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    done = run_on_small_disk(path / "mmap", 160, script, env={"PYTHONPATH": repo_pythonpath(), "OMP_NUM_THREADS": "1"},
                              timeout=300)
     assert done.returncode == 0, done.stderr
     first = (out / "first.out").read_text()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache_helpers import FakeTextEncoder, fake_config, fake_encoders
+from cache_helpers import FakeTextEncoder, fake_config, fake_encoders, repo_pythonpath
 from mmsr.cache_stage import build_cache
 from mmsr.caches import cache_path, expected_fingerprints, open_checked_cache
 from mmsr.data.dataset import load_dataset
@@ -23,7 +23,6 @@ from mmsr.errors import MMSRError
 from mmsr_store import StoreError, open_cache
 
 HELPER = Path(__file__).with_name("cache_helpers.py")
-REPO = HELPER.parents[1]
 
 
 def build(dataset_root, cache_dir, **options):
@@ -43,7 +42,7 @@ def arrays(cache_dir) -> dict[str, bytes]:
 
 
 def run_helper(dataset_root, cache_dir, *args) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_pythonpath()}
     return subprocess.Popen([sys.executable, str(HELPER), str(dataset_root), str(cache_dir), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

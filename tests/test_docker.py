@@ -180,7 +180,8 @@ def test_torchrun_recipe_two_local_processes(small_demo, tmp_path):
     def recipe(*args):
         env = dict(os.environ, NNODES="1", NPROC_PER_NODE="2", RDZV_ENDPOINT=f"127.0.0.1:{_free_port()}",
                    RDZV_ID="test", MAX_RESTARTS="1", TORCHRUN=str(torchrun), OMP_NUM_THREADS="1",
-                   MMSR_HOME=str(home), MMSR_NO_PROGRESS="1", GLOO_SOCKET_IFNAME="lo")
+                   MMSR_HOME=str(home), MMSR_NO_PROGRESS="1", GLOO_SOCKET_IFNAME="lo",
+                   CUDA_VISIBLE_DEVICES="")  # gloo's two CPU processes, on a GPU node too
         result = subprocess.run(["bash", str(DOCKER / "torchrun.sh"), *args], env=env, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

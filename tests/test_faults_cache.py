@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cache_helpers import fake_config, fake_encoders
+from cache_helpers import fake_config, fake_encoders, repo_pythonpath
 from fault_helpers import MMSR, run_on_small_disk
 from mmsr.cache_stage import CacheBuildConfig, build_cache, repair_cache
 from mmsr.data.dataset import load_dataset
@@ -26,7 +26,6 @@ from mmsr_store.verify import BadChunk
 
 pytestmark = pytest.mark.faults
 
-REPO = Path(__file__).resolve().parents[1]
 CHUNK = 16  # items per chunk of the fake-encoder builds
 
 
@@ -67,7 +66,7 @@ def tiny_build_args(small_demo, tiny_models) -> list[str]:
 
 def cli_env(mmsr_home) -> dict:
     return {**os.environ, "MMSR_HOME": str(mmsr_home), "MMSR_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO)}
+            "PYTHONPATH": repo_pythonpath()}
 
 
 # ----------------------------------------------------------------------------- checksums, verify, repair

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import test_encoders as contract
+from cache_helpers import repo_pythonpath
 from mmsr import config as config_lib
 from mmsr.encoders import create_encoder
 from mmsr.encoders.config import EncoderConfig
@@ -303,7 +304,7 @@ def test_joint_cache_shards_resumes_after_sigkill_and_refuses_another_model(tiny
     assert _build(small_demo, reference, tiny_dirs["vilt"]).complete
     first = _build(small_demo, cache, tiny_dirs["vilt"], shard="0/2")
     assert first.modalities["joint"].encoded_items == 16 * 9 + 12 and not first.complete  # chunks 0, 2, ..., 18 (12 items)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HELPER.parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_pythonpath()}
     process = subprocess.Popen([sys.executable, str(HELPER), str(small_demo), str(cache), "--joint", tiny_dirs["vilt"],
                                 "--shard", "1/2", "--sleep", "0.1"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

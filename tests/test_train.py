@@ -261,9 +261,14 @@ def build_model_for(config, dataset):
     return build_model(config, dataset.num_items, categories=dataset.item_categories())
 
 
+# The commands these tests start check CPU behaviour (bit-identical resumes, gloo DDP of two
+# processes): they see no GPU, so a GPU node runs them as CI does. tests/test_gpu.py gives it back.
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+
+
 def _cli(args, home, env_extra=None, module=("-m", "mmsr_cli.app")):
     env = dict(os.environ, MMSR_HOME=str(home), MMSR_NO_PROGRESS="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
-               **(env_extra or {}))
+               **{**CPU_ONLY, **(env_extra or {})})
     return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -299,23 +304,25 @@ EXPECTED_STATUS = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 128 + signal
                    signal.SIGINT: 128 + signal.SIGINT}
 
 
-def kill_and_resume(overrides, kill_at: int, home, signum: int = signal.SIGKILL, whole: Path | None = None):
+def kill_and_resume(overrides, kill_at: int, home, signum: int = signal.SIGKILL, whole: Path | None = None,
+                    env_extra: dict | None = None):
     """Train run "whole" uninterrupted, and run "killed" through the CLI, hit by `signum` after
     global step `kill_at`, then resumed with `--resume`. Returns both last checkpoints and both
     last metrics.jsonl records (and, through `kill_and_resume.stderr`, what the signalled run said).
-    `whole`: a run already trained uninterrupted with `overrides`, copied instead of trained again."""
+    `whole`: a run already trained uninterrupted with `overrides`, copied instead of trained again.
+    `env_extra`: the commands' environment beyond `_cli`'s."""
     if whole is not None:
         shutil.copytree(whole, home / "runs" / "whole")
     else:
-        trained = _cli(["train", "--run", "whole", *_sets(overrides)], home)
+        trained = _cli(["train", "--run", "whole", *_sets(overrides)], home, env_extra)
         assert trained.returncode == 0, trained.stderr
     # The signal comes from the test's side: a progress callback that signals its own process
     # after that step (the recipe calls it after the step's checkpoint).
-    killed = _cli([str(int(signum)), str(kill_at), "--run", "killed", *_sets(overrides)], home,
+    killed = _cli([str(int(signum)), str(kill_at), "--run", "killed", *_sets(overrides)], home, env_extra,
                   module=("-c", _SIGNAL_AT_STEP))
     assert killed.returncode == EXPECTED_STATUS[signum], killed.stderr[-2000:]
     kill_and_resume.stderr = killed.stderr
-    resumed = _cli(["train", "--run", "killed", "--resume"], home)
+    resumed = _cli(["train", "--run", "killed", "--resume"], home, env_extra)
     assert resumed.returncode == 0, resumed.stderr
     checkpoints = [torch.load(home / f"runs/{run}/checkpoints/last.pt", weights_only=True) for run in ("whole", "killed")]
     last = [json.loads((home / f"runs/{run}/metrics.jsonl").read_text().splitlines()[-1]) for run in ("whole", "killed")]

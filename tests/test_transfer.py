@@ -37,7 +37,7 @@ def _train(overrides, run_dir, **kwargs):
 
 
 def _weights(run_dir, name="last.pt") -> dict:
-    return torch.load(run_dir / "checkpoints" / name, weights_only=True)
+    return torch.load(run_dir / "checkpoints" / name, weights_only=True, map_location="cpu")
 
 
 @pytest.fixture(scope="module")
