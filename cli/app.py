@@ -46,6 +46,24 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
 
 
 def main() -> None:
+    try:
+        _main()
+    except SystemExit as done:
+        if done.code is None or isinstance(done.code, int):  # a message (never ours) exits as Python does
+            _exit_after_group(done.code or 0)
+        raise
+    _exit_after_group(0)
+
+
+def _exit_after_group(code: int) -> None:
+    """A torchrun rank ends through `mmsr.distributed.exit_after_group` (why: its docstring). A
+    process that joined a group has imported that module; one that did not needs no torch here."""
+    joined = sys.modules.get("mmsr.distributed")
+    if joined is not None:
+        joined.exit_after_group(code)
+
+
+def _main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:

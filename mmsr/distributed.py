@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -43,13 +44,40 @@ def init_from_env(device: torch.device) -> Dist:
         # Leave the group before the interpreter tears down gloo's threads (otherwise a rank
         # can abort with "terminate called without an active exception" at exit).
         atexit.register(_leave)
+        _joined[0] = True
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+_joined = [False]  # this process joined a process group (and so must end through exit_after_group)
 
 
 def _leave() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_after_group(code: int) -> None:
+    """End a process that joined a process group with `code`, skipping the interpreter's teardown:
+    the exit handlers run (ours leaves the group: a barrier, then destroy), the standard streams
+    are flushed, then `os._exit`. Returns (a normal exit follows) when no group was joined.
+
+    Why: leaving the group at exit was not enough. Objects still alive at teardown (gloo's work
+    objects, the DDP reducer) can hold tensors whose release takes the GIL of an interpreter being
+    torn down, and the rank aborts ("terminate called without an active exception", SIGABRT)
+    after its work is done, failing the whole torchrun job (seen once in CI, in a two-process
+    test). Nothing is lost by skipping teardown: every file mmsr writes is written and closed
+    (atomically) before a command returns.
+    """
+    if not _joined[0]:
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+            pass
+    os._exit(code)
 
 
 def pick_device(name: str = "auto") -> torch.device:

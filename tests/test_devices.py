@@ -3,10 +3,14 @@
 A torchrun rank must train on its own GPU (LOCAL_RANK), make it current, and bind NCCL to it:
 anything that takes "the current device" (NCCL's metric sums, pinned-memory threads) otherwise
 lands on GPU 0 in every rank. And a checkpoint written by rank 0 gives every rank its own
-random state back, with the GPU generator of its own device.
+random state back, with the GPU generator of its own device. And a process that joined a group
+ends with its command's code without the interpreter's teardown.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -93,3 +97,23 @@ def test_checkpoints_from_before_per_rank_states_still_resume(tmp_path):
     torch.manual_seed(0)
     checkpoint.restore_rng(legacy, 1)
     assert torch.equal(_draws(), expected)
+
+
+def test_a_process_that_joined_a_group_ends_with_its_code_after_the_exit_handlers(tmp_path):
+    """`exit_after_group`: without a group it returns (a normal exit follows); after one it runs
+    the exit handlers (where the group is left), flushes what is still buffered, and ends with the
+    command's code, skipping the interpreter's teardown that aborted gloo ranks."""
+    script = f"""
+import atexit, sys
+from mmsr import distributed
+distributed.exit_after_group(5)  # no group joined: returns
+atexit.register(lambda: open({str(tmp_path / "handler")!r}, "w").write("ran"))
+distributed._joined[0] = True
+sys.stdout.write("buffered, no newline")
+distributed.exit_after_group(7)
+raise SystemExit(1)  # never reached
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 7, done.stderr
+    assert done.stdout == "buffered, no newline"
+    assert (tmp_path / "handler").read_text() == "ran"
