@@ -157,12 +157,35 @@ def item_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig)
     return out
 
 
+def inputs_version(dataset: Dataset) -> str:
+    """The version of the dataset's item inputs that recorded digests are kept for: meta.json's
+    content hash (written with the dataset) and a stamp of the files as they are now, the size and
+    modification time of items.jsonl and of every item's picture. The stamp changes when a file
+    is edited by hand, which the content hash cannot see; a stat per picture costs far less than
+    reading it. "" (never trusted) for a dataset without a content hash."""
+    content = dataset.meta.get("content_hash", "")
+    if not content:
+        return ""
+    stamp = hashlib.blake2b(digest_size=12)
+    paths = [dataset.root / "items.jsonl"] + [dataset.image_path(i) for i in range(dataset.num_items)]
+    for path in paths:
+        if path is None:
+            stamp.update(b"-\0")
+            continue
+        try:
+            status = os.stat(path)
+            stamp.update(f"{status.st_size} {status.st_mtime_ns}\0".encode())
+        except OSError:
+            stamp.update(b"missing\0")
+    return f"{content}+{stamp.hexdigest()}"
+
+
 def current_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig,
-                    recorded: tuple[str, list[str]] | None) -> list[str]:
+                    recorded: tuple[str, list[str]] | None, version: str | None = None) -> list[str]:
     """`item_digests` of the dataset as it is: the `recorded` (source, digests) when they were
-    read from this very version of it (meta.json's content hash) and cover every item, else
-    every item's inputs read again (pictures included)."""
-    version = dataset.meta.get("content_hash", "")
+    read from this very version of it (`inputs_version`, computed here unless given) and cover
+    every item, else every item's inputs read again (pictures included)."""
+    version = inputs_version(dataset) if version is None else version
     if recorded is not None and version and recorded[0] == version and len(recorded[1]) == dataset.num_items:
         return recorded[1]
     return item_digests(dataset, modality, encoder_config)
@@ -172,14 +195,17 @@ def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderCon
                       on_bad_image: str = "error") -> None:
     """Refuse a cache whose rows were encoded from other texts or pictures than the dataset's
     items hold now: a dataset regenerated or re-imported under the same name, with the same item
-    ids. Fast when the dataset is the version the build read (its meta.json content hash);
+    ids, or its files edited by hand. Fast when the dataset is the version the build read
+    (`inputs_version`: its content hash, and its files' sizes and times unchanged);
     otherwise every item's inputs are read again (pictures included). A cache built before the
     digests were kept is not checked."""
+    version = None
     for modality in cache.modalities:
         stored = cache.item_digests(modality)
         if stored is None:
             continue
-        now = current_digests(dataset, modality, encoder_config, stored)
+        version = inputs_version(dataset) if version is None else version
+        now = current_digests(dataset, modality, encoder_config, stored, version)
         changed = [row for row, (a, b) in enumerate(zip(stored[1], now)) if a != b]
         if changed:
             ids = dataset.item_ids()

@@ -278,6 +278,35 @@ def test_rows_encoded_from_other_texts_or_pictures_are_refused_naming_the_first_
         opened()
 
 
+def test_files_edited_by_hand_are_caught_though_meta_json_is_unchanged(small_demo, tmp_path):
+    """A title edited in items.jsonl, then a picture overwritten in place with as many bytes, and
+    meta.json's content hash left as it was (no re-import): the files' sizes and times changed,
+    so the inputs are read again and training refuses the changed rows; undone, it opens."""
+    root = copy_dataset(small_demo, tmp_path / "shop")
+    path = tmp_path / "cache"
+    build(root, path)
+
+    def opened():
+        return open_checked_cache(path, fake_encoders(), load_dataset(root, check_images=False), fake_config())
+
+    opened()
+    original = (root / "items.jsonl").read_text()
+    items = [json.loads(line) for line in original.splitlines()]
+    items[5]["title"] = items[5]["title"].upper() + " (edited)"
+    (root / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    with pytest.raises(MMSRError, match=f"1 item of dataset \\S+ changed text since this cache was built "
+                                        f"\\(the first: item '{items[5]['id']}'\\)"):
+        opened()
+    (root / "items.jsonl").write_text(original)
+    opened()  # read again: the inputs the cache was built from
+
+    picture = root / next(item for item in items[20:] if item["image"])["image"]
+    data = picture.read_bytes()
+    picture.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, same name, one bit
+    with pytest.raises(MMSRError, match="changed image since this cache was built"):
+        opened()
+
+
 def test_an_unchanged_dataset_is_not_read_again_for_its_digests(small_demo, tmp_path, monkeypatch):
     """The digests recorded for the dataset's version (its content hash) serve a rerun of the
     build and every training open: no text or picture is read again for them."""
