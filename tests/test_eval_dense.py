@@ -231,3 +231,21 @@ def test_dense_gpu_is_refused_for_an_index_on_the_cpu():
     assert index.gpu is None
     with pytest.raises(MMSRError, match="dense-gpu ranking backend needs a GPU"):
         rank_targets(index, users, targets, histories, backend="dense-gpu")
+
+
+def test_a_catalogue_too_big_for_the_gpu_is_refused_by_name_and_left_to_the_cpu_by_auto(monkeypatch):
+    """The GPU's free memory as torch would report it: 1 MiB is too little for the item vectors and
+    the block buffers, so `auto` ranks on the CPU and `dense-gpu` asked for by name says why."""
+    import torch
+
+    items, users, targets, histories = tie_problem(seed=1)
+    index = ItemIndex(items, device="cpu")
+    index.gpu = torch.device("cuda", 0)  # as on a GPU node whose FAISS has no GPU build
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 20, 1 << 30))
+    assert resolve_backend(index, "auto", k=11).name in ["faiss-cpu", *DENSE]
+    with pytest.raises(MMSRError, match=r"ranking on the GPU needs .* of item vectors and buffers, 1\.0 MB free "
+                                        r"on cuda:0") as error:
+        rank_targets(index, users, targets, histories, backend="dense-gpu")
+    assert "--search-device cpu" in error.value.hint
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (16 << 30, 16 << 30))
+    assert resolve_backend(index, "auto").name == "dense-gpu"

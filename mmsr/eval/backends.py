@@ -10,7 +10,7 @@ core, less on more), and runs the fastest; no CPU-name rules.
 
     name          what runs                                              when "auto" picks it
     faiss-gpu     FAISS GPU IndexFlatIP top-k, candidates re-scored      the index is on a GPU
-    dense-gpu     torch score blocks on the GPU, count strictly higher   a GPU, but no FAISS GPU
+    dense-gpu     torch score blocks on the GPU, count strictly higher   a GPU, no FAISS GPU, items fit
     faiss-cpu     FAISS CPU IndexFlatIP top-k, near-ties re-scored       its probe is the fastest
     dense-torch   torch.mm score blocks, count strictly higher           its probe is the fastest
     dense-numpy   numpy.matmul score blocks, count strictly higher       its probe is the fastest
@@ -111,7 +111,10 @@ def _auto(index, k: int) -> Choice:
     if index.backend == "faiss-gpu":
         return Choice("faiss-gpu", "auto")
     if index.gpu is not None:
-        return Choice("dense-gpu", "auto")
+        from mmsr.eval import dense_gpu  # deferred: imports torch, which a CPU-only index never needs
+
+        if dense_gpu.fits(index.num_items, index.dim, index.gpu)[0]:
+            return Choice("dense-gpu", "auto")
     # FAISS's cost grows with k (its heaps): measure at the next power of two, so that nearby
     # k share one probe.
     seconds = probe(index.dim, 1 << max(0, int(k - 1).bit_length()), dense.worker_threads())

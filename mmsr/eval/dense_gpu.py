@@ -18,7 +18,8 @@ The rule (`mmsr.eval.search`) and its arithmetic (`mmsr.eval.exact`) are the CPU
 
 So the ranks are the CPU paths' ranks, case by case, whatever the GPU's summation order. Memory
 on the device: the item vectors (N x D float32) and one users_block x items_block score block
-with its boolean masks (512 MB + 2 x 128 MB at the defaults). The code is device-agnostic torch:
+with its boolean masks (512 MB + 2 x 128 MB at the defaults); `auto` takes this path only when
+they fit in MEMORY_SHARE of the GPU's free memory, and asked for by name it says when they do not. The code is device-agnostic torch:
 tests run it on the CPU, where it must give the same ranks.
 """
 
@@ -29,12 +30,31 @@ import contextlib
 import numpy as np
 import torch
 
+from mmsr.errors import MMSRError
 from mmsr.eval.dense import float32_down, float32_up
 from mmsr.eval.exact import exact_higher, target_scores
+from mmsr_store.memory import human_bytes
 
 # 4096 x 32768 float32: a 512 MB score block, large enough to keep an H200 busy per launch.
 USERS_BLOCK = 4096
 ITEMS_BLOCK = 32768
+# The share of the GPU's free memory the item vectors and the block buffers may take: the rest
+# is the model's, and the allocator's slack.
+MEMORY_SHARE = 0.8
+
+
+def device_need(num_items: int, dim: int, users_block: int = USERS_BLOCK, items_block: int = ITEMS_BLOCK) -> int:
+    """Bytes on the device: the item vectors, a block of queries, the score block and its two masks."""
+    items_block = min(items_block, num_items)
+    return 4 * (num_items + users_block) * dim + users_block * items_block * (4 + 1 + 1)
+
+
+def fits(num_items: int, dim: int, device: torch.device) -> tuple[bool, str]:
+    """(whether this path's buffers fit in MEMORY_SHARE of `device`'s free memory, a sentence on it)."""
+    if device.type != "cuda":
+        return True, ""
+    need, free = device_need(num_items, dim), int(torch.cuda.mem_get_info(device)[0])
+    return need <= MEMORY_SHARE * free, f"{human_bytes(need)} of item vectors and buffers, {human_bytes(free)} free on {device}"
 
 
 @contextlib.contextmanager
@@ -57,6 +77,11 @@ def count_ranks(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: fl
     with the score blocks computed and counted on `device`."""
     targets = np.asarray(targets, dtype=np.int64)
     counts = np.zeros(len(queries), dtype=np.int64)
+    ok, why = fits(len(vectors), vectors.shape[1], device)
+    if not ok:
+        raise MMSRError(f"ranking on the GPU needs {why}", where=str(device),
+                        hint="rank on the CPU (--search-device cpu), or share the items over torchrun ranks "
+                             "(--shard-items)")
     if len(vectors) and len(queries):
         exact = _Exact(vectors, norms, rounding, tie, queries, targets)
         users_block = max(1, min(users_block, len(queries)))
