@@ -242,10 +242,8 @@ def _new_version(root: Path, version: str) -> None:
     (root / "meta.json").write_text(json.dumps({**meta, "content_hash": version}))
 
 
-def test_rows_encoded_from_other_texts_or_pictures_are_refused_naming_the_first_item(small_demo, tmp_path):
-    """The same item ids with another title or picture (a dataset regenerated or re-imported
-    under the same name): building on the cache and training from it both refuse, naming the
-    first changed item. A new version whose items are unchanged (new interactions) keeps it."""
+def _cached_copy(small_demo, tmp_path):
+    """(a copy of the small demo, its cache built, a training open of that cache: checked)."""
     root = copy_dataset(small_demo, tmp_path / "shop")
     path = tmp_path / "cache"
     build(root, path)
@@ -253,6 +251,14 @@ def test_rows_encoded_from_other_texts_or_pictures_are_refused_naming_the_first_
     def opened():
         return open_checked_cache(path, fake_encoders(), load_dataset(root, check_images=False), fake_config())
 
+    return root, path, opened
+
+
+def test_rows_encoded_from_other_texts_or_pictures_are_refused_naming_the_first_item(small_demo, tmp_path):
+    """The same item ids with another title or picture (a dataset regenerated or re-imported
+    under the same name): building on the cache and training from it both refuse, naming the
+    first changed item. A new version whose items are unchanged (new interactions) keeps it."""
+    root, path, opened = _cached_copy(small_demo, tmp_path)
     opened()
     _new_version(root, "interactions only")
     opened()  # every item read again: the same inputs
@@ -282,13 +288,7 @@ def test_files_edited_by_hand_are_caught_though_meta_json_is_unchanged(small_dem
     """A title edited in items.jsonl, then a picture overwritten in place with as many bytes, and
     meta.json's content hash left as it was (no re-import): the files' sizes and times changed,
     so the inputs are read again and training refuses the changed rows; undone, it opens."""
-    root = copy_dataset(small_demo, tmp_path / "shop")
-    path = tmp_path / "cache"
-    build(root, path)
-
-    def opened():
-        return open_checked_cache(path, fake_encoders(), load_dataset(root, check_images=False), fake_config())
-
+    root, _, opened = _cached_copy(small_demo, tmp_path)
     opened()
     original = (root / "items.jsonl").read_text()
     items = [json.loads(line) for line in original.splitlines()]
