@@ -243,9 +243,11 @@ def test_a_catalogue_too_big_for_the_gpu_is_refused_by_name_and_left_to_the_cpu_
     index.gpu = torch.device("cuda", 0)  # as on a GPU node whose FAISS has no GPU build
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 20, 1 << 30))
     assert resolve_backend(index, "auto", k=11).name in ["faiss-cpu", *DENSE]
+    assert resolve_backend(index, "dense").name in DENSE
     with pytest.raises(MMSRError, match=r"ranking on the GPU needs .* of item vectors and buffers, 1\.0 MB free "
                                         r"on cuda:0") as error:
         rank_targets(index, users, targets, histories, backend="dense-gpu")
     assert "--search-device cpu" in error.value.hint
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (16 << 30, 16 << 30))
     assert resolve_backend(index, "auto").name == "dense-gpu"
+    assert resolve_backend(index, "dense").name == "dense-gpu"

@@ -16,7 +16,7 @@ core, less on more), and runs the fastest; no CPU-name rules.
     dense-numpy   numpy.matmul score blocks, count strictly higher       its probe is the fastest
 
 A request is "auto", "faiss" (the index's own: faiss-gpu or faiss-cpu), "dense" (dense-gpu on
-a GPU, else the faster CPU GEMM) or one of the names above. `top_k` (mmsr recommend) always
+a GPU that holds it, else the faster CPU GEMM) or one of the names above. `top_k` (mmsr recommend) always
 uses FAISS.
 """
 
@@ -110,15 +110,21 @@ def probe(dim: int, k: int, threads: int) -> dict[str, float]:
 def _auto(index, k: int) -> Choice:
     if index.backend == "faiss-gpu":
         return Choice("faiss-gpu", "auto")
-    if index.gpu is not None:
-        from mmsr.eval import dense_gpu  # deferred: imports torch, which a CPU-only index never needs
-
-        if dense_gpu.fits(index.num_items, index.dim, index.gpu)[0]:
-            return Choice("dense-gpu", "auto")
+    if _gpu_holds(index):
+        return Choice("dense-gpu", "auto")
     # FAISS's cost grows with k (its heaps): measure at the next power of two, so that nearby
     # k share one probe.
     seconds = probe(index.dim, 1 << max(0, int(k - 1).bit_length()), dense.worker_threads())
     return Choice(min(seconds, key=seconds.get), "auto", dict(seconds))
+
+
+def _gpu_holds(index) -> bool:
+    """The index has a GPU whose free memory holds dense-gpu's buffers (else the CPU paths rank)."""
+    if index.gpu is None:
+        return False
+    from mmsr.eval import dense_gpu  # deferred: imports torch, which a CPU-only index never needs
+
+    return dense_gpu.fits(index.num_items, index.dim, index.gpu)[0]
 
 
 def _dense_gpu(index, k: int) -> Choice:
@@ -132,7 +138,7 @@ def _dense_gpu(index, k: int) -> Choice:
 _REQUESTS = {
     "auto": _auto,
     "faiss": lambda index, k: Choice(index.backend, "faiss"),
-    "dense": lambda index, k: Choice("dense-gpu" if index.gpu is not None else f"dense-{dense.fastest_gemm(index.dim)}",
+    "dense": lambda index, k: Choice("dense-gpu" if _gpu_holds(index) else f"dense-{dense.fastest_gemm(index.dim)}",
                                      "dense"),
     **{f"dense-{g}": (lambda g: lambda index, k: Choice(f"dense-{g}", f"dense-{g}"))(g) for g in dense.GEMMS},
     "dense-gpu": _dense_gpu,

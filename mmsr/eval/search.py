@@ -38,6 +38,7 @@ from about 20 queries per call).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -85,10 +86,15 @@ def faiss_has_gpu() -> bool:
 
 
 def _torch_gpu():
-    """This process's current CUDA device (pick_device made it current), or None without CUDA."""
+    """This process's GPU, or None without CUDA: under torchrun its rank's (LOCAL_RANK, modulo the
+    GPUs it sees), as the trainer picks it; else the current one (`--device cuda:N` makes it so)."""
     import torch  # deferred: an index on the CPU needs no torch start-up
 
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    if "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def as_float32_matrix(x, name: str, dim: int | None = None) -> np.ndarray:
@@ -137,7 +143,6 @@ class ItemIndex:
             raise MMSRError("a GPU index was asked for, but this process sees no CUDA device",
                             hint="run on a GPU node, or use --search-device cpu")
         if self.gpu is not None and faiss_has_gpu():
-            # Under torchrun each rank uses its own GPU, the one pick_device made current.
             self.gpu_id = self.gpu.index
             self._gpu_resources = faiss.StandardGpuResources()
             self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_id, self.cpu_index())
