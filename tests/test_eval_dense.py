@@ -251,3 +251,40 @@ def test_a_catalogue_too_big_for_the_gpu_is_refused_by_name_and_left_to_the_cpu_
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (16 << 30, 16 << 30))
     assert resolve_backend(index, "auto").name == "dense-gpu"
     assert resolve_backend(index, "dense").name == "dense-gpu"
+
+
+def test_the_gpu_rule_counts_a_slice_of_the_catalogue_as_the_cpu_does():
+    assert_slices_count_as_on_the_cpu("cpu")
+
+
+def assert_slices_count_as_on_the_cpu(device: str) -> None:
+    """`dense_gpu.count_higher` on `device`, on slices (targets elsewhere: -1; history cut to the
+    slice), as `--shard-items` calls it: each slice's counts equal `dense.count_higher`'s, and the
+    capped sums over the slices give float64 brute force's ranks (tests/test_gpu.py: on a GPU)."""
+    import torch
+
+    from mmsr.eval import dense_gpu
+    from mmsr.eval.exact import target_scores
+
+    items, users, targets, histories = gaussian_problem(seed=5)
+    max_k = 20
+    norms = np.linalg.norm(items.astype(np.float64), axis=1)
+    dim = items.shape[1]
+    score, norm = target_scores(users, items, targets), norms[targets]
+    hist = Histories.from_lists(histories)
+    total = np.zeros(len(users), dtype=np.int64)
+
+    def local(ids, a, b):  # the slice's rows, -1 elsewhere
+        return np.where((ids >= a) & (ids < b), ids - a, -1)
+
+    for a, b in ((0, 900), (900, 1700), (1700, len(items))):
+        keep = local(hist.items, a, b) >= 0
+        offsets = np.concatenate([[0], np.cumsum(keep)])[hist.offsets]
+        args = (items[a:b], norms[a:b], rounding_bound(dim), tie_bound(dim), users, score, norm,
+                local(targets, a, b), offsets, local(hist.items, a, b)[keep], max_k)
+        on_cpu = dense.count_higher(*args, gemm="numpy", users_block=64, items_block=200)
+        got = dense_gpu.count_higher(*args, device=torch.device(device), users_block=64, items_block=200)
+        np.testing.assert_array_equal(got, on_cpu, err_msg=f"slice {a}:{b}")
+        total += got
+    ranks = np.where(total >= max_k, max_k + 1, total + 1)
+    np.testing.assert_array_equal(ranks, reference_ranks(items, users, targets, histories, True, max_k))

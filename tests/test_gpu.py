@@ -277,6 +277,13 @@ def test_dense_gpu_ranks_a_large_catalogue_as_faiss_on_the_cpu():
     assert len(set(on_cpu.tolist())) == 51 and 0.2 < (on_cpu <= 50).mean() < 0.6  # every rank, some capped
 
 
+def test_dense_counting_of_catalogue_slices_on_the_gpu():
+    """What `--shard-items` counts on each rank's GPU: the CPU's counts, slice by slice."""
+    from test_eval_dense import assert_slices_count_as_on_the_cpu
+
+    assert_slices_count_as_on_the_cpu("cuda")
+
+
 _NCCL_SCRIPT = """
 import os, sys
 import torch, torch.distributed as dist

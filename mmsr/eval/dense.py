@@ -122,10 +122,18 @@ def count_ranks(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: fl
     / `exact.tie_bound` of D; queries [U, D] float32; offsets [U+1] / history: the masked items
     of each user in CSR form (None: nothing masked). The target is never counted, masked or not.
     """
+    return ranks_by_counting(count_higher, vectors, norms, rounding, tie, queries, targets, offsets, history, max_k,
+                             gemm=gemm, users_block=users_block, items_block=items_block, on_batch=on_batch)
+
+
+def ranks_by_counting(count, vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: float, queries: np.ndarray,
+                      targets: np.ndarray, offsets: np.ndarray | None, history: np.ndarray | None, max_k: int,
+                      **options) -> np.ndarray:
+    """Ranks from a `count_higher` (this module's or `dense_gpu`'s, with its `options`) over the
+    whole catalogue: the targets' exact scores, the capped counts, 1 + count or max_k + 1."""
     targets = np.asarray(targets, dtype=np.int64)
-    counts = count_higher(vectors, norms, rounding, tie, queries, target_scores(queries, vectors, targets),
-                          norms[targets], targets, offsets, history, max_k, gemm=gemm, users_block=users_block,
-                          items_block=items_block, on_batch=on_batch)
+    counts = count(vectors, norms, rounding, tie, queries, target_scores(queries, vectors, targets), norms[targets],
+                   targets, offsets, history, max_k, **options)
     return np.where(counts >= max_k, max_k + 1, counts + 1)
 
 

@@ -21,6 +21,10 @@ on the device: the item vectors (N x D float32) and one users_block x items_bloc
 with its boolean masks (512 MB + 2 x 128 MB at the defaults); `auto` takes this path only when
 they fit in MEMORY_SHARE of the GPU's free memory, and asked for by name it says when they do not. The code is device-agnostic torch:
 tests run it on the CPU, where it must give the same ranks.
+
+`count_ranks` ranks against the whole catalogue (`mmsr eval`'s `dense-gpu`); `count_higher`
+counts against a slice of it, as `dense.count_higher` does (`--shard-items`:
+`mmsr.eval.item_shards`, each rank on its own GPU).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ import numpy as np
 import torch
 
 from mmsr.errors import MMSRError
-from mmsr.eval.dense import float32_down, float32_up
-from mmsr.eval.exact import exact_higher, target_scores
+from mmsr.eval.dense import float32_down, float32_up, ranks_by_counting
+from mmsr.eval.exact import exact_higher
 from mmsr_store.memory import human_bytes
 
 # 4096 x 32768 float32: a 512 MB score block, large enough to keep an H200 busy per launch.
@@ -75,37 +79,48 @@ def count_ranks(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: fl
                 on_batch=None) -> np.ndarray:
     """1-based ranks [U] (capped at max_k + 1), as `mmsr.eval.dense.count_ranks` returns them,
     with the score blocks computed and counted on `device`."""
-    targets = np.asarray(targets, dtype=np.int64)
+    return ranks_by_counting(count_higher, vectors, norms, rounding, tie, queries, targets, offsets, history, max_k,
+                             device=device, users_block=users_block, items_block=items_block, on_batch=on_batch)
+
+
+def count_higher(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: float, queries: np.ndarray,
+                 target_score: np.ndarray, target_norm: np.ndarray, hidden_targets: np.ndarray,
+                 offsets: np.ndarray | None, history: np.ndarray | None, max_k: int, *, device: torch.device,
+                 users_block: int = USERS_BLOCK, items_block: int = ITEMS_BLOCK, on_batch=None) -> np.ndarray:
+    """int64 [U]: how many of `vectors` score strictly higher than each user's target, capped at
+    max_k: `mmsr.eval.dense.count_higher`'s arguments and result (a slice of the catalogue
+    included: `hidden_targets` -1 where the target is not among `vectors`), counted on `device`."""
     counts = np.zeros(len(queries), dtype=np.int64)
+    if not len(vectors) or not len(queries):
+        return counts
     ok, why = fits(len(vectors), vectors.shape[1], device)
     if not ok:
         raise MMSRError(f"ranking on the GPU needs {why}", where=str(device),
                         hint="rank on the CPU (--search-device cpu), or share the items over torchrun ranks "
                              "(--shard-items)")
-    if len(vectors) and len(queries):
-        exact = _Exact(vectors, norms, rounding, tie, queries, targets)
-        users_block = max(1, min(users_block, len(queries)))
-        items_block = max(1, min(items_block, len(vectors)))
-        with ieee_float32():
-            items = torch.from_numpy(vectors).to(device)
-            block_norms = [float(norms[b:b + items_block].max()) for b in range(0, len(vectors), items_block)]
-            for start in range(0, len(queries), users_block):
-                stop = min(start + users_block, len(queries))
-                hidden = _hidden(targets, offsets, history, start, stop)
-                counts[start:stop] = _count_block(items, block_norms, items_block, exact, start, stop, hidden, device,
-                                                  max_k)
-                if on_batch is not None:
-                    on_batch(stop)
-    return np.where(counts >= max_k, max_k + 1, counts + 1)
+    exact = _Exact(vectors, norms, rounding, tie, queries, target_score, target_norm)
+    hidden_targets = np.asarray(hidden_targets, dtype=np.int64)
+    users_block = max(1, min(users_block, len(queries)))
+    items_block = max(1, min(items_block, len(vectors)))
+    with ieee_float32():
+        items = torch.from_numpy(vectors).to(device)
+        block_norms = [float(norms[b:b + items_block].max()) for b in range(0, len(vectors), items_block)]
+        for start in range(0, len(queries), users_block):
+            stop = min(start + users_block, len(queries))
+            hidden = _hidden(hidden_targets, offsets, history, start, stop)
+            counts[start:stop] = _count_block(items, block_norms, items_block, exact, start, stop, hidden, device,
+                                              max_k)
+            if on_batch is not None:
+                on_batch(stop)
+    return counts
 
 
 class _Exact:
     """The host-side float64 arithmetic of the rule, for every user at once."""
 
-    def __init__(self, vectors, norms, rounding, tie, queries, targets):
+    def __init__(self, vectors, norms, rounding, tie, queries, target_score, target_norm):
         self.vectors, self.norms, self.rounding, self.tie, self.queries = vectors, norms, rounding, tie, queries
-        self.target_score = target_scores(queries, vectors, targets)
-        self.target_norm = norms[targets]
+        self.target_score, self.target_norm = target_score, target_norm
         self.q_norms = np.linalg.norm(queries.astype(np.float64), axis=1)
 
     def higher(self, users: np.ndarray, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -122,9 +137,10 @@ class _Exact:
 
 
 def _hidden(targets, offsets, history, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows within the block, items) set to -inf: each user's target and, when masked, history."""
-    rows = np.arange(stop - start)
-    items = targets[start:stop]
+    """(rows within the block, items) set to -inf: each user's target where it is among the items
+    (>= 0) and, when masked, the history."""
+    rows = np.flatnonzero(targets[start:stop] >= 0)
+    items = targets[start:stop][rows]
     if offsets is not None:
         lengths = np.diff(offsets[start:stop + 1])
         rows = np.concatenate([rows, np.repeat(np.arange(stop - start), lengths)])

@@ -18,7 +18,8 @@ million items (docs/scale.md). Here a rank keeps the vectors of its own items on
 
 Per rank this holds its slice (items / world), the rows of step 2 (at most cases x max_seq_len),
 every case's query and history mask; the ranking work is split by items instead of by cases.
-The counting runs on the CPU (the towers run on the run's device); FAISS is not used.
+The counting runs on the run's GPU when it has one and the slice's buffers fit there
+(`dense_gpu.count_higher`, the same rule), else on the CPU; FAISS is not used.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import torch
 
 from mmsr.distributed import all_gathered, all_reduced
 from mmsr.errors import MMSRError
+from mmsr.eval import dense_gpu
 from mmsr.eval.dense import count_higher, fastest_gemm
 from mmsr.eval.exact import rounding_bound, target_scores, tie_bound, vector_norms
 from mmsr.eval.search import case_histories, shard_rows
 from mmsr.eval.towers import ItemSlice, user_matrix
 
-# what --search-backend may ask for here: the dense counting path (gemm "auto" = measured)
-GEMM_OF_BACKEND = {"auto": "auto", "dense": "auto", "dense-torch": "torch", "dense-numpy": "numpy"}
+# what --search-backend may ask for here: the dense counting path ("auto": the run's GPU when it
+# holds the slice, else the CPU's GEMM measured; "gpu": dense_gpu)
+GEMM_OF_BACKEND = {"auto": "auto", "dense": "auto", "dense-torch": "torch", "dense-numpy": "numpy", "dense-gpu": "gpu"}
 
 
 def gemm_for(model, search_backend: str) -> str:
@@ -47,8 +50,9 @@ def gemm_for(model, search_backend: str) -> str:
         return GEMM_OF_BACKEND[search_backend]
     except KeyError:
         raise MMSRError(f"--search-backend {search_backend} cannot rank a catalogue split over the ranks",
-                        where="--shard-items", hint="use auto, dense, dense-torch or dense-numpy with --shard-items "
-                                                    "(each rank counts its slice densely; FAISS is not used)") from None
+                        where="--shard-items", hint="use auto, dense, dense-torch, dense-numpy or dense-gpu with "
+                                                    "--shard-items (each rank counts its slice densely; FAISS is "
+                                                    "not used)") from None
 
 
 def ranks_over_slices(model, part: ItemSlice, split, which: str, *, max_k: int, mask_history: bool, batch_size: int,
@@ -89,9 +93,18 @@ def ranks_over_slices(model, part: ItemSlice, split, which: str, *, max_k: int, 
         masks = case_histories(split.offsets, split.items, cases.users, cases.positions)
         offsets, history = _within(masks.offsets, part.local(masks.items))
     dim = items.shape[1]
-    gemm = fastest_gemm(dim) if gemm == "auto" else gemm
-    counts = count_higher(items, norms, rounding_bound(dim), tie_bound(dim), queries,
-                          target_score, target_norm, owned, offsets, history, max_k, gemm=gemm)
+    if gemm == "auto" and device.type == "cuda" and dense_gpu.fits(len(items), dim, device)[0]:
+        gemm = "gpu"
+    if gemm == "gpu":
+        if device.type != "cuda":
+            raise MMSRError(f"--search-backend dense-gpu counts on the run's GPU, and this run is on {device}",
+                            where="--shard-items", hint="evaluate with --device cuda, or use auto or dense")
+        counts = dense_gpu.count_higher(items, norms, rounding_bound(dim), tie_bound(dim), queries, target_score,
+                                        target_norm, owned, offsets, history, max_k, device=device)
+    else:
+        gemm = fastest_gemm(dim) if gemm == "auto" else gemm
+        counts = count_higher(items, norms, rounding_bound(dim), tie_bound(dim), queries,
+                              target_score, target_norm, owned, offsets, history, max_k, gemm=gemm)
     # 5. the whole catalogue's count
     total = all_reduced(torch.from_numpy(counts)).numpy()
     if clock:
