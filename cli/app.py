@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import typer
 
@@ -49,18 +50,27 @@ def main() -> None:
     try:
         _main()
     except SystemExit as done:
-        if done.code is None or isinstance(done.code, int):  # a message (never ours) exits as Python does
-            _exit_after_group(done.code or 0)
+        group = _joined_group()
+        if group and (done.code is None or isinstance(done.code, int)):  # a message (never ours): as Python does
+            group.exit_after_group(done.code or 0)
         raise
-    _exit_after_group(0)
+    except BaseException:
+        group = _joined_group()
+        if group:
+            traceback.print_exc()  # a bug, or --debug: its traceback, then the exit of any failure
+            group.exit_after_group(1)
+        raise
+    group = _joined_group()
+    if group:
+        group.exit_after_group(0)
 
 
-def _exit_after_group(code: int) -> None:
-    """A torchrun rank ends through `mmsr.distributed.exit_after_group` (why: its docstring). A
-    process that joined a group has imported that module; one that did not needs no torch here."""
-    joined = sys.modules.get("mmsr.distributed")
-    if joined is not None:
-        joined.exit_after_group(code)
+def _joined_group():
+    """`mmsr.distributed` when this process joined a process group (a torchrun rank ends through
+    its `exit_after_group`; why: its docstring), else None. A process that joined one has
+    imported the module; one that did not needs no torch here."""
+    module = sys.modules.get("mmsr.distributed")
+    return module if module is not None and module.joined_group() else None
 
 
 def _main() -> None:

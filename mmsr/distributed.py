@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import sys
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ def init_from_env(device: torch.device) -> Dist:
 _joined = [False]  # this process joined a process group (and so must end through exit_after_group)
 
 
+def joined_group() -> bool:
+    return _joined[0]
+
+
 def _leave() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -60,7 +65,10 @@ def _leave() -> None:
 def exit_after_group(code: int) -> None:
     """End a process that joined a process group with `code`, skipping the interpreter's teardown:
     the exit handlers run (ours leaves the group: a barrier, then destroy), the standard streams
-    are flushed, then `os._exit`. Returns (a normal exit follows) when no group was joined.
+    and C's stdio buffers are flushed, then `os._exit`. Returns (a normal exit follows) when no
+    group was joined. A failing rank does not leave: its barrier would wait, as long as the
+    group's timeout (30 minutes by default), for ranks still inside a collective; its exit alone
+    tells torchrun to stop them.
 
     Why: leaving the group at exit was not enough. Objects still alive at teardown (gloo's work
     objects, the DDP reducer) can hold tensors whose release takes the GIL of an interpreter being
@@ -71,12 +79,15 @@ def exit_after_group(code: int) -> None:
     """
     if not _joined[0]:
         return
+    if code:
+        atexit.unregister(_leave)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
             pass
+    ctypes.CDLL(None).fflush(None)  # what C code (NCCL_DEBUG, FAISS) printed to a pipe
     os._exit(code)
 
 

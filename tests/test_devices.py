@@ -9,6 +9,7 @@ ends with its command's code without the interpreter's teardown.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -117,3 +118,33 @@ raise SystemExit(1)  # never reached
     assert done.returncode == 7, done.stderr
     assert done.stdout == "buffered, no newline"
     assert (tmp_path / "handler").read_text() == "ran"
+
+
+_JOINED_CLI = """
+import atexit, sys
+from mmsr import distributed
+marker = sys.argv[1]
+# A joined group as the CLI sees it: barrier and destroy leave a mark instead of talking to peers.
+distributed.dist.is_initialized = lambda: True
+distributed.dist.barrier = lambda: open(marker, "a").write("barrier ")
+distributed.dist.destroy_process_group = lambda: open(marker, "a").write("destroy")
+atexit.register(distributed._leave)
+distributed._joined[0] = True
+sys.argv = ["mmsr", *sys.argv[2:]]
+from mmsr_cli.app import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args,code,left", [
+    (["data", "info", "--help"], 0, "barrier destroy"),  # done: the group is left
+    (["train", "--set", "optim.lr=-1"], 2, None),  # failed: no barrier that would wait for the others
+])
+def test_the_cli_of_a_joined_rank_leaves_the_group_only_when_it_succeeded(tmp_path, args, code, left):
+    marker = tmp_path / "left"
+    done = subprocess.run([sys.executable, "-c", _JOINED_CLI, str(marker), *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "MMSR_HOME": str(tmp_path)})
+    assert done.returncode == code, done.stderr[-2000:]
+    assert (marker.read_text() if marker.exists() else None) == left
+    if code:
+        assert "optim.lr" in done.stderr  # the one-line error came out before os._exit

@@ -288,3 +288,21 @@ def assert_slices_count_as_on_the_cpu(device: str) -> None:
         total += got
     ranks = np.where(total >= max_k, max_k + 1, total + 1)
     np.testing.assert_array_equal(ranks, reference_ranks(items, users, targets, histories, True, max_k))
+
+
+def test_the_gpu_path_turns_tf32_off_for_its_products_and_back_after():
+    """An earlier `set_float32_matmul_precision("high")` (TF32 allowed) is "highest" inside and
+    restored after: through the legacy setter, which moves the new API's flag too."""
+    import torch
+
+    from mmsr.eval import dense_gpu
+
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        with dense_gpu.ieee_float32(torch.device("cpu")):
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(saved)

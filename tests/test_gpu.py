@@ -260,6 +260,23 @@ def test_dense_counting_on_the_gpu_gives_float64_ranks(mask_history):
             np.testing.assert_array_equal(got, expected, err_msg=f"{name} max_k={max_k} rank_targets")
 
 
+def test_dense_counting_on_the_gpu_is_exact_with_tf32_turned_on_before():
+    """TF32 allowed through both of torch's APIs before the count: the near-ties below float32's
+    resolution still get float64's ranks (the path turns TF32 off for its products and checks)."""
+    from test_eval_dense import count_on_device, gpu_rule_problems, reference_ranks
+
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        for name, items, users, targets, histories in gpu_rule_problems():
+            expected = reference_ranks(items, users, targets, histories, True, 50)
+            got = count_on_device(items, users, targets, histories, True, 50, device="cuda")
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
 def test_dense_gpu_ranks_a_large_catalogue_as_faiss_on_the_cpu():
     """Several user and item blocks (5,000 users x 100,000 items), users aimed near their targets
     and every 100th item a duplicate of one: the GPU path's ranks equal FAISS-CPU's, case by case."""

@@ -62,15 +62,30 @@ def fits(num_items: int, dim: int, device: torch.device) -> tuple[bool, str]:
 
 
 @contextlib.contextmanager
-def ieee_float32():
-    """float32 matrix products in full float32 (no TF32) for the duration, restored after."""
-    matmul = torch.backends.cuda.matmul
-    saved = matmul.fp32_precision
-    matmul.fp32_precision = "ieee"
+def ieee_float32(device: torch.device):
+    """float32 matrix products in IEEE float32 (no TF32) for the duration, restored after, and
+    checked on `device`. Through the legacy setter, which sets the old and the new TF32 flags
+    alike (the new API's alone leaves an earlier `set_float32_matmul_precision("high")` in
+    force); the check catches what no flag controls (NVIDIA_TF32_OVERRIDE)."""
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
     try:
+        _check_ieee(device)
         yield
     finally:
-        matmul.fp32_precision = saved
+        torch.set_float32_matmul_precision(saved)
+
+
+def _check_ieee(device: torch.device) -> None:
+    """A product whose exact result TF32's 10-bit inputs cannot give: 1 + 2^-20 times the identity."""
+    if device.type != "cuda":
+        return
+    a = torch.full((512, 512), 1 + 2.0**-20, device=device)
+    if not bool((a @ torch.eye(512, device=device) == a).all()):
+        raise MMSRError(f"float32 matrix products on {device} are not IEEE float32 (TF32 or another reduced "
+                        "precision), so the ranking's rounding bound would not hold", where=str(device),
+                        hint="unset NVIDIA_TF32_OVERRIDE and TORCH_ALLOW_TF32_CUBLAS_OVERRIDE, or rank on the CPU "
+                             "(--search-device cpu)")
 
 
 def count_ranks(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: float, queries: np.ndarray,
@@ -102,7 +117,7 @@ def count_higher(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: f
     hidden_targets = np.asarray(hidden_targets, dtype=np.int64)
     users_block = max(1, min(users_block, len(queries)))
     items_block = max(1, min(items_block, len(vectors)))
-    with ieee_float32():
+    with ieee_float32(device):
         items = torch.from_numpy(vectors).to(device)
         block_norms = [float(norms[b:b + items_block].max()) for b in range(0, len(vectors), items_block)]
         for start in range(0, len(queries), users_block):
