@@ -248,6 +248,9 @@ def test_a_catalogue_too_big_for_the_gpu_is_refused_by_name_and_left_to_the_cpu_
                                         r"on cuda:0") as error:
         rank_targets(index, users, targets, histories, backend="dense-gpu")
     assert "--search-device cpu" in error.value.hint
+    index.device = "gpu"  # the GPU asked for by name: no quiet fall back to the CPU
+    with pytest.raises(MMSRError, match=r"ranking on the GPU \(--search-device gpu\) needs .* 1\.0 MB free"):
+        resolve_backend(index, "auto")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (16 << 30, 16 << 30))
     assert resolve_backend(index, "auto").name == "dense-gpu"
     assert resolve_backend(index, "dense").name == "dense-gpu"

@@ -5,13 +5,15 @@ A toy model on small-integer vectors (float32 arithmetic exact, ties everywhere)
 in two gloo processes, and a rank must embed and keep its own items only.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from mmsr.data.split import SplitConfig, make_split
 from mmsr.errors import MMSRError
-from mmsr.eval.item_shards import ranks_over_slices
+from mmsr.eval.item_shards import gemm_for, ranks_over_slices
 from mmsr.eval.towers import ItemSlice, item_slice
 from mmsr.eval.runner import evaluate_model
 from test_eval import brute_force_ranks
@@ -136,3 +138,20 @@ def test_two_ranks_each_keep_their_own_items_and_get_the_whole_catalogues_ranks(
             assert mine == own and kept == len(own)  # its own batches only, and it keeps only those
             embedded += mine
         assert sorted(embedded) == list(range(items))
+
+
+def test_how_slices_count_follows_the_search_device_and_backend_and_refuses_contradictions():
+    """`gemm_for` before any work: the CPU when asked, the GPU only on a run that has one, and a
+    refusal naming both options where they contradict each other."""
+    model, cpu, gpu = SimpleNamespace(scorer=None), torch.device("cpu"), torch.device("cuda", 0)
+    assert gemm_for(model, "auto", cpu) == "auto" and gemm_for(model, "dense", gpu) == "auto"
+    assert gemm_for(model, "auto", gpu, "cpu") == "cpu" and gemm_for(model, "dense-numpy", gpu) == "numpy"
+    assert gemm_for(model, "dense-gpu", gpu) == "gpu" and gemm_for(model, "auto", gpu, "gpu") == "gpu"
+    for backend, device, search_device, message in [
+        ("dense-gpu", cpu, "auto", "counts on the run's GPU, and this run is on cpu"),
+        ("auto", cpu, "gpu", "counts on the run's GPU, and this run is on cpu"),
+        ("dense-torch", gpu, "gpu", "--search-backend dense-torch and --search-device gpu contradict"),
+        ("dense-gpu", gpu, "cpu", "--search-backend dense-gpu and --search-device cpu contradict"),
+    ]:
+        with pytest.raises(MMSRError, match=message):
+            gemm_for(model, backend, device, search_device)

@@ -119,12 +119,17 @@ def _auto(index, k: int) -> Choice:
 
 
 def _gpu_holds(index) -> bool:
-    """The index has a GPU whose free memory holds dense-gpu's buffers (else the CPU paths rank)."""
+    """The index has a GPU whose free memory holds dense-gpu's buffers (else the CPU paths rank,
+    unless the GPU was asked for by name: then that is an error, not a quiet CPU run)."""
     if index.gpu is None:
         return False
     from mmsr.eval import dense_gpu  # deferred: imports torch, which a CPU-only index never needs
 
-    return dense_gpu.fits(index.num_items, index.dim, index.gpu)[0]
+    holds, why = dense_gpu.fits(index.num_items, index.dim, index.gpu)
+    if not holds and index.device == "gpu":
+        raise MMSRError(f"ranking on the GPU (--search-device gpu) needs {why}",
+                        hint="rank on the CPU (--search-device cpu, or auto to fall back by itself)")
+    return holds
 
 
 def _dense_gpu(index, k: int) -> Choice:

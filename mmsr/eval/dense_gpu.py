@@ -111,8 +111,8 @@ def count_higher(vectors: np.ndarray, norms: np.ndarray, rounding: float, tie: f
     ok, why = fits(len(vectors), vectors.shape[1], device)
     if not ok:
         raise MMSRError(f"ranking on the GPU needs {why}", where=str(device),
-                        hint="rank on the CPU (--search-device cpu), or share the items over torchrun ranks "
-                             "(--shard-items)")
+                        hint="rank on the CPU (--search-device cpu), or spread the items over (more) torchrun "
+                             "ranks (--shard-items)")
     exact = _Exact(vectors, norms, rounding, tie, queries, target_score, target_norm)
     hidden_targets = np.asarray(hidden_targets, dtype=np.int64)
     users_block = max(1, min(users_block, len(queries)))

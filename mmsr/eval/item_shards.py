@@ -36,23 +36,35 @@ from mmsr.eval.search import case_histories, shard_rows
 from mmsr.eval.towers import ItemSlice, user_matrix
 
 # what --search-backend may ask for here: the dense counting path ("auto": the run's GPU when it
-# holds the slice, else the CPU's GEMM measured; "gpu": dense_gpu)
+# holds the slice, else the CPU's measured GEMM; "cpu": the CPU's measured GEMM; "gpu": dense_gpu)
 GEMM_OF_BACKEND = {"auto": "auto", "dense": "auto", "dense-torch": "torch", "dense-numpy": "numpy", "dense-gpu": "gpu"}
 
 
-def gemm_for(model, search_backend: str) -> str:
-    """The GEMM the slices count with, or a clear refusal of what cannot be ranked this way."""
+def gemm_for(model, search_backend: str, device: torch.device, search_device: str = "auto") -> str:
+    """How the slices will count ("auto", "cpu", "gpu", "torch" or "numpy"), or a clear refusal,
+    before any work, of what cannot be ranked this way: a candidate-dependent scorer, a backend
+    that is not dense counting, a GPU asked for where the run has none, or a CPU GEMM on the GPU."""
     if model.scorer is not None:
         raise MMSRError("--shard-items ranks by inner products; this model scores each candidate with its own "
                         "attention (a candidate-dependent scorer)", where="--shard-items",
                         hint="evaluate it without --shard-items (exact batched scoring over every item)")
     try:
-        return GEMM_OF_BACKEND[search_backend]
+        gemm = GEMM_OF_BACKEND[search_backend]
     except KeyError:
         raise MMSRError(f"--search-backend {search_backend} cannot rank a catalogue split over the ranks",
                         where="--shard-items", hint="use auto, dense, dense-torch, dense-numpy or dense-gpu with "
                                                     "--shard-items (each rank counts its slice densely; FAISS is "
                                                     "not used)") from None
+    wants_gpu = gemm == "gpu" or search_device == "gpu"
+    if wants_gpu and (device.type != "cuda" or search_device == "cpu" or gemm in ("torch", "numpy")):
+        raise MMSRError(f"--shard-items on the GPU (--search-backend {search_backend}, --search-device "
+                        f"{search_device}) counts on the run's GPU, and this run is on {device}"
+                        if device.type != "cuda" else
+                        f"--search-backend {search_backend} and --search-device {search_device} contradict each other",
+                        where="--shard-items", hint="evaluate with --device cuda, or use auto for both")
+    if wants_gpu:
+        return "gpu"
+    return "cpu" if search_device == "cpu" and gemm == "auto" else gemm
 
 
 def ranks_over_slices(model, part: ItemSlice, split, which: str, *, max_k: int, mask_history: bool, batch_size: int,
@@ -93,16 +105,13 @@ def ranks_over_slices(model, part: ItemSlice, split, which: str, *, max_k: int, 
         masks = case_histories(split.offsets, split.items, cases.users, cases.positions)
         offsets, history = _within(masks.offsets, part.local(masks.items))
     dim = items.shape[1]
-    if gemm == "auto" and device.type == "cuda" and dense_gpu.fits(len(items), dim, device)[0]:
-        gemm = "gpu"
+    if gemm == "auto":
+        gemm = "gpu" if device.type == "cuda" and dense_gpu.fits(len(items), dim, device)[0] else "cpu"
     if gemm == "gpu":
-        if device.type != "cuda":
-            raise MMSRError(f"--search-backend dense-gpu counts on the run's GPU, and this run is on {device}",
-                            where="--shard-items", hint="evaluate with --device cuda, or use auto or dense")
         counts = dense_gpu.count_higher(items, norms, rounding_bound(dim), tie_bound(dim), queries, target_score,
                                         target_norm, owned, offsets, history, max_k, device=device)
     else:
-        gemm = fastest_gemm(dim) if gemm == "auto" else gemm
+        gemm = fastest_gemm(dim) if gemm == "cpu" else gemm
         counts = count_higher(items, norms, rounding_bound(dim), tie_bound(dim), queries,
                               target_score, target_norm, owned, offsets, history, max_k, gemm=gemm)
     # 5. the whole catalogue's count

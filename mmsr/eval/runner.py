@@ -116,7 +116,7 @@ def case_ranks(model, feed, split: Split, which: str, *, max_k: int, mask_histor
     if shard_items:
         return _ranks_over_slices(model, feed, split, which, max_k=max_k, mask_history=mask_history,
                                   batch_size=batch_size, device=device, rank=rank, world=world,
-                                  search_backend=search_backend, part=items)
+                                  search_device=search_device, search_backend=search_backend, part=items)
     cases = split.cases(which)
     mine = shard_rows(len(cases), rank, world)
     users, positions = cases.users[mine], cases.positions[mine]
@@ -154,9 +154,9 @@ def case_ranks(model, feed, split: Split, which: str, *, max_k: int, mask_histor
 
 
 def _ranks_over_slices(model, feed, split: Split, which: str, *, max_k: int, mask_history: bool, batch_size: int,
-                       device: torch.device, rank: int, world: int, search_backend: str,
+                       device: torch.device, rank: int, world: int, search_device: str, search_backend: str,
                        part: ItemSlice | None) -> RankedCases:
-    gemm = gemm_for(model, search_backend)
+    gemm = gemm_for(model, search_backend, device, search_device)
     clock = _Clock()
     if part is None:
         part = item_slice(model, feed, split.num_items, batch_size, device, rank, world)
@@ -251,7 +251,7 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
     dist = init_from_env(loaded.device)
     started = time.perf_counter()
     if shard_items:
-        gemm_for(loaded.model, search_backend)  # refused before the item tower, not after it
+        gemm_for(loaded.model, search_backend, loaded.device, search_device)  # refused before the item tower
         items = item_slice(loaded.model, loaded.feed, loaded.split.num_items, batch_size, loaded.device, dist.rank,
                            dist.world)
     else:

@@ -138,6 +138,7 @@ class ItemIndex:
         self._cpu = None
         self._gpu = None
         self._gpu_resources = None
+        self.device = device  # as asked: "gpu" makes a GPU path that cannot run an error, not the CPU
         self.gpu = _torch_gpu() if device != "cpu" else None
         if device == "gpu" and self.gpu is None:
             raise MMSRError("a GPU index was asked for, but this process sees no CUDA device",
