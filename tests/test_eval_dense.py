@@ -309,3 +309,20 @@ def test_the_gpu_path_turns_tf32_off_for_its_products_and_back_after():
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(saved)
+
+
+def test_near_pairs_leave_the_device_in_bounded_chunks(monkeypatch):
+    """With room for 3 near pairs at a time (every other pair of the tie problem is near), the
+    chunks hold at most 3 pairs or one row, cover every row with one, and the ranks are exact."""
+    from mmsr.eval import dense_gpu
+
+    monkeypatch.setattr(dense_gpu, "NEAR_PAIRS", 3)
+    per_row = np.array([0, 2, 5, 0, 1, 1, 1, 0, 0])
+    chunks = dense_gpu._row_chunks(per_row)
+    assert chunks[0][0] == 0 and all(b == c for (_, b), (c, _) in zip(chunks, chunks[1:]))
+    assert chunks[-1][1] >= 7 and all(per_row[a:b].sum() <= 3 or b - a == 1 for a, b in chunks)
+    assert dense_gpu._row_chunks(np.zeros(4, dtype=np.int64)) == []
+    items, users, targets, histories = tie_problem(seed=3)
+    for mask in (True, False):
+        expected = reference_ranks(items, users, targets, histories, mask, 10)
+        np.testing.assert_array_equal(count_on_device(items, users, targets, histories, mask, 10), expected)

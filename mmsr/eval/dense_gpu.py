@@ -17,8 +17,9 @@ The rule (`mmsr.eval.search`) and its arithmetic (`mmsr.eval.exact`) are the CPU
    (`exact.exact_higher`), so identical items tie on every path.
 
 So the ranks are the CPU paths' ranks, case by case, whatever the GPU's summation order. Memory
-on the device: the item vectors (N x D float32) and one users_block x items_block score block
-with its boolean masks (512 MB + 2 x 128 MB at the defaults); `auto` takes this path only when
+on the device: the item vectors (N x D float32), one users_block x items_block score block with
+three boolean masks of its shape (512 MB + 3 x 128 MB at the defaults) and a chunk of near
+pairs (64 MB); `auto` takes this path only when
 they fit in MEMORY_SHARE of the GPU's free memory, and asked for by name it says when they do not. The code is device-agnostic torch:
 tests run it on the CPU, where it must give the same ranks.
 
@@ -47,17 +48,26 @@ ITEMS_BLOCK = 32768
 MEMORY_SHARE = 0.8
 
 
+# Near pairs (within the rounding bound of the target) taken off the device at once: a trained
+# model has few, but items that tie (the same text, no picture) can make a whole block near.
+NEAR_PAIRS = 1 << 22
+
+
 def device_need(num_items: int, dim: int, users_block: int = USERS_BLOCK, items_block: int = ITEMS_BLOCK) -> int:
-    """Bytes on the device: the item vectors, a block of queries, the score block and its two masks."""
+    """Bytes on the device: the item vectors, a block of queries, the float32 score block with
+    three boolean masks of its shape (the near mask and two comparisons' temporaries), and one
+    chunk of near pairs' indices."""
     items_block = min(items_block, num_items)
-    return 4 * (num_items + users_block) * dim + users_block * items_block * (4 + 1 + 1)
+    return 4 * (num_items + users_block) * dim + users_block * items_block * (4 + 3) + 16 * NEAR_PAIRS
 
 
 def fits(num_items: int, dim: int, device: torch.device) -> tuple[bool, str]:
-    """(whether this path's buffers fit in MEMORY_SHARE of `device`'s free memory, a sentence on it)."""
+    """(whether this path's buffers fit in MEMORY_SHARE of `device`'s free memory, a sentence on it).
+    Free: the driver's, plus what torch's allocator holds without using it."""
     if device.type != "cuda":
         return True, ""
-    need, free = device_need(num_items, dim), int(torch.cuda.mem_get_info(device)[0])
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    need, free = device_need(num_items, dim), int(torch.cuda.mem_get_info(device)[0]) + int(cached)
     return need <= MEMORY_SHARE * free, f"{human_bytes(need)} of item vectors and buffers, {human_bytes(free)} free on {device}"
 
 
@@ -184,9 +194,24 @@ def _count_block(items: torch.Tensor, block_norms: list[float], items_block: int
         low = torch.from_numpy(float32_down(target - bound)).to(device)[:, None]
         high = torch.from_numpy(float32_up(target + bound)).to(device)[:, None]
         sure += (scores > high).sum(dim=1)
-        r, c = torch.nonzero((scores >= low) & (scores <= high), as_tuple=True)
-        if len(r):
-            rows, cols = r.cpu().numpy(), c.cpu().numpy()
-            decided = exact.higher(rows + start, cols + first, scores[r, c].cpu().numpy())
+        is_near = scores >= low
+        is_near &= scores <= high
+        for r0, r1 in _row_chunks(is_near.sum(dim=1).cpu().numpy()):
+            r, c = torch.nonzero(is_near[r0:r1], as_tuple=True)
+            rows, cols = r.cpu().numpy() + r0, c.cpu().numpy()
+            decided = exact.higher(rows + start, cols + first, scores[r + r0, c].cpu().numpy())
             near += np.bincount(rows[decided], minlength=stop - start)
     return np.minimum(sure.cpu().numpy() + near, max_k)
+
+
+def _row_chunks(per_row: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive row ranges, each holding at most NEAR_PAIRS near pairs (a single row more), that
+    cover every row with one."""
+    ends = np.cumsum(per_row)
+    total = int(ends[-1]) if len(ends) else 0
+    chunks, start, taken = [], 0, 0
+    while taken < total:
+        stop = max(int(np.searchsorted(ends, taken + NEAR_PAIRS, side="right")), start + 1)
+        chunks.append((start, stop))
+        start, taken = stop, int(ends[stop - 1])
+    return chunks
