@@ -22,8 +22,9 @@ from mmsr.encoders.config import EncoderConfig
 from mmsr.encoders.model_key import model_key
 from mmsr.errors import MMSRError
 from mmsr_store import Cache, StoreError, open_cache
+from mmsr_store.errors import OutOfSpaceError
 from mmsr_store.fingerprint import digest, items_hash
-from mmsr_store.layout import FORMAT, STORE_DIR
+from mmsr_store.layout import FORMAT, STORE_DIR, write_item_digests
 from mmsr_store.reader import BUILD_HINT
 
 CACHE_DTYPE = "float16"
@@ -213,3 +214,16 @@ def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderCon
                             f"changed {modality} since this cache was built (the first: item {ids[changed[0]]!r})",
                             where=cache.path,
                             hint=f"rebuild it: {build_command(dataset, encoder_config, on_bad_image)} --overwrite")
+        if version and stored[0] != version and len(now) == len(stored[1]):
+            _remember_version(cache.path, modality, version, now)
+
+
+def _remember_version(cache_dir: Path, modality: str, version: str, digests: list[str]) -> None:
+    """Record unchanged rows' digests under the dataset's current version, so the next open reads
+    no input again (a data root copied without its files' times, a new version with the same
+    items, a cache from before the files' stamp). A cache this process may not write is read
+    again at each open instead."""
+    try:
+        write_item_digests(cache_dir, modality, version, digests)
+    except (OSError, OutOfSpaceError):
+        pass

@@ -307,6 +307,23 @@ def test_files_edited_by_hand_are_caught_though_meta_json_is_unchanged(small_dem
         opened()
 
 
+def test_an_open_that_read_the_inputs_again_records_them_for_the_next(small_demo, tmp_path, monkeypatch):
+    """A new version of the dataset with the same items (new interactions; a data root copied
+    without its files' times): the first open reads every input again, finds no change and
+    records them under the new version, so the next open reads nothing."""
+    import mmsr.caches
+
+    root, _, opened = _cached_copy(small_demo, tmp_path)
+    _new_version(root, "interactions only")
+    opened()
+
+    def read_again(*_args):
+        raise AssertionError("item inputs read again")
+
+    monkeypatch.setattr(mmsr.caches, "item_digests", read_again)
+    opened()
+
+
 def test_an_unchanged_dataset_is_not_read_again_for_its_digests(small_demo, tmp_path, monkeypatch):
     """The digests recorded for the dataset's version (its content hash) serve a rerun of the
     build and every training open: no text or picture is read again for them."""
