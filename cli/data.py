@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mmsr import paths
 from mmsr.data.dataset import load_dataset
-from mmsr.data.demo import create_demo, kept_note
+from mmsr.data.demo import create_demo, generator_options, kept_note
 from mmsr.data.split import SplitConfig, dataset_report
 from mmsr.errors import MMSRError
 from mmsr_cli.common import console, print_json, progress_bar
@@ -55,7 +55,9 @@ def demo(
     dest, written = create_demo(name, items=items, users=users, seed=seed, domain=domain, overwrite=overwrite,
                                 progress=progress_bar, min_len=min_length, max_len=max_length,
                                 image_size=image_size, sampler=sampler)
-    note = "" if written else kept_note(dest, items, users)
+    asked = generator_options(seed=seed, domain=domain, min_len=min_length, max_len=max_length, image_size=image_size,
+                              sampler=sampler, items=items)
+    note = "" if written else kept_note(dest, items, users, asked)
     console.print(f"[green]wrote {dest}" if written
                   else f"[yellow]{dest} already exists{'; ' + note if note else ''}; keeping it (pass --overwrite "
                        "to regenerate).")

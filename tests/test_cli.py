@@ -128,6 +128,11 @@ def test_demo_keeps_an_existing_dataset_and_list_finds_it(mmsr_home):
     # kept, but not silently: the size differs from the one asked for
     assert "it has 12 items and 3 users, not the 20 and 3 asked for" in " ".join(second.output.split())
     assert (mmsr_home / "datasets" / "demo" / "meta.json").read_bytes() == meta
+    # other generator options (recorded in meta.json beside a non-default request) are named too
+    third = runner.invoke(app, ["data", "demo", "--items", "12", "--users", "3", "--seed", "3", "--max-length", "9"])
+    assert "it was generated with seed 0, max_len 40, not seed 3, max_len 9" in " ".join(third.output.split())
+    same = runner.invoke(app, ["data", "demo", "--items", "12", "--users", "3"])
+    assert "already exists; keeping it" in " ".join(same.output.split()), same.output
     (mmsr_home / "datasets" / "not-a-dataset").mkdir()
     listed = runner.invoke(app, ["data", "list"])
     assert listed.exit_code == 0 and listed.stdout.split() == ["demo"]

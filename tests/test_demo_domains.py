@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from mmsr.data.demo import CATEGORIES, MATERIALS, STYLES, Domain, generate_demo
+from mmsr.data.demo import CATEGORIES, DEFAULT_CONTENT_HASH, MATERIALS, STYLES, Domain, generate_demo
 from mmsr.errors import MMSRError
 
 # The default demo's content_hash (items.jsonl, interactions.tsv and every picture) as generated
@@ -45,7 +45,13 @@ def test_default_demo_unchanged(mmsr_home):
 
     result = CliRunner().invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
-    assert _meta(mmsr_home / "datasets" / "demo")["content_hash"] == DEFAULT_HASH
+    meta = _meta(mmsr_home / "datasets" / "demo")
+    assert meta["content_hash"] == DEFAULT_HASH
+    # The default request records no generator options (its meta.json is what it always was), and
+    # the code knows its hash, so that a kept default demo can still be compared with a request.
+    assert "generator" not in meta and DEFAULT_CONTENT_HASH == DEFAULT_HASH
+    again = CliRunner().invoke(app, ["demo", "--seed", "4"])
+    assert "it was generated with seed 0, not seed 4" in " ".join(again.output.split()), again.output
 
 
 @pytest.mark.parametrize("items,users,seed,image_size", list(OLD_HASHES))

@@ -153,7 +153,7 @@ class DatasetWriter:
     def __init__(self, dest: Path, *, name: str | None = None, source: str = "unknown",
                  on_bad_image: BadImagePolicy = "error", overwrite: bool = False,
                  allow_empty_text: bool = False, duplicate_users: DuplicateUsersPolicy = "error",
-                 staging: Path | None = None):
+                 staging: Path | None = None, extra_meta: dict | None = None):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise MMSRError(f"unknown --on-bad-image policy {on_bad_image!r}", hint="use error, skip or placeholder")
         if duplicate_users not in DUPLICATE_USERS_POLICIES:
@@ -161,6 +161,7 @@ class DatasetWriter:
         self.dest = Path(dest)
         self.name = name or self.dest.name
         self.source = source
+        self.extra_meta = dict(extra_meta or {})  # a writer's own record (the demo's generator options)
         self.on_bad_image = on_bad_image
         self.allow_empty_text = allow_empty_text
         self.duplicate_users = duplicate_users
@@ -369,6 +370,7 @@ class DatasetWriter:
         }
         if self.merged_users:  # only when a policy acted, so that other datasets' meta.json stays as it was
             meta["duplicate_users"] = self.merged_users
+        meta.update(self.extra_meta)
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 

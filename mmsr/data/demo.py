@@ -169,6 +169,23 @@ def render_image(colour: int, shape: int, pattern: int, rng: np.random.Generator
 CHECKPOINT_ITEMS = 4096
 
 
+# What a generation is asked for besides its size, recorded in meta.json ("generator") unless the
+# whole request is the default one, whose meta.json stays byte for byte what it always was.
+DEFAULT_SIZE = {"items": 3000, "users": 2000}
+DEFAULT_OPTIONS = {"seed": 0, "domain": 0, "min_len": 5, "max_len": 40, "image_size": 224, "sampler": "exact"}
+# The default demo's content hash (tests/test_demo_domains.py pins the same; JPEG bytes come from
+# Pillow, so a Pillow upgrade may move both): a kept dataset with it and no "generator" record was
+# made with DEFAULT_OPTIONS.
+DEFAULT_CONTENT_HASH = "b1324311c88d26b6dfd7f0ebb81bb2d1805311caa554678648eaf1120e8379c7"
+
+
+def generator_options(*, seed: int = 0, domain: int = 0, min_len: int = 5, max_len: int = 40, image_size: int = 224,
+                      sampler: str = "auto", items: int = 3000) -> dict:
+    """The options a generation records, its sampler resolved (`auto` depends on the size)."""
+    return {"seed": seed, "domain": domain, "min_len": min_len, "max_len": max_len, "image_size": image_size,
+            "sampler": choose_sampler(sampler, items)}
+
+
 def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: int = 2000, seed: int = 0,
                   domain: int = 0, min_len: int = 5, max_len: int = 40, image_size: int = 224, sampler: str = "auto",
                   overwrite: bool = False, progress=None) -> Path:
@@ -186,7 +203,10 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
                         hint="or 0 for a text-only catalogue")
     if domain < 0:
         raise MMSRError(f"demo domain {domain} is negative", hint="use --domain 0 (the demo) or a positive number")
-    sampler = choose_sampler(sampler, items)
+    options = generator_options(seed=seed, domain=domain, min_len=min_len, max_len=max_len, image_size=image_size,
+                                sampler=sampler, items=items)
+    default = options == DEFAULT_OPTIONS and {"items": items, "users": users} == DEFAULT_SIZE
+    sampler = options["sampler"]
     draw_sequences = SAMPLERS.entry(sampler).builder
     users_resume = "start_user" in SAMPLERS.params(sampler)
     catalogue = Domain(seed, domain)
@@ -203,7 +223,8 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
     dest.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(dest, "demo dataset"):
         state = _saved_state(staging, request)
-        with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite, staging=staging) as writer:
+        with DatasetWriter(dest, name=name, source="demo", overwrite=overwrite, staging=staging,
+                           extra_meta={} if default else {"generator": options}) as writer:
             item_ids = [catalogue.item_id(i) for i in range(items)]
             done_items, done_users = (state["items_done"], state["users_done"]) if state else (0, 0)
             if state:
@@ -263,16 +284,29 @@ def default_demo_name(domain: int = 0) -> str:
     return f"demo-d{domain}" if domain else "demo"
 
 
-def kept_note(dest: Path, items: int, users: int) -> str:
-    """What to say of an existing demo kept instead of generated: "" when it is the size asked
-    for, else its size, so that a run does not go on unaware with other data than it asked for.
-    (Its seed and lengths are not recorded in meta.json, so they cannot be compared.)"""
+def kept_note(dest: Path, items: int, users: int, options: dict | None = None) -> str:
+    """What to say of an existing demo kept instead of generated: "" when it is what was asked for
+    (its size, and `options` as `generator_options` gives them), else how it differs, so that a
+    run does not go on unaware with other data than it asked for."""
     meta_path = dest / "meta.json"
-    counts = json.loads(meta_path.read_text()).get("counts", {}) if meta_path.is_file() else {}
-    if not counts or (counts.get("items"), counts.get("users")) == (items, users):
-        return ""
-    return (f"it has {counts.get('items'):,} items and {counts.get('users'):,} users, not the {items:,} and "
-            f"{users:,} asked for")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    counts = meta.get("counts", {})
+    notes = []
+    if counts and (counts.get("items"), counts.get("users")) != (items, users):
+        notes.append(f"it has {counts.get('items'):,} items and {counts.get('users'):,} users, not the {items:,} and "
+                     f"{users:,} asked for")
+    recorded = meta.get("generator")
+    if recorded is None and meta.get("content_hash") == DEFAULT_CONTENT_HASH:
+        recorded = DEFAULT_OPTIONS
+    if options is not None and recorded is not None:
+        differ = [f"{key} {recorded.get(key)!r}" for key in options if recorded.get(key) != options[key]]
+        if differ:
+            notes.append(f"it was generated with {', '.join(differ)}, not "
+                         + ", ".join(f"{key} {options[key]!r}" for key in options if recorded.get(key) != options[key]))
+    elif options is not None and options != DEFAULT_OPTIONS:
+        notes.append("its seed, lengths and picture size were not recorded (an earlier mmsr made it), so they may "
+                     "not be the ones asked for")
+    return "; ".join(notes)
 
 
 def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000, seed: int = 0, domain: int = 0,
