@@ -299,10 +299,10 @@ def kept_note(dest: Path, items: int, users: int, options: dict | None = None) -
     if recorded is None and meta.get("content_hash") == DEFAULT_CONTENT_HASH:
         recorded = DEFAULT_OPTIONS
     if options is not None and recorded is not None:
-        differ = [f"{key} {recorded.get(key)!r}" for key in options if recorded.get(key) != options[key]]
-        if differ:
-            notes.append(f"it was generated with {', '.join(differ)}, not "
-                         + ", ".join(f"{key} {options[key]!r}" for key in options if recorded.get(key) != options[key]))
+        keys = [key for key in options if recorded.get(key) != options[key]]
+        if keys:
+            notes.append(f"it was generated with {', '.join(f'{key} {recorded.get(key)!r}' for key in keys)}, "
+                         f"not {', '.join(f'{key} {options[key]!r}' for key in keys)}")
     elif options is not None and options != DEFAULT_OPTIONS:
         notes.append("its seed, lengths and picture size were not recorded (an earlier mmsr made it), so they may "
                      "not be the ones asked for")
