@@ -148,3 +148,37 @@ def test_the_cli_of_a_joined_rank_leaves_the_group_only_when_it_succeeded(tmp_pa
     assert (marker.read_text() if marker.exists() else None) == left
     if code:
         assert "optim.lr" in done.stderr  # the one-line error came out before os._exit
+
+
+_FAILING_RANK = """
+import time
+import torch
+import torch.distributed as dist
+from mmsr import distributed
+
+rank = distributed.init_from_env(torch.device("cpu")).rank
+if rank == 1:
+    time.sleep(0.5)
+    distributed.exit_after_group(2)  # a failing rank
+try:
+    dist.all_reduce(torch.ones(1))  # rank 0, inside a collective when its peer fails
+except Exception as error:
+    print("rank 0 saw", type(error).__name__, flush=True)
+    distributed.exit_after_group(3)
+distributed.exit_after_group(0)
+"""
+
+
+def test_a_failing_torchrun_rank_does_not_hold_its_peers_in_the_leaving_barrier(tmp_path):
+    """Two real gloo ranks: rank 1 fails while rank 0 waits in an all-reduce. Rank 1 leaves without
+    the barrier, so rank 0 learns of it at once (its peer's connection closes) instead of after
+    the group's 30-minute timeout, and the job fails in seconds. (With the barrier, the same
+    launch was still hanging after 40 s.)"""
+    script = tmp_path / "failing_rank.py"
+    script.write_text(_FAILING_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+                           "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", str(script)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert "rank 0 saw" in done.stdout + done.stderr, done.stderr[-2000:]
