@@ -10,7 +10,6 @@ import re
 import shlex
 import socket
 import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
