@@ -26,7 +26,7 @@ import yaml
 
 from mmsr import config as config_lib
 from mmsr.atomic import atomic_write_text
-from mmsr.caches import cache_path, check_inputs, current_digests, expected_fingerprint, inputs_version
+from mmsr.caches import cache_path, check_inputs, current_digests, expected_fingerprint
 from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeholder_picture
 from mmsr.distributed import pick_device
 from mmsr.encoders import create_encoders
@@ -333,11 +333,9 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
                                        chunk_items or None)
 
     # A rerun on the version of the dataset the cache recorded reads no picture again for them.
-    version = inputs_version(dataset)
-    digests = {m: current_digests(dataset, m, encoder_config, read_item_digests(path, m), version) for m in specs}
+    digests = {m: current_digests(dataset, m, encoder_config, read_item_digests(path, m)) for m in specs}
     with CacheWriter(path, item_ids=dataset.item_ids(), specs=specs, shard=shard,
-                     build={"on_bad_image": on_bad_image}, overwrite=overwrite, item_digests=digests,
-                     source=version) as writer:
+                     build={"on_bad_image": on_bad_image}, overwrite=overwrite, item_digests=digests) as writer:
         if resolved_config is not None:
             _write_config(path / CONFIG_FILE, resolved_config)
         for modality in sorted(specs):

@@ -24,7 +24,7 @@ from mmsr.errors import MMSRError
 from mmsr_store import Cache, StoreError, open_cache
 from mmsr_store.errors import OutOfSpaceError
 from mmsr_store.fingerprint import digest, items_hash
-from mmsr_store.layout import FORMAT, STORE_DIR, write_item_digests
+from mmsr_store.layout import FORMAT, STORE_DIR, changed_rows, write_item_digests
 from mmsr_store.reader import BUILD_HINT
 
 CACHE_DTYPE = "float16"
@@ -140,6 +140,11 @@ def _yaml_value(value) -> str:
     return json.dumps(value)
 
 
+# What each modality's encoder reads of an item: its text, its picture, or both.
+READS_TEXT = ("text", "joint")
+READS_PICTURE = ("image", "joint")
+
+
 def item_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig) -> list[str]:
     """Per item, a digest of what the `modality` encoder reads of it: the text it is given
     (`Dataset.item_text` over encoders.text_fields), the bytes of its picture file, or both."""
@@ -147,10 +152,10 @@ def item_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig)
     out = []
     for index in range(dataset.num_items):
         h = hashlib.blake2b(digest_size=12)
-        if modality in ("text", "joint"):
+        if modality in READS_TEXT:
             h.update(dataset.item_text(index, fields).encode("utf-8"))
             h.update(b"\0")
-        if modality in ("image", "joint"):
+        if modality in READS_PICTURE:
             picture = dataset.image_path(index)
             h.update(b"no picture" if picture is None else picture.read_bytes() if picture.is_file()
                      else b"missing " + str(picture).encode("utf-8"))
@@ -158,17 +163,20 @@ def item_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig)
     return out
 
 
-def inputs_version(dataset: Dataset) -> str:
-    """The version of the dataset's item inputs that recorded digests are kept for: meta.json's
-    content hash (written with the dataset) and a stamp of the files as they are now, the size and
-    modification time of items.jsonl and of every item's picture. The stamp changes when a file
-    is edited by hand, which the content hash cannot see; a stat per picture costs far less than
-    reading it. "" (never trusted) for a dataset without a content hash."""
+def inputs_version(dataset: Dataset, modality: str) -> str:
+    """The version of what the `modality` encoder reads that its recorded digests are kept for:
+    meta.json's content hash (written with the dataset) and a stamp of the files as they are now,
+    the size and modification time of items.jsonl and, for a modality that reads pictures, of
+    every item's picture. The stamp changes when a file is edited by hand, which the content hash
+    cannot see; a stat per picture costs far less than reading it. "" (never trusted) for a
+    dataset without a content hash."""
     content = dataset.meta.get("content_hash", "")
     if not content:
         return ""
     stamp = hashlib.blake2b(digest_size=12)
-    paths = [dataset.root / "items.jsonl"] + [dataset.image_path(i) for i in range(dataset.num_items)]
+    paths = [dataset.root / "items.jsonl"]
+    if modality in READS_PICTURE:
+        paths += [dataset.image_path(i) for i in range(dataset.num_items)]
     for path in paths:
         if path is None:
             stamp.update(b"-\0")
@@ -182,14 +190,14 @@ def inputs_version(dataset: Dataset) -> str:
 
 
 def current_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig,
-                    recorded: tuple[str, list[str]] | None, version: str | None = None) -> list[str]:
-    """`item_digests` of the dataset as it is: the `recorded` (source, digests) when they were
-    read from this very version of it (`inputs_version`, computed here unless given) and cover
-    every item, else every item's inputs read again (pictures included)."""
-    version = inputs_version(dataset) if version is None else version
+                    recorded: tuple[str, list[str]] | None) -> tuple[str, list[str]]:
+    """(`inputs_version`, `item_digests`) of the dataset as it is: the `recorded` (source,
+    digests) when they were read from this very version of it and cover every item, else every
+    item's inputs read again (pictures included)."""
+    version = inputs_version(dataset, modality)
     if recorded is not None and version and recorded[0] == version and len(recorded[1]) == dataset.num_items:
-        return recorded[1]
-    return item_digests(dataset, modality, encoder_config)
+        return recorded
+    return version, item_digests(dataset, modality, encoder_config)
 
 
 def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderConfig,
@@ -197,17 +205,15 @@ def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderCon
     """Refuse a cache whose rows were encoded from other texts or pictures than the dataset's
     items hold now: a dataset regenerated or re-imported under the same name, with the same item
     ids, or its files edited by hand. Fast when the dataset is the version the build read
-    (`inputs_version`: its content hash, and its files' sizes and times unchanged);
+    (`inputs_version`: its content hash, and the sizes and times of the files each modality reads);
     otherwise every item's inputs are read again (pictures included). A cache built before the
     digests were kept is not checked."""
-    version = None
     for modality in cache.modalities:
         stored = cache.item_digests(modality)
         if stored is None:
             continue
-        version = inputs_version(dataset) if version is None else version
-        now = current_digests(dataset, modality, encoder_config, stored, version)
-        changed = [row for row, (a, b) in enumerate(zip(stored[1], now)) if a != b]
+        version, now = current_digests(dataset, modality, encoder_config, stored)
+        changed = changed_rows(stored[1], now)
         if changed:
             ids = dataset.item_ids()
             raise MMSRError(f"{len(changed):,} item{'s' if len(changed) > 1 else ''} of dataset {dataset.name} "

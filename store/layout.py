@@ -120,6 +120,11 @@ def read_item_digests(cache_dir: Path, modality: str) -> tuple[str, list[str]] |
     return str(data.get("source", "")), list(data.get("digests", []))
 
 
+def changed_rows(recorded: list[str], now: list[str]) -> list[int]:
+    """The rows whose digest differs between two lists of item digests (over the shorter one)."""
+    return [row for row, (a, b) in enumerate(zip(recorded, now)) if a != b]
+
+
 def write_item_digests(cache_dir: Path, modality: str, source: str, digests: list[str]) -> None:
     atomic_write_bytes(Path(cache_dir) / ITEM_DIGESTS_DIR / f"{modality}.json",
                        json.dumps({"source": source, "digests": digests}).encode("utf-8"))

@@ -26,7 +26,7 @@ from mmsr_store import manifest
 from mmsr_store.errors import StoreError, out_of_space_guard
 from mmsr_store.fingerprint import canonical, diff, items_hash
 from mmsr_store.layout import (DIR_MODE, FORMAT, HIDDEN, HIDDEN_DTYPE, ITEM_DIGESTS_DIR, ITEM_IDS, LOCK_DIR,
-                               MANIFEST_DIR, MASK, MMAP_DIR, STORE_DIR, chunk_items_for, read_item_digests,
+                               MANIFEST_DIR, MASK, MMAP_DIR, STORE_DIR, changed_rows, chunk_items_for, read_item_digests,
                                read_item_ids, remove_partial_files, write_item_digests, write_item_ids)
 from mmsr_store.reader import read_rows
 from mmsr_store.shards import Shard, ShardClaim, flocked, holder, live_shards
@@ -76,7 +76,7 @@ def _codecs():
 class CacheWriter:
     def __init__(self, cache_dir: str | Path, *, item_ids: list[str], specs: dict[str, ModalitySpec],
                  shard: Shard | None = None, build: dict | None = None, overwrite: bool = False,
-                 item_digests: dict[str, list[str]] | None = None, source: str = ""):
+                 item_digests: dict[str, tuple[str, list[str]]] | None = None):
         import zarr
 
         if not specs:
@@ -88,12 +88,12 @@ class CacheWriter:
         self.dir = Path(cache_dir)
         self.item_ids = list(item_ids)
         self.specs = specs
-        # {modality: a digest per item of what its row is encoded from}; `source`: the caller's
-        # name for the version they were read from (a dataset's content hash). A cached row whose
-        # digest differs was encoded from other inputs: refused, never mixed with new rows.
+        # {modality: (source, a digest per item of what its row is encoded from)}; the source is
+        # the caller's name for the version they were read from (`mmsr.caches.inputs_version`). A
+        # cached row whose digest differs was encoded from other inputs: refused, never mixed
+        # with new rows.
         self.item_digests = dict(item_digests or {})
-        self.source = source
-        for modality, digests in self.item_digests.items():
+        for modality, (_, digests) in self.item_digests.items():
             if len(digests) != len(self.item_ids):
                 raise StoreError(f"{len(digests)} {modality} digests for {len(self.item_ids)} items")
         self.shard = shard or Shard()
@@ -150,8 +150,8 @@ class CacheWriter:
                                   dtype="bool", fill_value=False, compressors=_codecs(),
                                   dimension_names=("item", "token"))
             write_item_ids(self.dir, self.item_ids)
-            for modality, digests in self.item_digests.items():
-                write_item_digests(self.dir, modality, self.source, digests)
+            for modality, (source, digests) in self.item_digests.items():
+                write_item_digests(self.dir, modality, source, digests)
             tmp.rename(self.dir / STORE_DIR)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -212,19 +212,18 @@ class CacheWriter:
     def _check_digests(self) -> None:
         """Refuse rows encoded from other inputs than the items have now; then record the
         digests (a cache from before they were kept adopts them: its rows cannot be checked)."""
-        for modality, digests in sorted(self.item_digests.items()):
+        for modality, (source, digests) in sorted(self.item_digests.items()):
             stored = read_item_digests(self.dir, modality)
             if stored is not None:
-                old = stored[1]
-                changed = [row for row, (a, b) in enumerate(zip(old, digests)) if a != b]
+                changed = changed_rows(stored[1], digests)
                 if changed:
                     first = changed[0]
                     raise StoreError(f"{len(changed):,} cached item{'s' if len(changed) > 1 else ''} changed "
                                      f"{modality} since they were encoded (the first: item {self.item_ids[first]!r}, "
                                      f"row {first})", where=self.dir, hint=REBUILD_HINT)
-                if stored == (self.source, digests):
+                if stored == (source, digests):
                     continue
-            write_item_digests(self.dir, modality, self.source, digests)
+            write_item_digests(self.dir, modality, source, digests)
 
     # ------------------------------------------------------------------ work
     def chunk_items(self, modality: str) -> int:

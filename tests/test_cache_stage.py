@@ -17,7 +17,7 @@ import pytest
 
 from cache_helpers import FakeTextEncoder, fake_config, fake_encoders, repo_pythonpath
 from mmsr.cache_stage import build_cache
-from mmsr.caches import cache_path, expected_fingerprints, open_checked_cache
+from mmsr.caches import cache_path, expected_fingerprints, inputs_version, open_checked_cache
 from mmsr.data.dataset import load_dataset
 from mmsr.errors import MMSRError
 from mmsr_store import StoreError, open_cache
@@ -302,9 +302,13 @@ def test_files_edited_by_hand_are_caught_though_meta_json_is_unchanged(small_dem
 
     picture = root / next(item for item in items[20:] if item["image"])["image"]
     data = picture.read_bytes()
+    versions = {m: inputs_version(load_dataset(root, check_images=False), m) for m in ("text", "image")}
     picture.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, same name, one bit
     with pytest.raises(MMSRError, match="changed image since this cache was built"):
         opened()
+    # Only the modality that reads pictures looks at them (a text cache stats no picture).
+    after = {m: inputs_version(load_dataset(root, check_images=False), m) for m in ("text", "image")}
+    assert after["text"] == versions["text"] and after["image"] != versions["image"]
 
 
 def test_an_open_that_read_the_inputs_again_records_them_for_the_next(small_demo, tmp_path, monkeypatch):

@@ -229,17 +229,17 @@ def test_item_digests_refuse_changed_rows_and_a_cache_without_them_adopts_them(t
     with CacheWriter(path, item_ids=ids(4), specs={"text": spec()}):
         pass  # a cache from before digests were kept
     assert open_cache_dir_digests(path) is None
-    with CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": list("abcd")}, source="v1"):
+    with CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": ("v1", list("abcd"))}):
         pass
     assert open_cache_dir_digests(path) == ("v1", list("abcd"))
-    with CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": list("abcd")}, source="v2"):
+    with CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": ("v2", list("abcd"))}):
         pass  # a new version with the same inputs: recorded
     assert open_cache_dir_digests(path) == ("v2", list("abcd"))
     with pytest.raises(StoreError, match=r"2 cached items changed text since they were encoded \(the first: item "
                                          r"'i1', row 1\)"):
-        CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": list("aXYd")}, source="v3")
+        CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": ("v3", list("aXYd"))})
     with pytest.raises(StoreError, match="3 text digests for 4 items"):
-        CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": list("abc")})
+        CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": ("", list("abc"))})
 
 
 def open_cache_dir_digests(path):

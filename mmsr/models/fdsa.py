@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
-from mmsr.models.layers import PooledState, pooled_upper
+from mmsr.models.layers import pooled_upper
 from mmsr.models.sequence import SASRec
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -53,12 +53,8 @@ def given_features(encoders: nn.ModuleDict, project: nn.ModuleDict, states: Stat
     (FDSA, CARCA++) read it this way."""
     columns = []
     for modality, encoder in encoders.items():
-        state = states[modality]
-        if isinstance(state, PooledState):  # the feed pooled it once (`fixed_features`)
-            pooled = state.vectors.float()
-        else:
-            with torch.no_grad():
-                pooled = pooled_upper(encoder, *state)
+        with torch.no_grad():  # the feed may have pooled it once already (`fixed_features`)
+            pooled = pooled_upper(encoder, states[modality])
         columns.append(project[modality](pooled))
     return columns
 

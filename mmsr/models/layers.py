@@ -23,8 +23,12 @@ class PooledState(NamedTuple):
     vectors: torch.Tensor
 
 
-def pooled_upper(encoder, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N, D]: `encoder.upper` on cached lower-layer states (any float dtype), masked-mean pooled."""
+def pooled_upper(encoder, state) -> torch.Tensor:
+    """[N, D]: a feed's `PooledState` as it is, else `encoder.upper` on the cached lower-layer
+    states (hidden of any float dtype, mask), masked-mean pooled."""
+    if isinstance(state, PooledState):
+        return state.vectors.float()
+    hidden, mask = state
     return masked_mean(*encoder.upper(hidden.float(), mask))
 
 

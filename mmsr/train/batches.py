@@ -158,7 +158,6 @@ class TrainBatches:
             rows = rows[forbidden(rows)]
         return out
 
-
     def _seen_items(self, user: int) -> np.ndarray:
         seen = self._seen.get(user)
         if seen is None:

@@ -228,7 +228,7 @@ def pool_items(encoder, modality: str, feed: ItemFeed, num_items: int, batch_siz
     out = []
     for start in range(0, num_items, batch_size):
         ids = torch.arange(start, min(num_items, start + batch_size), device=device)
-        out.append(pooled_upper(encoder, *feed(ids)[modality]).float())
+        out.append(pooled_upper(encoder, feed(ids)[modality]))
     return torch.cat(out) if out else torch.zeros(0, encoder.output_size, device=device)
 
 
