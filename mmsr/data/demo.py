@@ -169,10 +169,6 @@ def render_image(colour: int, shape: int, pattern: int, rng: np.random.Generator
 CHECKPOINT_ITEMS = 4096
 
 
-# What a generation is asked for besides its size, recorded in meta.json ("generator") unless the
-# whole request is the default one, whose meta.json stays byte for byte what it always was.
-DEFAULT_SIZE = {"items": 3000, "users": 2000}
-DEFAULT_OPTIONS = {"seed": 0, "domain": 0, "min_len": 5, "max_len": 40, "image_size": 224, "sampler": "exact"}
 # The default demo's content hash (tests/test_demo_domains.py pins the same; JPEG bytes come from
 # Pillow, so a Pillow upgrade may move both): a kept dataset with it and no "generator" record was
 # made with DEFAULT_OPTIONS.
@@ -181,9 +177,15 @@ DEFAULT_CONTENT_HASH = "b1324311c88d26b6dfd7f0ebb81bb2d1805311caa554678648eaf112
 
 def generator_options(*, seed: int = 0, domain: int = 0, min_len: int = 5, max_len: int = 40, image_size: int = 224,
                       sampler: str = "auto", items: int = 3000) -> dict:
-    """The options a generation records, its sampler resolved (`auto` depends on the size)."""
+    """What a generation is asked for besides its size, its sampler resolved (`auto` depends on the
+    size): recorded in meta.json ("generator") unless the whole request is the default one, whose
+    meta.json stays byte for byte what it always was."""
     return {"seed": seed, "domain": domain, "min_len": min_len, "max_len": max_len, "image_size": image_size,
             "sampler": choose_sampler(sampler, items)}
+
+
+DEFAULT_OPTIONS = generator_options()
+DEFAULT_SIZE = {"items": 3000, "users": 2000}
 
 
 def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: int = 2000, seed: int = 0,
