@@ -214,6 +214,22 @@ def test_the_eval_command_on_the_gpu_names_its_backend(gpu_overrides, tmp_path, 
     assert report["users"] > 0 and all(0.0 <= v <= 1.0 for v in report["metrics"].values())
 
 
+def test_carca_ranks_every_item_by_exact_batched_scoring_on_the_gpu(gpu_overrides, tmp_path):
+    """CARCA++'s candidate-dependent scorer on the GPU (every item scored for every case, in blocks
+    on the device): `mmsr eval` names the exact-batched path and gives the CPU's figures within the
+    rounding of two processors (a near-tie swapped here and there)."""
+    from mmsr.eval.runner import evaluate_run
+
+    run = tmp_path / "carca"
+    _train(gpu_overrides + ["model.kind=carca", "optim.loss=bce", "optim.epochs=2"], run)
+    figures = {device: evaluate_run(run, "valid", ks="10,20", device=device) for device in ("cuda", "cpu")}
+    assert figures["cuda"]["search"].startswith("exact-batched"), figures["cuda"]["search"]
+    assert figures["cuda"]["backend"]["name"] == "exact-batched"
+    users = figures["cpu"]["users"]
+    for name, value in figures["cpu"]["metrics"].items():
+        assert abs(value - figures["cuda"]["metrics"][name]) <= 2.0 / users, (name, value, figures["cuda"]["metrics"])
+
+
 def test_the_faiss_gpu_index_ranks_as_the_cpu_index():
     """Random vectors with planted exact ties: the GPU index (every candidate re-scored in float64)
     gives the CPU index's ranks, case by case."""
