@@ -1,0 +1,52 @@
+"""bench/step_flops.py on the tiny encoders: it counts every batch of the first epoch as the
+trainer builds them, and the count follows the model's shape. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def _count(overrides, capsys, *extra):
+    import step_flops
+
+    argv = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.toml")]
+    for override in overrides:
+        argv += ["--set", override]
+    step_flops.main(argv + list(extra))
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_step_flops_counts_each_batch_and_follows_the_model(tiny_overrides, capsys):
+    import zarr
+
+    from mmsr import config as config_lib
+    from mmsr.cache_stage import build_cache
+    from mmsr.data.dataset import load_dataset
+    from mmsr.data.split import split_dataset
+    from mmsr.train.batches import TrainBatches
+    from mmsr.train.config import TrainConfig
+
+    one = _count(tiny_overrides, capsys, "--epoch-seconds", "2.0", "4.0")
+    config = config_lib.load(TrainConfig, None, tiny_overrides)
+    batches = TrainBatches.for_config(split_dataset(load_dataset(config.dataset), config.split), config)
+    assert one["steps"] == len(batches)
+    spread = one["distinct_items_per_step"]
+    assert 0 < spread["min"] <= spread["median"] <= spread["max"] <= one["items"]
+    # The states per item it counts are the ones the cache holds (text: at most its budget).
+    cache = build_cache(load_dataset(config.dataset), config.encoders, batch_size=64, num_workers=0).path
+    held = {m: zarr.open_array(cache / "store.zarr" / m / "hidden", mode="r").shape[1] for m in one["tokens"]}
+    assert one["tokens"] == held
+    assert one["achieved_tflop_per_s"] == [round(one["epoch_tflop"] / 2.0, 1), round(one["epoch_tflop"] / 4.0, 1)]
+
+    # One more fine-tuned vision block: twice the vision top's arithmetic per item, the rest as it was.
+    two = _count(tiny_overrides + ["encoders.vision_top_blocks=2"], capsys)
+    image_one, image_two = one["per_item_forward_gflop"]["image"], two["per_item_forward_gflop"]["image"]
+    assert image_two["upper"] == pytest.approx(2 * image_one["upper"], rel=1e-3)
+    assert two["per_item_forward_gflop"]["text"] == one["per_item_forward_gflop"]["text"]
+    assert two["step_gflop_median"] > one["step_gflop_median"]
