@@ -26,7 +26,7 @@ import yaml
 
 from mmsr import config as config_lib
 from mmsr.atomic import atomic_write_text
-from mmsr.caches import cache_path, check_inputs, current_digests, expected_fingerprint
+from mmsr.caches import adopt_legacy_digests, cache_path, check_inputs, current_digests, expected_fingerprint
 from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeholder_picture
 from mmsr.distributed import pick_device
 from mmsr.encoders import create_encoders
@@ -332,6 +332,9 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
         specs[modality] = ModalitySpec(tokens, dim, expected_fingerprint(encoder, dataset, encoder_config),
                                        chunk_items or None)
 
+    if not overwrite:  # rows of an old cache that kept no digests are checked by its files' times
+        for m in specs:
+            adopt_legacy_digests(path, dataset, m, encoder_config)
     # A rerun on the version of the dataset the cache recorded reads no picture again for them.
     digests = {m: current_digests(dataset, m, encoder_config, read_item_digests(path, m)) for m in specs}
     with CacheWriter(path, item_ids=dataset.item_ids(), specs=specs, shard=shard,

@@ -21,10 +21,10 @@ from mmsr.data.dataset import Dataset
 from mmsr.encoders.config import EncoderConfig
 from mmsr.encoders.model_key import model_key
 from mmsr.errors import MMSRError
-from mmsr_store import Cache, StoreError, open_cache
+from mmsr_store import Cache, StoreError, manifest, open_cache
 from mmsr_store.errors import OutOfSpaceError
 from mmsr_store.fingerprint import digest, items_hash
-from mmsr_store.layout import FORMAT, STORE_DIR, changed_rows, write_item_digests
+from mmsr_store.layout import FORMAT, STORE_DIR, changed_rows, read_item_digests, write_item_digests
 from mmsr_store.reader import BUILD_HINT
 
 CACHE_DTYPE = "float16"
@@ -200,6 +200,61 @@ def current_digests(dataset: Dataset, modality: str, encoder_config: EncoderConf
     return version, item_digests(dataset, modality, encoder_config)
 
 
+# The source recorded for the digests of a cache built before they were kept (`legacy_digests`),
+# and the digest given to a row whose inputs were modified after it was encoded: no digest of
+# real inputs equals it, so every check refuses that row.
+LEGACY_SOURCE = "adopted: built before item digests were kept"
+MODIFIED_AFTER_ENCODING = "modified after it was encoded"
+
+
+def legacy_digests(cache_dir: Path, dataset: Dataset, modality: str,
+                   encoder_config: EncoderConfig) -> tuple[str, list[str]] | None:
+    """Digests for a cache whose build kept none for `modality` (mmsr before 2026-12-04), from the
+    files' times: a row whose inputs (items.jsonl for text, its picture file for pictures) were
+    last modified before its chunk's manifest marker was written was encoded from what they hold
+    now, and gets their digest; any other row gets `MODIFIED_AFTER_ENCODING`. A data root copied
+    without its files' times looks modified, so its old caches are refused, never trusted blindly.
+    Rows of chunks not finished yet get today's digests: they will be encoded from today's inputs.
+    None when the cache keeps digests for `modality`, or has no finished chunk of it."""
+    if read_item_digests(cache_dir, modality) is not None:
+        return None
+    records = manifest.read(cache_dir, modality)
+    if not records:
+        return None
+    now = item_digests(dataset, modality, encoder_config)
+    digests = list(now)
+    text_time = _mtime_ns(dataset.root / "items.jsonl") if modality in READS_TEXT else None
+    for chunk, record in records.items():
+        encoded_at = _mtime_ns(manifest.marker_path(cache_dir, modality, chunk))
+        for row in range(record.start, min(record.stop, len(digests))):
+            times = [text_time] if text_time is not None else []
+            if modality in READS_PICTURE and dataset.image_path(row) is not None:
+                times.append(_mtime_ns(dataset.image_path(row)))
+            if encoded_at is None or any(t is not None and t > encoded_at for t in times):
+                digests[row] = MODIFIED_AFTER_ENCODING
+    return LEGACY_SOURCE, digests
+
+
+def adopt_legacy_digests(cache_dir: Path, dataset: Dataset, modality: str, encoder_config: EncoderConfig,
+                         *, record: bool = True) -> tuple[str, list[str]] | None:
+    """`legacy_digests`, written into the cache when `record` and it can be (then every later
+    build and open checks the rows against them as against a new cache's)."""
+    digests = legacy_digests(cache_dir, dataset, modality, encoder_config)
+    if digests is not None and record:
+        try:
+            write_item_digests(cache_dir, modality, *digests)
+        except (OSError, OutOfSpaceError):
+            pass  # read-only: the next open works them out again
+    return digests
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
 def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderConfig,
                       on_bad_image: str = "error") -> None:
     """Refuse a cache whose rows were encoded from other texts or pictures than the dataset's
@@ -207,18 +262,19 @@ def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderCon
     ids, or its files edited by hand. Fast when the dataset is the version the build read
     (`inputs_version`: its content hash, and the sizes and times of the files each modality reads);
     otherwise every item's inputs are read again (pictures included). A cache built before the
-    digests were kept is not checked."""
+    digests were kept is checked once by its files' times (`legacy_digests`), which it then keeps."""
     for modality in cache.modalities:
-        stored = cache.item_digests(modality)
+        stored = cache.item_digests(modality) or adopt_legacy_digests(cache.path, dataset, modality, encoder_config)
         if stored is None:
             continue
         version, now = current_digests(dataset, modality, encoder_config, stored)
         changed = changed_rows(stored[1], now)
         if changed:
             ids = dataset.item_ids()
+            how = (f"had files modified after this cache (built before it kept a record of its inputs) encoded "
+                   f"them" if stored[0] == LEGACY_SOURCE else f"changed {modality} since this cache was built")
             raise MMSRError(f"{len(changed):,} item{'s' if len(changed) > 1 else ''} of dataset {dataset.name} "
-                            f"changed {modality} since this cache was built (the first: item {ids[changed[0]]!r})",
-                            where=cache.path,
+                            f"{how} (the first: item {ids[changed[0]]!r})", where=cache.path,
                             hint=f"rebuild it: {build_command(dataset, encoder_config, on_bad_image)} --overwrite")
         if version and stored[0] != version and len(now) == len(stored[1]):
             _remember_version(cache.path, modality, version, now)

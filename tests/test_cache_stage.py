@@ -311,6 +311,55 @@ def test_files_edited_by_hand_are_caught_though_meta_json_is_unchanged(small_dem
     assert after["text"] == versions["text"] and after["image"] != versions["image"]
 
 
+def _as_before_digests(path: Path) -> None:
+    """Make a cache look built by mmsr before it kept item digests (2026-12-04)."""
+    shutil.rmtree(path / "item_digests")
+
+
+def _touch_after_encoding(path: Path, cache: Path, modality: str) -> None:
+    """Give `path` a modification time one second after the cache's last chunk marker."""
+    latest = max(marker.stat().st_mtime_ns for marker in (cache / "manifest" / modality).glob("*.json"))
+    os.utime(path, ns=(latest + 10**9, latest + 10**9))
+
+
+def test_a_cache_built_before_digests_is_adopted_by_its_files_times(small_demo, tmp_path):
+    """An old cache (no item digests) over files none of which changed after their chunk was
+    encoded: training opens it and records today's digests, so a later edit is caught as in a
+    new cache. Nothing else is trusted blindly: a picture modified after its row was encoded is
+    refused, by the open and by a build on the cache, naming the item (--overwrite rebuilds it),
+    and so is every row when the text file is (as in a data root copied without its times)."""
+    from mmsr_store.layout import read_item_digests
+
+    root, path, opened = _cached_copy(small_demo, tmp_path)
+    _as_before_digests(path)
+    assert build(root, path).complete  # a rerun of the build adopts them too
+    _as_before_digests(path)
+    opened()
+    assert read_item_digests(path, "text")[0] == inputs_version(load_dataset(root, check_images=False), "text")
+    items = [json.loads(line) for line in (root / "items.jsonl").read_text().splitlines()]
+
+    root, path, opened = _cached_copy(small_demo, tmp_path / "b")
+    _as_before_digests(path)
+    picture = next(item for item in items[20:] if item["image"])
+    _touch_after_encoding(root / picture["image"], path, "image")  # the same bytes, a later time
+    with pytest.raises(MMSRError, match=f"1 item of dataset \\S+ had files modified after this cache \\(built "
+                                        f"before it kept a record of its inputs\\) encoded them \\(the first: "
+                                        f"item '{picture['id']}'\\)") as error:
+        opened()
+    assert "--overwrite" in str(error.value.hint)
+    with pytest.raises(StoreError, match=f"1 cached item changed image since they were encoded \\(the first: "
+                                         f"item '{picture['id']}'"):
+        build(root, path)
+    assert build(root, path, overwrite=True).complete
+    opened()
+
+    root, path, opened = _cached_copy(small_demo, tmp_path / "c")
+    _as_before_digests(path)
+    _touch_after_encoding(root / "items.jsonl", path, "text")  # e.g. a data root copied without its times
+    with pytest.raises(MMSRError, match=f"{len(items)} items of dataset \\S+ had files modified after"):
+        opened()
+
+
 def test_an_open_that_read_the_inputs_again_records_them_for_the_next(small_demo, tmp_path, monkeypatch):
     """A new version of the dataset with the same items (new interactions; a data root copied
     without its files' times): the first open reads every input again, finds no change and
