@@ -1,5 +1,6 @@
-"""bench/step_flops.py on the tiny encoders: it counts every batch of the first epoch as the
-trainer builds them, and the count follows the model's shape. No timing is asserted."""
+"""bench/step_flops.py and bench/train_profile.py on the tiny encoders: the first counts every
+batch of the first epoch as the trainer builds them, following the model's shape; the second
+profiles the recipe's own steps. No timing is asserted: the figures belong to the benchmarks."""
 
 from __future__ import annotations
 
@@ -9,17 +10,23 @@ from pathlib import Path
 
 import pytest
 
+from test_train import built_cache  # noqa: F401  (a fixture)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def _run(bench, overrides, capsys, *extra):
+    argv = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.toml")]
+    for override in overrides:
+        argv += ["--set", override]
+    bench.main(argv + list(extra))
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def _count(overrides, capsys, *extra):
     import step_flops
 
-    argv = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.toml")]
-    for override in overrides:
-        argv += ["--set", override]
-    step_flops.main(argv + list(extra))
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return _run(step_flops, overrides, capsys, *extra)
 
 
 def test_step_flops_counts_each_batch_and_follows_the_model(tiny_overrides, capsys):
@@ -50,3 +57,20 @@ def test_step_flops_counts_each_batch_and_follows_the_model(tiny_overrides, caps
     assert image_two["upper"] == pytest.approx(2 * image_one["upper"], rel=1e-3)
     assert two["per_item_forward_gflop"]["text"] == one["per_item_forward_gflop"]["text"]
     assert two["step_gflop_median"] > one["step_gflop_median"]
+
+
+def test_train_profile_splits_the_recipes_steps_by_phase_and_operator_kind(built_cache, capsys):
+    import train_profile
+
+    report = _run(train_profile, built_cache, capsys, "--steps", "2", "--warmup", "1", "--top", "5")
+    assert report["steps"] == 2 and report["device"] == "cpu" and report["time_measured"] == "self CPU time"
+    phases = report["phase_seconds_median"]
+    assert set(phases) == {"step", "feed", "forward", "backward", "optimizer"}
+    assert all(seconds > 0 for seconds in phases.values())
+    shares = report["share_by_kind"]
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert shares["matmul and attention"] > 0 and shares["optimizer"] > 0
+    assert len(report["top_operators"]) == 5
+    assert train_profile.kind_of("aten::addmm") == "matmul and attention"
+    assert train_profile.kind_of("aten::_to_copy") == "copies and casts"
+    assert train_profile.kind_of("aten::relu") == "other"
