@@ -291,3 +291,29 @@ def test_postnorm_sasrec_normalises_after_each_residual_and_sasrec_keeps_its_wei
     pre = create_sequence_model("sasrec", dim=16, max_len=8)
     assert "input_norm.weight" in post.state_dict() and "norm.weight" not in post.state_dict()
     assert not any(key.startswith("input_norm") for key in pre.state_dict()) and "norm.weight" in pre.state_dict()
+
+
+def test_masked_mean_skips_the_mask_product_only_where_it_is_the_identity():
+    """All tokens valid (a ViT's patches): the shortcut gives the weighted form's values and
+    gradients bit for bit. Padding, a row with no valid token and no tokens at all keep the
+    weighted form's answers (zeros where nothing is valid, never NaN)."""
+    from mmsr.models.layers import masked_mean
+
+    torch.manual_seed(0)
+
+    def weighted(tokens, mask):  # the definition the shortcut must equal
+        weight = mask.to(tokens.dtype).unsqueeze(-1)
+        return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+    for mask in (torch.ones(40, 65, dtype=torch.bool), torch.rand(40, 65) > 0.3):
+        mask[3] = mask[3] if mask.all() else False  # a row with no valid token where some are padded
+        results = []
+        for mean in (masked_mean, weighted):
+            tokens = (torch.randn(40, 65, 24, generator=torch.Generator().manual_seed(1)) * 3).requires_grad_()
+            out = mean(tokens, mask)
+            (out * torch.linspace(-1, 1, 24)).sum().backward()
+            results.append((out.detach(), tokens.grad))
+        assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+        if not mask.all():
+            assert torch.equal(results[0][0][3], torch.zeros(24))
+    assert torch.equal(masked_mean(torch.zeros(5, 0, 8), torch.zeros(5, 0, dtype=torch.bool)), torch.zeros(5, 8))
