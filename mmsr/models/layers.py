@@ -11,10 +11,11 @@ from torch import nn
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the valid tokens; a row with no valid token gives zeros."""
-    if tokens.shape[1] and bool(mask.all()):
+    if tokens.device.type == "cpu" and tokens.shape[1] and bool(mask.all()):
         # Every token valid (a ViT's patches always are): the product by ones is the identity,
         # bit for bit, and skipping it saves two passes over [N, T, D], forward and backward
-        # (a fifth of the demo profile's CPU step, docs/bench-train.md).
+        # (a fifth of the demo profile's CPU step, docs/bench-train.md). Not on a GPU: asking
+        # would stop the host until the device caught up, and there the pass is cheap.
         return tokens.sum(1) / tokens.shape[1]
     weight = mask.to(tokens.dtype).unsqueeze(-1)
     return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1.0)
