@@ -24,7 +24,7 @@ from mmsr.errors import MMSRError
 from mmsr_store import Cache, StoreError, manifest, open_cache
 from mmsr_store.errors import OutOfSpaceError
 from mmsr_store.fingerprint import digest, items_hash
-from mmsr_store.layout import FORMAT, STORE_DIR, changed_rows, read_item_digests, write_item_digests
+from mmsr_store.layout import FORMAT, STORE_DIR, changed_rows, read_item_digests, read_item_ids, write_item_digests
 from mmsr_store.reader import BUILD_HINT
 
 CACHE_DTYPE = "float16"
@@ -210,41 +210,52 @@ MODIFIED_AFTER_ENCODING = "modified after it was encoded"
 def legacy_digests(cache_dir: Path, dataset: Dataset, modality: str,
                    encoder_config: EncoderConfig) -> tuple[str, list[str]] | None:
     """Digests for a cache whose build kept none for `modality` (mmsr before 2026-12-04), from the
-    files' times: a row whose inputs (items.jsonl for text, its picture file for pictures) were
-    last modified before its chunk's manifest marker was written was encoded from what they hold
-    now, and gets their digest; any other row gets `MODIFIED_AFTER_ENCODING`. A data root copied
-    without its files' times looks modified, so its old caches are refused, never trusted blindly.
-    Rows of chunks not finished yet get today's digests: they will be encoded from today's inputs.
-    None when the cache keeps digests for `modality`, or has no finished chunk of it."""
+    files' times: a row was encoded from what its inputs hold now when items.jsonl (its text, and
+    where its picture is) and its picture file were last modified before its chunk's manifest
+    marker was written, and then gets their digest; any other row gets `MODIFIED_AFTER_ENCODING`,
+    so every check refuses it. A picture missing now counts as modified unless its chunk recorded
+    it as unreadable then. Rows of chunks not finished yet get today's digests: they will be
+    encoded from today's inputs. The source is `inputs_version` when no row was modified (so the
+    inputs are not read a second time), else `LEGACY_SOURCE`. None when the cache keeps digests
+    for `modality`, has no finished chunk of it, or lists other items than the dataset's first
+    ones (the fingerprint or the writer refuses that cache; nothing is adopted into it)."""
     if read_item_digests(cache_dir, modality) is not None:
         return None
     records = manifest.read(cache_dir, modality)
-    if not records:
+    ids = dataset.item_ids()
+    cached = read_item_ids(cache_dir)
+    if not records or cached != ids[:len(cached)]:
         return None
-    now = item_digests(dataset, modality, encoder_config)
-    digests = list(now)
-    text_time = _mtime_ns(dataset.root / "items.jsonl") if modality in READS_TEXT else None
+    digests = item_digests(dataset, modality, encoder_config)
+    listed_at = _mtime_ns(dataset.root / "items.jsonl")
+    modified = False
     for chunk, record in records.items():
         encoded_at = _mtime_ns(manifest.marker_path(cache_dir, modality, chunk))
+        unreadable_then = "\n".join(record.problems)
         for row in range(record.start, min(record.stop, len(digests))):
-            times = [text_time] if text_time is not None else []
-            if modality in READS_PICTURE and dataset.image_path(row) is not None:
-                times.append(_mtime_ns(dataset.image_path(row)))
-            if encoded_at is None or any(t is not None and t > encoded_at for t in times):
+            times = [listed_at]
+            picture = dataset.image_path(row) if modality in READS_PICTURE else None
+            if picture is not None:
+                picture_time = _mtime_ns(picture)
+                if picture_time is not None or f"item {ids[row]!r}:" not in unreadable_then:
+                    times.append(picture_time)  # None: missing now, read then, so modified
+            if encoded_at is None or any(t is None or t > encoded_at for t in times):
                 digests[row] = MODIFIED_AFTER_ENCODING
-    return LEGACY_SOURCE, digests
+                modified = True
+    return (LEGACY_SOURCE if modified else inputs_version(dataset, modality)), digests
 
 
 def adopt_legacy_digests(cache_dir: Path, dataset: Dataset, modality: str, encoder_config: EncoderConfig,
                          *, record: bool = True) -> tuple[str, list[str]] | None:
     """`legacy_digests`, written into the cache when `record` and it can be (then every later
-    build and open checks the rows against them as against a new cache's)."""
+    build and open checks the rows against them as against a new cache's; a cache this process
+    cannot write is worked out again at each open)."""
     digests = legacy_digests(cache_dir, dataset, modality, encoder_config)
     if digests is not None and record:
         try:
             write_item_digests(cache_dir, modality, *digests)
         except (OSError, OutOfSpaceError):
-            pass  # read-only: the next open works them out again
+            pass
     return digests
 
 

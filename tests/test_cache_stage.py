@@ -356,8 +356,33 @@ def test_a_cache_built_before_digests_is_adopted_by_its_files_times(small_demo, 
     root, path, opened = _cached_copy(small_demo, tmp_path / "c")
     _as_before_digests(path)
     _touch_after_encoding(root / "items.jsonl", path, "text")  # e.g. a data root copied without its times
+    # items.jsonl also says where each picture is: the picture rows are refused as well.
+    with pytest.raises(StoreError, match=f"{len(items)} cached items changed image since they were encoded"):
+        build(root, path)  # the build checks on its own, before anything opened the cache
     with pytest.raises(MMSRError, match=f"{len(items)} items of dataset \\S+ had files modified after"):
         opened()
+
+
+def test_an_old_cache_is_refused_for_a_deleted_picture_and_untouched_by_another_item_list(small_demo, tmp_path):
+    """A picture deleted after its row was encoded has no time to compare: refused (unless its
+    chunk recorded it unreadable then). A build from a dataset of the same name with another item
+    order is refused for its item list and adopts nothing into the cache, which still serves its
+    own dataset."""
+    root, path, opened = _cached_copy(small_demo, tmp_path)
+    _as_before_digests(path)
+    items = [json.loads(line) for line in (root / "items.jsonl").read_text().splitlines()]
+    picture = next(item for item in items[20:] if item["image"])
+    (root / picture["image"]).unlink()
+    with pytest.raises(MMSRError, match=f"1 item of dataset \\S+ had files modified after .* item '{picture['id']}'"):
+        opened()
+
+    root, path, opened = _cached_copy(small_demo, tmp_path / "b")
+    _as_before_digests(path)
+    other = copy_dataset(root, tmp_path / "other" / root.name, edit=lambda rows, _: rows.reverse())
+    with pytest.raises(StoreError, match="the item list changed other than by appending"):
+        build(other, path)
+    assert not (path / "item_digests").exists()
+    opened()
 
 
 def test_an_open_that_read_the_inputs_again_records_them_for_the_next(small_demo, tmp_path, monkeypatch):
