@@ -317,3 +317,7 @@ def test_masked_mean_skips_the_mask_product_only_where_it_is_the_identity():
         if not mask.all():
             assert torch.equal(results[0][0][3], torch.zeros(24))
     assert torch.equal(masked_mean(torch.zeros(5, 0, 8), torch.zeros(5, 0, dtype=torch.bool)), torch.zeros(5, 8))
+    # Half precision keeps the weighted form, rounded denominator included (bfloat16: 257 -> 256).
+    half = torch.randn(3, 257, 8).to(torch.bfloat16)
+    assert torch.equal(masked_mean(half, torch.ones(3, 257, dtype=torch.bool)),
+                       weighted(half, torch.ones(3, 257, dtype=torch.bool)))

@@ -11,11 +11,14 @@ from torch import nn
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the valid tokens; a row with no valid token gives zeros."""
-    if tokens.device.type == "cpu" and tokens.shape[1] and bool(mask.all()):
+    if (tokens.device.type == "cpu" and tokens.dtype in (torch.float32, torch.float64) and tokens.shape[1]
+            and bool(mask.all())):
         # Every token valid (a ViT's patches always are): the product by ones is the identity,
         # bit for bit, and skipping it saves two passes over [N, T, D], forward and backward
         # (a fifth of the demo profile's CPU step, docs/bench-train.md). Not on a GPU: asking
-        # would stop the host until the device caught up, and there the pass is cheap.
+        # would stop the host until the device caught up, and there the pass is cheap. Not in
+        # half precision: there the weighted form's denominator is T rounded (bfloat16 holds 257
+        # as 256), which dividing by the exact T would not reproduce.
         return tokens.sum(1) / tokens.shape[1]
     weight = mask.to(tokens.dtype).unsqueeze(-1)
     return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1.0)
