@@ -7,8 +7,9 @@ Builds the profile's model and its first epoch's batches exactly as `mmsr train 
 (each is run through the trainable encoder blocks and the fusion once), and applies
 bench/train_step.py's FLOP count (`predict`: the matmuls of the fine-tuned encoder blocks, the
 fusion, the sequence model and the loss; backward taken as twice the forward) to every batch.
-Nothing is trained or timed here, so it runs on any machine, with or without the weights' real
-values mattering: the arithmetic depends on the shapes only.
+Nothing is trained or timed here, so it runs on any machine: the arithmetic depends on the shapes
+only. The first epoch's batches stand for every epoch (later epochs shuffle them; their distinct
+item counts differ by a few percent).
 
 `--epoch-seconds` takes the `epoch_seconds` of a run's metrics.jsonl (measured anywhere, e.g. on
 a GPU node) and reports the rate that epoch achieved, and its share of `--peak-tflops` (default
@@ -54,7 +55,8 @@ def epoch_flops(config) -> dict:
         steps.append((distinct, predict(model, config, tokens, distinct, rows, positions)["cache_step_gflop"]))
     first = predict(model, config, tokens, steps[0][0], *batches.batch(0, 0).inputs.shape)
     return {"items": dataset.num_items, "steps": len(steps), "tokens": tokens,
-            "distinct_items_per_step": {"median": statistics.median(d for d, _ in steps),
+            "distinct_items_per_step": {"mean": round(statistics.mean(d for d, _ in steps), 1),
+                                        "median": statistics.median(d for d, _ in steps),
                                         "min": min(d for d, _ in steps), "max": max(d for d, _ in steps)},
             "per_item_forward_gflop": first["per_item_forward_gflop"],
             "fusion_per_item_forward_gflop": first["fusion_per_item_forward_gflop"],
@@ -63,11 +65,13 @@ def epoch_flops(config) -> dict:
 
 
 def _tokens(config, modality: str, encoder) -> int:
-    """States per item in the cache (their upper bound for text): a ViT's patches plus its class
-    token, the text's token budget."""
-    if modality == "text":
-        return config.encoders.max_text_len
-    return (config.encoders.image_size // encoder.model.config.patch_size) ** 2 + 1
+    """States per item in the cache, as the cache build sizes them (one probe of `lower`)."""
+    import torch
+
+    from mmsr.cache_stage import probe_shape
+
+    with torch.no_grad():
+        return probe_shape(encoder, modality, config.encoders, torch.device("cpu"))[0]
 
 
 def main(argv=None) -> None:

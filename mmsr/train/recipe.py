@@ -58,8 +58,8 @@ def train(config: TrainConfig, run_dir: Path, *, from_cache: bool = True, resume
                       resume_from=resume_from, progress=progress, log=log)
 
 
-def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist, held: contextlib.ExitStack, *,
-           from_cache: bool, resume: bool, resume_from: str, progress: ProgressFactory, log) -> dict:
+def use_training_kernels(device: torch.device) -> None:
+    """The kernels training runs on `device` (benchmarks that time training call this too)."""
     if device.type == "cpu":
         # Some multi-threaded CPU kernels (the scatter-adds in the backward of a gather) sum in
         # an order that depends on thread timing; without this, two 2-thread runs of the same
@@ -70,6 +70,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         # that read memory before writing it, which no kernel here does: it cost 5% of an FDSA or
         # MMSR-T epoch on MovieLens-100K and changes no result (the deterministic kernels stay).
         torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist, held: contextlib.ExitStack, *,
+           from_cache: bool, resume: bool, resume_from: str, progress: ProgressFactory, log) -> dict:
+    use_training_kernels(device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     # Checked before the dataset loads; never on resume: the run's own checkpoint holds the
