@@ -245,13 +245,13 @@ def legacy_digests(cache_dir: Path, dataset: Dataset, modality: str,
     return (LEGACY_SOURCE if modified else inputs_version(dataset, modality)), digests
 
 
-def adopt_legacy_digests(cache_dir: Path, dataset: Dataset, modality: str, encoder_config: EncoderConfig,
-                         *, record: bool = True) -> tuple[str, list[str]] | None:
-    """`legacy_digests`, written into the cache when `record` and it can be (then every later
-    build and open checks the rows against them as against a new cache's; a cache this process
-    cannot write is worked out again at each open)."""
+def adopt_legacy_digests(cache_dir: Path, dataset: Dataset, modality: str,
+                         encoder_config: EncoderConfig) -> tuple[str, list[str]] | None:
+    """`legacy_digests`, written into the cache where it can be (then every later build and open
+    checks the rows against them as against a new cache's; a cache this process cannot write is
+    worked out again at each open)."""
     digests = legacy_digests(cache_dir, dataset, modality, encoder_config)
-    if digests is not None and record:
+    if digests is not None:
         try:
             write_item_digests(cache_dir, modality, *digests)
         except (OSError, OutOfSpaceError):
