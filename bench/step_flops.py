@@ -61,7 +61,7 @@ def epoch_flops(config) -> dict:
             "per_item_forward_gflop": first["per_item_forward_gflop"],
             "fusion_per_item_forward_gflop": first["fusion_per_item_forward_gflop"],
             "step_gflop_median": round(statistics.median(g for _, g in steps), 1),
-            "epoch_tflop": round(sum(g for _, g in steps) / 1e3, 1)}
+            "epoch_tflop": round(sum(g for _, g in steps) / 1e3, 4)}
 
 
 def _tokens(config, modality: str, encoder) -> int:
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
               **epoch_flops(config)}
     if args.epoch_seconds:
         rates = [report["epoch_tflop"] / s for s in args.epoch_seconds]
-        report["achieved_tflop_per_s"] = [round(r, 1) for r in rates]
+        report["achieved_tflop_per_s"] = [round(r, 3) for r in rates]
         report["share_of_peak"] = [round(r / args.peak_tflops, 3) for r in rates]
         report["peak_tflops"] = args.peak_tflops
     print(json.dumps(report))

@@ -262,7 +262,9 @@ def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path, monkeypat
     (root / "job" / "memory.max").write_text("max\n")
     assert memory.available_memory() == 12000000 * 1024
     monkeypatch.setattr(memory, "MEMINFO", tmp_path / "missing")
-    assert memory.available_memory() == memory._sysconf_available()  # elsewhere: sysconf, or None
+    pages = {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(memory.os, "sysconf", lambda name: pages[name])
+    assert memory.available_memory() == 1000 * 4096  # elsewhere: sysconf's free pages x page size
 
 
 # ----------------------------------------------------------------------------- a full disk under mmap/

@@ -223,7 +223,8 @@ def test_ctrl_c_inside_any_command_says_finished_work_is_kept(monkeypatch, capsy
     with pytest.raises(SystemExit) as stopped:
         cli_app.main()
     assert stopped.value.code == 130
-    assert "interrupted; finished work is kept, rerun the command to resume" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "interrupted; finished work is kept, rerun the command to resume")
 
 
 def test_a_usage_error_is_one_line_naming_the_help(mmsr_home):

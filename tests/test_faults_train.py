@@ -75,6 +75,7 @@ def _trained_run(finished_run, mmsr_home, name="r"):
 def test_damaged_last_checkpoint_is_named_and_best_takes_over(small_demo, mmsr_home, finished_run, damage):
     run = _trained_run(finished_run, mmsr_home)
     last = run / "checkpoints" / "last.pt"
+    best_before = _sha(run / "checkpoints" / "best.pt")
     data = bytearray(last.read_bytes())
     if damage == "truncated":
         data = data[: len(data) // 2]
@@ -86,7 +87,7 @@ def test_damaged_last_checkpoint_is_named_and_best_takes_over(small_demo, mmsr_h
     assert refused.returncode == 2
     line = refused.stderr.strip().splitlines()[-1]
     assert str(last) in line and "damaged checkpoint" in line and "--resume-from best" in line
-    assert _sha(run / "checkpoints" / "best.pt")  # untouched, still there
+    assert _sha(run / "checkpoints" / "best.pt") == best_before  # untouched by the refused resume
 
     best_epoch = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"]
     resumed = _cli(["train", "--run", "r", "--resume", "--resume-from", "best"], mmsr_home)

@@ -293,6 +293,25 @@ def test_dense_counting_on_the_gpu_is_exact_with_tf32_turned_on_before():
         torch.set_float32_matmul_precision(saved)
 
 
+def test_dense_counting_refuses_a_gpu_forced_to_tf32_by_the_environment():
+    """NVIDIA_TF32_OVERRIDE=1 makes cuBLAS use TF32 whatever torch asks: no flag can turn it off,
+    so the path's product check must refuse to rank there (one line naming the variable), not
+    give ranks whose rounding bound does not hold."""
+    code = ("import torch\n"
+            "from mmsr.errors import MMSRError\n"
+            "from mmsr.eval.dense_gpu import ieee_float32\n"
+            "try:\n"
+            "    with ieee_float32(torch.device('cuda', 0)):\n"
+            "        print('ranked')\n"
+            "except MMSRError as error:\n"
+            "    print('refused:', error.message, error.hint)\n")
+    env = dict(os.environ, NVIDIA_TF32_OVERRIDE="1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused: float32 matrix products on cuda:0 are not IEEE float32"), done.stdout
+    assert "NVIDIA_TF32_OVERRIDE" in done.stdout
+
+
 def test_dense_gpu_ranks_a_large_catalogue_as_faiss_on_the_cpu():
     """Several user and item blocks (5,000 users x 100,000 items), users aimed near their targets
     and every 100th item a duplicate of one: the GPU path's ranks equal FAISS-CPU's, case by case."""

@@ -12,6 +12,7 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import lmdb  # a dependency of the importers: missing, these tests must fail, not skip
 import numpy as np
 import pytest
 
@@ -21,8 +22,6 @@ from mmsr.data.importers import IMPORTERS, formats, import_dataset
 from mmsr.data.importers.mmsr_lmdb import SafeUnpickler, safe_loads
 from mmsr.data.split import SplitConfig, split_dataset
 from mmsr.errors import MMSRError
-
-lmdb = pytest.importorskip("lmdb")
 
 
 # ----------------------------------------------------------------------------- helpers

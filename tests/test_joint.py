@@ -134,8 +134,9 @@ def test_visualbert_splits_honestly_over_each_vision_representation(tiny_dirs, v
 
 
 def test_vilt_tokens_are_the_unsplit_models_in_raster_order(tiny_dirs):
-    """`full` is ViltModel's own output, its picture tokens put back in raster order: without
-    that reordering the same batch gives the same tokens in another order."""
+    """`full` is ViltModel's own output with its picture tokens put back in raster order. ViltModel
+    draws its patches in a random order; under two seeds (two different draws) its tokens, each
+    sorted here by the (row, column) the draw reports, are ours exactly."""
     from transformers import ViltModel
 
     encoder = create_encoder(tiny_dirs["vilt"], "joint", 2, max_text_len=contract.TEXT_LEN, image_size=32)
@@ -143,12 +144,20 @@ def test_vilt_tokens_are_the_unsplit_models_in_raster_order(tiny_dirs):
     batch = encoder.preprocess(contract.raw_inputs("joint"))
     with torch.no_grad():
         ours = encoder.full(batch)
-        theirs = model(**batch).last_hidden_state
-    text = contract.TEXT_LEN
-    torch.testing.assert_close(ours[:, :text + 1], theirs[:, :text + 1], atol=1e-5, rtol=1e-5)
-    # The same set of picture tokens, matched row by row after sorting.
-    key = lambda t: t[:, text + 1:].sort(dim=1).values  # noqa: E731
-    torch.testing.assert_close(key(ours), key(theirs), atol=1e-5, rtol=1e-5)
+    text, width = contract.TEXT_LEN, 32 // 8
+    draws = []
+    for seed in (0, 1):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _, _, (patch_index, _) = model.embeddings.visual_embed(batch["pixel_values"], batch["pixel_mask"])
+            torch.manual_seed(seed)
+            theirs = model(**batch).last_hidden_state
+        raster = (patch_index[..., 0] * width + patch_index[..., 1]).argsort(dim=1)  # [N, 16]
+        draws.append(raster)
+        torch.testing.assert_close(ours[:, :text + 1], theirs[:, :text + 1], atol=1e-5, rtol=1e-5)
+        patches = theirs[:, text + 1:].gather(1, raster.unsqueeze(-1).expand(-1, -1, theirs.shape[-1]))
+        torch.testing.assert_close(ours[:, text + 1:], patches, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(draws[0], draws[1])  # the two draws differ: the order is really restored
 
 
 def test_models_list_shows_the_one_stream_families_and_the_four_representations():

@@ -140,11 +140,19 @@ def test_variants_run(tiny_overrides, tmp_path, variant, extra):
     assert losses[-1] < losses[0], (variant, losses)
 
 
-def test_cache_refuses_another_config(built_cache, tmp_path):
+def test_another_encoder_config_looks_for_its_own_cache_and_says_how_to_build_it(built_cache, tmp_path):
+    """The encoder config names its cache (a hash of it): another split point finds none, and the
+    error gives the build command with that setting (a mismatched cache in the same place is
+    refused by its fingerprint: test_cache_stage.py::test_mismatched_fingerprint_is_refused)."""
     from mmsr_store.errors import StoreError
 
-    with pytest.raises(StoreError, match="cache"):
+    with pytest.raises(StoreError, match="cache not found") as error:
         _train(built_cache + ["encoders.text_top_blocks=2"], tmp_path / "run")
+    # The command builds the asked-for cache: text_top_blocks=2 is the default, so it is no --set,
+    # and the built cache's 1 is gone; the other settings are the run's.
+    message = str(error.value)
+    assert "mmsr cache build" in message and "encoders.vision_top_blocks=1" in message
+    assert "text_top_blocks" not in message
 
 
 def assert_cached_item_vectors_equal_end_to_end(config, dataset, every: int = 7):
