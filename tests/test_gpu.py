@@ -214,15 +214,28 @@ def test_the_eval_command_on_the_gpu_names_its_backend(gpu_overrides, tmp_path, 
     assert report["users"] > 0 and all(0.0 <= v <= 1.0 for v in report["metrics"].values())
 
 
-def test_carca_ranks_every_item_by_exact_batched_scoring_on_the_gpu(gpu_overrides, tmp_path):
+def test_carca_ranks_every_item_by_exact_batched_scoring_on_the_gpu(gpu_overrides, tmp_path, monkeypatch):
     """CARCA++'s candidate-dependent scorer on the GPU (every item scored for every case, in blocks
-    on the device): `mmsr eval` names the exact-batched path and gives the CPU's figures within the
-    rounding of two processors (a near-tie swapped here and there)."""
+    on the device): `mmsr eval` names the exact-batched path, scores its blocks where it says, and
+    gives the CPU's figures within the rounding of two processors (a near-tie swapped here and there)."""
     from mmsr.eval.runner import evaluate_run
+    from mmsr.train.model import Recommender
 
     run = tmp_path / "carca"
     _train(gpu_overrides + ["model.kind=carca", "optim.loss=bce", "optim.epochs=2"], run)
-    figures = {device: evaluate_run(run, "valid", ks="10,20", device=device) for device in ("cuda", "cpu")}
+    blocks = []
+    real = Recommender.score_matrix
+
+    def recorded(self, contexts, key_mask, items):
+        blocks.append((contexts.device.type, items.device.type, tuple(items.shape)))
+        return real(self, contexts, key_mask, items)
+
+    monkeypatch.setattr(Recommender, "score_matrix", recorded)
+    figures = {}
+    for device in ("cuda", "cpu"):
+        blocks.clear()
+        figures[device] = evaluate_run(run, "valid", ks="10,20", device=device)
+        assert blocks and {(c, i) for c, i, _ in blocks} == {(device, device)}, blocks[:3]
     assert figures["cuda"]["search"].startswith("exact-batched"), figures["cuda"]["search"]
     assert figures["cuda"]["backend"]["name"] == "exact-batched"
     users = figures["cpu"]["users"]
