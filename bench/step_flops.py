@@ -76,6 +76,7 @@ def _tokens(config, modality: str, encoder) -> int:
 
 def main(argv=None) -> None:
     from mmsr import config as config_lib
+    from mmsr.errors import MMSRError
     from mmsr.machine import cpu_model
     from mmsr.train.config import TrainConfig
 
@@ -88,8 +89,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     config = config_lib.load(TrainConfig, args.config, args.set)
+    try:
+        counted = epoch_flops(config)
+    except MMSRError as error:  # no dataset yet: the error says which command makes it
+        sys.exit(f"error: {error}")
     report = {"bench": "step_flops", "config": args.config, "overrides": args.set, "counted_on": cpu_model(),
-              **epoch_flops(config)}
+              **counted}
     if args.epoch_seconds:
         rates = [report["epoch_tflop"] / s for s in args.epoch_seconds]
         report["achieved_tflop_per_s"] = [round(r, 3) for r in rates]
