@@ -337,6 +337,11 @@ def test_a_cache_built_before_digests_is_adopted_by_its_files_times(small_demo, 
     opened()
     assert read_item_digests(path, "text")[0] == inputs_version(load_dataset(root, check_images=False), "text")
     items = [json.loads(line) for line in (root / "items.jsonl").read_text().splitlines()]
+    edited = [dict(item, title="another title") if i == 7 else item for i, item in enumerate(items)]
+    (root / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in edited))
+    with pytest.raises(MMSRError, match=f"1 item of dataset \\S+ changed text since this cache was built "
+                                        f"\\(the first: item '{items[7]['id']}'\\)"):
+        opened()  # adopted, the cache now catches an edit as a new cache does
 
     root, path, opened = _cached_copy(small_demo, tmp_path / "b")
     _as_before_digests(path)
