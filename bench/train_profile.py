@@ -10,7 +10,8 @@ demo` and `mmsr cache build --config ...` first), then takes `--warmup` steps un
    cached states), forward, backward, optimizer;
 2. the same steps under torch.profiler: each operator's self time on the device (CUDA) or on the
    CPU, summed into kinds (matmul and attention, copies and casts, indexing, normalisation,
-   optimizer, other) and the top operators by name.
+   optimizer, other), the top operators by name, and the top calls by name and input shapes
+   (which single calls are large).
 
 Made to find why the paper profile's step reaches a few percent of an H200's peak (docs/gpu.md):
 run it there. Prints the top operators on stderr and one JSON object last. Not a test.
@@ -64,6 +65,11 @@ def _kind(event) -> str:
             return "optimizer"
         parent = parent.cpu_parent
     return kind_of(event.name)
+
+
+def _shapes(event) -> str:
+    """An event's input shapes, e.g. "[1786, 65, 384] x [1786, 65, 1]" (scalars and None left out)."""
+    return " x ".join(str(list(shape)) for shape in (event.input_shapes or []) if shape) or "-"
 
 
 def setup(config):
@@ -153,7 +159,7 @@ def main(argv=None) -> None:
     median = {name: round(statistics.median(p[name] for p in phases), 4) for name in phases[0]}
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         started = time.perf_counter()
         for _ in range(args.steps):
             step()
@@ -164,11 +170,16 @@ def main(argv=None) -> None:
     # AdamW runs element-wise aten ops one tensor at a time).
     attribute = "self_device_time_total" if on_gpu else "self_cpu_time_total"
     spent: dict[tuple[str, str], list[float]] = {}
+    # The same by input shapes: which single calls are large (how the mask product of the demo's
+    # pooling was found, docs/bench-train.md).
+    by_shape: dict[tuple[str, str], list[float]] = {}
     for event in prof.events():
         if event.name.startswith("aten::"):
-            row = spent.setdefault((event.name, _kind(event)), [0.0, 0])
-            row[0] += getattr(event, attribute)
-            row[1] += 1
+            t = getattr(event, attribute)
+            for table, key in ((spent, (event.name, _kind(event))), (by_shape, (event.name, _shapes(event)))):
+                row = table.setdefault(key, [0.0, 0])
+                row[0] += t
+                row[1] += 1
     total = sum(t for t, _ in spent.values()) or 1.0
     kinds: dict[str, float] = {}
     for (_, kind), (t, _) in spent.items():
@@ -177,6 +188,10 @@ def main(argv=None) -> None:
     log(f"{'operator':<48} {'kind':<26} {'share':>6} {'calls/step':>10}")
     for (name, kind), (t, count) in top:
         log(f"{name[:48]:<48} {kind:<26} {t / total:6.1%} {count / args.steps:10.1f}")
+    calls = sorted(by_shape.items(), key=lambda item: -item[1][0])[:args.top]
+    log(f"\n{'operator':<30} {'share':>6} {'ms/call':>8}  input shapes")
+    for (name, shapes), (t, count) in calls:
+        log(f"{name[:30]:<30} {t / total:6.1%} {t / count / 1e3:8.2f}  {shapes[:90]}")
     print(json.dumps({
         "bench": "train_profile", "config": args.config, "overrides": args.set, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if on_gpu else cpu_model(),
@@ -188,6 +203,8 @@ def main(argv=None) -> None:
         "share_by_kind": {kind: round(t / total, 4) for kind, t in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top_operators": [{"name": name, "kind": kind, "share": round(t / total, 4),
                            "calls_per_step": round(count / args.steps, 1)} for (name, kind), (t, count) in top],
+        "top_calls_by_shape": [{"name": name, "input_shapes": shapes, "share": round(t / total, 4),
+                                "ms_per_call": round(t / count / 1e3, 3)} for (name, shapes), (t, count) in calls],
     }))
 
 

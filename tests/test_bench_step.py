@@ -74,6 +74,9 @@ def test_train_profile_splits_the_recipes_steps_by_phase_and_operator_kind(built
     assert shares["matmul and attention"] > 0 and shares["optimizer"] > 0.001
     assert 0 < report["busy_share"] <= 1.05
     assert len(report["top_operators"]) == 5 and all(op["calls_per_step"] > 0 for op in report["top_operators"])
+    calls = report["top_calls_by_shape"]
+    assert len(calls) == 5 and all(call["ms_per_call"] > 0 for call in calls)
+    assert calls[0]["input_shapes"].startswith("[")  # the largest call is on a tensor, and says its shape
     assert train_profile.kind_of("aten::addmm") == "matmul and attention"
     assert train_profile.kind_of("aten::_to_copy") == "copies and casts"
     assert train_profile.kind_of("aten::relu") == "other"
