@@ -254,6 +254,18 @@ def _cached_copy(small_demo, tmp_path):
     return root, path, opened
 
 
+def _refused_until_rebuilt(root, path, opened, open_says: str, build_says: str) -> None:
+    """Training's open and a build on the cache both refuse it (the open's hint: --overwrite);
+    `mmsr cache build --overwrite` rebuilds it, and it opens."""
+    with pytest.raises(MMSRError, match=open_says) as error:
+        opened()
+    assert "--overwrite" in str(error.value.hint)
+    with pytest.raises(StoreError, match=build_says):
+        build(root, path)
+    assert build(root, path, overwrite=True).complete
+    opened()
+
+
 def test_rows_encoded_from_other_texts_or_pictures_are_refused_naming_the_first_item(small_demo, tmp_path):
     """The same item ids with another title or picture (a dataset regenerated or re-imported
     under the same name): building on the cache and training from it both refuse, naming the
@@ -266,15 +278,11 @@ def test_rows_encoded_from_other_texts_or_pictures_are_refused_naming_the_first_
     items[5]["title"] = "another title"
     (root / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
     _new_version(root, "a new title")
-    with pytest.raises(MMSRError, match=f"1 item of dataset \\S+ changed text since this cache was built "
-                                        f"\\(the first: item '{items[5]['id']}'\\)") as error:
-        opened()
-    assert "--overwrite" in str(error.value.hint)
-    with pytest.raises(StoreError, match=f"1 cached item changed text since they were encoded \\(the first: "
-                                         f"item '{items[5]['id']}', row 5\\)"):
-        build(root, path)
-    assert build(root, path, overwrite=True).complete
-    opened()
+    _refused_until_rebuilt(root, path, opened,
+                           f"1 item of dataset \\S+ changed text since this cache was built "
+                           f"\\(the first: item '{items[5]['id']}'\\)",
+                           f"1 cached item changed text since they were encoded \\(the first: "
+                           f"item '{items[5]['id']}', row 5\\)")
 
     picture = next(item for item in items[20:] if item["image"])
     (root / picture["image"]).write_bytes((root / picture["image"]).read_bytes() + b"\0")
@@ -347,16 +355,10 @@ def test_a_cache_built_before_digests_is_adopted_by_its_files_times(small_demo, 
     _as_before_digests(path)
     picture = next(item for item in items[20:] if item["image"])
     _touch_after_encoding(root / picture["image"], path, "image")  # the same bytes, a later time
-    with pytest.raises(MMSRError, match=f"1 item of dataset \\S+ had files modified after this cache \\(built "
-                                        f"before it kept a record of its inputs\\) encoded them \\(the first: "
-                                        f"item '{picture['id']}'\\)") as error:
-        opened()
-    assert "--overwrite" in str(error.value.hint)
-    with pytest.raises(StoreError, match=f"1 cached item changed image since they were encoded \\(the first: "
-                                         f"item '{picture['id']}'"):
-        build(root, path)
-    assert build(root, path, overwrite=True).complete
-    opened()
+    _refused_until_rebuilt(root, path, opened,
+                           f"1 item of dataset \\S+ had files modified after this cache \\(built before it "
+                           f"kept a record of its inputs\\) encoded them \\(the first: item '{picture['id']}'\\)",
+                           f"1 cached item changed image since they were encoded \\(the first: item '{picture['id']}'")
 
     root, path, opened = _cached_copy(small_demo, tmp_path / "c")
     _as_before_digests(path)
