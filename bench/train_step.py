@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import current_rss_mb, peak_rss_mb, reset_peak_rss  # noqa: E402  (bench/, next to this file)
+from train_profile import setup as recipe_setup  # noqa: E402  (bench/, next to this file)
 
 from mmsr.machine import cpu_model  # noqa: E402
 
@@ -424,30 +425,14 @@ def epoch_child(args) -> dict:
                     "wall_s_with_setup_and_validation": round(wall, 1), "loss": record["loss"],
                     "valid": record.get("valid")})
     else:
-        out.update(_partial_epoch(config, dataset, args.epoch_steps))
+        out.update(_partial_epoch(config, args.epoch_steps))
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return out
 
 
-def _partial_epoch(config, dataset, steps: int) -> dict:
+def _partial_epoch(config, steps: int) -> dict:
     """The first `steps` steps of epoch 0, built as the recipe builds them; extrapolated to an epoch."""
-    import torch
-
-    from mmsr.data.split import split_dataset
-    from mmsr.distributed import pick_device
-    from mmsr.train.batches import TrainBatches
-    from mmsr.train.feeds import open_feed
-    from mmsr.train.model import build_model
-    from mmsr.train.recipe import make_optimizer
-
-    device = pick_device(config.device)
-    split = split_dataset(dataset, config.split)
-    torch.manual_seed(config.seed)
-    model = build_model(config, dataset.num_items, train_counts=split.train_counts).to(device)
-    feed, _ = open_feed(config, model, dataset, True, device)
-    batches = TrainBatches.for_config(split, config)
-    optimizer = make_optimizer(model, config, len(batches))
-    model.train()
+    device, model, feed, _, batches, optimizer = recipe_setup(config)
     order = batches.order(0)
     times = []
     for step in range(min(steps, len(batches))):

@@ -252,10 +252,7 @@ def adopt_legacy_digests(cache_dir: Path, dataset: Dataset, modality: str,
     worked out again at each open)."""
     digests = legacy_digests(cache_dir, dataset, modality, encoder_config)
     if digests is not None:
-        try:
-            write_item_digests(cache_dir, modality, *digests)
-        except (OSError, OutOfSpaceError):
-            pass
+        _record_digests(cache_dir, modality, *digests)
     return digests
 
 
@@ -288,15 +285,15 @@ def check_item_inputs(cache: Cache, dataset: Dataset, encoder_config: EncoderCon
                             f"{how} (the first: item {ids[changed[0]]!r})", where=cache.path,
                             hint=f"rebuild it: {build_command(dataset, encoder_config, on_bad_image)} --overwrite")
         if version and stored[0] != version and len(now) == len(stored[1]):
-            _remember_version(cache.path, modality, version, now)
+            # Unchanged rows under the dataset's current version: the next open reads no input
+            # again (a data root copied without its files' times, a new version with the same items).
+            _record_digests(cache.path, modality, version, now)
 
 
-def _remember_version(cache_dir: Path, modality: str, version: str, digests: list[str]) -> None:
-    """Record unchanged rows' digests under the dataset's current version, so the next open reads
-    no input again (a data root copied without its files' times, a new version with the same
-    items, a cache from before the files' stamp). A cache this process may not write is read
-    again at each open instead."""
+def _record_digests(cache_dir: Path, modality: str, source: str, digests: list[str]) -> None:
+    """Write a cache's item digests where this process may; a cache it cannot write (read-only,
+    a full disk) is worked out again at its next open instead."""
     try:
-        write_item_digests(cache_dir, modality, version, digests)
+        write_item_digests(cache_dir, modality, source, digests)
     except (OSError, OutOfSpaceError):
         pass

@@ -211,7 +211,8 @@ class CacheWriter:
 
     def _check_digests(self) -> None:
         """Refuse rows encoded from other inputs than the items have now; then record the
-        digests (a cache from before they were kept adopts them: its rows cannot be checked)."""
+        digests. A cache from before they were kept adopts them here (the store cannot check its
+        rows; mmsr checks them first by the files' times: `mmsr.caches.adopt_legacy_digests`)."""
         for modality, (source, digests) in sorted(self.item_digests.items()):
             stored = read_item_digests(self.dir, modality)
             if stored is not None:

@@ -318,10 +318,10 @@ def test_near_pairs_leave_the_device_in_bounded_chunks(monkeypatch):
 
     monkeypatch.setattr(dense_gpu, "NEAR_PAIRS", 3)
     per_row = np.array([0, 2, 5, 0, 1, 1, 1, 0, 0])
-    chunks = dense_gpu._row_chunks(per_row)
+    chunks = dense_gpu._near_chunks(per_row)
     assert chunks[0][0] == 0 and all(b == c for (_, b), (c, _) in zip(chunks, chunks[1:]))
     assert chunks[-1][1] >= 7 and all(per_row[a:b].sum() <= 3 or b - a == 1 for a, b in chunks)
-    assert dense_gpu._row_chunks(np.zeros(4, dtype=np.int64)) == []
+    assert dense_gpu._near_chunks(np.zeros(4, dtype=np.int64)) == []
     items, users, targets, histories = tie_problem(seed=3)
     for mask in (True, False):
         expected = reference_ranks(items, users, targets, histories, mask, 10)

@@ -196,7 +196,7 @@ def _count_block(items: torch.Tensor, block_norms: list[float], items_block: int
         sure += (scores > high).sum(dim=1)
         is_near = scores >= low
         is_near &= scores <= high
-        for r0, r1 in _row_chunks(is_near.sum(dim=1).cpu().numpy()):
+        for r0, r1 in _near_chunks(is_near.sum(dim=1).cpu().numpy()):
             r, c = torch.nonzero(is_near[r0:r1], as_tuple=True)
             rows, cols = r.cpu().numpy() + r0, c.cpu().numpy()
             decided = exact.higher(rows + start, cols + first, scores[r + r0, c].cpu().numpy())
@@ -204,7 +204,7 @@ def _count_block(items: torch.Tensor, block_norms: list[float], items_block: int
     return np.minimum(sure.cpu().numpy() + near, max_k)
 
 
-def _row_chunks(per_row: np.ndarray) -> list[tuple[int, int]]:
+def _near_chunks(per_row: np.ndarray) -> list[tuple[int, int]]:
     """Consecutive row ranges, each holding at most NEAR_PAIRS near pairs (a single row more), that
     cover every row with one."""
     ends = np.cumsum(per_row)
