@@ -2,8 +2,10 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -238,3 +240,19 @@ def test_a_usage_error_is_one_line_naming_the_help(mmsr_home):
         assert said in result.stderr
     helped = mmsr("train", "--help", home=mmsr_home)
     assert helped.returncode == 0 and "Usage: mmsr train" in helped.stdout
+
+
+def test_the_readme_config_errors_are_what_mmsr_prints(mmsr_home):
+    """The README's "Configs" example, command by command: each `$ mmsr ...` line is run as
+    written (from the checkout, where its config path is) and must print the README's next line."""
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "README.md").read_text().split("\n## Configs\n", 1)[1].split("\n## ", 1)[0]
+    lines = section.split("```", 2)[1].strip().splitlines()
+    pairs = [(lines[i][len("$ mmsr "):], lines[i + 1]) for i, line in enumerate(lines) if line.startswith("$ mmsr ")]
+    assert len(pairs) == 2, lines  # the misspelt --set alone, then the file's errors gathered
+    for command, said in pairs:
+        env = dict(os.environ, MMSR_HOME=str(mmsr_home), MMSR_NO_PROGRESS="1")
+        result = subprocess.run([sys.executable, "-m", "mmsr_cli.app", *shlex.split(command)], capture_output=True,
+                                text=True, env=env, cwd=root, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == said
