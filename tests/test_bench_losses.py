@@ -1,0 +1,81 @@
+"""bench/losses.py's --seeds: one run per seed, named apart for `mmsr compare`, and a row of
+means ± sample standard deviations. The training itself is stubbed: its figures belong to the
+benchmark, and what is checked here is the bookkeeping around it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import losses  # noqa: E402  (bench/losses.py)
+
+HR = {None: 0.10, 2020: 0.10, 1: 0.12, 2: 0.14}  # None: the profile's own seed
+
+
+def _figures(seed):
+    one = {"HR@10": HR[seed], "NDCG@10": HR[seed] / 2, "cases": 943}
+    return {"valid": dict(one), **{f"{s}_{p}": dict(one) for s, p in losses.SPLITS["ml-100k"]}}
+
+
+def _bench(monkeypatch, capsys, tmp_path, *argv, fail=()):
+    calls = []
+
+    def run_one(dataset, model, loss, sets, env, home, log, seed=None):
+        calls.append((model, loss, seed))
+        return {"error": "the trainer refused it"} if seed in fail else _figures(seed)
+
+    monkeypatch.setattr(losses, "run_one", run_one)
+    monkeypatch.setattr(losses, "prepare", lambda *args: {"users": 943})
+    losses.main(["--datasets", "ml-100k", "--models", "idsr", "--losses", "mixed", "--home", str(tmp_path), *argv])
+    return calls, json.loads(capsys.readouterr().out.strip().splitlines()[-1])["datasets"]["ml-100k"]
+
+
+def test_every_seed_runs_and_a_row_gives_their_mean_and_spread(monkeypatch, capsys, tmp_path):
+    calls, printed = _bench(monkeypatch, capsys, tmp_path, "--seeds", "2020,1,2")
+    assert calls == [("idsr", "mixed", 2020), ("idsr", "mixed", 1), ("idsr", "mixed", 2)]
+    runs = printed["runs"]
+    assert [k for k in runs] == ["idsr/mixed, seed 2020", "idsr/mixed, seed 1", "idsr/mixed, seed 2",
+                                 "idsr/mixed, mean ± sd of 3 seeds"]
+    summary = runs["idsr/mixed, mean ± sd of 3 seeds"]
+    # mean of 0.10, 0.12, 0.14 is 0.12; sample sd sqrt((0.02² + 0 + 0.02²) / 2) = 0.02
+    assert summary["test_recbole"]["HR@10"] == 0.12 and summary["test_recbole"]["HR@10_sd"] == 0.02
+    assert summary["valid"]["NDCG@10"] == 0.06 and summary["valid"]["NDCG@10_sd"] == 0.01
+    assert summary["seeds"] == 3 and summary["failed"] == 0
+    row = next(line for line in printed["table"].splitlines() if "mean ± sd" in line)
+    assert "0.1200 ± 0.0200 / 0.0600 ± 0.0100" in row
+
+
+def test_a_failed_seed_is_left_out_of_the_mean_and_counted(monkeypatch, capsys, tmp_path):
+    _, printed = _bench(monkeypatch, capsys, tmp_path, "--seeds", "2020,1,2", fail=(1,))
+    summary = printed["runs"]["idsr/mixed, mean ± sd of 3 seeds"]
+    assert summary["seeds"] == 2 and summary["failed"] == 1
+    assert summary["test_paper"]["HR@10"] == 0.12  # (0.10 + 0.14) / 2
+    assert "no result: the trainer refused it" in printed["table"]
+
+
+def test_without_seeds_one_run_keeps_its_old_name(monkeypatch, capsys, tmp_path):
+    calls, printed = _bench(monkeypatch, capsys, tmp_path)
+    assert calls == [("idsr", "mixed", None)] and list(printed["runs"]) == ["idsr/mixed"]
+
+
+def test_a_seed_run_is_named_for_its_seed_and_overrides_a_seed_in_the_sets(monkeypatch, tmp_path):
+    seen = {}
+
+    def train_and_evaluate(run, config, overrides, splits, env, home, log):
+        seen.update(run=run, overrides=overrides)
+        return {}
+
+    monkeypatch.setattr(losses, "train_and_evaluate", train_and_evaluate)
+    losses.run_one("ml-100k", "idsr", "mixed", ["seed=5"], {}, tmp_path, print, seed=1)
+    assert seen["run"] == "bench-losses-ml-100k-idsr-mixed-seed1"
+    assert seen["overrides"][-1] == "seed=1" and "seed=5" in seen["overrides"]  # the last --set wins
+
+
+def test_seeds_that_are_not_numbers_are_refused(monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        _bench(monkeypatch, capsys, tmp_path, "--seeds", "1,two")
+    assert stopped.value.code == 2 and "--seeds takes whole numbers" in capsys.readouterr().err
