@@ -52,3 +52,19 @@ def test_only_the_cache_build_path_imports_the_cache_stage(path):
 def test_every_mmsr_module_is_checked():
     # The parametrisations above are built from the tree; an empty list would pass vacuously.
     assert len(_modules("mmsr")) > 30 and len(_modules("cli")) >= 5
+
+
+def test_every_package_folder_is_in_the_wheel():
+    # pyproject lists the packages by hand (cli/ and store/ install under other names); an editable
+    # install imports a forgotten one anyway, a wheel or the Docker image does not have it.
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    installed_as = {folder: name for name, folder in setup["package-dir"].items()}
+    found = set()
+    for folder in installed_as:
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((installed_as[folder], *parts)))
+    assert {"mmsr.study", "mmsr.plots", "mmsr_cli"} <= found  # the walk itself sees the tree
+    assert sorted(found - set(setup["packages"])) == [], "add these to [tool.setuptools] packages in pyproject.toml"
