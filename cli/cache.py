@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from mmsr.data.dataset import load_dataset
 from mmsr_cli.common import SetOption, console, is_rank_zero, print_json, progress_bar
 from mmsr_store import inspect_cache, verify_cache
 
@@ -53,17 +51,14 @@ def build(
     dataset later are encoded without re-encoding the rest.
     """
     # Deferred: these pull in torch (seconds), which `mmsr --help` and `mmsr data` never need.
-    from mmsr.cache_stage import build_cache, load_build_config
+    from mmsr.cache_stage import build_from_config, load_build_config
 
     cfg = load_build_config(config, sets, dataset=dataset, text_model=text_model, vision_model=vision_model,
                             text_top_blocks=text_top_blocks, vision_top_blocks=vision_top_blocks,
                             joint_model=joint_model, joint_top_blocks=joint_top_blocks, joint_vision=joint_vision,
                             joint_vision_model=joint_vision_model, max_text_len=max_text_len, image_size=image_size, batch_size=batch_size,
                             num_workers=num_workers, on_bad_image=on_bad_image, device=device, seed=seed)
-    report = build_cache(load_dataset(cfg.dataset, check_images=False), cfg.encoders, batch_size=cfg.batch_size,
-                         num_workers=cfg.num_workers, shard=shard, on_bad_image=cfg.on_bad_image, device=cfg.device,
-                         chunk_items=cfg.chunk_items, overwrite=overwrite, progress=progress_bar,
-                         resolved_config=asdict(cfg), seed=cfg.seed)
+    report = build_from_config(cfg, shard=shard, overwrite=overwrite, progress=progress_bar)
     path = report.path
     if not is_rank_zero():
         return

@@ -78,12 +78,10 @@ def plan_command(
 ):
     """List the runs a `study run` with the same options would make, and which are finished."""
     # deferred: these pull in torch (seconds), which `mmsr study --help` never needs
-    from mmsr.study.runner import plan_study, study_dir
-    from mmsr.study.spec import load_study
+    from mmsr.study.runner import plan_study_file
 
-    study = load_study(file)
-    runs = plan_study(study, study_dir(out or study.name), datasets=_datasets(dataset), seeds=_seeds(seeds),
-                      only=_only(only), sets=overrides)
+    study, _, runs = plan_study_file(file, datasets=_datasets(dataset), seeds=_seeds(seeds), only=_only(only),
+                                     sets=overrides, out=out)
     table = Table(title=f"study {study.name}: {study.title}")
     for column in ("run", "state", "starts from"):
         table.add_column(column)

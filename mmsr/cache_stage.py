@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,7 +34,7 @@ from mmsr.encoders.config import EncoderConfig
 from mmsr.errors import MMSRError
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.config import TRAIN_ONLY_KEYS, TrainConfig, cache_section
-from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, VerifyReport, manifest, verify_cache
+from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, VerifyReport, manifest, open_cache, verify_cache
 from mmsr_store.layout import atomic_write_json, chunk_items_for, read_item_digests
 from mmsr_store.verify import invalidate
 
@@ -415,6 +415,22 @@ def _all_problems(path: Path, specs: dict) -> list[str]:
     return out
 
 
+def build_from_config(cfg: CacheBuildConfig, *, shard: Shard | str | None = None, overwrite: bool = False,
+                      cache_dir: str | os.PathLike | None = None, encoders: dict | None = None,
+                      progress: ProgressFactory | None = None, dataset: Dataset | None = None) -> BuildReport:
+    """`build_cache` with every option `cfg` holds, and `cfg` saved whole as CACHE/config.yaml.
+
+    The one way from a build config to a cache, for `mmsr cache build`, a study and a repair: a
+    copy that saved part of the config (a study once left out `on_bad_image`) made a later
+    repair rebuild with other options, which the store refuses. `dataset`: `cfg.dataset` when the
+    caller has loaded it already."""
+    dataset = dataset if dataset is not None else load_dataset(cfg.dataset, check_images=False)
+    return build_cache(dataset, cfg.encoders, batch_size=cfg.batch_size,
+                       num_workers=cfg.num_workers, shard=shard, on_bad_image=cfg.on_bad_image, device=cfg.device,
+                       chunk_items=cfg.chunk_items, overwrite=overwrite, cache_dir=cache_dir, encoders=encoders,
+                       progress=progress, resolved_config=asdict(cfg), seed=cfg.seed)
+
+
 def _write_config(path: Path, resolved: dict) -> None:
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
 
@@ -450,13 +466,15 @@ def repair_cache(path: str | os.PathLike, *, progress: ProgressFactory | None = 
         raise MMSRError(f"cannot repair: no {CONFIG_FILE}, so the options this cache was built with are unknown",
                         where=path, hint="delete the cache and build it again with `mmsr cache build`")
     cfg = load_build_config(config_file)
+    # The store's own record of on_bad_image is what its writer checks a build against; a
+    # config.yaml written by an older study lacks the option and would load the default.
+    recorded = open_cache(path).build_options.get("on_bad_image")
+    if recorded is not None and recorded != cfg.on_bad_image:
+        cfg = replace(cfg, on_bad_image=recorded)
     invalidate(path, before.bad)
     redo = {m: set(chunks) for m, chunks in before.unfinished.items()}
     for bad in before.bad:
         redo.setdefault(bad.modality, set()).add(bad.chunk)
     # One process redoes every shard's chunks: the damage is rarely where one shard would look.
-    build = build_cache(load_dataset(cfg.dataset, check_images=False), cfg.encoders, batch_size=cfg.batch_size,
-                        num_workers=cfg.num_workers, shard=Shard(), on_bad_image=cfg.on_bad_image,
-                        device=cfg.device, chunk_items=cfg.chunk_items, cache_dir=path, encoders=encoders,
-                        progress=progress, seed=cfg.seed)
+    build = build_from_config(cfg, shard=Shard(), cache_dir=path, encoders=encoders, progress=progress)
     return RepairReport(before, build, verify_cache(path, progress, only=redo))

@@ -10,15 +10,13 @@ import re
 import shlex
 import socket
 import subprocess
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from cache_helpers import fake_config, fake_encoders, repo_pythonpath
 from fault_helpers import MMSR, run_on_small_disk
-from mmsr.cache_stage import CacheBuildConfig, build_cache, repair_cache
-from mmsr.data.dataset import load_dataset
+from mmsr.cache_stage import CacheBuildConfig, build_from_config, repair_cache
 from mmsr_store import StoreError, open_cache, verify_cache
 from mmsr_store.shards import Shard, ShardClaim
 from mmsr_store.verify import BadChunk
@@ -28,13 +26,11 @@ pytestmark = pytest.mark.faults
 CHUNK = 16  # items per chunk of the fake-encoder builds
 
 
-def fake_build(dataset_root, cache_dir):
+def fake_build(dataset_root, cache_dir, on_bad_image="error"):
     """A complete build with the fake encoders, saving its config as `mmsr cache build` does."""
     config = CacheBuildConfig(dataset=str(dataset_root), encoders=fake_config(), batch_size=8, num_workers=0,
-                              device="cpu", chunk_items=CHUNK)
-    report = build_cache(load_dataset(dataset_root, check_images=False), config.encoders, cache_dir=cache_dir,
-                         encoders=fake_encoders(), batch_size=8, num_workers=0, device="cpu", chunk_items=CHUNK,
-                         resolved_config=asdict(config))
+                              device="cpu", chunk_items=CHUNK, on_bad_image=on_bad_image)
+    report = build_from_config(config, cache_dir=cache_dir, encoders=fake_encoders())
     assert report.complete
     return report
 
@@ -134,6 +130,24 @@ def test_cache_without_checksums_still_opens_and_verifies_by_digest(small_demo, 
     repaired = repair_cache(path, encoders=fake_encoders())
     assert repaired.build.modalities["text"].encoded_items == CHUNK and repaired.ok
     assert load_all(path) == original
+
+
+def test_repair_keeps_the_stores_on_bad_image_when_the_saved_config_lacks_it(small_demo, tmp_path):
+    # Studies once saved only dataset, seed and encoders: a repair read on_bad_image's default
+    # ("error") and the store refused the rebuild as "started with other build options".
+    import yaml
+
+    path = tmp_path / "cache"
+    fake_build(small_demo, path, on_bad_image="skip")
+    saved = yaml.safe_load((path / "config.yaml").read_text())
+    assert saved["on_bad_image"] == "skip"  # a build from a config saves all of it
+    original = load_all(path)
+    (path / "config.yaml").write_text(yaml.safe_dump({k: saved[k] for k in ("dataset", "seed", "encoders")}))
+    flip_byte(chunk_file(path, "text", "hidden", 1))
+    repaired = repair_cache(path, encoders=fake_encoders())
+    assert repaired.ok and repaired.build.on_bad_image == "skip"
+    assert load_all(path) == original
+    assert yaml.safe_load((path / "config.yaml").read_text())["on_bad_image"] == "skip"  # saved whole now
 
 
 def test_repair_needs_the_saved_build_config(small_demo, tmp_path):

@@ -131,6 +131,10 @@ def test_study_trains_every_variant_once_and_reports_what_it_measured(study_file
     study_file.write_text(study_file.read_text().replace('"model.fusion" = "sum"', '"model.fusion" = "concat"'))
     with pytest.raises(MMSRError, match="changed since they ran: sum--demo-small--seed0"):
         run_study(study_file, only=["idsr"], log=_quiet)
+    # and `study plan` says the same, rather than listing that run as finished
+    planned = CliRunner().invoke(app, ["study", "plan", str(study_file)])
+    assert isinstance(planned.exception, MMSRError) and "finished" not in planned.output
+    assert "changed since they ran: sum--demo-small--seed0" in str(planned.exception)
 
 
 def test_a_partial_study_reports_the_command_that_makes_what_it_shows(study_file, mmsr_home):

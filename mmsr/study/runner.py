@@ -27,7 +27,7 @@ from pathlib import Path
 
 from mmsr import paths
 from mmsr.atomic import atomic_write_text
-from mmsr.cache_stage import build_cache
+from mmsr.cache_stage import CacheBuildConfig, build_from_config
 from mmsr.caches import cache_path
 from mmsr.data.dataset import load_dataset
 from mmsr.data.demo import create_demo
@@ -132,14 +132,24 @@ def _source_run(study: Study, planned: dict, variant: Variant, seed: int) -> Pla
 Log = Callable[[str], None]
 
 
-def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: list[int] | None = None,
-              only: list[str] | None = None, sets: list[str] | None = None, out: str | Path | None = None,
-              progress: ProgressFactory = no_progress, log: Log = print) -> Path:
-    """Train and evaluate every unfinished run of the study at `path`; returns the study directory."""
+def plan_study_file(path: str | Path, *, datasets: list[str] | None = None, seeds: list[int] | None = None,
+                    only: list[str] | None = None, sets: list[str] | None = None,
+                    out: str | Path | None = None) -> tuple[Study, Path, list[PlannedRun]]:
+    """The study at `path`, its directory and the runs a `study run` with these options makes,
+    refused as `study run` refuses them when a run already there was made by a variant that has
+    changed since: `study plan` must not list as finished what `study run` would not take."""
     study = load_study(path)
     out = study_dir(out or study.name)
     runs = plan_study(study, out, datasets=datasets, seeds=seeds, only=only, sets=sets)
     _refuse_changed(study, out, runs, sets)
+    return study, out, runs
+
+
+def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: list[int] | None = None,
+              only: list[str] | None = None, sets: list[str] | None = None, out: str | Path | None = None,
+              progress: ProgressFactory = no_progress, log: Log = print) -> Path:
+    """Train and evaluate every unfinished run of the study at `path`; returns the study directory."""
+    study, out, runs = plan_study_file(path, datasets=datasets, seeds=seeds, only=only, sets=sets, out=out)
     # The report covers every finished run, so its command is the study's, not this --only
     # subset; the report names the variants it shows (`report._only`).
     command = study_command(study, out, datasets, seeds, sets)
@@ -216,9 +226,10 @@ def _ensure_cache(config: TrainConfig, built: set[Path], progress: ProgressFacto
     path = cache_path(dataset, config.encoders)
     if path in built:
         return
-    report = build_cache(dataset, config.encoders, on_bad_image=config.on_bad_image, seed=config.seed,
-                         progress=progress, resolved_config={"dataset": config.dataset, "seed": config.seed,
-                                                             "encoders": asdict(config.encoders)})
+    # Batch, workers, device and chunk size: the cache command's defaults.
+    build = CacheBuildConfig(dataset=config.dataset, encoders=config.encoders, on_bad_image=config.on_bad_image,
+                             seed=config.seed)
+    report = build_from_config(build, dataset=dataset, progress=progress)
     encoded = sum(r.encoded_items for r in report.modalities.values())
     log(f"cache {path.name}: " + (f"encoded {encoded} items" if encoded else "complete already, reused"))
     built.add(path)
