@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mmsr.data.dataset import BAD_IMAGE_POLICIES
 from mmsr_cli.common import SetOption, console, is_rank_zero, print_json, progress_bar
 from mmsr_store import inspect_cache, verify_cache
 
@@ -38,7 +39,8 @@ def build(
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers for tokenising/decoding (default 2). A worker decodes about "
                                                      "600 demo pictures a second on one Xeon core, far below what a GPU encodes: "
                                                      "give a GPU node more (docs/gpu.md)."),
-    on_bad_image: Optional[str] = typer.Option(None, "--on-bad-image", help="error | skip | placeholder (default error)."),
+    on_bad_image: Optional[str] = typer.Option(None, "--on-bad-image", help=" | ".join(BAD_IMAGE_POLICIES)
+                                                 + " (default error)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default auto)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: build only the chunks this process owns "
                                         "(default: torchrun's RANK/WORLD_SIZE, else 0/1)."),

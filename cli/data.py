@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mmsr import paths
 from mmsr.data.dataset import load_dataset
-from mmsr.data.demo import create_demo, generator_options, kept_note
+from mmsr.data.demo import DEFAULT_OPTIONS, DEFAULT_SIZE, create_demo, generator_options, kept_note
 from mmsr.data.split import SplitConfig, dataset_report
 from mmsr.errors import MMSRError
 from mmsr_cli.common import console, print_json, progress_bar
@@ -24,17 +24,17 @@ app.command("import")(import_)
 def demo(
     name: Optional[str] = typer.Option(None, "--name", help="Dataset name (under $MMSR_HOME/datasets) or a path. "
                                        "Default: demo, or demo-dK for --domain K."),
-    items: int = typer.Option(3000, "--items", help="Number of items, each with a picture and a title."),
-    users: int = typer.Option(2000, "--users", help="Number of users."),
-    seed: int = typer.Option(0, "--seed", help="Generator seed: the same seed gives the same bytes."),
-    domain: int = typer.Option(0, "--domain", help="0: the demo. K > 0: a catalogue disjoint from every other "
+    items: int = typer.Option(DEFAULT_SIZE["items"], "--items", help="Number of items, each with a picture and a title."),
+    users: int = typer.Option(DEFAULT_SIZE["users"], "--users", help="Number of users."),
+    seed: int = typer.Option(DEFAULT_OPTIONS["seed"], "--seed", help="Generator seed: the same seed gives the same bytes."),
+    domain: int = typer.Option(DEFAULT_OPTIONS["domain"], "--domain", help="0: the demo. K > 0: a catalogue disjoint from every other "
                                "domain's (new items, pictures, brands and users; ids prefixed dK-) under the same "
                                "rules, to try transfer (mmsr train --init-from)."),
-    min_length: int = typer.Option(5, "--min-length", help="Fewest interactions per user. Lengths are this plus a "
+    min_length: int = typer.Option(DEFAULT_OPTIONS["min_len"], "--min-length", help="Fewest interactions per user. Lengths are this plus a "
                                    "geometric draw of mean 8, capped at --max-length (HM's 31 per user: "
                                    "--min-length 23 --max-length 200)."),
-    max_length: int = typer.Option(40, "--max-length", help="Most interactions per user."),
-    image_size: int = typer.Option(224, "--image-size", help="Picture side in pixels. Smaller is faster to write "
+    max_length: int = typer.Option(DEFAULT_OPTIONS["max_len"], "--max-length", help="Most interactions per user."),
+    image_size: int = typer.Option(DEFAULT_OPTIONS["image_size"], "--image-size", help="Picture side in pixels. Smaller is faster to write "
                                    "for large catalogues; the cache build resizes to encoders.image_size anyway. 0: no "
                                    "pictures (a text-only catalogue)."),
     sampler: str = typer.Option("auto", "--sampler", help="How choices are drawn: exact (the original draws; "
