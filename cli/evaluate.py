@@ -8,6 +8,16 @@ from rich.table import Table
 
 from mmsr_cli.common import console, is_rank_zero, print_json
 
+# Options several of these commands take, declared once so that their help stays one text.
+OneSplitOption = typer.Option("test", "--split", help="One split, as in `mmsr eval` (test | valid | cold | "
+                              "cold-test | new).")
+ProtocolOption = typer.Option("paper", "--protocol", help="paper: mask the user's history items; "
+                              "recbole: no masking (RecBole's full ranking).")
+CheckpointOption = typer.Option("best", "--checkpoint", help="best | last")
+BatchSizeOption = typer.Option(512, "--batch-size", min=1, help="Items/users per batch: bounds memory.")
+DeviceOption = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda.")
+JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+
 
 def eval_command(
     run: str = typer.Option(..., "--run", "--run-dir", help="Run name or directory (from `mmsr train`; "
@@ -21,11 +31,10 @@ def eval_command(
                               "interaction: only content can rank it). Several, comma-separated (test,cold,new), "
                               "share one pass of the item tower."),
     k: str = typer.Option("10,20,50", "--k", help="Cut-offs for HR@K and NDCG@K."),
-    protocol: str = typer.Option("paper", "--protocol", help="paper: mask the user's history items; "
-                                 "recbole: no masking (RecBole's full ranking)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
-    batch_size: int = typer.Option(512, "--batch-size", min=1, help="Items/users per batch: bounds memory."),
-    device: str = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda."),
+    protocol: str = ProtocolOption,
+    checkpoint: str = CheckpointOption,
+    batch_size: int = BatchSizeOption,
+    device: str = DeviceOption,
     search_device: str = typer.Option("auto", "--search-device", help="Where the ranking runs: auto (the GPU "
                                       "when CUDA is present) | cpu | gpu."),
     search_backend: str = typer.Option("auto", "--search-backend", help="auto (on a GPU: faiss-gpu, or dense-gpu "
@@ -36,7 +45,7 @@ def eval_command(
                                      "slice of the item vectors and counts the items of its slice above each "
                                      "target; the counts are summed. For catalogues whose vectors do not fit in "
                                      "one rank's memory. Dense counting on the CPU (not FAISS); same ranks."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = JsonOption,
 ):
     """Full-ranking HR@K / NDCG@K on each split; also written to RUN/eval_<split>.json.
 
@@ -78,20 +87,19 @@ def compare_command(
                                 "file, see below), or several of either separated by commas (seeds of one config, "
                                 "averaged case by case): A."),
     run_b: str = typer.Argument(..., help="The second run, ranks file, or several: B. Differences are B - A."),
-    split: str = typer.Option("test", "--split", help="One split, as in `mmsr eval` (test | valid | cold | "
-                              "cold-test | new)."),
+    split: str = OneSplitOption,
     k: str = typer.Option("10,20", "--k", help="Cut-offs for HR@K and NDCG@K."),
-    protocol: str = typer.Option("paper", "--protocol", help="paper (history masked) | recbole (not masked)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last, for both runs."),
+    protocol: str = ProtocolOption,
+    checkpoint: str = CheckpointOption,
     resamples: int = typer.Option(9999, "--resamples", help="Bootstrap and randomisation resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the resampling (the figures repeat exactly)."),
-    batch_size: int = typer.Option(512, "--batch-size", min=1, help="Items/users per batch: bounds memory."),
-    device: str = typer.Option("auto", "--device", help="Where the models run: auto | cpu | cuda."),
+    batch_size: int = BatchSizeOption,
+    device: str = DeviceOption,
     shared_cases: bool = typer.Option(False, "--shared-cases", help="With ranks files: pair only the cases "
                                       "every file ranks, leaving out the files' rows whose user has another target "
                                       "in the runs (tools can order near-simultaneous interactions differently) and "
                                       "the runs' cases a file lacks; the result counts them."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = JsonOption,
 ):
     """Is run B better than run A on the same cases, beyond what the cases move?
 
@@ -139,13 +147,12 @@ def compare_command(
 def ranks_command(
     run: str = typer.Argument(..., help="The run (name or directory)."),
     out: str = typer.Argument(..., help="The file to write, NAME.csv."),
-    split: str = typer.Option("test", "--split", help="One split, as in `mmsr eval` (test | valid | cold | "
-                              "cold-test | new)."),
-    protocol: str = typer.Option("paper", "--protocol", help="paper (history masked) | recbole (not masked)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
-    batch_size: int = typer.Option(512, "--batch-size", min=1, help="Items/users per batch: bounds memory."),
-    device: str = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    split: str = OneSplitOption,
+    protocol: str = ProtocolOption,
+    checkpoint: str = CheckpointOption,
+    batch_size: int = BatchSizeOption,
+    device: str = DeviceOption,
+    json_out: bool = JsonOption,
 ):
     """Write the rank of every case of a split under a run to a CSV: user,item,rank.
 
@@ -170,8 +177,8 @@ def recommend_command(
     run: str = typer.Option(..., "--run", help="Run name or directory."),
     history: str = typer.Option(..., "--history", help="Comma-separated item ids, oldest first."),
     k: int = typer.Option(10, "-k", "--k", help="How many items to return."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    checkpoint: str = CheckpointOption,
+    json_out: bool = JsonOption,
 ):
     """Top-k items for a history (history items excluded). Cold items are rankable too."""
     from mmsr.eval.recommend import parse_history, recommend  # deferred: pulls in torch (seconds)
