@@ -20,9 +20,9 @@ from matplotlib.ticker import MaxNLocator
 
 from mmsr.errors import MMSRError
 from mmsr.plots.common import labels, new_figure, output_dir, run_dir, save_figure
+from mmsr.train.layout import METRICS_FILE
 
 HEADER = ("run", "epoch", "metric", "value")
-METRICS_FILE = "metrics.jsonl"
 DEFAULT_TOP_LEVEL = ("loss",)  # lr and epoch_seconds on request (--metric lr)
 NOT_METRICS = ("epoch", "step", "valid")
 COLUMNS = 3

@@ -32,6 +32,7 @@ from mmsr.atomic import atomic_write_text, link_or_copy
 from mmsr.errors import MMSRError
 from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, load_run_study, study_command, study_dir
 from mmsr.study.report import write_report
+from mmsr.train.layout import CONFIG_FILE
 
 
 def merge_studies(sources: list[str | Path], out: str | Path, *, log: Callable[[str], None] = print) -> Path:
@@ -96,12 +97,12 @@ def _finished_runs(dirs: list[Path]) -> tuple[dict[str, Path], list[Path]]:
             if not (run / RESULT_FILE).is_file():
                 unfinished.append(run)
                 continue
-            config = json.loads((run / "config.json").read_text())
+            config = json.loads((run / CONFIG_FILE).read_text())
             if config.get("init_from"):
                 raise MMSRError("is a transfer run: its config names its source run's directory", where=run,
                                 hint="run a transfer study in one directory; merge does not move transfer runs")
             first = chosen.setdefault(run.name, run)
-            if first != run and json.loads((first / "config.json").read_text()) != config:
+            if first != run and json.loads((first / CONFIG_FILE).read_text()) != config:
                 raise MMSRError(f"differs from {first} (same run name, other config)", where=run,
                                 hint="keep one of them, or merge the other into another --out")
     return chosen, unfinished

@@ -39,6 +39,7 @@ from mmsr.study.report import write_report
 from mmsr.study.spec import Study, Variant, load_study
 from mmsr.train.config import TrainConfig
 from mmsr.train.kinds import ID_ONLY_KINDS
+from mmsr.train.layout import METRICS_FILE, checkpoint_dir, checkpoint_file
 from mmsr.train.recipe import train
 from mmsr.train.run import prepare_run, run_config
 
@@ -61,7 +62,7 @@ class PlannedRun:
     def state(self) -> str:
         if self.finished():
             return "done"
-        return "partial" if (self.root / "checkpoints").is_dir() else "todo"
+        return "partial" if checkpoint_dir(self.root).is_dir() else "todo"
 
 
 def run_name(variant: str, dataset: str, seed: int) -> str:
@@ -239,7 +240,7 @@ def _train_and_evaluate(study: Study, run: PlannedRun, progress: ProgressFactory
     config_file = run.root.parent.parent / "configs" / f"{run.name}.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(config_file, json.dumps(asdict(run.config), indent=2) + "\n")
-    resumed = (run.root / "checkpoints" / "last.pt").is_file()
+    resumed = checkpoint_file(run.root, "last").is_file()
     log(f"[bold]{run.name}[/bold]: " + ("resuming from its checkpoint" if resumed else "training"))
     # resume: continues from last.pt, or restarts in place a run killed before its first checkpoint.
     prepared = prepare_run(run.root, config_file, resume=run.root.exists(), log=log)
@@ -276,5 +277,5 @@ def _evaluate(study: Study, run: PlannedRun, summary: dict, log: Log) -> None:
 
 
 def _read_metrics(root: Path) -> list[dict]:
-    path = root / "metrics.jsonl"
+    path = root / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

@@ -30,7 +30,8 @@ from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, load_weights, trainable_state
-from mmsr.train.run import (DATASET_HASH_KEY, INIT_FILE, check_same_dataset, init_from_source, init_summary,
+from mmsr.train.layout import CONFIG_FILE, INIT_FILE, METRICS_FILE, RUN_FILE, checkpoint_dir, checkpoint_file
+from mmsr.train.run import (DATASET_HASH_KEY, check_same_dataset, init_from_source, init_summary,
                             run_config, run_info, transfer_source)
 from mmsr.train.schedule import make_optimizer, resumed_length_change
 from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
@@ -95,14 +96,13 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
     ddp = _wrap(model, dist, device)
 
-    ckpt_dir = run_dir / "checkpoints"
     start_epoch, start_step, global_step, best, partial = 0, 0, 0, {}, {}
     if resume:
         info = run_info(run_dir)
         check_same_dataset(run_dir, dataset, info)
-        state = load_checkpoint(ckpt_dir / f"{resume_from}.pt", hint=_resume_hint(resume_from, run_dir))
+        state = load_checkpoint(checkpoint_file(run_dir, resume_from), hint=_resume_hint(resume_from, run_dir))
         _adopt_resumed_config(run_dir, config, state["global_step"], steps_per_epoch, dist, log)
-        load_weights(model, state["model"], ckpt_dir / f"{resume_from}.pt")
+        load_weights(model, state["model"], checkpoint_file(run_dir, resume_from))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state, dist.rank, device)
@@ -124,10 +124,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         log(f"items: {dataset.num_items:,}  users: {split.num_users:,}  steps/epoch: {steps_per_epoch}  "
             f"item feed: {feed_desc}  device: {device}  processes: {dist.world}")
 
-    def checkpoint(epoch: int, step: int, name: str = "last.pt", extra: dict | None = None) -> None:
+    def checkpoint(epoch: int, step: int, point: str = "last", extra: dict | None = None) -> None:
         rng = gather_rng_states(device)  # every rank calls this: a collective under torchrun
         if dist.main:
-            save_checkpoint(ckpt_dir / name, model_state=trainable_state(model), optimizer=optimizer,
+            save_checkpoint(checkpoint_file(run_dir, point), model_state=trainable_state(model), optimizer=optimizer,
                             scheduler=scheduler, epoch=epoch, step=step, global_step=global_step, best=best,
                             extra=extra, rng=rng)
 
@@ -193,7 +193,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
             else:
                 bad_validations += 1
         if improved:
-            checkpoint(epoch + 1, 0, "best.pt")
+            checkpoint(epoch + 1, 0, "best")
         checkpoint(epoch + 1, 0)
         if dist.main:
             _append_metrics(run_dir, record)
@@ -245,7 +245,7 @@ _DIVERGED_HINT = ("lower optim.lr, keep optim.grad_clip > 0, or check the data; 
 
 def _drop_metrics_after(run_dir: Path, epoch: int) -> None:
     """Resuming from an earlier checkpoint: the later epochs' records will be written again."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if path.is_file():
         kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epoch]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
@@ -261,13 +261,13 @@ def _wrap(model, dist: Dist, device: torch.device):
 
 
 def _start_run_dir(run_dir: Path, config: TrainConfig, info: dict, init: dict | None) -> None:
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
-    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+    checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(asdict(config), indent=2) + "\n")
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=2) + "\n")
     if init:
         atomic_write_text(run_dir / INIT_FILE, json.dumps(init, indent=2) + "\n")
     # A restart in the same directory (no checkpoint yet) must not keep the last start's records.
-    stale = [run_dir / "metrics.jsonl"] + ([] if init else [run_dir / INIT_FILE])
+    stale = [run_dir / METRICS_FILE] + ([] if init else [run_dir / INIT_FILE])
     for path in stale:
         if path.exists():
             path.unlink()
@@ -278,17 +278,17 @@ def _adopt_resumed_config(run_dir: Path, config: TrainConfig, steps_taken: int, 
     # Rebuilt, not compared raw: a run saved before a config field existed (e.g. init_from)
     # holds its default, and must still resume.
     changed = resumed_length_change(run_config(run_dir), config, steps_taken, steps_per_epoch,
-                                    where=run_dir / "config.json")
+                                    where=run_dir / CONFIG_FILE)
     if changed and dist.main:
         # The run is now the new config's run, step for step; its config says so.
-        atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(asdict(config), indent=2) + "\n")
         shown = ", ".join(f"{key} {a} -> {b}" for key, (a, b) in changed.items())
         log(f"resuming with {shown}: the {steps_taken:,} steps taken keep their learning rates, so the run "
             "continues as one started with the new length")
 
 
 def _append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
 
 

@@ -36,11 +36,11 @@ from mmsr.train.checkpoint import load_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed
 from mmsr.train.kinds import MODEL_KINDS
+from mmsr.train.layout import CONFIG_FILE, INIT_FILE, RUN_FILE, checkpoint_dir, checkpoint_file
 from mmsr.train.model import Recommender, build_model, load_weights, trainable_state
 
 
 RESUME_POINTS = ("last", "best")
-INIT_FILE = "init.json"
 # The encoders settings that decide what a trained top block means: which pretrained model it
 # sits on, and where that model is split (top block i is layer L - k + i). The others (text
 # length and fields, image size, image masking) change what the encoders read, not what their
@@ -69,7 +69,7 @@ class LoadedRun:
 
 
 def run_config(run_dir: Path) -> TrainConfig:
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise MMSRError("not a run directory (no config.json)", where=run_dir, hint="train one with `mmsr train`")
     return config_lib.build(TrainConfig, json.loads(path.read_text()), source=f"config {path}")
@@ -97,8 +97,8 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
     root = paths.runs_dir(run or default_run_name(config))
     if resume_from not in RESUME_POINTS:
         raise MMSRError(f"--resume-from {resume_from!r}", hint=f"use one of {', '.join(RESUME_POINTS)}")
-    checkpoint = root / "checkpoints" / f"{resume_from}.pt"
-    if resume and config_path is None and (root / "config.json").is_file():
+    checkpoint = checkpoint_file(root, resume_from)
+    if resume and config_path is None and (root / CONFIG_FILE).is_file():
         # The run's own config, with any --set or flag on top (a resume may lengthen the run:
         # mmsr.train.schedule); a config file replaces it and must match it.
         saved = json.loads(json.dumps(asdict(run_config(root))))
@@ -130,7 +130,7 @@ DATASET_HASH_KEY = "dataset_content_hash"
 
 def run_info(root: Path) -> dict:
     """run.json: how the run was trained (its item feed, its dataset's content hash); {} if absent."""
-    path = Path(root) / "run.json"
+    path = Path(root) / RUN_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -159,9 +159,9 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     if checkpoint not in CHECKPOINTS:
         raise MMSRError(f"unknown checkpoint {checkpoint!r}", where="--checkpoint",
                         hint="use best (the best validation epoch; last.pt where there is none) or last")
-    ckpt_path = root / "checkpoints" / f"{checkpoint}.pt"
+    ckpt_path = checkpoint_file(root, checkpoint)
     if checkpoint == "best" and not ckpt_path.is_file():
-        ckpt_path = root / "checkpoints" / "last.pt"
+        ckpt_path = checkpoint_file(root, "last")
     state = load_checkpoint(ckpt_path, hint=f"the run has no {checkpoint} checkpoint: train it first "
                                             f"(`mmsr train --run {root}`), or resume it if it was interrupted")
     dev = pick_device(device)
@@ -196,22 +196,22 @@ def transfer_source(config: TrainConfig, run_dir: str | Path | None = None) -> T
     if run_dir is not None and root.resolve() == Path(run_dir).resolve():
         raise MMSRError("a run cannot be initialised from itself", where=root,
                         hint="name another run with --init-from, or --resume to continue this one")
-    if not (root / "config.json").is_file():
+    if not (root / CONFIG_FILE).is_file():
         raise MMSRError(f"init_from={name}: no such run (no config.json)", where=root,
                         hint="train the source run first, or name it as `mmsr train --run` did (or give its path)")
     source = run_config(root)
-    checkpoint = next((root / "checkpoints" / f"{point}.pt" for point in ("best", "last")
-                       if (root / "checkpoints" / f"{point}.pt").is_file()), None)
+    checkpoint = next((checkpoint_file(root, point) for point in ("best", "last")
+                       if checkpoint_file(root, point).is_file()), None)
     if checkpoint is None:
-        raise MMSRError(f"init_from={name}: the run has no checkpoint", where=root / "checkpoints",
+        raise MMSRError(f"init_from={name}: the run has no checkpoint", where=checkpoint_dir(root),
                         hint="let the source run finish at least one epoch (or --resume it)")
-    _refuse_id_kind(source.model.kind, "the source run's model.kind", str(root / "config.json"))
+    _refuse_id_kind(source.model.kind, "the source run's model.kind", str(root / CONFIG_FILE))
     differing = [f"encoders.{key} {getattr(source.encoders, key)!r} there, {getattr(config.encoders, key)!r} here"
                  for key in _encoder_keys(source, config)
                  if getattr(source.encoders, key) != getattr(config.encoders, key)]
     if differing:
         raise MMSRError(f"init_from={name}: its encoders differ from this run's: " + "; ".join(differing),
-                        where=root / "config.json",
+                        where=root / CONFIG_FILE,
                         hint="use the source run's encoders settings, or train without --init-from")
     return TransferSource(name, root, source, checkpoint)
 
