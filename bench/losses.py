@@ -109,7 +109,8 @@ def table(dataset: str, rows: dict) -> str:
         if "error" in r:
             cells = [f"no result: {r['error']}"] + [""] * len(columns)
         else:
-            cells = [_cell(r[part]) if part in r else "" for part in ["valid"] + [f"{s}_{p}" for s, p in SPLITS[dataset]]]
+            parts = ["valid"] + [f"{s}_{p}" for s, p in SPLITS[dataset]]
+            cells = [_cell(r[part]) if part in r else "" for part in parts]
         lines.append(f"| {model} | {loss} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -24,19 +24,25 @@ app.command("import")(import_)
 def demo(
     name: Optional[str] = typer.Option(None, "--name", help="Dataset name (under $MMSR_HOME/datasets) or a path. "
                                        "Default: demo, or demo-dK for --domain K."),
-    items: int = typer.Option(DEFAULT_SIZE["items"], "--items", help="Number of items, each with a picture and a title."),
+    # The defaults are the generator's own, which keep the default demo's bytes.
+    items: int = typer.Option(DEFAULT_SIZE["items"], "--items",
+                              help="Number of items, each with a picture and a title."),
     users: int = typer.Option(DEFAULT_SIZE["users"], "--users", help="Number of users."),
-    seed: int = typer.Option(DEFAULT_OPTIONS["seed"], "--seed", help="Generator seed: the same seed gives the same bytes."),
-    domain: int = typer.Option(DEFAULT_OPTIONS["domain"], "--domain", help="0: the demo. K > 0: a catalogue disjoint from every other "
-                               "domain's (new items, pictures, brands and users; ids prefixed dK-) under the same "
-                               "rules, to try transfer (mmsr train --init-from)."),
-    min_length: int = typer.Option(DEFAULT_OPTIONS["min_len"], "--min-length", help="Fewest interactions per user. Lengths are this plus a "
-                                   "geometric draw of mean 8, capped at --max-length (HM's 31 per user: "
-                                   "--min-length 23 --max-length 200)."),
+    seed: int = typer.Option(DEFAULT_OPTIONS["seed"], "--seed",
+                             help="Generator seed: the same seed gives the same bytes."),
+    domain: int = typer.Option(DEFAULT_OPTIONS["domain"], "--domain",
+                               help="0: the demo. K > 0: a catalogue disjoint from every other domain's (new items, "
+                               "pictures, brands and users; ids prefixed dK-) under the same rules, to try transfer "
+                               "(mmsr train --init-from)."),
+    min_length: int = typer.Option(DEFAULT_OPTIONS["min_len"], "--min-length",
+                                   help="Fewest interactions per user. Lengths are this plus a geometric draw of "
+                                   "mean 8, capped at --max-length (HM's 31 per user: --min-length 23 "
+                                   "--max-length 200)."),
     max_length: int = typer.Option(DEFAULT_OPTIONS["max_len"], "--max-length", help="Most interactions per user."),
-    image_size: int = typer.Option(DEFAULT_OPTIONS["image_size"], "--image-size", help="Picture side in pixels. Smaller is faster to write "
-                                   "for large catalogues; the cache build resizes to encoders.image_size anyway. 0: no "
-                                   "pictures (a text-only catalogue)."),
+    image_size: int = typer.Option(DEFAULT_OPTIONS["image_size"], "--image-size",
+                                   help="Picture side in pixels. Smaller is faster to write for large catalogues; "
+                                   "the cache build resizes to encoders.image_size anyway. 0: no pictures (a "
+                                   "text-only catalogue)."),
     sampler: str = typer.Option("auto", "--sampler", help="How choices are drawn: exact (the original draws; "
                                 "cost grows with interactions x items), grouped (the same rule, streamed, cost grows "
                                 "with the interactions) or auto (exact up to 10,000 items)."),
