@@ -73,9 +73,10 @@ def demo(
 def info(
     name: str = typer.Argument(..., help="Dataset name or path."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    min_interactions: int = typer.Option(5, help="Drop users with fewer interactions."),
-    cold_threshold: int = typer.Option(10, help="Items with fewer training occurrences are cold."),
-    max_seq_len: int = typer.Option(20, help="Longest history fed to the model."),
+    min_interactions: int = typer.Option(SplitConfig.min_interactions, help="Drop users with fewer interactions."),
+    cold_threshold: int = typer.Option(SplitConfig.cold_threshold, help="Items with fewer training occurrences are "
+                                       "cold."),
+    max_seq_len: int = typer.Option(SplitConfig.max_seq_len, help="Longest history fed to the model."),
 ):
     """Counts of a dataset before and after the paper's protocol (leave-one-out, cold items)."""
     dataset = load_dataset(name)
