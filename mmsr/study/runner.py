@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmsr import paths
@@ -41,7 +41,7 @@ from mmsr.train.config import TrainConfig
 from mmsr.train.kinds import ID_ONLY_KINDS
 from mmsr.train.layout import METRICS_FILE, checkpoint_dir, checkpoint_file
 from mmsr.train.recipe import train
-from mmsr.train.run import prepare_run, run_config
+from mmsr.train.run import config_as_json, prepare_run, run_config, save_config
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,8 @@ def _refuse_changed(study: Study, out: Path, runs: list[PlannedRun], sets: list[
     seen_datasets = sorted({c["dataset"] for c in saved.values()} | {r.dataset for r in runs})
     seen_seeds = sorted({c["seed"] for c in saved.values()} | {r.seed for r in runs})
     expected = {run.root: run for run in plan_study(study, out, datasets=seen_datasets, seeds=seen_seeds, sets=sets)}
-    changed = {root for root, config in saved.items() if root in expected and config != _as_json(expected[root].config)}
+    changed = {root for root, config in saved.items()
+               if root in expected and config != config_as_json(expected[root].config)}
     for root in list(saved):  # a run started from a changed source is stale too
         if saved[root].get("init_from") and Path(saved[root]["init_from"]) in changed:
             changed.add(root)
@@ -200,12 +201,8 @@ def _refuse_changed(study: Study, out: Path, runs: list[PlannedRun], sets: list[
                                                  "changed study under another name with --out NAME")
 
 
-def _as_json(config: TrainConfig) -> dict:
-    return json.loads(json.dumps(asdict(config)))
-
-
 def _saved_config(root: Path) -> dict:
-    return _as_json(run_config(root))  # rebuilt: a config field added since holds its default
+    return config_as_json(run_config(root))  # rebuilt: a config field added since holds its default
 
 
 def _ensure_dataset(study: Study, dataset: str, progress: ProgressFactory, log: Log) -> None:
@@ -239,7 +236,7 @@ def _ensure_cache(config: TrainConfig, built: set[Path], progress: ProgressFacto
 def _train_and_evaluate(study: Study, run: PlannedRun, progress: ProgressFactory, log: Log) -> None:
     config_file = run.root.parent.parent / "configs" / f"{run.name}.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_file, json.dumps(asdict(run.config), indent=2) + "\n")
+    save_config(config_file, run.config)
     resumed = checkpoint_file(run.root, "last").is_file()
     log(f"[bold]{run.name}[/bold]: " + ("resuming from its checkpoint" if resumed else "training"))
     # resume: continues from last.pt, or restarts in place a run killed before its first checkpoint.

@@ -11,7 +11,6 @@ import contextlib
 import json
 import signal
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, load_weights, trainable_state
 from mmsr.train.layout import CONFIG_FILE, INIT_FILE, METRICS_FILE, RUN_FILE, checkpoint_dir, checkpoint_file
 from mmsr.train.run import (DATASET_HASH_KEY, check_same_dataset, init_from_source, init_summary,
-                            run_config, run_info, transfer_source)
+                            run_config, run_info, save_config, transfer_source)
 from mmsr.train.schedule import make_optimizer, resumed_length_change
 from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
 
@@ -100,9 +99,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     if resume:
         info = run_info(run_dir)
         check_same_dataset(run_dir, dataset, info)
-        state = load_checkpoint(checkpoint_file(run_dir, resume_from), hint=_resume_hint(resume_from, run_dir))
+        resumed = checkpoint_file(run_dir, resume_from)
+        state = load_checkpoint(resumed, hint=_resume_hint(resume_from, run_dir))
         _adopt_resumed_config(run_dir, config, state["global_step"], steps_per_epoch, dist, log)
-        load_weights(model, state["model"], checkpoint_file(run_dir, resume_from))
+        load_weights(model, state["model"], resumed)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state, dist.rank, device)
@@ -262,7 +262,7 @@ def _wrap(model, dist: Dist, device: torch.device):
 
 def _start_run_dir(run_dir: Path, config: TrainConfig, info: dict, init: dict | None) -> None:
     checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(asdict(config), indent=2) + "\n")
+    save_config(run_dir / CONFIG_FILE, config)
     atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=2) + "\n")
     if init:
         atomic_write_text(run_dir / INIT_FILE, json.dumps(init, indent=2) + "\n")
@@ -281,7 +281,7 @@ def _adopt_resumed_config(run_dir: Path, config: TrainConfig, steps_taken: int, 
                                     where=run_dir / CONFIG_FILE)
     if changed and dist.main:
         # The run is now the new config's run, step for step; its config says so.
-        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(asdict(config), indent=2) + "\n")
+        save_config(run_dir / CONFIG_FILE, config)
         shown = ", ".join(f"{key} {a} -> {b}" for key, (a, b) in changed.items())
         log(f"resuming with {shown}: the {steps_taken:,} steps taken keep their learning rates, so the run "
             "continues as one started with the new length")

@@ -27,6 +27,7 @@ import torch
 
 from mmsr import config as config_lib
 from mmsr import paths
+from mmsr.atomic import atomic_write_text
 from mmsr.data.dataset import Dataset, load_dataset
 from mmsr.distributed import init_from_env, pick_device
 from mmsr.data.split import Split, split_dataset
@@ -68,6 +69,16 @@ class LoadedRun:
     info: dict
 
 
+def config_as_json(config: TrainConfig) -> dict:
+    """`config` as its JSON file holds it (tuples as lists), for comparing with a saved one."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+def save_config(path: Path, config: TrainConfig) -> None:
+    """Write a training config as `run_config` and `mmsr train --config` read it back."""
+    atomic_write_text(path, json.dumps(asdict(config), indent=2) + "\n")
+
+
 def run_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
@@ -101,7 +112,7 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
     if resume and config_path is None and (root / CONFIG_FILE).is_file():
         # The run's own config, with any --set or flag on top (a resume may lengthen the run:
         # mmsr.train.schedule); a config file replaces it and must match it.
-        saved = json.loads(json.dumps(asdict(run_config(root))))
+        saved = config_as_json(run_config(root))
         config = config_lib.load(TrainConfig, None, overrides, flags, base=saved)
     if resume and resume_from != "last" and not checkpoint.is_file():
         raise MMSRError("checkpoint not found", where=checkpoint, hint="resume from last, or start again with "
