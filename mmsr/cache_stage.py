@@ -177,33 +177,21 @@ class _BatchSource(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Batch:
         task, start, stop = self.spans[index]
-        rows = range(start, stop)
-        if self.modality == "text":
-            raw = [self.dataset.item_text(i, self.text_fields) for i in rows]
-            return Batch(task, start, stop, self.encoder.preprocess(raw), torch.ones(len(raw), dtype=torch.bool), [])
-        if self.modality == "joint":
-            raw, problems = [], []
-            for i in rows:
-                pair, problem = self.dataset.load_text_and_picture(i, self.text_fields, self.on_bad_image,
-                                                                   self.image_size)
-                if problem and self.on_bad_image == "error":
-                    return Batch(task, start, stop, None, torch.zeros(0, dtype=torch.bool), [], error=problem)
-                if problem:
-                    problems.append(f"{problem} -> placeholder (a joint model always reads a picture)")
-                raw.append(pair)
-            return Batch(task, start, stop, self.encoder.preprocess(raw), torch.ones(len(raw), dtype=torch.bool),
-                         problems)
-        pictures, present, problems = [], [], []
-        for i in rows:
-            picture, problem = self.dataset.load_picture(i, self.on_bad_image, self.image_size)
+        # A joint model cannot leave a picture out, so its bad pictures are always placeholders.
+        fallback = ("placeholder (a joint model always reads a picture)" if self.modality == "joint"
+                    else self.on_bad_image)
+        raw, present, problems = [], [], []
+        for i in range(start, stop):
+            value, problem = self.dataset.encoder_input(i, self.modality, self.text_fields, self.on_bad_image,
+                                                        self.image_size)
             if problem and self.on_bad_image == "error":
                 return Batch(task, start, stop, None, torch.zeros(0, dtype=torch.bool), [], error=problem)
             if problem:
-                problems.append(f"{problem} -> {self.on_bad_image}")
-            present.append(picture is not None)
-            if picture is not None:
-                pictures.append(picture)
-        inputs = self.encoder.preprocess(pictures) if pictures else None
+                problems.append(f"{problem} -> {fallback}")
+            present.append(value is not None)
+            if value is not None:
+                raw.append(value)
+        inputs = self.encoder.preprocess(raw) if raw else None
         return Batch(task, start, stop, inputs, torch.tensor(present, dtype=torch.bool), problems)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mmsr import paths
 from mmsr.data.dataset import Dataset
-from mmsr.encoders.config import EncoderConfig
+from mmsr.encoders.config import READS_PICTURE, READS_TEXT, EncoderConfig
 from mmsr.encoders.model_key import model_key
 from mmsr.errors import MMSRError
 from mmsr_store import Cache, StoreError, manifest, open_cache
@@ -90,10 +90,10 @@ def expected_fingerprint(encoder, dataset: Dataset, encoder_config: EncoderConfi
     modality = encoder.modality
     fingerprint = {**encoder.identity(), "modality": modality, "cache_dtype": CACHE_DTYPE, "store_format": FORMAT,
                    "item_list_hash": items_hash(dataset.item_ids()), "num_items": dataset.num_items}
-    if modality in ("text", "joint"):
+    if modality in READS_TEXT:
         fingerprint["text_fields"] = list(encoder_config.text_fields)
         fingerprint["max_text_len"] = encoder_config.max_text_len
-    if modality in ("image", "joint"):
+    if modality in READS_PICTURE:
         fingerprint["image_size"] = encoder_config.image_size
         fingerprint["no_image"] = NO_IMAGE if modality == "image" else NO_JOINT_IMAGE
     return fingerprint
@@ -138,11 +138,6 @@ def _yaml_value(value) -> str:
     if isinstance(value, str) and value and all(c.isalnum() or c in "-_./:" for c in value):
         return value
     return json.dumps(value)
-
-
-# What each modality's encoder reads of an item: its text, its picture, or both.
-READS_TEXT = ("text", "joint")
-READS_PICTURE = ("image", "joint")
 
 
 def item_digests(dataset: Dataset, modality: str, encoder_config: EncoderConfig) -> list[str]:

@@ -8,6 +8,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# Per modality, the EncoderConfig fields that name its model and its trainable top blocks.
+# "joint": one model over an item's text and picture together (one-stream VLPs); its cached
+# states cover both inputs.
+SLOT_FIELDS = {"text": ("text_model", "text_top_blocks"), "image": ("vision_model", "vision_top_blocks"),
+               "joint": ("joint_model", "joint_top_blocks")}
+MODALITIES = tuple(SLOT_FIELDS)
+# How a config file or --set names each modality's model (the hints of errors).
+SLOTS = {modality: f"encoders.{model}" for modality, (model, _) in SLOT_FIELDS.items()}
+# What each modality's encoder reads of an item: its text, its picture, or both.
+READS_TEXT = ("text", "joint")
+READS_PICTURE = ("image", "joint")
+
 
 @dataclass
 class EncoderConfig:
@@ -61,8 +73,7 @@ class EncoderConfig:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m, name in (("text", self.text_model), ("image", self.vision_model),
-                                       ("joint", self.joint_model)) if name)
+        return tuple(m for m, (model, _) in SLOT_FIELDS.items() if getattr(self, model))
 
     def identity(self) -> dict:
         """The fields that name this config's cache. Settings left at a default that changes

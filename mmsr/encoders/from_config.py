@@ -7,7 +7,7 @@ the model that reads it are split at the same layer with the same preprocessing.
 from __future__ import annotations
 
 from mmsr.encoders.base import SplitEncoder
-from mmsr.encoders.config import EncoderConfig
+from mmsr.encoders.config import SLOT_FIELDS, EncoderConfig
 from mmsr.encoders.registry import create_encoder
 
 
@@ -18,7 +18,7 @@ def create_encoders(encoder_config: EncoderConfig, only: tuple[str, ...] | None 
     for modality in encoder_config.modalities:
         if only is not None and modality not in only:
             continue
-        name, top = (getattr(encoder_config, key) for key in SLOT_KEYS[modality])
+        name, top = (getattr(encoder_config, key) for key in SLOT_FIELDS[modality])
         joint = dict(vision=encoder_config.joint_vision,
                      vision_model=encoder_config.joint_vision_model) if modality == "joint" else {}
         out[modality] = create_encoder(name, modality, top, max_text_len=encoder_config.max_text_len,
@@ -27,7 +27,3 @@ def create_encoders(encoder_config: EncoderConfig, only: tuple[str, ...] | None 
                                        image_mask_seed=encoder_config.image_mask_seed, **joint)
     return out
 
-
-# modality -> (the EncoderConfig fields naming its model and its trainable top blocks)
-SLOT_KEYS = {"text": ("text_model", "text_top_blocks"), "image": ("vision_model", "vision_top_blocks"),
-             "joint": ("joint_model", "joint_top_blocks")}

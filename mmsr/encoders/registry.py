@@ -21,13 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from mmsr.encoders.base import SplitEncoder
+from mmsr.encoders.config import MODALITIES, READS_PICTURE, READS_TEXT, SLOTS
 from mmsr.errors import MMSRError
 
-# "joint": one model over an item's text and picture together (one-stream VLPs); its cached
-# states cover both inputs.
-MODALITIES = ("text", "image", "joint")
 HF_PREFIX = "hf"
-SLOTS = {"text": "encoders.text_model", "image": "encoders.vision_model", "joint": "encoders.joint_model"}
 
 # What kind of pretrained model a family is (seed §6, Table VI), shown by `mmsr models list`.
 # A family class says which in its `paradigm` attribute.
@@ -187,9 +184,9 @@ def create_encoder(name_or_path: str | os.PathLike, modality: str, top_blocks: i
     """
     family, source = resolve_spec(name_or_path, modality)
     options = dict(top_blocks=top_blocks, dtype=dtype, pretrained=pretrained)
-    if modality in ("text", "joint"):
+    if modality in READS_TEXT:
         options["max_text_len"] = max_text_len
-    if modality in ("image", "joint"):
+    if modality in READS_PICTURE:
         options["image_size"] = image_size
         family.cls.check_image_mask_support(image_mask_ratio, image_mask_seed, family.key)  # before loading weights
     if modality == "joint":
@@ -198,7 +195,7 @@ def create_encoder(name_or_path: str | os.PathLike, modality: str, top_blocks: i
     encoder = family.cls.from_source(source, **options)
     encoder.spec = str(name_or_path)
     encoder.family = family.key
-    if modality in ("image", "joint"):
+    if modality in READS_PICTURE:
         encoder.set_image_mask(image_mask_ratio, image_mask_seed)
     encoder.freeze_lower()
     encoder.eval()  # the trainer switches the upper blocks to train mode; lower ones stay in eval

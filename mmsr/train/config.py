@@ -11,7 +11,7 @@ from typing import Literal
 
 from mmsr.config import build
 from mmsr.data.split import SplitConfig
-from mmsr.encoders.config import EncoderConfig
+from mmsr.encoders.config import SLOTS, EncoderConfig
 from mmsr.models.fusion import FUSIONS
 from mmsr.models.scores import SCORES, LearnedCosine
 from mmsr.models.sequence import SEQUENCE_MODELS
@@ -196,7 +196,7 @@ class TrainConfig:
         if "fusion" in parts and model.fusion in FUSIONS and modalities:
             missing = [m for m in FUSIONS.needs(model.fusion) if m not in modalities]
             if missing:
-                off = " and ".join(f'{_MODALITY_KEYS[m]}=""' for m in missing)
+                off = " and ".join(f'{SLOTS[m]}=""' for m in missing)
                 problems.append(f"model.fusion={model.fusion!r} needs " + " and ".join(FUSIONS.needs(model.fusion))
                                 + f", but {off}; use --set model.fusion=pool for a single-modality model")
         if "pair_loss" in needs and self.optim.loss in LOSSES and "negative" not in LOSSES.needs(self.optim.loss):
@@ -303,7 +303,6 @@ def describe_parts() -> dict[str, dict[str, str]]:
 
 # Dataset fields FDSA can take as features (model.side_features).
 SIDE_FEATURES = ("category",)
-_MODALITY_KEYS = {"text": "encoders.text_model", "image": "encoders.vision_model", "joint": "encoders.joint_model"}
 
 
 def _default(cls: type, name: str):

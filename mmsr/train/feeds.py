@@ -131,15 +131,10 @@ class RawFeed:
 
     def raw(self, modality: str, ids: list[int]) -> list:
         """Texts, pictures (None for an item without one), or (text, picture) pairs for a joint model."""
-        if modality == "text":
-            return [self.dataset.item_text(i, self.text_fields) for i in ids]
         out = []
         for i in ids:
-            if modality == "joint":
-                value, problem = self.dataset.load_text_and_picture(i, self.text_fields, self.on_bad_image,
-                                                                    self.image_size)
-            else:
-                value, problem = self.dataset.load_picture(i, self.on_bad_image, self.image_size)
+            value, problem = self.dataset.encoder_input(i, modality, self.text_fields, self.on_bad_image,
+                                                        self.image_size)
             if problem and self.on_bad_image == "error":
                 raise MMSRError(problem, hint="restore the file, or train with --set on_bad_image=skip|placeholder "
                                               "(as `mmsr cache build` does)")

@@ -29,8 +29,9 @@ from mmsr import config as config_lib
 from mmsr import paths
 from mmsr.atomic import atomic_write_text
 from mmsr.data.dataset import Dataset, load_dataset
-from mmsr.distributed import init_from_env, pick_device
 from mmsr.data.split import Split, split_dataset
+from mmsr.distributed import init_from_env, pick_device
+from mmsr.encoders.config import SLOT_FIELDS
 from mmsr.errors import MMSRError
 from mmsr.locks import output_lock
 from mmsr.train.checkpoint import load_checkpoint
@@ -235,11 +236,11 @@ def _refuse_id_kind(kind: str, what: str, where: str) -> None:
 
 def _encoder_keys(source: TrainConfig, target: TrainConfig) -> list[str]:
     """TRANSFER_ENCODER_KEYS, less a modality's top blocks where neither run has that modality."""
-    used = {m for config in (source, target) for m, model in
-            (("text", config.encoders.text_model), ("vision", config.encoders.vision_model),
-             ("joint", config.encoders.joint_model)) if model}
-    return [key for key in TRANSFER_ENCODER_KEYS
-            if key in ("text_model", "vision_model", "joint_model") or key.split("_")[0] in used]
+    models = [model for model, _ in SLOT_FIELDS.values()]
+    # A key belongs to the modality its first word names: "vision_top_blocks" to vision_model.
+    used = {model.split("_")[0] for model in models
+            if any(getattr(config.encoders, model) for config in (source, target))}
+    return [key for key in TRANSFER_ENCODER_KEYS if key in models or key.split("_")[0] in used]
 
 
 def init_from_source(model: Recommender, source: TransferSource) -> dict:
