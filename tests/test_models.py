@@ -321,3 +321,32 @@ def test_masked_mean_skips_the_mask_product_only_where_it_is_the_identity():
     half = torch.randn(3, 257, 8).to(torch.bfloat16)
     assert torch.equal(masked_mean(half, torch.ones(3, 257, dtype=torch.bool)),
                        weighted(half, torch.ones(3, 257, dtype=torch.bool)))
+
+
+def test_attention_pool_starts_as_the_masked_mean_and_learns_which_tokens_count():
+    """`attnpool` scores start at zero, so a fresh tower is `pool` to rounding; an item with no
+    valid token (no picture) gives zeros with finite gradients; a step moves the scores."""
+    torch.manual_seed(0)
+    attention = create_fusion("attnpool", input_dims={"text": 12, "image": 20}, dim=16)
+    pool = create_fusion("pool", input_dims={"text": 12, "image": 20}, dim=16)
+    pool.load_state_dict({k: v for k, v in attention.state_dict().items() if not k.startswith("score.")})
+    inputs = _tokens()
+    image, image_mask = inputs["image"]
+    image_mask = image_mask.clone()
+    image_mask[1] = False  # item 1 has no picture
+    inputs["image"] = (image, image_mask)
+    torch.testing.assert_close(attention(inputs), pool(inputs))
+
+    garbage = {**inputs, "text": (inputs["text"][0].clone(), inputs["text"][1])}
+    garbage["text"][0][0, 2:] = 1e3  # masked positions of item 0
+    torch.testing.assert_close(attention(garbage), attention(inputs))
+
+    out = attention(inputs)
+    out[:, 0].sum().backward()
+    grads = [p.grad for p in attention.parameters() if p.grad is not None]
+    assert all(torch.isfinite(g).all() for g in grads)
+    score = attention.score["text"][1].weight
+    assert score.grad.abs().sum() > 0
+    with torch.no_grad():
+        score -= 10.0 * score.grad
+    assert not torch.allclose(attention(inputs), pool(inputs))

@@ -89,6 +89,41 @@ class Pool(_Pooled):
         return torch.stack(self.pooled(inputs)).sum(0)
 
 
+class AttentionPool(Pool):
+    """Each present modality pooled by a learned attention over its tokens, projected, summed.
+
+    One score per token (a linear map of the normalised token), softmax over the valid ones:
+    the tower can weigh a title's words above the template around them, which the masked mean
+    of `pool` cannot. The scores start at zero, so a fresh tower pools exactly as `pool` does
+    and learns only what moves it away from the mean. It reads every token, so a feed cannot
+    hand it vectors pooled once (towers.pooled_once): an epoch costs more than `pool`'s.
+    """
+
+    pools_first = False
+
+    def __init__(self, input_dims: dict[str, int], dim: int, standardize: bool = False):
+        super().__init__(input_dims, dim, standardize)
+        self.score = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1)) for m, d in input_dims.items()})
+        for score in self.score.values():
+            nn.init.zeros_(score[1].weight)
+            nn.init.zeros_(score[1].bias)
+
+    def pooled(self, inputs: TokenDict) -> list[torch.Tensor]:
+        missing = [m for m in self.order if m not in inputs]
+        if missing:
+            raise ValueError(f"fusion needs modalities {self.order}, missing {missing}")
+        return [self.proj[m](self._attend(m, *inputs[m])) for m in self.order]
+
+    def _attend(self, modality: str, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        valid = mask.bool()
+        logits = self.score[modality](tokens).squeeze(-1)
+        # A row with no valid token (an item without a picture) keeps finite logits, so that no
+        # NaN reaches the gradient, and gives zeros, as masked_mean does.
+        logits = logits.masked_fill(~valid & valid.any(-1, keepdim=True), float("-inf"))
+        weights = torch.softmax(logits, dim=-1) * valid
+        return (weights.unsqueeze(-1) * tokens).sum(1)
+
+
 class Sum(_Pooled):
     """Text and picture pooled, projected and added."""
 
@@ -231,6 +266,7 @@ def _register_coarse(name: str, cls: type, needs: tuple[str, ...] = BOTH) -> Non
 for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
     _register_coarse(_name, _cls)
 _register_coarse("pool", Pool, needs=())  # any modalities: MMSR-T and MMSR-V's fusion
+_register_coarse("attnpool", AttentionPool, needs=())
 FUSIONS.register("merge-attn", params=("layers", "heads", "attention_dropout"), needs=BOTH)(MergeAttention)
 FUSIONS.register("coattn", params=("heads", "attention_dropout"), needs=BOTH)(CoAttention)
 
