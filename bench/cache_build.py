@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     from mmsr.data.demo import generate_demo
     from mmsr.distributed import pick_device
     from mmsr.encoders import create_encoders
-    from mmsr.encoders.config import EncoderConfig
+    from mmsr.encoders.config import SLOT_FIELDS, EncoderConfig
     from mmsr_store import inspect_cache
 
     root = home / "datasets" / f"demo-{args.items}"
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     for modality in sorted(encoders):
         r, m = report.modalities[modality], info["modalities"][modality]
         out["modalities"][modality] = {
-            "model": config.text_model if modality == "text" else config.vision_model,
+            "model": getattr(config, SLOT_FIELDS[modality][0]),
             "tokens": r.tokens, "dim": r.dim, "chunk_items": r.chunk_items,
             "build_s": round(modality_build[modality], 3), "lower_s": round(lower_best[modality], 3),
             "build_items_per_s": round(dataset.num_items / modality_build[modality], 2),

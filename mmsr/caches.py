@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mmsr import paths
 from mmsr.data.dataset import Dataset
-from mmsr.encoders.config import READS_PICTURE, READS_TEXT, EncoderConfig
+from mmsr.encoders.config import READS_PICTURE, READS_TEXT, SLOT_FIELDS, EncoderConfig
 from mmsr.encoders.model_key import model_key
 from mmsr.errors import MMSRError
 from mmsr_store import Cache, StoreError, manifest, open_cache
@@ -38,7 +38,7 @@ def config_hash(encoder_config: EncoderConfig, length: int = 12) -> str:
     """Short hash of the encoder config, with local model paths replaced by their content key,
     so that a cache moves with its data root and its checkpoint (`mmsr.encoders.model_key`)."""
     identity = encoder_config.identity()
-    for field in ("text_model", "vision_model", "joint_model", "joint_vision_model"):
+    for field in [model for model, _ in SLOT_FIELDS.values()] + ["joint_vision_model"]:
         if field in identity:
             identity[field] = model_key(identity[field])
     return digest(identity, length)

@@ -350,3 +350,4 @@ def test_attention_pool_starts_as_the_masked_mean_and_learns_which_tokens_count(
     with torch.no_grad():
         score -= 10.0 * score.grad
     assert not torch.allclose(attention(inputs), pool(inputs))
+    torch.testing.assert_close(attention(garbage), attention(inputs))  # padding ignored by trained scores too

@@ -98,7 +98,7 @@ class Dataset:
         return self.pictures > 0
 
     def encoder_input(self, index: int, modality: str, fields: Iterable[str] | None,
-                      on_bad_image: BadImagePolicy = "error", size: int = 224):
+                      on_bad_image: BadImagePolicy = "error", size: int = 224) -> tuple[object, str | None]:
         """(what the `modality` encoder reads of an item, problem or None): its text, its picture
         (None when it has none), or (text, picture) for a joint model. The cache build and the
         end-to-end feed both read items here; each decides what a problem does to it."""
@@ -106,7 +106,9 @@ class Dataset:
             return self.item_text(index, fields), None
         if modality == "joint":
             return self.load_text_and_picture(index, fields, on_bad_image, size)
-        return self.load_picture(index, on_bad_image, size)
+        if modality == "image":
+            return self.load_picture(index, on_bad_image, size)
+        raise ValueError(f"unknown modality {modality!r}: text, image or joint")
 
     def load_text_and_picture(self, index: int, fields: Iterable[str] | None, on_bad_image: BadImagePolicy = "error",
                               size: int = 224):

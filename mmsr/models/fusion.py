@@ -8,7 +8,8 @@ Coarse fusions (gate, film, sum, concat) work on masked-mean pooled, projected v
 `NAME+dnn` adds the paper's three-layer DNN on top. Fine-grained fusions work on tokens:
 `coattn` (one co-attention layer: each stream cross-attends the other, then a merging
 layer) and `merge-attn` (tokens of both streams concatenated into `layers` single-stream
-transformer blocks, then pooled). `pool` serves single-modality towers (MMSR-T, MMSR-V).
+transformer blocks, then pooled). `pool` serves single-modality towers (MMSR-T, MMSR-V);
+`attnpool` is `pool` with a learned attention over the tokens in place of the mean.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class AttentionPool(Pool):
         # NaN reaches the gradient, and gives zeros, as masked_mean does.
         logits = logits.masked_fill(~valid & valid.any(-1, keepdim=True), float("-inf"))
         weights = torch.softmax(logits, dim=-1) * valid
-        return (weights.unsqueeze(-1) * tokens).sum(1)
+        return torch.bmm(weights.unsqueeze(1), tokens).squeeze(1)  # no [N, T, D] temporary
 
 
 class Sum(_Pooled):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from mmsr.encoders import create_encoders
+from mmsr.encoders.config import SLOTS
 from mmsr.errors import MMSRError
 from mmsr.models.carca import CARCAItemTower, CrossAttentionScorer
 from mmsr.models.fdsa import FDSAItemTower, FDSAUserTower, category_tokens
@@ -76,7 +77,7 @@ def _sequence(config: "TrainConfig") -> nn.Module:
 def _content_tower(config: "TrainConfig", encoders: dict, fusion: str) -> ContentItemTower:
     m = config.model
     if not encoders:
-        raise MMSRError(f"model.kind={m.kind} needs at least one of encoders.text_model / encoders.vision_model",
+        raise MMSRError(f"model.kind={m.kind} needs at least one of " + " / ".join(SLOTS.values()),
                         hint="or use model.kind=idsr")
     module = create_fusion(fusion, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
                            layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout, encoders=encoders,
