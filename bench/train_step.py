@@ -49,8 +49,9 @@ from train_profile import setup as recipe_setup  # noqa: E402  (bench/, next to 
 
 from mmsr.machine import cpu_model  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from mmsr.offline import stay_offline  # noqa: E402
+
+stay_offline()
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
 import typer
 
+from mmsr.offline import stay_offline
 from mmsr_store.errors import UserError
 from mmsr_cli import cache, data, evaluate, models, plot, study, train
 from mmsr_cli.common import console
@@ -74,8 +74,7 @@ def _joined_group():
 
 
 def _main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    stay_offline()
     try:
         # Not standalone: a usage error (an unknown option, a bad value, a missing argument)
         # comes here to be said in one line, as every other user error is, not in typer's panel.

@@ -256,3 +256,19 @@ def test_the_readme_config_errors_are_what_mmsr_prints(mmsr_home):
                                 text=True, env=env, cwd=root, timeout=300)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines()[-1] == said
+
+
+def test_offline_is_the_default_and_the_environment_overrides_it(monkeypatch):
+    """README, "Encoders": mmsr never downloads unless the environment says it may."""
+    import os
+
+    from mmsr.offline import HUB_OFFLINE, stay_offline
+
+    for key in HUB_OFFLINE:
+        monkeypatch.delenv(key, raising=False)
+    stay_offline()
+    assert {key: os.environ[key] for key in HUB_OFFLINE} == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for key in HUB_OFFLINE:
+        monkeypatch.setenv(key, "0")
+    stay_offline()
+    assert [os.environ[key] for key in HUB_OFFLINE] == ["0", "0"]
