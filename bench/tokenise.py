@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from mmsr.offline import stay_offline  # noqa: E402
+
+stay_offline()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread: the cache build's workers are single
 
 
