@@ -114,6 +114,10 @@ def test_attention_dropout_follows_dropout_unless_set(name):
     (["model.fusion=merge-attn", "model.fusion_attention_dropout=1"],
      r"model.fusion_attention_dropout=1.0 is a probability of dropping a unit: it must be in \[0, 1\)"),
     (["model.dropout=-0.1"], r"model.dropout=-0.1 is a probability"),
+    (["model.fusion=merge-attn", "model.fusion_pooling=attention"],
+     "model.fusion_pooling='attention' is ignored by fusion 'merge-attn'.*gate"),
+    (["model.fusion=gate", "model.fusion_pooling=max"],
+     "model.fusion_pooling='max' is not a pooling; choose one of mean, attention"),
 ])
 def test_config_refuses_a_fusion_setting_it_cannot_use(overrides, message):
     from mmsr import config as config_lib
@@ -323,13 +327,16 @@ def test_masked_mean_skips_the_mask_product_only_where_it_is_the_identity():
                        weighted(half, torch.ones(3, 257, dtype=torch.bool)))
 
 
-def test_attention_pool_starts_as_the_masked_mean_and_learns_which_tokens_count():
-    """`attnpool` scores start at zero, so a fresh tower is `pool` to rounding; an item with no
-    valid token (no picture) gives zeros with finite gradients; a step moves the scores."""
+@pytest.mark.parametrize("name", ["pool", "gate+dnn"])
+def test_attention_pooling_starts_as_the_masked_mean_and_learns_which_tokens_count(name):
+    """pooling="attention" scores start at zero, so a fresh tower is the mean's to rounding; an
+    item with no valid token (no picture) gives zeros with finite gradients; a step moves the
+    scores; and the tower is never pooled once."""
     torch.manual_seed(0)
-    attention = create_fusion("attnpool", input_dims={"text": 12, "image": 20}, dim=16)
-    pool = create_fusion("pool", input_dims={"text": 12, "image": 20}, dim=16)
-    pool.load_state_dict({k: v for k, v in attention.state_dict().items() if not k.startswith("score.")})
+    attention = create_fusion(name, input_dims={"text": 12, "image": 20}, dim=16, pooling="attention").eval()
+    pool = create_fusion(name, input_dims={"text": 12, "image": 20}, dim=16).eval()
+    assert not attention.pools_first and pool.pools_first
+    pool.load_state_dict({k: v for k, v in attention.state_dict().items() if "score." not in k})
     inputs = _tokens()
     image, image_mask = inputs["image"]
     image_mask = image_mask.clone()
@@ -345,7 +352,7 @@ def test_attention_pool_starts_as_the_masked_mean_and_learns_which_tokens_count(
     out[:, 0].sum().backward()
     grads = [p.grad for p in attention.parameters() if p.grad is not None]
     assert all(torch.isfinite(g).all() for g in grads)
-    score = attention.score["text"][1].weight
+    score = getattr(attention, "base", attention).score["text"][1].weight  # gate+dnn: its gate's
     assert score.grad.abs().sum() > 0
     with torch.no_grad():
         score -= 10.0 * score.grad

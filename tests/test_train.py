@@ -244,7 +244,7 @@ def test_a_fixed_encoder_top_is_pooled_once_and_trains_as_from_its_states(tiny_o
     The vision encoder's top block learns, so its states still come every step."""
     dataset = _pooled_and_states_agree(tiny_overrides + ["encoders.text_top_blocks=0", "model.fusion=gate+dnn"],
                                        ["text"])
-    for sets in (["encoders.text_top_blocks=1"], ["model.fusion=merge-attn"], ["model.fusion=attnpool+dnn"]):
+    for sets in (["encoders.text_top_blocks=1"], ["model.fusion=merge-attn"], ["model.fusion=gate+dnn", "model.fusion_pooling=attention"]):
         other = _config(tiny_overrides + ["encoders.text_top_blocks=0", *sets])
         assert build_model_for(other, dataset).items.pooled_once() == []
 

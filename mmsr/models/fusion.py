@@ -8,8 +8,9 @@ Coarse fusions (gate, film, sum, concat) work on masked-mean pooled, projected v
 `NAME+dnn` adds the paper's three-layer DNN on top. Fine-grained fusions work on tokens:
 `coattn` (one co-attention layer: each stream cross-attends the other, then a merging
 layer) and `merge-attn` (tokens of both streams concatenated into `layers` single-stream
-transformer blocks, then pooled). `pool` serves single-modality towers (MMSR-T, MMSR-V);
-`attnpool` is `pool` with a learned attention over the tokens in place of the mean.
+transformer blocks, then pooled). `pool` serves single-modality towers (MMSR-T, MMSR-V).
+The pooled fusions pool each modality by the masked mean, or by a learned attention over its
+tokens (`pooling="attention"`, model.fusion_pooling).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from mmsr.registry import Registry, first_line
 
 FUSIONS: Registry[nn.Module] = Registry("fusion")
 TokenDict = dict[str, tuple[torch.Tensor, torch.Tensor]]
+# How a pooled fusion turns a modality's tokens into one vector (model.fusion_pooling).
+POOLINGS = ("mean", "attention")
 
 
 def create_fusion(name: str, *, input_dims: dict[str, int], dim: int, layers: int = 1, heads: int = 4,
                   dropout: float = 0.1, encoders: dict | None = None, standardize: bool = False,
-                  attention_dropout: float | None = None) -> nn.Module:
+                  attention_dropout: float | None = None, pooling: str = "mean") -> nn.Module:
     """`encoders` ({modality: SplitEncoder}): read by fusions that come with a pretrained model
     (`flava` loads the multimodal encoder of its towers' checkpoint). `attention_dropout` (token
     fusions; None: `dropout`): see layers.Block."""
@@ -36,7 +39,8 @@ def create_fusion(name: str, *, input_dims: dict[str, int], dim: int, layers: in
         raise MMSRError(f"fusion {name!r} needs {' and '.join(needs)}, got {sorted(input_dims)}",
                         hint="use fusion 'pool' for single-modality models (MMSR-T, MMSR-V)")
     return FUSIONS.create(name, input_dims=input_dims, dim=dim, layers=layers, heads=heads, dropout=dropout,
-                          encoders=encoders, standardize=standardize, attention_dropout=attention_dropout)
+                          encoders=encoders, standardize=standardize, attention_dropout=attention_dropout,
+                          pooling=pooling)
 
 
 def fusion_names() -> list[str]:
@@ -61,20 +65,38 @@ class _Pooled(nn.Module):
     states have a mean cosine of 0.44 and 0.68, which a LayerNorm per item leaves in place.
     Measured (README, "Standardised features"): it helps the demo's text-and-picture model and
     not MovieLens's text-only one, so it is off by default.
+
+    `pooling` (model.fusion_pooling): "mean", the masked mean; or "attention", a learned
+    softmax over each modality's valid tokens, one score per token (a linear map of the
+    normalised token), so that the tower can weigh a title's words above the template around
+    them. The scores start at zero: a fresh attention tower pools exactly as the mean does and
+    learns only what moves it away. It reads every token, so a feed cannot hand it vectors
+    pooled once (towers.pooled_once) and an epoch costs more. Measured (docs/compare.md, "Four
+    more levers for MMSR-T"): on MovieLens-100K's MMSR-T it lost to the mean on validation over
+    four seeds, at 4.7x the epoch time; on the demo's text and pictures it won on validation
+    over two, at 2x. Mean by default.
     """
 
-    # Its first step on each modality is the masked mean: a feed may pool once (towers.pooled_once).
-    pools_first = True
-
-    def __init__(self, input_dims: dict[str, int], dim: int, standardize: bool = False):
+    def __init__(self, input_dims: dict[str, int], dim: int, standardize: bool = False, pooling: str = "mean"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise MMSRError(f"unknown pooling {pooling!r}", hint="one of " + ", ".join(POOLINGS))
         self.order = sorted(input_dims)
+        # The mean is the first step on each modality: a feed may pool once (towers.pooled_once).
+        self.pools_first = pooling == "mean"
 
         def project(d: int) -> nn.Sequential:
             return nn.Sequential(*([nn.BatchNorm1d(d, affine=False)] if standardize else []), nn.LayerNorm(d),
                                  nn.Linear(d, dim))
 
         self.proj = nn.ModuleDict({m: project(d) for m, d in input_dims.items()})
+        self.score = None
+        if pooling == "attention":
+            self.score = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
+                                        for m, d in input_dims.items()})
+            for score in self.score.values():
+                nn.init.zeros_(score[1].weight)
+                nn.init.zeros_(score[1].bias)
 
     def pooled(self, inputs: TokenDict) -> list[torch.Tensor]:
         missing = [m for m in self.order if m not in inputs]
@@ -83,40 +105,10 @@ class _Pooled(nn.Module):
         return [self.proj[m](self.pool(m, inputs[m])) for m in self.order]
 
     def pool(self, modality: str, state) -> torch.Tensor:
-        """[N, D]: the modality's masked mean (or the vector a feed pooled once)."""
-        return pooled_vectors(state)
-
-
-class Pool(_Pooled):
-    """Each present modality pooled and projected, summed: a one-modality tower (MMSR-T, MMSR-V)."""
-
-    def forward(self, inputs: TokenDict) -> torch.Tensor:
-        return torch.stack(self.pooled(inputs)).sum(0)
-
-
-class AttentionPool(Pool):
-    """Each present modality pooled by a learned attention over its tokens, projected, summed.
-
-    One score per token (a linear map of the normalised token), softmax over the valid ones:
-    the tower can weigh a title's words above the template around them, which the masked mean
-    of `pool` cannot. The scores start at zero, so a fresh tower pools exactly as `pool` does
-    and learns only what moves it away from the mean. It reads every token, so a feed cannot
-    hand it vectors pooled once (towers.pooled_once): an epoch costs more than `pool`'s.
-    On MovieLens-100K's MMSR-T, `attnpool+dnn` lost to `pool+dnn` on validation over four
-    seeds, at 4.7x the epoch time; on the demo's text and pictures it beat `sum+dnn` on
-    validation over two (docs/compare.md, "Four more levers for MMSR-T").
-    """
-
-    pools_first = False
-
-    def __init__(self, input_dims: dict[str, int], dim: int, standardize: bool = False):
-        super().__init__(input_dims, dim, standardize)
-        self.score = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1)) for m, d in input_dims.items()})
-        for score in self.score.values():
-            nn.init.zeros_(score[1].weight)
-            nn.init.zeros_(score[1].bias)
-
-    def pool(self, modality: str, state) -> torch.Tensor:
+        """[N, D]: the modality's masked mean (or the vector a feed pooled once), or its tokens
+        weighted by the learned attention."""
+        if self.score is None:
+            return pooled_vectors(state)
         tokens, mask = state
         valid = mask.bool()
         logits = self.score[modality](tokens).squeeze(-1)
@@ -125,6 +117,13 @@ class AttentionPool(Pool):
         logits = logits.masked_fill(~valid & valid.any(-1, keepdim=True), float("-inf"))
         weights = torch.softmax(logits, dim=-1) * valid
         return torch.bmm(weights.unsqueeze(1), tokens).squeeze(1)  # no [N, T, D] temporary
+
+
+class Pool(_Pooled):
+    """Each present modality pooled and projected, summed: a one-modality tower (MMSR-T, MMSR-V)."""
+
+    def forward(self, inputs: TokenDict) -> torch.Tensor:
+        return torch.stack(self.pooled(inputs)).sum(0)
 
 
 class Sum(_Pooled):
@@ -138,8 +137,8 @@ class Sum(_Pooled):
 class Concat(_Pooled):
     """Text and picture pooled and projected, concatenated, then one linear map back to `dim`."""
 
-    def __init__(self, input_dims, dim, standardize=False):
-        super().__init__(input_dims, dim, standardize)
+    def __init__(self, input_dims, dim, standardize=False, pooling="mean"):
+        super().__init__(input_dims, dim, standardize, pooling)
         self.out = nn.Linear(2 * dim, dim)
 
     def forward(self, inputs):
@@ -149,8 +148,8 @@ class Concat(_Pooled):
 class Gate(_Pooled):
     """g = sigmoid(W [a; b]); g * a + (1 - g) * b."""
 
-    def __init__(self, input_dims, dim, standardize=False):
-        super().__init__(input_dims, dim, standardize)
+    def __init__(self, input_dims, dim, standardize=False, pooling="mean"):
+        super().__init__(input_dims, dim, standardize, pooling)
         self.gate = nn.Linear(2 * dim, dim)
 
     def forward(self, inputs):
@@ -162,8 +161,8 @@ class Gate(_Pooled):
 class FiLM(_Pooled):
     """The text conditions the image: gamma(text) * image + beta(text)."""
 
-    def __init__(self, input_dims, dim, standardize=False):
-        super().__init__(input_dims, dim, standardize)
+    def __init__(self, input_dims, dim, standardize=False, pooling="mean"):
+        super().__init__(input_dims, dim, standardize, pooling)
         self.film = nn.Linear(dim, 2 * dim)
 
     def forward(self, inputs):
@@ -258,18 +257,18 @@ BOTH = ("text", "image")
 
 def _register_coarse(name: str, cls: type, needs: tuple[str, ...] = BOTH) -> None:
     """`name` and `name+dnn` (Coarse+: the same fusion with the residual DNN on top)."""
-    FUSIONS.register(name, params=("standardize",), needs=needs, help=first_line(cls.__doc__))(
-        lambda input_dims, dim, dropout=0.1, standardize=False, **_: cls(input_dims, dim, standardize))
-    FUSIONS.register(f"{name}+dnn", params=("standardize",), needs=needs,
+    FUSIONS.register(name, params=("standardize", "pooling"), needs=needs, help=first_line(cls.__doc__))(
+        lambda input_dims, dim, dropout=0.1, standardize=False, pooling="mean", **_:
+        cls(input_dims, dim, standardize, pooling))
+    FUSIONS.register(f"{name}+dnn", params=("standardize", "pooling"), needs=needs,
                      help=f"{name}, then the paper's three-layer residual DNN (Coarse+, Table III)")(
-        lambda input_dims, dim, dropout=0.1, standardize=False, **_: WithDNN(cls(input_dims, dim, standardize), dim,
-                                                                            dropout))
+        lambda input_dims, dim, dropout=0.1, standardize=False, pooling="mean", **_:
+        WithDNN(cls(input_dims, dim, standardize, pooling), dim, dropout))
 
 
 for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
     _register_coarse(_name, _cls)
 _register_coarse("pool", Pool, needs=())  # any modalities: MMSR-T and MMSR-V's fusion
-_register_coarse("attnpool", AttentionPool, needs=())
 FUSIONS.register("merge-attn", params=("layers", "heads", "attention_dropout"), needs=BOTH)(MergeAttention)
 FUSIONS.register("coattn", params=("heads", "attention_dropout"), needs=BOTH)(CoAttention)
 

@@ -12,7 +12,7 @@ from typing import Literal
 from mmsr.config import build
 from mmsr.data.split import SplitConfig
 from mmsr.encoders.config import SLOTS, EncoderConfig
-from mmsr.models.fusion import FUSIONS
+from mmsr.models.fusion import FUSIONS, POOLINGS
 from mmsr.models.scores import SCORES, LearnedCosine
 from mmsr.models.sequence import SEQUENCE_MODELS
 from mmsr.train.kinds import MODEL_KINDS, TABLE_KINDS
@@ -34,6 +34,10 @@ class ModelConfig:
     # Coarse fusions and pool: standardise each modality's pooled state over the batch's items
     # before its LayerNorm (mmsr.models.fusion._Pooled); off by default, see its docstring.
     fusion_standardize: bool = False
+    # Coarse fusions and pool: how each modality's tokens become one vector, "mean" (masked) or
+    # "attention" (learned, starting as the mean; mmsr.models.fusion._Pooled). Mean by default:
+    # attention lost on MovieLens-100K's text and won on the demo's pictures (docs/compare.md).
+    fusion_pooling: str = "mean"
     # Token fusions (merge-attn, coattn): dropout on their attention probabilities; None follows
     # `dropout`, as BERT does. 0 cuts merge-attention's training step on a CPU to 0.61-0.69x
     # (README, "Attention dropout"); on the demo, one run, test HR@10 moved -2% at 0.
@@ -177,6 +181,9 @@ class TrainConfig:
             value = getattr(model, key)
             if value is not None and not 0.0 <= value < 1.0:
                 problems.append(f"model.{key}={value!r} is a probability of dropping a unit: it must be in [0, 1)")
+        if model.fusion_pooling not in POOLINGS:
+            problems.append(f"model.fusion_pooling={model.fusion_pooling!r} is not a pooling; choose one of "
+                            + ", ".join(POOLINGS))
         unknown = sorted(set(model.side_features) - set(SIDE_FEATURES))
         if unknown:
             problems.append(f"model.side_features has {', '.join(map(repr, unknown))}; the known side features "
@@ -198,7 +205,7 @@ class TrainConfig:
             if missing:
                 off = " and ".join(f'{SLOTS[m]}=""' for m in missing)
                 problems.append(f"model.fusion={model.fusion!r} needs " + " and ".join(FUSIONS.needs(model.fusion))
-                                + f", but {off}; use --set model.fusion=pool (or attnpool) for a single-modality model")
+                                + f", but {off}; use --set model.fusion=pool for a single-modality model")
         if "pair_loss" in needs and self.optim.loss in LOSSES and "negative" not in LOSSES.needs(self.optim.loss):
             problems.append(f"model.kind={model.kind} scores each candidate through cross-attention, so "
                             f"optim.loss={self.optim.loss!r} (which scores every user against every candidate of "
@@ -287,7 +294,7 @@ class TrainConfig:
 
 # model.KEY -> (the component that reads it, the registry param it feeds)
 _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "heads"),
-          "fusion_standardize": ("fusion", "standardize"),
+          "fusion_standardize": ("fusion", "standardize"), "fusion_pooling": ("fusion", "pooling"),
           "fusion_attention_dropout": ("fusion", "attention_dropout"),
           "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads"),
           "side_features": ("kind", "side_features"), "fdsa_shared": ("kind", "fdsa_shared"),

@@ -81,7 +81,8 @@ def _content_tower(config: "TrainConfig", encoders: dict, fusion: str) -> Conten
                         hint="or use model.kind=idsr")
     module = create_fusion(fusion, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
                            layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout, encoders=encoders,
-                           standardize=m.fusion_standardize, attention_dropout=m.fusion_attention_dropout)
+                           standardize=m.fusion_standardize, attention_dropout=m.fusion_attention_dropout,
+                           pooling=m.fusion_pooling)
     return ContentItemTower(encoders, module, m.dim)
 
 
