@@ -249,6 +249,18 @@ def test_a_fixed_encoder_top_is_pooled_once_and_trains_as_from_its_states(tiny_o
         assert build_model_for(other, dataset).items.pooled_once() == []
 
 
+def test_morec_pools_by_the_mean_whatever_fusion_pooling_says(tiny_overrides):
+    """MoRec++ pools as MoRec does; model.fusion_pooling, like every fusion knob, is read only by a
+    kind that takes model.fusion (mmsr)."""
+    from mmsr.data.dataset import load_dataset
+
+    morec = _config(tiny_overrides + ["model.kind=morec", "model.fusion_pooling=attention"])
+    dataset = load_dataset(morec.dataset)
+    assert build_model_for(morec, dataset).items.fusion.score is None
+    mmsr = _config(tiny_overrides + ["model.fusion=gate", "model.fusion_pooling=attention"])
+    assert build_model_for(mmsr, dataset).items.fusion.score is not None
+
+
 @pytest.mark.parametrize("kind", ["fdsa", "carca"])
 def test_the_baselines_given_features_are_pooled_once_when_no_top_block_runs(tiny_overrides, kind):
     """FDSA's and CARCA++'s content is given (frozen): with no top block, each modality's pooled

@@ -82,7 +82,8 @@ def _content_tower(config: "TrainConfig", encoders: dict, fusion: str) -> Conten
     module = create_fusion(fusion, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
                            layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout, encoders=encoders,
                            standardize=m.fusion_standardize, attention_dropout=m.fusion_attention_dropout,
-                           pooling=m.fusion_pooling)
+                           # MoRec++ pools as MoRec does (the mean); only a kind that takes model.fusion reads this.
+                           pooling=m.fusion_pooling if "fusion" in MODEL_KINDS.params(m.kind) else "mean")
     return ContentItemTower(encoders, module, m.dim)
 
 
