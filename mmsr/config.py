@@ -175,6 +175,8 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
 
 
 def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(kind)))
     return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
 
 

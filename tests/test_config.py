@@ -142,6 +142,7 @@ def test_a_float_override_may_be_written_without_a_dot():
     assert (config.optim.lr, config.optim.encoder_lr, config.optim.weight_decay) == (2e-3, 1e-5, 0.0)
     assert "optim.lr must be float, got 'fast'" in _error(["optim.lr=fast"])
     assert "optim.lr must be float" in _error(["optim.lr=nan"])
+    assert "optim.negatives must be one of 'unseen', 'any', got 'maybe'" in _error(["optim.negatives=maybe"])
     assert load(TrainConfig, None, ["dataset=1e3"]).dataset == "1e3"  # a string setting keeps the text
 
 

@@ -244,7 +244,8 @@ def test_a_fixed_encoder_top_is_pooled_once_and_trains_as_from_its_states(tiny_o
     The vision encoder's top block learns, so its states still come every step."""
     dataset = _pooled_and_states_agree(tiny_overrides + ["encoders.text_top_blocks=0", "model.fusion=gate+dnn"],
                                        ["text"])
-    for sets in (["encoders.text_top_blocks=1"], ["model.fusion=merge-attn"], ["model.fusion=gate+dnn", "model.fusion_pooling=attention"]):
+    for sets in (["encoders.text_top_blocks=1"], ["model.fusion=merge-attn"],
+                 ["model.fusion=gate+dnn", "model.fusion_pooling=attention"]):
         other = _config(tiny_overrides + ["encoders.text_top_blocks=0", *sets])
         assert build_model_for(other, dataset).items.pooled_once() == []
 
@@ -257,6 +258,9 @@ def test_morec_pools_by_the_mean_whatever_fusion_pooling_says(tiny_overrides):
     morec = _config(tiny_overrides + ["model.kind=morec", "model.fusion_pooling=attention"])
     dataset = load_dataset(morec.dataset)
     assert build_model_for(morec, dataset).items.fusion.score is None
+    standardized = _config(tiny_overrides + ["model.kind=morec", "model.fusion_standardize=true"])
+    proj = build_model_for(standardized, dataset).items.fusion.proj["text"]
+    assert not any(isinstance(layer, torch.nn.BatchNorm1d) for layer in proj)  # every fusion knob alike
     mmsr = _config(tiny_overrides + ["model.fusion=gate", "model.fusion_pooling=attention"])
     assert build_model_for(mmsr, dataset).items.fusion.score is not None
 

@@ -79,11 +79,14 @@ def _content_tower(config: "TrainConfig", encoders: dict, fusion: str) -> Conten
     if not encoders:
         raise MMSRError(f"model.kind={m.kind} needs at least one of " + " / ".join(SLOTS.values()),
                         hint="or use model.kind=idsr")
+    # The model.fusion* settings belong to a kind that takes model.fusion (mmsr); for the others
+    # (MoRec++: MoRec's mean-pooled sum) they are the config's documented no-op, so their fusion
+    # is built with its defaults.
+    knobs = m if "fusion" in MODEL_KINDS.params(m.kind) else type(m)()
     module = create_fusion(fusion, input_dims={k: e.output_size for k, e in encoders.items()}, dim=m.dim,
-                           layers=m.fusion_layers, heads=m.fusion_heads, dropout=m.dropout, encoders=encoders,
-                           standardize=m.fusion_standardize, attention_dropout=m.fusion_attention_dropout,
-                           # MoRec++ pools as MoRec does (the mean); only a kind that takes model.fusion reads this.
-                           pooling=m.fusion_pooling if "fusion" in MODEL_KINDS.params(m.kind) else "mean")
+                           layers=knobs.fusion_layers, heads=knobs.fusion_heads, dropout=m.dropout,
+                           encoders=encoders, standardize=knobs.fusion_standardize,
+                           attention_dropout=knobs.fusion_attention_dropout, pooling=knobs.fusion_pooling)
     return ContentItemTower(encoders, module, m.dim)
 
 

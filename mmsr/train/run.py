@@ -47,8 +47,10 @@ RESUME_POINTS = ("last", "best")
 # sits on, and where that model is split (top block i is layer L - k + i). The others (text
 # length and fields, image size, image masking) change what the encoders read, not what their
 # weights mean, so they may differ: adapting to such a change is what fine-tuning is for.
-TRANSFER_ENCODER_KEYS = ("text_model", "text_top_blocks", "vision_model", "vision_top_blocks", "joint_model",
-                         "joint_top_blocks", "joint_vision", "joint_vision_model")
+# Per modality: its model, its top blocks and (joint) the picture representation it reads.
+_TRANSFER_KEYS = {modality: (model, top) + (("joint_vision", "joint_vision_model") if modality == "joint" else ())
+                  for modality, (model, top) in SLOT_FIELDS.items()}
+TRANSFER_ENCODER_KEYS = tuple(key for keys in _TRANSFER_KEYS.values() for key in keys)
 
 
 @dataclass
@@ -235,12 +237,12 @@ def _refuse_id_kind(kind: str, what: str, where: str) -> None:
 
 
 def _encoder_keys(source: TrainConfig, target: TrainConfig) -> list[str]:
-    """TRANSFER_ENCODER_KEYS, less a modality's top blocks where neither run has that modality."""
-    models = [model for model, _ in SLOT_FIELDS.values()]
-    # A key belongs to the modality its first word names: "vision_top_blocks" to vision_model.
-    used = {model.split("_")[0] for model in models
-            if any(getattr(config.encoders, model) for config in (source, target))}
-    return [key for key in TRANSFER_ENCODER_KEYS if key in models or key.split("_")[0] in used]
+    """TRANSFER_ENCODER_KEYS, less a modality's keys but its model where neither run has that modality."""
+    keys = []
+    for model, *rest in _TRANSFER_KEYS.values():
+        used = any(getattr(config.encoders, model) for config in (source, target))
+        keys += [model, *rest] if used else [model]
+    return keys
 
 
 def init_from_source(model: Recommender, source: TransferSource) -> dict:
