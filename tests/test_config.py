@@ -56,6 +56,14 @@ def test_single_modality_turns_the_default_fusion_into_pool():
     assert load(TrainConfig, None, []).model.fusion == "merge-attn"
 
 
+def test_a_fusion_named_explicitly_is_kept_for_one_modality():
+    """Only the unset default becomes pool: merge-attn named on a text-only model is what trains
+    (it used to equal the default and turn into pool without a word)."""
+    config = load(TrainConfig, None, ["encoders.vision_model=", "model.fusion=merge-attn"])
+    assert config.model.fusion == "merge-attn"
+    _reloads(config)
+
+
 @pytest.mark.parametrize("overrides,expected", [
     (["model.fusion=gate", "model.fusion_layers=2"], ["model.fusion_layers=2", "fusion 'gate'", "merge-attn"]),
     (["model.fusion=gate+dnn", "model.fusion_heads=2"], ["model.fusion_heads=2", "fusion 'gate+dnn'", "coattn"]),

@@ -136,6 +136,22 @@ def test_every_fusion_of_table_iii_is_registered(name):
     assert name in fusion_names()
 
 
+def test_merge_attention_runs_on_one_modality():
+    """MMSR-T's token tower (a fusion named explicitly on a text-only model): one vector per item,
+    padding ignored, every weight learns."""
+    torch.manual_seed(0)
+    fusion = create_fusion("merge-attn", input_dims={"text": 12}, dim=16, heads=2, dropout=0.0).eval()
+    text, mask = _tokens()["text"]
+    out = fusion({"text": (text, mask)})
+    assert out.shape == (6, 16) and torch.isfinite(out).all()
+    padded = text.clone()
+    padded[0, 2:] = 1e4  # item 0's padding
+    assert torch.allclose(fusion({"text": (padded, mask)}), out, atol=1e-5)
+    fusion.train()
+    fusion({"text": (text, mask)}).pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fusion.parameters())
+
+
 def test_padding_tokens_do_not_change_fusion_output():
     torch.manual_seed(0)
     fusion = create_fusion("merge-attn", input_dims={"text": 12, "image": 20}, dim=16, heads=2).eval()

@@ -7,8 +7,9 @@ Every module maps per-modality token sequences to one vector per item:
 Coarse fusions (gate, film, sum, concat) work on masked-mean pooled, projected vectors;
 `NAME+dnn` adds the paper's three-layer DNN on top. Fine-grained fusions work on tokens:
 `coattn` (one co-attention layer: each stream cross-attends the other, then a merging
-layer) and `merge-attn` (tokens of both streams concatenated into `layers` single-stream
-transformer blocks, then pooled). `pool` serves single-modality towers (MMSR-T, MMSR-V).
+layer) and `merge-attn` (the tokens of every stream concatenated into `layers` single-stream
+transformer blocks, then pooled; with one modality, a token-level tower). `pool` serves
+single-modality towers (MMSR-T, MMSR-V) by default.
 The pooled fusions pool each modality by the masked mean, or by a learned attention over its
 tokens (`pooling="attention"`, model.fusion_pooling).
 """
@@ -213,7 +214,11 @@ class _Tokens(nn.Module):
 
 
 class MergeAttention(_Tokens):
-    """Single-stream: both token sequences concatenated through `layers` transformer blocks."""
+    """Single-stream: the token sequences concatenated through `layers` transformer blocks.
+
+    With one modality (MMSR-T, MMSR-V) this is a small transformer trained over the frozen
+    encoder's tokens: a token-level item tower at the model's width, far cheaper than fine-tuning
+    the encoder's own top block at its width."""
 
     def __init__(self, input_dims, dim, layers=1, heads=4, dropout=0.1, attention_dropout=None, **_):
         super().__init__(input_dims, dim)
@@ -269,7 +274,8 @@ def _register_coarse(name: str, cls: type, needs: tuple[str, ...] = BOTH) -> Non
 for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
     _register_coarse(_name, _cls)
 _register_coarse("pool", Pool, needs=())  # any modalities: MMSR-T and MMSR-V's fusion
-FUSIONS.register("merge-attn", params=("layers", "heads", "attention_dropout"), needs=BOTH)(MergeAttention)
+# Any modalities: with one, merge-attn is a trainable transformer over that encoder's frozen tokens.
+FUSIONS.register("merge-attn", params=("layers", "heads", "attention_dropout"), needs=())(MergeAttention)
 FUSIONS.register("coattn", params=("heads", "attention_dropout"), needs=BOTH)(CoAttention)
 
 

@@ -18,6 +18,8 @@ from mmsr.models.sequence import SEQUENCE_MODELS
 from mmsr.train.kinds import MODEL_KINDS, TABLE_KINDS
 from mmsr.train.losses import LOSSES
 
+AUTO_FUSION = "auto"
+
 
 @dataclass
 class ModelConfig:
@@ -28,7 +30,9 @@ class ModelConfig:
     # A setting the chosen fusion / sequence model does not read (e.g. fusion_heads for "gate",
     # sequence_heads for "gru4rec") is an error when it differs from its default.
     kind: str = "mmsr"  # a name in mmsr.train.kinds.MODEL_KINDS: mmsr, idsr, morec, fdsa, vqrec
-    fusion: str = "merge-attn"  # with a single modality this default becomes "pool"
+    # "auto": merge-attn with two modalities, pool with one (resolved when the config is built, so
+    # a saved config names the fusion trained). Named explicitly, merge-attn runs on one modality too.
+    fusion: str = AUTO_FUSION
     fusion_layers: int = 1
     fusion_heads: int = 4
     # Coarse fusions and pool: standardise each modality's pooled state over the batch's items
@@ -153,9 +157,10 @@ class TrainConfig:
 
     def __post_init__(self):
         # Nothing to fuse with one modality. Resolving the default here (not in build_model) makes
-        # the saved config say what was trained; a non-default fusion is left for check() to refuse.
-        if self.model.fusion == _default(ModelConfig, "fusion") and len(self.encoders.modalities) == 1:
-            self.model = replace(self.model, fusion="pool")
+        # the saved config say what was trained; a fusion named explicitly is left for check().
+        if self.model.fusion == AUTO_FUSION:
+            fusion = "pool" if len(self.encoders.modalities) == 1 else "merge-attn"
+            self.model = replace(self.model, fusion=fusion)
 
     def check(self) -> list[str]:
         """Settings that the chosen components would ignore or cannot work with; mmsr.config.build
