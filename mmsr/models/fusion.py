@@ -38,7 +38,7 @@ def create_fusion(name: str, *, input_dims: dict[str, int], dim: int, layers: in
     needs = FUSIONS.needs(name)
     if needs and sorted(input_dims) != sorted(needs):
         raise MMSRError(f"fusion {name!r} needs {' and '.join(needs)}, got {sorted(input_dims)}",
-                        hint="use fusion 'pool' for single-modality models (MMSR-T, MMSR-V)")
+                        hint="use fusion 'pool' (or 'merge-attn') for single-modality models (MMSR-T, MMSR-V)")
     return FUSIONS.create(name, input_dims=input_dims, dim=dim, layers=layers, heads=heads, dropout=dropout,
                           encoders=encoders, standardize=standardize, attention_dropout=attention_dropout,
                           pooling=pooling)

@@ -210,7 +210,8 @@ class TrainConfig:
             if missing:
                 off = " and ".join(f'{SLOTS[m]}=""' for m in missing)
                 problems.append(f"model.fusion={model.fusion!r} needs " + " and ".join(FUSIONS.needs(model.fusion))
-                                + f", but {off}; use --set model.fusion=pool for a single-modality model")
+                                + f", but {off}; use --set model.fusion=pool for a single-modality model "
+                                  "(or merge-attn, a token tower over its tokens)")
         if "pair_loss" in needs and self.optim.loss in LOSSES and "negative" not in LOSSES.needs(self.optim.loss):
             problems.append(f"model.kind={model.kind} scores each candidate through cross-attention, so "
                             f"optim.loss={self.optim.loss!r} (which scores every user against every candidate of "
