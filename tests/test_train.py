@@ -279,6 +279,35 @@ def test_the_baselines_given_features_are_pooled_once_when_no_top_block_runs(tin
     assert build_model_for(other, dataset).items.pooled_once() == ["image"]
 
 
+@pytest.mark.parametrize("fusion", ["merge-attn", "coattn", "gate"])
+def test_token_slots_no_item_of_the_batch_uses_are_trimmed_and_change_nothing(tiny_overrides, fusion):
+    """The top blocks and the fusion run only on the token slots some item of the batch uses:
+    states widened by unused slots (garbage behind the mask) give the same item vectors, and the
+    text encoder's top block sees the trimmed width."""
+    from mmsr.cache_stage import build_cache
+    from mmsr.data.dataset import load_dataset
+    from mmsr.train.feeds import open_states_feed
+
+    config = _config(tiny_overrides + [f"model.fusion={fusion}"])
+    dataset = load_dataset(config.dataset)
+    build_cache(dataset, config.encoders, batch_size=64, num_workers=0)
+    torch.manual_seed(0)
+    model = build_model_for(config, dataset).eval()
+    feed, _ = open_states_feed(config, model.encoders, dataset, True, torch.device("cpu"))
+    states = feed(torch.arange(12))
+    text, mask = states["text"]
+    longest = int(mask.sum(1).max())
+    widened = dict(states, text=(torch.cat([text, torch.full((12, 7, text.shape[2]), 1e3, dtype=text.dtype)], 1),
+                                 torch.cat([mask, mask.new_zeros(12, 7)], 1)))
+    encoder = model.encoders["text"]
+    widths = []
+    upper = encoder.upper
+    encoder.upper = lambda hidden, mask: widths.append(hidden.shape[1]) or upper(hidden, mask)
+    with torch.no_grad():
+        torch.testing.assert_close(model.items(widened), model.items(states), atol=1e-5, rtol=1e-5)
+    assert widths == [longest, longest] and longest < text.shape[1] + 7
+
+
 def build_model_for(config, dataset):
     from mmsr.train.model import build_model
 

@@ -32,13 +32,40 @@ class PooledState(NamedTuple):
     vectors: torch.Tensor
 
 
+def trim_padding(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drops the trailing token slots that no row of the batch uses.
+
+    A cache holds every text at `encoders.max_text_len` slots (50), padded at the end, while
+    MovieLens-100K's longest title takes 33 tokens and its median 14: every block and fusion
+    after the cache would otherwise run a third of its work, and more of its attention, on
+    padding. Masked slots change no valid token's output, so only the arithmetic's rounding
+    (and which random draws dropout spends where) differs. A modality with every slot used (a
+    ViT's patches) is returned as it is. On a GPU the length is read back to the host, one
+    small synchronisation per modality and step."""
+    slots = mask.shape[-1]
+    if mask.dim() != 2 or slots == 0:
+        return hidden, mask
+    # 1 + the last used slot, in one read-back; 0 when no item of the batch has the modality.
+    used = int((mask.any(0) * torch.arange(1, slots + 1, device=mask.device)).max())
+    if used == slots:
+        return hidden, mask
+    keep = max(used, 1)  # a batch of items all without the modality keeps its shape
+    return hidden[:, :keep], mask[:, :keep]
+
+
+def upper_tokens(encoder, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`encoder.upper` on cached lower-layer states (hidden of any float dtype), the batch's
+    unused trailing slots trimmed first."""
+    hidden, mask = trim_padding(hidden, mask)
+    return encoder.upper(hidden.float(), mask)
+
+
 def pooled_upper(encoder, state) -> torch.Tensor:
     """[N, D]: a feed's `PooledState` as it is, else `encoder.upper` on the cached lower-layer
     states (hidden of any float dtype, mask), masked-mean pooled."""
     if isinstance(state, PooledState):
         return state.vectors.float()
-    hidden, mask = state
-    return masked_mean(*encoder.upper(hidden.float(), mask))
+    return masked_mean(*upper_tokens(encoder, *state))
 
 
 def pooled_vectors(state) -> torch.Tensor:

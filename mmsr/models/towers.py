@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mmsr.encoders.base import SplitEncoder
-from mmsr.models.layers import PooledState
+from mmsr.models.layers import PooledState, upper_tokens
 from mmsr.models.sequence import last_state
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -54,8 +54,7 @@ class ContentItemTower(nn.Module):
             if isinstance(state, PooledState):  # the fusion pools first: it takes the vectors as they are
                 tokens[modality] = state
             else:
-                hidden, mask = state
-                tokens[modality] = encoder.upper(hidden.float(), mask)
+                tokens[modality] = upper_tokens(encoder, *state)
         return self.fusion(tokens) * self.scale
 
     forward = from_states
