@@ -3,14 +3,14 @@
     python bench/token_trim.py --config configs/movielens-mmsrt.toml --set model.fusion=merge-attn
         [--steps 6] [--warmup 1]
 
-Builds the run as `mmsr train --from-cache` does (the dataset and its cache must exist), then
-takes the recipe's own `train_step` on consecutive batches of the first epoch, alternating a
-step with the trim and a step without it (trim_padding replaced by the identity), so that both
-see the same machine load; reports each one's median step time and their ratio, and the token
-slots the item tower ran on. Only paths that run tokens through something that learns gain
-anything: a fusion that reads tokens (merge-attn, coattn, flava, attention pooling) or an
-encoder's fine-tuned top blocks; states a feed pools once are not touched. Prints one JSON
-object last. Not a test.
+Builds the run as `mmsr train --from-cache` does (the dataset and its cache must exist), then takes
+the recipe's own `train_step` on consecutive batches of the first epoch, each batch once with the
+trim and once without it (trim_padding replaced by the identity), the order swapped every batch, so
+that both see the same batches and machine load; reports each one's median step time and their
+ratio, and the token slots the item tower ran on (the mean kept, by the cache's slot count). Only
+paths that run tokens through something that learns gain anything: a fusion that reads tokens
+(merge-attn, coattn, flava, attention pooling) or an encoder's fine-tuned top blocks; states a feed
+pools once are not touched. Prints one JSON object last. Not a test.
 """
 
 from __future__ import annotations
@@ -34,15 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv=None) -> None:
     import torch
 
-    from mmsr import config as config_lib
     from mmsr.distributed import Dist
-    from mmsr.errors import MMSRError
     from mmsr.machine import cpu_model
     from mmsr.models import layers
-    from mmsr.train.config import TrainConfig
     from mmsr.train.step import train_step
-    from mmsr_store import StoreError
-    from train_profile import setup
+    from train_profile import setup_from
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "movielens-mmsrt.toml"))
@@ -51,11 +47,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="steps of each kind taken first, untimed")
     args = parser.parse_args(argv)
 
-    config = config_lib.load(TrainConfig, args.config, args.set)
-    try:
-        device, model, feed, description, batches, (optimizer, scheduler) = setup(config)
-    except (MMSRError, StoreError) as error:  # no dataset or no cache yet: say which command makes it
-        sys.exit(f"error: {error}")
+    config, device, model, feed, description, batches, (optimizer, scheduler) = setup_from(args.config, args.set)
     print(f"item feed: {description}  device: {device}  steps/epoch: {len(batches)}", file=sys.stderr)
 
     trim = layers.trim_padding
@@ -66,33 +58,43 @@ def main(argv=None) -> None:
         widths.setdefault(kind, []).append((mask.shape[1], out[1].shape[1]))
         return out
 
+    def timed(kind: str, batch) -> float:
+        layers.trim_padding = lambda hidden, mask: watched(hidden, mask, kind)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        train_step(model, batch, feed, optimizer, scheduler, dist=Dist(), device=device, optim=config.optim)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
     order = batches.order(0)
     seconds: dict[str, list[float]] = {"trimmed": [], "untrimmed": []}
-    index = 0
-    for round_ in range(args.warmup + args.steps):
-        for kind in ("trimmed", "untrimmed"):
-            layers.trim_padding = lambda hidden, mask, kind=kind: watched(hidden, mask, kind)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            train_step(model, batches.batch(0, index % len(batches), order), feed, optimizer, scheduler,
-                       dist=Dist(), device=device, optim=config.optim)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_ >= args.warmup:
-                seconds[kind].append(time.perf_counter() - start)
-            index += 1
-    layers.trim_padding = trim
+    try:
+        for round_ in range(args.warmup + args.steps):
+            # Both kinds on the same batch, the one going first swapped every round (ABBA), so that
+            # neither gets the other's batches or a warmer cache.
+            batch = batches.batch(0, round_ % len(batches), order)
+            kinds = ("trimmed", "untrimmed") if round_ % 2 == 0 else ("untrimmed", "trimmed")
+            for kind in kinds:
+                spent = timed(kind, batch)
+                if round_ >= args.warmup:
+                    seconds[kind].append(spent)
+    finally:
+        layers.trim_padding = trim
     if not widths:
         sys.exit("error: no token states reached the item tower's top: this run pools every modality once, "
                  "so there is nothing to trim (use a fusion that reads tokens or fine-tune a top block)")
     median = {kind: statistics.median(s) for kind, s in seconds.items()}
-    slots, kept = zip(*widths["trimmed"])
+    # By the cache's slot count, which tells the modalities apart (a ViT's patches are never trimmed).
+    kept: dict[int, list[int]] = {}
+    for slots, width in widths["trimmed"]:
+        kept.setdefault(slots, []).append(width)
     print(json.dumps({
         "bench": "token_trim", "config": args.config, "overrides": args.set, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(), "steps": args.steps, "item_feed": description,
-        "token_slots": max(slots), "slots_kept_mean": round(sum(kept) / len(kept), 1),
+        "slots_kept_mean": {str(slots): round(sum(w) / len(w), 1) for slots, w in sorted(kept.items())},
         "step_seconds_median": {kind: round(s, 4) for kind, s in median.items()},
         "untrimmed_over_trimmed": round(median["untrimmed"] / median["trimmed"], 3),
     }))

@@ -100,16 +100,27 @@ def setup(config):
     return device, model, feed, description, batches, optimizer
 
 
+def setup_from(config_path: str, sets: list[str]):
+    """(config, *`setup`'s) for a config file and --set overrides; a missing dataset or cache ends
+    the bench with the error, which names the command that makes it."""
+    from mmsr import config as config_lib
+    from mmsr.errors import MMSRError
+    from mmsr.train.config import TrainConfig
+    from mmsr_store import StoreError
+
+    config = config_lib.load(TrainConfig, config_path, sets)
+    try:
+        return (config, *setup(config))
+    except (MMSRError, StoreError) as error:
+        sys.exit(f"error: {error}")
+
+
 def main(argv=None) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from mmsr import config as config_lib
     from mmsr.distributed import Dist
-    from mmsr.errors import MMSRError
     from mmsr.machine import cpu_model
-    from mmsr_store import StoreError
-    from mmsr.train.config import TrainConfig
     from mmsr.train.step import train_step
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,11 +131,7 @@ def main(argv=None) -> None:
     parser.add_argument("--top", type=int, default=15, help="operators listed by name")
     args = parser.parse_args(argv)
 
-    config = config_lib.load(TrainConfig, args.config, args.set)
-    try:
-        device, model, feed, description, batches, (optimizer, scheduler) = setup(config)
-    except (MMSRError, StoreError) as error:  # no dataset or no cache yet: say which command makes it
-        sys.exit(f"error: {error}")
+    config, device, model, feed, description, batches, (optimizer, scheduler) = setup_from(args.config, args.set)
     log(f"item feed: {description}  device: {device}  steps/epoch: {len(batches)}")
     on_gpu = device.type == "cuda"
 

@@ -152,6 +152,22 @@ def test_merge_attention_runs_on_one_modality():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fusion.parameters())
 
 
+def test_trim_padding_drops_only_the_trailing_slots_no_row_uses():
+    from mmsr.models.layers import trim_padding
+
+    hidden = torch.randn(3, 6, 4)
+    mask = torch.zeros(3, 6, dtype=torch.bool)
+    mask[0, :2] = mask[1, :4] = True  # row 2: no token (an item without this modality)
+    mask[1, 1] = False  # a hole inside the used width stays
+    trimmed, kept = trim_padding(hidden, mask)
+    assert torch.equal(trimmed, hidden[:, :4]) and torch.equal(kept, mask[:, :4])
+    for whole in (torch.ones(3, 6, dtype=torch.bool), torch.zeros(3, 6, dtype=torch.bool)):
+        # every slot used (a ViT's patches), or none (no item of the batch has a picture): unchanged,
+        # so that a top that reshapes its tokens to the patch grid still can
+        same, same_mask = trim_padding(hidden, whole)
+        assert same is hidden and same_mask is whole
+
+
 def test_padding_tokens_do_not_change_fusion_output():
     torch.manual_seed(0)
     fusion = create_fusion("merge-attn", input_dims={"text": 12, "image": 20}, dim=16, heads=2).eval()

@@ -40,17 +40,18 @@ def trim_padding(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     after the cache would otherwise run a third of its work, and more of its attention, on
     padding. Masked slots change no valid token's output, so only the arithmetic's rounding
     (and which random draws dropout spends where) differs. A modality with every slot used (a
-    ViT's patches) is returned as it is. On a GPU the length is read back to the host, one
-    small synchronisation per modality and step."""
+    ViT's patches), or with none (a batch of items without pictures), is returned as it is. On a
+    GPU the length is read back to the host, one small synchronisation per modality and step."""
     slots = mask.shape[-1]
     if mask.dim() != 2 or slots == 0:
         return hidden, mask
     # 1 + the last used slot, in one read-back; 0 when no item of the batch has the modality.
     used = int((mask.any(0) * torch.arange(1, slots + 1, device=mask.device)).max())
-    if used == slots:
+    if used in (0, slots):
+        # Nothing to gain, or nothing to keep: a batch of items all without a picture keeps its
+        # shape, which a Swin or a CNN top reshapes to the patch grid.
         return hidden, mask
-    keep = max(used, 1)  # a batch of items all without the modality keeps its shape
-    return hidden[:, :keep], mask[:, :keep]
+    return hidden[:, :used], mask[:, :used]
 
 
 def upper_tokens(encoder, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
