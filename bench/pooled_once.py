@@ -1,8 +1,11 @@
 """Benchmark: a training step whose frozen modality the feed pooled once, against the same step
 from that modality's cached states (README, Training, "Pooled once").
 
-    MMSR_HOME=H python bench/pooled_once.py [--config configs/movielens-mmsrt.toml] [--steps 30]
-                                            [--set key=value ...]
+    MMSR_HOME=H python bench/pooled_once.py --set model.fusion=pool+dnn [--steps 30]
+                                            [--config configs/movielens-mmsrt.toml] [--set key=value ...]
+
+(The MovieLens config's own fusion, `merge-attn`, reads every token, so nothing of it is pooled
+once: the figures in docs/bench-train.md name `pool+dnn`, its fusion then.)
 
 The config's dataset and its cache must exist under $MMSR_HOME (`mmsr data import` / `mmsr cache
 build`, as bench/movielens.py runs them). Two copies of one model (same initial weights, same
@@ -55,7 +58,8 @@ def main() -> None:
     pooled_modalities = model.items.pooled_once() if hasattr(model.items, "pooled_once") else []
     if not pooled_modalities:
         raise SystemExit(f"{args.config}: no modality is pooled once (an encoder top learns, or the fusion "
-                         "does not pool first): nothing to compare")
+                         "does not pool first): nothing to compare; name a fusion that pools first, "
+                         "e.g. --set model.fusion=pool+dnn")
     opened = {}
     start = time.perf_counter()
     pooled_feed, description = open_feed(config, model, dataset, True, device)
