@@ -16,8 +16,9 @@ Each run is evaluated on test, cold (the paper's: targets seen < 10 times in tra
 test also under RecBole's (history not masked), comparable with docs/compare.md. The checkpoint
 is the trainer's choice on validation. Every step is an `mmsr` command in a subprocess. Not a
 test: prints one JSON object on its last line, and a markdown table per dataset on stderr.
-Everything at once takes hours on 2 CPU cores (an in-batch MovieLens run trains 40-90 epochs
-of 4-15 s); choose with --datasets / --models / --losses.
+Everything at once takes hours on 2 CPU cores (an in-batch MovieLens IDSR run trains 40-90
+epochs of 4-15 s; MMSR-T's token tower ~1 min an epoch, `--set model.fusion=pool+dnn` ~4 s);
+choose with --datasets / --models / --losses.
 
 --seeds runs every row once per seed and adds a row of means ± standard deviations: on
 MovieLens-100K the seed alone spreads IDSR's test HR@10 with a standard deviation of 0.0075
