@@ -1,7 +1,8 @@
 """What trimming the batch's unused token slots saves a training step (mmsr.models.layers.trim_padding).
 
-    python bench/token_trim.py --config configs/movielens-mmsrt.toml --set model.fusion=merge-attn
-        [--steps 6] [--warmup 1]
+    python bench/token_trim.py [--config configs/movielens-mmsrt.toml] [--set k=v ...] [--steps 6] [--warmup 1]
+
+(The MovieLens config's own fusion, `merge-attn`, reads every token.)
 
 Builds the run as `mmsr train --from-cache` does (the dataset and its cache must exist), then takes
 the recipe's own `train_step` on consecutive batches of the first epoch, each batch once with the
@@ -51,12 +52,15 @@ def main(argv=None) -> None:
     print(f"item feed: {description}  device: {device}  steps/epoch: {len(batches)}", file=sys.stderr)
 
     trim = layers.trim_padding
-    widths: dict[str, list[tuple[int, int]]] = {}
+    # The slots the trimmed steps kept, by the cache's slot count, which tells the modalities apart.
+    kept: dict[int, list[int]] = {}
 
     def watched(hidden, mask, kind):
-        out = trim(hidden, mask) if kind == "trimmed" else (hidden, mask)
-        widths.setdefault(kind, []).append((mask.shape[1], out[1].shape[1]))
-        return out
+        if kind == "untrimmed":
+            return hidden, mask
+        hidden, trimmed = trim(hidden, mask)
+        kept.setdefault(mask.shape[1], []).append(trimmed.shape[1])
+        return hidden, trimmed
 
     def timed(kind: str, batch) -> float:
         layers.trim_padding = lambda hidden, mask: watched(hidden, mask, kind)
@@ -82,14 +86,10 @@ def main(argv=None) -> None:
                     seconds[kind].append(spent)
     finally:
         layers.trim_padding = trim
-    if not widths:
+    if not kept:
         sys.exit("error: no token states reached the item tower's top: this run pools every modality once, "
                  "so there is nothing to trim (use a fusion that reads tokens or fine-tune a top block)")
     median = {kind: statistics.median(s) for kind, s in seconds.items()}
-    # By the cache's slot count, which tells the modalities apart (a ViT's patches are never trimmed).
-    kept: dict[int, list[int]] = {}
-    for slots, width in widths["trimmed"]:
-        kept.setdefault(slots, []).append(width)
     print(json.dumps({
         "bench": "token_trim", "config": args.config, "overrides": args.set, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
