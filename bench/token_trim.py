@@ -1,17 +1,21 @@
-"""What trimming the batch's unused token slots saves a training step (mmsr.models.layers.trim_padding).
+"""What trimming unused token slots saves a training step (mmsr.models.layers.trim_padding, in_length_groups).
 
     python bench/token_trim.py [--config configs/movielens-mmsrt.toml] [--set k=v ...] [--steps 6] [--warmup 1]
+                               [--groups 2,4,8]
 
 (The MovieLens config's own fusion, `merge-attn`, reads every token.)
 
 Builds the run as `mmsr train --from-cache` does (the dataset and its cache must exist), then takes
-the recipe's own `train_step` on consecutive batches of the first epoch, each batch once with the
-trim and once without it (trim_padding replaced by the identity), the order swapped every batch, so
-that both see the same batches and machine load; reports each one's median step time and their
-ratio, and the token slots the item tower ran on (the mean kept, by the cache's slot count). Only
-paths that run tokens through something that learns gain anything: a fusion that reads tokens
-(merge-attn, coattn, flava, attention pooling) or an encoder's fine-tuned top blocks; states a feed
-pools once are not touched. Prints one JSON object last. Not a test.
+the recipe's own `train_step` on consecutive batches of the first epoch, each batch once per arm:
+"untrimmed" (trim_padding replaced by the identity: every cached slot), "trimmed" (the batch's items
+in one call, trimmed to its longest item) and "groups-K" (the items sorted by token count, in K
+calls, each trimmed to its own longest item: the item tower's `length_groups`). The arms' order is
+rotated every batch and reversed every other one, so that all see the same batches and machine
+load. Reports each arm's median step time, the ratios, and the share of the cached token slots
+each arm ran (by the cache's slot count, which tells the modalities apart). Only paths that run
+tokens through something that learns gain anything: a fusion that reads tokens (merge-attn, coattn,
+flava, attention pooling) or an encoder's fine-tuned top blocks; states a feed pools once are not
+touched. Prints one JSON object last. Not a test.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def main(argv=None) -> None:
     from mmsr.distributed import Dist
     from mmsr.machine import cpu_model
     from mmsr.models import layers
+    from mmsr.models.towers import ContentItemTower
     from mmsr.train.step import train_step
     from train_profile import setup_from
 
@@ -46,24 +51,35 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], help="override, e.g. model.fusion=merge-attn")
     parser.add_argument("--steps", type=int, default=6, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=1, help="steps of each kind taken first, untimed")
+    parser.add_argument("--groups", type=lambda v: [int(k) for k in v.split(",")], default=[2, 4, 8],
+                        help="length-group counts to time besides one (comma-separated; default 2,4,8)")
     args = parser.parse_args(argv)
 
     config, device, model, feed, description, batches, (optimizer, scheduler) = setup_from(args.config, args.set)
     print(f"item feed: {description}  device: {device}  steps/epoch: {len(batches)}", file=sys.stderr)
 
     trim = layers.trim_padding
-    # The slots the trimmed steps kept, by the cache's slot count, which tells the modalities apart.
-    kept: dict[int, list[int]] = {}
+    towers = [m for m in model.modules() if isinstance(m, ContentItemTower)]
+    groups_before = [tower.length_groups for tower in towers]
+    # Each arm: (trim on, length groups). "untrimmed" runs every cached slot, "trimmed" the
+    # batch's longest item's, "groups-K" each of K groups' longest item's (in_length_groups).
+    arms = {"untrimmed": (False, 1), "trimmed": (True, 1)}
+    arms.update({f"groups-{k}": (True, k) for k in args.groups if k > 1})
+    # Per arm and cache slot count (which tells the modalities apart): token slots run, and the
+    # slots the untrimmed tower would have run on the same items.
+    slots: dict[str, dict[int, list[int]]] = {arm: {} for arm in arms}
 
-    def watched(hidden, mask, kind):
-        if kind == "untrimmed":
-            return hidden, mask
-        hidden, trimmed = trim(hidden, mask)
-        kept.setdefault(mask.shape[1], []).append(trimmed.shape[1])
-        return hidden, trimmed
+    def watched(hidden, mask, arm):
+        trimmed_hidden, trimmed = trim(hidden, mask) if arms[arm][0] else (hidden, mask)
+        ran = slots[arm].setdefault(mask.shape[1], [0, 0])
+        ran[0] += mask.shape[0] * trimmed.shape[1]
+        ran[1] += mask.shape[0] * mask.shape[1]
+        return trimmed_hidden, trimmed
 
-    def timed(kind: str, batch) -> float:
-        layers.trim_padding = lambda hidden, mask: watched(hidden, mask, kind)
+    def timed(arm: str, batch) -> float:
+        layers.trim_padding = lambda hidden, mask: watched(hidden, mask, arm)
+        for tower in towers:
+            tower.length_groups = arms[arm][1]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -73,30 +89,39 @@ def main(argv=None) -> None:
         return time.perf_counter() - start
 
     order = batches.order(0)
-    seconds: dict[str, list[float]] = {"trimmed": [], "untrimmed": []}
+    names = list(arms)
+    seconds: dict[str, list[float]] = {arm: [] for arm in arms}
     try:
         for round_ in range(args.warmup + args.steps):
-            # Both kinds on the same batch, the one going first swapped every round (ABBA), so that
-            # neither gets the other's batches or a warmer cache.
+            # Every arm on the same batch, the order rotated every round and reversed every other
+            # one, so that no arm keeps the others' batches, a warmer cache or one place in line.
             batch = batches.batch(0, round_ % len(batches), order)
-            kinds = ("trimmed", "untrimmed") if round_ % 2 == 0 else ("untrimmed", "trimmed")
-            for kind in kinds:
-                spent = timed(kind, batch)
+            shift = round_ % len(names)
+            line = names[shift:] + names[:shift]
+            for arm in (line if round_ % 2 == 0 else line[::-1]):
+                spent = timed(arm, batch)
                 if round_ >= args.warmup:
-                    seconds[kind].append(spent)
+                    seconds[arm].append(spent)
     finally:
         layers.trim_padding = trim
-    if not kept:
+        for tower, groups in zip(towers, groups_before):
+            tower.length_groups = groups
+    if not slots["trimmed"]:
         sys.exit("error: no token states reached the item tower's top: this run pools every modality once, "
                  "so there is nothing to trim (use a fusion that reads tokens or fine-tune a top block)")
-    median = {kind: statistics.median(s) for kind, s in seconds.items()}
+    median = {arm: statistics.median(s) for arm, s in seconds.items()}
     print(json.dumps({
         "bench": "token_trim", "config": args.config, "overrides": args.set, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(), "steps": args.steps, "item_feed": description,
-        "slots_kept_mean": {str(slots): round(sum(w) / len(w), 1) for slots, w in sorted(kept.items())},
-        "step_seconds_median": {kind: round(s, 4) for kind, s in median.items()},
+        "tower_length_groups_default": groups_before[0] if groups_before else None,
+        # The share of the cached token slots each arm ran, by the cache's slot count.
+        "slots_run_share": {arm: {str(n): round(ran / full, 3) for n, (ran, full) in sorted(by_slots.items())}
+                            for arm, by_slots in slots.items()},
+        "step_seconds_median": {arm: round(s, 4) for arm, s in median.items()},
         "untrimmed_over_trimmed": round(median["untrimmed"] / median["trimmed"], 3),
+        "trimmed_over_groups": {arm.split("-")[1]: round(median["trimmed"] / median[arm], 3)
+                                for arm in arms if arm.startswith("groups-")},
     }))
 
 

@@ -168,6 +168,38 @@ def test_trim_padding_drops_only_the_trailing_slots_no_row_uses():
         assert same is hidden and same_mask is whole
 
 
+def test_length_groups_run_items_of_like_length_together_and_give_each_its_own_row():
+    from mmsr.models.layers import PooledState, in_length_groups, masked_mean, trim_padding
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 1, 3, 6, 2, 2, 4, 1])
+    mask = torch.arange(6) < lengths[:, None]
+    hidden = torch.randn(8, 6, 4)
+    pooled = torch.randn(8, 3)
+    seen = []
+
+    def run(states):  # per item, as a tower is: the trimmed tokens' mean beside the pooled vector
+        tokens, kept = trim_padding(*states["text"])
+        seen.append((tokens.shape[0], tokens.shape[1]))
+        return torch.cat([masked_mean(tokens, kept), states["image"].vectors], 1)
+
+    states = {"text": (hidden, mask), "image": PooledState(pooled)}
+    whole = run(states)
+    seen.clear()
+    grouped = in_length_groups(run, states, groups=4, min_items=2)
+    torch.testing.assert_close(grouped, whole)  # every row back in its place, pooled rows with it
+    # sorted lengths 1 1 | 2 2 | 3 4 | 5 6: each group trimmed to its own longest item
+    assert seen == [(2, 1), (2, 2), (2, 4), (2, 6)]
+    seen.clear()
+    in_length_groups(run, states, groups=4, min_items=3)  # two groups of at least three items
+    assert seen == [(4, 2), (4, 6)]
+    for groups, min_items, same_lengths in ((1, 1, False), (4, 5, False), (4, 1, True)):
+        seen.clear()
+        text = (hidden, torch.ones_like(mask)) if same_lengths else (hidden, mask)
+        in_length_groups(run, {"text": text, "image": PooledState(pooled)}, groups=groups, min_items=min_items)
+        assert len(seen) == 1  # off, too few items, or nothing to gain: one call, as before
+
+
 def test_padding_tokens_do_not_change_fusion_output():
     torch.manual_seed(0)
     fusion = create_fusion("merge-attn", input_dims={"text": 12, "image": 20}, dim=16, heads=2).eval()

@@ -308,6 +308,46 @@ def test_token_slots_no_item_of_the_batch_uses_are_trimmed_and_change_nothing(ti
     assert widths == [longest, longest]
 
 
+@pytest.mark.parametrize("fusion", ["merge-attn", "pool+dnn"])
+def test_items_of_like_length_run_in_groups_and_give_the_vectors_of_one_call(tiny_overrides, fusion):
+    """The item tower cuts a batch sorted by token count into length groups: the same vectors as
+    one call, in the items' order; the text top sees each group's own longest item. A tower with
+    batch statistics in training (model.fusion_standardize) runs its batch whole."""
+    from mmsr.cache_stage import build_cache
+    from mmsr.data.dataset import load_dataset
+    from mmsr.train.feeds import open_states_feed
+
+    standardize = fusion == "pool+dnn"
+    config = _config(tiny_overrides + [f"model.fusion={fusion}", "encoders.text_top_blocks=1", "encoders.max_text_len=60",
+                                       f"model.fusion_standardize={str(standardize).lower()}"])
+    dataset = load_dataset(config.dataset)
+    build_cache(dataset, config.encoders, batch_size=64, num_workers=0)
+    torch.manual_seed(0)
+    model = build_model_for(config, dataset).eval()
+    feed, _ = open_states_feed(config, model.encoders, dataset, True, torch.device("cpu"))
+    states = feed(torch.arange(40))
+    lengths = states["text"][1].sum(1)
+    tower = model.items
+    encoder = model.encoders["text"]
+    widths = []
+    upper = encoder.upper
+    encoder.upper = lambda hidden, mask: widths.append(hidden.shape[1]) or upper(hidden, mask)
+    tower.length_groups, tower.min_group_items = 1, 1
+    with torch.no_grad():
+        whole = model.items(states)
+        tower.length_groups = 4
+        widths.clear()
+        grouped = model.items(states)
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
+    assert widths == [int(group.max()) for group in lengths.sort().values.chunk(4)]
+    assert len(set(widths)) > 1  # the tiny dataset's texts differ in length
+    if standardize:
+        model.train()
+        widths.clear()
+        model.items(states)
+        assert widths == [int(lengths.max())]  # BatchNorm's statistics need the whole batch
+
+
 def build_model_for(config, dataset):
     from mmsr.train.model import build_model
 

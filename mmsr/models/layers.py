@@ -54,6 +54,39 @@ def trim_padding(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return hidden[:, :used], mask[:, :used]
 
 
+def in_length_groups(run, states: dict, groups: int, min_items: int) -> torch.Tensor:
+    """`run(states) -> [N, D]`, on the items sorted by their token count and cut into up to
+    `groups` groups of equal size (at least `min_items` each), then put back in their order.
+
+    Trimming (trim_padding) keeps the slots of the batch's longest item for every item: with
+    MovieLens-100K's titles (median 14 tokens, longest 33) most of what a token tower runs is
+    still padding. Sorted into four groups, each trimmed to its own longest item, a batch of its
+    items holds about 0.58x the token slots and 0.39x the attention pairs of one trimmed batch.
+    `run` must treat every item alone (nothing computed across the items of a batch, such as a
+    BatchNorm's statistics in training): the outputs are then those of one call, up to the
+    arithmetic's rounding and which random draws dropout spends where. States a feed pooled
+    once (PooledState) are cut alongside and weigh nothing in the order."""
+    lengths = None
+    for state in states.values():
+        if not isinstance(state, PooledState):
+            counts = state[1].sum(-1)
+            lengths = counts if lengths is None else lengths + counts
+    # A PooledState's one field is its vectors: either kind's first entry is [N, ...].
+    items = next(iter(states.values()))[0].shape[0] if states else 0
+    groups = min(groups, items // max(min_items, 1))
+    # One read-back, as the trim's: nothing to gain where every item is as long as the others.
+    if lengths is None or groups < 2 or bool(lengths.min() == lengths.max()):
+        return run(states)
+    order = torch.argsort(lengths, stable=True)
+    ordered = {m: PooledState(s.vectors[order]) if isinstance(s, PooledState) else (s[0][order], s[1][order])
+               for m, s in states.items()}
+    bounds = [items * g // groups for g in range(groups + 1)]
+    parts = [run({m: PooledState(s.vectors[a:b]) if isinstance(s, PooledState) else (s[0][a:b], s[1][a:b])
+                  for m, s in ordered.items()})
+             for a, b in zip(bounds, bounds[1:])]
+    return torch.cat(parts)[torch.argsort(order)]
+
+
 def upper_tokens(encoder, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`encoder.upper` on cached lower-layer states (hidden of any float dtype), the batch's
     unused trailing slots trimmed first."""

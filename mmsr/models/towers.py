@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mmsr.encoders.base import SplitEncoder
-from mmsr.models.layers import PooledState, upper_tokens
+from mmsr.models.layers import PooledState, in_length_groups, upper_tokens
 from mmsr.models.sequence import last_state
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -21,6 +21,12 @@ States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 class ContentItemTower(nn.Module):
     inputs = "states"  # what its feed gives it (see mmsr.train.kinds)
+    # The batch's items go through the tops and the fusion in up to this many groups of similar
+    # token count, each trimmed to its own longest item (layers.in_length_groups); a group holds
+    # at least `min_group_items`, so that small batches stay one call. 1 turns it off.
+    # Measured in bench/token_trim.py (docs/bench-train.md, "Unused token slots").
+    length_groups = 8
+    min_group_items = 64
 
     def __init__(self, encoders: dict[str, SplitEncoder], fusion: nn.Module, dim: int):
         super().__init__()
@@ -48,6 +54,16 @@ class ContentItemTower(nn.Module):
 
     def from_states(self, states: States) -> torch.Tensor:
         """Cached lower-layer states (any float dtype), or a feed's `PooledState` -> item vectors."""
+        if self._statistics_across_items():
+            return self._from_states(states)
+        return in_length_groups(self._from_states, states, self.length_groups, self.min_group_items)
+
+    def _statistics_across_items(self) -> bool:
+        """A BatchNorm in training (model.fusion_standardize, a CNN's upper stages) makes each
+        item's vector depend on the batch it is in: such a tower runs its batch whole."""
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.modules())
+
+    def _from_states(self, states: States) -> torch.Tensor:
         tokens = {}
         for modality, encoder in self.encoders.items():
             state = states[modality]
