@@ -72,8 +72,11 @@ def run_one(dataset: str, model: str, loss: str, sets: list[str], env: dict, hom
         overrides.append(f"seed={seed}")
         run += f"-seed{seed}"
     if model == "content":  # reuses a finished cache: only the first loss builds it
+        # A --set of the encoders (encoders.text_top_blocks=1: one block fewer cached) asks for
+        # another cache than the profile's; the rest of the run's --set leave it as it is.
+        encoder_sets = [arg for item in overrides if item.startswith("encoders.") for arg in ("--set", item)]
         try:
-            sh(MMSR + ["cache", "build", "--config", config], env, log)
+            sh(MMSR + ["cache", "build", "--config", config] + encoder_sets, env, log)
         except RuntimeError as error:
             return {"config": config, "overrides": overrides, "error": str(error).splitlines()[-1]}
     return train_and_evaluate(run, config, overrides, SPLITS[dataset], env, home, log)

@@ -75,6 +75,19 @@ def test_a_seed_run_is_named_for_its_seed_and_overrides_a_seed_in_the_sets(monke
     assert seen["overrides"][-1] == "seed=1" and "seed=5" in seen["overrides"]  # the last --set wins
 
 
+def test_the_content_cache_is_built_for_the_runs_encoder_settings(monkeypatch, tmp_path):
+    """A --set of the encoders asks for another cache than the profile's: it is built with them
+    (and only them: the loss and the seed do not key a cache)."""
+    commands = []
+    monkeypatch.setattr(losses, "sh", lambda command, env, log: commands.append(command))
+    monkeypatch.setattr(losses, "train_and_evaluate", lambda *args: {})
+    losses.run_one("ml-100k", "content", "mixed", ["encoders.text_top_blocks=1", "model.dropout=0.3"], {},
+                   tmp_path, print, seed=1)
+    build = commands[-1]
+    assert build[-6:] == ["cache", "build", "--config", "configs/movielens-mmsrt.toml", "--set",
+                          "encoders.text_top_blocks=1"]
+
+
 def test_seeds_that_are_not_numbers_are_refused(monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit) as stopped:
         _bench(monkeypatch, capsys, tmp_path, "--seeds", "1,two")
