@@ -60,7 +60,9 @@ def main(argv=None) -> None:
 
     trim = layers.trim_padding
     towers = [m for m in model.modules() if isinstance(m, ContentItemTower)]
-    groups_before = [tower.length_groups for tower in towers]
+    before = [(tower.length_groups, tower.length_group_devices) for tower in towers]
+    # Whether a run (not this bench, which times the groups on any device) groups on this device.
+    groups_by_default = bool(towers) and device.type in towers[0].length_group_devices
     # Each arm: (trim on, length groups). "untrimmed" runs every cached slot, "trimmed" the
     # batch's longest item's, "groups-K" each of K groups' longest item's (in_length_groups).
     arms = {"untrimmed": (False, 1), "trimmed": (True, 1)}
@@ -68,18 +70,22 @@ def main(argv=None) -> None:
     # Per arm and cache slot count (which tells the modalities apart): token slots run, and the
     # slots the untrimmed tower would have run on the same items.
     slots: dict[str, dict[int, list[int]]] = {arm: {} for arm in arms}
+    # Calls of each modality's top per timed step (groups-K runs fewer than K calls where the
+    # batch has under K * min_group_items items).
+    calls: dict[str, dict[int, int]] = {arm: {} for arm in arms}
 
     def watched(hidden, mask, arm):
         trimmed_hidden, trimmed = trim(hidden, mask) if arms[arm][0] else (hidden, mask)
         ran = slots[arm].setdefault(mask.shape[1], [0, 0])
         ran[0] += mask.shape[0] * trimmed.shape[1]
         ran[1] += mask.shape[0] * mask.shape[1]
+        calls[arm][mask.shape[1]] = calls[arm].get(mask.shape[1], 0) + 1
         return trimmed_hidden, trimmed
 
     def timed(arm: str, batch) -> float:
         layers.trim_padding = lambda hidden, mask: watched(hidden, mask, arm)
         for tower in towers:
-            tower.length_groups = arms[arm][1]
+            tower.length_groups, tower.length_group_devices = arms[arm][1], (device.type,)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -104,8 +110,8 @@ def main(argv=None) -> None:
                     seconds[arm].append(spent)
     finally:
         layers.trim_padding = trim
-        for tower, groups in zip(towers, groups_before):
-            tower.length_groups = groups
+        for tower, (groups, devices) in zip(towers, before):
+            tower.length_groups, tower.length_group_devices = groups, devices
     if not slots["trimmed"]:
         sys.exit("error: no token states reached the item tower's top: this run pools every modality once, "
                  "so there is nothing to trim (use a fusion that reads tokens or fine-tune a top block)")
@@ -114,10 +120,12 @@ def main(argv=None) -> None:
         "bench": "token_trim", "config": args.config, "overrides": args.set, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(), "steps": args.steps, "item_feed": description,
-        "tower_length_groups_default": groups_before[0] if groups_before else None,
+        "tower_length_groups": before[0][0] if before else None, "groups_on_this_device": groups_by_default,
         # The share of the cached token slots each arm ran, by the cache's slot count.
         "slots_run_share": {arm: {str(n): round(ran / full, 3) for n, (ran, full) in sorted(by_slots.items())}
                             for arm, by_slots in slots.items()},
+        "calls_per_step": {arm: {str(n): round(c / (args.warmup + args.steps), 2) for n, c in sorted(by_slots.items())}
+                           for arm, by_slots in calls.items()},
         "step_seconds_median": {arm: round(s, 4) for arm, s in median.items()},
         "untrimmed_over_trimmed": round(median["untrimmed"] / median["trimmed"], 3),
         "trimmed_over_groups": {arm.split("-")[1]: round(median["trimmed"] / median[arm], 3)

@@ -85,14 +85,13 @@ def test_train_profile_splits_the_recipes_steps_by_phase_and_operator_kind(built
 def test_token_trim_times_the_step_with_and_without_the_trim(tiny_overrides, capsys):
     """bench/token_trim.py on a token-level fusion: every arm runs, the trimmed ones on fewer
     text slots than the cache holds, the length groups on no more than one trimmed call; the
-    picture's patches are never trimmed; the trim and the tower's groups are restored after."""
+    picture's patches are never trimmed; the trim is restored after."""
     import token_trim
 
     from mmsr import config as config_lib
     from mmsr.cache_stage import build_cache
     from mmsr.data.dataset import load_dataset
     from mmsr.models import layers
-    from mmsr.models.towers import ContentItemTower
     from mmsr.train.config import TrainConfig
 
     overrides = tiny_overrides + ["encoders.max_text_len=60", "model.fusion=merge-attn"]
@@ -102,10 +101,11 @@ def test_token_trim_times_the_step_with_and_without_the_trim(tiny_overrides, cap
     report = _run(token_trim, overrides, capsys, "--steps", "1", "--warmup", "0", "--groups", "2")
     assert layers.trim_padding is trim
     assert set(report["step_seconds_median"]) == {"trimmed", "untrimmed", "groups-2"}
-    assert report["tower_length_groups_default"] == ContentItemTower.length_groups
     assert all(seconds > 0 for seconds in report["step_seconds_median"].values())
     share = report["slots_run_share"]
     # The tiny DINOv2's 17 patch tokens, all used; the small demo's texts leave some of 60 slots.
     assert all(share[arm]["17"] == 1.0 for arm in share)
-    assert share["untrimmed"]["60"] == 1.0 and 0 < share["groups-2"]["60"] <= share["trimmed"]["60"] < 1.0
+    assert share["untrimmed"]["60"] == 1.0 and 0 < share["groups-2"]["60"] < share["trimmed"]["60"] < 1.0
+    calls = report["calls_per_step"]
+    assert calls["groups-2"]["60"] == 2 * calls["trimmed"]["60"] and calls["groups-2"]["17"] == calls["groups-2"]["60"]
     assert report["untrimmed_over_trimmed"] > 0 and report["trimmed_over_groups"]["2"] > 0

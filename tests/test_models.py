@@ -193,11 +193,22 @@ def test_length_groups_run_items_of_like_length_together_and_give_each_its_own_r
     seen.clear()
     in_length_groups(run, states, groups=4, min_items=3)  # two groups of at least three items
     assert seen == [(4, 2), (4, 6)]
+    # Pictures each item has whole or not at all weigh nothing in the order: the text alone sorts.
+    patches = torch.randn(8, 5, 4)
+    has_picture = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1], dtype=torch.bool)[:, None].expand(8, 5)
+    seen.clear()
+    in_length_groups(run, {"text": (hidden, mask), "image": PooledState(pooled), "patches": (patches, has_picture)},
+                     groups=4, min_items=2)
+    assert seen == [(2, 1), (2, 2), (2, 4), (2, 6)]
     for groups, min_items, same_lengths in ((1, 1, False), (4, 5, False), (4, 1, True)):
         seen.clear()
         text = (hidden, torch.ones_like(mask)) if same_lengths else (hidden, mask)
         in_length_groups(run, {"text": text, "image": PooledState(pooled)}, groups=groups, min_items=min_items)
         assert len(seen) == 1  # off, too few items, or nothing to gain: one call, as before
+    seen.clear()
+    in_length_groups(run, {"text": (hidden, torch.zeros_like(mask)), "image": PooledState(pooled),
+                           "patches": (patches, has_picture)}, groups=4, min_items=1)
+    assert len(seen) == 1  # only whole-or-nothing modalities (and an empty text): nothing to trim
 
 
 def test_padding_tokens_do_not_change_fusion_output():

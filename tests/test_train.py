@@ -341,6 +341,12 @@ def test_items_of_like_length_run_in_groups_and_give_the_vectors_of_one_call(tin
     torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
     assert widths == [int(group.max()) for group in lengths.sort().values.chunk(4)]
     assert len(set(widths)) > 1  # the tiny dataset's texts differ in length
+    tower.length_group_devices = ()  # a device the groups were not measured on (a GPU): one call
+    widths.clear()
+    with torch.no_grad():
+        model.items(states)
+    assert widths == [int(lengths.max())]
+    tower.length_group_devices = ("cpu",)
     if standardize:
         model.train()
         widths.clear()

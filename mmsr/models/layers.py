@@ -66,16 +66,23 @@ def in_length_groups(run, states: dict, groups: int, min_items: int) -> torch.Te
     BatchNorm's statistics in training): the outputs are then those of one call, up to the
     arithmetic's rounding and which random draws dropout spends where. States a feed pooled
     once (PooledState) are cut alongside and weigh nothing in the order."""
-    lengths = None
-    for state in states.values():
-        if not isinstance(state, PooledState):
-            counts = state[1].sum(-1)
-            lengths = counts if lengths is None else lengths + counts
     # A PooledState's one field is its vectors: either kind's first entry is [N, ...].
     items = next(iter(states.values()))[0].shape[0] if states else 0
     groups = min(groups, items // max(min_items, 1))
-    # One read-back, as the trim's: nothing to gain where every item is as long as the others.
-    if lengths is None or groups < 2 or bool(lengths.min() == lengths.max()):
+    if groups < 2:
+        return run(states)
+    lengths = None
+    for state in states.values():
+        if isinstance(state, PooledState):
+            continue
+        mask = state[1]
+        counts = mask.sum(-1)
+        # A modality each item has whole or not at all (a ViT's patches, a picture missing) has
+        # nothing to trim: it would only sort the items without it first, whatever their text.
+        # One read-back per modality, as the trim's.
+        if bool(((counts > 0) & (counts < mask.shape[-1])).any()):
+            lengths = counts if lengths is None else lengths + counts
+    if lengths is None or bool(lengths.min() == lengths.max()):
         return run(states)
     order = torch.argsort(lengths, stable=True)
     ordered = {m: PooledState(s.vectors[order]) if isinstance(s, PooledState) else (s[0][order], s[1][order])

@@ -27,6 +27,10 @@ class ContentItemTower(nn.Module):
     # Measured in bench/token_trim.py (docs/bench-train.md, "Unused token slots").
     length_groups = 8
     min_group_items = 64
+    # Measured on a CPU only. On a GPU each group adds its kernel launches and the trim's host
+    # read-backs, against arithmetic a GPU does fast: off there until measured (docs/gpu.md,
+    # "Still unchecked"; bench/token_trim.py times the groups on whatever device it runs on).
+    length_group_devices = ("cpu",)
 
     def __init__(self, encoders: dict[str, SplitEncoder], fusion: nn.Module, dim: int):
         super().__init__()
@@ -54,7 +58,8 @@ class ContentItemTower(nn.Module):
 
     def from_states(self, states: States) -> torch.Tensor:
         """Cached lower-layer states (any float dtype), or a feed's `PooledState` -> item vectors."""
-        if self._statistics_across_items():
+        devices = {state[0].device.type for state in states.values()}
+        if self._statistics_across_items() or not devices <= set(self.length_group_devices):
             return self._from_states(states)
         return in_length_groups(self._from_states, states, self.length_groups, self.min_group_items)
 
