@@ -284,25 +284,13 @@ def test_token_slots_no_item_of_the_batch_uses_are_trimmed_and_change_nothing(ti
     """The top blocks and the fusion run only on the token slots some item of the batch uses:
     states widened by unused slots (garbage behind the mask) give the same item vectors, and the
     text encoder's top block sees the trimmed width."""
-    from mmsr.cache_stage import build_cache
-    from mmsr.data.dataset import load_dataset
-    from mmsr.train.feeds import open_states_feed
-
-    config = _config(tiny_overrides + [f"model.fusion={fusion}"])
-    dataset = load_dataset(config.dataset)
-    build_cache(dataset, config.encoders, batch_size=64, num_workers=0)
-    torch.manual_seed(0)
-    model = build_model_for(config, dataset).eval()
-    feed, _ = open_states_feed(config, model.encoders, dataset, True, torch.device("cpu"))
-    states = feed(torch.arange(12))
+    model, states = _model_and_cached_states(tiny_overrides + [f"model.fusion={fusion}"], 12)
     text, mask = states["text"]
     longest = int(mask.sum(1).max())
     widened = dict(states, text=(torch.cat([text, torch.full((12, 7, text.shape[2]), 1e3, dtype=text.dtype)], 1),
                                  torch.cat([mask, mask.new_zeros(12, 7)], 1)))
     encoder = model.encoders["text"]
-    widths = []
-    upper = encoder.upper
-    encoder.upper = lambda hidden, mask: widths.append(hidden.shape[1]) or upper(hidden, mask)
+    widths = _widths_seen_by(encoder)
     with torch.no_grad():
         torch.testing.assert_close(model.items(widened), model.items(states), atol=1e-5, rtol=1e-5)
     assert widths == [longest, longest]
@@ -313,25 +301,13 @@ def test_items_of_like_length_run_in_groups_and_give_the_vectors_of_one_call(tin
     """The item tower cuts a batch sorted by token count into length groups: the same vectors as
     one call, in the items' order; the text top sees each group's own longest item. A tower with
     batch statistics in training (model.fusion_standardize) runs its batch whole."""
-    from mmsr.cache_stage import build_cache
-    from mmsr.data.dataset import load_dataset
-    from mmsr.train.feeds import open_states_feed
-
     standardize = fusion == "pool+dnn"
-    config = _config(tiny_overrides + [f"model.fusion={fusion}", "encoders.text_top_blocks=1", "encoders.max_text_len=60",
-                                       f"model.fusion_standardize={str(standardize).lower()}"])
-    dataset = load_dataset(config.dataset)
-    build_cache(dataset, config.encoders, batch_size=64, num_workers=0)
-    torch.manual_seed(0)
-    model = build_model_for(config, dataset).eval()
-    feed, _ = open_states_feed(config, model.encoders, dataset, True, torch.device("cpu"))
-    states = feed(torch.arange(40))
+    model, states = _model_and_cached_states(
+        tiny_overrides + [f"model.fusion={fusion}", "encoders.text_top_blocks=1", "encoders.max_text_len=60",
+                          f"model.fusion_standardize={str(standardize).lower()}"], 40)
     lengths = states["text"][1].sum(1)
     tower = model.items
-    encoder = model.encoders["text"]
-    widths = []
-    upper = encoder.upper
-    encoder.upper = lambda hidden, mask: widths.append(hidden.shape[1]) or upper(hidden, mask)
+    widths = _widths_seen_by(model.encoders["text"])
     tower.length_groups, tower.min_group_items = 1, 1
     with torch.no_grad():
         whole = model.items(states)
@@ -352,6 +328,29 @@ def test_items_of_like_length_run_in_groups_and_give_the_vectors_of_one_call(tin
         widths.clear()
         model.items(states)
         assert widths == [int(lengths.max())]  # BatchNorm's statistics need the whole batch
+
+
+def _model_and_cached_states(overrides, items: int):
+    """A tiny model in eval mode and the cached states of its dataset's first `items` items."""
+    from mmsr.cache_stage import build_cache
+    from mmsr.data.dataset import load_dataset
+    from mmsr.train.feeds import open_states_feed
+
+    config = _config(overrides)
+    dataset = load_dataset(config.dataset)
+    build_cache(dataset, config.encoders, batch_size=64, num_workers=0)
+    torch.manual_seed(0)
+    model = build_model_for(config, dataset).eval()
+    feed, _ = open_states_feed(config, model.encoders, dataset, True, torch.device("cpu"))
+    return model, feed(torch.arange(items))
+
+
+def _widths_seen_by(encoder) -> list[int]:
+    """The token widths `encoder.upper` is called with from now on, in call order."""
+    widths = []
+    upper = encoder.upper
+    encoder.upper = lambda hidden, mask: widths.append(hidden.shape[1]) or upper(hidden, mask)
+    return widths
 
 
 def build_model_for(config, dataset):
