@@ -25,6 +25,8 @@ MovieLens-100K the seed alone spreads IDSR's test HR@10 with a standard deviatio
 (eight seeds, docs/compare.md), more than most settings move it, so settings are compared over
 seeds. The runs stay in --home, named
 bench-losses-DATASET-MODEL-LOSS-seedN, for `mmsr compare A1,A2,A3 B1,B2,B3` (case by case).
+An interrupted bench, rerun with the same arguments and --resume, continues each run from its
+last checkpoint instead of starting it again.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def prepare(dataset: str, env: dict, home: Path, source: str | None, log) -> dic
 
 
 def run_one(dataset: str, model: str, loss: str, sets: list[str], env: dict, home: Path, log,
-            seed: int | None = None) -> dict:
+            seed: int | None = None, resume: bool = False) -> dict:
     config, profile_sets = PROFILES[dataset][model]
     overrides = profile_sets + [f"optim.loss={loss}"] + list(sets)
     if loss not in SAMPLED_NEGATIVE_LOSSES:
@@ -79,7 +81,7 @@ def run_one(dataset: str, model: str, loss: str, sets: list[str], env: dict, hom
             sh(MMSR + ["cache", "build", "--config", config] + encoder_sets, env, log)
         except RuntimeError as error:
             return {"config": config, "overrides": overrides, "error": str(error).splitlines()[-1]}
-    return train_and_evaluate(run, config, overrides, SPLITS[dataset], env, home, log)
+    return train_and_evaluate(run, config, overrides, SPLITS[dataset], env, home, log, resume=resume)
 
 
 def seed_summary(runs: list[dict]) -> dict:
@@ -129,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", help="run every row once per seed (comma-separated, e.g. 2020,1,2) and add "
                         "their mean ± standard deviation (default: the profile's seed, once)")
     parser.add_argument("--home", default=os.environ.get("MMSR_HOME") or None)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue each run of --home where it stopped (rerun an interrupted bench with the same "
+                        "arguments and this flag); finished runs are evaluated again, not retrained. Default: every "
+                        "run starts afresh")
     args = parser.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [None]
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
             for loss in [name.strip() for name in args.losses.split(",") if name.strip()]:
                 runs = []
                 for seed in seeds:
-                    runs.append(run_one(dataset, model, loss, args.sets, env, home, log, seed=seed))
+                    runs.append(run_one(dataset, model, loss, args.sets, env, home, log, seed=seed,
+                                        resume=args.resume))
                     label = loss if seed is None else f"{loss}, seed {seed}"
                     rows[(model, label)] = runs[-1]
                     log(json.dumps({"dataset": dataset, "model": model, "loss": loss, "seed": seed, **runs[-1]}))

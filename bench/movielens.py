@@ -80,15 +80,19 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def train_and_evaluate(run: str, config: str, overrides: list[str], splits, env: dict, home: Path, log) -> dict:
+def train_and_evaluate(run: str, config: str, overrides: list[str], splits, env: dict, home: Path, log,
+                       resume: bool = False) -> dict:
     """`mmsr train --from-cache` from `config` + `overrides`, then `mmsr eval` on each (split,
     protocol): epochs, best epoch, train time and metrics under "<split>_<protocol>"; an
-    "error" entry instead when training fails (a config the trainer refuses is a result too)."""
+    "error" entry instead when training fails (a config the trainer refuses is a result too).
+    `resume`: continue the run where it stopped (`mmsr train --resume`: a run never started
+    starts, a finished one is only evaluated; the train times then count this call's part)
+    instead of starting it again."""
     set_args = [a for s in overrides for a in ("--set", s)]
     out: dict = {"config": config, "overrides": overrides}
     try:
-        wall, cpu, _ = sh(MMSR + ["train", "--config", config, "--run", run, "--overwrite", "--from-cache"]
-                          + set_args, env, log)
+        wall, cpu, _ = sh(MMSR + ["train", "--config", config, "--run", run, "--resume" if resume else "--overwrite",
+                                  "--from-cache"] + set_args, env, log)
     except RuntimeError as error:
         return {**out, "error": str(error).splitlines()[-1]}
     records = read_metrics(home / "runs" / run)

@@ -24,8 +24,8 @@ def _figures(seed):
 def _bench(monkeypatch, capsys, tmp_path, *argv, fail=()):
     calls = []
 
-    def run_one(dataset, model, loss, sets, env, home, log, seed=None):
-        calls.append((model, loss, seed))
+    def run_one(dataset, model, loss, sets, env, home, log, seed=None, resume=False):
+        calls.append((model, loss, seed) + (("resume",) if resume else ()))
         return {"error": "the trainer refused it"} if seed in fail else _figures(seed)
 
     monkeypatch.setattr(losses, "run_one", run_one)
@@ -65,7 +65,7 @@ def test_without_seeds_one_run_keeps_its_old_name(monkeypatch, capsys, tmp_path)
 def test_a_seed_run_is_named_for_its_seed_and_overrides_a_seed_in_the_sets(monkeypatch, tmp_path):
     seen = {}
 
-    def train_and_evaluate(run, config, overrides, splits, env, home, log):
+    def train_and_evaluate(run, config, overrides, splits, env, home, log, resume=False):
         seen.update(run=run, overrides=overrides)
         return {}
 
@@ -80,12 +80,30 @@ def test_the_content_cache_is_built_for_the_runs_encoder_settings(monkeypatch, t
     (and only them: the loss and the seed do not key a cache)."""
     commands = []
     monkeypatch.setattr(losses, "sh", lambda command, env, log: commands.append(command))
-    monkeypatch.setattr(losses, "train_and_evaluate", lambda *args: {})
+    monkeypatch.setattr(losses, "train_and_evaluate", lambda *args, **kwargs: {})
     losses.run_one("ml-100k", "content", "mixed", ["encoders.text_top_blocks=1", "model.dropout=0.3"], {},
                    tmp_path, print, seed=1)
     build = commands[-1]
     assert build[-6:] == ["cache", "build", "--config", "configs/movielens-mmsrt.toml", "--set",
                           "encoders.text_top_blocks=1"]
+
+
+def test_resume_continues_each_run_instead_of_starting_it_again(monkeypatch, capsys, tmp_path):
+    import movielens
+
+    calls, _ = _bench(monkeypatch, capsys, tmp_path, "--seeds", "2020,1", "--resume")
+    assert calls == [("idsr", "mixed", 2020, "resume"), ("idsr", "mixed", 1, "resume")]
+    commands = []
+
+    def sh(command, env, log):  # the train command is all this checks: stop there
+        commands.append(command)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(movielens, "sh", sh)
+    for resume in (True, False):
+        movielens.train_and_evaluate("r", "configs/movielens-idsr.toml", [], [], {}, tmp_path, print, resume=resume)
+    assert "--resume" in commands[0] and "--overwrite" not in commands[0]
+    assert "--overwrite" in commands[1] and "--resume" not in commands[1]
 
 
 def test_seeds_that_are_not_numbers_are_refused(monkeypatch, capsys, tmp_path):
