@@ -36,6 +36,11 @@ stay_offline()
 REPO = Path(__file__).resolve().parents[1]
 
 
+def group_counts(text: str) -> list[int]:
+    """--groups: whole numbers separated by commas (argparse names this function on bad input)."""
+    return [int(k) for k in text.split(",") if k.strip()]
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -51,7 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], help="override, e.g. model.fusion=merge-attn")
     parser.add_argument("--steps", type=int, default=6, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=1, help="steps of each kind taken first, untimed")
-    parser.add_argument("--groups", type=lambda v: [int(k) for k in v.split(",")], default=[2, 4, 8],
+    parser.add_argument("--groups", type=group_counts, default=[2, 4, 8],
                         help="length-group counts to time besides one (comma-separated; default 2,4,8)")
     args = parser.parse_args(argv)
 
