@@ -66,8 +66,7 @@ def in_length_groups(run, states: dict, groups: int, min_items: int) -> torch.Te
     BatchNorm's statistics in training): the outputs are then those of one call, up to the
     arithmetic's rounding and which random draws dropout spends where. States a feed pooled
     once (PooledState) are cut alongside and weigh nothing in the order."""
-    # A PooledState's one field is its vectors: either kind's first entry is [N, ...].
-    items = next(iter(states.values()))[0].shape[0] if states else 0
+    items = len(next(iter(states.values()))[0]) if states else 0  # either kind's first entry is [N, ...]
     groups = min(groups, items // max(min_items, 1))
     if groups < 2:
         return run(states)
@@ -85,13 +84,16 @@ def in_length_groups(run, states: dict, groups: int, min_items: int) -> torch.Te
     if lengths is None or bool(lengths.min() == lengths.max()):
         return run(states)
     order = torch.argsort(lengths, stable=True)
-    ordered = {m: PooledState(s.vectors[order]) if isinstance(s, PooledState) else (s[0][order], s[1][order])
-               for m, s in states.items()}
+    ordered = {m: _rows(s, order) for m, s in states.items()}  # one gather; the groups are slices of it
     bounds = [items * g // groups for g in range(groups + 1)]
-    parts = [run({m: PooledState(s.vectors[a:b]) if isinstance(s, PooledState) else (s[0][a:b], s[1][a:b])
-                  for m, s in ordered.items()})
-             for a, b in zip(bounds, bounds[1:])]
+    parts = [run({m: _rows(s, slice(a, b)) for m, s in ordered.items()}) for a, b in zip(bounds, bounds[1:])]
     return torch.cat(parts)[torch.argsort(order)]
+
+
+def _rows(state, index):
+    """The items `index` of a (hidden, mask) pair or of a PooledState, as the same kind."""
+    rows = [part[index] for part in state]
+    return PooledState(*rows) if isinstance(state, PooledState) else tuple(rows)
 
 
 def upper_tokens(encoder, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
