@@ -76,7 +76,10 @@ def test_train_profile_splits_the_recipes_steps_by_phase_and_operator_kind(built
     assert len(report["top_operators"]) == 5 and all(op["calls_per_step"] > 0 for op in report["top_operators"])
     calls = report["top_calls_by_shape"]
     assert len(calls) == 5 and all(call["ms_per_call"] > 0 for call in calls)
-    assert calls[0]["input_shapes"].startswith("[")  # the largest call is on a tensor, and says its shape
+    # Calls on tensors say their shapes, the others "-". Which call is largest depends on the machine's
+    # load (a preempted small op can top the list: seen in CI), so no position is asserted.
+    assert all(call["input_shapes"].startswith("[") or call["input_shapes"] == "-" for call in calls)
+    assert any(call["input_shapes"].startswith("[") for call in calls)
     assert train_profile.kind_of("aten::addmm") == "matmul and attention"
     assert train_profile.kind_of("aten::_to_copy") == "copies and casts"
     assert train_profile.kind_of("aten::relu") == "other"
