@@ -37,8 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def group_counts(text: str) -> list[int]:
-    """--groups: whole numbers separated by commas (argparse names this function on bad input)."""
-    return [int(k) for k in text.split(",") if k.strip()]
+    """--groups: whole numbers separated by commas (argparse names this function on bad input). An
+    empty member is refused, not dropped, as mmsr.comma_lists does for the CLI's lists."""
+    return [int(k) for k in text.split(",")]
 
 
 def main(argv=None) -> None:

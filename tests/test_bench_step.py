@@ -112,3 +112,12 @@ def test_token_trim_times_the_step_with_and_without_the_trim(tiny_overrides, cap
     calls = report["calls_per_step"]
     assert calls["groups-2"]["60"] == 2 * calls["trimmed"]["60"] and calls["groups-2"]["17"] == calls["groups-2"]["60"]
     assert report["untrimmed_over_trimmed"] > 0 and report["trimmed_over_groups"]["2"] > 0
+
+
+def test_token_trim_reads_its_group_counts_and_refuses_an_empty_member():
+    import token_trim
+
+    assert token_trim.group_counts("2, 4,8") == [2, 4, 8]
+    for text in ("2,,4", "4,", "two"):
+        with pytest.raises(ValueError):  # argparse turns it into "invalid group_counts value"
+            token_trim.group_counts(text)
