@@ -43,6 +43,9 @@ MODELS = {
     # the genres alone, as `bench/recbole_fdsa.py --features class` runs RecBole's FDSA: no encoder
     "fdsa-genres": {"config": "configs/baselines/movielens-fdsa.toml", "from_cache": False,
                     "sets": ["encoders.text_model="]},
+    # the genres and the title's words, as `--features class,movie_title` runs RecBole's: no encoder
+    "fdsa-title-words": {"config": "configs/baselines/movielens-fdsa.toml", "from_cache": False,
+                         "sets": ["encoders.text_model=", "model.side_features=['category', 'title']"]},
 }
 
 

@@ -54,7 +54,7 @@ def main() -> None:
     split = split_dataset(dataset, config.split)
     torch.manual_seed(config.seed)
     model = build_model(config, dataset.num_items, train_counts=split.train_counts,
-                        categories=dataset.item_categories())
+                        item_field=dataset.item_field)
     pooled_modalities = model.items.pooled_once() if hasattr(model.items, "pooled_once") else []
     if not pooled_modalities:
         raise SystemExit(f"{args.config}: no modality is pooled once (an encoder top learns, or the fusion "

@@ -44,7 +44,7 @@ def epoch_flops(config) -> dict:
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
     model = build_model(config, dataset.num_items, train_counts=split.train_counts,
-                        categories=dataset.item_categories())
+                        item_field=dataset.item_field)
     tokens = {m: _tokens(config, m, e) for m, e in model.items.encoders.items()}
     batches = TrainBatches.for_config(split, config)
     steps = []

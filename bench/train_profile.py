@@ -91,7 +91,7 @@ def setup(config):
     split = split_dataset(dataset, config.split)
     torch.manual_seed(config.seed)
     model = build_model(config, dataset.num_items, train_counts=split.train_counts,
-                        categories=dataset.item_categories()).to(device)
+                        item_field=dataset.item_field).to(device)
     feed, description = open_feed(config, model, dataset, True, device)
     prepare_items(model, config, dataset, True, device)
     batches = TrainBatches.for_config(split, config)

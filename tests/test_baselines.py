@@ -30,7 +30,7 @@ def _model(overrides, dataset_root):
     config = _config(overrides)
     dataset = load_dataset(dataset_root)
     torch.manual_seed(0)
-    model = build_model(config, dataset.num_items, categories=dataset.item_categories()).eval()
+    model = build_model(config, dataset.num_items, item_field=dataset.item_field).eval()
     feed, description = open_feed(config, model, dataset, True, torch.device("cpu"))
     prepare_items(model, config, dataset, True, torch.device("cpu"))
     return model, feed, description, dataset
@@ -46,7 +46,7 @@ def test_fdsa_reads_ids_and_content_and_scores_against_the_id_half(built_cache, 
     # The category feature: items of one category share their token, others do not.
     categories = dataset.item_categories()
     same = [i for i, c in enumerate(categories) if c == categories[0]][:2]
-    table = model.items.category
+    table = model.items.tokens("category")
     assert torch.equal(table[same[0]], table[same[1]])
     assert len({tuple(row.tolist()) for row in table}) == len(set(categories))
     # FDSA takes its features as given: no encoder weight trains, none is saved.
@@ -54,6 +54,34 @@ def test_fdsa_reads_ids_and_content_and_scores_against_the_id_half(built_cache, 
     from mmsr.train.model import trainable_state
 
     assert not [k for k in trainable_state(model) if ".encoders." in k]
+
+
+def test_fdsa_title_words_are_a_feature_of_their_own(built_cache, small_demo):
+    """model.side_features=['category', 'title']: each field its own token table and embedding (a
+    feature column each, as RecBole's FDSA embeds its token fields), titles split into words."""
+    from mmsr.models.fdsa import field_tokens
+    from mmsr.train.model import trainable_state
+
+    model, feed, _, dataset = _model(built_cache + ["model.kind=fdsa", "encoders.text_model=", "encoders.vision_model=",
+                                                    "model.side_features=['category', 'title']"], small_demo)
+    titles = dataset.item_field("title")
+    assert titles == [item["title"] for item in dataset.items] and all(titles)
+    table, vocabulary = field_tokens(titles)
+    assert torch.equal(model.items.tokens("title"), table)
+    # Word tokens, lower-cased: an item's row spells its title's words.
+    assert [vocabulary[t] for t in table[0].tolist() if t] == titles[0].lower().split()
+    keys = set(trainable_state(model))
+    assert {"items.category_embedding.weight", "items.title_embedding.weight"} <= keys
+    assert model.items.title_embedding.num_embeddings == len(vocabulary)
+    # Both fields reach the feature half: changing the title table changes it, the ID half not.
+    ids = torch.tensor([0, 1, 2])
+    before = model.item_vectors(ids, feed)
+    with torch.no_grad():
+        model.items.title_embedding.weight[1:] += 1.0
+    after = model.item_vectors(ids, feed)
+    half = model.items.dim
+    torch.testing.assert_close(after[:, :half], before[:, :half])
+    assert not torch.allclose(after[:, half:], before[:, half:])
 
 
 def test_vqrec_items_are_sums_of_opq_codes_of_their_text(built_cache, small_demo):
@@ -246,11 +274,11 @@ def test_fdsa_category_features_start_at_the_id_tables_scale():
     in at 6x that (nn.EmbeddingBag's N(0, 1) times the feature scale)."""
     import torch
 
-    from mmsr.models.fdsa import FDSAItemTower, category_tokens
+    from mmsr.models.fdsa import FDSAItemTower, field_tokens
 
     torch.manual_seed(0)
-    table, vocabulary = category_tokens([f"genre{i % 40}|genre{(i * 7) % 40}" for i in range(2000)])
-    tower = FDSAItemTower(2000, 64, {}, table, vocabulary_size=len(vocabulary))
+    table, vocabulary = field_tokens([f"genre{i % 40}|genre{(i * 7) % 40}" for i in range(2000)])
+    tower = FDSAItemTower(2000, 64, {}, {"category": (table, len(vocabulary))})
     ids = torch.arange(2000)
     features = tower.features(ids, {})
     ids_std, features_std = tower.embedding(ids).std().item(), features.std().item()

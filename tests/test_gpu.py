@@ -122,7 +122,7 @@ def test_a_gpu_step_runs_in_bf16_from_gpu_states_and_learns(gpu_overrides):
     split = split_dataset(dataset, config.split)
     torch.manual_seed(0)
     model = build_model(config, dataset.num_items, train_counts=split.train_counts,
-                        categories=dataset.item_categories()).to(GPU)
+                        item_field=dataset.item_field).to(GPU)
     feed, description = open_feed(config, model, dataset, True, GPU)
     assert "(cuda)" in description, description
     batch = TrainBatches.for_config(split, config).batch(0, 0)

@@ -64,7 +64,7 @@ def _fits_a_batch(overrides, steps=40, lr=0.001):
     split = split_dataset(dataset, config.split)
     torch.manual_seed(0)
     model = build_model(config, dataset.num_items, train_counts=split.train_counts,
-                        categories=dataset.item_categories())
+                        item_field=dataset.item_field)
     feed, _ = open_feed(config, model, dataset, True, torch.device("cpu"))
     prepare_items(model, config, dataset, True, torch.device("cpu"))
     batch = TrainBatches.for_config(split, config).batch(0, 0)
@@ -205,7 +205,7 @@ def _pooled_and_states_agree(overrides: list[str], pooled: list[str]):
     dataset = load_dataset(config.dataset)
     build_cache(dataset, config.encoders, batch_size=64, num_workers=0)
     torch.manual_seed(0)
-    model = build_model(config, dataset.num_items, categories=dataset.item_categories())
+    model = build_model(config, dataset.num_items, item_field=dataset.item_field)
     assert sorted(model.items.pooled_once()) == sorted(pooled)
     pooled_feed, description = open_feed(config, model, dataset, True, torch.device("cpu"))
     states_feed, _ = open_states_feed(config, model.encoders, dataset, True, torch.device("cpu"))
@@ -356,7 +356,7 @@ def _widths_seen_by(encoder) -> list[int]:
 def build_model_for(config, dataset):
     from mmsr.train.model import build_model
 
-    return build_model(config, dataset.num_items, categories=dataset.item_categories())
+    return build_model(config, dataset.num_items, item_field=dataset.item_field)
 
 
 # The commands these tests start check CPU behaviour (bit-identical resumes, gloo DDP of two

@@ -206,7 +206,7 @@ def test_id_flag_matches_the_item_towers(tiny_models, small_demo):
     dataset = load_dataset(small_demo)
     for kind in MODEL_KINDS.names():
         config = _config(_tiny(tiny_models, small_demo) + [f"model.kind={kind}"])
-        model = build_model(config, dataset.num_items, categories=dataset.item_categories())
+        model = build_model(config, dataset.num_items, item_field=dataset.item_field)
         assert ("item_ids" in MODEL_KINDS.needs(kind)) == ("ids" in model.item_inputs), kind
 
 

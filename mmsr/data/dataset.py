@@ -94,6 +94,13 @@ class Dataset:
     def item_categories(self) -> list[str]:
         return [self.category_names[code] for code in self.category_codes.tolist()]
 
+    def item_field(self, name: str) -> list[str]:
+        """Every item's text field `name` ("" where it has none), in item order. The category
+        comes from the codes kept at load; other fields read items.jsonl in one pass."""
+        if name == "category":
+            return self.item_categories()
+        return [str(item.get(name) or "") for item in self.items]
+
     def has_pictures(self) -> bool:
         return self.pictures > 0
 

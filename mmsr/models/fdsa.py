@@ -8,8 +8,8 @@ Network for Sequential Recommendation", IJCAI 2019), the seed's "ID + side featu
 
 The features are the item's content, the same MMSR sees: each encoder's output (its frozen
 lower layers from the cache, then its top blocks, *frozen* here: FDSA takes features as given),
-masked-mean pooled; and, as RecBole's FDSA does with its token fields, the dataset's
-`category` string as a bag of tokens.
+masked-mean pooled; and, as RecBole's FDSA does with its token fields, the dataset's text fields
+named in `model.side_features` (`category`, `title`), each a bag of word tokens with its own table.
 
 Departures from the paper: the features are dense pretrained vectors rather than categorical
 attributes only (the seed's multi-modal setting, §4.3); the two streams share the sequence
@@ -32,12 +32,13 @@ States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _TOKEN_SPLIT = re.compile(r"[|,;>]+|\s+")
 
 
-def category_tokens(categories: list[str]) -> tuple[torch.Tensor, list[str]]:
-    """Per item, the ids of its category tokens ([items, T] padded with 0) and the vocabulary
-    (index 0 is padding). Tokens are split on whitespace and | , ; > and lower-cased."""
+def field_tokens(texts: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """Per item, the ids of the tokens of one text field ([items, T] padded with 0) and the
+    vocabulary (index 0 is padding). Tokens are split on whitespace and | , ; > and lower-cased
+    (RecBole splits its token_seq fields on spaces alone and keeps the case)."""
     vocab: dict[str, int] = {}
     rows = []
-    for text in categories:
+    for text in texts:
         tokens = [t for t in _TOKEN_SPLIT.split(str(text or "").lower()) if t]
         rows.append([vocab.setdefault(t, len(vocab) + 1) for t in tokens])
     width = max([1] + [len(r) for r in rows])
@@ -69,14 +70,14 @@ def fixed_features(encoders: nn.ModuleDict) -> list[str]:
 class FDSAItemTower(nn.Module):
     """Item ids and content states -> [ID embedding | attention-pooled feature vector], 2D wide.
 
-    `encoders`: the split encoders whose outputs are features (frozen here); `category`: the
-    [items, T] token table of `category_tokens`, or None. Needs the ids and the states: its
-    feed is `inputs = "ids+states"`."""
+    `encoders`: the split encoders whose outputs are features (frozen here); `tokens`: per side
+    feature (`category`, `title`), its (token table of `field_tokens`, vocabulary size), each a
+    feature column of its own, as RecBole's FDSA embeds each token field on its own. Needs the
+    ids and the states: its feed is `inputs = "ids+states"`."""
 
     inputs = "ids+states"
 
-    def __init__(self, num_items: int, dim: int, encoders: dict, category: torch.Tensor | None,
-                 vocabulary_size: int = 0):
+    def __init__(self, num_items: int, dim: int, encoders: dict, tokens: dict[str, tuple[torch.Tensor, int]]):
         super().__init__()
         self.dim = dim
         self.embedding = nn.Embedding(num_items, dim)
@@ -85,20 +86,26 @@ class FDSAItemTower(nn.Module):
         for parameter in self.encoders.parameters():  # FDSA's features are given, not learned
             parameter.requires_grad_(False)
         self.project = nn.ModuleDict({m: nn.Linear(e.output_size, dim) for m, e in encoders.items()})
-        if category is not None:
-            # The token table is the dataset's: rebuilt from it, so not saved with the weights.
-            self.register_buffer("category", category, persistent=False)
-            self.category_embedding = nn.EmbeddingBag(vocabulary_size, dim, mode="mean", padding_idx=0)
+        self.side_features = list(tokens)
+        for name, (table, vocabulary_size) in tokens.items():
+            # The token tables are the dataset's: rebuilt from it, so not saved with the weights.
+            # Attribute names `<field>_tokens` / `<field>_embedding` keep the category table's
+            # checkpoint key (`category_embedding.weight`) as it was before titles came in.
+            self.register_buffer(f"{name}_tokens", table, persistent=False)
+            embedding = nn.EmbeddingBag(vocabulary_size, dim, mode="mean", padding_idx=0)
             # At the ID table's scale once `self.scale` below is applied (N(0, 0.02), as RecBole starts
             # its tables); nn.EmbeddingBag's own N(0, 1) put the genres 6x above it. On MovieLens-100K
             # it left validation level and raised test 8% (docs/compare.md, "The category table").
-            nn.init.normal_(self.category_embedding.weight, std=0.02 * dim ** 0.5)
+            nn.init.normal_(embedding.weight, std=0.02 * dim ** 0.5)
             with torch.no_grad():
-                self.category_embedding.weight[0].zero_()  # the padding row stays zero
-        else:
-            self.category = None
+                embedding.weight[0].zero_()  # the padding row stays zero
+            setattr(self, f"{name}_embedding", embedding)
         self.attention = nn.Linear(dim, 1)  # vanilla attention over the features
         self.scale = dim ** -0.5  # feature vectors at the scale of the ID table (see ContentItemTower)
+
+    def tokens(self, name: str) -> torch.Tensor:
+        """The [items, T] token table of side feature `name`."""
+        return getattr(self, f"{name}_tokens")
 
     @property
     def modalities(self) -> list[str]:
@@ -109,8 +116,8 @@ class FDSAItemTower(nn.Module):
 
     def features(self, ids: torch.Tensor, states: States) -> torch.Tensor:
         columns = given_features(self.encoders, self.project, states)
-        if self.category is not None:
-            columns.append(self.category_embedding(self.category[ids]))
+        for name in self.side_features:
+            columns.append(getattr(self, f"{name}_embedding")(self.tokens(name)[ids]))
         stacked = torch.stack(columns, dim=1)  # [N, F, D]
         weights = torch.softmax(self.attention(torch.tanh(stacked)), dim=1)
         return (weights * stacked).sum(1) * self.scale

@@ -51,7 +51,8 @@ class ModelConfig:
     sequence_heads: int = 2
     dim: int = 768
     dropout: float = 0.1
-    # fdsa: the dataset's fields used as features besides the encoders' outputs ("category").
+    # fdsa: the dataset's text fields used as bags of word tokens besides the encoders' outputs
+    # ("category", "title"), each a feature of its own as RecBole's FDSA reads its token fields.
     side_features: list[str] = field(default_factory=lambda: ["category"])
     # fdsa: one position table and one LayerNorm for both streams and the merged vector, as
     # RecBole's FDSA (mmsr.models.fdsa.FDSAUserTower); off: each stream its own.
@@ -315,7 +316,7 @@ def describe_parts() -> dict[str, dict[str, str]]:
 
 
 # Dataset fields FDSA can take as features (model.side_features).
-SIDE_FEATURES = ("category",)
+SIDE_FEATURES = ("category", "title")
 
 
 def _default(cls: type, name: str):

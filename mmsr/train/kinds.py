@@ -26,6 +26,7 @@ pooling by masked mean where MoRec takes [CLS]; the top blocks are fine-tuned as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -34,7 +35,7 @@ from mmsr.encoders import create_encoders
 from mmsr.encoders.config import SLOTS
 from mmsr.errors import MMSRError
 from mmsr.models.carca import CARCAItemTower, CrossAttentionScorer
-from mmsr.models.fdsa import FDSAItemTower, FDSAUserTower, category_tokens
+from mmsr.models.fdsa import FDSAItemTower, FDSAUserTower, field_tokens
 from mmsr.models.fusion import create_fusion
 from mmsr.models.sequence import create_sequence_model
 from mmsr.models.towers import ContentItemTower, IDItemTower, UserTower
@@ -62,7 +63,8 @@ class KindInputs:
 
     num_items: int
     encoders: dict | None = None  # built already (tests); None: from config.encoders
-    categories: list[str] | None = None  # each item's category text (fdsa's category feature)
+    # A text field of every item by name (`Dataset.item_field`): fdsa's side features read it.
+    item_field: Callable[[str], list[str]] | None = None
 
     def encoders_for(self, config: "TrainConfig") -> dict:
         return create_encoders(config.encoders) if self.encoders is None else self.encoders
@@ -113,20 +115,22 @@ def _morec(config: "TrainConfig", inputs: KindInputs):
                       help="FDSA (Zhang et al. 2019): an ID stream and a feature stream of self-attention")
 def _fdsa(config: "TrainConfig", inputs: KindInputs):
     m = config.model
-    category, vocabulary = None, []
-    if "category" in m.side_features:
-        if inputs.categories is None:
-            raise MMSRError("fdsa's category feature needs the dataset's items",
-                            hint="build the model with build_model(..., categories=dataset.item_categories())")
-        category, vocabulary = category_tokens(inputs.categories)
+    tokens = {}
+    for name in m.side_features:
+        if inputs.item_field is None:
+            raise MMSRError(f"fdsa's {name} feature needs the dataset's items",
+                            hint="build the model with build_model(..., item_field=dataset.item_field)")
+        table, vocabulary = field_tokens(inputs.item_field(name))
         if len(vocabulary) == 1:
-            raise MMSRError("model.side_features asks for 'category', but no item of this dataset has one",
-                            hint="remove it: --set 'model.side_features=[]'")
+            rest = ", ".join(f"'{f}'" for f in m.side_features if f != name)
+            raise MMSRError(f"model.side_features asks for {name!r}, but no item of this dataset has one",
+                            hint=f"remove it: --set \"model.side_features=[{rest}]\"")
+        tokens[name] = (table, len(vocabulary))
     encoders = inputs.encoders_for(config)
-    if not encoders and category is None:
+    if not encoders and not tokens:
         raise MMSRError("fdsa has no feature: no encoder and no side feature",
                         hint="set encoders.text_model / encoders.vision_model, or model.side_features=['category']")
-    items = FDSAItemTower(inputs.num_items, m.dim, encoders, category, len(vocabulary))
+    items = FDSAItemTower(inputs.num_items, m.dim, encoders, tokens)
     return items, FDSAUserTower(_sequence(config), _sequence(config), m.dim, m.dropout, shared=m.fdsa_shared)
 
 

@@ -11,6 +11,8 @@ before `forward` runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -113,14 +115,15 @@ class Recommender(nn.Module):
 
 
 def build_model(config: TrainConfig, num_items: int, encoders: dict | None = None, *,
-                train_counts: np.ndarray | None = None, categories: list[str] | None = None) -> Recommender:
+                train_counts: np.ndarray | None = None,
+                item_field: Callable[[str], list[str]] | None = None) -> Recommender:
     """The `model.kind`'s towers (`mmsr.train.kinds`) with the config's loss.
 
     `train_counts` (the training split's item counts) is what a loss that needs item
     popularity (`inbatch-logq`) reads; training passes it, rebuilding a model to evaluate
-    need not. `categories` (`Dataset.item_categories()`) feed FDSA's category feature.
+    need not. `item_field` (`Dataset.item_field`) gives the text fields FDSA's side features read.
     """
-    items, user, scorer = build_towers(config, KindInputs(num_items, encoders, categories))
+    items, user, scorer = build_towers(config, KindInputs(num_items, encoders, item_field))
     return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts, scorer=scorer,
                        score=create_score(config.model.score, temperature=config.model.temperature))
 

@@ -83,7 +83,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
     model = build_model(config, dataset.num_items, train_counts=split.train_counts,
-                        categories=dataset.item_categories()).to(device)
+                        item_field=dataset.item_field).to(device)
     feed, feed_desc = open_feed(config, model, dataset, from_cache, device)
     if not resume:  # a resumed run gets them back with the weights
         prepare_items(model, config, dataset, from_cache, device)

@@ -182,7 +182,7 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     dataset = load_dataset(config.dataset)
     check_same_dataset(root, dataset, info)
     split = split_dataset(dataset, config.split)
-    model = build_model(config, dataset.num_items, categories=dataset.item_categories()).to(dev)
+    model = build_model(config, dataset.num_items, item_field=dataset.item_field).to(dev)
     load_weights(model, state["model"], ckpt_path)
     model.eval()
     # A loaded run embeds each item at most once: its cache is streamed, never loaded whole.
