@@ -84,6 +84,18 @@ def test_fdsa_title_words_are_a_feature_of_their_own(built_cache, small_demo):
     assert not torch.allclose(after[:, half:], before[:, half:])
 
 
+def test_side_min_items_drops_the_words_of_one_item_alone():
+    from mmsr.models.fdsa import field_tokens
+
+    texts = ["Star Wars", "Star Trek", "Heat", "Trek, Star"]
+    table, vocabulary = field_tokens(texts)
+    assert vocabulary == ["<pad>", "star", "wars", "trek", "heat"]
+    assert table.tolist() == [[1, 2], [1, 3], [4, 0], [3, 1]]
+    table, vocabulary = field_tokens(texts, min_items=2)  # "wars" and "heat" are one title's own
+    assert vocabulary == ["<pad>", "star", "trek"]
+    assert table.tolist() == [[1, 0], [1, 2], [0, 0], [2, 1]]  # "Heat" keeps no word: a zero vector
+
+
 def test_vqrec_items_are_sums_of_opq_codes_of_their_text(built_cache, small_demo):
     model, feed, description, dataset = _model(built_cache + ["model.kind=vqrec", "model.vq_codes=8"], small_demo)
     assert description == "ids"
@@ -131,6 +143,12 @@ def test_bad_baseline_settings_are_refused(built_cache, small_demo, tmp_path):
         _config(built_cache + ["model.kind=idsr", "model.fdsa_shared=true"])
     with pytest.raises(MMSRError, match="only self-attention streams have"):
         _model(built_cache + ["model.kind=fdsa", "model.sequence=gru4rec", "model.fdsa_shared=true"], small_demo)
+    with pytest.raises(MMSRError, match="model.side_min_items=0 counts the items a word must appear in"):
+        _config(built_cache + ["model.kind=fdsa", "model.side_min_items=0"])
+    with pytest.raises(MMSRError, match="model.side_min_items=2 is ignored by model kind 'idsr'"):
+        _config(built_cache + ["model.kind=idsr", "model.side_min_items=2"])
+    with pytest.raises(MMSRError, match="asks for 'category', but no word of it is found in 100000 items or more"):
+        _model(built_cache + ["model.kind=fdsa", "model.side_min_items=100000"], small_demo)
     with pytest.raises(MMSRError, match="model.side_features has 'brand'"):
         _config(built_cache + ["model.kind=fdsa", "model.side_features=['brand']"])
     # A dataset without categories: FDSA's category feature names the fix.

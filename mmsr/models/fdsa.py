@@ -20,6 +20,7 @@ user vector is layer-normalised and dropped out, as RecBole's FDSA does.
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import torch
 from torch import nn
@@ -32,15 +33,15 @@ States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _TOKEN_SPLIT = re.compile(r"[|,;>]+|\s+")
 
 
-def field_tokens(texts: list[str]) -> tuple[torch.Tensor, list[str]]:
+def field_tokens(texts: list[str], min_items: int = 1) -> tuple[torch.Tensor, list[str]]:
     """Per item, the ids of the tokens of one text field ([items, T] padded with 0) and the
-    vocabulary (index 0 is padding). Tokens are split on whitespace and | , ; > and lower-cased
-    (RecBole splits its token_seq fields on spaces alone and keeps the case)."""
+    vocabulary (index 0 is padding), in order of first appearance. Tokens are split on
+    whitespace and | , ; > and lower-cased (RecBole splits its token_seq fields on spaces alone
+    and keeps the case). A token found in fewer than `min_items` items is dropped."""
+    split = [[t for t in _TOKEN_SPLIT.split(str(text or "").lower()) if t] for text in texts]
+    items_with = Counter(t for tokens in split for t in set(tokens))
     vocab: dict[str, int] = {}
-    rows = []
-    for text in texts:
-        tokens = [t for t in _TOKEN_SPLIT.split(str(text or "").lower()) if t]
-        rows.append([vocab.setdefault(t, len(vocab) + 1) for t in tokens])
+    rows = [[vocab.setdefault(t, len(vocab) + 1) for t in tokens if items_with[t] >= min_items] for tokens in split]
     width = max([1] + [len(r) for r in rows])
     table = torch.zeros(len(rows), width, dtype=torch.long)
     for i, row in enumerate(rows):

@@ -54,6 +54,10 @@ class ModelConfig:
     # fdsa: the dataset's text fields used as bags of word tokens besides the encoders' outputs
     # ("category", "title"), each a feature of its own as RecBole's FDSA reads its token fields.
     side_features: list[str] = field(default_factory=lambda: ["category"])
+    # fdsa: a side feature's word is kept only if at least this many items have it; rarer words
+    # are dropped (an item left with none has a zero vector there). 1 keeps every word. Words
+    # of one title alone make the title a second item identity (docs/compare.md, FDSA).
+    side_min_items: int = 1
     # fdsa: one position table and one LayerNorm for both streams and the merged vector, as
     # RecBole's FDSA (mmsr.models.fdsa.FDSAUserTower); off: each stream its own.
     fdsa_shared: bool = False
@@ -190,6 +194,9 @@ class TrainConfig:
         if model.fusion_pooling not in POOLINGS:
             problems.append(f"model.fusion_pooling={model.fusion_pooling!r} is not a pooling; choose one of "
                             + ", ".join(POOLINGS))
+        if model.side_min_items < 1:
+            problems.append(f"model.side_min_items={model.side_min_items!r} counts the items a word must appear in "
+                            "to be kept: it must be 1 or more (1 keeps every word)")
         unknown = sorted(set(model.side_features) - set(SIDE_FEATURES))
         if unknown:
             problems.append(f"model.side_features has {', '.join(map(repr, unknown))}; the known side features "
@@ -305,6 +312,7 @@ _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "hea
           "fusion_attention_dropout": ("fusion", "attention_dropout"),
           "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads"),
           "side_features": ("kind", "side_features"), "fdsa_shared": ("kind", "fdsa_shared"),
+          "side_min_items": ("kind", "side_min_items"),
           "vq_codes": ("kind", "vq_codes"), "vq_bits": ("kind", "vq_bits"),
           "temperature": ("score", "temperature")}
 

@@ -111,7 +111,7 @@ def _morec(config: "TrainConfig", inputs: KindInputs):
     return _content_tower(config, encoders, "sum" if len(encoders) > 1 else "pool"), UserTower(_sequence(config))
 
 
-@MODEL_KINDS.register("fdsa", params=("side_features", "fdsa_shared"), needs=("item_ids",),
+@MODEL_KINDS.register("fdsa", params=("side_features", "side_min_items", "fdsa_shared"), needs=("item_ids",),
                       help="FDSA (Zhang et al. 2019): an ID stream and a feature stream of self-attention")
 def _fdsa(config: "TrainConfig", inputs: KindInputs):
     m = config.model
@@ -120,10 +120,12 @@ def _fdsa(config: "TrainConfig", inputs: KindInputs):
         if inputs.item_field is None:
             raise MMSRError(f"fdsa's {name} feature needs the dataset's items",
                             hint="build the model with build_model(..., item_field=dataset.item_field)")
-        table, vocabulary = field_tokens(inputs.item_field(name))
+        table, vocabulary = field_tokens(inputs.item_field(name), min_items=m.side_min_items)
         if len(vocabulary) == 1:
             rest = ", ".join(f"'{f}'" for f in m.side_features if f != name)
-            raise MMSRError(f"model.side_features asks for {name!r}, but no item of this dataset has one",
+            found = "no item of this dataset has one" if m.side_min_items == 1 else \
+                f"no word of it is found in {m.side_min_items} items or more (model.side_min_items)"
+            raise MMSRError(f"model.side_features asks for {name!r}, but {found}",
                             hint=f"remove it: --set \"model.side_features=[{rest}]\"")
         tokens[name] = (table, len(vocabulary))
     encoders = inputs.encoders_for(config)
