@@ -55,8 +55,8 @@ class ModelConfig:
     # ("category", "title"), each a feature of its own as RecBole's FDSA reads its token fields.
     side_features: list[str] = field(default_factory=lambda: ["category"])
     # fdsa: a side feature's word is kept only if at least this many items have it; rarer words
-    # are dropped (an item left with none has a zero vector there). 1 keeps every word. Words
-    # of one title alone make the title a second item identity (docs/compare.md, FDSA).
+    # are dropped (an item left with none has a zero vector there). 1 keeps every word. A word
+    # of one item alone is that item's own, like its ID: 2 keeps only the words items share.
     side_min_items: int = 1
     # fdsa: one position table and one LayerNorm for both streams and the merged vector, as
     # RecBole's FDSA (mmsr.models.fdsa.FDSAUserTower); off: each stream its own.
