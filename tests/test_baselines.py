@@ -143,6 +143,8 @@ def test_bad_baseline_settings_are_refused(built_cache, small_demo, tmp_path):
         _config(built_cache + ["model.kind=idsr", "model.fdsa_shared=true"])
     with pytest.raises(MMSRError, match="only self-attention streams have"):
         _model(built_cache + ["model.kind=fdsa", "model.sequence=gru4rec", "model.fdsa_shared=true"], small_demo)
+    with pytest.raises(MMSRError, match="model.side_features names 'title' more than once"):
+        _config(built_cache + ["model.kind=fdsa", "model.side_features=['title', 'category', 'title']"])
     with pytest.raises(MMSRError, match="model.side_min_items=0 counts the items a word must appear in"):
         _config(built_cache + ["model.kind=fdsa", "model.side_min_items=0"])
     with pytest.raises(MMSRError, match="model.side_min_items=2 is ignored by model kind 'idsr'"):

@@ -197,6 +197,10 @@ class TrainConfig:
         if model.side_min_items < 1:
             problems.append(f"model.side_min_items={model.side_min_items!r} counts the items a word must appear in "
                             "to be kept: it must be 1 or more (1 keeps every word)")
+        twice = sorted({f for f in model.side_features if model.side_features.count(f) > 1})
+        if twice:
+            problems.append(f"model.side_features names {', '.join(map(repr, twice))} more than once; name each "
+                            "side feature once")
         unknown = sorted(set(model.side_features) - set(SIDE_FEATURES))
         if unknown:
             problems.append(f"model.side_features has {', '.join(map(repr, unknown))}; the known side features "
