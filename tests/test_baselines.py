@@ -132,27 +132,30 @@ def test_baseline_runs_save_what_eval_needs(built_cache, tmp_path):
         assert again["metrics"] == pytest.approx(best["valid"]), kind
 
 
+# Settings the config refuses before anything is built: (overrides, the message).
+REFUSED_SETTINGS = [
+    (["model.kind=carca2"], "model.kind='carca2' is not a known model kind; choose one of .*fdsa"),
+    (["model.kind=vqrec", "encoders.text_model="],
+     'model.kind=vqrec quantizes the items\' text, but encoders.text_model is ""'),
+    (["model.kind=fdsa", "model.vq_codes=8"], "model.vq_codes=8 is ignored by model kind 'fdsa'"),
+    (["model.kind=idsr", "model.fdsa_shared=true"], "model.fdsa_shared=True is ignored by model kind 'idsr'"),
+    (["model.kind=fdsa", "model.side_features=['title', 'category', 'title']"],
+     "model.side_features names 'title' more than once"),
+    (["model.kind=fdsa", "model.side_min_items=0"], "model.side_min_items=0 counts the items a word must appear in"),
+    (["model.kind=idsr", "model.side_min_items=2"], "model.side_min_items=2 is ignored by model kind 'idsr'"),
+    (["model.kind=fdsa", "model.side_features=['brand']"], "model.side_features has 'brand'"),
+]
+
+
 def test_bad_baseline_settings_are_refused(built_cache, small_demo, tmp_path):
-    with pytest.raises(MMSRError, match="model.kind='carca2' is not a known model kind; choose one of .*fdsa"):
-        _config(built_cache + ["model.kind=carca2"])
-    with pytest.raises(MMSRError, match='model.kind=vqrec quantizes the items\' text, but encoders.text_model is ""'):
-        _config(built_cache + ["model.kind=vqrec", "encoders.text_model="])
-    with pytest.raises(MMSRError, match="model.vq_codes=8 is ignored by model kind 'fdsa'"):
-        _config(built_cache + ["model.kind=fdsa", "model.vq_codes=8"])
-    with pytest.raises(MMSRError, match="model.fdsa_shared=True is ignored by model kind 'idsr'"):
-        _config(built_cache + ["model.kind=idsr", "model.fdsa_shared=true"])
+    for overrides, message in REFUSED_SETTINGS:
+        with pytest.raises(MMSRError, match=message):
+            _config(built_cache + overrides)
+    # Refused when the model is built: they depend on the sequence model or on the dataset.
     with pytest.raises(MMSRError, match="only self-attention streams have"):
         _model(built_cache + ["model.kind=fdsa", "model.sequence=gru4rec", "model.fdsa_shared=true"], small_demo)
-    with pytest.raises(MMSRError, match="model.side_features names 'title' more than once"):
-        _config(built_cache + ["model.kind=fdsa", "model.side_features=['title', 'category', 'title']"])
-    with pytest.raises(MMSRError, match="model.side_min_items=0 counts the items a word must appear in"):
-        _config(built_cache + ["model.kind=fdsa", "model.side_min_items=0"])
-    with pytest.raises(MMSRError, match="model.side_min_items=2 is ignored by model kind 'idsr'"):
-        _config(built_cache + ["model.kind=idsr", "model.side_min_items=2"])
     with pytest.raises(MMSRError, match="asks for 'category', but no word of it is found in 100000 items or more"):
         _model(built_cache + ["model.kind=fdsa", "model.side_min_items=100000"], small_demo)
-    with pytest.raises(MMSRError, match="model.side_features has 'brand'"):
-        _config(built_cache + ["model.kind=fdsa", "model.side_features=['brand']"])
     # A dataset without categories: FDSA's category feature names the fix.
     from mmsr.data.dataset import DatasetWriter, load_dataset
 

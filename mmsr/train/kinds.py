@@ -25,8 +25,8 @@ pooling by masked mean where MoRec takes [CLS]; the top blocks are fine-tuned as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -115,11 +115,11 @@ def _morec(config: "TrainConfig", inputs: KindInputs):
                       help="FDSA (Zhang et al. 2019): an ID stream and a feature stream of self-attention")
 def _fdsa(config: "TrainConfig", inputs: KindInputs):
     m = config.model
+    if m.side_features and inputs.item_field is None:
+        raise MMSRError(f"fdsa's side features ({', '.join(m.side_features)}) need the dataset's items",
+                        hint="build the model with build_model(..., item_field=dataset.item_field)")
     tokens = {}
     for name in m.side_features:
-        if inputs.item_field is None:
-            raise MMSRError(f"fdsa's {name} feature needs the dataset's items",
-                            hint="build the model with build_model(..., item_field=dataset.item_field)")
         table, vocabulary = field_tokens(inputs.item_field(name), min_items=m.side_min_items)
         if len(vocabulary) == 1:
             rest = ", ".join(f"'{f}'" for f in m.side_features if f != name)
