@@ -96,6 +96,32 @@ def test_side_min_items_drops_the_words_of_one_item_alone():
     assert table.tolist() == [[1, 0], [1, 2], [0, 0], [2, 1]]  # "Heat" keeps no word: a zero vector
 
 
+def test_fdsa_feature_attention_weighs_two_columns_and_passes_one_through():
+    """model.fdsa_attention: each scorer gives one column weight 1 (the feature is the column), and with
+    two columns the weights follow the scorer: tanh-linear's w . tanh(x) + b, RecBole's Linear-ReLU-Linear."""
+    from mmsr.models.fdsa import FEATURE_ATTENTIONS, FDSAItemTower
+
+    genres = (torch.tensor([[1, 2], [2, 0], [3, 0]]), 4)
+    titles = (torch.tensor([[1, 0], [2, 3], [3, 0]]), 4)
+    ids = torch.tensor([0, 1, 2])
+    for name in FEATURE_ATTENTIONS:
+        torch.manual_seed(0)
+        one = FDSAItemTower(3, 8, {}, {"category": genres}, attention=name)
+        torch.testing.assert_close(one.features(ids, {}), one.category_embedding(genres[0][ids]) * one.scale)
+        torch.manual_seed(0)
+        two = FDSAItemTower(3, 8, {}, {"category": genres, "title": titles}, attention=name)
+        columns = torch.stack([two.category_embedding(genres[0][ids]), two.title_embedding(titles[0][ids])], dim=1)
+        a = two.attention
+        if name == "tanh-linear":
+            energy = columns.tanh() @ a.weight.T + a.bias
+        else:
+            energy = torch.relu(columns @ a[0].weight.T + a[0].bias) @ a[2].weight.T + a[2].bias
+        weights = torch.softmax(energy, dim=1)
+        torch.testing.assert_close(two.features(ids, {}), (weights * columns).sum(1) * two.scale)
+    with pytest.raises(MMSRError, match="unknown feature attention 'gated'"):
+        FDSAItemTower(3, 8, {}, {"category": genres}, attention="gated")
+
+
 def test_vqrec_items_are_sums_of_opq_codes_of_their_text(built_cache, small_demo):
     model, feed, description, dataset = _model(built_cache + ["model.kind=vqrec", "model.vq_codes=8"], small_demo)
     assert description == "ids"
@@ -144,6 +170,9 @@ REFUSED_SETTINGS = [
     (["model.kind=fdsa", "model.side_min_items=0"], "model.side_min_items=0 counts the items a word must appear in"),
     (["model.kind=idsr", "model.side_min_items=2"], "model.side_min_items=2 is ignored by model kind 'idsr'"),
     (["model.kind=fdsa", "model.side_features=['brand']"], "model.side_features has 'brand'"),
+    (["model.kind=fdsa", "model.fdsa_attention=gated"],
+     "model.fdsa_attention='gated' is not a feature attention; choose one of tanh-linear, mlp"),
+    (["model.kind=idsr", "model.fdsa_attention=mlp"], "model.fdsa_attention='mlp' is ignored by model kind 'idsr'"),
 ]
 
 

@@ -11,6 +11,9 @@ lower layers from the cache, then its top blocks, *frozen* here: FDSA takes feat
 masked-mean pooled; and, as RecBole's FDSA does with its token fields, the dataset's text fields
 named in `model.side_features` (`category`, `title`), each a bag of word tokens with its own table.
 
+The features' vanilla attention scores each column with `model.fdsa_attention`: w . tanh(x) + b
+by default, or RecBole's Linear-ReLU-Linear ("mlp").
+
 Departures from the paper: the features are dense pretrained vectors rather than categorical
 attributes only (the seed's multi-modal setting, §4.3); the two streams share the sequence
 model family (SASRec blocks, learned positions) and the config's layers and heads; the merged
@@ -31,6 +34,32 @@ from mmsr.models.sequence import SASRec
 
 States = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _TOKEN_SPLIT = re.compile(r"[|,;>]+|\s+")
+
+
+class TanhLinear(nn.Linear):
+    """A feature's attention score as w . tanh(x) + b: mmsr's first scorer, kept as the default so that
+    runs before `model.fdsa_attention` existed are what they were (one Linear: its checkpoint key
+    `attention.weight` and its initial draw are unchanged)."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.tanh(x))
+
+
+class ReLUMLP(nn.Sequential):
+    """A feature's attention score as RecBole 1.2.1's VanillaAttention computes it: Linear(D, D),
+    ReLU, Linear(D, 1). (PyTorch's initialisation, not RecBole's N(0, 0.02): docs/compare.md,
+    "RecBole's initialisation of every Linear".)"""
+
+    def __init__(self, dim: int):
+        super().__init__(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+
+
+# How the feature columns of an item are weighed before they are summed (model.fdsa_attention).
+# With one column (the genres alone) every scorer gives it weight 1: they differ from two columns on.
+FEATURE_ATTENTIONS = {"tanh-linear": TanhLinear, "mlp": ReLUMLP}
 
 
 def field_tokens(texts: list[str], min_items: int = 1) -> tuple[torch.Tensor, list[str]]:
@@ -73,13 +102,18 @@ class FDSAItemTower(nn.Module):
 
     `encoders`: the split encoders whose outputs are features (frozen here); `tokens`: per side
     feature (`category`, `title`), its (token table of `field_tokens`, vocabulary size), each a
-    feature column of its own, as RecBole's FDSA embeds each token field on its own. Needs the
-    ids and the states: its feed is `inputs = "ids+states"`."""
+    feature column of its own, as RecBole's FDSA embeds each token field on its own; `attention`:
+    the columns' scorer, a name of FEATURE_ATTENTIONS. Needs the ids and the states: its feed is
+    `inputs = "ids+states"`."""
 
     inputs = "ids+states"
 
-    def __init__(self, num_items: int, dim: int, encoders: dict, tokens: dict[str, tuple[torch.Tensor, int]]):
+    def __init__(self, num_items: int, dim: int, encoders: dict, tokens: dict[str, tuple[torch.Tensor, int]],
+                 attention: str = "tanh-linear"):
         super().__init__()
+        if attention not in FEATURE_ATTENTIONS:
+            raise MMSRError(f"unknown feature attention {attention!r}", where="model.fdsa_attention",
+                            hint="one of " + ", ".join(FEATURE_ATTENTIONS))
         self.dim = dim
         self.embedding = nn.Embedding(num_items, dim)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -101,7 +135,7 @@ class FDSAItemTower(nn.Module):
             with torch.no_grad():
                 embedding.weight[0].zero_()  # the padding row stays zero
             setattr(self, f"{name}_embedding", embedding)
-        self.attention = nn.Linear(dim, 1)  # vanilla attention over the features
+        self.attention = FEATURE_ATTENTIONS[attention](dim)  # vanilla attention over the features
         self.scale = dim ** -0.5  # feature vectors at the scale of the ID table (see ContentItemTower)
 
     def tokens(self, name: str) -> torch.Tensor:
@@ -120,7 +154,7 @@ class FDSAItemTower(nn.Module):
         for name in self.side_features:
             columns.append(getattr(self, f"{name}_embedding")(self.tokens(name)[ids]))
         stacked = torch.stack(columns, dim=1)  # [N, F, D]
-        weights = torch.softmax(self.attention(torch.tanh(stacked)), dim=1)
+        weights = torch.softmax(self.attention(stacked), dim=1)
         return (weights * stacked).sum(1) * self.scale
 
     def forward(self, inputs: dict) -> torch.Tensor:

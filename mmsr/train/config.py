@@ -12,6 +12,7 @@ from typing import Literal
 from mmsr.config import build
 from mmsr.data.split import SplitConfig
 from mmsr.encoders.config import SLOTS, EncoderConfig
+from mmsr.models.fdsa import FEATURE_ATTENTIONS
 from mmsr.models.fusion import FUSIONS, POOLINGS
 from mmsr.models.scores import SCORES, LearnedCosine
 from mmsr.models.sequence import SEQUENCE_MODELS
@@ -61,6 +62,10 @@ class ModelConfig:
     # fdsa: one position table and one LayerNorm for both streams and the merged vector, as
     # RecBole's FDSA (mmsr.models.fdsa.FDSAUserTower); off: each stream its own.
     fdsa_shared: bool = False
+    # fdsa: how an item's feature columns are weighed (mmsr.models.fdsa.FEATURE_ATTENTIONS):
+    # "tanh-linear" (w . tanh(x) + b, mmsr's first) or "mlp" (RecBole's VanillaAttention). The
+    # same with one column (the genres alone); they differ from two columns on.
+    fdsa_attention: str = "tanh-linear"
     # vqrec: code indices per item (OPQ sub-vectors) and bits per code (2**bits embeddings each).
     vq_codes: int = 32
     vq_bits: int = 8
@@ -194,6 +199,9 @@ class TrainConfig:
         if model.fusion_pooling not in POOLINGS:
             problems.append(f"model.fusion_pooling={model.fusion_pooling!r} is not a pooling; choose one of "
                             + ", ".join(POOLINGS))
+        if model.fdsa_attention not in FEATURE_ATTENTIONS:
+            problems.append(f"model.fdsa_attention={model.fdsa_attention!r} is not a feature attention; choose one of "
+                            + ", ".join(FEATURE_ATTENTIONS))
         if model.side_min_items < 1:
             problems.append(f"model.side_min_items={model.side_min_items!r} counts the items a word must appear in "
                             "to be kept: it must be 1 or more (1 keeps every word)")
@@ -316,7 +324,7 @@ _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "hea
           "fusion_attention_dropout": ("fusion", "attention_dropout"),
           "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads"),
           "side_features": ("kind", "side_features"), "fdsa_shared": ("kind", "fdsa_shared"),
-          "side_min_items": ("kind", "side_min_items"),
+          "side_min_items": ("kind", "side_min_items"), "fdsa_attention": ("kind", "fdsa_attention"),
           "vq_codes": ("kind", "vq_codes"), "vq_bits": ("kind", "vq_bits"),
           "temperature": ("score", "temperature")}
 
