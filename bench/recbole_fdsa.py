@@ -215,6 +215,7 @@ def inner(args: argparse.Namespace) -> None:
                        **{f"{name}@{k}": float(value) for k in (10, 20)
                           for name, value in (("hit", (ranks <= k).mean()),
                                               ("ndcg", np.where(ranks <= k, 1 / np.log2(ranks + 1), 0).mean()))}},
+        "feature_attention": feature_attention(trainer.model, dataset),
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epochs_run"],
         "stopped_by": "not trained here (--from-checkpoint)" if args.from_checkpoint else
@@ -229,6 +230,26 @@ def inner(args: argparse.Namespace) -> None:
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
+
+
+def feature_attention(model, dataset) -> dict:
+    """How the trained VanillaAttention weighs each feature column, over every item (RecBole's
+    padding item left out): per column, the mean, tenth percentile and median of its weight. With
+    one column every weight is 1. `bench/fdsa_feature_weights.py` gives the same for mmsr's runs."""
+    import torch
+
+    model.eval()
+    layer = model.feature_embed_layer
+    # FDSA.forward's order: the token fields, the token-sequence fields, then the float fields
+    names = [*layer.token_field_names["item"], *layer.token_seq_field_names["item"], *layer.float_field_names["item"]]
+    with torch.no_grad():
+        sparse, dense = layer(None, torch.arange(1, dataset.item_num).unsqueeze(0))
+        table = torch.cat([t for t in (sparse["item"], dense["item"]) if t is not None], dim=-2)
+        _, weights = model.feature_att_layer(table)  # [1, items, columns]
+    weights = weights[0]
+    quantiles = torch.quantile(weights, torch.tensor([0.1, 0.5]), dim=0)
+    return {name: {"mean": round(float(weights[:, i].mean()), 4), "p10": round(float(quantiles[0, i]), 4),
+                   "median": round(float(quantiles[1, i]), 4)} for i, name in enumerate(names)}
 
 
 def write_ranks(model, test_data, dataset, path: Path):

@@ -388,3 +388,33 @@ def test_fdsa_shared_needs_self_attention_streams():
     assert isinstance(FDSAUserTower(*streams, 16).out[0], torch.nn.LayerNorm)
     with pytest.raises(MMSRError, match="only self-attention streams have"):
         FDSAUserTower(*streams, 16, shared=True)
+
+
+def test_bench_fdsa_feature_weights_reads_the_trained_attention(built_cache, small_demo, tmp_path):
+    """bench/fdsa_feature_weights.py: per column, the weight the run's own attention gives each item,
+    caught as `mmsr eval` embeds the items; a run of another kind is refused."""
+    import sys
+    from pathlib import Path
+
+    from mmsr.train.run import load_run
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import fdsa_feature_weights  # bench/fdsa_feature_weights.py
+
+    overrides = ["model.kind=fdsa", "encoders.text_model=", "encoders.vision_model=",
+                 "model.side_features=['category', 'title']", "model.fdsa_attention=mlp", "optim.epochs=1"]
+    _train(built_cache + overrides, tmp_path / "fdsa", from_cache=False)
+    run = load_run(tmp_path / "fdsa", device="cpu")
+    found = fdsa_feature_weights.feature_weights(run)
+    tower, ids = run.model.items, torch.arange(run.dataset.num_items)
+    with torch.no_grad():
+        columns = torch.stack([tower.category_embedding(tower.tokens("category")[ids]),
+                               tower.title_embedding(tower.tokens("title")[ids])], dim=1)
+        weights = torch.softmax(tower.attention(columns), dim=1).squeeze(-1)
+    assert list(found) == ["category", "title"]
+    for i, name in enumerate(found):
+        assert found[name]["mean"] == pytest.approx(float(weights[:, i].mean()), abs=1e-4)
+        assert found[name]["median"] == pytest.approx(float(torch.quantile(weights[:, i], 0.5)), abs=1e-4)
+    _train(built_cache + ["model.kind=idsr", "optim.epochs=1"], tmp_path / "idsr")
+    with pytest.raises(MMSRError, match="only fdsa runs weigh feature columns"):
+        fdsa_feature_weights.feature_weights(load_run(tmp_path / "idsr", device="cpu"))
