@@ -26,11 +26,7 @@ from mmsr.eval.towers import item_matrix
 from mmsr.machine import cpu_model
 from mmsr.models.fdsa import FDSAItemTower
 from mmsr.train.run import load_run
-
-
-def column_names(tower: FDSAItemTower) -> list[str]:
-    """The columns in the order `FDSAItemTower.features` stacks them."""
-    return [*tower.encoders, *tower.side_features]
+from recbole_fdsa import column_weights  # bench/recbole_fdsa.py: the same summary for RecBole's runs
 
 
 def feature_weights(run) -> dict:
@@ -45,9 +41,7 @@ def feature_weights(run) -> dict:
     finally:
         hook.remove()
     weights = torch.softmax(torch.cat(energies), dim=1).squeeze(-1)  # [items, columns]
-    quantiles = torch.quantile(weights, torch.tensor([0.1, 0.5]), dim=0)
-    return {name: {"mean": round(float(weights[:, i].mean()), 4), "p10": round(float(quantiles[0, i]), 4),
-                   "median": round(float(quantiles[1, i]), 4)} for i, name in enumerate(column_names(tower))}
+    return column_weights(weights, tower.columns)
 
 
 def main() -> int:

@@ -246,7 +246,14 @@ def feature_attention(model, dataset) -> dict:
         sparse, dense = layer(None, torch.arange(1, dataset.item_num).unsqueeze(0))
         table = torch.cat([t for t in (sparse["item"], dense["item"]) if t is not None], dim=-2)
         _, weights = model.feature_att_layer(table)  # [1, items, columns]
-    weights = weights[0]
+    return column_weights(weights[0], names)
+
+
+def column_weights(weights, names: list[str]) -> dict:
+    """[items, columns] attention weights -> per column name its mean, tenth percentile and median
+    over the items: the one summary both tools' reports give (bench/fdsa_feature_weights.py too)."""
+    import torch
+
     quantiles = torch.quantile(weights, torch.tensor([0.1, 0.5]), dim=0)
     return {name: {"mean": round(float(weights[:, i].mean()), 4), "p10": round(float(quantiles[0, i]), 4),
                    "median": round(float(quantiles[1, i]), 4)} for i, name in enumerate(names)}

@@ -143,6 +143,11 @@ class FDSAItemTower(nn.Module):
         return getattr(self, f"{name}_tokens")
 
     @property
+    def columns(self) -> list[str]:
+        """The feature columns' names, in the order `features` stacks them."""
+        return [*self.encoders, *self.side_features]
+
+    @property
     def modalities(self) -> list[str]:
         return list(self.encoders)
 
