@@ -187,7 +187,8 @@ class FDSAUserTower(nn.Module):
     vector: the streams' output norm (pre-norm) or input norm (post-norm, RecBole's layout).
     `position` and `norm` are then owned here and lent to the streams. Off by default: on
     MovieLens-100K its validation NDCG@10 over four seeds was 0.0741 against 0.0752, so validation
-    did not choose it (docs/compare.md, "One position table and one LayerNorm")."""
+    did not choose it, nor with the title words (0.0696 against 0.0719, two seeds; docs/compare.md,
+    "One position table and one LayerNorm", with and without the title)."""
 
     def __init__(self, id_stream: nn.Module, feature_stream: nn.Module, dim: int, dropout: float = 0.0,
                  shared: bool = False):
