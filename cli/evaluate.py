@@ -111,6 +111,10 @@ def compare_command(
     seeds of one config to see what a seed alone moves. Several runs on a side
     (A1,A2,A3 B1,B2,B3) are averaged case by case first, so the test counts
     what the seeds move each case (not a shift a seed gives every case alike).
+    With two runs or more on both sides, two more columns resample the runs
+    within each side as well as the cases: that interval and p-value count
+    the seeds' spread too (wider; the one to read before calling a
+    difference between configs, rather than between these runs, resolved).
 
     Any member of a side may be another tool's per-case ranks (RecBole, a
     paper's script): a .csv with the header user,item,rank, one row per case
@@ -135,13 +139,21 @@ def compare_command(
                     + "".join(f"\n  {row}" for row in left["rows"][:5]))
     table = Table(title=f"{split} split: {result['cases']:,} cases, {protocol} protocol, {checkpoint} checkpoints",
                   caption=caption)
-    for column in ("metric", "A ± s.e.", "B ± s.e.", "B - A", "95% interval", "p (paired)"):
+    seeds_too = all("across_runs" in m for m in result["metrics"].values())
+    columns = ["metric", "A ± s.e.", "B ± s.e.", "B - A", "95% interval", "p (paired)"]
+    for column in columns + (["95%, runs resampled too", "p, runs too"] if seeds_too else []):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, m in result["metrics"].items():
-        low, high = m["ci95"]
-        table.add_row(name, f"{m['a']:.4f} ± {m['se_a']:.4f}", f"{m['b']:.4f} ± {m['se_b']:.4f}",
-                      f"{m['difference']:+.4f}", f"[{low:+.4f}, {high:+.4f}]", f"{m['p_value']:.3g}")
+        row = [name, f"{m['a']:.4f} ± {m['se_a']:.4f}", f"{m['b']:.4f} ± {m['se_b']:.4f}",
+               f"{m['difference']:+.4f}", _interval(m["ci95"]), f"{m['p_value']:.3g}"]
+        if seeds_too:
+            row += [_interval(m["across_runs"]["ci95"]), f"{m['across_runs']['p_value']:.3g}"]
+        table.add_row(*row)
     Console().print(table)
+
+
+def _interval(bounds: list[float]) -> str:
+    return f"[{bounds[0]:+.4f}, {bounds[1]:+.4f}]"
 
 
 def ranks_command(

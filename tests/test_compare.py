@@ -166,6 +166,77 @@ def test_the_paired_interval_and_test_see_a_shift_that_separate_errors_cannot():
     assert same_shift["ci95"] == [1.0, 1.0] and same_shift["p_value"] == pytest.approx(2 / 2 ** 5)
 
 
+def test_resampling_the_runs_too_counts_a_shift_one_seed_gives_every_case():
+    """Two seeds a side. B's seeds differ from A's by a whole-run shift in opposite directions
+    (one seed hits 40 more cases, the other 25 fewer): averaged case by case the pairing sees
+    +0.0075 as resolved, but resampling the runs as well shows that the seeds drawn cannot tell
+    it from their spread. A shift every seed of B shares stays resolved either way."""
+    from mmsr.eval.compare import _across_runs, _paired
+
+    rng = np.random.default_rng(5)
+    base = (rng.random(2000) < 0.3).astype(float)
+    misses = np.flatnonzero(base == 0)
+
+    def hits_more(values, count):
+        out = values.copy()
+        out[rng.choice(np.flatnonzero(values == 0), count, replace=False)] = 1.0
+        return out
+
+    def hits_fewer(values, count):
+        out = values.copy()
+        out[rng.choice(np.flatnonzero(values == 1), count, replace=False)] = 0.0
+        return out
+
+    a = np.stack([base, base])
+    spread = np.stack([hits_more(base, 40), hits_fewer(base, 10)])
+    cases_only = _paired(a.mean(0), spread.mean(0), 1999, seed=0)
+    assert cases_only["difference"] == pytest.approx(0.0075)
+    assert cases_only["ci95"][0] > 0 and cases_only["p_value"] < 0.05
+    both = _across_runs(a, spread, 1999, seed=0)
+    assert both["ci95"][0] < 0 < both["ci95"][1] and both["p_value"] > 0.05
+    shared_shift = np.stack([hits_more(base, 60), hits_more(base, 60)])
+    assert _paired(a.mean(0), shared_shift.mean(0), 1999, seed=0)["p_value"] < 0.01
+    held = _across_runs(a, shared_shift, 1999, seed=0)
+    assert held["ci95"][0] > 0 and held["p_value"] < 0.01
+    assert _across_runs(a, a, 1999, seed=0) == {"ci95": [0.0, 0.0], "p_value": 1.0}
+    # The same two runs on both sides: nothing observed, though redrawing the runs moves each side.
+    itself = _across_runs(shared_shift, shared_shift, 1999, seed=0)
+    assert itself["p_value"] == 1.0 and itself["ci95"][0] < 0 < itself["ci95"][1]
+    assert len(misses) > 100  # the draws above had room
+
+
+def test_runs_are_resampled_too_only_with_two_runs_or_more_on_both_sides(two_runs):
+    from mmsr.eval.compare import compare_runs
+
+    a, b = map(str, two_runs)
+    one = compare_runs(a, f"{a},{b}", "test", ks="10", resamples=999)
+    assert all("across_runs" not in m for m in one["metrics"].values())
+    two = compare_runs(f"{a},{a}", f"{a},{b}", "test", ks="10", resamples=999)
+    for key, m in two["metrics"].items():
+        assert m["difference"] == pytest.approx(one["metrics"][key]["difference"], abs=1e-12)
+        low, high = m["across_runs"]["ci95"]
+        assert low <= m["difference"] <= high and 0 < m["across_runs"]["p_value"] <= 1
+        # the seeds' spread adds to the cases': never narrower than the cases-only interval by much
+        assert high - low >= 0.9 * (m["ci95"][1] - m["ci95"][0])
+    assert compare_runs(f"{a},{a}", f"{a},{b}", "test", ks="10", resamples=999) == two
+
+
+def test_the_compare_table_adds_the_runs_resampled_columns_for_seeds_on_both_sides(two_runs):
+    from typer.testing import CliRunner
+
+    from mmsr_cli.app import app
+
+    a, b = map(str, two_runs)
+    runner = CliRunner()
+    wide = runner.invoke(app, ["compare", f"{a},{b}", f"{b},{a}", "--k", "10", "--resamples", "999"],
+                         env={"COLUMNS": "250"})
+    assert wide.exit_code == 0, wide.output
+    assert "runs resampled too" in wide.output and "p, runs too" in wide.output
+    narrow = runner.invoke(app, ["compare", a, b, "--k", "10", "--resamples", "999"], env={"COLUMNS": "250"})
+    assert narrow.exit_code == 0, narrow.output
+    assert "p (paired)" in narrow.output and "runs resampled too" not in narrow.output
+
+
 def test_another_tools_ranks_file_pairs_with_a_run_as_that_run_would(two_runs, tmp_path):
     """A file holding run A's ranks (rows shuffled, IDs as the dataset spells them) compares
     with run B exactly as run A does: the file is matched by user and target, not by order."""

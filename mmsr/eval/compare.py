@@ -15,7 +15,17 @@ differences that the two separate standard errors cannot. One run per side says 
 seeds: two seeds of one config differ too, and comparing them first shows what a seed alone
 moves. A side may be several runs (`A1,A2,A3`: seeds of one config); each case's metric is then
 averaged over them before pairing, so the interval and the test count what the seeds move each
-case, but still not a shift one seed would give every case alike (three seeds cannot measure it).
+case, but still not a shift one seed would give every case alike.
+
+That shift is what a config's seeds spread over, and with two or three runs a side it can be
+most of a difference (one seed's low run pulls every case of its side down). When both sides
+have two runs or more, each metric also gets `across_runs`: a two-way bootstrap that resamples
+the runs within each side as well as the cases (the same cases for both sides, so the pairing
+stays), with its 95% percentile interval and a bootstrap p-value (the share of resampled
+differences, centred on the observed one, at least as far from it as zero is). For runs crossed
+with cases this errs wide (McCullagh, "Resampling and exchangeable arrays", Bernoulli 2000), and
+with two runs a side it knows their spread from two values: an interval that excludes zero here
+is a difference the seeds drawn do not explain; one that holds it says these seeds cannot tell.
 
 The runs must rank the same cases (same dataset, same split settings): checked case by case.
 Any member of a side may instead be another tool's per-case ranks, a CSV of user,item,rank
@@ -40,6 +50,8 @@ from mmsr.eval.run_ranks import RunRanks, rank_run
 METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
 # Resampling memory bound: values held at once per batch of resamples.
 _VALUES_PER_BATCH = 20_000_000
+# The two-way bootstrap's case counts (int64) held at once: 16 MB.
+_COUNTS_PER_BATCH = 2_000_000
 # Fewer resamples leave the interval's 2.5% tails to a couple of dozen draws.
 MIN_RESAMPLES = 999
 
@@ -86,9 +98,12 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     for k in ks:
         for name, per_case in METRICS.items():
             key = f"{name}@{k}"
-            a, b = (np.mean([per_case(r, k) for r in side], axis=0) for side in ranks)
+            runs_a, runs_b = (np.stack([per_case(r, k) for r in side]) for side in ranks)
+            a, b = runs_a.mean(axis=0), runs_b.mean(axis=0)
             metrics[key] = {**_paired(a, b, resamples, seed), "se_a": _standard_error(key, a),
                             "se_b": _standard_error(key, b)}
+            if min(len(runs_a), len(runs_b)) >= 2:
+                metrics[key]["across_runs"] = _across_runs(runs_a, runs_b, resamples, seed + 2)
     result = {"runs": {name: ", ".join(str(ranked[run].label) for run in side) for name, side in zip("ab", sides)},
               "runs_per_side": {name: len(side) for name, side in zip("ab", sides)},
               "split": split, "protocol": protocol, "cases": len(ranks[0][0]), "checkpoint": checkpoint,
@@ -145,3 +160,26 @@ def _paired(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> dict:
                                   rng=np.random.default_rng(seed + 1))
     out.update(ci95=[float(interval.low), float(interval.high)], p_value=float(test.pvalue))
     return out
+
+
+def _across_runs(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> dict:
+    """B - A's 95% interval and p-value when the runs (rows: seeds) are resampled within each side
+    as well as the cases (columns, drawn once for both sides): see the module docstring. A
+    resample's mean is its weights' product with the values: run weights w (how often each run
+    was drawn) and case weights c give (w @ values @ c) / (runs x cases)."""
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    observed = float(b.mean() - a.mean())
+    differences = []
+    batch = max(1, _COUNTS_PER_BATCH // n)
+    for start in range(0, resamples, batch):
+        size = min(resamples - start, batch)
+        cases = rng.multinomial(n, np.full(n, 1 / n), size=size).T  # cases x resamples
+        means = [(rng.multinomial(len(side), np.full(len(side), 1 / len(side)), size=size).T
+                  * (side @ cases)).sum(axis=0) / (len(side) * n) for side in (a, b)]
+        differences.append(means[1] - means[0])
+    differences = np.concatenate(differences)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    # Centred on the observed difference, the resamples stand in for the null's spread.
+    extreme = np.count_nonzero(np.abs(differences - observed) >= abs(observed) - 1e-15)
+    return {"ci95": [float(low), float(high)], "p_value": float(min(1.0, (1 + extreme) / (1 + resamples)))}
