@@ -27,9 +27,9 @@ deviation from its side's per-case mean is widened by sqrt(R/(R-1)) first: drawn
 runs' mean keeps only (R-1)/R of their spread, half with two runs. How it errs
 (`bench/compare_calibration.py`, simulated seeds of one config on 943 cases, nominal 5%): wide
 where the cases' noise dominates, the crossed design's excess (McCullagh, "Resampling and
-exchangeable arrays", Bernoulli 2000); narrow where seeds shift whole runs far and there are two
-or three runs a side, whose spread it knows from two or three values (docs/eval.md gives the
-rates). Read a resolved difference from two or three seeds a side as a reason to run more seeds;
+exchangeable arrays", Bernoulli 2000); narrow where seeds shift whole runs far and a side has
+few runs, whose spread it knows from those few values (up to twice the nominal rate with two or
+three; docs/eval.md gives the rates). Read a resolved difference from two or three seeds a side as a reason to run more seeds;
 one that is not resolved means these seeds cannot tell.
 
 The runs must rank the same cases (same dataset, same split settings): checked case by case.
