@@ -29,8 +29,8 @@ runs' mean keeps only (R-1)/R of their spread, half with two runs. How it errs
 where the cases' noise dominates, the crossed design's excess (McCullagh, "Resampling and
 exchangeable arrays", Bernoulli 2000); narrow where seeds shift whole runs far and a side has
 few runs, whose spread it knows from those few values (up to twice the nominal rate with two or
-three; docs/eval.md gives the rates). Read a resolved difference from two or three seeds a side as a reason to run more seeds;
-one that is not resolved means these seeds cannot tell.
+three; docs/eval.md gives the rates). Read a resolved difference from two or three seeds a side
+as a reason to run more seeds; one that is not resolved means these seeds cannot tell.
 
 The runs must rank the same cases (same dataset, same split settings): checked case by case.
 Any member of a side may instead be another tool's per-case ranks, a CSV of user,item,rank
@@ -178,7 +178,8 @@ def _across_runs(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> dic
     # Drawing R runs from R gives their mean (R-1)/R of the spread it has (half, with two runs):
     # each run's deviation from its side's per-case mean is widened by sqrt(R/(R-1)) first, the
     # one-sample correction of Davison and Hinkley (Bootstrap Methods, 1997, section 3.3).
-    a, b = (side.mean(axis=0) + np.sqrt(len(side) / (len(side) - 1)) * (side - side.mean(axis=0)) for side in (a, b))
+    a, b = (side.mean(axis=0) + np.sqrt(len(side) / (len(side) - 1)) * (side - side.mean(axis=0))
+            for side in (a, b))
     differences = []
     batch = max(1, _COUNTS_PER_BATCH // n)
     for start in range(0, resamples, batch):
