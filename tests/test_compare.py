@@ -173,6 +173,9 @@ def test_resampling_the_runs_too_counts_a_shift_one_seed_gives_every_case():
     it from their spread. A shift every seed of B shares stays resolved either way."""
     from mmsr.eval.compare import _across_runs, _paired
 
+    def across(a, b):  # one metric's result
+        return _across_runs({"metric": [a, b]}, 1999, seed=0)["metric"]
+
     rng = np.random.default_rng(5)
     base = (rng.random(2000) < 0.3).astype(float)
     misses = np.flatnonzero(base == 0)
@@ -192,15 +195,15 @@ def test_resampling_the_runs_too_counts_a_shift_one_seed_gives_every_case():
     cases_only = _paired(a.mean(0), spread.mean(0), 1999, seed=0)
     assert cases_only["difference"] == pytest.approx(0.0075)
     assert cases_only["ci95"][0] > 0 and cases_only["p_value"] < 0.05
-    both = _across_runs(a, spread, 1999, seed=0)
+    both = across(a, spread)
     assert both["ci95"][0] < 0 < both["ci95"][1] and both["p_value"] > 0.05
     shared_shift = np.stack([hits_more(base, 60), hits_more(base, 60)])
     assert _paired(a.mean(0), shared_shift.mean(0), 1999, seed=0)["p_value"] < 0.01
-    held = _across_runs(a, shared_shift, 1999, seed=0)
+    held = across(a, shared_shift)
     assert held["ci95"][0] > 0 and held["p_value"] < 0.01
-    assert _across_runs(a, a, 1999, seed=0) == {"ci95": [0.0, 0.0], "p_value": 1.0}
+    assert across(a, a) == {"ci95": [0.0, 0.0], "p_value": 1.0}
     # The same two runs on both sides: nothing observed, though redrawing the runs moves each side.
-    itself = _across_runs(shared_shift, shared_shift, 1999, seed=0)
+    itself = across(shared_shift, shared_shift)
     assert itself["p_value"] == 1.0 and itself["ci95"][0] < 0 < itself["ci95"][1]
     assert len(misses) > 100  # the draws above had room
 

@@ -99,16 +99,17 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     if not len(ranks[0][0]):
         raise MMSRError("the two sides share no case", where=f"{run_a} and {run_b}",
                         hint="the ranks files must use the dataset's own user and item IDs")
-    metrics = {}
+    metrics, per_run = {}, {}
     for k in ks:
         for name, per_case in METRICS.items():
             key = f"{name}@{k}"
-            runs_a, runs_b = (np.stack([per_case(r, k) for r in side]) for side in ranks)
+            per_run[key] = runs_a, runs_b = [np.stack([per_case(r, k) for r in side]) for side in ranks]
             a, b = runs_a.mean(axis=0), runs_b.mean(axis=0)
             metrics[key] = {**_paired(a, b, resamples, seed), "se_a": _standard_error(key, a),
                             "se_b": _standard_error(key, b)}
-            if min(len(runs_a), len(runs_b)) >= 2:
-                metrics[key]["across_runs"] = _across_runs(runs_a, runs_b, resamples, seed + 2)
+    if min(map(len, ranks)) >= 2:
+        for key, across in _across_runs(per_run, resamples, seed + 2).items():
+            metrics[key]["across_runs"] = across
     result = {"runs": {name: ", ".join(str(ranked[run].label) for run in side) for name, side in zip("ab", sides)},
               "runs_per_side": {name: len(side) for name, side in zip("ab", sides)},
               "split": split, "protocol": protocol, "cases": len(ranks[0][0]), "checkpoint": checkpoint,
@@ -167,29 +168,39 @@ def _paired(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> dict:
     return out
 
 
-def _across_runs(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> dict:
-    """B - A's 95% interval and p-value when the runs (rows: seeds) are resampled within each side
-    as well as the cases (columns, drawn once for both sides): see the module docstring. A
-    resample's mean is its weights' product with the values: run weights w (how often each run
-    was drawn) and case weights c give (w @ values @ c) / (runs x cases)."""
+def _across_runs(per_run: dict[str, list[np.ndarray]], resamples: int, seed: int) -> dict[str, dict]:
+    """Per metric, B - A's 95% interval and p-value when the runs (rows: seeds) are resampled
+    within each side as well as the cases (columns, drawn once for both sides): see the module
+    docstring. `per_run`: metric -> [A's runs x cases, B's runs x cases]. One set of draws serves
+    every metric. A resample's mean is its weights' product with the values: run weights w (how
+    often each run was drawn) and case weights c give (w @ values @ c) / (runs x cases)."""
     rng = np.random.default_rng(seed)
-    n = a.shape[1]
-    observed = float(b.mean() - a.mean())
+    first = next(iter(per_run.values()))
+    runs, n = [len(side) for side in first], first[0].shape[1]
+    observed = {key: float(b.mean() - a.mean()) for key, (a, b) in per_run.items()}
     # Drawing R runs from R gives their mean (R-1)/R of the spread it has (half, with two runs):
     # each run's deviation from its side's per-case mean is widened by sqrt(R/(R-1)) first, the
     # one-sample correction of Davison and Hinkley (Bootstrap Methods, 1997, section 3.3).
-    a, b = (side.mean(axis=0) + np.sqrt(len(side) / (len(side) - 1)) * (side - side.mean(axis=0))
-            for side in (a, b))
-    differences = []
+    widened = {key: [_widen(side) for side in sides] for key, sides in per_run.items()}
+    differences = {key: [] for key in per_run}
     batch = max(1, _COUNTS_PER_BATCH // n)
     for start in range(0, resamples, batch):
         size = min(resamples - start, batch)
         cases = rng.multinomial(n, np.full(n, 1 / n), size=size).T  # cases x resamples
-        means = [(rng.multinomial(len(side), np.full(len(side), 1 / len(side)), size=size).T
-                  * (side @ cases)).sum(axis=0) / (len(side) * n) for side in (a, b)]
-        differences.append(means[1] - means[0])
-    differences = np.concatenate(differences)
-    low, high = np.percentile(differences, [2.5, 97.5])
-    # Centred on the observed difference, the resamples stand in for the null's spread.
-    extreme = np.count_nonzero(np.abs(differences - observed) >= abs(observed) - 1e-15)
-    return {"ci95": [float(low), float(high)], "p_value": float(min(1.0, (1 + extreme) / (1 + resamples)))}
+        weights = [rng.multinomial(r, np.full(r, 1 / r), size=size).T for r in runs]  # runs x resamples
+        for key, sides in widened.items():
+            a, b = ((w * (side @ cases)).sum(axis=0) / (r * n) for w, side, r in zip(weights, sides, runs))
+            differences[key].append(b - a)
+    out = {}
+    for key, drawn in differences.items():
+        drawn = np.concatenate(drawn)
+        low, high = np.percentile(drawn, [2.5, 97.5])
+        # Centred on the observed difference, the resamples stand in for the null's spread.
+        extreme = np.count_nonzero(np.abs(drawn - observed[key]) >= abs(observed[key]) - 1e-15)
+        out[key] = {"ci95": [float(low), float(high)], "p_value": float(min(1.0, (1 + extreme) / (1 + resamples)))}
+    return out
+
+
+def _widen(side: np.ndarray) -> np.ndarray:
+    mean = side.mean(axis=0)
+    return mean + np.sqrt(len(side) / (len(side) - 1)) * (side - mean)
