@@ -122,6 +122,35 @@ def test_fdsa_feature_attention_weighs_two_columns_and_passes_one_through():
         FDSAItemTower(3, 8, {}, {"category": genres}, attention="gated")
 
 
+def test_direct_token_tables_start_where_rescaled_ones_do_and_learn_sqrt_d_times_faster():
+    """model.fdsa_token_tables: from one draw, "direct" gives the same features as "rescaled" (the
+    default), and one Adam step moves them about √D times further, as it moves the ID table."""
+    from mmsr.models.fdsa import TOKEN_TABLES, FDSAItemTower
+
+    dim = 16
+    genres = (torch.tensor([[1, 2], [2, 0], [3, 0]]), 4)
+    titles = (torch.tensor([[1, 0], [2, 3], [3, 0]]), 4)
+    ids = torch.tensor([0, 1, 2])
+    towers = {}
+    for name in TOKEN_TABLES:
+        torch.manual_seed(0)
+        towers[name] = FDSAItemTower(3, dim, {}, {"category": genres, "title": titles}, token_tables=name)
+    rescaled, direct = towers["rescaled"], towers["direct"]
+    assert direct.title_embedding.weight[1:].std().item() < rescaled.title_embedding.weight[1:].std().item() / 2
+    torch.testing.assert_close(direct.features(ids, {}), rescaled.features(ids, {}))
+    moved = {}
+    for name, tower in towers.items():
+        start = tower.features(ids, {}).detach()
+        optimizer = torch.optim.Adam(tower.parameters(), lr=1e-3)
+        tower.features(ids, {}).sum().backward()
+        optimizer.step()
+        moved[name] = (tower.features(ids, {}).detach() - start).abs().mean().item()
+    # The attention's own step moves both alike; the tables' step is √D = 4 times larger in use.
+    assert 2.0 < moved["direct"] / moved["rescaled"] <= dim ** 0.5 * 1.05
+    with pytest.raises(MMSRError, match="unknown token-table storage 'wide'"):
+        FDSAItemTower(3, dim, {}, {"category": genres}, token_tables="wide")
+
+
 def test_vqrec_items_are_sums_of_opq_codes_of_their_text(built_cache, small_demo):
     model, feed, description, dataset = _model(built_cache + ["model.kind=vqrec", "model.vq_codes=8"], small_demo)
     assert description == "ids"
@@ -173,6 +202,8 @@ REFUSED_SETTINGS = [
     (["model.kind=fdsa", "model.fdsa_attention=gated"],
      "model.fdsa_attention='gated' is not a feature attention; choose one of tanh-linear, mlp"),
     (["model.kind=idsr", "model.fdsa_attention=mlp"], "model.fdsa_attention='mlp' is ignored by model kind 'idsr'"),
+    (["model.kind=fdsa", "model.fdsa_token_tables=wide"],
+     "model.fdsa_token_tables='wide' is not a way to store the token tables; choose one of rescaled, direct"),
 ]
 
 

@@ -61,6 +61,16 @@ class ReLUMLP(nn.Sequential):
 # With one column (the genres alone) every scorer gives it weight 1: they differ from two columns on.
 FEATURE_ATTENTIONS = {"tanh-linear": TanhLinear, "mlp": ReLUMLP}
 
+# How a side feature's token table is stored (model.fdsa_token_tables): the gain its pooled column is
+# multiplied by before the columns are stacked. Every choice starts the features at the ID table's scale;
+# they differ in pace. Adam steps each stored weight by about the learning rate whatever its gradient's
+# size, so a table stored g times wider and multiplied back by 1/g moves g times slower in use.
+#   "rescaled": stored at N(0, 0.02·√D) and brought to scale by the features' D^-0.5, as the content
+#               columns are: its words move √D times slower than the ID table (mmsr's first; the default).
+#   "direct":   stored at N(0, 0.02), as RecBole's FDSA starts its tables, and used at that scale: its words
+#               learn at the ID table's pace.
+TOKEN_TABLES = {"rescaled": lambda dim: 1.0, "direct": lambda dim: dim ** 0.5}
+
 
 def field_tokens(texts: list[str], min_items: int = 1) -> tuple[torch.Tensor, list[str]]:
     """Per item, the ids of the tokens of one text field ([items, T] padded with 0) and the
@@ -103,17 +113,20 @@ class FDSAItemTower(nn.Module):
     `encoders`: the split encoders whose outputs are features (frozen here); `tokens`: per side
     feature (`category`, `title`), its (token table of `field_tokens`, vocabulary size), each a
     feature column of its own, as RecBole's FDSA embeds each token field on its own; `attention`:
-    the columns' scorer, a name of FEATURE_ATTENTIONS. Needs the ids and the states: its feed is
-    `inputs = "ids+states"`."""
+    the columns' scorer, a name of FEATURE_ATTENTIONS; `token_tables`: how the token tables are stored,
+    a name of TOKEN_TABLES. Needs the ids and the states: its feed is `inputs = "ids+states"`."""
 
     inputs = "ids+states"
 
     def __init__(self, num_items: int, dim: int, encoders: dict, tokens: dict[str, tuple[torch.Tensor, int]],
-                 attention: str = "tanh-linear"):
+                 attention: str = "tanh-linear", token_tables: str = "rescaled"):
         super().__init__()
         if attention not in FEATURE_ATTENTIONS:
             raise MMSRError(f"unknown feature attention {attention!r}", where="model.fdsa_attention",
                             hint="one of " + ", ".join(FEATURE_ATTENTIONS))
+        if token_tables not in TOKEN_TABLES:
+            raise MMSRError(f"unknown token-table storage {token_tables!r}", where="model.fdsa_token_tables",
+                            hint="one of " + ", ".join(TOKEN_TABLES))
         self.dim = dim
         self.embedding = nn.Embedding(num_items, dim)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -122,6 +135,7 @@ class FDSAItemTower(nn.Module):
             parameter.requires_grad_(False)
         self.project = nn.ModuleDict({m: nn.Linear(e.output_size, dim) for m, e in encoders.items()})
         self.side_features = list(tokens)
+        self.token_gain = TOKEN_TABLES[token_tables](dim)
         for name, (table, vocabulary_size) in tokens.items():
             # The token tables are the dataset's: rebuilt from it, so not saved with the weights.
             # Attribute names `<field>_tokens` / `<field>_embedding` keep the category table's
@@ -131,7 +145,7 @@ class FDSAItemTower(nn.Module):
             # At the ID table's scale once `self.scale` below is applied (N(0, 0.02), as RecBole starts
             # its tables); nn.EmbeddingBag's own N(0, 1) put the genres 6x above it. On MovieLens-100K
             # it left validation level and raised test 8% (docs/compare.md, "The category table").
-            nn.init.normal_(embedding.weight, std=0.02 * dim ** 0.5)
+            nn.init.normal_(embedding.weight, std=0.02 * dim ** 0.5 / self.token_gain)
             with torch.no_grad():
                 embedding.weight[0].zero_()  # the padding row stays zero
             setattr(self, f"{name}_embedding", embedding)
@@ -157,7 +171,8 @@ class FDSAItemTower(nn.Module):
     def features(self, ids: torch.Tensor, states: States) -> torch.Tensor:
         columns = given_features(self.encoders, self.project, states)
         for name in self.side_features:
-            columns.append(getattr(self, f"{name}_embedding")(self.tokens(name)[ids]))
+            column = getattr(self, f"{name}_embedding")(self.tokens(name)[ids])
+            columns.append(column if self.token_gain == 1.0 else column * self.token_gain)
         stacked = torch.stack(columns, dim=1)  # [N, F, D]
         weights = torch.softmax(self.attention(stacked), dim=1)
         return (weights * stacked).sum(1) * self.scale

@@ -12,7 +12,7 @@ from typing import Literal
 from mmsr.config import build
 from mmsr.data.split import SplitConfig
 from mmsr.encoders.config import SLOTS, EncoderConfig
-from mmsr.models.fdsa import FEATURE_ATTENTIONS
+from mmsr.models.fdsa import FEATURE_ATTENTIONS, TOKEN_TABLES
 from mmsr.models.fusion import FUSIONS, POOLINGS
 from mmsr.models.scores import SCORES, LearnedCosine
 from mmsr.models.sequence import SEQUENCE_MODELS
@@ -68,6 +68,10 @@ class ModelConfig:
     # and the title words on MovieLens-100K, mlp's validation NDCG@10 was 0.0685 against 0.0719
     # over two seeds (docs/compare.md, "The feature attention's scorer").
     fdsa_attention: str = "tanh-linear"
+    # fdsa: how the side features' token tables are stored (mmsr.models.fdsa.TOKEN_TABLES): "rescaled"
+    # (N(0, 0.02·√D), scaled down with the content columns: the words learn √D times slower than the ID
+    # table under Adam) or "direct" (N(0, 0.02), RecBole's: at the ID table's pace). Same start.
+    fdsa_token_tables: str = "rescaled"
     # vqrec: code indices per item (OPQ sub-vectors) and bits per code (2**bits embeddings each).
     vq_codes: int = 32
     vq_bits: int = 8
@@ -204,6 +208,9 @@ class TrainConfig:
         if model.fdsa_attention not in FEATURE_ATTENTIONS:
             problems.append(f"model.fdsa_attention={model.fdsa_attention!r} is not a feature attention; choose one of "
                             + ", ".join(FEATURE_ATTENTIONS))
+        if model.fdsa_token_tables not in TOKEN_TABLES:
+            problems.append(f"model.fdsa_token_tables={model.fdsa_token_tables!r} is not a way to store the token "
+                            "tables; choose one of " + ", ".join(TOKEN_TABLES))
         if model.side_min_items < 1:
             problems.append(f"model.side_min_items={model.side_min_items!r} counts the items a word must appear in "
                             "to be kept: it must be 1 or more (1 keeps every word)")
@@ -327,6 +334,7 @@ _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "hea
           "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads"),
           "side_features": ("kind", "side_features"), "fdsa_shared": ("kind", "fdsa_shared"),
           "side_min_items": ("kind", "side_min_items"), "fdsa_attention": ("kind", "fdsa_attention"),
+          "fdsa_token_tables": ("kind", "fdsa_token_tables"),
           "vq_codes": ("kind", "vq_codes"), "vq_bits": ("kind", "vq_bits"),
           "temperature": ("score", "temperature")}
 

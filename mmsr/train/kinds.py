@@ -111,7 +111,8 @@ def _morec(config: "TrainConfig", inputs: KindInputs):
     return _content_tower(config, encoders, "sum" if len(encoders) > 1 else "pool"), UserTower(_sequence(config))
 
 
-@MODEL_KINDS.register("fdsa", params=("side_features", "side_min_items", "fdsa_shared", "fdsa_attention"),
+@MODEL_KINDS.register("fdsa", params=("side_features", "side_min_items", "fdsa_shared", "fdsa_attention",
+                                      "fdsa_token_tables"),
                       needs=("item_ids",),
                       help="FDSA (Zhang et al. 2019): an ID stream and a feature stream of self-attention")
 def _fdsa(config: "TrainConfig", inputs: KindInputs):
@@ -133,7 +134,8 @@ def _fdsa(config: "TrainConfig", inputs: KindInputs):
     if not encoders and not tokens:
         raise MMSRError("fdsa has no feature: no encoder and no side feature",
                         hint="set encoders.text_model / encoders.vision_model, or model.side_features=['category']")
-    items = FDSAItemTower(inputs.num_items, m.dim, encoders, tokens, attention=m.fdsa_attention)
+    items = FDSAItemTower(inputs.num_items, m.dim, encoders, tokens, attention=m.fdsa_attention,
+                          token_tables=m.fdsa_token_tables)
     return items, FDSAUserTower(_sequence(config), _sequence(config), m.dim, m.dropout, shared=m.fdsa_shared)
 
 
