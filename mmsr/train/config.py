@@ -72,7 +72,7 @@ class ModelConfig:
     # (N(0, 0.02·√D), scaled down with the content columns: the words learn √D times slower than the ID
     # table under Adam) or "direct" (N(0, 0.02), RecBole's: at the ID table's pace). Same start. With the
     # genres and the title words on MovieLens-100K, direct's validation NDCG@10 was 0.0670 against 0.0719
-    # over two seeds (docs/compare.md, "The word tables at the ID table's pace").
+    # over two seeds (docs/compare.md, "The token tables at the ID table's pace").
     fdsa_token_tables: str = "rescaled"
     # vqrec: code indices per item (OPQ sub-vectors) and bits per code (2**bits embeddings each).
     vq_codes: int = 32
