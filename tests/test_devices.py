@@ -177,8 +177,13 @@ def test_a_failing_torchrun_rank_does_not_hold_its_peers_in_the_leaving_barrier(
     script = tmp_path / "failing_rank.py"
     script.write_text(_FAILING_RANK)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "CUDA_VISIBLE_DEVICES": ""}
+    # torchrun stops the other ranks once it sees one fail. Checking every 0.1 s (its default), it
+    # once sent rank 0 its SIGTERM before a loaded machine let rank 0 print what it saw (CI, with a
+    # training job beside it); every 3 s leaves rank 0 the time, and a hang still shows as the
+    # timeout below.
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-                           "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", str(script)],
+                           "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", "--monitor-interval", "3",
+                           str(script)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0
     assert "rank 0 saw" in done.stdout + done.stderr, done.stderr[-2000:]
