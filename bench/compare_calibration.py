@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from mmsr.eval.compare import _across_runs
+from mmsr.eval.compare import across_runs
 
 
 def rejection_rate(runs: int, shift_sd: float, cases: int, tries: int, resamples: int, rng) -> float:
@@ -31,7 +31,7 @@ def rejection_rate(runs: int, shift_sd: float, cases: int, tries: int, resamples
             shifts = rng.normal(0.0, shift_sd, runs)
             return (rng.random((runs, cases)) < np.clip(rate + shifts[:, None], 0, 1)).astype(float)
 
-        rejected += _across_runs({"HR@10": [side(), side()]}, resamples, seed=attempt)["HR@10"]["p_value"] < 0.05
+        rejected += across_runs({"HR@10": [side(), side()]}, resamples, seed=attempt)["HR@10"]["p_value"] < 0.05
     return rejected / tries
 
 

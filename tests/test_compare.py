@@ -171,10 +171,10 @@ def test_resampling_the_runs_too_counts_a_shift_one_seed_gives_every_case():
     (one seed hits 40 more cases, the other 25 fewer): averaged case by case the pairing sees
     +0.0075 as resolved, but resampling the runs as well shows that the seeds drawn cannot tell
     it from their spread. A shift every seed of B shares stays resolved either way."""
-    from mmsr.eval.compare import _across_runs, _paired
+    from mmsr.eval.compare import _paired, across_runs
 
     def across(a, b):  # one metric's result
-        return _across_runs({"metric": [a, b]}, 1999, seed=0)["metric"]
+        return across_runs({"metric": [a, b]}, 1999, seed=0)["metric"]
 
     rng = np.random.default_rng(5)
     base = (rng.random(2000) < 0.3).astype(float)

@@ -108,7 +108,7 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
             metrics[key] = {**_paired(a, b, resamples, seed), "se_a": _standard_error(key, a),
                             "se_b": _standard_error(key, b)}
     if min(map(len, ranks)) >= 2:
-        for key, across in _across_runs(per_run, resamples, seed + 2).items():
+        for key, across in across_runs(per_run, resamples, seed + 2).items():
             metrics[key]["across_runs"] = across
     result = {"runs": {name: ", ".join(str(ranked[run].label) for run in side) for name, side in zip("ab", sides)},
               "runs_per_side": {name: len(side) for name, side in zip("ab", sides)},
@@ -168,7 +168,7 @@ def _paired(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> dict:
     return out
 
 
-def _across_runs(per_run: dict[str, list[np.ndarray]], resamples: int, seed: int) -> dict[str, dict]:
+def across_runs(per_run: dict[str, list[np.ndarray]], resamples: int, seed: int) -> dict[str, dict]:
     """Per metric, B - A's 95% interval and p-value when the runs (rows: seeds) are resampled
     within each side as well as the cases (columns, drawn once for both sides): see the module
     docstring. `per_run`: metric -> [A's runs x cases, B's runs x cases]. One set of draws serves

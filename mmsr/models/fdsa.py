@@ -174,7 +174,7 @@ class FDSAItemTower(nn.Module):
         columns = given_features(self.encoders, self.project, states)
         for name in self.side_features:
             column = getattr(self, f"{name}_embedding")(self.tokens(name)[ids])
-            columns.append(column if self.token_gain == 1.0 else column * self.token_gain)
+            columns.append(column * self.token_gain)  # exact for "rescaled": x * 1.0 is x
         stacked = torch.stack(columns, dim=1)  # [N, F, D]
         weights = torch.softmax(self.attention(stacked), dim=1)
         return (weights * stacked).sum(1) * self.scale
