@@ -1,6 +1,7 @@
-"""bench/step_flops.py and bench/train_profile.py on the tiny encoders: the first counts every
-batch of the first epoch as the trainer builds them, following the model's shape; the second
-profiles the recipe's own steps. No timing is asserted: the figures belong to the benchmarks."""
+"""bench/step_flops.py, bench/train_profile.py and bench/grad_norms.py on the tiny encoders: the
+first counts every batch of the first epoch as the trainer builds them, following the model's
+shape; the second profiles the recipe's own steps; the third measures those steps' gradient norms
+before clipping. No timing is asserted: the figures belong to the benchmarks."""
 
 from __future__ import annotations
 
@@ -121,3 +122,36 @@ def test_token_trim_reads_its_group_counts_and_refuses_an_empty_member():
     for text in ("2,,4", "4,", "two"):
         with pytest.raises(ValueError):  # argparse turns it into "invalid group_counts value"
             token_trim.group_counts(text)
+
+
+def test_grad_norms_measures_unclipped_norms_without_moving_the_weights(built_cache, capsys, tmp_path):
+    """bench/grad_norms.py: the same batches give the same norms at every call (no weight moves), a
+    checkpoint's weights give their own, the clipped share follows the config's clip, and a
+    checkpoint of another model is refused by name."""
+    import grad_norms
+    import torch
+
+    first = _run(grad_norms, built_cache, capsys, "--batches", "2")["points"]["initial"]
+    again = _run(grad_norms, built_cache, capsys, "--batches", "2")["points"]["initial"]
+    assert first == again and first["batches"] == 2
+    assert 0 < first["min"] <= first["median"] <= first["max"]
+    below = _run(grad_norms, built_cache + [f"optim.grad_clip={first['min'] / 2}"], capsys, "--batches", "2")
+    above = _run(grad_norms, built_cache + [f"optim.grad_clip={first['max'] * 2}"], capsys, "--batches", "2")
+    assert below["points"]["initial"]["share_clipped"] == 1.0 and above["points"]["initial"]["share_clipped"] == 0.0
+    # Norms before clipping: the clip setting does not change them.
+    assert below["points"]["initial"]["median"] == first["median"]
+
+    config, _device, model, *_ = grad_norms.setup_from(str(Path(__file__).resolve().parents[1] / "configs" /
+                                                         "demo-cpu.toml"), built_cache)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    scaled = tmp_path / "scaled.pt"
+    torch.save({"model": model.state_dict()}, scaled)
+    points = _run(grad_norms, built_cache, capsys, "--batches", "2", "--checkpoint", str(scaled))["points"]
+    assert points["initial"] == first and points[str(scaled)]["median"] != first["median"]
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {"not.a.weight": torch.zeros(1)}}, foreign)
+    with pytest.raises(SystemExit, match="foreign.pt is not a checkpoint of this config's model"):
+        _run(grad_norms, built_cache, capsys, "--checkpoint", str(foreign))
