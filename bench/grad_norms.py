@@ -44,8 +44,6 @@ class _HeldStill:
 
 def gradient_norms(model, feed, batches, device, optim, count: int) -> list[float]:
     """The global L2 norm of the gradient of each of the first `count` batches of epoch 0, unclipped."""
-    import torch
-
     from mmsr.distributed import Dist
     from mmsr.train.step import train_step
 
