@@ -96,6 +96,22 @@ def test_side_min_items_drops_the_words_of_one_item_alone():
     assert table.tolist() == [[1, 0], [1, 2], [0, 0], [2, 1]]  # "Heat" keeps no word: a zero vector
 
 
+def test_side_tokens_recbole_splits_as_recbole_splits_a_token_seq_field():
+    """model.side_tokens=recbole: spaces alone and the case kept, so a title's "Birdcage," is a word of
+    its own; the category's ", " (the importers' list separator, RecBole's spaces) still separates."""
+    from mmsr.models.fdsa import field_tokens
+
+    titles = ["Birdcage, The", "The Birdcage", "Star Wars|Trek"]
+    _, vocabulary = field_tokens(titles, split="recbole", field="title")
+    assert vocabulary == ["<pad>", "Birdcage,", "The", "Birdcage", "Star", "Wars|Trek"]
+    _, vocabulary = field_tokens(titles)  # "words": lower-cased, split on the punctuation too
+    assert vocabulary == ["<pad>", "birdcage", "the", "star", "wars", "trek"]
+    table, vocabulary = field_tokens(["Animation, Children's, Comedy", " Film-Noir "], split="recbole",
+                                     field="category")
+    assert vocabulary == ["<pad>", "Animation", "Children's", "Comedy", "Film-Noir"]
+    assert table.tolist() == [[1, 2, 3], [4, 0, 0]]
+
+
 def test_fdsa_feature_attention_weighs_two_columns_and_passes_one_through():
     """model.fdsa_attention: each scorer gives one column weight 1 (the feature is the column), and with
     two columns the weights follow the scorer: tanh-linear's w . tanh(x) + b, RecBole's Linear-ReLU-Linear."""
@@ -202,6 +218,9 @@ REFUSED_SETTINGS = [
     (["model.kind=fdsa", "model.fdsa_attention=gated"],
      "model.fdsa_attention='gated' is not a feature attention; choose one of tanh-linear, mlp"),
     (["model.kind=idsr", "model.fdsa_attention=mlp"], "model.fdsa_attention='mlp' is ignored by model kind 'idsr'"),
+    (["model.kind=fdsa", "model.side_tokens=chars"],
+     "model.side_tokens='chars' is not a way to split a side feature into words; choose one of words, recbole"),
+    (["model.kind=idsr", "model.side_tokens=recbole"], "model.side_tokens='recbole' is ignored by model kind 'idsr'"),
     (["model.kind=fdsa", "model.fdsa_token_tables=wide"],
      "model.fdsa_token_tables='wide' is not a way to store the token tables; choose one of rescaled, direct"),
 ]

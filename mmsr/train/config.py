@@ -12,7 +12,7 @@ from typing import Literal
 from mmsr.config import build
 from mmsr.data.split import SplitConfig
 from mmsr.encoders.config import SLOTS, EncoderConfig
-from mmsr.models.fdsa import FEATURE_ATTENTIONS, TOKEN_TABLES
+from mmsr.models.fdsa import FEATURE_ATTENTIONS, SIDE_TOKENS, TOKEN_TABLES
 from mmsr.models.fusion import FUSIONS, POOLINGS
 from mmsr.models.scores import SCORES, LearnedCosine
 from mmsr.models.sequence import SEQUENCE_MODELS
@@ -59,6 +59,10 @@ class ModelConfig:
     # are dropped (an item left with none has a zero vector there). 1 keeps every word. A word
     # of one item alone is that item's own, like its ID: 2 keeps only the words items share.
     side_min_items: int = 1
+    # fdsa: how a side feature's text becomes words (mmsr.models.fdsa.SIDE_TOKENS): "words" (lower-cased,
+    # split on whitespace and | , ; >) or "recbole" (RecBole's split of a token_seq field: spaces alone,
+    # case kept, so "Birdcage, The" gives "Birdcage,"). MovieLens-100K's titles: 2,495 words against 2,652.
+    side_tokens: str = "words"
     # fdsa: one position table and one LayerNorm for both streams and the merged vector, as
     # RecBole's FDSA (mmsr.models.fdsa.FDSAUserTower); off: each stream its own.
     fdsa_shared: bool = False
@@ -213,6 +217,9 @@ class TrainConfig:
         if model.fdsa_token_tables not in TOKEN_TABLES:
             problems.append(f"model.fdsa_token_tables={model.fdsa_token_tables!r} is not a way to store the token "
                             "tables; choose one of " + ", ".join(TOKEN_TABLES))
+        if model.side_tokens not in SIDE_TOKENS:
+            problems.append(f"model.side_tokens={model.side_tokens!r} is not a way to split a side feature into "
+                            "words; choose one of " + ", ".join(SIDE_TOKENS))
         if model.side_min_items < 1:
             problems.append(f"model.side_min_items={model.side_min_items!r} counts the items a word must appear in "
                             "to be kept: it must be 1 or more (1 keeps every word)")
@@ -335,7 +342,8 @@ _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "hea
           "fusion_attention_dropout": ("fusion", "attention_dropout"),
           "sequence_layers": ("sequence", "layers"), "sequence_heads": ("sequence", "heads"),
           "side_features": ("kind", "side_features"), "fdsa_shared": ("kind", "fdsa_shared"),
-          "side_min_items": ("kind", "side_min_items"), "fdsa_attention": ("kind", "fdsa_attention"),
+          "side_min_items": ("kind", "side_min_items"), "side_tokens": ("kind", "side_tokens"),
+          "fdsa_attention": ("kind", "fdsa_attention"),
           "fdsa_token_tables": ("kind", "fdsa_token_tables"),
           "vq_codes": ("kind", "vq_codes"), "vq_bits": ("kind", "vq_bits"),
           "temperature": ("score", "temperature")}

@@ -111,8 +111,8 @@ def _morec(config: "TrainConfig", inputs: KindInputs):
     return _content_tower(config, encoders, "sum" if len(encoders) > 1 else "pool"), UserTower(_sequence(config))
 
 
-@MODEL_KINDS.register("fdsa", params=("side_features", "side_min_items", "fdsa_shared", "fdsa_attention",
-                                      "fdsa_token_tables"),
+@MODEL_KINDS.register("fdsa", params=("side_features", "side_min_items", "side_tokens", "fdsa_shared",
+                                      "fdsa_attention", "fdsa_token_tables"),
                       needs=("item_ids",),
                       help="FDSA (Zhang et al. 2019): an ID stream and a feature stream of self-attention")
 def _fdsa(config: "TrainConfig", inputs: KindInputs):
@@ -122,7 +122,8 @@ def _fdsa(config: "TrainConfig", inputs: KindInputs):
                         hint="build the model with build_model(..., item_field=dataset.item_field)")
     tokens = {}
     for name in m.side_features:
-        table, vocabulary = field_tokens(inputs.item_field(name), min_items=m.side_min_items)
+        table, vocabulary = field_tokens(inputs.item_field(name), min_items=m.side_min_items,
+                                         split=m.side_tokens, field=name)
         if len(vocabulary) == 1:
             rest = ", ".join(f"'{f}'" for f in m.side_features if f != name)
             found = "no item of this dataset has one" if m.side_min_items == 1 else \
