@@ -61,7 +61,8 @@ class ModelConfig:
     side_min_items: int = 1
     # fdsa: how a side feature's text becomes words (mmsr.models.fdsa.SIDE_TOKENS): "words" (lower-cased,
     # split on whitespace and | , ; >) or "recbole" (RecBole's split of a token_seq field: spaces alone,
-    # case kept, so "Birdcage, The" gives "Birdcage,"). MovieLens-100K's titles: 2,495 words against 2,652.
+    # case kept, so "Birdcage, The" gives "Birdcage,"). MovieLens-100K's titles: 2,495 words against 2,652;
+    # with the genres and the title, "recbole" was lower on validation (two seeds; docs/compare.md).
     side_tokens: str = "words"
     # fdsa: one position table and one LayerNorm for both streams and the merged vector, as
     # RecBole's FDSA (mmsr.models.fdsa.FDSAUserTower); off: each stream its own.
