@@ -82,6 +82,23 @@ def test_fdsa_title_words_are_a_feature_of_their_own(built_cache, small_demo):
     half = model.items.dim
     torch.testing.assert_close(after[:, :half], before[:, :half])
     assert not torch.allclose(after[:, half:], before[:, half:])
+    # model.side_tokens reaches each field's table, told which field it splits (the demo's titles split
+    # alike either way, so the fields are given here).
+    from mmsr.train.model import build_model
+
+    texts = {"title": ["Birdcage, The", "The Birdcage"], "category": ["Drama, Comedy", "Drama"]}
+
+    def fields(name: str) -> list[str]:
+        return [texts[name][i % 2] for i in range(dataset.num_items)]
+
+    for split, title_words in (("words", ["birdcage", "the"]), ("recbole", ["Birdcage,", "The", "Birdcage"])):
+        config = _config(built_cache + ["model.kind=fdsa", "encoders.text_model=", "encoders.vision_model=",
+                                        "model.side_features=['category', 'title']", f"model.side_tokens={split}"])
+        items = build_model(config, dataset.num_items, item_field=fields).items
+        for name in ("title", "category"):
+            assert torch.equal(items.tokens(name), field_tokens(fields(name), split=split, field=name)[0])
+        assert items.title_embedding.num_embeddings == 1 + len(title_words)
+        assert items.category_embedding.num_embeddings == 3  # <pad>, drama, comedy: the ", " separates
 
 
 def test_side_min_items_drops_the_words_of_one_item_alone():
