@@ -70,6 +70,7 @@ def main(argv=None) -> None:
     from mmsr.errors import MMSRError
     from mmsr.machine import cpu_model
     from mmsr.train.checkpoint import load_checkpoint
+    from mmsr.train.model import load_weights
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the run's config file (e.g. configs/baselines/movielens-fdsa.toml)")
@@ -89,10 +90,10 @@ def main(argv=None) -> None:
             state = load_checkpoint(path, hint="mmsr train writes RUN/checkpoints/best.pt and last.pt")
         except MMSRError as error:
             sys.exit(f"error: {error}")
-        try:
-            model.load_state_dict(state["model"])
-        except (KeyError, RuntimeError) as error:
-            sys.exit(f"error: {path} is not a checkpoint of this config's model ({str(error).splitlines()[0]}); "
+        try:  # as mmsr loads its runs: the frozen pretrained tensors are not in a checkpoint
+            load_weights(model, state.get("model", {}), where=path)
+        except MMSRError as error:
+            sys.exit(f"error: {path} is not a checkpoint of this config's model ({error.args[0]}); "
                      "pass the --set overrides the run was trained with")
         points[str(path)] = summary(gradient_norms(model, feed, batches, device, config.optim, args.batches), clip)
     print(json.dumps({"bench": "grad_norms", "cpu": cpu_model(), "config": args.config, "overrides": args.set,

@@ -150,6 +150,14 @@ def test_grad_norms_measures_unclipped_norms_without_moving_the_weights(built_ca
     torch.save({"model": model.state_dict()}, scaled)
     points = _run(grad_norms, built_cache, capsys, "--batches", "2", "--checkpoint", str(scaled))["points"]
     assert points["initial"] == first and points[str(scaled)]["median"] != first["median"]
+    # As `mmsr train` writes it: the trainable tensors only, the frozen pretrained ones left out.
+    from mmsr.train.model import trainable_state
+
+    trained = tmp_path / "trained.pt"
+    torch.save({"model": trainable_state(model)}, trained)
+    assert len(trainable_state(model)) < len(model.state_dict())  # this model has frozen tensors to leave out
+    points = _run(grad_norms, built_cache, capsys, "--batches", "2", "--checkpoint", str(trained))["points"]
+    assert points["initial"] == first and points[str(trained)]["median"] != first["median"]  # loaded, not refused
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {"not.a.weight": torch.zeros(1)}}, foreign)
