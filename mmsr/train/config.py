@@ -209,18 +209,10 @@ class TrainConfig:
             value = getattr(model, key)
             if value is not None and not 0.0 <= value < 1.0:
                 problems.append(f"model.{key}={value!r} is a probability of dropping a unit: it must be in [0, 1)")
-        if model.fusion_pooling not in POOLINGS:
-            problems.append(f"model.fusion_pooling={model.fusion_pooling!r} is not a pooling; choose one of "
-                            + ", ".join(POOLINGS))
-        if model.fdsa_attention not in FEATURE_ATTENTIONS:
-            problems.append(f"model.fdsa_attention={model.fdsa_attention!r} is not a feature attention; choose one of "
-                            + ", ".join(FEATURE_ATTENTIONS))
-        if model.fdsa_token_tables not in TOKEN_TABLES:
-            problems.append(f"model.fdsa_token_tables={model.fdsa_token_tables!r} is not a way to store the token "
-                            "tables; choose one of " + ", ".join(TOKEN_TABLES))
-        if model.side_tokens not in SIDE_TOKENS:
-            problems.append(f"model.side_tokens={model.side_tokens!r} is not a way to split a side feature into "
-                            "words; choose one of " + ", ".join(SIDE_TOKENS))
+        for key, (choices, what) in _NAMED_CHOICES.items():
+            value = getattr(model, key)
+            if value not in choices:
+                problems.append(f"model.{key}={value!r} is not {what}; choose one of " + ", ".join(choices))
         if model.side_min_items < 1:
             problems.append(f"model.side_min_items={model.side_min_items!r} counts the items a word must appear in "
                             "to be kept: it must be 1 or more (1 keeps every word)")
@@ -336,6 +328,13 @@ class TrainConfig:
                             + ")")
         return problems
 
+
+# model.KEY -> (the names it may take, what such a name is): settings that pick from a table of their
+# module rather than from a registry.
+_NAMED_CHOICES = {"fusion_pooling": (POOLINGS, "a pooling"),
+                  "fdsa_attention": (FEATURE_ATTENTIONS, "a feature attention"),
+                  "fdsa_token_tables": (TOKEN_TABLES, "a way to store the token tables"),
+                  "side_tokens": (SIDE_TOKENS, "a way to split a side feature into words")}
 
 # model.KEY -> (the component that reads it, the registry param it feeds)
 _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "heads"),
