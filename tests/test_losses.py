@@ -9,7 +9,8 @@ import torch
 from mmsr import config as config_lib
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
-from mmsr.train.losses import LOSSES, LossInputs, create_loss, loss_names
+from mmsr.train.batches import PAD, OwnItems
+from mmsr.train.losses import LOSSES, OWN_ITEMS, LossInputs, create_loss, loss_names
 from test_train import _fits_a_batch as fits_a_batch, assert_two_processes_train_as_one  # the trainer tests' helpers
 
 # Three items of four, 2-d vectors, two target positions.
@@ -84,6 +85,67 @@ def test_logq_correction_favours_rare_items_on_a_popularity_skewed_batch():
     assert push["inbatch"][0] == pytest.approx(math.exp(0.5) / (2 * math.exp(0.5) + 2 * math.exp(-0.25)))
 
 
+# One user trained on [5, 2, 7, 2, 9] (item 2 twice), one on [1, 3]; rows as TrainBatches cuts them
+# (inputs [:-1], targets [1:], left-padded to 4), `at` where each target sits in its user's sequence.
+_NO = torch.iinfo(torch.int64).max
+OWN = OwnItems(items=torch.tensor([[2, 5, 7, 9], [1, 3, _NO, _NO]]), last=torch.tensor([[3, 0, 2, 4], [0, 1, -1, -1]]),
+               at=torch.tensor([[1, 2, 3, 4], [PAD, PAD, PAD, 1]]))
+OWN_MASK = torch.tensor([[True, True, True, True], [False, False, False, True]])
+OWN_TARGETS = torch.tensor([2, 7, 2, 9, 3])
+OWN_CANDIDATES = torch.tensor([1, 2, 3, 5, 7, 9])
+TAKEN_OUT = {  # per target position, worked out by hand
+    "later-masked": [{7, 9}, {2, 9}, {9}, set(), set()],  # what the user trains on after the position
+    "all-masked": [{5, 7, 9}, {2, 5, 9}, {5, 7, 9}, {2, 5, 7}, {1}],  # all of the user's items
+}
+
+
+@pytest.mark.parametrize("mode", sorted(TAKEN_OUT))
+def test_own_items_taken_out_of_each_positions_candidates(mode):
+    out = OWN.taken_out(mode, OWN_CANDIDATES, OWN_MASK, OWN_TARGETS)
+    got = [set(OWN_CANDIDATES[row].tolist()) for row in out]
+    assert got == TAKEN_OUT[mode]
+
+
+@pytest.mark.parametrize("name", [n for n in loss_names() if "own_items" in LOSSES.params(n)])
+def test_a_later_item_is_no_candidate_of_the_softmax_losses(name):
+    """Position 0 (target 1) belongs to a user who trains on item 2 after it: item 2 leaves its
+    softmax; position 1's user has nothing later, so its candidates stay whole."""
+    shift = _log_q if name == "inbatch-logq" else (lambda item: 0.0)
+    candidates = range(len(TABLE)) if name == "softmax" else BATCH_ITEMS
+    loss = create_loss(name, train_counts=np.array(COUNTS), own_items="later-masked")
+    own = OwnItems(items=torch.tensor([[1, 2], [0, _NO]]), last=torch.tensor([[0, 1], [0, -1]]),
+                   at=torch.tensor([[0], [0]]))
+    inputs = _inputs()
+    inputs.own, inputs.positions = own, torch.tensor([[True], [True]])
+    expected = (_softmax_ce(USERS[0], 1, [c for c in candidates if c != 2], shift)
+                + _softmax_ce(USERS[1], 0, candidates, shift))
+    assert float(loss(inputs)) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(MMSRError, match="does not carry"):  # a batch built without them
+        loss(_inputs())
+
+
+def test_batches_carry_each_rows_own_items_where_the_loss_takes_them_out(small_demo):
+    from mmsr.data.dataset import load_dataset
+    from mmsr.data.split import split_dataset
+    from mmsr.train.batches import TrainBatches
+
+    split = split_dataset(load_dataset(small_demo))
+    overrides = [f"dataset={small_demo}", "optim.loss=mixed", "optim.windows=all", "split.max_seq_len=6"]
+    batches = TrainBatches.for_config(split, _config(overrides + ["optim.own_items=later-masked"]))
+    batch = batches.batch(0, 1)
+    users = batches.users_of(batches.order(0)[batches.batch_size:2 * batches.batch_size])
+    for row, user in enumerate(users):
+        sequence = split.train_sequence(user)
+        distinct = np.unique(sequence)
+        assert batch.own.items[row, :len(distinct)].tolist() == distinct.tolist()
+        last = batch.own.last[row, :len(distinct)].numpy()
+        assert all(sequence[at] == item and item not in sequence[at + 1:] for item, at in zip(distinct, last))
+        mask = batch.mask[row]
+        assert sequence[batch.own.at[row, mask].numpy()].tolist() == batch.targets[row, mask].tolist()
+    plain = TrainBatches.for_config(split, _config(overrides)).batch(0, 1)
+    assert plain.own is None and torch.equal(plain.targets, batch.targets)
+
+
 def test_logq_smoothing_keeps_unseen_items_finite():
     loss = create_loss("inbatch-logq", train_counts=np.array([5, 0, 0]))
     assert torch.isfinite(loss.log_q).all() and loss.log_q[1] == loss.log_q[2] < loss.log_q[0]
@@ -106,6 +168,13 @@ def _fits_a_batch(overrides, steps=15):
 def test_every_loss_trains_an_id_model(tiny_overrides, name):
     losses = _fits_a_batch(tiny_overrides + ["model.kind=idsr", f"optim.loss={name}"])
     assert losses[-1] < 0.95 * losses[0], (name, losses)
+
+
+@pytest.mark.parametrize("mode", [m for m in OWN_ITEMS if m != "negatives"])
+def test_a_softmax_loss_without_the_users_own_items_trains(tiny_overrides, mode):
+    losses = _fits_a_batch(tiny_overrides + ["model.kind=idsr", "optim.loss=mixed", "optim.windows=all",
+                                             f"optim.own_items={mode}"])
+    assert losses[-1] < 0.95 * losses[0], (mode, losses)
 
 
 def test_every_loss_but_full_softmax_trains_a_content_model(tiny_overrides):
@@ -150,11 +219,12 @@ def test_two_process_in_batch_losses_match_one_process(small_demo, mmsr_home):
     """The candidates are the global batch's, gathered across processes: 2 processes = 1.
 
     `mixed` is `inbatch` (the same `InBatch.forward` and `global_candidates` gather) plus the
-    uniform items of the global batch, which each process must draw alike: one torchrun launch
-    covers both (each launch costs tens of seconds of the suite)."""
+    uniform items of the global batch, which each process must draw alike, and here without the
+    users' later items, which each process takes out of its own rows' candidates: one torchrun
+    launch covers all three (each launch costs tens of seconds of the suite)."""
     overrides = [f"dataset={small_demo}", "model.kind=idsr", "model.dim=16", "optim.epochs=1", "optim.batch_size=32",
                  "model.dropout=0.0", "split.sample_users=96", "eval_every=5", "optim.loss=mixed",
-                 "optim.mixed_negatives=7"]
+                 "optim.mixed_negatives=7", "optim.own_items=later-masked"]
     assert_two_processes_train_as_one(overrides, mmsr_home)
 
 
@@ -181,6 +251,10 @@ def test_an_unknown_loss_lists_the_known_ones():
                                                     "--set optim.loss=mixed"]),
     (["optim.loss=inbatch-logq", "optim.negatives=any"], ["optim.negatives='any'", "optim.loss=bce or bpr"]),
     (["optim.loss=mixed", "optim.mixed_negatives=0"], ["optim.mixed_negatives=0 must be at least 1"]),
+    (["optim.loss=bce", "optim.own_items=later-masked"], ["optim.own_items='later-masked' is ignored",
+                                                          "optim.negatives", "--set optim.loss=inbatch"]),
+    (["optim.loss=mixed", "optim.own_items=future"], ["optim.own_items='future' is not known",
+                                                      ", ".join(OWN_ITEMS)]),
 ])
 def test_a_loss_setting_that_cannot_work_is_refused(overrides, expected):
     message = _error(overrides)
@@ -193,6 +267,8 @@ def test_a_loss_setting_that_cannot_work_is_refused(overrides, expected):
     ["optim.loss=bpr", "optim.negatives=any"],
     ["optim.loss=mixed", "optim.mixed_negatives=8"],
     ["optim.loss=inbatch-logq"],
+    ["optim.loss=mixed", "optim.own_items=later-masked"],
+    ["optim.loss=softmax", "model.kind=idsr", "optim.own_items=all-masked"],
 ])
 def test_a_loss_setting_that_is_read_loads(overrides):
     _config(overrides)

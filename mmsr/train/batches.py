@@ -10,7 +10,9 @@ item is still a target once, with at least `max_seq_len - stride` items before i
 (a non-overlapping window's first targets see almost no history). In a row, inputs are
 items[:-1] and targets items[1:], left-padded to `max_seq_len`. Negatives are drawn uniformly
 from items outside the user's training history. For the `mixed` loss a global batch also
-carries `mixed_negatives` items drawn uniformly from the whole catalogue. All randomness comes
+carries `mixed_negatives` items drawn uniformly from the whole catalogue, and for
+`optim.own_items` other than "negatives" each row carries its user's training items (`OwnItems`).
+All randomness comes
 from generators seeded by (seed, epoch) and (seed, epoch, step), so an interrupted epoch
 replays exactly and every process of a distributed run draws the same global batch.
 """
@@ -38,20 +40,26 @@ class Batch:
     # [M] items drawn uniformly for the whole global batch (the `mixed` loss's extra
     # candidates); they belong to no row.
     uniform: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    # Each row's user's training items, for the softmax losses' `optim.own_items`; None when
+    # the loss does not take them out.
+    own: "OwnItems | None" = None
 
     def to(self, device) -> "Batch":
         return Batch(*(t.to(device, non_blocking=True)
-                       for t in (self.inputs, self.targets, self.negatives, self.mask, self.uniform)))
+                       for t in (self.inputs, self.targets, self.negatives, self.mask, self.uniform)),
+                     own=None if self.own is None else self.own.to(device))
 
     def rows(self, index: slice | np.ndarray) -> "Batch":
         """Some rows, with all the uniform items."""
-        return Batch(self.inputs[index], self.targets[index], self.negatives[index], self.mask[index], self.uniform)
+        return Batch(self.inputs[index], self.targets[index], self.negatives[index], self.mask[index], self.uniform,
+                     own=None if self.own is None else self.own.rows(index))
 
     def shard(self, rank: int, world: int) -> "Batch":
         """One process's share of a global batch: every world-th row, and every world-th uniform
         item (the in-batch losses gather the candidates back, so each is encoded once)."""
         part = slice(rank, None, world)
-        return Batch(self.inputs[part], self.targets[part], self.negatives[part], self.mask[part], self.uniform[part])
+        return Batch(self.inputs[part], self.targets[part], self.negatives[part], self.mask[part], self.uniform[part],
+                     own=None if self.own is None else self.own.rows(part))
 
     def distinct_items(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(every item id of the batch once, sorted, uniform items included; [3, B, L]
@@ -65,9 +73,49 @@ class Batch:
         return unique, rows.view(3, *self.inputs.shape)
 
 
+_NO_ITEM = torch.iinfo(torch.int64).max  # pads OwnItems.items: sorts last, equals no item id
+
+
+@dataclass
+class OwnItems:
+    """Each row's user's training items, so a softmax loss can take them out of that row's
+    candidates (`optim.own_items`). `items` [B, S]: the distinct items, sorted, padded with
+    _NO_ITEM; `last` [B, S]: where each occurs last in the user's training sequence; `at` [B, L]:
+    where each target position's target sits in it (PAD where none)."""
+
+    items: torch.Tensor
+    last: torch.Tensor
+    at: torch.Tensor
+
+    def to(self, device) -> "OwnItems":
+        return OwnItems(*(t.to(device, non_blocking=True) for t in (self.items, self.last, self.at)))
+
+    def rows(self, index) -> "OwnItems":
+        return OwnItems(self.items[index], self.last[index], self.at[index])
+
+    def taken_out(self, mode: str, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[N, C]: which of the candidates `ids` (sorted) each target position of `mask` loses:
+        "later-masked" the items its user goes on to train on after that position, "all-masked"
+        every item its user trains on. Never the position's own target."""
+        rows = mask.nonzero(as_tuple=True)[0]
+        if self.items.shape[1] == 0:
+            return torch.zeros(len(rows), len(ids), dtype=torch.bool, device=ids.device)
+        candidates = ids.expand(len(self.items), -1).contiguous()
+        at = torch.searchsorted(self.items, candidates).clamp_max(self.items.shape[1] - 1)
+        owned = self.items.gather(1, at) == candidates  # [B, C]
+        if mode == "later-masked":
+            last = torch.where(owned, self.last.gather(1, at), -1)
+            out = last[rows] > self.at[mask][:, None]
+        elif mode == "all-masked":
+            out = owned[rows]
+        else:
+            raise ValueError(f"unknown own_items mode {mode!r}")
+        return out & (ids[None, :] != targets[:, None])
+
+
 class TrainBatches:
     def __init__(self, split: Split, batch_size: int, seed: int, negatives: str = "unseen", windows: str = "last",
-                 uniform_items: int = 0, stride: int = 0):
+                 uniform_items: int = 0, stride: int = 0, own_items: bool = False):
         if negatives not in NEGATIVE_MODES:
             raise ValueError(f"negatives must be one of {NEGATIVE_MODES}")
         if windows not in WINDOW_MODES:
@@ -75,6 +123,7 @@ class TrainBatches:
         if uniform_items < 0:
             raise ValueError("uniform_items must be non-negative")
         self.negatives = negatives
+        self.own_items = own_items
         self.uniform_items = uniform_items
         self.split = split
         self.batch_size = batch_size
@@ -93,6 +142,7 @@ class TrainBatches:
         # them), kept once computed: a user's rows recur in every epoch, and recomputing it was
         # 7% of an MMSR-T epoch on MovieLens-100K.
         self._seen: dict[int, np.ndarray] = {}
+        self._owned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def for_config(cls, split: Split, config) -> "TrainBatches":
@@ -101,7 +151,7 @@ class TrainBatches:
 
         o = config.optim
         return cls(split, o.batch_size, config.seed, o.negatives, o.windows, uniform_items=uniform_items(o),
-                   stride=o.window_stride)
+                   stride=o.window_stride, own_items=o.own_items != "negatives")
 
     def __len__(self) -> int:
         return -(-len(self.row_users) // self.batch_size)
@@ -134,7 +184,29 @@ class TrainBatches:
         uniform = np.random.default_rng([self.seed, epoch, step, 2]).integers(
             self.split.num_items, size=self.uniform_items)
         return Batch(torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(negatives),
-                     torch.from_numpy(mask), torch.from_numpy(uniform.astype(np.int64)))
+                     torch.from_numpy(mask), torch.from_numpy(uniform.astype(np.int64)),
+                     own=self._own_items(users, ends, mask) if self.own_items else None)
+
+    def _own_items(self, users: np.ndarray, ends: np.ndarray, mask: np.ndarray) -> OwnItems:
+        owned = [self._owned_by(user) for user in users]
+        width = max((len(items) for items, _ in owned), default=0)
+        items = np.full((len(users), width), _NO_ITEM, dtype=np.int64)
+        last = np.full((len(users), width), -1, dtype=np.int64)
+        at = np.full(mask.shape, PAD, dtype=np.int64)
+        for row, ((distinct, where), end) in enumerate(zip(owned, ends)):
+            items[row, :len(distinct)], last[row, :len(distinct)] = distinct, where
+            kept = int(mask[row].sum())  # the row's targets are the sequence's items end - kept .. end - 1
+            at[row, self.max_len - kept:] = np.arange(end - kept, end)
+        return OwnItems(torch.from_numpy(items), torch.from_numpy(last), torch.from_numpy(at))
+
+    def _owned_by(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the user's distinct training items, sorted; where each occurs last in the sequence)."""
+        owned = self._owned.get(user)
+        if owned is None:
+            sequence = self.split.train_sequence(user)
+            distinct, first_from_end = np.unique(sequence[::-1], return_index=True)
+            owned = self._owned[user] = (distinct, len(sequence) - 1 - first_from_end)
+        return owned
 
     def _negatives(self, user: int, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One negative per target: "unseen" avoids the user's whole training history (the

@@ -17,7 +17,7 @@ from mmsr.models.fusion import FUSIONS, POOLINGS
 from mmsr.models.scores import SCORES, LearnedCosine
 from mmsr.models.sequence import SEQUENCE_MODELS
 from mmsr.train.kinds import MODEL_KINDS, TABLE_KINDS
-from mmsr.train.losses import LOSSES
+from mmsr.train.losses import LOSSES, OWN_ITEMS
 
 AUTO_FUSION = "auto"
 
@@ -113,6 +113,11 @@ class OptimConfig:
     negatives: Literal["unseen", "any"] = "unseen"
     # mixed: items drawn uniformly from the catalogue per global batch, added to its candidates.
     mixed_negatives: int = 256
+    # The softmax losses (inbatch*, mixed, softmax): what becomes of the user's own training items
+    # among a position's candidates, a name of mmsr.train.losses.OWN_ITEMS: "negatives" (as every
+    # paper's softmax), "later-masked" (the items the user trains on after the position are no
+    # candidates) or "all-masked" (none of the user's training items is).
+    own_items: str = "negatives"
     # Training rows per user and epoch: "last" = the last max_seq_len + 1 items of the training
     # part (the reference code); "all" = the whole training part in windows of that length.
     windows: Literal["last", "all"] = "last"
@@ -308,12 +313,15 @@ class TrainConfig:
         if optim.loss not in LOSSES:
             return [f"optim.loss={optim.loss!r} is not a known loss; choose one of " + ", ".join(LOSSES.names())]
         reason = {"negatives": "it does not pair each position with a sampled negative",
-                  "mixed_negatives": "it adds no uniformly drawn items to the batch"}
+                  "mixed_negatives": "it adds no uniformly drawn items to the batch",
+                  "own_items": "its one sampled negative is kept out of the user's history by optim.negatives"}
         for key, why in reason.items():
             value = getattr(optim, key)
             if key not in LOSSES.params(optim.loss) and value != _default(OptimConfig, key):
                 problems.append(f"optim.{key}={value!r} is ignored by optim.loss={optim.loss!r} ({why}); remove "
                                 "it, or use --set optim.loss=" + " or ".join(LOSSES.taking(key)))
+        if optim.own_items not in OWN_ITEMS:
+            problems.append(f"optim.own_items={optim.own_items!r} is not known; choose one of " + ", ".join(OWN_ITEMS))
         if "mixed_negatives" in LOSSES.params(optim.loss) and optim.mixed_negatives < 1:
             problems.append(f"optim.mixed_negatives={optim.mixed_negatives} must be at least 1 for "
                             f"optim.loss={optim.loss!r}; or use --set optim.loss=inbatch")

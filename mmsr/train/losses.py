@@ -13,6 +13,7 @@ item vectors by inner product, as the evaluation does. Two families:
   per-position negatives and, for `mixed`, extra uniformly drawn items). Under DDP each
   process encodes its own items and the candidates are gathered across processes, so a
   2-process run sees the same candidates as one process. `softmax` scores every item.
+  `optim.own_items` says what becomes of the user's own training items among them (OWN_ITEMS).
 
 An entry's `params` are the `optim.*` settings it reads; its `needs`:
   negative     the per-position sampled negative;
@@ -34,9 +35,18 @@ from torch import nn
 
 from mmsr.errors import MMSRError
 from mmsr.registry import Registry
-from mmsr.train.batches import PAD
+from mmsr.train.batches import PAD, OwnItems
 
 LOSSES: Registry[nn.Module] = Registry("loss")
+
+# optim.own_items: what a softmax loss does with the user's own training items among a target
+# position's candidates (never the target itself).
+OWN_ITEMS = {
+    "negatives": "every candidate but the target is a negative, the user's own items too (RecBole's CE, the papers')",
+    "later-masked": "the items the user goes on to train on after the position are no candidates: they are "
+                    "positives further on, not negatives",
+    "all-masked": "none of the user's training items is a candidate, as the paper's protocol ranks none of them",
+}
 
 
 @dataclass
@@ -53,6 +63,10 @@ class LossInputs:
     # A candidate-dependent scorer (CARCA++): vectors [N, D] -> scores [N] of each position's own
     # candidate. None: the inner product with `users`.
     pair_scores: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # The rows' users' training items and the [B, L] target positions the N rows above come from
+    # (`optim.own_items`); None when the batch carries no OwnItems.
+    own: OwnItems | None = None
+    positions: torch.Tensor | None = None
 
     def pairs(self, vectors: torch.Tensor) -> torch.Tensor:
         """Each target position's score of its own candidate (its target or its negative)."""
@@ -60,9 +74,19 @@ class LossInputs:
             return self.pair_scores(vectors).float()
         return (self.users * vectors).sum(-1).float()
 
+    def without_own(self, logits: torch.Tensor, ids: torch.Tensor, own_items: str) -> torch.Tensor:
+        """`logits` [N, C] over the candidates `ids` (sorted), with the candidates `own_items`
+        takes out at -inf: they get neither probability nor gradient."""
+        if own_items == "negatives":
+            return logits
+        if self.own is None or self.positions is None:
+            raise MMSRError(f"optim.own_items={own_items!r} needs each row's training items, which this batch "
+                            "does not carry", hint="build the batches with TrainBatches.for_config(split, config)")
+        return logits.masked_fill(self.own.taken_out(own_items, ids, self.positions, self.targets), float("-inf"))
 
-def create_loss(name: str, *, train_counts: np.ndarray | None = None) -> nn.Module:
-    return LOSSES.create(name, train_counts=train_counts)
+
+def create_loss(name: str, *, train_counts: np.ndarray | None = None, own_items: str = "negatives") -> nn.Module:
+    return LOSSES.create(name, train_counts=train_counts, own_items=own_items)
 
 
 def loss_names() -> list[str]:
@@ -118,15 +142,16 @@ class InBatch(nn.Module):
     (`adjust`) or, for `mixed`, what `TrainBatches` puts in the batch.
     """
 
-    def __init__(self, **_):
+    def __init__(self, own_items: str = "negatives", **_):
         super().__init__()
+        self.own_items = own_items
 
     def adjust(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return logits
 
     def forward(self, x: LossInputs) -> torch.Tensor:
         ids, vectors = global_candidates(x.item_ids, x.item_vectors)
-        logits = self.adjust((x.users @ vectors.T).float(), ids)
+        logits = x.without_own(self.adjust((x.users @ vectors.T).float(), ids), ids, self.own_items)
         return F.cross_entropy(logits, torch.searchsorted(ids, x.targets), reduction="sum")
 
 
@@ -144,8 +169,8 @@ class InBatchLogQ(InBatch):
     target, and only once per batch.
     """
 
-    def __init__(self, train_counts: np.ndarray | None = None, **_):
-        super().__init__()
+    def __init__(self, train_counts: np.ndarray | None = None, own_items: str = "negatives", **_):
+        super().__init__(own_items)
         self.has_counts = train_counts is not None
         if train_counts is not None:
             counts = torch.as_tensor(np.asarray(train_counts), dtype=torch.float64)
@@ -189,11 +214,14 @@ class FullSoftmax(nn.Module):
     would have to run every item through its item tower at every step, so the config refuses it.
     """
 
-    def __init__(self, **_):
+    def __init__(self, own_items: str = "negatives", **_):
         super().__init__()
+        self.own_items = own_items
 
     def forward(self, x: LossInputs) -> torch.Tensor:
-        logits = (x.users @ x.all_items().T).float()
+        table = x.all_items()
+        ids = torch.arange(len(table), device=table.device)
+        logits = x.without_own((x.users @ table.T).float(), ids, self.own_items)
         return F.cross_entropy(logits, x.targets, reduction="sum")
 
 
@@ -202,13 +230,13 @@ LOSSES.register("bce", params=("negatives",), needs=("negative",),
 LOSSES.register("bpr", params=("negatives",), needs=("negative",),
                 help="-log σ(pos - neg), one sampled negative per position (RecBole's SASRec default)")(
     lambda **_: BPR())
-LOSSES.register("inbatch", needs=("batch",),
+LOSSES.register("inbatch", params=("own_items",), needs=("batch",),
                 help="softmax cross-entropy over the global batch's distinct items")(InBatch)
-LOSSES.register("inbatch-logq", needs=("batch", "popularity"),
+LOSSES.register("inbatch-logq", params=("own_items",), needs=("batch", "popularity"),
                 help="in-batch softmax with the logQ popularity correction (Yi et al. 2019)")(InBatchLogQ)
-LOSSES.register("mixed", params=("mixed_negatives",), needs=("batch",),
+LOSSES.register("mixed", params=("mixed_negatives", "own_items"), needs=("batch",),
                 help="in-batch softmax plus uniformly drawn items (Yang et al. 2020)")(Mixed)
-LOSSES.register("softmax", needs=("item_table",),
+LOSSES.register("softmax", params=("own_items",), needs=("item_table",),
                 help="full softmax cross-entropy over every item (RecBole's CE); table kinds only")(FullSoftmax)
 
 

@@ -28,13 +28,13 @@ from mmsr.train.losses import LossInputs, create_loss
 
 class Recommender(nn.Module):
     def __init__(self, items: nn.Module, user: nn.Module, loss: str = "bce", train_counts: np.ndarray | None = None,
-                 scorer: nn.Module | None = None, score: Score | None = None):
+                 scorer: nn.Module | None = None, score: Score | None = None, own_items: str = "negatives"):
         super().__init__()
         self.items = items
         self.user = user
         self.scorer = scorer  # None: inner product (FAISS); else candidate-dependent (CARCA++)
         self.score = score if score is not None else create_score("dot")
-        self.loss = create_loss(loss, train_counts=train_counts)
+        self.loss = create_loss(loss, train_counts=train_counts, own_items=own_items)
 
     @property
     def item_inputs(self) -> str:
@@ -96,7 +96,8 @@ class Recommender(nn.Module):
                                     target_vectors=scored[targets_row[mask]],
                                     negative_vectors=scored[negatives_row[mask]], item_ids=ids,
                                     item_vectors=scored, all_items=self.all_item_vectors,
-                                    pair_scores=self._pair_scorer(users, in_mask, mask)))
+                                    pair_scores=self._pair_scorer(users, in_mask, mask),
+                                    own=batch.own, positions=mask))
         return loss, mask.sum()
 
     def _pair_scorer(self, users: torch.Tensor, in_mask: torch.Tensor, mask: torch.Tensor):
@@ -125,7 +126,8 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     """
     items, user, scorer = build_towers(config, KindInputs(num_items, encoders, item_field))
     return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts, scorer=scorer,
-                       score=create_score(config.model.score, temperature=config.model.temperature))
+                       score=create_score(config.model.score, temperature=config.model.temperature),
+                       own_items=config.optim.own_items)
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:
