@@ -7,9 +7,10 @@ Only the loss changes between rows (`--set optim.loss=NAME`); everything else is
   demo     configs/demo-cpu.toml: IDSR (`model.kind=idsr`) and MMSR (MiniLM + DINOv2-S, gate);
   ml-100k  configs/movielens-idsr.toml and configs/movielens-mmsrt.toml (text only: MovieLens
            has no pictures), RecBole's split and selection protocol.
-Losses that do not use the per-position sampled negative run with `optim.negatives=unseen`
-(the default), because the profiles' `negatives="any"` is a BCE/BPR setting. A combination the
-config refuses (full softmax for a content model) is reported with its error, not skipped.
+A loss runs with the default of every loss setting it does not read (`loss_overrides`): the
+profiles' `negatives="any"` is a BCE/BPR setting, and IDSR's `own_items` one of the softmax
+losses. A combination the config refuses (full softmax for a content model) is reported with
+its error, not skipped.
 
 Each run is evaluated on test, cold (the paper's: targets seen < 10 times in training) and new
 (test targets never seen in training), under the paper's protocol (history masked); MovieLens
@@ -43,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from movielens import MMSR, find_source, sh, train_and_evaluate  # noqa: E402  (bench/, next to this file)
 
 LOSSES = ("bce", "bpr", "inbatch", "inbatch-logq", "mixed", "softmax")
-SAMPLED_NEGATIVE_LOSSES = ("bce", "bpr")
+# Loss settings a profile may set for its own loss; another loss that does not read one of them
+# runs with its default rather than be refused for it.
+PROFILE_LOSS_SETTINGS = ("negatives", "own_items")
 PROFILES = {
     "demo": {"idsr": ("configs/demo-cpu.toml", ["model.kind=idsr"]), "content": ("configs/demo-cpu.toml", [])},
     "ml-100k": {"idsr": ("configs/movielens-idsr.toml", []), "content": ("configs/movielens-mmsrt.toml", [])},
@@ -63,16 +66,25 @@ def prepare(dataset: str, env: dict, home: Path, source: str | None, log) -> dic
     return json.loads(info.strip().splitlines()[-1])
 
 
-def run_one(dataset: str, model: str, loss: str, sets: list[str], env: dict, home: Path, log,
-            seed: int | None = None, resume: bool = False) -> dict:
+def loss_overrides(dataset: str, model: str, loss: str, sets: list[str], seed: int | None = None) -> tuple[str, list[str]]:
+    """(the profile's config, the overrides of one row): the profile's, the loss, the --sets, the
+    defaults of the profile's loss settings this loss does not read, and the seed."""
+    from mmsr.train.config import OptimConfig
+    from mmsr.train.losses import LOSSES as REGISTRY
+
     config, profile_sets = PROFILES[dataset][model]
     overrides = profile_sets + [f"optim.loss={loss}"] + list(sets)
-    if loss not in SAMPLED_NEGATIVE_LOSSES:
-        overrides.append("optim.negatives=unseen")
-    run = f"bench-losses-{dataset}-{model}-{loss}"
+    overrides += [f"optim.{key}={getattr(OptimConfig, key)}" for key in PROFILE_LOSS_SETTINGS
+                  if key not in REGISTRY.params(loss)]
     if seed is not None:  # after the --sets, so that it wins over a seed=... among them
         overrides.append(f"seed={seed}")
-        run += f"-seed{seed}"
+    return config, overrides
+
+
+def run_one(dataset: str, model: str, loss: str, sets: list[str], env: dict, home: Path, log,
+            seed: int | None = None, resume: bool = False) -> dict:
+    config, overrides = loss_overrides(dataset, model, loss, sets, seed)
+    run = f"bench-losses-{dataset}-{model}-{loss}" + (f"-seed{seed}" if seed is not None else "")
     if model == "content":  # reuses a finished cache: only the first loss builds it
         # A --set of the encoders (encoders.text_top_blocks=1: one block fewer cached) asks for
         # another cache than the profile's; the rest of the run's --set leave it as it is.
