@@ -10,11 +10,11 @@ item is still a target once, with at least `max_seq_len - stride` items before i
 (a non-overlapping window's first targets see almost no history). In a row, inputs are
 items[:-1] and targets items[1:], left-padded to `max_seq_len`. Negatives are drawn uniformly
 from items outside the user's training history. For the `mixed` loss a global batch also
-carries `mixed_negatives` items drawn uniformly from the whole catalogue, and for
-`optim.own_items` other than "negatives" each row carries its user's training items (`OwnItems`).
-All randomness comes
-from generators seeded by (seed, epoch) and (seed, epoch, step), so an interrupted epoch
-replays exactly and every process of a distributed run draws the same global batch.
+carries `mixed_negatives` items drawn uniformly from the whole catalogue, and for an
+`optim.own_items` other than "negatives" each row carries its user's training items
+(`OwnItems`). All randomness comes from generators seeded by (seed, epoch) and (seed, epoch,
+step), so an interrupted epoch replays exactly and every process of a distributed run draws the
+same global batch.
 """
 
 from __future__ import annotations
