@@ -75,6 +75,15 @@ class Batch:
 
 _NO_ITEM = torch.iinfo(torch.int64).max  # pads OwnItems.items: sorts last, equals no item id
 
+# optim.own_items -> which candidates a target position loses, from (which candidates its user
+# trains on [N, C], where each occurs last in the user's sequence [N, C], where the position's
+# target sits [N, 1]); None: the loss keeps them all as negatives (every paper's softmax).
+OWN_ITEMS = {
+    "negatives": None,
+    "later-masked": lambda owned, last, at: last > at,  # positives further on, not negatives
+    "all-masked": lambda owned, last, at: owned,  # as the paper's protocol ranks none of them
+}
+
 
 @dataclass
 class OwnItems:
@@ -94,22 +103,16 @@ class OwnItems:
         return OwnItems(self.items[index], self.last[index], self.at[index])
 
     def taken_out(self, mode: str, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """[N, C]: which of the candidates `ids` (sorted) each target position of `mask` loses:
-        "later-masked" the items its user goes on to train on after that position, "all-masked"
-        every item its user trains on. Never the position's own target."""
+        """[N, C]: which of the candidates `ids` (sorted) each target position of `mask` loses by
+        the rule OWN_ITEMS[mode]. Never the position's own target."""
         rows = mask.nonzero(as_tuple=True)[0]
         if self.items.shape[1] == 0:
             return torch.zeros(len(rows), len(ids), dtype=torch.bool, device=ids.device)
         candidates = ids.expand(len(self.items), -1).contiguous()
         at = torch.searchsorted(self.items, candidates).clamp_max(self.items.shape[1] - 1)
         owned = self.items.gather(1, at) == candidates  # [B, C]
-        if mode == "later-masked":
-            last = torch.where(owned, self.last.gather(1, at), -1)
-            out = last[rows] > self.at[mask][:, None]
-        elif mode == "all-masked":
-            out = owned[rows]
-        else:
-            raise ValueError(f"unknown own_items mode {mode!r}")
+        last = torch.where(owned, self.last.gather(1, at), -1)
+        out = OWN_ITEMS[mode](owned[rows], last[rows], self.at[mask][:, None])
         return out & (ids[None, :] != targets[:, None])
 
 
@@ -138,10 +141,10 @@ class TrainBatches:
         ends = [[n] if windows == "last" else list(range(n, 1, -self.stride)) for n in lengths[users]]
         self.row_users = np.repeat(users, [len(e) for e in ends]).astype(np.int64)
         self.row_ends = np.asarray([end for row in ends for end in row], dtype=np.int64)
-        # user -> the sorted distinct items of their training sequence ("unseen" negatives avoid
-        # them), kept once computed: a user's rows recur in every epoch, and recomputing it was
-        # 7% of an MMSR-T epoch on MovieLens-100K.
-        self._seen: dict[int, np.ndarray] = {}
+        # user -> (the sorted distinct items of their training sequence, where each occurs last):
+        # "unseen" negatives avoid them, `optim.own_items` takes them out of the candidates. Kept
+        # once computed: a user's rows recur in every epoch, and recomputing the items was 7% of an
+        # MMSR-T epoch on MovieLens-100K.
         self._owned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
@@ -151,7 +154,7 @@ class TrainBatches:
 
         o = config.optim
         return cls(split, o.batch_size, config.seed, o.negatives, o.windows, uniform_items=uniform_items(o),
-                   stride=o.window_stride, own_items=o.own_items != "negatives")
+                   stride=o.window_stride, own_items=OWN_ITEMS.get(o.own_items) is not None)
 
     def __len__(self) -> int:
         return -(-len(self.row_users) // self.batch_size)
@@ -211,7 +214,7 @@ class TrainBatches:
     def _negatives(self, user: int, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One negative per target: "unseen" avoids the user's whole training history (the
         paper's rule); "any" avoids only that position's target (RecBole's rule)."""
-        exclude = self._seen_items(user) if self.negatives == "unseen" else None
+        exclude = self._owned_by(user)[0] if self.negatives == "unseen" else None
         out = rng.integers(self.split.num_items, size=len(targets))
         if self.split.num_items - (len(exclude) if exclude is not None else 1) < 1:
             return out  # nothing left to draw from: keep the draw rather than loop forever
@@ -229,12 +232,6 @@ class TrainBatches:
             out[rows] = rng.integers(self.split.num_items, size=len(rows))
             rows = rows[forbidden(rows)]
         return out
-
-    def _seen_items(self, user: int) -> np.ndarray:
-        seen = self._seen.get(user)
-        if seen is None:
-            seen = self._seen[user] = np.unique(self.split.train_sequence(user))
-        return seen
 
 
 def left_pad(sequences: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,7 +114,7 @@ class OptimConfig:
     # mixed: items drawn uniformly from the catalogue per global batch, added to its candidates.
     mixed_negatives: int = 256
     # The softmax losses (inbatch*, mixed, softmax): what becomes of the user's own training items
-    # among a position's candidates, a name of mmsr.train.losses.OWN_ITEMS: "negatives" (as every
+    # among a position's candidates, a name of mmsr.train.batches.OWN_ITEMS: "negatives" (as every
     # paper's softmax), "later-masked" (the items the user trains on after the position are no
     # candidates) or "all-masked" (none of the user's training items is).
     own_items: str = "negatives"

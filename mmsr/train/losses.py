@@ -35,18 +35,9 @@ from torch import nn
 
 from mmsr.errors import MMSRError
 from mmsr.registry import Registry
-from mmsr.train.batches import PAD, OwnItems
+from mmsr.train.batches import OWN_ITEMS, PAD, OwnItems  # OWN_ITEMS: optim.own_items's names
 
 LOSSES: Registry[nn.Module] = Registry("loss")
-
-# optim.own_items: what a softmax loss does with the user's own training items among a target
-# position's candidates (never the target itself).
-OWN_ITEMS = {
-    "negatives": "every candidate but the target is a negative, the user's own items too (RecBole's CE, the papers')",
-    "later-masked": "the items the user goes on to train on after the position are no candidates: they are "
-                    "positives further on, not negatives",
-    "all-masked": "none of the user's training items is a candidate, as the paper's protocol ranks none of them",
-}
 
 
 @dataclass
@@ -77,7 +68,7 @@ class LossInputs:
     def without_own(self, logits: torch.Tensor, ids: torch.Tensor, own_items: str) -> torch.Tensor:
         """`logits` [N, C] over the candidates `ids` (sorted), with the candidates `own_items`
         takes out at -inf: they get neither probability nor gradient."""
-        if own_items == "negatives":
+        if OWN_ITEMS[own_items] is None:
             return logits
         if self.own is None or self.positions is None:
             raise MMSRError(f"optim.own_items={own_items!r} needs each row's training items, which this batch "
