@@ -184,6 +184,32 @@ def test_direct_token_tables_start_where_rescaled_ones_do_and_learn_sqrt_d_times
         FDSAItemTower(3, dim, {}, {"category": genres}, token_tables="wide")
 
 
+def test_recbole_init_starts_fdsas_own_linears_at_n_0_002_and_keeps_the_encoders(built_cache, small_demo):
+    """model.fdsa_init="recbole": every Linear FDSA owns (the content projections, the feature
+    attention, both streams' blocks, the merge) starts at N(0, 0.02) with zero bias, as RecBole's
+    `_init_weights`; the encoders' pretrained tops and every other weight are the default build's."""
+    from torch import nn
+
+    default = _model(built_cache + ["model.kind=fdsa"], small_demo)[0]
+    recbole = _model(built_cache + ["model.kind=fdsa", "model.fdsa_init=recbole"], small_demo)[0]
+    own = {name: module for name, module in recbole.named_modules()
+           if isinstance(module, nn.Linear) and not name.startswith("items.encoders.")}
+    assert {"items.attention", "user.merge"} <= set(own) and any(n.startswith("items.project.") for n in own)
+    assert any(n.startswith("user.id_stream.") for n in own) and any(n.startswith("user.feature_stream.") for n in own)
+    weights = torch.cat([m.weight.detach().flatten() for m in own.values()])
+    assert abs(weights.std().item() - 0.02) < 0.002 and abs(weights.mean().item()) < 0.002
+    assert all(m.bias is None or not m.bias.any() for m in own.values())
+    before = default.state_dict()
+    renewed = {f"{name}.{part}" for name in own for part in ("weight", "bias")}
+    kept = [key for key in before if key not in renewed]
+    assert any(key.startswith("items.encoders.") for key in kept) and "items.embedding.weight" in kept
+    for key, value in recbole.state_dict().items():
+        if key in kept:
+            assert torch.equal(value, before[key]), key
+    default_merge = default.user.merge.weight.std().item()
+    assert default_merge > 0.03, default_merge  # PyTorch's own start differs, so the test tells them apart
+
+
 def test_vqrec_items_are_sums_of_opq_codes_of_their_text(built_cache, small_demo):
     model, feed, description, dataset = _model(built_cache + ["model.kind=vqrec", "model.vq_codes=8"], small_demo)
     assert description == "ids"
@@ -240,6 +266,9 @@ REFUSED_SETTINGS = [
     (["model.kind=idsr", "model.side_tokens=recbole"], "model.side_tokens='recbole' is ignored by model kind 'idsr'"),
     (["model.kind=fdsa", "model.fdsa_token_tables=wide"],
      "model.fdsa_token_tables='wide' is not a way to store the token tables; choose one of rescaled, direct"),
+    (["model.kind=fdsa", "model.fdsa_init=xavier"],
+     "model.fdsa_init='xavier' is not a way to start the Linear layers; choose one of torch, recbole"),
+    (["model.kind=idsr", "model.fdsa_init=recbole"], "model.fdsa_init='recbole' is ignored by model kind 'idsr'"),
 ]
 
 

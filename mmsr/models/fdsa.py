@@ -77,6 +77,32 @@ FEATURE_ATTENTIONS = {"tanh-linear": TanhLinear, "mlp": ReLUMLP}
 TOKEN_TABLES = {"rescaled": lambda dim: 1.0, "direct": lambda dim: dim ** 0.5}
 
 
+def _normal_linears(modules: list[nn.Module]) -> None:
+    for module in modules:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+# How FDSA's own Linear layers start (model.fdsa_init), given the towers' modules in order (the
+# encoders' pretrained tops left out). Embeddings and LayerNorms start alike under both.
+#   "torch":   each layer's PyTorch default (Kaiming-uniform, fan-in scaled); mmsr's first, the default.
+#   "recbole": every weight N(0, 0.02) and every bias 0, as RecBole's `_init_weights` starts its FDSA.
+# On MovieLens-100K "recbole" was lower on validation with the genres alone (two seeds) and higher with
+# the genres and the title words (four seeds; docs/compare.md, "RecBole's initialisation of every Linear").
+LINEAR_INITS = {"torch": lambda modules: None, "recbole": _normal_linears}
+
+
+def initialise_linears(name: str, *towers: nn.Module) -> None:
+    """Start the towers' own Linear layers by LINEAR_INITS[name]; FDSAItemTower's encoders are kept."""
+    if name not in LINEAR_INITS:
+        raise MMSRError(f"unknown initialisation {name!r}", where="model.fdsa_init",
+                        hint="one of " + ", ".join(LINEAR_INITS))
+    pretrained = {id(m) for tower in towers for m in getattr(tower, "encoders", nn.ModuleDict()).modules()}
+    LINEAR_INITS[name]([m for tower in towers for m in tower.modules() if id(m) not in pretrained])
+
+
 def _words(field: str, text: str) -> list[str]:
     return _TOKEN_SPLIT.split(text.lower())
 

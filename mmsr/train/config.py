@@ -12,7 +12,7 @@ from typing import Literal
 from mmsr.config import build
 from mmsr.data.split import SplitConfig
 from mmsr.encoders.config import SLOTS, EncoderConfig
-from mmsr.models.fdsa import FEATURE_ATTENTIONS, SIDE_TOKENS, TOKEN_TABLES
+from mmsr.models.fdsa import FEATURE_ATTENTIONS, LINEAR_INITS, SIDE_TOKENS, TOKEN_TABLES
 from mmsr.models.fusion import FUSIONS, POOLINGS
 from mmsr.models.scores import SCORES, LearnedCosine
 from mmsr.models.sequence import SEQUENCE_MODELS
@@ -79,6 +79,10 @@ class ModelConfig:
     # genres and the title words on MovieLens-100K, direct's validation NDCG@10 was 0.0670 against 0.0719
     # over two seeds (docs/compare.md, "The token tables at the ID table's pace").
     fdsa_token_tables: str = "rescaled"
+    # fdsa: how its own Linear layers start (mmsr.models.fdsa.LINEAR_INITS): "torch" (PyTorch's
+    # defaults) or "recbole" (N(0, 0.02), zero bias, as RecBole's FDSA). On MovieLens-100K: with the
+    # genres alone lower on validation (two seeds), with the title words higher (docs/compare.md).
+    fdsa_init: str = "torch"
     # vqrec: code indices per item (OPQ sub-vectors) and bits per code (2**bits embeddings each).
     vq_codes: int = 32
     vq_bits: int = 8
@@ -342,6 +346,7 @@ class TrainConfig:
 _NAMED_CHOICES = {"fusion_pooling": (POOLINGS, "a pooling"),
                   "fdsa_attention": (FEATURE_ATTENTIONS, "a feature attention"),
                   "fdsa_token_tables": (TOKEN_TABLES, "a way to store the token tables"),
+                  "fdsa_init": (LINEAR_INITS, "a way to start the Linear layers"),
                   "side_tokens": (SIDE_TOKENS, "a way to split a side feature into words")}
 
 # model.KEY -> (the component that reads it, the registry param it feeds)
@@ -352,7 +357,7 @@ _KNOBS = {"fusion_layers": ("fusion", "layers"), "fusion_heads": ("fusion", "hea
           "side_features": ("kind", "side_features"), "fdsa_shared": ("kind", "fdsa_shared"),
           "side_min_items": ("kind", "side_min_items"), "side_tokens": ("kind", "side_tokens"),
           "fdsa_attention": ("kind", "fdsa_attention"),
-          "fdsa_token_tables": ("kind", "fdsa_token_tables"),
+          "fdsa_token_tables": ("kind", "fdsa_token_tables"), "fdsa_init": ("kind", "fdsa_init"),
           "vq_codes": ("kind", "vq_codes"), "vq_bits": ("kind", "vq_bits"),
           "temperature": ("score", "temperature")}
 

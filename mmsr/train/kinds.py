@@ -35,7 +35,7 @@ from mmsr.encoders import create_encoders
 from mmsr.encoders.config import SLOTS
 from mmsr.errors import MMSRError
 from mmsr.models.carca import CARCAItemTower, CrossAttentionScorer
-from mmsr.models.fdsa import FDSAItemTower, FDSAUserTower, field_tokens
+from mmsr.models.fdsa import FDSAItemTower, FDSAUserTower, field_tokens, initialise_linears
 from mmsr.models.fusion import create_fusion
 from mmsr.models.sequence import create_sequence_model
 from mmsr.models.towers import ContentItemTower, IDItemTower, UserTower
@@ -112,7 +112,7 @@ def _morec(config: "TrainConfig", inputs: KindInputs):
 
 
 @MODEL_KINDS.register("fdsa", params=("side_features", "side_min_items", "side_tokens", "fdsa_shared",
-                                      "fdsa_attention", "fdsa_token_tables"),
+                                      "fdsa_attention", "fdsa_token_tables", "fdsa_init"),
                       needs=("item_ids",),
                       help="FDSA (Zhang et al. 2019): an ID stream and a feature stream of self-attention")
 def _fdsa(config: "TrainConfig", inputs: KindInputs):
@@ -137,7 +137,9 @@ def _fdsa(config: "TrainConfig", inputs: KindInputs):
                         hint="set encoders.text_model / encoders.vision_model, or model.side_features=['category']")
     items = FDSAItemTower(inputs.num_items, m.dim, encoders, tokens, attention=m.fdsa_attention,
                           token_tables=m.fdsa_token_tables)
-    return items, FDSAUserTower(_sequence(config), _sequence(config), m.dim, m.dropout, shared=m.fdsa_shared)
+    user = FDSAUserTower(_sequence(config), _sequence(config), m.dim, m.dropout, shared=m.fdsa_shared)
+    initialise_linears(m.fdsa_init, items, user)
+    return items, user
 
 
 @MODEL_KINDS.register("vqrec", params=("vq_codes", "vq_bits"), needs=("text", "item_ids"),
