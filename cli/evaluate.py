@@ -14,7 +14,10 @@ OneSplitOption = typer.Option("test", "--split", help="One split, as in `mmsr ev
 ProtocolOption = typer.Option("paper", "--protocol", help="paper: mask the user's history items; "
                               "recbole: no masking (RecBole's full ranking).")
 CheckpointOption = typer.Option("best", "--checkpoint", help="best | last")
-BatchSizeOption = typer.Option(512, "--batch-size", min=1, help="Items/users per batch: bounds memory.")
+BatchSizeOption = typer.Option(None, "--batch-size", min=1, help="Items/users per batch: bounds memory. Default: "
+                               "the run's eval_batch_size, the one its training log's validation used, which gives "
+                               "those figures back exactly; another size can turn a near-tie (the towers' float sums "
+                               "depend in their last bits on the batch's shape).")
 DeviceOption = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda.")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
@@ -33,7 +36,7 @@ def eval_command(
     k: str = typer.Option("10,20,50", "--k", help="Cut-offs for HR@K and NDCG@K."),
     protocol: str = ProtocolOption,
     checkpoint: str = CheckpointOption,
-    batch_size: int = BatchSizeOption,
+    batch_size: int | None = BatchSizeOption,
     device: str = DeviceOption,
     search_device: str = typer.Option("auto", "--search-device", help="Where the ranking runs: auto (the GPU "
                                       "when CUDA is present) | cpu | gpu."),
@@ -93,7 +96,7 @@ def compare_command(
     checkpoint: str = CheckpointOption,
     resamples: int = typer.Option(9999, "--resamples", help="Bootstrap and randomisation resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the resampling (the figures repeat exactly)."),
-    batch_size: int = BatchSizeOption,
+    batch_size: int | None = BatchSizeOption,
     device: str = DeviceOption,
     shared_cases: bool = typer.Option(False, "--shared-cases", help="With ranks files: pair only the cases "
                                       "every file ranks, leaving out the files' rows whose user has another target "
@@ -162,7 +165,7 @@ def ranks_command(
     split: str = OneSplitOption,
     protocol: str = ProtocolOption,
     checkpoint: str = CheckpointOption,
-    batch_size: int = BatchSizeOption,
+    batch_size: int | None = BatchSizeOption,
     device: str = DeviceOption,
     json_out: bool = JsonOption,
 ):

@@ -93,7 +93,7 @@ def test_a_standardized_fusion_learns_and_its_checkpoint_keeps_the_statistics(bu
     from mmsr.eval.runner import evaluate_run
     from mmsr.train.run import load_run
 
-    overrides = built_cache + ["model.fusion=gate", "model.fusion_standardize=true"]
+    overrides = built_cache + ["model.fusion=gate", "model.fusion_standardize=true", "eval_batch_size=3"]
     losses = _fits_a_batch(overrides)
     assert losses[-1] < 0.95 * losses[0], losses
     best = _train(overrides, tmp_path / "run")
@@ -103,9 +103,9 @@ def test_a_standardized_fusion_learns_and_its_checkpoint_keeps_the_statistics(bu
     loaded = load_run(tmp_path / "run", checkpoint="best")
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in loaded.model.modules())
     config = _config(overrides)
-    again = evaluate_run(tmp_path / "run", "valid", ks=(10, 20), protocol=config.valid_protocol,
-                         batch_size=config.eval_batch_size)
-    assert again["metrics"] == best["valid"]
+    # With no batch size asked, at the run's own (3: several batches), as its validation ran.
+    again = evaluate_run(tmp_path / "run", "valid", ks=(10, 20), protocol=config.valid_protocol)
+    assert again["batch_size"] == config.eval_batch_size == 3 and again["metrics"] == best["valid"]
 
 
 @pytest.mark.parametrize("sequence", sequence_model_names())

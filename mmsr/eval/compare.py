@@ -62,7 +62,7 @@ MIN_RESAMPLES = 999
 
 
 def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str = "paper", ks="10,20",
-                 checkpoint: str = "best", resamples: int = 9999, seed: int = 0, batch_size: int = 512,
+                 checkpoint: str = "best", resamples: int = 9999, seed: int = 0, batch_size: int | None = None,
                  device: str = "auto", search_backend: str = "auto", shared_cases: bool = False) -> dict:
     """{"runs", "split", "protocol", "cases", "metrics": {name: {a, b, se_a, se_b, difference,
     ci95, p_value}}}: see the module docstring. `seed` fixes the resampling, so a comparison

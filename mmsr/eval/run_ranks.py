@@ -40,11 +40,12 @@ class RunRanks:
 
 
 def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, checkpoint: str = "best",
-             batch_size: int = 512, device: str = "auto", search_backend: str = "auto",
+             batch_size: int | None = None, device: str = "auto", search_backend: str = "auto",
              with_keys: bool = False) -> RunRanks:
     """Every case of `split` ranked under `run` (one process). Ranks above `max_k` come back as
     `max_k + 1`; `max_k=None` gives exact ranks, by dense counting whatever `search_backend`
-    says. `with_keys`: also the cases' user and target IDs (one string each, so only on demand)."""
+    says. `with_keys`: also the cases' user and target IDs (one string each, so only on demand).
+    `batch_size`: None takes the run's own, as `mmsr eval` does (`LoadedRun.batch_size`)."""
     if protocol not in PROTOCOLS:
         raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
     loaded = load_run(run, checkpoint, device)
@@ -53,7 +54,8 @@ def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, c
     cases = loaded.split.cases(split)
     targets = loaded.split.items[loaded.split.offsets[cases.users] + cases.positions]
     ranked = case_ranks(loaded.model, loaded.feed, loaded.split, split, max_k=max_k, mask_history=PROTOCOLS[protocol],
-                        batch_size=batch_size, device=loaded.device, search_backend=search_backend)
+                        batch_size=loaded.batch_size(batch_size), device=loaded.device,
+                        search_backend=search_backend)
     keys = None
     if with_keys:
         item_ids = loaded.dataset.item_ids()
@@ -63,7 +65,7 @@ def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, c
 
 
 def write_run_ranks(run: str, path: str | Path, split: str = "test", *, protocol: str = "paper",
-                    checkpoint: str = "best", batch_size: int = 512, device: str = "auto") -> dict:
+                    checkpoint: str = "best", batch_size: int | None = None, device: str = "auto") -> dict:
     """Write the exact rank of each case of `split` under `run` to `path` (the ranks file format,
     `mmsr.eval.external_ranks`; written whole or not at all). Returns {"run", "split", "protocol",
     "checkpoint", "cases", "path", "HR@10", "NDCG@10"}: the last two from the file's ranks, to

@@ -219,7 +219,7 @@ SEARCH_LABELS = {"faiss": "IndexFlatIP top-k, near-ties re-scored in float64",
 
 
 def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protocol: str = "paper",
-                 faiss: bool = True, checkpoint: str = "best", batch_size: int = 512, device: str = "auto",
+                 faiss: bool = True, checkpoint: str = "best", batch_size: int | None = None, device: str = "auto",
                  search_device: str = "auto", search_backend: str = "auto", shard_items: bool = False) -> dict:
     """`mmsr eval`: rebuild the model from the run directory alone, rank every item for every case
     of `split` (test | valid | cold | new | cold-test) and write the result to RUN/eval_<split>.json (rank 0).
@@ -233,12 +233,13 @@ def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protoco
 
 
 def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protocol: str = "paper",
-                    faiss: bool = True, checkpoint: str = "best", batch_size: int = 512, device: str = "auto",
+                    faiss: bool = True, checkpoint: str = "best", batch_size: int | None = None, device: str = "auto",
                     search_device: str = "auto", search_backend: str = "auto",
                     shard_items: bool = False) -> dict[str, dict]:
     """`evaluate_run` for several splits of one run: the model is loaded and the catalogue
     embedded once, then each split is ranked ({split: result}, in the order given). Every name
-    is checked before any work starts."""
+    is checked before any work starts. `batch_size`: None takes the run's own (`LoadedRun.batch_size`),
+    so that its logged validation figures come back exactly; the result says which ran."""
     if protocol not in PROTOCOLS:
         raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
     if not faiss:
@@ -248,6 +249,7 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
     splits = parse_splits(splits)
     ks = parse_ks(ks)
     loaded = load_run(run, checkpoint, device)
+    batch_size = loaded.batch_size(batch_size)
     dist = init_from_env(loaded.device)
     started = time.perf_counter()
     if shard_items:
@@ -268,6 +270,7 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
             result["seconds"]["items"] = item_seconds
         result["run"] = str(loaded.root)
         result["checkpoint"] = loaded.info["checkpoint"]
+        result["batch_size"] = batch_size
         if dist.main:
             atomic_write_text(loaded.root / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
         results[split] = result

@@ -71,6 +71,15 @@ class LoadedRun:
     device: torch.device
     info: dict
 
+    def batch_size(self, asked: int | None = None) -> int:
+        """The item and user towers' batch: `asked`, or by default the run's own `eval_batch_size`,
+        the one its training log's validation was computed with. A tower's float sums depend in
+        their last bits on its batch's shape (up to 9e-8 on MMSR-T's item vectors between 256 and
+        512, from cached states of one fixed length), and that can turn a near-tie: one case of 943
+        moved across rank 10 on MovieLens-100K. At the run's own size the logged figures come back
+        exactly."""
+        return self.config.eval_batch_size if asked is None else asked
+
 
 def config_as_json(config: TrainConfig) -> dict:
     """`config` as its JSON file holds it (tuples as lists), for comparing with a saved one."""
