@@ -37,7 +37,7 @@ def feature_weights(run) -> dict:
     energies = []
     hook = tower.attention.register_forward_hook(lambda module, args, out: energies.append(out.detach().cpu()))
     try:
-        item_matrix(run.model, run.feed, run.dataset.num_items, 512, run.device)
+        item_matrix(run.model, run.feed, run.dataset.num_items, run.towers_batch(), run.device)
     finally:
         hook.remove()
     weights = torch.softmax(torch.cat(energies), dim=1).squeeze(-1)  # [items, columns]

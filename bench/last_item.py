@@ -52,7 +52,7 @@ def ablate(run: str, checkpoint: str, protocol: str, keeps: list[int]) -> dict:
     if model.scorer is not None:
         raise SystemExit(f"{run}: a candidate-dependent scorer ({loaded.config.model.kind}); this bench ranks "
                          "by inner product only")
-    items = item_matrix(model, loaded.feed, split.num_items, 512, torch.device("cpu"))
+    items = item_matrix(model, loaded.feed, split.num_items, loaded.towers_batch(), torch.device("cpu"))
     index = ItemIndex(model.score_vectors(items).numpy(), device="cpu")
     out = {"kind": loaded.config.model.kind, "checkpoint": loaded.info["checkpoint"]}
     masked = PROTOCOLS[protocol]

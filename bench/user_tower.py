@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=20, help="split.max_seq_len")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=512, help="mmsr eval's batch of users")
+    parser.add_argument("--batch", type=int, default=256, help="users per batch (mmsr eval's default: the run's "
+                        "eval_batch_size, 256 unless the run set another)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 

@@ -15,9 +15,10 @@ ProtocolOption = typer.Option("paper", "--protocol", help="paper: mask the user'
                               "recbole: no masking (RecBole's full ranking).")
 CheckpointOption = typer.Option("best", "--checkpoint", help="best | last")
 BatchSizeOption = typer.Option(None, "--batch-size", min=1, help="Items/users per batch: bounds memory. Default: "
-                               "the run's eval_batch_size, the one its training log's validation used, which gives "
-                               "those figures back exactly; another size can turn a near-tie (the towers' float sums "
-                               "depend in their last bits on the batch's shape).")
+                               "the run's eval_batch_size, the one its training log's validation used, so that "
+                               "`--split valid --protocol <its valid_protocol>` on the same device gives those "
+                               "figures back; another size can turn a near-tie (an item tower's vectors can differ "
+                               "in their last bits with the batch).")
 DeviceOption = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda.")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 

@@ -51,6 +51,11 @@ def test_compare_gives_each_runs_eval_figures_and_their_paired_difference(two_ru
         assert low <= m["difference"] <= high and 0 < m["p_value"] <= 1
     # The resampling is seeded: the same comparison gives the same figures.
     assert compare_runs(str(a), str(b), "test", protocol="recbole", ks="10,20", resamples=999) == result
+    # Each run is ranked at its own towers' batch (the config's eval_batch_size) unless one is asked;
+    # an ID table's vectors do not depend on it.
+    assert sorted(result["batch_sizes"].values()) == [256, 256] and evals[0]["batch_size"] == 256
+    asked = compare_runs(str(a), str(b), "test", protocol="recbole", ks="10,20", resamples=999, batch_size=7)
+    assert sorted(asked["batch_sizes"].values()) == [7, 7] and asked["metrics"] == result["metrics"]
 
 
 def test_a_run_against_itself_differs_by_nothing(two_runs):
@@ -344,7 +349,7 @@ def test_a_runs_written_ranks_are_exact_and_pair_with_it_as_the_run_itself(two_r
     a, b = two_runs
     path = tmp_path / "new_folder" / "a.csv"
     written = write_run_ranks(str(a), path, "test", protocol="paper", device="cpu")
-    assert written["cases"] == 200 and written["path"] == str(path)
+    assert written["cases"] == 200 and written["path"] == str(path) and written["batch_size"] == 256
 
     loaded = load_run(str(a), "best", "cpu")
     split = loaded.split

@@ -113,7 +113,9 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     result = {"runs": {name: ", ".join(str(ranked[run].label) for run in side) for name, side in zip("ab", sides)},
               "runs_per_side": {name: len(side) for name, side in zip("ab", sides)},
               "split": split, "protocol": protocol, "cases": len(ranks[0][0]), "checkpoint": checkpoint,
-              "resamples": resamples, "metrics": metrics}
+              "resamples": resamples, "metrics": metrics,
+              # Each run's towers' batch: a run ranked at another batch can turn a near-tie.
+              "batch_sizes": {str(r.label): r.batch_size for r in ranked.values() if r.batch_size is not None}}
     if shared_cases:
         result["left_out"] = {"run_cases": int((~shared).sum()), "file_rows": len(left_out), "rows": left_out,
                               "files": len(files)}

@@ -42,7 +42,7 @@ def recommend(run: str | Path, history: Sequence[str], k: int = 10, checkpoint: 
         raise MMSRError(f"unknown item {unknown[0]!r}", where="--history",
                         hint=f"item ids come from {dataset.root / 'items.jsonl'}")
     seq = np.asarray([dataset.item_index[item] for item in ids], dtype=np.int64)
-    items = item_matrix(loaded.model, loaded.feed, dataset.num_items, loaded.batch_size(), loaded.device)
+    items = item_matrix(loaded.model, loaded.feed, dataset.num_items, loaded.towers_batch(), loaded.device)
     if loaded.model.scorer is not None:  # candidate-dependent: score every item exactly
         top, scores = _scored_top_k(loaded, items, seq, k)
     else:

@@ -37,6 +37,7 @@ class RunRanks:
     ranks: np.ndarray
     label: object
     keys: CaseKeys | None = None
+    batch_size: int | None = None  # the towers' batch (None: a ranks file's)
 
 
 def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, checkpoint: str = "best",
@@ -45,7 +46,7 @@ def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, c
     """Every case of `split` ranked under `run` (one process). Ranks above `max_k` come back as
     `max_k + 1`; `max_k=None` gives exact ranks, by dense counting whatever `search_backend`
     says. `with_keys`: also the cases' user and target IDs (one string each, so only on demand).
-    `batch_size`: None takes the run's own, as `mmsr eval` does (`LoadedRun.batch_size`)."""
+    `batch_size`: None takes the run's own, as `mmsr eval` does (`LoadedRun.towers_batch`)."""
     if protocol not in PROTOCOLS:
         raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
     loaded = load_run(run, checkpoint, device)
@@ -53,22 +54,22 @@ def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, c
         max_k, search_backend = loaded.split.num_items, "dense"
     cases = loaded.split.cases(split)
     targets = loaded.split.items[loaded.split.offsets[cases.users] + cases.positions]
+    batch_size = loaded.towers_batch(batch_size)
     ranked = case_ranks(loaded.model, loaded.feed, loaded.split, split, max_k=max_k, mask_history=PROTOCOLS[protocol],
-                        batch_size=loaded.batch_size(batch_size), device=loaded.device,
-                        search_backend=search_backend)
+                        batch_size=batch_size, device=loaded.device, search_backend=search_backend)
     keys = None
     if with_keys:
         item_ids = loaded.dataset.item_ids()
         keys = CaseKeys(split, [loaded.split.user_ids[u] for u in cases.users], [item_ids[t] for t in targets],
                         loaded.split.num_items)
-    return RunRanks(np.stack([cases.users, cases.positions, targets]), ranked.ranks, loaded.root, keys)
+    return RunRanks(np.stack([cases.users, cases.positions, targets]), ranked.ranks, loaded.root, keys, batch_size)
 
 
 def write_run_ranks(run: str, path: str | Path, split: str = "test", *, protocol: str = "paper",
                     checkpoint: str = "best", batch_size: int | None = None, device: str = "auto") -> dict:
     """Write the exact rank of each case of `split` under `run` to `path` (the ranks file format,
     `mmsr.eval.external_ranks`; written whole or not at all). Returns {"run", "split", "protocol",
-    "checkpoint", "cases", "path", "HR@10", "NDCG@10"}: the last two from the file's ranks, to
+    "checkpoint", "cases", "path", "batch_size", "HR@10", "NDCG@10"}: the last two from the file's ranks, to
     check it against `mmsr eval`."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MMSRError("mmsr ranks runs in one process", where="torchrun", hint="run it without torchrun")
@@ -80,5 +81,5 @@ def write_run_ranks(run: str, path: str | Path, split: str = "test", *, protocol
                       with_keys=True)
     write_ranks(path, ranked.keys, ranked.ranks)
     return {"run": str(ranked.label), "split": split, "protocol": protocol, "checkpoint": checkpoint,
-            "cases": len(ranked.ranks), "path": str(path),
+            "cases": len(ranked.ranks), "path": str(path), "batch_size": ranked.batch_size,
             "HR@10": float(hit_at_k(ranked.ranks, 10).mean()), "NDCG@10": float(ndcg_at_k(ranked.ranks, 10).mean())}

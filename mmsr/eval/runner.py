@@ -238,8 +238,9 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
                     shard_items: bool = False) -> dict[str, dict]:
     """`evaluate_run` for several splits of one run: the model is loaded and the catalogue
     embedded once, then each split is ranked ({split: result}, in the order given). Every name
-    is checked before any work starts. `batch_size`: None takes the run's own (`LoadedRun.batch_size`),
-    so that its logged validation figures come back exactly; the result says which ran."""
+    is checked before any work starts. `batch_size`: None takes the run's own (`LoadedRun.towers_batch`),
+    so that its logged validation figures come back (same protocol, device and process count); the
+    result says which ran."""
     if protocol not in PROTOCOLS:
         raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
     if not faiss:
@@ -249,7 +250,7 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
     splits = parse_splits(splits)
     ks = parse_ks(ks)
     loaded = load_run(run, checkpoint, device)
-    batch_size = loaded.batch_size(batch_size)
+    batch_size = loaded.towers_batch(batch_size)
     dist = init_from_env(loaded.device)
     started = time.perf_counter()
     if shard_items:

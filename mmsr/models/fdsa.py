@@ -94,13 +94,14 @@ def _normal_linears(modules: list[nn.Module]) -> None:
 LINEAR_INITS = {"torch": lambda modules: None, "recbole": _normal_linears}
 
 
-def initialise_linears(name: str, *towers: nn.Module) -> None:
-    """Start the towers' own Linear layers by LINEAR_INITS[name]; FDSAItemTower's encoders are kept."""
+def initialise_linears(name: str, towers: list[nn.Module], keep: nn.Module) -> None:
+    """Start the Linear layers of `towers` by LINEAR_INITS[name], but those of `keep` (the item
+    tower's pretrained encoders, which FDSA takes as given)."""
     if name not in LINEAR_INITS:
         raise MMSRError(f"unknown initialisation {name!r}", where="model.fdsa_init",
                         hint="one of " + ", ".join(LINEAR_INITS))
-    pretrained = {id(m) for tower in towers for m in getattr(tower, "encoders", nn.ModuleDict()).modules()}
-    LINEAR_INITS[name]([m for tower in towers for m in tower.modules() if id(m) not in pretrained])
+    kept = {id(m) for m in keep.modules()}
+    LINEAR_INITS[name]([m for tower in towers for m in tower.modules() if id(m) not in kept])
 
 
 def _words(field: str, text: str) -> list[str]:

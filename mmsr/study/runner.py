@@ -265,7 +265,7 @@ def _evaluate(study: Study, run: PlannedRun, summary: dict, log: Log) -> None:
                                   device=run.config.device)
         for split, result in results.items():
             summary["evaluations"][split] = {"cases": result["users"], "metrics": result["metrics"],
-                                             "protocol": study.protocol}
+                                             "protocol": study.protocol, "batch_size": result["batch_size"]}
     atomic_write_text(run.root / RESULT_FILE, json.dumps(summary, indent=2) + "\n")
     evaluations = summary["evaluations"]
     log(f"{run.name}: best epoch {summary['best_epoch']}, "

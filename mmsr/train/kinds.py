@@ -138,7 +138,7 @@ def _fdsa(config: "TrainConfig", inputs: KindInputs):
     items = FDSAItemTower(inputs.num_items, m.dim, encoders, tokens, attention=m.fdsa_attention,
                           token_tables=m.fdsa_token_tables)
     user = FDSAUserTower(_sequence(config), _sequence(config), m.dim, m.dropout, shared=m.fdsa_shared)
-    initialise_linears(m.fdsa_init, items, user)
+    initialise_linears(m.fdsa_init, [items, user], keep=items.encoders)
     return items, user
 
 

@@ -71,13 +71,13 @@ class LoadedRun:
     device: torch.device
     info: dict
 
-    def batch_size(self, asked: int | None = None) -> int:
+    def towers_batch(self, asked: int | None = None) -> int:
         """The item and user towers' batch: `asked`, or by default the run's own `eval_batch_size`,
-        the one its training log's validation was computed with. A tower's float sums depend in
-        their last bits on its batch's shape (up to 9e-8 on MMSR-T's item vectors between 256 and
-        512, from cached states of one fixed length), and that can turn a near-tie: one case of 943
-        moved across rank 10 on MovieLens-100K. At the run's own size the logged figures come back
-        exactly."""
+        the one its training log's validation was computed with. An item tower's vectors can differ
+        in their last bits with the batch (MMSR-T's token tower trims each batch, on a CPU each
+        length group of it, to its longest item: up to 9e-8 between 256 and 512), and that can turn
+        a near-tie: one validation case of 943 crossed rank 10 on MovieLens-100K. At the run's own
+        size, with its validation protocol, device and process count, the logged figures come back."""
         return self.config.eval_batch_size if asked is None else asked
 
 
