@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("run", help="a trained run (name under $MMSR_HOME/runs, or a path)")
     parser.add_argument("--split", default="test", help="split(s) to evaluate, comma-separated (default: test)")
     parser.add_argument("--shard-items", action="store_true", help="as `mmsr eval --shard-items` (under torchrun)")
+    # 512: the batch docs/scale.md's and docs/eval.md's peaks were measured at (`mmsr eval`'s default
+    # then; now it takes the run's eval_batch_size, 256 unless the run set another).
+    parser.add_argument("--batch-size", type=int, default=512, help="the towers' batch (default 512)")
     args = parser.parse_args()
 
     from mmsr.eval.runner import evaluate_splits
@@ -82,8 +85,8 @@ def main() -> None:
     record: list[dict] = []
     start_rss = current_rss_mb()
     wrap_stages(record)
-    results = evaluate_splits(args.run, args.split, shard_items=args.shard_items)
-    print(json.dumps({"benchmark": "eval_memory", "run": args.run, "cpu": cpu_model(),
+    results = evaluate_splits(args.run, args.split, shard_items=args.shard_items, batch_size=args.batch_size)
+    print(json.dumps({"benchmark": "eval_memory", "run": args.run, "cpu": cpu_model(), "batch_size": args.batch_size,
                       "rss_at_start_mb": round(start_rss, 1), "stages": record, "peak_rss_mb": round(peak_rss_mb(), 1),
                       "seconds": {split: result["seconds"] for split, result in results.items()},
                       "metrics": {split: result["metrics"] for split, result in results.items()}}, indent=1))
