@@ -90,7 +90,8 @@ def _normal_linears(modules: list[nn.Module]) -> None:
 #   "torch":   each layer's PyTorch default (Kaiming-uniform, fan-in scaled); mmsr's first, the default.
 #   "recbole": every weight N(0, 0.02) and every bias 0, as RecBole's `_init_weights` starts its FDSA.
 # On MovieLens-100K "recbole" was lower on validation with the genres alone (two seeds) and higher with
-# the genres and the title words (four seeds; docs/compare.md, "RecBole's initialisation of every Linear").
+# the genres and the title words (eight seeds, not resolved over the cases; docs/compare.md, "RecBole's
+# initialisation of every Linear").
 LINEAR_INITS = {"torch": lambda modules: None, "recbole": _normal_linears}
 
 
