@@ -9,8 +9,8 @@ import torch
 from mmsr import config as config_lib
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
-from mmsr.train.batches import PAD, OwnItems
-from mmsr.train.losses import LOSSES, OWN_ITEMS, LossInputs, create_loss, loss_names
+from mmsr.train.batches import OWN_ITEMS, PAD, OwnItems
+from mmsr.train.losses import LOSSES, LossInputs, create_loss, loss_names
 from test_train import _fits_a_batch as fits_a_batch, assert_two_processes_train_as_one  # the trainer tests' helpers
 
 # Three items of four, 2-d vectors, two target positions.

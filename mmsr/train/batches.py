@@ -85,6 +85,11 @@ OWN_ITEMS = {
 }
 
 
+def takes_out_own(mode: str) -> bool:
+    """Whether `optim.own_items = mode` takes any of the user's items out (the batches then carry them)."""
+    return OWN_ITEMS[mode] is not None
+
+
 @dataclass
 class OwnItems:
     """Each row's user's training items, so a softmax loss can take them out of that row's
@@ -154,7 +159,7 @@ class TrainBatches:
 
         o = config.optim
         return cls(split, o.batch_size, config.seed, o.negatives, o.windows, uniform_items=uniform_items(o),
-                   stride=o.window_stride, own_items=OWN_ITEMS.get(o.own_items) is not None)
+                   stride=o.window_stride, own_items=takes_out_own(o.own_items))
 
     def __len__(self) -> int:
         return -(-len(self.row_users) // self.batch_size)

@@ -16,8 +16,9 @@ from mmsr.models.fdsa import FEATURE_ATTENTIONS, LINEAR_INITS, SIDE_TOKENS, TOKE
 from mmsr.models.fusion import FUSIONS, POOLINGS
 from mmsr.models.scores import SCORES, LearnedCosine
 from mmsr.models.sequence import SEQUENCE_MODELS
+from mmsr.train.batches import OWN_ITEMS
 from mmsr.train.kinds import MODEL_KINDS, TABLE_KINDS
-from mmsr.train.losses import LOSSES, OWN_ITEMS
+from mmsr.train.losses import LOSSES
 
 AUTO_FUSION = "auto"
 

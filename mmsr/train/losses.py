@@ -13,7 +13,8 @@ item vectors by inner product, as the evaluation does. Two families:
   per-position negatives and, for `mixed`, extra uniformly drawn items). Under DDP each
   process encodes its own items and the candidates are gathered across processes, so a
   2-process run sees the same candidates as one process. `softmax` scores every item.
-  `optim.own_items` says what becomes of the user's own training items among them (OWN_ITEMS).
+  `optim.own_items` says what becomes of the user's own training items among them
+  (mmsr.train.batches.OWN_ITEMS).
 
 An entry's `params` are the `optim.*` settings it reads; its `needs`:
   negative     the per-position sampled negative;
@@ -35,7 +36,7 @@ from torch import nn
 
 from mmsr.errors import MMSRError
 from mmsr.registry import Registry
-from mmsr.train.batches import OWN_ITEMS, PAD, OwnItems  # OWN_ITEMS: optim.own_items's names
+from mmsr.train.batches import PAD, OwnItems, takes_out_own
 
 LOSSES: Registry[nn.Module] = Registry("loss")
 
@@ -68,7 +69,7 @@ class LossInputs:
     def without_own(self, logits: torch.Tensor, ids: torch.Tensor, own_items: str) -> torch.Tensor:
         """`logits` [N, C] over the candidates `ids` (sorted), with the candidates `own_items`
         takes out at -inf: they get neither probability nor gradient."""
-        if OWN_ITEMS[own_items] is None:
+        if not takes_out_own(own_items):
             return logits
         if self.own is None or self.positions is None:
             raise MMSRError(f"optim.own_items={own_items!r} needs each row's training items, which this batch "
