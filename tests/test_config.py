@@ -14,7 +14,8 @@ from mmsr.config import build, load, read_file
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig, cache_section
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 # The README's variants of a profile: IDSR, MMSR-T, MMSR-V (the last two name the fusion they use).
 VARIANTS = [[], ["model.kind=idsr"], ["encoders.vision_model=", "model.fusion=pool"],
             ["encoders.text_model=", "model.fusion=pool"]]
@@ -45,6 +46,24 @@ def test_every_profile_and_variant_loads_and_reloads(path, variant):
     config = load(TrainConfig, path, variant)
     _reloads(config)
     assert cache_section(read_file(path), source=str(path))  # one file drives `mmsr cache build` too
+
+
+# The demo profile's peers: Table V's baselines and the VLP configs say "everything else is
+# configs/demo-cpu.toml", so that rows differ by the model alone. CARCA++ trains with BCE.
+DEMO_PEERS = sorted([*(ROOT / "configs" / "vlp").glob("*.toml"),
+                     *(ROOT / "configs" / "baselines" / name for name in ("idsr.toml", "fdsa.toml", "morec.toml",
+                                                                            "vqrec.toml", "carca.toml"))])
+PAIR_LOSS_SETTINGS = {"loss", "own_items"}  # what CARCA++'s BCE sets apart from the profile's softmax
+
+
+@pytest.mark.parametrize("path", DEMO_PEERS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_the_demo_profiles_peers_train_as_the_profile_does(path):
+    profile = asdict(load(TrainConfig, ROOT / "configs" / "demo-cpu.toml").optim)
+    peer = load(TrainConfig, path)
+    _reloads(peer)
+    differ = {key for key, value in asdict(peer.optim).items() if value != profile[key]}
+    assert differ == (PAIR_LOSS_SETTINGS if peer.model.kind == "carca" else set()), path
+    assert peer.dataset == "demo" and peer.split == load(TrainConfig, ROOT / "configs" / "demo-cpu.toml").split
 
 
 def test_single_modality_turns_the_default_fusion_into_pool():

@@ -324,8 +324,11 @@ class TrainConfig:
         for key, why in reason.items():
             value = getattr(optim, key)
             if key not in LOSSES.params(optim.loss) and value != _default(OptimConfig, key):
+                # A profile may set it for its own loss (demo-cpu's own_items), so say how to undo it
+                # from the command line, not only from the file.
                 problems.append(f"optim.{key}={value!r} is ignored by optim.loss={optim.loss!r} ({why}); remove "
-                                "it, or use --set optim.loss=" + " or ".join(LOSSES.taking(key)))
+                                f"it (--set optim.{key}={_default(OptimConfig, key)}), or use --set optim.loss="
+                                + " or ".join(LOSSES.taking(key)))
         if optim.own_items not in OWN_ITEMS:
             problems.append(f"optim.own_items={optim.own_items!r} is not known; choose one of " + ", ".join(OWN_ITEMS))
         if "mixed_negatives" in LOSSES.params(optim.loss) and optim.mixed_negatives < 1:
