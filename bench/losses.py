@@ -8,8 +8,8 @@ Only the loss changes between rows (`--set optim.loss=NAME`); everything else is
   ml-100k  configs/movielens-idsr.toml and configs/movielens-mmsrt.toml (text only: MovieLens
            has no pictures), RecBole's split and selection protocol.
 A loss runs with the default of every loss setting it does not read (`loss_overrides`): the
-profiles' `negatives="any"` is a BCE/BPR setting, and IDSR's `own_items` one of the softmax
-losses. A combination the config refuses (full softmax for a content model) is reported with
+MovieLens profiles' `negatives="any"` is a BCE/BPR setting, and `own_items` (the demo profile's
+`all-masked`, MovieLens IDSR's `later-masked`) one of the softmax losses. A combination the config refuses (full softmax for a content model) is reported with
 its error, not skipped.
 
 Each run is evaluated on test, cold (the paper's: targets seen < 10 times in training) and new
@@ -44,9 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from movielens import MMSR, find_source, sh, train_and_evaluate  # noqa: E402  (bench/, next to this file)
 
 LOSSES = ("bce", "bpr", "inbatch", "inbatch-logq", "mixed", "softmax")
-# Loss settings a profile may set for its own loss; another loss that does not read one of them
-# runs with its default rather than be refused for it.
-PROFILE_LOSS_SETTINGS = ("negatives", "own_items")
 PROFILES = {
     "demo": {"idsr": ("configs/demo-cpu.toml", ["model.kind=idsr"]), "content": ("configs/demo-cpu.toml", [])},
     "ml-100k": {"idsr": ("configs/movielens-idsr.toml", []), "content": ("configs/movielens-mmsrt.toml", [])},
@@ -69,12 +66,14 @@ def prepare(dataset: str, env: dict, home: Path, source: str | None, log) -> dic
 def loss_overrides(dataset: str, model: str, loss: str, sets: list[str], seed: int | None = None) -> tuple[str, list[str]]:
     """(the profile's config, the overrides of one row): the profile's, the loss, the --sets, the
     defaults of the profile's loss settings this loss does not read, and the seed."""
-    from mmsr.train.config import OptimConfig
+    from mmsr.train.config import LOSS_SETTINGS, OptimConfig
     from mmsr.train.losses import LOSSES as REGISTRY
 
     config, profile_sets = PROFILES[dataset][model]
     overrides = profile_sets + [f"optim.loss={loss}"] + list(sets)
-    overrides += [f"optim.{key}={getattr(OptimConfig, key)}" for key in PROFILE_LOSS_SETTINGS
+    # A profile may set a loss setting for its own loss; a loss that does not read it runs with
+    # its default rather than be refused for it.
+    overrides += [f"optim.{key}={getattr(OptimConfig, key)}" for key in LOSS_SETTINGS
                   if key not in REGISTRY.params(loss)]
     if seed is not None:  # after the --sets, so that it wins over a seed=... among them
         overrides.append(f"seed={seed}")

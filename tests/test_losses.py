@@ -252,7 +252,8 @@ def test_an_unknown_loss_lists_the_known_ones():
     (["optim.loss=inbatch-logq", "optim.negatives=any"], ["optim.negatives='any'", "optim.loss=bce or bpr"]),
     (["optim.loss=mixed", "optim.mixed_negatives=0"], ["optim.mixed_negatives=0 must be at least 1"]),
     (["optim.loss=bce", "optim.own_items=later-masked"], ["optim.own_items='later-masked' is ignored",
-                                                          "optim.negatives", "--set optim.loss=inbatch"]),
+                                                          "optim.negatives", "--set optim.own_items=negatives",
+                                                          "--set optim.loss=inbatch"]),
     (["optim.loss=mixed", "optim.own_items=future"], ["optim.own_items='future' is not known",
                                                       ", ".join(OWN_ITEMS)]),
 ])

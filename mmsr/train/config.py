@@ -258,7 +258,9 @@ class TrainConfig:
             problems.append(f"model.kind={model.kind} scores each candidate through cross-attention, so "
                             f"optim.loss={self.optim.loss!r} (which scores every user against every candidate of "
                             "the batch) would cost users x candidates attentions per step; use --set "
-                            "optim.loss=bce (the paper's) or bpr")
+                            "optim.loss=bce (the paper's) or bpr"
+                            + "".join(f" with --set optim.{key}={_default(OptimConfig, key)}"
+                                      for key in _ignored_loss_settings(self.optim, "bce")))
         if model.score in SCORES and "temperature" in SCORES.params(model.score) and model.temperature <= 0:
             problems.append(f"model.temperature={model.temperature!r} divides the cosine: it must be above 0 "
                             "(0.05-0.2 are the usual values)")
@@ -318,17 +320,12 @@ class TrainConfig:
         optim, problems = self.optim, []
         if optim.loss not in LOSSES:
             return [f"optim.loss={optim.loss!r} is not a known loss; choose one of " + ", ".join(LOSSES.names())]
-        reason = {"negatives": "it does not pair each position with a sampled negative",
-                  "mixed_negatives": "it adds no uniformly drawn items to the batch",
-                  "own_items": "its one sampled negative is kept out of the user's history by optim.negatives"}
-        for key, why in reason.items():
-            value = getattr(optim, key)
-            if key not in LOSSES.params(optim.loss) and value != _default(OptimConfig, key):
-                # A profile may set it for its own loss (demo-cpu's own_items), so say how to undo it
-                # from the command line, not only from the file.
-                problems.append(f"optim.{key}={value!r} is ignored by optim.loss={optim.loss!r} ({why}); remove "
-                                f"it (--set optim.{key}={_default(OptimConfig, key)}), or use --set optim.loss="
-                                + " or ".join(LOSSES.taking(key)))
+        for key in _ignored_loss_settings(optim, optim.loss):
+            # A profile may set it for its own loss (demo-cpu's own_items), so say how to undo it
+            # from the command line, not only by editing the file.
+            problems.append(f"optim.{key}={getattr(optim, key)!r} is ignored by optim.loss={optim.loss!r} "
+                            f"({LOSS_SETTINGS[key]}); use --set optim.{key}={_default(OptimConfig, key)} (its "
+                            "default), or --set optim.loss=" + " or ".join(LOSSES.taking(key)))
         if optim.own_items not in OWN_ITEMS:
             problems.append(f"optim.own_items={optim.own_items!r} is not known; choose one of " + ", ".join(OWN_ITEMS))
         if "mixed_negatives" in LOSSES.params(optim.loss) and optim.mixed_negatives < 1:
@@ -380,6 +377,18 @@ SIDE_FEATURES = ("category", "title")
 def _default(cls: type, name: str):
     found = next(f for f in fields(cls) if f.name == name)
     return found.default_factory() if found.default is MISSING else found.default
+
+
+# The loss settings only some losses read, and why a loss that does not read one ignores it.
+LOSS_SETTINGS = {"negatives": "it does not pair each position with a sampled negative",
+                 "mixed_negatives": "it adds no uniformly drawn items to the batch",
+                 "own_items": "its one sampled negative is kept out of the user's history by optim.negatives"}
+
+
+def _ignored_loss_settings(optim: OptimConfig, loss: str) -> list[str]:
+    """The loss settings `optim` moves off their defaults that `loss` does not read."""
+    return [key for key in LOSS_SETTINGS
+            if key not in LOSSES.params(loss) and getattr(optim, key) != _default(OptimConfig, key)]
 
 
 TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "valid_protocol", "valid_shard_items",
