@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     # 512: the batch docs/scale.md's figures were measured at (`mmsr eval`'s default then; it now
     # takes the run's eval_batch_size, 256 unless the run set another).
-    parser.add_argument("--batch", type=int, default=512, help="users per batch (default 512)")
+    parser.add_argument("--batch", type=int, default=512, help="users per batch (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 

@@ -255,12 +255,11 @@ class TrainConfig:
                                 + f", but {off}; use --set model.fusion=pool for a single-modality model "
                                   "(or merge-attn, a token tower over its tokens)")
         if "pair_loss" in needs and self.optim.loss in LOSSES and "negative" not in LOSSES.needs(self.optim.loss):
+            restore = _restoring(_ignored_loss_settings(self.optim, "bce"))  # a softmax setting a profile gave
             problems.append(f"model.kind={model.kind} scores each candidate through cross-attention, so "
                             f"optim.loss={self.optim.loss!r} (which scores every user against every candidate of "
                             "the batch) would cost users x candidates attentions per step; use --set "
-                            "optim.loss=bce (the paper's) or bpr"
-                            + "".join(f" with --set optim.{key}={_default(OptimConfig, key)}"
-                                      for key in _ignored_loss_settings(self.optim, "bce")))
+                            "optim.loss=bce (the paper's) or bpr" + (f" with {restore}" if restore else ""))
         if model.score in SCORES and "temperature" in SCORES.params(model.score) and model.temperature <= 0:
             problems.append(f"model.temperature={model.temperature!r} divides the cosine: it must be above 0 "
                             "(0.05-0.2 are the usual values)")
@@ -324,8 +323,8 @@ class TrainConfig:
             # A profile may set it for its own loss (demo-cpu's own_items), so say how to undo it
             # from the command line, not only by editing the file.
             problems.append(f"optim.{key}={getattr(optim, key)!r} is ignored by optim.loss={optim.loss!r} "
-                            f"({LOSS_SETTINGS[key]}); use --set optim.{key}={_default(OptimConfig, key)} (its "
-                            "default), or --set optim.loss=" + " or ".join(LOSSES.taking(key)))
+                            f"({LOSS_SETTINGS[key]}); use {_restoring([key])} (its default), or --set optim.loss="
+                            + " or ".join(LOSSES.taking(key)))
         if optim.own_items not in OWN_ITEMS:
             problems.append(f"optim.own_items={optim.own_items!r} is not known; choose one of " + ", ".join(OWN_ITEMS))
         if "mixed_negatives" in LOSSES.params(optim.loss) and optim.mixed_negatives < 1:
@@ -389,6 +388,11 @@ def _ignored_loss_settings(optim: OptimConfig, loss: str) -> list[str]:
     """The loss settings `optim` moves off their defaults that `loss` does not read."""
     return [key for key in LOSS_SETTINGS
             if key not in LOSSES.params(loss) and getattr(optim, key) != _default(OptimConfig, key)]
+
+
+def _restoring(keys: list[str]) -> str:
+    """The --set's that put `keys` back to their defaults: "--set optim.K=V and --set ..."."""
+    return " and ".join(f"--set optim.{key}={_default(OptimConfig, key)}" for key in keys)
 
 
 TRAIN_ONLY_KEYS = ("model", "optim", "split", "eval_every", "eval_batch_size", "valid_protocol", "valid_shard_items",
