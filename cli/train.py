@@ -11,7 +11,7 @@ from mmsr_cli.common import SetOption, log, progress_bar
 
 
 def train_command(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML/YAML config (see configs/)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML/YAML config (see configs/); a top-level base = \"OTHER.toml\" is read first, this file over it."),
     overrides: Optional[list[str]] = SetOption,
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name or path (overrides the config)."),
     run: Optional[str] = typer.Option(None, "--run", "--run-dir", help="Run name under $MMSR_HOME/runs, or a path "

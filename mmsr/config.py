@@ -21,8 +21,36 @@ from mmsr.errors import MMSRError
 T = TypeVar("T")
 
 
+BASE_KEY = "base"
+
+
 def read_file(path: str | Path) -> dict:
-    path = Path(path)
+    """A config file's mapping, with its `base` (another config file, relative to this one)
+    merged in underneath: a peer of the demo profile says what it changes and nothing else, so
+    a setting of the profile cannot drift out of step in a copy. Bases may chain."""
+    return _read_with_bases(Path(path), ())
+
+
+def _read_with_bases(path: Path, below: tuple[Path, ...]) -> dict:
+    data = _read_one(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise MMSRError(f"{BASE_KEY} must be the path of another config file, got {base!r}", where=path,
+                        hint=f'e.g. {BASE_KEY} = "../demo-cpu.toml" (relative to this file)')
+    base_path = (path.parent / base).resolve()
+    chain = (*below, path.resolve())
+    if base_path in chain:
+        raise MMSRError(f"{BASE_KEY} = {base!r} makes a loop: "
+                        + " -> ".join(str(p) for p in (*chain, base_path)), where=path)
+    if not base_path.is_file():
+        raise MMSRError(f"{BASE_KEY} = {base!r}: no such file ({base_path})", where=path,
+                        hint="the base path is relative to the file that names it")
+    return merge(_read_with_bases(base_path, chain), data)
+
+
+def _read_one(path: Path) -> dict:
     if not path.is_file():
         raise MMSRError("config file not found", where=path)
     text = path.read_text(encoding="utf-8")

@@ -5,6 +5,7 @@ import re
 import os
 import subprocess
 import sys
+import tomllib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -67,6 +68,49 @@ def test_the_demo_profiles_peers_train_as_the_profile_does(path):
         assert peer.optim.own_items == OptimConfig.own_items
     else:
         assert not differ, (path, differ)
+
+
+def test_a_peer_names_only_what_it_changes_and_its_base_gives_the_rest(tmp_path):
+    """`base` merges the named file underneath, table by table and through a chain; the child's
+    keys win and everything it does not name is the base's."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "root.toml").write_text('seed = 3\n[model]\nkind = "idsr"\ndim = 24\n'
+                                                     '[optim]\nepochs = 7\nlr = 0.01\n')
+    (tmp_path / "mid.toml").write_text('base = "profiles/root.toml"\n[optim]\nepochs = 5\n')
+    (tmp_path / "leaf.yaml").write_text("base: mid.toml\nmodel:\n  dim: 16\n")
+    assert read_file(tmp_path / "leaf.yaml") == {"seed": 3, "model": {"kind": "idsr", "dim": 16},
+                                                 "optim": {"epochs": 5, "lr": 0.01}}
+    config = load(TrainConfig, tmp_path / "leaf.yaml", ["optim.lr=0.002"])
+    assert (config.seed, config.model.dim, config.optim.epochs, config.optim.lr) == (3, 16, 5, 0.002)
+    cached = cache_section(read_file(tmp_path / "leaf.yaml"))
+    assert cached == {"seed": 3}  # `mmsr cache build` reads the same merged file
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('base = "nowhere.toml"\n', "base = 'nowhere.toml': no such file"),
+    ("base = 3\n", "base must be the path of another config file, got 3"),
+    ('base = "me.toml"\n', "makes a loop"),
+])
+def test_a_bad_base_is_named_with_the_file_that_names_it(tmp_path, text, expected):
+    (tmp_path / "me.toml").write_text(text)
+    with pytest.raises(MMSRError) as error:
+        load(TrainConfig, tmp_path / "me.toml")
+    assert expected in str(error.value) and "me.toml" in str(error.value)
+
+
+def test_a_loop_through_two_files_is_refused(tmp_path):
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\nseed = 1\n')
+    with pytest.raises(MMSRError, match=r"makes a loop: .*a\.toml -> .*b\.toml -> .*a\.toml"):
+        read_file(tmp_path / "a.toml")
+
+
+def test_the_demo_profiles_peers_name_it_as_their_base():
+    """The peers inherit the profile rather than copy it, so they cannot drift from it."""
+    for path in DEMO_PEERS:
+        data = tomllib.loads(path.read_text())
+        assert data.get("base") == "../demo-cpu.toml", path
+        assert "optim" not in data or path.stem == "carca", path  # CARCA++ alone changes the loss
 
 
 def test_the_seeds_bce_on_the_demo_profile_is_one_named_set_away():
