@@ -20,7 +20,7 @@ app = typer.Typer(help="Build and inspect the encoder cache (the frozen lower la
 def build(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (under $MMSR_HOME/datasets) or path. "
                                           "Default: the config's `dataset`, else demo."),
-    config: Optional[Path] = typer.Option(None, "--config", help="A cache build config, or a training config (its dataset, seed and encoders); YAML or TOML, with its base."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A cache build config, or a training config (its dataset, seed and encoders, its base's included); YAML or TOML."),
     sets: Optional[list[str]] = SetOption,
     text_model: Optional[str] = typer.Option(None, "--text-model", help='Short name, HF name or directory; "" for none.'),
     vision_model: Optional[str] = typer.Option(None, "--vision-model", help='Short name, HF name, open_clip:/timm: spec; "" for none.'),

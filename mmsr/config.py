@@ -33,13 +33,14 @@ def read_file(path: str | Path) -> dict:
 
 def _read_with_bases(path: Path, below: tuple[Path, ...]) -> dict:
     data = _read_one(path)
-    base = data.pop(BASE_KEY, None)
-    if base is None:
+    if BASE_KEY not in data:
         return data
+    base = data.pop(BASE_KEY)
     if not isinstance(base, str) or not base:
         raise MMSRError(f"{BASE_KEY} must be the path of another config file, got {base!r}", where=path,
                         hint=f'e.g. {BASE_KEY} = "../demo-cpu.toml" (relative to this file)')
-    base_path = (path.parent / base).resolve()
+    # Relative to the real file, not to a link to it: a linked copy of a peer still finds its profile.
+    base_path = (path.resolve().parent / base).resolve()
     chain = (*below, path.resolve())
     if base_path in chain:
         raise MMSRError(f"{BASE_KEY} = {base!r} makes a loop: "

@@ -49,8 +49,8 @@ def test_every_profile_and_variant_loads_and_reloads(path, variant):
     assert cache_section(read_file(path), source=str(path))  # one file drives `mmsr cache build` too
 
 
-# The demo profile's peers: Table V's baselines and the VLP configs say "everything else is
-# configs/demo-cpu.toml", so that rows differ by the model (and its encoders) alone.
+# The demo profile's peers: Table V's baselines and the VLP configs name configs/demo-cpu.toml as
+# their base, so that rows differ by the model (and its encoders) alone.
 DEMO_PEERS = sorted([*(ROOT / "configs" / "vlp").glob("*.toml"),
                      *(p for p in (ROOT / "configs" / "baselines").glob("*.toml") if not p.stem.startswith("movielens"))])
 
@@ -73,11 +73,12 @@ def test_the_demo_profiles_peers_train_as_the_profile_does(path):
 def test_a_peer_names_only_what_it_changes_and_its_base_gives_the_rest(tmp_path):
     """`base` merges the named file underneath, table by table and through a chain; the child's
     keys win and everything it does not name is the base's."""
+    # Each base is relative to the file that names it: mid.toml's sits beside mid.toml, not leaf's.
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "root.toml").write_text('seed = 3\n[model]\nkind = "idsr"\ndim = 24\n'
                                                      '[optim]\nepochs = 7\nlr = 0.01\n')
-    (tmp_path / "mid.toml").write_text('base = "profiles/root.toml"\n[optim]\nepochs = 5\n')
-    (tmp_path / "leaf.yaml").write_text("base: mid.toml\nmodel:\n  dim: 16\n")
+    (tmp_path / "profiles" / "mid.toml").write_text('base = "root.toml"\n[optim]\nepochs = 5\n')
+    (tmp_path / "leaf.yaml").write_text("base: profiles/mid.toml\nmodel:\n  dim: 16\n")
     assert read_file(tmp_path / "leaf.yaml") == {"seed": 3, "model": {"kind": "idsr", "dim": 16},
                                                  "optim": {"epochs": 5, "lr": 0.01}}
     config = load(TrainConfig, tmp_path / "leaf.yaml", ["optim.lr=0.002"])
@@ -89,6 +90,7 @@ def test_a_peer_names_only_what_it_changes_and_its_base_gives_the_rest(tmp_path)
 @pytest.mark.parametrize("text,expected", [
     ('base = "nowhere.toml"\n', "base = 'nowhere.toml': no such file"),
     ("base = 3\n", "base must be the path of another config file, got 3"),
+    ('base = ""\n', "base must be the path of another config file, got ''"),
     ('base = "me.toml"\n', "makes a loop"),
 ])
 def test_a_bad_base_is_named_with_the_file_that_names_it(tmp_path, text, expected):
@@ -96,6 +98,20 @@ def test_a_bad_base_is_named_with_the_file_that_names_it(tmp_path, text, expecte
     with pytest.raises(MMSRError) as error:
         load(TrainConfig, tmp_path / "me.toml")
     assert expected in str(error.value) and "me.toml" in str(error.value)
+
+
+def test_a_linked_config_finds_its_base_beside_the_real_file(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "profile.toml").write_text("seed = 4\n")
+    (tmp_path / "real" / "peer.toml").write_text('base = "profile.toml"\n[model]\nkind = "idsr"\n')
+    (tmp_path / "peer.toml").symlink_to(tmp_path / "real" / "peer.toml")
+    assert read_file(tmp_path / "peer.toml") == {"seed": 4, "model": {"kind": "idsr"}}
+
+
+def test_a_yaml_base_left_empty_is_refused(tmp_path):
+    (tmp_path / "me.yaml").write_text("base:\nseed: 1\n")
+    with pytest.raises(MMSRError, match="base must be the path of another config file, got None"):
+        read_file(tmp_path / "me.yaml")
 
 
 def test_a_loop_through_two_files_is_refused(tmp_path):

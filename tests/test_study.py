@@ -20,6 +20,7 @@ from mmsr.errors import MMSRError
 from mmsr.study.report import cells, render_table
 from mmsr.study.runner import plan_study, run_study, study_dir
 from mmsr.study.spec import load_study
+from mmsr.train.config import TrainConfig
 from mmsr_cli.app import app
 
 STUDY = """
@@ -195,6 +196,9 @@ def test_seeds_repeat_each_variant_and_only_keeps_the_named_ones(study_file):
     (lambda s: s.replace('"model.kind" = "idsr"', '"model.kind" = "idsr", dataset = "x"'), "variant 'idsr' set: dataset"),
     (lambda s: s + '\n[data.x]\ndemo = { user = 4 }\n', "unknown key data.x.demo.user"),
     (lambda s: s.replace('metric = "HR@10"', 'metric = "HR@11x"'), "figure[0].metric 'HR@11x'"),
+    (lambda s: s.replace('name = "idsr"', 'name = "idsr"\nconfig = "peers/idsr.toml"'),
+     "variant 'idsr': config"),
+    (lambda s: s.replace('name = "idsr"', 'name = "idsr"\nconfig = 3'), "variant[2].config must be the path"),
     (lambda s: s + "\n[table]\nrows = [\"variant\"]\ncolumns = [\"metrics\"]\n", "unknown dimension 'metrics'"),
 ])
 def test_bad_study_files_are_refused_in_one_line(study_file, edit, message):
@@ -247,6 +251,35 @@ def test_ties_share_a_mark_and_all_equal_gets_none(tmp_path):
              "NDCG@10": ndcg, "_in_table": True} for name, (hr, ndcg) in values.items()]
     lines = render_table(study, cells(study, rows)).splitlines()
     assert lines[2:] == ["| a | **0.2500** | 0.0000 |", "| b | **0.2500** | 0.0000 |", "| c | <u>0.1000</u> | 0.0000 |"]
+
+
+def test_a_variant_starts_from_its_own_config_and_the_study_set_still_applies(tmp_path):
+    (tmp_path / "peers").mkdir()
+    (tmp_path / "base.toml").write_text('seed = 5\n[model]\nkind = "idsr"\ndim = 24\n')
+    (tmp_path / "peers" / "peer.toml").write_text('base = "../base.toml"\n[model]\ndim = 16\nsequence = "gru4rec"\n')
+    (tmp_path / "studies").mkdir()
+    path = tmp_path / "studies" / "s.toml"
+    path.write_text('[study]\nbase = "../base.toml"\nset = { "optim.epochs" = 3 }\n'
+                    '[[variant]]\nname = "plain"\n'
+                    '[[variant]]\nname = "peer"\nconfig = "../peers/peer.toml"\nset = { "model.dropout" = 0.3 }\n')
+    study = load_study(path)
+    plain, peer = (study.resolve(v, "demo") for v in study.variants)
+    assert (plain.seed, plain.model.dim, plain.model.sequence, plain.optim.epochs) == (5, 24, "sasrec", 3)
+    assert (peer.seed, peer.model.dim, peer.model.sequence, peer.optim.epochs, peer.model.dropout) == \
+        (5, 16, "gru4rec", 3, 0.3)
+
+
+def test_table_vi_rows_train_as_their_vlp_configs_say():
+    """Each VLP row is its configs/vlp/ file (the CLIP, GroupViT and FLAVA rows once trained no
+    top block, against the paper's top two, because they repeated those files' settings)."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    study = load_study(root / "paper" / "table6-vlp.toml")
+    for variant in study.variants:
+        if variant.name == "mmsr":
+            continue
+        shipped = config_lib.load(TrainConfig, root / "vlp" / f"{variant.name}.toml")
+        assert study.resolve(variant, "demo") == shipped, variant.name
+        assert shipped.encoders.text_top_blocks == 2 or shipped.encoders.joint_model, variant.name
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "paper").glob("*.toml")),

@@ -17,6 +17,7 @@
     label = "Sum"                        # default: the name
     group = "Coarse"                     # a heading the table groups rows under
     set = { "model.fusion" = "sum" }
+    config = "../baselines/fdsa.toml"    # start from this training config instead of study.base
     dataset = "demo-tgt"                 # only this dataset (a transfer study's source/target)
     init_from = "source"                 # start from that variant's run (same seed)
     in_table = false                     # trained (e.g. a transfer source) but not a row
@@ -67,6 +68,9 @@ class Variant:
     name: str
     label: str
     overrides: dict  # nested, like a config file's mapping
+    # A training config this variant starts from instead of the study's base (a row that is one
+    # of configs/baselines/ or configs/vlp/ names that file rather than repeating its settings).
+    config: Path | None = None
     column: str = ""
     group: str = ""
     dataset: str = ""
@@ -131,13 +135,23 @@ class Study:
         return (variant.dataset,) if variant.dataset else self.datasets
 
     @functools.cached_property
-    def base_mapping(self) -> dict:
-        """The base config file's mapping, read once: a plan resolves every variant x dataset x seed."""
-        return config_lib.read_file(self.base) if self.base else {}
+    def _config_files(self) -> dict[Path, dict]:
+        return {}
+
+    def base_mapping(self, variant: Variant | None = None) -> dict:
+        """The mapping of the config file `variant` starts from (its own, else the study's base),
+        each file read once: a plan resolves every variant x dataset x seed."""
+        path = variant.config if variant is not None and variant.config else self.base
+        if path is None:
+            return {}
+        if path not in self._config_files:
+            self._config_files[path] = config_lib.read_file(path)
+        return self._config_files[path]
 
     def config_mapping(self, variant: Variant, dataset: str, seed: int | None, sets: list[str] | None) -> dict:
-        """base file <- study `set` <- variant `set` <- `--set` <- dataset and seed."""
-        data = config_lib.merge(self.base_mapping, self.overrides)
+        """base file (the variant's `config`, else study.base) <- study `set` <- variant `set` <-
+        `--set` <- dataset and seed."""
+        data = config_lib.merge(self.base_mapping(variant), self.overrides)
         data = config_lib.merge(data, variant.overrides)
         data = config_lib.merge(data, config_lib.parse_overrides(sets))
         data["dataset"] = dataset
@@ -156,7 +170,7 @@ class Study:
 
 _TOP_KEYS = {"study", "data", "variant", "grid", "table", "figure"}
 _STUDY_KEYS = {"name", "title", "base", "datasets", "splits", "metrics", "protocol", "set", "from_cache", "notes"}
-_VARIANT_KEYS = {"name", "label", "set", "column", "group", "dataset", "init_from", "in_table"}
+_VARIANT_KEYS = {"name", "label", "set", "config", "column", "group", "dataset", "init_from", "in_table"}
 _TABLE_KEYS = {"rows", "columns", "best_within", "improv"}
 _IMPROV_KEYS = {"of", "over", "along"}
 _FIGURE_KEYS = {"kind", "variants", "metric", "dataset", "name"}
@@ -244,7 +258,7 @@ def _parse(raw: dict, path: Path, problems: list[str]) -> Study:
     if not isinstance(from_cache, bool):
         problems.append(f"study.from_cache must be true or false, got {from_cache!r}")
     data = _data_recipes(_table_of(raw.get("data"), "[data]", problems), problems)
-    variants = _variants(raw, problems)
+    variants = _variants(raw, path, problems)
     study = Study(
         name=str(head.get("name") or path.stem), path=path.resolve(), title=str(head.get("title", path.stem)),
         base=base_path, datasets=_strings(head.get("datasets", ["demo"]), "study.datasets", problems),
@@ -280,7 +294,7 @@ def _data_recipes(data: dict, problems: list[str]) -> dict:
     return data
 
 
-def _variants(raw: dict, problems: list[str]) -> tuple[Variant, ...]:
+def _variants(raw: dict, path: Path, problems: list[str]) -> tuple[Variant, ...]:
     variants = []
     for index, entry in enumerate(raw.get("variant", [])):
         where = f"variant[{index}]"
@@ -294,8 +308,14 @@ def _variants(raw: dict, problems: list[str]) -> tuple[Variant, ...]:
         in_table = entry.get("in_table", True)
         if not isinstance(in_table, bool):
             problems.append(f"{where}.in_table must be true or false")
+        config = entry.get("config")
+        if config is not None and (not isinstance(config, str) or not config):
+            problems.append(f"{where}.config must be the path of a training config (relative to the study "
+                            f"file), got {config!r}")
+            config = None
         variants.append(Variant(name=name, label=str(entry.get("label", name)),
                                 overrides=nested(_table_of(entry.get("set"), f"{where}.set", problems)),
+                                config=(path.parent / config).resolve() if config else None,
                                 column=str(entry.get("column", "")), group=str(entry.get("group", "")),
                                 dataset=str(entry.get("dataset", "")), init_from=str(entry.get("init_from", "")),
                                 in_table=bool(in_table)))
@@ -417,6 +437,10 @@ def _config_problems(study: Study) -> list[str]:
     """Build every variant's TrainConfig now, so a typo fails before hours of training."""
     if study.base is not None and not study.base.is_file():
         return [f"study.base {study.base}: no such file (it is relative to the study file)"]
+    missing = [f"variant {v.name!r}: config {v.config}: no such file (it is relative to the study file)"
+               for v in study.variants if v.config is not None and not v.config.is_file()]
+    if missing:
+        return missing
     problems = []
     for variant in study.variants:
         for dataset in study.datasets_of(variant):
