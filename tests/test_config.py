@@ -225,7 +225,7 @@ def test_train_reports_an_ignored_setting_before_anything_runs(mmsr_home):
     result = subprocess.run([sys.executable, "-m", "mmsr_cli.app", "train", "--config", str(CONFIGS[0]), "--set",
                              "encoders.vision_model="], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2, result.stderr
-    assert "model.fusion='gate' needs text and image" in result.stderr and "model.fusion=pool" in result.stderr
+    assert "model.fusion='gate+dnn' needs text and image" in result.stderr and "model.fusion=pool" in result.stderr
     assert not (mmsr_home / "runs").exists()
 
 
