@@ -110,7 +110,7 @@ def test_attention_dropout_follows_dropout_unless_set(name):
     (["model.fusion=coattn", "model.fusion_standardize=true"],
      "model.fusion_standardize=True is ignored by fusion 'coattn'"),
     (["model.fusion=gate", "model.fusion_attention_dropout=0"],
-     "model.fusion_attention_dropout=0.0 is ignored by fusion 'gate'.*coattn, merge-attn"),
+     r"model.fusion_attention_dropout=0.0 is ignored by fusion 'gate'.*coattn, coattn\+dnn, merge-attn, merge-attn\+dnn"),
     (["model.fusion=merge-attn", "model.fusion_attention_dropout=1"],
      r"model.fusion_attention_dropout=1.0 is a probability of dropping a unit: it must be in \[0, 1\)"),
     (["model.dropout=-0.1"], r"model.dropout=-0.1 is a probability"),

@@ -5,7 +5,8 @@ Every module maps per-modality token sequences to one vector per item:
     fusion({"text": (tokens [N,Tt,Dt], mask [N,Tt]), "image": (tokens [N,Ti,Di], mask)}) -> [N, dim]
 
 Coarse fusions (gate, film, sum, concat) work on masked-mean pooled, projected vectors;
-`NAME+dnn` adds the paper's three-layer DNN on top. Fine-grained fusions work on tokens:
+`NAME+dnn` adds the paper's three-layer DNN on top (also after the token fusions, a departure
+from the seed's Table III). Fine-grained fusions work on tokens:
 `coattn` (one co-attention layer: each stream cross-attends the other, then a merging
 layer) and `merge-attn` (the tokens of every stream concatenated into `layers` single-stream
 transformer blocks, then pooled; with one modality, a token-level tower). `pool` serves
@@ -173,7 +174,7 @@ class FiLM(_Pooled):
 
 
 class WithDNN(nn.Module):
-    """A coarse fusion followed by the paper's three-layer DNN (Coarse+ in Table III), as a
+    """A fusion followed by the paper's three-layer DNN (Coarse+ in Table III), as a
     residual branch: x + DNN(LN(x)).
 
     The seed stacks the DNN on the fusion's output. Stacked so, a fresh DNN's biases outweigh
@@ -274,9 +275,21 @@ def _register_coarse(name: str, cls: type, needs: tuple[str, ...] = BOTH) -> Non
 for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
     _register_coarse(_name, _cls)
 _register_coarse("pool", Pool, needs=())  # any modalities: MMSR-T and MMSR-V's fusion
+
+
+def _register_tokens(name: str, cls: type, params: tuple[str, ...], needs: tuple[str, ...]) -> None:
+    """`name` and `name+dnn`: the token fusion, and the same with the residual DNN on its pooled
+    output (not in the seed's Table III, whose DNN follows the coarse fusions only)."""
+    FUSIONS.register(name, params=params, needs=needs, help=first_line(cls.__doc__))(cls)
+    FUSIONS.register(f"{name}+dnn", params=params, needs=needs,
+                     help=f"{name}, then the paper's three-layer residual DNN")(
+        lambda input_dims, dim, dropout=0.1, **kwargs: WithDNN(cls(input_dims, dim, dropout=dropout, **kwargs),
+                                                               dim, dropout))
+
+
 # Any modalities: with one, merge-attn is a trainable transformer over that encoder's frozen tokens.
-FUSIONS.register("merge-attn", params=("layers", "heads", "attention_dropout"), needs=())(MergeAttention)
-FUSIONS.register("coattn", params=("heads", "attention_dropout"), needs=BOTH)(CoAttention)
+_register_tokens("merge-attn", MergeAttention, ("layers", "heads", "attention_dropout"), needs=())
+_register_tokens("coattn", CoAttention, ("heads", "attention_dropout"), needs=BOTH)
 
 
 @FUSIONS.register("flava", needs=BOTH, help="FLAVA's own multimodal encoder (paradigm (c)), pretrained, wholly trained")
