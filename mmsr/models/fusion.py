@@ -261,35 +261,31 @@ class CoAttention(_Tokens):
 BOTH = ("text", "image")
 
 
+def _register_with_dnn(name: str, build, params: tuple[str, ...], needs: tuple[str, ...], help: str,
+                       dnn_note: str) -> None:
+    """`name`, built by `build`, and `name+dnn`: the same fusion with the residual DNN on its output."""
+    FUSIONS.register(name, params=params, needs=needs, help=help)(build)
+    FUSIONS.register(f"{name}+dnn", params=params, needs=needs,
+                     help=f"{name}, then the paper's three-layer residual DNN ({dnn_note})")(
+        lambda input_dims, dim, dropout=0.1, **kwargs: WithDNN(build(input_dims, dim, dropout=dropout, **kwargs),
+                                                               dim, dropout))
+
+
 def _register_coarse(name: str, cls: type, needs: tuple[str, ...] = BOTH) -> None:
-    """`name` and `name+dnn` (Coarse+: the same fusion with the residual DNN on top)."""
-    FUSIONS.register(name, params=("standardize", "pooling"), needs=needs, help=first_line(cls.__doc__))(
-        lambda input_dims, dim, dropout=0.1, standardize=False, pooling="mean", **_:
-        cls(input_dims, dim, standardize, pooling))
-    FUSIONS.register(f"{name}+dnn", params=("standardize", "pooling"), needs=needs,
-                     help=f"{name}, then the paper's three-layer residual DNN (Coarse+, Table III)")(
-        lambda input_dims, dim, dropout=0.1, standardize=False, pooling="mean", **_:
-        WithDNN(cls(input_dims, dim, standardize, pooling), dim, dropout))
+    _register_with_dnn(name, lambda input_dims, dim, dropout=0.1, standardize=False, pooling="mean", **_:
+                       cls(input_dims, dim, standardize, pooling),
+                       ("standardize", "pooling"), needs, first_line(cls.__doc__), "Coarse+, Table III")
 
 
 for _name, _cls in (("sum", Sum), ("concat", Concat), ("gate", Gate), ("film", FiLM)):
     _register_coarse(_name, _cls)
 _register_coarse("pool", Pool, needs=())  # any modalities: MMSR-T and MMSR-V's fusion
-
-
-def _register_tokens(name: str, cls: type, params: tuple[str, ...], needs: tuple[str, ...]) -> None:
-    """`name` and `name+dnn`: the token fusion, and the same with the residual DNN on its pooled
-    output (not in the seed's Table III, whose DNN follows the coarse fusions only)."""
-    FUSIONS.register(name, params=params, needs=needs, help=first_line(cls.__doc__))(cls)
-    FUSIONS.register(f"{name}+dnn", params=params, needs=needs,
-                     help=f"{name}, then the paper's three-layer residual DNN")(
-        lambda input_dims, dim, dropout=0.1, **kwargs: WithDNN(cls(input_dims, dim, dropout=dropout, **kwargs),
-                                                               dim, dropout))
-
-
-# Any modalities: with one, merge-attn is a trainable transformer over that encoder's frozen tokens.
-_register_tokens("merge-attn", MergeAttention, ("layers", "heads", "attention_dropout"), needs=())
-_register_tokens("coattn", CoAttention, ("heads", "attention_dropout"), needs=BOTH)
+# Any modalities: with one, merge-attn is a trainable transformer over that encoder's frozen tokens. The
+# DNN after a token fusion is not in the seed's Table III, whose DNN follows the coarse fusions only.
+_register_with_dnn("merge-attn", MergeAttention, ("layers", "heads", "attention_dropout"), (),
+                   first_line(MergeAttention.__doc__), "not in Table III")
+_register_with_dnn("coattn", CoAttention, ("heads", "attention_dropout"), BOTH, first_line(CoAttention.__doc__),
+                   "not in Table III")
 
 
 @FUSIONS.register("flava", needs=BOTH, help="FLAVA's own multimodal encoder (paradigm (c)), pretrained, wholly trained")

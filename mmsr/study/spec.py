@@ -134,24 +134,20 @@ class Study:
     def datasets_of(self, variant: Variant) -> tuple[str, ...]:
         return (variant.dataset,) if variant.dataset else self.datasets
 
-    @functools.cached_property
-    def _config_files(self) -> dict[Path, dict]:
-        return {}
+    def start_file(self, variant: Variant) -> Path | None:
+        """The config file `variant` starts from: its own `config`, else the study's base."""
+        return variant.config or self.base
 
-    def base_mapping(self, variant: Variant | None = None) -> dict:
-        """The mapping of the config file `variant` starts from (its own, else the study's base),
-        each file read once: a plan resolves every variant x dataset x seed."""
-        path = variant.config if variant is not None and variant.config else self.base
-        if path is None:
-            return {}
-        if path not in self._config_files:
-            self._config_files[path] = config_lib.read_file(path)
-        return self._config_files[path]
+    @functools.cached_property
+    def _start_mappings(self) -> dict[Path | None, dict]:
+        """Each start file's mapping, read once: a plan resolves every variant x dataset x seed."""
+        return {path: config_lib.read_file(path) if path else {}
+                for path in {self.start_file(variant) for variant in self.variants}}
 
     def config_mapping(self, variant: Variant, dataset: str, seed: int | None, sets: list[str] | None) -> dict:
-        """base file (the variant's `config`, else study.base) <- study `set` <- variant `set` <-
+        """start file (the variant's `config`, else study.base) <- study `set` <- variant `set` <-
         `--set` <- dataset and seed."""
-        data = config_lib.merge(self.base_mapping(variant), self.overrides)
+        data = config_lib.merge(self._start_mappings[self.start_file(variant)], self.overrides)
         data = config_lib.merge(data, variant.overrides)
         data = config_lib.merge(data, config_lib.parse_overrides(sets))
         data["dataset"] = dataset
@@ -435,10 +431,9 @@ def _check_cycles(study: Study, problems: list[str]) -> None:
 
 def _config_problems(study: Study) -> list[str]:
     """Build every variant's TrainConfig now, so a typo fails before hours of training."""
-    if study.base is not None and not study.base.is_file():
-        return [f"study.base {study.base}: no such file (it is relative to the study file)"]
-    missing = [f"variant {v.name!r}: config {v.config}: no such file (it is relative to the study file)"
-               for v in study.variants if v.config is not None and not v.config.is_file()]
+    starts = [("study.base", study.base), *((f"variant {v.name!r}: config", v.config) for v in study.variants)]
+    missing = [f"{what} {path}: no such file (it is relative to the study file)"
+               for what, path in starts if path is not None and not path.is_file()]
     if missing:
         return missing
     problems = []
