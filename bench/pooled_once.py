@@ -4,7 +4,7 @@ from that modality's cached states (README, Training, "Pooled once").
     MMSR_HOME=H python bench/pooled_once.py --set model.fusion=pool+dnn [--steps 30]
                                             [--config configs/movielens-mmsrt.toml] [--set key=value ...]
 
-(The MovieLens config's own fusion, `merge-attn`, reads every token, so nothing of it is pooled
+(The MovieLens config's own fusion, `merge-attn+dnn`, reads every token, so nothing of it is pooled
 once: the figures in docs/bench-train.md name `pool+dnn`, its fusion then.)
 
 The config's dataset and its cache must exist under $MMSR_HOME (`mmsr data import` / `mmsr cache

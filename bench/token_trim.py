@@ -3,7 +3,7 @@
     python bench/token_trim.py [--config configs/movielens-mmsrt.toml] [--set k=v ...] [--steps 6] [--warmup 1]
                                [--groups 2,4,8]
 
-(The MovieLens config's own fusion, `merge-attn`, reads every token.)
+(The MovieLens config's own fusion, `merge-attn+dnn`, reads every token.)
 
 Builds the run as `mmsr train --from-cache` does (the dataset and its cache must exist), then takes
 the recipe's own `train_step` on consecutive batches of the first epoch, each batch once per arm:
