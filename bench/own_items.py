@@ -10,10 +10,10 @@ run's two figures differ only by own items scored above the target. Per run:
 - `above`: own items scored above the target per case (RecBole's rank minus the paper's), split
   into those the model reads (its newest `max_seq_len` items) and the older ones it never sees;
 - `hits_lost`: the share of cases that are a hit@10 under the paper's protocol and not under
-  RecBole's, and of those the share that older own items alone cost (a hit again were only the
-  items the model reads ranked);
+  RecBole's; `hits_lost_to_older_only`: the share of cases among them that would stay a hit were
+  only the items the model reads ranked (lost only once the older items count);
 - `newest_in_top10`: for k = 1..--newest, the share of cases whose k-th newest item ranks in the
-  top ten of every item (RecBole's list);
+  top ten of every item (RecBole's list), among the cases with at least k items;
 - `training_negatives`: the share of a training position's earlier own items that its loss
   scores as negatives (among the batch's candidates and not taken out by `optim.own_items`),
   over --steps evenly spaced steps of epoch 0, built as the trainer builds them. `null` for a
@@ -46,7 +46,7 @@ def case_counts(loaded, which: str, newest: int) -> dict[str, np.ndarray]:
     """Per case of split `which`: own items above the target that the model reads ("read") and
     older ones ("older"), the non-own items above it ("others", so the paper's rank is others + 1
     and RecBole's others + read + older + 1), and [cases, newest] whether the k-th newest item
-    ranks in RecBole's top ten ("newest_top10")."""
+    ranks in RecBole's top ten ("newest_top10", NaN where the history holds fewer than k items)."""
     model, split = loaded.model, loaded.split
     if model.scorer is not None:
         raise SystemExit(f"{loaded.root}: a candidate-dependent scorer ({loaded.config.model.kind}); this bench "
@@ -60,7 +60,7 @@ def case_counts(loaded, which: str, newest: int) -> dict[str, np.ndarray]:
     users = user_matrix(model, items, histories, max_len, loaded.towers_batch(), device).numpy()
     targets = split.items[split.offsets[cases.users] + cases.positions]
     out = {name: np.zeros(len(targets), dtype=np.int64) for name in ("read", "older", "others")}
-    out["newest_top10"] = np.zeros((len(targets), newest), dtype=bool)
+    out["newest_top10"] = np.full((len(targets), newest), np.nan)  # NaN: the history is shorter
     for start in range(0, len(targets), CHUNK):
         scores = users[start:start + CHUNK] @ scored.T
         for row, score in enumerate(scores):
@@ -104,6 +104,7 @@ def training_negatives(loaded, steps: int) -> float | None:
                     where = np.searchsorted(ids.numpy(), earlier).clip(max=len(ids) - 1)
                     negative = (ids.numpy()[where] == earlier) & ~taken[n].numpy()[where]
                     shares.append(negative.mean())
+                assert targets[n] == sequence[at]  # the positions come in the loss's order
                 n += 1
         assert n == len(targets) and (targets != PAD).all()
     return float(np.mean(shares)) if shares else None
@@ -119,7 +120,8 @@ def summarise(counts: dict[str, np.ndarray]) -> dict:
                       "median_all": float(np.median(counts["read"] + counts["older"]))},
             "hits_paper": round(float((paper <= 10).mean()), 4),
             "hits_lost": round(float(lost.mean()), 4), "hits_lost_to_older_only": round(float(older_only.mean()), 4),
-            "newest_in_top10": [round(float(x), 4) for x in counts["newest_top10"].mean(0)]}
+            "newest_in_top10": [round(float(np.nanmean(column)), 4) if (~np.isnan(column)).any() else None
+                                for column in counts["newest_top10"].T]}
 
 
 def main(argv: list[str] | None = None) -> None:
