@@ -33,6 +33,7 @@ import sys
 import numpy as np
 import torch
 
+from mmsr.eval.search import case_histories, ranks_from_scores
 from mmsr.eval.towers import item_matrix, user_matrix
 from mmsr.machine import cpu_model
 from mmsr.train.batches import PAD, TrainBatches
@@ -46,7 +47,8 @@ def case_counts(loaded, which: str, newest: int) -> dict[str, np.ndarray]:
     """Per case of split `which`: own items above the target that the model reads ("read") and
     older ones ("older"), the non-own items above it ("others", so the paper's rank is others + 1
     and RecBole's others + read + older + 1), and [cases, newest] whether the k-th newest item
-    ranks in RecBole's top ten ("newest_top10", NaN where the history holds fewer than k items)."""
+    ranks in RecBole's top ten ("newest_top10", NaN where the history holds fewer than k items).
+    Both ranks are the evaluation's own rule (`ranks_from_scores`) on exact scores."""
     model, split = loaded.model, loaded.split
     if model.scorer is not None:
         raise SystemExit(f"{loaded.root}: a candidate-dependent scorer ({loaded.config.model.kind}); this bench "
@@ -56,25 +58,25 @@ def case_counts(loaded, which: str, newest: int) -> dict[str, np.ndarray]:
     cases = split.cases(which)
     items = item_matrix(model, loaded.feed, split.num_items, loaded.towers_batch(), device)
     scored = model.score_vectors(items).numpy()
-    histories = [split.history(u, p, max_len) for u, p in zip(cases.users, cases.positions)]
-    users = user_matrix(model, items, histories, max_len, loaded.towers_batch(), device).numpy()
+    inputs = [split.history(u, p, max_len) for u, p in zip(cases.users, cases.positions)]
+    users = user_matrix(model, items, inputs, max_len, loaded.towers_batch(), device).numpy()
     targets = split.items[split.offsets[cases.users] + cases.positions]
-    out = {name: np.zeros(len(targets), dtype=np.int64) for name in ("read", "older", "others")}
-    out["newest_top10"] = np.full((len(targets), newest), np.nan)  # NaN: the history is shorter
+    paper, recbole, read = (np.zeros(len(targets), dtype=np.int64) for _ in range(3))
+    newest_top10 = np.full((len(targets), newest), np.nan)  # NaN: the history is shorter
     for start in range(0, len(targets), CHUNK):
-        scores = users[start:start + CHUNK] @ scored.T
+        part = slice(start, start + CHUNK)
+        scores = users[part] @ scored.T
+        histories = case_histories(split.offsets, split.items, cases.users[part], cases.positions[part])
+        paper[part] = ranks_from_scores(scores, targets[part], histories, max_k=split.num_items)
+        recbole[part] = ranks_from_scores(scores, targets[part], None, max_k=split.num_items)
         for row, score in enumerate(scores):
             c = start + row
-            full = split.items[split.offsets[cases.users[c]]:split.offsets[cases.users[c]] + cases.positions[c]]
             bar = score[targets[c]]
-            own = np.setdiff1d(full, targets[c])  # distinct; a repeated target is the target, not an own item
-            above = own[score[own] > bar]
-            read = np.isin(above, full[-max_len:])
-            out["read"][c], out["older"][c] = read.sum(), (~read).sum()
-            out["others"][c] = (score > bar).sum() - len(above)
-            newest_items = full[::-1][:newest]
-            out["newest_top10"][c, :len(newest_items)] = [(score > score[i]).sum() < 10 for i in newest_items]
-    return out
+            read[c] = (score[np.setdiff1d(inputs[c], targets[c])] > bar).sum()
+            history = histories.items[histories.offsets[row]:histories.offsets[row + 1]]
+            newest_items = history[::-1][:newest]
+            newest_top10[c, :len(newest_items)] = [(score > score[i]).sum() < 10 for i in newest_items]
+    return {"read": read, "older": recbole - paper - read, "others": paper - 1, "newest_top10": newest_top10}
 
 
 def training_negatives(loaded, steps: int) -> float | None:
@@ -93,6 +95,7 @@ def training_negatives(loaded, steps: int) -> float | None:
         targets = batch.targets[batch.mask]
         taken = (batch.own.taken_out(config.optim.own_items, ids, batch.mask, targets) if batch.own is not None
                  else torch.zeros(len(targets), len(ids), dtype=torch.bool))
+        candidates, kept_in = ids.numpy(), ~taken.numpy()
         rows = order[step * batches.batch_size:(step + 1) * batches.batch_size]
         kept = batch.mask.sum(1).numpy()
         n = 0
@@ -101,9 +104,8 @@ def training_negatives(loaded, steps: int) -> float | None:
             for at in range(end - kept[row], end):
                 earlier = np.setdiff1d(sequence[:at], sequence[at])
                 if len(earlier):
-                    where = np.searchsorted(ids.numpy(), earlier).clip(max=len(ids) - 1)
-                    negative = (ids.numpy()[where] == earlier) & ~taken[n].numpy()[where]
-                    shares.append(negative.mean())
+                    where = np.searchsorted(candidates, earlier).clip(max=len(candidates) - 1)
+                    shares.append(((candidates[where] == earlier) & kept_in[n, where]).mean())
                 assert targets[n] == sequence[at]  # the positions come in the loss's order
                 n += 1
         assert n == len(targets) and (targets != PAD).all()
