@@ -3,6 +3,7 @@
     python bench/recbole_fdsa.py --venv /tmp/rbvenv --out /tmp/rbfdsa [--features class,movie_title]
                                  [--epochs 300] [--stopping-step 10] [--max-minutes 30]
                                  [--from-checkpoint /tmp/rbfdsa/saved/FDSA-....pth]
+                                 [--resume /tmp/rbfdsa/saved/FDSA-....pth]
 
 RecBole is NOT a project dependency: --venv names a throw-away venv holding recbole==1.2.1 (installed
 with --no-deps) plus what its imports need (pandas, scipy, scikit-learn, colorlog==4.7.2,
@@ -31,6 +32,15 @@ item's token and its rank over every item (1 + the number of items scoring stric
 RecBole's padding, excluded; nothing else masked, as RecBole's full ranking of a sequential model).
 `mmsr compare RUN <out>/ranks_test.csv --protocol recbole` pairs it case by case with an mmsr run on
 the same split. --from-checkpoint re-tests a saved model (<out>/saved/*.pth) without training.
+
+--resume continues a run that a time bound stopped, from its best checkpoint, with RecBole's own
+Trainer.resume_checkpoint (weights, Adam's state, the epoch, the best validation score and the
+patience counter, which is 0 at a best checkpoint). The checkpoint is copied into <out>/saved first
+and the copy is the one updated, so the stopped run's files stay as they were. The continuation is
+the stopped run's state after its best epoch, not an uninterrupted run: the epochs it had run past
+its best are run again, and the shuffles and dropout masks after the resume are drawn afresh (the
+loaders' generators restart from the seed). result.json's best_epoch and epochs_run count from the
+first run's epoch 1; "resumed_from" names the checkpoint and its epoch.
 
 --max-minutes stops training after an epoch when one more epoch (at the mean pace so far) would pass
 the wall-clock bound (counted from the start of training); the best checkpoint (by validation
@@ -74,6 +84,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--from-checkpoint", default=None,
                    help="RecBole checkpoint (.pth) to test and rank with, instead of training")
+    p.add_argument("--resume", default=None,
+                   help="RecBole checkpoint (.pth) of a run stopped by --max-minutes: train on from it "
+                        "(copied into <out>/saved; the original is not touched)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -82,6 +95,11 @@ def outer(args: argparse.Namespace) -> int:
     python = Path(args.venv) / "bin" / "python"
     if not python.exists():
         sys.exit(f"no python in {args.venv}")
+    if args.resume and args.from_checkpoint:
+        sys.exit("--resume trains on from a checkpoint, --from-checkpoint only tests one: give one of them")
+    for flag, path in (("--resume", args.resume), ("--from-checkpoint", args.from_checkpoint)):
+        if path and not Path(path).is_file():
+            sys.exit(f"{flag}: no checkpoint file at {path} (RecBole saves them as <out>/saved/FDSA-*.pth)")
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
     env.setdefault("MKL_NUM_THREADS", str(args.threads))
@@ -145,6 +163,17 @@ def inner(args: argparse.Namespace) -> None:
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
     state = {"epochs_run": 0, "best_epoch": None, "epoch_s": []}
+    if args.resume:
+        import shutil
+
+        copy = out / "saved" / Path(args.resume).name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if copy.resolve() != Path(args.resume).resolve():
+            shutil.copy2(args.resume, copy)
+        trainer.resume_checkpoint(copy)  # sets saved_model_file to the copy: improvements land there
+        state["resumed_from"] = {"checkpoint": str(Path(args.resume).resolve()), "epoch": trainer.start_epoch,
+                                 "best_valid_score": float(trainer.best_valid_score)}
+        state["best_epoch"] = trainer.start_epoch
     started = time.perf_counter()
     train_epoch, save = trainer._train_epoch, trainer._save_checkpoint
 
@@ -160,7 +189,7 @@ def inner(args: argparse.Namespace) -> None:
 
     def callback(epoch_idx, valid_score):  # runs after the epoch's validation and checkpointing
         elapsed = time.perf_counter() - started
-        next_epoch = elapsed / (epoch_idx + 1)  # train + validation, per epoch so far
+        next_epoch = elapsed / (epoch_idx + 1 - trainer.start_epoch)  # train + validation, per epoch so far
         if elapsed + next_epoch > args.max_minutes * 60 and epoch_idx + 1 < args.epochs:
             state["time_bound_hit"] = True
             raise TimeBound
@@ -184,6 +213,8 @@ def inner(args: argparse.Namespace) -> None:
         except TimeBound:
             pass
         best_valid = trainer.best_valid_result
+        if best_valid is None:  # resumed, and no epoch beat the checkpoint: its validation, measured again
+            best_valid = trainer.evaluate(valid_data, load_best_model=True, show_progress=False)
         test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     train_s = time.perf_counter() - started
     ranks = write_ranks(trainer.model, test_data, dataset, out / "ranks_test.csv")
@@ -217,6 +248,7 @@ def inner(args: argparse.Namespace) -> None:
                                               ("ndcg", np.where(ranks <= k, 1 / np.log2(ranks + 1), 0).mean()))}},
         "feature_attention": feature_attention(trainer.model, dataset),
         "best_epoch": state["best_epoch"],
+        "resumed_from": state.get("resumed_from"),
         "epochs_run": state["epochs_run"],
         "stopped_by": "not trained here (--from-checkpoint)" if args.from_checkpoint else
                       "time bound" if state.get("time_bound_hit") else
