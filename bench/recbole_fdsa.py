@@ -36,11 +36,14 @@ the same split. --from-checkpoint re-tests a saved model (<out>/saved/*.pth) wit
 --resume continues a run that a time bound stopped, from its best checkpoint, with RecBole's own
 Trainer.resume_checkpoint (weights, Adam's state, the epoch, the best validation score and the
 patience counter, which is 0 at a best checkpoint). The checkpoint is copied into <out>/saved first
-and the copy is the one updated, so the stopped run's files stay as they were. The continuation is
-the stopped run's state after its best epoch, not an uninterrupted run: the epochs it had run past
-its best are run again, and the shuffles and dropout masks after the resume are drawn afresh (the
-loaders' generators restart from the seed). result.json's best_epoch and epochs_run count from the
-first run's epoch 1; "resumed_from" names the checkpoint and its epoch.
+and the copy is the one updated, so the stopped run's files stay as they were (--out must be a new
+folder). The continuation is the stopped run's state after its best epoch, not an uninterrupted
+run: the epochs it had run past its best are run again, and the shuffles and dropout masks restart
+from the seed (the loaders' generators and torch's are seeded when they are built, so the first
+resumed epoch draws what epoch 1 drew), not those an uninterrupted run would have drawn. The
+checkpoint's seed, batch size, features and model dimensions must be this run's. result.json's
+best_epoch and epochs_run count from the first run's epoch 1; "resumed_from" names the checkpoint
+and its epoch.
 
 --max-minutes stops training after an epoch when one more epoch (at the mean pace so far) would pass
 the wall-clock bound (counted from the start of training); the best checkpoint (by validation
@@ -164,16 +167,7 @@ def inner(args: argparse.Namespace) -> None:
 
     state = {"epochs_run": 0, "best_epoch": None, "epoch_s": []}
     if args.resume:
-        import shutil
-
-        copy = out / "saved" / Path(args.resume).name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        if copy.resolve() != Path(args.resume).resolve():
-            shutil.copy2(args.resume, copy)
-        trainer.resume_checkpoint(copy)  # sets saved_model_file to the copy: improvements land there
-        state["resumed_from"] = {"checkpoint": str(Path(args.resume).resolve()), "epoch": trainer.start_epoch,
-                                 "best_valid_score": float(trainer.best_valid_score)}
-        state["best_epoch"] = trainer.start_epoch
+        state.update(resume(trainer, config, Path(args.resume), out / "saved", args.epochs))
     started = time.perf_counter()
     train_epoch, save = trainer._train_epoch, trainer._save_checkpoint
 
@@ -262,6 +256,38 @@ def inner(args: argparse.Namespace) -> None:
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
+
+
+RESUME_MUST_MATCH = ("seed", "train_batch_size", "selected_features", "MAX_ITEM_LIST_LENGTH", "hidden_size",
+                     "inner_size", "n_layers", "n_heads", "learning_rate", "loss_type")
+
+
+def resume(trainer, config, checkpoint: Path, saved: Path, epochs: int) -> dict:
+    """Point `trainer` at a copy (in `saved`) of a stopped run's best checkpoint and load it with
+    RecBole's Trainer.resume_checkpoint; exits with one line when the checkpoint cannot be trained
+    on as this run. Returns the state entries result.json reports."""
+    import shutil
+
+    import torch
+
+    copy = saved / checkpoint.name
+    if copy.resolve() == checkpoint.resolve():
+        sys.exit(f"--resume {checkpoint}: that is this --out's own checkpoint; give --out a new folder, so the "
+                 "stopped run's checkpoint, result.json and ranks stay as they were")
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in RESUME_MUST_MATCH:
+        if stored["config"][key] != config[key]:
+            sys.exit(f"--resume {checkpoint}: the checkpoint's {key} is {stored['config'][key]!r}, this run's "
+                     f"{config[key]!r}; resume with the stopped run's settings (--features, --set)")
+    if stored["epoch"] + 1 >= epochs:
+        sys.exit(f"--resume {checkpoint}: the checkpoint is at epoch {stored['epoch'] + 1} of --epochs {epochs}, "
+                 "nothing is left to train; --from-checkpoint tests it")
+    saved.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkpoint, copy)
+    trainer.resume_checkpoint(copy)  # sets saved_model_file to the copy: improvements land there
+    return {"resumed_from": {"checkpoint": str(checkpoint.resolve()), "epoch": trainer.start_epoch,
+                             "best_valid_score": float(trainer.best_valid_score)},
+            "best_epoch": trainer.start_epoch, "epochs_run": trainer.start_epoch}
 
 
 def feature_attention(model, dataset) -> dict:
