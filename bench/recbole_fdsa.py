@@ -41,13 +41,14 @@ folder). The continuation is the stopped run's state after its best epoch, not a
 run: the epochs it had run past its best are run again, and the shuffles and dropout masks restart
 from the seed (the loaders' generators and torch's are seeded when they are built, so the first
 resumed epoch draws what epoch 1 drew), not those an uninterrupted run would have drawn. The
-checkpoint's seed, batch size, features and model dimensions must be this run's. result.json's
-best_epoch and epochs_run count from the first run's epoch 1; "resumed_from" names the checkpoint
-and its epoch.
+checkpoint must be an FDSA checkpoint of this script whose settings (every one result.json reports
+but epochs, stopping_step and eval_batch_size) are this run's. result.json's best_epoch and
+epochs_run count from the first run's epoch 1, train_epoch_s_mean only this run's epochs;
+"resumed_from" names the checkpoint, its epoch and the copy that holds the continuation's best.
 
 --max-minutes stops training after an epoch when one more epoch (at the mean pace so far) would pass
-the wall-clock bound (counted from the start of training); the best checkpoint (by validation
-NDCG@10) is then tested as usual.
+the wall-clock bound (counted from the start of this process's training, so a resumed run gets a
+bound of its own); the best checkpoint (by validation NDCG@10) is then tested as usual.
 Prints one JSON object on its last line. Not a test.
 """
 
@@ -56,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -73,7 +75,7 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--venv", required=True, help="throw-away venv with recbole==1.2.1")
     p.add_argument("--out", required=True, help="folder for RecBole's log, checkpoint and result.json")
@@ -91,7 +93,7 @@ def parse() -> argparse.Namespace:
                    help="RecBole checkpoint (.pth) of a run stopped by --max-minutes: train on from it "
                         "(copied into <out>/saved; the original is not touched)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def outer(args: argparse.Namespace) -> int:
@@ -103,6 +105,9 @@ def outer(args: argparse.Namespace) -> int:
     for flag, path in (("--resume", args.resume), ("--from-checkpoint", args.from_checkpoint)):
         if path and not Path(path).is_file():
             sys.exit(f"{flag}: no checkpoint file at {path} (RecBole saves them as <out>/saved/FDSA-*.pth)")
+    if args.resume and (Path(args.out) / "result.json").exists():
+        # refused before the dataset load: a continuation would overwrite that run's result and ranks
+        sys.exit(f"--resume: {args.out} already holds a run (result.json); give --out a new folder")
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
     env.setdefault("MKL_NUM_THREADS", str(args.threads))
@@ -146,6 +151,8 @@ def inner(args: argparse.Namespace) -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
+    # the checkpoints' paths are the caller's, and RecBole needs the working directory changed
+    args.resume, args.from_checkpoint = (path and str(Path(path).resolve()) for path in (args.resume, args.from_checkpoint))
     os.chdir(out)  # RecBole writes log/ and log_tensorboard/ under the working directory
     config = Config(model="FDSA", dataset="ml-100k", config_dict=overrides)
     init_seed(config["seed"], config["reproducibility"])
@@ -167,7 +174,7 @@ def inner(args: argparse.Namespace) -> None:
 
     state = {"epochs_run": 0, "best_epoch": None, "epoch_s": []}
     if args.resume:
-        state.update(resume(trainer, config, Path(args.resume), out / "saved", args.epochs))
+        state.update(resume(trainer, config, Path(args.resume), out / "saved"))
     started = time.perf_counter()
     train_epoch, save = trainer._train_epoch, trainer._save_checkpoint
 
@@ -184,7 +191,7 @@ def inner(args: argparse.Namespace) -> None:
     def callback(epoch_idx, valid_score):  # runs after the epoch's validation and checkpointing
         elapsed = time.perf_counter() - started
         next_epoch = elapsed / (epoch_idx + 1 - trainer.start_epoch)  # train + validation, per epoch so far
-        if elapsed + next_epoch > args.max_minutes * 60 and epoch_idx + 1 < args.epochs:
+        if elapsed + next_epoch > args.max_minutes * 60 and epoch_idx + 1 < config["epochs"]:
             state["time_bound_hit"] = True
             raise TimeBound
 
@@ -214,12 +221,6 @@ def inner(args: argparse.Namespace) -> None:
     ranks = write_ranks(trainer.model, test_data, dataset, out / "ranks_test.csv")
     seconds = time.perf_counter() - started
 
-    keys = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob", "attn_dropout_prob",
-            "hidden_act", "layer_norm_eps", "initializer_range", "pooling_mode", "loss_type",
-            "MAX_ITEM_LIST_LENGTH", "train_batch_size", "eval_batch_size", "learner", "learning_rate",
-            "weight_decay", "epochs", "stopping_step", "eval_step", "train_neg_sample_args", "eval_args",
-            "repeatable", "valid_metric", "seed", "user_inter_num_interval", "item_inter_num_interval",
-            "rm_dup_inter", "load_col")
     result = {
         "model": "RecBole FDSA",
         "recbole": recbole.__version__,
@@ -227,7 +228,7 @@ def inner(args: argparse.Namespace) -> None:
         "numpy": np.__version__,
         "features": used,
         "feature_vocab": vocab,
-        "config": {k: config[k] for k in keys},
+        "config": {k: config[k] for k in CONFIG_KEYS},
         "dataset": {"users": int(dataset.user_num - 1), "items": int(dataset.item_num - 1),
                     "train_sequences": int(len(train_data._dataset)),  # every prefix (data augmentation)
                     "valid_users": int(len(valid_data._dataset)), "test_users": int(len(test_data._dataset))},
@@ -246,7 +247,7 @@ def inner(args: argparse.Namespace) -> None:
         "epochs_run": state["epochs_run"],
         "stopped_by": "not trained here (--from-checkpoint)" if args.from_checkpoint else
                       "time bound" if state.get("time_bound_hit") else
-                      ("early stopping" if state["epochs_run"] < args.epochs else "epochs"),
+                      ("early stopping" if state["epochs_run"] < config["epochs"] else "epochs"),
         "train_epoch_s_mean": round(sum(state["epoch_s"]) / max(1, len(state["epoch_s"])), 2),
         "train_s": round(train_s, 1),
         "seconds": round(seconds, 1),
@@ -258,16 +259,20 @@ def inner(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-RESUME_MUST_MATCH = ("seed", "train_batch_size", "selected_features", "MAX_ITEM_LIST_LENGTH", "hidden_size",
-                     "inner_size", "n_layers", "n_heads", "learning_rate", "loss_type")
+CONFIG_KEYS = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob", "attn_dropout_prob",
+               "hidden_act", "layer_norm_eps", "initializer_range", "pooling_mode", "loss_type",
+               "MAX_ITEM_LIST_LENGTH", "train_batch_size", "eval_batch_size", "learner", "learning_rate",
+               "weight_decay", "epochs", "stopping_step", "eval_step", "train_neg_sample_args", "eval_args",
+               "repeatable", "valid_metric", "seed", "user_inter_num_interval", "item_inter_num_interval",
+               "rm_dup_inter", "load_col", "selected_features")
+# what a continuation may change: how long it may run and how it batches evaluation
+RESUME_MAY_DIFFER = ("epochs", "stopping_step", "eval_batch_size")
 
 
-def resume(trainer, config, checkpoint: Path, saved: Path, epochs: int) -> dict:
+def resume(trainer, config, checkpoint: Path, saved: Path) -> dict:
     """Point `trainer` at a copy (in `saved`) of a stopped run's best checkpoint and load it with
     RecBole's Trainer.resume_checkpoint; exits with one line when the checkpoint cannot be trained
     on as this run. Returns the state entries result.json reports."""
-    import shutil
-
     import torch
 
     copy = saved / checkpoint.name
@@ -275,18 +280,23 @@ def resume(trainer, config, checkpoint: Path, saved: Path, epochs: int) -> dict:
         sys.exit(f"--resume {checkpoint}: that is this --out's own checkpoint; give --out a new folder, so the "
                  "stopped run's checkpoint, result.json and ranks stay as they were")
     stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    for key in RESUME_MUST_MATCH:
+    if not isinstance(stored, dict) or "config" not in stored or "epoch" not in stored:
+        sys.exit(f"--resume {checkpoint}: not a RecBole checkpoint; give a <out>/saved/FDSA-*.pth of this script")
+    for key in ("model", "dataset", *(k for k in CONFIG_KEYS if k not in RESUME_MAY_DIFFER)):
+        if key not in stored["config"]:
+            sys.exit(f"--resume {checkpoint}: not an FDSA checkpoint of this script (it has no {key}); give a "
+                     "<out>/saved/FDSA-*.pth of this script")
         if stored["config"][key] != config[key]:
             sys.exit(f"--resume {checkpoint}: the checkpoint's {key} is {stored['config'][key]!r}, this run's "
                      f"{config[key]!r}; resume with the stopped run's settings (--features, --set)")
-    if stored["epoch"] + 1 >= epochs:
-        sys.exit(f"--resume {checkpoint}: the checkpoint is at epoch {stored['epoch'] + 1} of --epochs {epochs}, "
+    if stored["epoch"] + 1 >= config["epochs"]:
+        sys.exit(f"--resume {checkpoint}: the checkpoint is at epoch {stored['epoch'] + 1} of {config['epochs']}, "
                  "nothing is left to train; --from-checkpoint tests it")
     saved.mkdir(parents=True, exist_ok=True)
     shutil.copy2(checkpoint, copy)
     trainer.resume_checkpoint(copy)  # sets saved_model_file to the copy: improvements land there
     return {"resumed_from": {"checkpoint": str(checkpoint.resolve()), "epoch": trainer.start_epoch,
-                             "best_valid_score": float(trainer.best_valid_score)},
+                             "best_valid_score": float(trainer.best_valid_score), "copy": str(copy)},
             "best_epoch": trainer.start_epoch, "epochs_run": trainer.start_epoch}
 
 
