@@ -64,6 +64,16 @@ import time
 from pathlib import Path
 
 
+CONFIG_KEYS = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob", "attn_dropout_prob",
+               "hidden_act", "layer_norm_eps", "initializer_range", "pooling_mode", "loss_type",
+               "MAX_ITEM_LIST_LENGTH", "train_batch_size", "eval_batch_size", "learner", "learning_rate",
+               "weight_decay", "epochs", "stopping_step", "eval_step", "train_neg_sample_args", "eval_args",
+               "repeatable", "valid_metric", "seed", "user_inter_num_interval", "item_inter_num_interval",
+               "rm_dup_inter", "load_col", "selected_features")
+# what a continuation may change: how long it may run and how it batches evaluation
+RESUME_MAY_DIFFER = ("epochs", "stopping_step", "eval_batch_size")
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -73,6 +83,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def _absolute(path: str) -> str:
+    """A path as the caller meant it: inner() later changes the working directory for RecBole."""
+    return str(Path(path).resolve())
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,9 +102,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra RecBole setting (value parsed as YAML), e.g. --set train_batch_size=1024")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--from-checkpoint", default=None,
+    p.add_argument("--from-checkpoint", default=None, type=_absolute,
                    help="RecBole checkpoint (.pth) to test and rank with, instead of training")
-    p.add_argument("--resume", default=None,
+    p.add_argument("--resume", default=None, type=_absolute,
                    help="RecBole checkpoint (.pth) of a run stopped by --max-minutes: train on from it "
                         "(copied into <out>/saved; the original is not touched)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
@@ -105,9 +120,14 @@ def outer(args: argparse.Namespace) -> int:
     for flag, path in (("--resume", args.resume), ("--from-checkpoint", args.from_checkpoint)):
         if path and not Path(path).is_file():
             sys.exit(f"{flag}: no checkpoint file at {path} (RecBole saves them as <out>/saved/FDSA-*.pth)")
-    if args.resume and (Path(args.out) / "result.json").exists():
-        # refused before the dataset load: a continuation would overwrite that run's result and ranks
-        sys.exit(f"--resume: {args.out} already holds a run (result.json); give --out a new folder")
+    if args.resume:
+        # a continuation writes its copy, result.json and ranks into --out: another run's would be lost,
+        # and resuming the --out's own checkpoint would copy it onto itself
+        held = [p for p in (Path(args.out) / "result.json", Path(args.out) / "saved" / Path(args.resume).name)
+                if p.exists()]
+        if held:
+            sys.exit(f"--resume: {args.out} already holds a run ({held[0]}); give --out a new folder, so that "
+                     "run's checkpoint, result.json and ranks stay as they were")
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
     env.setdefault("MKL_NUM_THREADS", str(args.threads))
@@ -151,8 +171,6 @@ def inner(args: argparse.Namespace) -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
-    # the checkpoints' paths are the caller's, and RecBole needs the working directory changed
-    args.resume, args.from_checkpoint = (path and str(Path(path).resolve()) for path in (args.resume, args.from_checkpoint))
     os.chdir(out)  # RecBole writes log/ and log_tensorboard/ under the working directory
     config = Config(model="FDSA", dataset="ml-100k", config_dict=overrides)
     init_seed(config["seed"], config["reproducibility"])
@@ -259,26 +277,13 @@ def inner(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-CONFIG_KEYS = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob", "attn_dropout_prob",
-               "hidden_act", "layer_norm_eps", "initializer_range", "pooling_mode", "loss_type",
-               "MAX_ITEM_LIST_LENGTH", "train_batch_size", "eval_batch_size", "learner", "learning_rate",
-               "weight_decay", "epochs", "stopping_step", "eval_step", "train_neg_sample_args", "eval_args",
-               "repeatable", "valid_metric", "seed", "user_inter_num_interval", "item_inter_num_interval",
-               "rm_dup_inter", "load_col", "selected_features")
-# what a continuation may change: how long it may run and how it batches evaluation
-RESUME_MAY_DIFFER = ("epochs", "stopping_step", "eval_batch_size")
-
-
 def resume(trainer, config, checkpoint: Path, saved: Path) -> dict:
     """Point `trainer` at a copy (in `saved`) of a stopped run's best checkpoint and load it with
     RecBole's Trainer.resume_checkpoint; exits with one line when the checkpoint cannot be trained
     on as this run. Returns the state entries result.json reports."""
     import torch
 
-    copy = saved / checkpoint.name
-    if copy.resolve() == checkpoint.resolve():
-        sys.exit(f"--resume {checkpoint}: that is this --out's own checkpoint; give --out a new folder, so the "
-                 "stopped run's checkpoint, result.json and ranks stay as they were")
+    copy = saved / checkpoint.name  # outer() refused an --out that already holds it
     stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(stored, dict) or "config" not in stored or "epoch" not in stored:
         sys.exit(f"--resume {checkpoint}: not a RecBole checkpoint; give a <out>/saved/FDSA-*.pth of this script")
@@ -295,7 +300,7 @@ def resume(trainer, config, checkpoint: Path, saved: Path) -> dict:
     saved.mkdir(parents=True, exist_ok=True)
     shutil.copy2(checkpoint, copy)
     trainer.resume_checkpoint(copy)  # sets saved_model_file to the copy: improvements land there
-    return {"resumed_from": {"checkpoint": str(checkpoint.resolve()), "epoch": trainer.start_epoch,
+    return {"resumed_from": {"checkpoint": str(checkpoint), "epoch": trainer.start_epoch,
                              "best_valid_score": float(trainer.best_valid_score), "copy": str(copy)},
             "best_epoch": trainer.start_epoch, "epochs_run": trainer.start_epoch}
 

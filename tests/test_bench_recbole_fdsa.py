@@ -60,9 +60,9 @@ def test_trains_on_from_a_copy_and_leaves_the_stopped_run_alone(tmp_path):
 
 
 def test_refuses_the_out_folder_own_checkpoint(tmp_path):
-    stopped = _checkpoint(tmp_path)
+    stopped = _checkpoint(tmp_path / "stopped")  # a stopped run without its result.json: killed, say
     with pytest.raises(SystemExit, match="give --out a new folder"):
-        recbole_fdsa.resume(StandInTrainer(), CONFIG, stopped, stopped.parent)
+        _outer(tmp_path, "--out", str(tmp_path / "stopped"), "--resume", str(stopped))
 
 
 @pytest.mark.parametrize("key, value", [("seed", 4), ("train_batch_size", 128), ("selected_features", ["class", "movie_title"]),
