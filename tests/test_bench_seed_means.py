@@ -1,0 +1,106 @@
+"""bench/seed_means.py: the means, standard errors and ratios on a case computed by hand; the committed
+per-seed table reproduces docs/compare.md's "Where things stand"; a bench/losses.py log pools with it;
+bad input is refused in one line naming the file."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import seed_means  # noqa: E402  (bench/seed_means.py)
+
+HEADER = "model,config,seed,valid_ndcg10,recbole_ndcg10,section\n"
+
+
+def _run(argv: list[str], capsys) -> dict:
+    seed_means.main(argv)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_mean_standard_error_and_ratio_by_hand(tmp_path, capsys):
+    table = tmp_path / "seeds.csv"
+    table.write_text(HEADER + "A,a.toml,1,0.1,0.02,x\nA,a.toml,2,0.2,0.04,x\nA,a.toml,3,0.3,,x\n"
+                              "B,b.toml,1,0.4,0.05,y\nB,b.toml,2,0.6,0.05,y\n")
+    out = _run([str(table), "--ratio", "A/B"], capsys)
+    a, b = out["models"]["A"], out["models"]["B"]
+    assert a["seeds"] == [1, 2, 3] and a["valid_ndcg10"]["n"] == 3 and a["recbole_ndcg10"]["n"] == 2  # empty cell left out
+    assert a["valid_ndcg10"]["mean"] == pytest.approx(0.2) and a["valid_ndcg10"]["se"] == pytest.approx(0.1 / math.sqrt(3))
+    assert b["valid_ndcg10"]["mean"] == pytest.approx(0.5) and b["valid_ndcg10"]["se"] == pytest.approx(0.1)
+    assert b["recbole_ndcg10"]["se"] == pytest.approx(0.0)
+    r = out["ratios"]["A/B"]["valid_ndcg10"]
+    assert r["ratio"] == pytest.approx(0.4)
+    assert r["se"] == pytest.approx(0.4 * math.sqrt((0.1 / math.sqrt(3) / 0.2) ** 2 + (0.1 / 0.5) ** 2))
+    only = _run([str(table), "--seeds", "2", "--ratio", "A/B"], capsys)  # one seed: a mean, no standard error
+    assert only["models"]["A"]["valid_ndcg10"] == {"mean": pytest.approx(0.2), "se": None, "n": 1}
+    assert only["ratios"]["A/B"]["valid_ndcg10"] == {"ratio": pytest.approx(1 / 3), "se": None}
+
+
+def test_the_committed_table_gives_where_things_stand(capsys):
+    """docs/compare.md's summary figures, to the digits it prints them with."""
+    out = _run(["--ratio", "MMSR-T/IDSR"], capsys)
+    idsr, text = out["models"]["IDSR"], out["models"]["MMSR-T"]
+    assert len(idsr["seeds"]) == 22 and len(text["seeds"]) == 12
+
+    def shown(cell):
+        return round(cell["mean"], 4), round(cell["se"], 4)
+
+    assert shown(idsr["recbole_hr10"]) == (0.1361, 0.0021) and shown(idsr["recbole_ndcg10"]) == (0.0667, 0.0012)
+    assert [round(idsr[c]["mean"], 4) for c in ("paper_hr10", "paper_ndcg10", "cold_hr10", "cold_ndcg10")] == \
+        [0.2012, 0.1039, 0.1272, 0.0730]
+    assert [round(text[c]["mean"], 4) for c in ("recbole_hr10", "recbole_ndcg10", "paper_hr10", "paper_ndcg10",
+                                                 "cold_hr10", "cold_ndcg10")] == [0.1191, 0.0578, 0.1880, 0.0973,
+                                                                                  0.0281, 0.0134]
+    ratios = out["ratios"]["MMSR-T/IDSR"]
+    for column, figures in (("recbole_ndcg10", (0.867, 0.024)), ("paper_ndcg10", (0.937, 0.022))):
+        assert (round(ratios[column]["ratio"], 3), round(ratios[column]["se"], 3)) == figures
+    same = _run(["--ratio", "MMSR-T/IDSR", "--seeds", "18,19,20,21"], capsys)["ratios"]["MMSR-T/IDSR"]
+    assert (round(same["recbole_ndcg10"]["ratio"], 3), round(same["paper_ndcg10"]["ratio"], 3)) == (0.845, 0.915)
+
+
+def _bench_line(seed: int, valid: float) -> str:
+    figures = {"HR@10": 0.1, "NDCG@10": 0.05}
+    return json.dumps({"dataset": "ml-100k", "model": "content", "seed": seed, "overrides": [f"seed={seed}"],
+                       "valid": {"HR@10": 0.2, "NDCG@10": valid}, "test_recbole": figures, "test_paper": figures,
+                       "cold_paper": figures})
+
+
+def test_a_bench_log_pools_under_its_label(tmp_path, capsys):
+    table = tmp_path / "seeds.csv"
+    table.write_text(HEADER + "A,a.toml,1,0.1,0.02,x\nA,a.toml,2,0.2,0.04,x\n")
+    log = tmp_path / "lever.log"
+    final = {"datasets": {"ml-100k": {"runs": {"content/mixed, seed 1": json.loads(_bench_line(1, 0.3)),
+                                               "content/mixed, mean": {"valid": {"NDCG@10": 9.0}}}}}}
+    log.write_text("$ train ...\n" + _bench_line(1, 0.3) + "\n" + _bench_line(2, 0.5) + "\n" + json.dumps(final) + "\n")
+    out = _run([str(table), "--add", f"{log}=A+lever", "--ratio", "A+lever/A"], capsys)
+    lever = out["models"]["A+lever"]
+    assert lever["seeds"] == [1, 2] and lever["valid_ndcg10"]["mean"] == pytest.approx(0.4)  # seed 1 once, no mean row
+    assert lever["recbole_ndcg10"]["mean"] == pytest.approx(0.05)
+    assert out["ratios"]["A+lever/A"]["valid_ndcg10"]["ratio"] == pytest.approx(0.4 / 0.15)
+
+
+@pytest.mark.parametrize("content, argv, says", [
+    (None, [], "no such file"),
+    ("model,valid\nA,0.1\n", [], "no column seed"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\nA,a.toml,1,0.2,0.04,x\n", [], "line 3: A seed 1 is in the table twice"),
+    (HEADER + "A,a.toml,1,0.1,n/a,x\n", [], "line 2: recbole_ndcg10 'n/a' is not a number"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--ratio", "A/B"], "no rows for B; the models are A"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "LOG=A"], "A seed 1 is already in the table"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "EMPTY=B"], "no bench/losses.py run in it"),
+])
+def test_bad_input_is_refused_naming_the_file(tmp_path, capsys, content, argv, says):
+    table = tmp_path / "seeds.csv"
+    if content is not None:
+        table.write_text(content)
+    (tmp_path / "run.log").write_text(_bench_line(1, 0.3) + "\n")
+    (tmp_path / "empty.log").write_text("$ train ...\n")
+    argv = [a.replace("LOG", str(tmp_path / "run.log")).replace("EMPTY", str(tmp_path / "empty.log")) for a in argv]
+    with pytest.raises(SystemExit) as stopped:
+        seed_means.main([str(table), *argv])
+    message = str(stopped.value.code)
+    assert message.startswith("error: ") and says in message and "\n" not in message
