@@ -18,7 +18,7 @@ test also under RecBole's (history not masked), comparable with docs/compare.md.
 is the trainer's choice on validation. Every step is an `mmsr` command in a subprocess. Not a
 test: prints one JSON object on its last line, and a markdown table per dataset on stderr.
 Everything at once takes hours on 2 CPU cores (an in-batch MovieLens IDSR run trains 40-90
-epochs of 4-15 s; MMSR-T's token tower ~1 min an epoch, `--set model.fusion=pool+dnn` ~4 s);
+epochs of 4-15 s; MMSR-T's token tower ~35 s an epoch, `--set model.fusion=pool+dnn` ~4 s);
 choose with --datasets / --models / --losses.
 
 --seeds runs every row once per seed and adds a row of means ± standard deviations: on

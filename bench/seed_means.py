@@ -13,10 +13,11 @@ mean(A) / mean(B) with the delta method's standard error for independent seeds,
 r * sqrt((se_A / mean_A)^2 + (se_B / mean_B)^2).
 
 --add pools a new `bench/losses.py` run with the table: LOG is its log (the per-run JSON lines)
-or the JSON object it printed last, LABEL the model name its runs go under (a new name to
-compare a setting with the config, or an existing one to add seeds to it). --seeds keeps only
-those seeds, for every model (the same seeds for both sides of a ratio). An empty cell is a
-figure the notebook did not keep: it is left out of that column's mean and n says so.
+or the JSON object it printed last, of one setting and every run with its seed; LABEL a new model
+name its runs go under, to compare the setting with the config by --ratio (a config's new seeds
+belong in the table itself, each line naming its section). --seeds keeps only those seeds, for
+every model, and a ratio then needs both sides on the same seeds. An empty cell is a figure the
+notebook did not keep: it is left out of that column's mean and n says so.
 
 Not a test and not timed: prints a markdown table, then one JSON object on its last line.
 """
@@ -58,7 +59,11 @@ def read_table(path: Path) -> tuple[list[str], dict[tuple[str, int], dict[str, f
             raise TableError(f"{path}: no column {', '.join(missing)} in its header line (model and seed name a row)")
         columns = [name for name in reader.fieldnames if name not in NOT_FIGURES]
         rows: dict[tuple[str, int], dict[str, float | None]] = {}
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num
+            if None in row or None in row.values():  # DictReader's marks of extra and missing fields
+                raise TableError(f"{path}, line {line}: {len(reader.fieldnames)} fields expected, as in the "
+                                 "header line (an empty field is a figure not kept)")
             key = (row["model"], _number(row["seed"], int, path, line, "seed"))
             if key in rows:
                 raise TableError(f"{path}, line {line}: {key[0]} seed {key[1]} is in the table twice")
@@ -74,44 +79,66 @@ def _number(text: str, kind, path: Path, line: int, column: str):
         raise TableError(f"{path}, line {line}: {column} {text!r} is not a number") from None
 
 
-def bench_runs(path: Path) -> list[dict]:
-    """The per-run objects of a bench/losses.py log (its JSON lines) or of the object it prints last."""
+def bench_runs(path: Path) -> dict[int, dict]:
+    """{seed: run} of a bench/losses.py log (its per-run JSON lines) or of the object it prints last.
+
+    One setting per file: a log of several models, losses or --set lists would pool unlike runs under
+    one label (and two runs of one seed would collide), so it is refused with the settings it holds.
+    So is a failed run (a mean over the rest would hide it) and a run made without --seeds."""
     if not path.is_file():
         raise TableError(f"{path}: no such file (a bench/losses.py log or its printed JSON)")
-    runs = []
-    for text in path.read_text().splitlines():
+    runs: dict[tuple, dict[int, dict]] = {}
+    for line, text in enumerate(path.read_text().splitlines(), start=1):
         if not text.startswith("{"):
             continue
-        record = json.loads(text)
-        if "seed" in record and "valid" in record:  # one run's line, as the log shows it when it finishes
-            runs.append(record)
-        for dataset in record.get("datasets", {}).values():  # the object printed last
-            runs.extend(run for name, run in dataset.get("runs", {}).items() if "valid" in run and "seed" in name)
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise TableError(f"{path}, line {line}: not a whole JSON object ({error.msg}); a run killed while "
+                             "writing it? Remove the line, or rerun that seed") from None
+        if "dataset" in record and "model" in record:  # one run's line, as the log shows it when it finishes
+            _setting(runs, (record["dataset"], f"{record['model']}/{record['loss']}"), record, path, line)
+        for dataset, result in record.get("datasets", {}).items():  # the object printed last
+            for name, run in result.get("runs", {}).items():
+                if ", seed " in name:  # not the row of means
+                    _setting(runs, (dataset, name.split(", seed ")[0]), run, path, line)
     if not runs:
         raise TableError(f"{path}: no bench/losses.py run in it (its per-run JSON lines start with "
                          "'{\"dataset\"'; the object it prints last has datasets -> NAME -> runs)")
-    return runs
+    if len(runs) > 1:
+        settings = "; ".join(" ".join(map(str, (*key[:3], *key[3]))) for key in runs)
+        raise TableError(f"{path}: runs of {len(runs)} settings ({settings}); --add takes one, "
+                         "so split the log (its JSON lines) into one file per setting")
+    return next(iter(runs.values()))
+
+
+def _setting(runs: dict, name: tuple[str, str], run: dict, path: Path, line: int) -> None:
+    """File `run` under its setting (dataset, model/loss, config, overrides but the seed) and seed;
+    a log's line and the final object report the same run twice, which is kept once."""
+    seeds = [o.split("=", 1)[1] for o in run.get("overrides", []) if o.startswith("seed=")]
+    if not seeds:
+        raise TableError(f"{path}, line {line}: a run of {'/'.join(name)} made without --seeds; rerun the "
+                         "bench with --seeds N,... so that each run names its seed")
+    seed = int(seeds[-1])
+    if "error" in run or "valid" not in run:
+        raise TableError(f"{path}, line {line}: {'/'.join(name)} seed {seed} failed "
+                         f"({run.get('error', 'no validation figures')}); pool the other seeds from a copy "
+                         "of the log without it")
+    overrides = tuple(o for o in run.get("overrides", []) if not o.startswith("seed="))
+    runs.setdefault((*name, run.get("config", ""), overrides), {}).setdefault(seed, run)
 
 
 def add_runs(rows: dict, columns: list[str], path: Path, label: str) -> None:
-    seen = set()
-    for run in bench_runs(path):
-        seed = _seed(run)
-        if seed in seen:  # the log's line and the final object report the same run
-            continue
-        seen.add(seed)
-        if (label, seed) in rows:
-            raise TableError(f"{path}: {label} seed {seed} is already in the table; add the run under another "
-                             "label (--add LOG=NEW) to compare it, or leave the table's row out")
+    """The runs of `path` as rows of a new model `label`: a name of the table's own would mix a setting
+    into the config's seeds unseen (a config's new seeds belong in the table, with their section)."""
+    if any(model == label for model, _ in rows):
+        raise TableError(f"--add {path}={label}: {label} is a model of the table; give the runs a name of "
+                         f"their own (e.g. {label}+lever) and compare with --ratio, or add the config's new "
+                         "seeds to the table as lines of their own")
+    for seed, run in bench_runs(path).items():
         rows[(label, seed)] = {column: (run[FROM_BENCH[column][0]][FROM_BENCH[column][1]]
                                         if column in FROM_BENCH and FROM_BENCH[column][0] in run else None)
                                for column in columns}
-
-
-def _seed(run: dict) -> int:
-    if "seed" in run:
-        return int(run["seed"])
-    return int(next(o.split("=", 1)[1] for o in run["overrides"] if o.startswith("seed=")))
 
 
 def summarise(rows: dict, columns: list[str], seeds: set[int] | None = None) -> dict:
@@ -149,16 +176,41 @@ def ratio(summary: dict, top: str, bottom: str, columns: list[str]) -> dict:
 
 def _seed_list(text: str) -> set[int]:
     try:
-        return {int(part) for part in text.split(",") if part.strip()}
+        seeds = {int(part) for part in text.split(",") if part.strip()}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give seeds as numbers, e.g. 18,19,20,21") from None
+        seeds = None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seeds as numbers, e.g. 18,19,20,21")
+    return seeds
 
 
-def _pair(text: str, sep: str, what: str) -> tuple[str, str]:
-    left, found, right = text.partition(sep)
-    if not found or not left or not right:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
-    return left, right
+def _log_and_label(text: str) -> tuple[str, str]:
+    log, found, label = text.rpartition("=")  # the last "=": a path may hold one, a label may not
+    if not found or not log or not label or "/" in label:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LOG=LABEL, a label without '/' (--ratio "
+                                         "splits on it), e.g. /tmp/lever.log=MMSR-T+lr2")
+    return log, label
+
+
+def _two_models(text: str) -> tuple[str, str]:
+    top, found, bottom = text.partition("/")
+    if not found or not top or not bottom:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected A/B, two model names, e.g. MMSR-T/IDSR")
+    return top, bottom
+
+
+def _check_ratio(summary: dict, top: str, bottom: str, seeds: set[int] | None) -> None:
+    """Both sides present; with --seeds, both on the same seeds (what --seeds is for)."""
+    unknown = [name for name in (top, bottom) if name not in summary]
+    if unknown:
+        raise TableError(f"--ratio {top}/{bottom}: no rows for {', '.join(unknown)}"
+                         f"{' among the seeds kept' if seeds else ''}; the models are {', '.join(summary)}")
+    if seeds is not None and summary[top]["seeds"] != summary[bottom]["seeds"]:
+        only = {name: sorted(set(summary[name]["seeds"]) - set(summary[other]["seeds"]))
+                for name, other in ((top, bottom), (bottom, top))}
+        said = "; ".join(f"{name} alone has {', '.join(map(str, kept))}" for name, kept in only.items() if kept)
+        raise TableError(f"--ratio {top}/{bottom} with --seeds: the two sides kept different seeds ({said}); "
+                         "name seeds both have")
 
 
 def _fmt(cell: dict | None, digits: int = 4) -> str:
@@ -175,11 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("table", nargs="?", type=Path, default=DEFAULT_TABLE,
                         help="the per-seed table (default: docs/movielens-seeds.csv)")
     parser.add_argument("--add", action="append", default=[], metavar="LOG=LABEL",
-                        type=lambda text: _pair(text, "=", "LOG=LABEL, e.g. /tmp/lever.log=MMSR-T+lr2"),
-                        help="pool a bench/losses.py log's runs under LABEL (repeatable)")
+                        type=_log_and_label,
+                        help="pool a bench/losses.py log's runs under LABEL, a new model name (repeatable)")
     parser.add_argument("--seeds", type=_seed_list, help="keep only these seeds, e.g. 18,19,20,21")
     parser.add_argument("--ratio", action="append", default=[], metavar="A/B",
-                        type=lambda text: _pair(text, "/", "A/B, two model names, e.g. MMSR-T/IDSR"),
+                        type=_two_models,
                         help="report mean(A) / mean(B) for every column (repeatable)")
     args = parser.parse_args(argv)
     try:
@@ -187,13 +239,12 @@ def main(argv: list[str] | None = None) -> None:
         for log, label in args.add:
             add_runs(rows, columns, Path(log), label)
         summary = summarise(rows, columns, args.seeds)
+        if not summary:
+            raise TableError(f"--seeds {','.join(map(str, sorted(args.seeds)))}: no row of {args.table} has "
+                             "any of them")
         ratios = {}
         for top, bottom in args.ratio:
-            unknown = [name for name in (top, bottom) if name not in summary]
-            if unknown:
-                raise TableError(f"--ratio {top}/{bottom}: no rows for {', '.join(unknown)}"
-                                 f"{' among the seeds kept' if args.seeds else ''}; the models are "
-                                 f"{', '.join(summary)}")
+            _check_ratio(summary, top, bottom, args.seeds)
             ratios[f"{top}/{bottom}"] = ratio(summary, top, bottom, columns)
     except TableError as error:
         sys.exit(f"error: {error}")
@@ -206,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"{figures[c]['ratio']:.3f}" + ("" if figures[c]["se"] is None else f" ± {figures[c]['se']:.3f}")
                  if c in figures else "" for c in columns]
         print(f"| {name} | | " + " | ".join(cells) + " |")
-    print(json.dumps({"table": str(args.table), "seeds": sorted(args.seeds) if args.seeds else None,
+    print(json.dumps({"table": str(args.table), "seeds": None if args.seeds is None else sorted(args.seeds),
                       "models": summary, "ratios": ratios}))
 
 

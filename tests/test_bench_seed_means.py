@@ -63,25 +63,54 @@ def test_the_committed_table_gives_where_things_stand(capsys):
     assert (round(same["recbole_ndcg10"]["ratio"], 3), round(same["paper_ndcg10"]["ratio"], 3)) == (0.845, 0.915)
 
 
-def _bench_line(seed: int, valid: float) -> str:
+def _bench_run(seed: int | None, valid: float, model: str = "content", sets: tuple[str, ...] = ()) -> dict:
+    """One run as bench/losses.py's log line shows it (the final object's runs lack the first four keys)."""
     figures = {"HR@10": 0.1, "NDCG@10": 0.05}
-    return json.dumps({"dataset": "ml-100k", "model": "content", "seed": seed, "overrides": [f"seed={seed}"],
-                       "valid": {"HR@10": 0.2, "NDCG@10": valid}, "test_recbole": figures, "test_paper": figures,
-                       "cold_paper": figures})
+    return {"dataset": "ml-100k", "model": model, "loss": "mixed", "seed": seed,
+            "config": "configs/movielens-mmsrt.toml",
+            "overrides": ["optim.loss=mixed", *sets, "optim.negatives=unseen"] + ([f"seed={seed}"] if seed else []),
+            "epochs_run": 20, "best_epoch": 10, "valid": {"HR@10": 0.2, "NDCG@10": valid},
+            "test_recbole": figures, "test_paper": figures, "cold_paper": figures}
+
+
+def _bench_line(seed: int | None, valid: float, **setting) -> str:
+    return json.dumps(_bench_run(seed, valid, **setting))
+
+
+def _final_object(*runs: dict) -> str:
+    """The JSON bench/losses.py prints last: per-seed runs named "MODEL/LOSS, seed N" and a row of means."""
+    named = {f"content/mixed, seed {run['seed']}": {k: v for k, v in run.items()
+                                                     if k not in ("dataset", "model", "loss", "seed")} for run in runs}
+    named[f"content/mixed, mean ± sd of {len(runs)} seeds"] = {"seeds": len(runs), "valid": {"NDCG@10": 9.0}}
+    return json.dumps({"bench": "losses", "datasets": {"ml-100k": {"runs": named}}})
 
 
 def test_a_bench_log_pools_under_its_label(tmp_path, capsys):
     table = tmp_path / "seeds.csv"
     table.write_text(HEADER + "A,a.toml,1,0.1,0.02,x\nA,a.toml,2,0.2,0.04,x\n")
-    log = tmp_path / "lever.log"
-    final = {"datasets": {"ml-100k": {"runs": {"content/mixed, seed 1": json.loads(_bench_line(1, 0.3)),
-                                               "content/mixed, mean": {"valid": {"NDCG@10": 9.0}}}}}}
-    log.write_text("$ train ...\n" + _bench_line(1, 0.3) + "\n" + _bench_line(2, 0.5) + "\n" + json.dumps(final) + "\n")
-    out = _run([str(table), "--add", f"{log}=A+lever", "--ratio", "A+lever/A"], capsys)
+    log = tmp_path / "lever.log"  # the per-run lines, then the final object repeating them
+    log.write_text("$ train ...\n" + _bench_line(1, 0.3) + "\n" + _bench_line(2, 0.5) + "\n"
+                   + _final_object(_bench_run(1, 0.3), _bench_run(2, 0.5)) + "\n")
+    printed = tmp_path / "lever.json"  # the final object alone, as `> lever.json` keeps it
+    printed.write_text(_final_object(_bench_run(1, 0.3), _bench_run(2, 0.5), _bench_run(3, 0.7)) + "\n")
+    out = _run([str(table), "--add", f"{log}=A+lever", "--add", f"{printed}=A+json", "--ratio", "A+lever/A"], capsys)
     lever = out["models"]["A+lever"]
-    assert lever["seeds"] == [1, 2] and lever["valid_ndcg10"]["mean"] == pytest.approx(0.4)  # seed 1 once, no mean row
+    assert lever["seeds"] == [1, 2] and lever["valid_ndcg10"]["mean"] == pytest.approx(0.4)  # each seed once, no means row
     assert lever["recbole_ndcg10"]["mean"] == pytest.approx(0.05)
+    assert out["models"]["A+json"]["seeds"] == [1, 2, 3]
+    assert out["models"]["A+json"]["valid_ndcg10"]["mean"] == pytest.approx(0.5)
     assert out["ratios"]["A+lever/A"]["valid_ndcg10"]["ratio"] == pytest.approx(0.4 / 0.15)
+
+
+FILES = {  # the logs the bad-input cases name, by a placeholder
+    "RUN": _bench_line(1, 0.3),
+    "EMPTY": "$ train ...",
+    "MODELS": _bench_line(1, 0.3) + "\n" + _bench_line(1, 0.3, model="idsr"),
+    "SETS": _bench_line(1, 0.3) + "\n" + _bench_line(2, 0.3, sets=("model.dim=128",)),
+    "UNSEEDED": _bench_line(None, 0.3),
+    "FAILED": _bench_line(1, 0.3) + "\n" + json.dumps({**_bench_run(2, 0.3), "error": "loss went NaN"} | {"valid": None}),
+    "CUT": _bench_line(1, 0.3) + "\n" + _bench_line(2, 0.3)[:40],
+}
 
 
 @pytest.mark.parametrize("content, argv, says", [
@@ -89,18 +118,38 @@ def test_a_bench_log_pools_under_its_label(tmp_path, capsys):
     ("model,valid\nA,0.1\n", [], "no column seed"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\nA,a.toml,1,0.2,0.04,x\n", [], "line 3: A seed 1 is in the table twice"),
     (HEADER + "A,a.toml,1,0.1,n/a,x\n", [], "line 2: recbole_ndcg10 'n/a' is not a number"),
+    (HEADER + "A,a.toml,1,0.1,0.02\n", [], "line 2: 6 fields expected"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--ratio", "A/B"], "no rows for B; the models are A"),
-    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "LOG=A"], "A seed 1 is already in the table"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--seeds", "7"], "--seeds 7: no row of"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\nA,a.toml,2,0.1,0.02,x\nB,b.toml,1,0.1,0.02,x\n",
+     ["--seeds", "1,2", "--ratio", "A/B"], "the two sides kept different seeds (A alone has 2)"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "RUN=A"], "A is a model of the table"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "EMPTY=B"], "no bench/losses.py run in it"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "MODELS=B"], "runs of 2 settings (ml-100k content/mixed"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "SETS=B"], "model.dim=128 optim.negatives=unseen); --add takes one"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "UNSEEDED=B"], "line 1: a run of ml-100k/content/mixed made without --seeds"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "FAILED=B"], "line 2: ml-100k/content/mixed seed 2 failed (loss went NaN)"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "CUT=B"], "line 2: not a whole JSON object"),
 ])
 def test_bad_input_is_refused_naming_the_file(tmp_path, capsys, content, argv, says):
     table = tmp_path / "seeds.csv"
     if content is not None:
         table.write_text(content)
-    (tmp_path / "run.log").write_text(_bench_line(1, 0.3) + "\n")
-    (tmp_path / "empty.log").write_text("$ train ...\n")
-    argv = [a.replace("LOG", str(tmp_path / "run.log")).replace("EMPTY", str(tmp_path / "empty.log")) for a in argv]
+    for name, text in FILES.items():
+        (tmp_path / f"{name}.log").write_text(text + "\n")
+    argv = [str(tmp_path / f"{arg.split('=')[0]}.log") + "=" + arg.split("=")[1] if arg.split("=")[0] in FILES else arg
+            for arg in argv]
     with pytest.raises(SystemExit) as stopped:
         seed_means.main([str(table), *argv])
     message = str(stopped.value.code)
     assert message.startswith("error: ") and says in message and "\n" not in message
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--seeds", ","], "give seeds as numbers"), (["--seeds", "1,x"], "give seeds as numbers"),
+    (["--add", "run.log=A/B"], "expected LOG=LABEL, a label without '/'"), (["--ratio", "AB"], "expected A/B"),
+])
+def test_bad_options_are_refused_by_the_parser(argv, says, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        seed_means.main(argv)
+    assert stopped.value.code == 2 and says in capsys.readouterr().err
