@@ -79,8 +79,9 @@ def _number(text: str, kind, path: Path, line: int, column: str):
         raise TableError(f"{path}, line {line}: {column} {text!r} is not a number") from None
 
 
-def bench_runs(path: Path) -> dict[int, dict]:
-    """{seed: run} of a bench/losses.py log (its per-run JSON lines) or of the object it prints last.
+def bench_runs(path: Path) -> tuple[tuple, dict[int, dict]]:
+    """(setting, {seed: run}) of a bench/losses.py log (its per-run JSON lines) or of the object it
+    prints last; the setting is (dataset, model/loss, config, the overrides but the seed).
 
     One setting per file: a log of several models, losses or --set lists would pool unlike runs under
     one label (and two runs of one seed would collide), so it is refused with the settings it holds.
@@ -106,10 +107,14 @@ def bench_runs(path: Path) -> dict[int, dict]:
         raise TableError(f"{path}: no bench/losses.py run in it (its per-run JSON lines start with "
                          "'{\"dataset\"'; the object it prints last has datasets -> NAME -> runs)")
     if len(runs) > 1:
-        settings = "; ".join(" ".join(map(str, (*key[:3], *key[3]))) for key in runs)
+        settings = "; ".join(_said(key) for key in runs)
         raise TableError(f"{path}: runs of {len(runs)} settings ({settings}); --add takes one, "
                          "so split the log (its JSON lines) into one file per setting")
-    return next(iter(runs.values()))
+    return next(iter(runs.items()))
+
+
+def _said(setting: tuple) -> str:
+    return " ".join(map(str, (*setting[:3], *setting[3])))
 
 
 def _setting(runs: dict, name: tuple[str, str], run: dict, path: Path, line: int) -> None:
@@ -128,14 +133,22 @@ def _setting(runs: dict, name: tuple[str, str], run: dict, path: Path, line: int
     runs.setdefault((*name, run.get("config", ""), overrides), {}).setdefault(seed, run)
 
 
-def add_runs(rows: dict, columns: list[str], path: Path, label: str) -> None:
-    """The runs of `path` as rows of a new model `label`: a name of the table's own would mix a setting
-    into the config's seeds unseen (a config's new seeds belong in the table, with their section)."""
-    if any(model == label for model, _ in rows):
+def add_runs(rows: dict, columns: list[str], path: Path, label: str, added: dict[str, tuple]) -> None:
+    """The runs of `path` as rows of model `label`, a name the table does not have: one of its own would
+    mix a setting into the config's seeds unseen (a config's new seeds belong in the table, with their
+    section). Several logs may share a label (seeds run side by side) when they hold one setting;
+    `added` keeps each label's setting."""
+    if label not in added and any(model == label for model, _ in rows):
         raise TableError(f"--add {path}={label}: {label} is a model of the table; give the runs a name of "
                          f"their own (e.g. {label}+lever) and compare with --ratio, or add the config's new "
                          "seeds to the table as lines of their own")
-    for seed, run in bench_runs(path).items():
+    setting, runs = bench_runs(path)
+    if added.setdefault(label, setting) != setting:
+        raise TableError(f"--add {path}={label}: its runs' setting ({_said(setting)}) is not that of the "
+                         f"logs already under {label} ({_said(added[label])}); give it a label of its own")
+    for seed, run in runs.items():
+        if (label, seed) in rows:
+            raise TableError(f"--add {path}={label}: seed {seed} is under {label} already, from another log")
         rows[(label, seed)] = {column: (run[FROM_BENCH[column][0]][FROM_BENCH[column][1]]
                                         if column in FROM_BENCH and FROM_BENCH[column][0] in run else None)
                                for column in columns}
@@ -228,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the per-seed table (default: docs/movielens-seeds.csv)")
     parser.add_argument("--add", action="append", default=[], metavar="LOG=LABEL",
                         type=_log_and_label,
-                        help="pool a bench/losses.py log's runs under LABEL, a new model name (repeatable)")
+                        help="pool a bench/losses.py log's runs under LABEL, a new model name (repeatable; logs of one "
+                             "setting may share a label)")
     parser.add_argument("--seeds", type=_seed_list, help="keep only these seeds, e.g. 18,19,20,21")
     parser.add_argument("--ratio", action="append", default=[], metavar="A/B",
                         type=_two_models,
@@ -236,8 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         columns, rows = read_table(args.table)
+        added: dict[str, tuple] = {}
         for log, label in args.add:
-            add_runs(rows, columns, Path(log), label)
+            add_runs(rows, columns, Path(log), label, added)
         summary = summarise(rows, columns, args.seeds)
         if not summary:
             raise TableError(f"--seeds {','.join(map(str, sorted(args.seeds)))}: no row of {args.table} has "

@@ -93,12 +93,15 @@ def test_a_bench_log_pools_under_its_label(tmp_path, capsys):
                    + _final_object(_bench_run(1, 0.3), _bench_run(2, 0.5)) + "\n")
     printed = tmp_path / "lever.json"  # the final object alone, as `> lever.json` keeps it
     printed.write_text(_final_object(_bench_run(1, 0.3), _bench_run(2, 0.5), _bench_run(3, 0.7)) + "\n")
-    out = _run([str(table), "--add", f"{log}=A+lever", "--add", f"{printed}=A+json", "--ratio", "A+lever/A"], capsys)
+    beside = tmp_path / "beside.log"  # more seeds of the setting, run side by side in another home
+    beside.write_text(_bench_line(4, 0.1) + "\n")
+    out = _run([str(table), "--add", f"{log}=A+lever", "--add", f"{printed}=A+json", "--add", f"{beside}=A+json",
+                "--ratio", "A+lever/A"], capsys)
     lever = out["models"]["A+lever"]
     assert lever["seeds"] == [1, 2] and lever["valid_ndcg10"]["mean"] == pytest.approx(0.4)  # each seed once, no means row
     assert lever["recbole_ndcg10"]["mean"] == pytest.approx(0.05)
-    assert out["models"]["A+json"]["seeds"] == [1, 2, 3]
-    assert out["models"]["A+json"]["valid_ndcg10"]["mean"] == pytest.approx(0.5)
+    assert out["models"]["A+json"]["seeds"] == [1, 2, 3, 4]
+    assert out["models"]["A+json"]["valid_ndcg10"]["mean"] == pytest.approx(0.4)
     assert out["ratios"]["A+lever/A"]["valid_ndcg10"]["ratio"] == pytest.approx(0.4 / 0.15)
 
 
@@ -110,6 +113,7 @@ FILES = {  # the logs the bad-input cases name, by a placeholder
     "UNSEEDED": _bench_line(None, 0.3),
     "FAILED": _bench_line(1, 0.3) + "\n" + json.dumps({**_bench_run(2, 0.3), "error": "loss went NaN"} | {"valid": None}),
     "CUT": _bench_line(1, 0.3) + "\n" + _bench_line(2, 0.3)[:40],
+    "OTHER": _bench_line(2, 0.3, sets=("model.dim=128",)),
 }
 
 
@@ -125,6 +129,9 @@ FILES = {  # the logs the bad-input cases name, by a placeholder
      ["--seeds", "1,2", "--ratio", "A/B"], "the two sides kept different seeds (A alone has 2)"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "RUN=A"], "A is a model of the table"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "EMPTY=B"], "no bench/losses.py run in it"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "RUN=B", "--add", "RUN=B"], "seed 1 is under B already"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "RUN=B", "--add", "OTHER=B"],
+     "is not that of the logs already under B (ml-100k content/mixed configs/movielens-mmsrt.toml"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "MODELS=B"], "runs of 2 settings (ml-100k content/mixed"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "SETS=B"], "model.dim=128 optim.negatives=unseen); --add takes one"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "UNSEEDED=B"], "line 1: a run of ml-100k/content/mixed made without --seeds"),
