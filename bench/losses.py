@@ -26,6 +26,8 @@ MovieLens-100K the seed alone spreads IDSR's test HR@10 with a standard deviatio
 (eight seeds, docs/compare.md), more than most settings move it, so settings are compared over
 seeds. The runs stay in --home, named
 bench-losses-DATASET-MODEL-LOSS-seedN, for `mmsr compare A1,A2,A3 B1,B2,B3` (case by case).
+`bench/seed_means.py --add LOG=LABEL` pools the runs of one setting, from one home or several,
+with the MovieLens configs' per-seed figures (docs/movielens-seeds.csv) and gives their ratio.
 An interrupted bench, rerun with the same arguments and --resume, continues each run from its
 last checkpoint instead of starting it again.
 """

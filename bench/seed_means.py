@@ -48,8 +48,8 @@ class TableError(ValueError):
     """Input this script cannot read: the message names the file and what to do."""
 
 
-def read_table(path: Path) -> tuple[list[str], dict[tuple[str, int], dict[str, float | None]]]:
-    """(figure columns, {(model, seed): {column: value or None}})."""
+def read_table(path: Path) -> tuple[list[str], dict[str, dict[int, dict[str, float | None]]]]:
+    """(figure columns, {model: {seed: {column: value or None}}})."""
     if not path.is_file():
         raise TableError(f"{path}: no such file (the per-seed table, e.g. docs/movielens-seeds.csv)")
     with path.open(newline="") as handle:
@@ -58,17 +58,17 @@ def read_table(path: Path) -> tuple[list[str], dict[tuple[str, int], dict[str, f
         if missing:
             raise TableError(f"{path}: no column {', '.join(missing)} in its header line (model and seed name a row)")
         columns = [name for name in reader.fieldnames if name not in NOT_FIGURES]
-        rows: dict[tuple[str, int], dict[str, float | None]] = {}
+        rows: dict[str, dict[int, dict[str, float | None]]] = {}
         for row in reader:
             line = reader.line_num
             if None in row or None in row.values():  # DictReader's marks of extra and missing fields
                 raise TableError(f"{path}, line {line}: {len(reader.fieldnames)} fields expected, as in the "
                                  "header line (an empty field is a figure not kept)")
-            key = (row["model"], _number(row["seed"], int, path, line, "seed"))
-            if key in rows:
-                raise TableError(f"{path}, line {line}: {key[0]} seed {key[1]} is in the table twice")
-            rows[key] = {name: _number(row[name], float, path, line, name) if row[name] else None
-                         for name in columns}
+            model, seed = row["model"], _number(row["seed"], int, path, line, "seed")
+            if seed in rows.get(model, {}):
+                raise TableError(f"{path}, line {line}: {model} seed {seed} is in the table twice")
+            rows.setdefault(model, {})[seed] = {name: _number(row[name], float, path, line, name) if row[name]
+                                                else None for name in columns}
     return columns, rows
 
 
@@ -138,7 +138,7 @@ def add_runs(rows: dict, columns: list[str], path: Path, label: str, added: dict
     mix a setting into the config's seeds unseen (a config's new seeds belong in the table, with their
     section). Several logs may share a label (seeds run side by side) when they hold one setting;
     `added` keeps each label's setting."""
-    if label not in added and any(model == label for model, _ in rows):
+    if label not in added and label in rows:
         raise TableError(f"--add {path}={label}: {label} is a model of the table; give the runs a name of "
                          f"their own (e.g. {label}+lever) and compare with --ratio, or add the config's new "
                          "seeds to the table as lines of their own")
@@ -146,20 +146,19 @@ def add_runs(rows: dict, columns: list[str], path: Path, label: str, added: dict
     if added.setdefault(label, setting) != setting:
         raise TableError(f"--add {path}={label}: its runs' setting ({_said(setting)}) is not that of the "
                          f"logs already under {label} ({_said(added[label])}); give it a label of its own")
+    under = rows.setdefault(label, {})
     for seed, run in runs.items():
-        if (label, seed) in rows:
+        if seed in under:
             raise TableError(f"--add {path}={label}: seed {seed} is under {label} already, from another log")
-        rows[(label, seed)] = {column: (run[FROM_BENCH[column][0]][FROM_BENCH[column][1]]
-                                        if column in FROM_BENCH and FROM_BENCH[column][0] in run else None)
-                               for column in columns}
+        under[seed] = {column: run.get(FROM_BENCH[column][0], {}).get(FROM_BENCH[column][1])
+                       if column in FROM_BENCH else None for column in columns}
 
 
 def summarise(rows: dict, columns: list[str], seeds: set[int] | None = None) -> dict:
     """{model: {"seeds": [...], column: {"mean", "se", "n"}}} over the kept seeds."""
     out: dict[str, dict] = {}
-    for model in dict.fromkeys(model for model, _ in rows):
-        kept = {seed: figures for (name, seed), figures in rows.items()
-                if name == model and (seeds is None or seed in seeds)}
+    for model, by_seed in rows.items():
+        kept = {seed: figures for seed, figures in by_seed.items() if seeds is None or seed in seeds}
         if not kept:
             continue
         summary = {"seeds": sorted(kept)}
