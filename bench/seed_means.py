@@ -253,9 +253,11 @@ def main(argv: list[str] | None = None) -> None:
         for log, label in args.add:
             add_runs(rows, columns, Path(log), label, added)
         summary = summarise(rows, columns, args.seeds)
-        if not summary:
+        if not summary and args.seeds:
             raise TableError(f"--seeds {','.join(map(str, sorted(args.seeds)))}: no row of {args.table} has "
                              "any of them")
+        if not summary:
+            raise TableError(f"{args.table}: no rows under its header line, and no --add LOG=LABEL gave any")
         ratios = {}
         for top, bottom in args.ratio:
             _check_ratio(summary, top, bottom, args.seeds)

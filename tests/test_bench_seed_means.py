@@ -4,6 +4,7 @@ bad input is refused in one line naming the file."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -61,6 +62,24 @@ def test_the_committed_table_gives_where_things_stand(capsys):
         assert (round(ratios[column]["ratio"], 3), round(ratios[column]["se"], 3)) == figures
     same = _run(["--ratio", "MMSR-T/IDSR", "--seeds", "18,19,20,21,22,23,24,25"], capsys)["ratios"]["MMSR-T/IDSR"]
     assert (round(same["recbole_ndcg10"]["ratio"], 3), round(same["paper_ndcg10"]["ratio"], 3)) == (0.864, 0.926)
+
+
+def test_where_things_stand_prints_the_tables_means_and_each_rows_section_exists(capsys):
+    """The summary rows of docs/compare.md are the table's means as the script computes them, not
+    copies kept by hand, and every table line names a section the notebook has."""
+    summary = _run(["--ratio", "MMSR-T/IDSR"], capsys)["models"]
+    notebook = (REPO / "docs" / "compare.md").read_text()
+    for model, starts in (("IDSR", "| **mmsr IDSR-SASRec** "), ("MMSR-T", "| **mmsr MMSR-T**")):
+        row = next(line for line in notebook.splitlines() if line.startswith(starts))
+        cells = [cell.strip().strip("*") for cell in row.split("|")[1:-1]]
+        figures = summary[model]
+        pairs = [f"{figures[a]['mean']:.4f} / {figures[b]['mean']:.4f}" for a, b in
+                 (("recbole_hr10", "recbole_ndcg10"), ("paper_hr10", "paper_ndcg10"), ("cold_hr10", "cold_ndcg10"))]
+        assert cells[1].split()[0] == str(len(figures["seeds"])) and cells[2:5] == pairs, row
+    headings = {line.lstrip("#").strip() for line in notebook.splitlines() if line.startswith("#")}
+    with (REPO / "docs" / "movielens-seeds.csv").open(newline="") as handle:
+        sections = {row["section"].split("; ")[0] for row in csv.DictReader(handle)}  # "; " adds a note
+    assert [section for section in sections if not any(h.startswith(section) for h in headings)] == []
 
 
 def _bench_run(seed: int | None, valid: float, model: str = "content", sets: tuple[str, ...] = ()) -> dict:
@@ -137,6 +156,7 @@ FILES = {  # the logs the bad-input cases name, by a placeholder
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "UNSEEDED=B"], "line 1: a run of ml-100k/content/mixed made without --seeds"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "FAILED=B"], "line 2: ml-100k/content/mixed seed 2 failed (loss went NaN)"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "CUT=B"], "line 2: not a whole JSON object"),
+    (HEADER, [], "no rows under its header line, and no --add"),
 ])
 def test_bad_input_is_refused_naming_the_file(tmp_path, capsys, content, argv, says):
     table = tmp_path / "seeds.csv"
