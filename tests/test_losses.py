@@ -85,6 +85,42 @@ def test_logq_correction_favours_rare_items_on_a_popularity_skewed_batch():
     assert push["inbatch"][0] == pytest.approx(math.exp(0.5) / (2 * math.exp(0.5) + 2 * math.exp(-0.25)))
 
 
+def _smoothed_ce(user, target, candidates, smoothing, shift=lambda item: 0.0):
+    """(1 - s) * -log p(target) + s * the mean over the candidates of -log p(c), by hand."""
+    logits = {c: _dot(user, TABLE[c]) - shift(c) for c in candidates}
+    log_z = math.log(sum(math.exp(v) for v in logits.values()))
+    minus_log_p = {c: log_z - v for c, v in logits.items()}
+    return (1 - smoothing) * minus_log_p[target] + smoothing * sum(minus_log_p.values()) / len(candidates)
+
+
+@pytest.mark.parametrize("name", LOSSES.taking("label_smoothing"))
+def test_label_smoothing_matches_its_formula_and_skips_taken_out_candidates(name):
+    """Position 0's user trains on item 2 later (`later-masked` takes it out): its smoothing is
+    spread over items 0 and 1 alone, and the loss stays finite; position 1 keeps every candidate."""
+    shift = _log_q if name == "inbatch-logq" else (lambda item: 0.0)
+    candidates = list(range(len(TABLE))) if name == "softmax" else BATCH_ITEMS
+    plain = create_loss(name, train_counts=np.array(COUNTS), label_smoothing=0.2)
+    assert float(plain(_inputs())) == pytest.approx(
+        sum(_smoothed_ce(u, t, candidates, 0.2, shift) for u, t in zip(USERS, TARGETS)), rel=1e-6)
+    masked = create_loss(name, train_counts=np.array(COUNTS), own_items="later-masked", label_smoothing=0.2)
+    inputs = _inputs()
+    inputs.own = OwnItems(items=torch.tensor([[1, 2], [0, _NO]]), last=torch.tensor([[0, 1], [0, -1]]),
+                          at=torch.tensor([[0], [0]]))
+    inputs.positions = torch.tensor([[True], [True]])
+    expected = (_smoothed_ce(USERS[0], 1, [c for c in candidates if c != 2], 0.2, shift)
+                + _smoothed_ce(USERS[1], 0, candidates, 0.2, shift))
+    assert float(masked(inputs)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_label_smoothing_agrees_with_torchs_where_no_candidate_is_taken_out():
+    torch.manual_seed(0)
+    logits, target = torch.randn(5, 7, dtype=torch.float64), torch.tensor([0, 3, 6, 2, 2])
+    from mmsr.train.losses import smoothed_cross_entropy
+
+    assert float(smoothed_cross_entropy(logits, target, 0.1)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1, reduction="sum")), rel=1e-9)
+
+
 # One user trained on [5, 2, 7, 2, 9] (item 2 twice), one on [1, 3]; rows as TrainBatches cuts them
 # (inputs [:-1], targets [1:], left-padded to 4), `at` where each target sits in its user's sequence.
 _NO = torch.iinfo(torch.int64).max
@@ -256,6 +292,9 @@ def test_an_unknown_loss_lists_the_known_ones():
                                                           "--set optim.loss=inbatch"]),
     (["optim.loss=mixed", "optim.own_items=future"], ["optim.own_items='future' is not known",
                                                       ", ".join(OWN_ITEMS)]),
+    (["optim.loss=bce", "optim.label_smoothing=0.1"], ["optim.label_smoothing=0.1 is ignored", "no softmax",
+                                                       "--set optim.label_smoothing=0.0"]),
+    (["optim.loss=mixed", "optim.label_smoothing=1.0"], ["optim.label_smoothing=1.0 must be at least 0 and below 1"]),
 ])
 def test_a_loss_setting_that_cannot_work_is_refused(overrides, expected):
     message = _error(overrides)
@@ -270,6 +309,7 @@ def test_a_loss_setting_that_cannot_work_is_refused(overrides, expected):
     ["optim.loss=inbatch-logq"],
     ["optim.loss=mixed", "optim.own_items=later-masked"],
     ["optim.loss=softmax", "model.kind=idsr", "optim.own_items=all-masked"],
+    ["optim.loss=mixed", "optim.label_smoothing=0.1"],
 ])
 def test_a_loss_setting_that_is_read_loads(overrides):
     _config(overrides)

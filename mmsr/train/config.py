@@ -124,6 +124,9 @@ class OptimConfig:
     # paper's softmax), "later-masked" (the items the user trains on after the position are no
     # candidates) or "all-masked" (none of the user's training items is).
     own_items: str = "negatives"
+    # The softmax losses: the share of each target's probability spread evenly over its candidates
+    # (label smoothing; 0 = none, the papers' setting). 0.1 is the usual value elsewhere.
+    label_smoothing: float = 0.0
     # Training rows per user and epoch: "last" = the last max_seq_len + 1 items of the training
     # part (the reference code); "all" = the whole training part in windows of that length.
     windows: Literal["last", "all"] = "last"
@@ -327,6 +330,9 @@ class TrainConfig:
                             + " or ".join(LOSSES.taking(key)))
         if optim.own_items not in OWN_ITEMS:
             problems.append(f"optim.own_items={optim.own_items!r} is not known; choose one of " + ", ".join(OWN_ITEMS))
+        if not 0 <= optim.label_smoothing < 1:
+            problems.append(f"optim.label_smoothing={optim.label_smoothing} must be at least 0 and below 1 (the "
+                            "share of the target's probability spread over the other candidates)")
         if "mixed_negatives" in LOSSES.params(optim.loss) and optim.mixed_negatives < 1:
             problems.append(f"optim.mixed_negatives={optim.mixed_negatives} must be at least 1 for "
                             f"optim.loss={optim.loss!r}; or use --set optim.loss=inbatch")
@@ -381,7 +387,8 @@ def _default(cls: type, name: str):
 # The loss settings only some losses read, and why a loss that does not read one ignores it.
 LOSS_SETTINGS = {"negatives": "it does not pair each position with a sampled negative",
                  "mixed_negatives": "it adds no uniformly drawn items to the batch",
-                 "own_items": "its one sampled negative is kept out of the user's history by optim.negatives"}
+                 "own_items": "its one sampled negative is kept out of the user's history by optim.negatives",
+                 "label_smoothing": "it has no softmax over candidates to smooth"}
 
 
 def _ignored_loss_settings(optim: OptimConfig, loss: str) -> list[str]:

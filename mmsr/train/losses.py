@@ -14,7 +14,8 @@ item vectors by inner product, as the evaluation does. Two families:
   process encodes its own items and the candidates are gathered across processes, so a
   2-process run sees the same candidates as one process. `softmax` scores every item.
   `optim.own_items` says what becomes of the user's own training items among them
-  (mmsr.train.batches.OWN_ITEMS).
+  (mmsr.train.batches.OWN_ITEMS), and `optim.label_smoothing` moves that share of the target's
+  probability onto the candidates left (`smoothed_cross_entropy`).
 
 An entry's `params` are the `optim.*` settings it reads; its `needs`:
   negative     the per-position sampled negative;
@@ -77,8 +78,9 @@ class LossInputs:
         return logits.masked_fill(self.own.taken_out(own_items, ids, self.positions, self.targets), float("-inf"))
 
 
-def create_loss(name: str, *, train_counts: np.ndarray | None = None, own_items: str = "negatives") -> nn.Module:
-    return LOSSES.create(name, train_counts=train_counts, own_items=own_items)
+def create_loss(name: str, *, train_counts: np.ndarray | None = None, own_items: str = "negatives",
+                label_smoothing: float = 0.0) -> nn.Module:
+    return LOSSES.create(name, train_counts=train_counts, own_items=own_items, label_smoothing=label_smoothing)
 
 
 def loss_names() -> list[str]:
@@ -134,9 +136,10 @@ class InBatch(nn.Module):
     (`adjust`) or, for `mixed`, what `TrainBatches` puts in the batch.
     """
 
-    def __init__(self, own_items: str = "negatives", **_):
+    def __init__(self, own_items: str = "negatives", label_smoothing: float = 0.0, **_):
         super().__init__()
         self.own_items = own_items
+        self.label_smoothing = label_smoothing
 
     def adjust(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return logits
@@ -144,7 +147,7 @@ class InBatch(nn.Module):
     def forward(self, x: LossInputs) -> torch.Tensor:
         ids, vectors = global_candidates(x.item_ids, x.item_vectors)
         logits = x.without_own(self.adjust((x.users @ vectors.T).float(), ids), ids, self.own_items)
-        return F.cross_entropy(logits, torch.searchsorted(ids, x.targets), reduction="sum")
+        return smoothed_cross_entropy(logits, torch.searchsorted(ids, x.targets), self.label_smoothing)
 
 
 class InBatchLogQ(InBatch):
@@ -161,8 +164,9 @@ class InBatchLogQ(InBatch):
     target, and only once per batch.
     """
 
-    def __init__(self, train_counts: np.ndarray | None = None, own_items: str = "negatives", **_):
-        super().__init__(own_items)
+    def __init__(self, train_counts: np.ndarray | None = None, own_items: str = "negatives",
+                 label_smoothing: float = 0.0, **_):
+        super().__init__(own_items, label_smoothing)
         self.has_counts = train_counts is not None
         if train_counts is not None:
             counts = torch.as_tensor(np.asarray(train_counts), dtype=torch.float64)
@@ -206,15 +210,36 @@ class FullSoftmax(nn.Module):
     would have to run every item through its item tower at every step, so the config refuses it.
     """
 
-    def __init__(self, own_items: str = "negatives", **_):
+    def __init__(self, own_items: str = "negatives", label_smoothing: float = 0.0, **_):
         super().__init__()
         self.own_items = own_items
+        self.label_smoothing = label_smoothing
 
     def forward(self, x: LossInputs) -> torch.Tensor:
         table = x.all_items()
         ids = torch.arange(len(table), device=table.device)
         logits = x.without_own((x.users @ table.T).float(), ids, self.own_items)
-        return F.cross_entropy(logits, x.targets, reduction="sum")
+        return smoothed_cross_entropy(logits, x.targets, self.label_smoothing)
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy summed over the rows, the target's probability `1 - smoothing` plus its share
+    of `smoothing`, spread evenly over the row's candidates (Szegedy et al., CVPR 2016, "label
+    smoothing regularisation"):
+
+        (1 - smoothing) * -log p(target) + smoothing * mean over candidates c of -log p(c)
+
+    A candidate at -inf (taken out by `optim.own_items`) is no candidate: it gets no share.
+    torch's `label_smoothing` spreads over every column, which would put mass on those and make
+    the loss infinite; without them the two agree.
+    """
+    if not smoothing:
+        return F.cross_entropy(logits, target, reduction="sum")
+    log_p = F.log_softmax(logits, dim=-1)
+    target_term = -log_p.gather(1, target[:, None]).squeeze(1)
+    kept = torch.isfinite(logits)
+    uniform_term = -log_p.masked_fill(~kept, 0.0).sum(-1) / kept.sum(-1)
+    return ((1 - smoothing) * target_term + smoothing * uniform_term).sum()
 
 
 LOSSES.register("bce", params=("negatives",), needs=("negative",),
@@ -222,13 +247,13 @@ LOSSES.register("bce", params=("negatives",), needs=("negative",),
 LOSSES.register("bpr", params=("negatives",), needs=("negative",),
                 help="-log σ(pos - neg), one sampled negative per position (RecBole's SASRec default)")(
     lambda **_: BPR())
-LOSSES.register("inbatch", params=("own_items",), needs=("batch",),
+LOSSES.register("inbatch", params=("own_items", "label_smoothing"), needs=("batch",),
                 help="softmax cross-entropy over the global batch's distinct items")(InBatch)
-LOSSES.register("inbatch-logq", params=("own_items",), needs=("batch", "popularity"),
+LOSSES.register("inbatch-logq", params=("own_items", "label_smoothing"), needs=("batch", "popularity"),
                 help="in-batch softmax with the logQ popularity correction (Yi et al. 2019)")(InBatchLogQ)
-LOSSES.register("mixed", params=("mixed_negatives", "own_items"), needs=("batch",),
+LOSSES.register("mixed", params=("mixed_negatives", "own_items", "label_smoothing"), needs=("batch",),
                 help="in-batch softmax plus uniformly drawn items (Yang et al. 2020)")(Mixed)
-LOSSES.register("softmax", params=("own_items",), needs=("item_table",),
+LOSSES.register("softmax", params=("own_items", "label_smoothing"), needs=("item_table",),
                 help="full softmax cross-entropy over every item (RecBole's CE); table kinds only")(FullSoftmax)
 
 

@@ -28,13 +28,14 @@ from mmsr.train.losses import LossInputs, create_loss
 
 class Recommender(nn.Module):
     def __init__(self, items: nn.Module, user: nn.Module, loss: str = "bce", train_counts: np.ndarray | None = None,
-                 scorer: nn.Module | None = None, score: Score | None = None, own_items: str = "negatives"):
+                 scorer: nn.Module | None = None, score: Score | None = None, own_items: str = "negatives",
+                 label_smoothing: float = 0.0):
         super().__init__()
         self.items = items
         self.user = user
         self.scorer = scorer  # None: inner product (FAISS); else candidate-dependent (CARCA++)
         self.score = score if score is not None else create_score("dot")
-        self.loss = create_loss(loss, train_counts=train_counts, own_items=own_items)
+        self.loss = create_loss(loss, train_counts=train_counts, own_items=own_items, label_smoothing=label_smoothing)
 
     @property
     def item_inputs(self) -> str:
@@ -127,7 +128,7 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     items, user, scorer = build_towers(config, KindInputs(num_items, encoders, item_field))
     return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts, scorer=scorer,
                        score=create_score(config.model.score, temperature=config.model.temperature),
-                       own_items=config.optim.own_items)
+                       own_items=config.optim.own_items, label_smoothing=config.optim.label_smoothing)
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:
