@@ -10,7 +10,7 @@ from mmsr import config as config_lib
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
 from mmsr.train.batches import OWN_ITEMS, PAD, OwnItems
-from mmsr.train.losses import LOSSES, LossInputs, create_loss, loss_names
+from mmsr.train.losses import LOSSES, LossInputs, create_loss, loss_names, smoothed_cross_entropy
 from test_train import _fits_a_batch as fits_a_batch, assert_two_processes_train_as_one  # the trainer tests' helpers
 
 # Three items of four, 2-d vectors, two target positions.
@@ -115,8 +115,6 @@ def test_label_smoothing_matches_its_formula_and_skips_taken_out_candidates(name
 def test_label_smoothing_agrees_with_torchs_where_no_candidate_is_taken_out():
     torch.manual_seed(0)
     logits, target = torch.randn(5, 7, dtype=torch.float64), torch.tensor([0, 3, 6, 2, 2])
-    from mmsr.train.losses import smoothed_cross_entropy
-
     assert float(smoothed_cross_entropy(logits, target, 0.1)) == pytest.approx(
         float(torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1, reduction="sum")), rel=1e-9)
 

@@ -332,7 +332,7 @@ class TrainConfig:
             problems.append(f"optim.own_items={optim.own_items!r} is not known; choose one of " + ", ".join(OWN_ITEMS))
         if not 0 <= optim.label_smoothing < 1:
             problems.append(f"optim.label_smoothing={optim.label_smoothing} must be at least 0 and below 1 (the "
-                            "share of the target's probability spread over the other candidates)")
+                            "share of the target's probability spread evenly over its candidates)")
         if "mixed_negatives" in LOSSES.params(optim.loss) and optim.mixed_negatives < 1:
             problems.append(f"optim.mixed_negatives={optim.mixed_negatives} must be at least 1 for "
                             f"optim.loss={optim.loss!r}; or use --set optim.loss=inbatch")

@@ -14,8 +14,8 @@ item vectors by inner product, as the evaluation does. Two families:
   process encodes its own items and the candidates are gathered across processes, so a
   2-process run sees the same candidates as one process. `softmax` scores every item.
   `optim.own_items` says what becomes of the user's own training items among them
-  (mmsr.train.batches.OWN_ITEMS), and `optim.label_smoothing` moves that share of the target's
-  probability onto the candidates left (`smoothed_cross_entropy`).
+  (mmsr.train.batches.OWN_ITEMS), and `optim.label_smoothing` spreads that share of the target's
+  probability evenly over the candidates left (`smoothed_cross_entropy`).
 
 An entry's `params` are the `optim.*` settings it reads; its `needs`:
   negative     the per-position sampled negative;
