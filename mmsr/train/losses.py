@@ -78,9 +78,16 @@ class LossInputs:
         return logits.masked_fill(self.own.taken_out(own_items, ids, self.positions, self.targets), float("-inf"))
 
 
-def create_loss(name: str, *, train_counts: np.ndarray | None = None, own_items: str = "negatives",
-                label_smoothing: float = 0.0) -> nn.Module:
-    return LOSSES.create(name, train_counts=train_counts, own_items=own_items, label_smoothing=label_smoothing)
+def create_loss(name: str, *, train_counts: np.ndarray | None = None, **settings) -> nn.Module:
+    """`settings`: `optim.*` values by name (own_items=..., label_smoothing=...); each loss takes
+    those it reads and ignores the rest, its defaults standing for any not given."""
+    return LOSSES.create(name, train_counts=train_counts, **settings)
+
+
+def loss_settings(optim) -> dict:
+    """The `optim.*` settings `optim.loss` reads (its registry params), by name, for create_loss:
+    a new loss setting reaches its loss from the config without passing through the model."""
+    return {key: getattr(optim, key) for key in LOSSES.params(optim.loss)}
 
 
 def loss_names() -> list[str]:
@@ -133,7 +140,8 @@ class InBatch(nn.Module):
     Departure from the papers, where the candidates are the batch's targets: here they are
     every distinct item of the batch (histories, targets, the per-position negatives), each
     once, so the user's own history items are negatives too. Subclasses change the logits
-    (`adjust`) or, for `mixed`, what `TrainBatches` puts in the batch.
+    (`adjust`), the candidates (`candidates`: the full softmax's are every item) or, for
+    `mixed`, what `TrainBatches` puts in the batch.
     """
 
     def __init__(self, own_items: str = "negatives", label_smoothing: float = 0.0, **_):
@@ -144,8 +152,12 @@ class InBatch(nn.Module):
     def adjust(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return logits
 
+    def candidates(self, x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted candidate ids, their vectors)."""
+        return global_candidates(x.item_ids, x.item_vectors)
+
     def forward(self, x: LossInputs) -> torch.Tensor:
-        ids, vectors = global_candidates(x.item_ids, x.item_vectors)
+        ids, vectors = self.candidates(x)
         logits = x.without_own(self.adjust((x.users @ vectors.T).float(), ids), ids, self.own_items)
         return smoothed_cross_entropy(logits, torch.searchsorted(ids, x.targets), self.label_smoothing)
 
@@ -199,7 +211,7 @@ class Mixed(InBatch):
     """
 
 
-class FullSoftmax(nn.Module):
+class FullSoftmax(InBatch):
     """Full softmax cross-entropy over every item (RecBole's `loss_type = "CE"`; SASRec in
     RecBole, BERT4Rec's training objective):
 
@@ -210,16 +222,9 @@ class FullSoftmax(nn.Module):
     would have to run every item through its item tower at every step, so the config refuses it.
     """
 
-    def __init__(self, own_items: str = "negatives", label_smoothing: float = 0.0, **_):
-        super().__init__()
-        self.own_items = own_items
-        self.label_smoothing = label_smoothing
-
-    def forward(self, x: LossInputs) -> torch.Tensor:
+    def candidates(self, x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         table = x.all_items()
-        ids = torch.arange(len(table), device=table.device)
-        logits = x.without_own((x.users @ table.T).float(), ids, self.own_items)
-        return smoothed_cross_entropy(logits, x.targets, self.label_smoothing)
+        return torch.arange(len(table), device=table.device), table
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -23,19 +23,18 @@ from mmsr.models.sequence import last_state
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
 from mmsr.train.kinds import KindInputs, build_towers
-from mmsr.train.losses import LossInputs, create_loss
+from mmsr.train.losses import LossInputs, create_loss, loss_settings
 
 
 class Recommender(nn.Module):
     def __init__(self, items: nn.Module, user: nn.Module, loss: str = "bce", train_counts: np.ndarray | None = None,
-                 scorer: nn.Module | None = None, score: Score | None = None, own_items: str = "negatives",
-                 label_smoothing: float = 0.0):
+                 scorer: nn.Module | None = None, score: Score | None = None, loss_settings: dict | None = None):
         super().__init__()
         self.items = items
         self.user = user
         self.scorer = scorer  # None: inner product (FAISS); else candidate-dependent (CARCA++)
         self.score = score if score is not None else create_score("dot")
-        self.loss = create_loss(loss, train_counts=train_counts, own_items=own_items, label_smoothing=label_smoothing)
+        self.loss = create_loss(loss, train_counts=train_counts, **(loss_settings or {}))
 
     @property
     def item_inputs(self) -> str:
@@ -128,7 +127,7 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     items, user, scorer = build_towers(config, KindInputs(num_items, encoders, item_field))
     return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts, scorer=scorer,
                        score=create_score(config.model.score, temperature=config.model.temperature),
-                       own_items=config.optim.own_items, label_smoothing=config.optim.label_smoothing)
+                       loss_settings=loss_settings(config.optim))
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:
