@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/seed_means.py [docs/movielens-seeds.csv] [--add LOG=LABEL ...]
                                          [--seeds 18,19,20,21] [--ratio MMSR-T/IDSR ...]
+                                         [--paired IDSR/IDSR-no-smoothing ...]
 
 docs/movielens-seeds.csv holds one row per (model, seed) of the MovieLens-100K configs behind
 docs/compare.md's "Where things stand": test HR@10 / NDCG@10 under RecBole's protocol and the
@@ -10,11 +11,14 @@ paper's, the paper's cold split, and the validation NDCG@10 the checkpoint was c
 script recomputes that section's figures from the rows: per model and column the mean, its
 standard error over seeds (standard deviation / sqrt(n)) and n; for every --ratio A/B and column,
 mean(A) / mean(B) with the delta method's standard error for independent seeds,
-r * sqrt((se_A / mean_A)^2 + (se_B / mean_B)^2).
+r * sqrt((se_A / mean_A)^2 + (se_B / mean_B)^2). For every --paired A/B and column, the mean of
+A - B over the seeds both have a figure for, the standard error of those differences and how
+many are above zero: a setting against the config run on the same seeds, whose seed-to-seed
+swings (the split's draw, the initialisation) cancel in the difference.
 
 --add pools a new `bench/losses.py` run with the table: LOG is its log (the per-run JSON lines)
 or the JSON object it printed last, of one setting and every run with its seed; LABEL a new model
-name its runs go under, to compare the setting with the config by --ratio (a config's new seeds
+name its runs go under, to compare the setting with the config by --paired or --ratio (a config's new seeds
 belong in the table itself, each line naming its section). --seeds keeps only those seeds, for
 every model, and a ratio then needs both sides on the same seeds. An empty cell is a figure the
 notebook did not keep: it is left out of that column's mean and n says so.
@@ -186,6 +190,35 @@ def ratio(summary: dict, top: str, bottom: str, columns: list[str]) -> dict:
     return out
 
 
+def paired(rows: dict, top: str, bottom: str, columns: list[str], seeds: set[int] | None = None) -> dict:
+    """{"seeds": [...], column: {"mean", "se", "n", "up"}}: top - bottom seed by seed, over the
+    (kept) seeds where both have the column's figure; "up" counts the differences above zero."""
+    shared = sorted(seed for seed in rows[top].keys() & rows[bottom].keys() if seeds is None or seed in seeds)
+    out: dict = {"seeds": shared}
+    for column in columns:
+        differences = [rows[top][seed][column] - rows[bottom][seed][column] for seed in shared
+                       if rows[top][seed][column] is not None and rows[bottom][seed][column] is not None]
+        if differences:
+            se = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else None
+            out[column] = {"mean": statistics.fmean(differences), "se": se, "n": len(differences),
+                           "up": sum(difference > 0 for difference in differences)}
+    return out
+
+
+def _check_paired(rows: dict, top: str, bottom: str, seeds: set[int] | None) -> None:
+    unknown = [name for name in (top, bottom) if name not in rows]
+    if unknown:
+        raise TableError(f"--paired {top}/{bottom}: no rows for {', '.join(unknown)}; the models are {', '.join(rows)}")
+    shared = {seed for seed in rows[top].keys() & rows[bottom].keys() if seeds is None or seed in seeds}
+    if not shared:
+        raise TableError(f"--paired {top}/{bottom}: no seed{' kept' if seeds else ''} has rows of both "
+                         f"({top}: {_seeds(rows[top])}; {bottom}: {_seeds(rows[bottom])}); run them on the same seeds")
+
+
+def _seeds(by_seed: dict) -> str:
+    return ", ".join(map(str, sorted(by_seed)))
+
+
 def _seed_list(text: str) -> set[int]:
     try:
         seeds = {int(part) for part in text.split(",") if part.strip()}
@@ -225,11 +258,11 @@ def _check_ratio(summary: dict, top: str, bottom: str, seeds: set[int] | None) -
                          "name seeds both have")
 
 
-def _fmt(cell: dict | None, digits: int = 4) -> str:
+def _fmt(cell: dict | None, digits: int = 4, sign: str = "") -> str:
     if not cell:
         return ""
     se = "" if cell["se"] is None else f" ± {cell['se']:.{digits}f}"
-    return f"{cell['mean']:.{digits}f}{se} ({cell['n']})"
+    return f"{cell['mean']:{sign}.{digits}f}{se} ({cell['n']})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratio", action="append", default=[], metavar="A/B",
                         type=_two_models,
                         help="report mean(A) / mean(B) for every column (repeatable)")
+    parser.add_argument("--paired", action="append", default=[], metavar="A/B", type=_two_models,
+                        help="report A - B seed by seed over the seeds both have: the mean difference, its "
+                             "standard error and how many are above zero, for every column (repeatable)")
     args = parser.parse_args(argv)
     try:
         columns, rows = read_table(args.table)
@@ -262,6 +298,10 @@ def main(argv: list[str] | None = None) -> None:
         for top, bottom in args.ratio:
             _check_ratio(summary, top, bottom, args.seeds)
             ratios[f"{top}/{bottom}"] = ratio(summary, top, bottom, columns)
+        differences = {}
+        for top, bottom in args.paired:
+            _check_paired(rows, top, bottom, args.seeds)
+            differences[f"{top}/{bottom}"] = paired(rows, top, bottom, columns, args.seeds)
     except TableError as error:
         sys.exit(f"error: {error}")
 
@@ -273,8 +313,11 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"{figures[c]['ratio']:.3f}" + ("" if figures[c]["se"] is None else f" ± {figures[c]['se']:.3f}")
                  if c in figures else "" for c in columns]
         print(f"| {name} | | " + " | ".join(cells) + " |")
+    for name, figures in differences.items():
+        cells = [_fmt(figures.get(c), sign="+") + (f", up {figures[c]['up']}" if c in figures else "") for c in columns]
+        print(f"| {name.replace('/', ' − ')}, paired | {len(figures['seeds'])} | " + " | ".join(cells) + " |")
     print(json.dumps({"table": str(args.table), "seeds": None if args.seeds is None else sorted(args.seeds),
-                      "models": summary, "ratios": ratios}))
+                      "models": summary, "ratios": ratios, "paired": differences}))
 
 
 if __name__ == "__main__":

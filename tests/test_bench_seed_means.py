@@ -42,6 +42,24 @@ def test_mean_standard_error_and_ratio_by_hand(tmp_path, capsys):
     assert only["ratios"]["A/B"]["valid_ndcg10"] == {"ratio": pytest.approx(1 / 3), "se": None}
 
 
+def test_paired_differences_by_hand(tmp_path, capsys):
+    """Seed by seed over the seeds both have; an empty cell drops its seed from that column alone."""
+    table = tmp_path / "seeds.csv"
+    table.write_text(HEADER + "A,a.toml,1,0.30,0.05,x\nA,a.toml,2,0.20,,x\nA,a.toml,3,0.50,0.02,x\n"
+                              "A,a.toml,9,0.9,0.9,x\n"
+                              "B,b.toml,1,0.10,0.04,y\nB,b.toml,2,0.25,0.01,y\nB,b.toml,3,0.20,0.03,y\n")
+    out = _run([str(table), "--paired", "A/B"], capsys)["paired"]["A/B"]
+    assert out["seeds"] == [1, 2, 3]  # seed 9 is A's alone
+    valid = out["valid_ndcg10"]  # differences 0.2, -0.05, 0.3
+    assert valid["n"] == 3 and valid["up"] == 2 and valid["mean"] == pytest.approx(0.15)
+    assert valid["se"] == pytest.approx(math.sqrt(((0.05 ** 2) + (0.2 ** 2) + (0.15 ** 2)) / 2) / math.sqrt(3))
+    test = out["recbole_ndcg10"]  # seed 2 has no A figure: differences 0.01, -0.01
+    assert test["n"] == 2 and test["up"] == 1 and test["mean"] == pytest.approx(0.0)
+    assert test["se"] == pytest.approx(0.01)
+    one = _run([str(table), "--paired", "A/B", "--seeds", "3"], capsys)["paired"]["A/B"]
+    assert one["seeds"] == [3] and one["valid_ndcg10"] == {"mean": pytest.approx(0.3), "se": None, "n": 1, "up": 1}
+
+
 def test_the_committed_table_gives_where_things_stand(capsys):
     """docs/compare.md's summary figures, to the digits it prints them with."""
     out = _run(["--ratio", "MMSR-T/IDSR"], capsys)
@@ -68,6 +86,12 @@ def test_the_committed_table_gives_where_things_stand(capsys):
         == [0.1346, 0.0660]
     assert [round(before["ratios"]["MMSR-T/IDSR-no-smoothing"][c]["ratio"], 3)
             for c in ("recbole_ndcg10", "paper_ndcg10")] == [0.879, 0.943]
+    smoothing = _run(["--paired", "IDSR/IDSR-no-smoothing"], capsys)["paired"]["IDSR/IDSR-no-smoothing"]
+    assert smoothing["seeds"] == list(range(19, 34))  # label smoothing's cost and gain, paired on fifteen seeds
+    assert [(round(smoothing[c]["mean"], 4), round(smoothing[c]["se"], 4)) for c in
+            ("valid_ndcg10", "recbole_hr10", "recbole_ndcg10")] == \
+        [(0.0032, 0.0013), (0.0026, 0.0033), (0.0008, 0.0013)]
+    assert (round(smoothing["cold_hr10"]["mean"], 3), round(smoothing["cold_hr10"]["se"], 3)) == (-0.037, 0.016)
 
 
 def test_where_things_stand_prints_the_tables_means_and_each_rows_section_exists(capsys):
@@ -163,6 +187,11 @@ FILES = {  # the logs the bad-input cases name, by a placeholder
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "FAILED=B"], "line 2: ml-100k/content/mixed seed 2 failed (loss went NaN)"),
     (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--add", "CUT=B"], "line 2: not a whole JSON object"),
     (HEADER, [], "no rows under its header line, and no --add"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\n", ["--paired", "A/B"], "--paired A/B: no rows for B; the models are A"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\nB,b.toml,2,0.1,0.02,x\n", ["--paired", "A/B"],
+     "no seed has rows of both (A: 1; B: 2); run them on the same seeds"),
+    (HEADER + "A,a.toml,1,0.1,0.02,x\nB,b.toml,1,0.1,0.02,x\nB,b.toml,2,0.1,0.02,x\n",
+     ["--paired", "A/B", "--seeds", "2"], "no seed kept has rows of both"),
 ])
 def test_bad_input_is_refused_naming_the_file(tmp_path, capsys, content, argv, says):
     table = tmp_path / "seeds.csv"
@@ -181,6 +210,7 @@ def test_bad_input_is_refused_naming_the_file(tmp_path, capsys, content, argv, s
 @pytest.mark.parametrize("argv, says", [
     (["--seeds", ","], "give seeds as numbers"), (["--seeds", "1,x"], "give seeds as numbers"),
     (["--add", "run.log=A/B"], "expected LOG=LABEL, a label without '/'"), (["--ratio", "AB"], "expected A/B"),
+    (["--paired", "A/"], "expected A/B"),
 ])
 def test_bad_options_are_refused_by_the_parser(argv, says, capsys):
     with pytest.raises(SystemExit) as stopped:
