@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/seed_means.py [docs/movielens-seeds.csv] [--add LOG=LABEL ...]
                                          [--seeds 18,19,20,21] [--ratio MMSR-T/IDSR ...]
-                                         [--paired IDSR/IDSR-no-smoothing ...]
+                                         [--paired IDSR/IDSR-smoothing-0.2 ...]
 
 docs/movielens-seeds.csv holds one row per (model, seed) of the MovieLens-100K configs behind
 docs/compare.md's "Where things stand": test HR@10 / NDCG@10 under RecBole's protocol and the
