@@ -9,8 +9,8 @@ Only the loss changes between rows (`--set optim.loss=NAME`); everything else is
            has no pictures), RecBole's split and selection protocol.
 A loss runs with the default of every loss setting it does not read (`loss_overrides`): the
 MovieLens profiles' `negatives="any"` is a BCE/BPR setting, and `own_items` (the demo profile's
-`all-masked`, MovieLens IDSR's `later-masked`) and `label_smoothing` (MovieLens IDSR's 0.2) are
-the softmax losses'. A combination the
+`all-masked`, MovieLens IDSR's `later-masked`) and `label_smoothing` (both MovieLens profiles set it)
+are the softmax losses'. A combination the
 config refuses (full softmax for a content model) is reported with its error, not skipped.
 
 Each run is evaluated on test, cold (the paper's: targets seen < 10 times in training) and new

@@ -192,8 +192,15 @@ def ratio(summary: dict, top: str, bottom: str, columns: list[str]) -> dict:
 
 def paired(rows: dict, top: str, bottom: str, columns: list[str], seeds: set[int] | None = None) -> dict:
     """{"seeds": [...], column: {"mean", "se", "n", "up"}}: top - bottom seed by seed, over the
-    (kept) seeds where both have the column's figure; "up" counts the differences above zero."""
+    (kept) seeds where both have the column's figure; "up" counts the differences above zero.
+    TableError when a model has no rows or the two share no (kept) seed."""
+    unknown = [name for name in (top, bottom) if name not in rows]
+    if unknown:
+        raise TableError(f"--paired {top}/{bottom}: no rows for {', '.join(unknown)}; the models are {', '.join(rows)}")
     shared = sorted(seed for seed in rows[top].keys() & rows[bottom].keys() if seeds is None or seed in seeds)
+    if not shared:
+        raise TableError(f"--paired {top}/{bottom}: no seed{' kept' if seeds else ''} has rows of both "
+                         f"({top}: {_seeds(rows[top])}; {bottom}: {_seeds(rows[bottom])}); run them on the same seeds")
     out: dict = {"seeds": shared}
     for column in columns:
         differences = [rows[top][seed][column] - rows[bottom][seed][column] for seed in shared
@@ -203,16 +210,6 @@ def paired(rows: dict, top: str, bottom: str, columns: list[str], seeds: set[int
             out[column] = {"mean": statistics.fmean(differences), "se": se, "n": len(differences),
                            "up": sum(difference > 0 for difference in differences)}
     return out
-
-
-def _check_paired(rows: dict, top: str, bottom: str, seeds: set[int] | None) -> None:
-    unknown = [name for name in (top, bottom) if name not in rows]
-    if unknown:
-        raise TableError(f"--paired {top}/{bottom}: no rows for {', '.join(unknown)}; the models are {', '.join(rows)}")
-    shared = {seed for seed in rows[top].keys() & rows[bottom].keys() if seeds is None or seed in seeds}
-    if not shared:
-        raise TableError(f"--paired {top}/{bottom}: no seed{' kept' if seeds else ''} has rows of both "
-                         f"({top}: {_seeds(rows[top])}; {bottom}: {_seeds(rows[bottom])}); run them on the same seeds")
 
 
 def _seeds(by_seed: dict) -> str:
@@ -300,7 +297,6 @@ def main(argv: list[str] | None = None) -> None:
             ratios[f"{top}/{bottom}"] = ratio(summary, top, bottom, columns)
         differences = {}
         for top, bottom in args.paired:
-            _check_paired(rows, top, bottom, args.seeds)
             differences[f"{top}/{bottom}"] = paired(rows, top, bottom, columns, args.seeds)
     except TableError as error:
         sys.exit(f"error: {error}")

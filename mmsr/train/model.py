@@ -27,14 +27,14 @@ from mmsr.train.losses import LossInputs, create_loss, loss_settings
 
 
 class Recommender(nn.Module):
-    def __init__(self, items: nn.Module, user: nn.Module, loss: str = "bce", train_counts: np.ndarray | None = None,
-                 scorer: nn.Module | None = None, score: Score | None = None, loss_settings: dict | None = None):
+    def __init__(self, items: nn.Module, user: nn.Module, loss: nn.Module, scorer: nn.Module | None = None,
+                 score: Score | None = None):
         super().__init__()
         self.items = items
         self.user = user
+        self.loss = loss  # mmsr.train.losses: build_model creates it from the config
         self.scorer = scorer  # None: inner product (FAISS); else candidate-dependent (CARCA++)
         self.score = score if score is not None else create_score("dot")
-        self.loss = create_loss(loss, train_counts=train_counts, **(loss_settings or {}))
 
     @property
     def item_inputs(self) -> str:
@@ -125,9 +125,9 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     need not. `item_field` (`Dataset.item_field`) gives the text fields FDSA's side features read.
     """
     items, user, scorer = build_towers(config, KindInputs(num_items, encoders, item_field))
-    return Recommender(items, user, loss=config.optim.loss, train_counts=train_counts, scorer=scorer,
-                       score=create_score(config.model.score, temperature=config.model.temperature),
-                       loss_settings=loss_settings(config.optim))
+    loss = create_loss(config.optim.loss, train_counts=train_counts, **loss_settings(config.optim))
+    return Recommender(items, user, loss, scorer=scorer,
+                       score=create_score(config.model.score, temperature=config.model.temperature))
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:
