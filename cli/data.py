@@ -83,7 +83,9 @@ def info(
     try:
         split = SplitConfig(min_interactions=min_interactions, cold_threshold=cold_threshold, max_seq_len=max_seq_len)
     except ValueError as error:
-        raise MMSRError(str(error), where="--min-interactions / --cold-threshold / --max-seq-len") from None
+        field = str(error).split()[0]  # SplitConfig names the field first
+        raise MMSRError(str(error), where="--" + field.replace("_", "-") if field in SplitConfig.__annotations__
+                        else "--min-interactions / --cold-threshold / --max-seq-len") from None
     report = dataset_report(dataset, split)
     counts = report["raw"]
     if json_out:

@@ -8,6 +8,7 @@ a default, or a knob that changes nothing, is the trap this avoids.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import tomllib
@@ -52,9 +53,17 @@ def _read_with_bases(path: Path, below: tuple[Path, ...]) -> dict:
 
 
 def _read_one(path: Path) -> dict:
+    if path.is_dir():
+        raise MMSRError("a folder, not a config file", where=path, hint="give a .toml, .yaml or .json file")
     if not path.is_file():
         raise MMSRError("config file not found", where=path)
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise MMSRError(f"not UTF-8: byte 0x{raw[error.start]:02x} at line {line}", where=path,
+                        hint="save the file as UTF-8") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -78,14 +87,14 @@ def _read_one(path: Path) -> dict:
 
 
 def parse_overrides(items: list[str] | None) -> dict:
-    """`["train.lr=1e-4", "model.fusion=gate"]` -> nested dict; values parsed as YAML scalars."""
+    """`["optim.lr=1e-4", "model.fusion=gate"]` -> nested dict; values parsed as YAML scalars."""
     import yaml
 
     nested: dict = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise MMSRError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set train.lr=1e-4")
+            raise MMSRError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set optim.lr=1e-4")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -110,11 +119,15 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def build(cls: type[T], data: dict | None = None, *, source: str = "config") -> T:
+def build(cls: type[T], data: dict | None = None, *, source: str = "config",
+          given_by_set: set[str] = frozenset()) -> T:
     """Build dataclass `cls` from a nested dict, checking every key and type and running each
-    dataclass's `check()` (a list of problems), if it has one."""
+    dataclass's `check()` (a list of problems), if it has one. A problem with a key in
+    `given_by_set` (dotted) is named as the --set's: the file did not say it."""
     problems: list[str] = []
     result = _build(cls, data or {}, "", problems)
+    problems = [f"--set {problem}" if any(problem.startswith((f"{key} ", f"{key}=")) for key in given_by_set) else problem
+                for problem in problems]
     if problems:
         raise MMSRError("invalid " + source + ": " + "; ".join(problems))
     return result
@@ -151,7 +164,14 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
         for section in sections:
             node = node.setdefault(section, {})
         node[name] = value
-    return build(cls, merge(data, given), source=source)
+    return build(cls, merge(data, given), source=source, given_by_set=_dotted_keys(overridden))
+
+
+def _dotted_keys(nested: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in nested.items():
+        out |= _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return out
 
 
 def unknown_keys(cls: type, data: dict, prefix: str = "") -> list[str]:
@@ -161,7 +181,8 @@ def unknown_keys(cls: type, data: dict, prefix: str = "") -> list[str]:
     problems = []
     for key, value in data.items():
         if key not in fields:
-            close = [name for name in fields if name.startswith(key[:3])]
+            close = difflib.get_close_matches(key, fields, n=1) or [name for name in fields
+                                                                    if name.startswith(key[:3])]
             suggestion = f" (did you mean {close[0]!r}?)" if close else ""
             sections = [name for name in fields if dataclasses.is_dataclass(hints[name])]
             where = f"; the sections are {', '.join(sections)}" if not prefix and isinstance(value, dict) else ""
@@ -194,7 +215,7 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     try:
         result = cls(**values)
     except (TypeError, ValueError) as error:
-        problems.append(f"{prefix.rstrip('.') or cls.__name__}: {error}")
+        problems.append(f"{prefix.rstrip('.')}: {error}" if prefix else str(error))
         return cls()
     # Settings valid one by one but wrong together (e.g. a knob the chosen component ignores).
     check = getattr(result, "check", None)

@@ -427,3 +427,25 @@ def test_an_unchanged_dataset_is_not_read_again_for_its_digests(small_demo, tmp_
     _new_version(root, "v2")
     with pytest.raises(AssertionError, match="read again"):
         build(root, path)
+
+
+@pytest.mark.parametrize("name,problem", [
+    ("text-only", "encoders.vision_model='fake-image' encodes pictures, but no item of this dataset has a picture"),
+    ("pictures-only", "encoders.text_model='fake-text' encodes text, but no item of this dataset has text in "
+                      "encoders.text_fields=['title', 'description', 'category']"),
+])
+def test_an_encoder_with_nothing_to_read_is_refused(small_demo, tmp_path, name, problem):
+    """A vision model over a catalogue without pictures would fill its cache with placeholders
+    and train on them; the build refuses it and says how to switch the modality off."""
+    def edit(items, _dest):
+        for item in items:
+            if name == "text-only":
+                item["image"] = None
+            else:
+                item.update(title="", description="", category="")
+
+    root = copy_dataset(small_demo, tmp_path / name, edit=edit)
+    with pytest.raises(MMSRError) as error:
+        build(root, tmp_path / "cache")
+    assert problem in str(error.value) and "--set encoders." in str(error.value)
+    assert not (tmp_path / "cache").exists()

@@ -277,3 +277,30 @@ def test_a_misspelt_set_is_named_as_the_users_not_the_files():
     assert built.encoders.image_size == 64
     with pytest.raises(MMSRError, match=r"invalid --set: unknown key model.dimm"):
         load_build_config("configs/demo-cpu.toml", ["model.dimm=32"])
+
+
+def test_a_wrong_set_value_is_named_as_the_sets_and_a_near_key_is_suggested():
+    message = _error(["optim.lr=abc", "model.fusion=nope"], ROOT / "configs" / "demo-cpu.toml")
+    assert "--set optim.lr must be float, got 'abc'" in message
+    assert "--set model.fusion='nope' is not a known fusion" in message
+    with pytest.raises(MMSRError, match=r"unknown key optim.lrr \(did you mean 'lr'\?\)"):
+        load(TrainConfig, None, ["optim.lrr=1e-3"])
+    with pytest.raises(MMSRError, match=r"is not KEY=VALUE.*e\.g\. --set optim\.lr=1e-4"):
+        load(TrainConfig, None, ["optim.lr"])
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder_is_named(tmp_path):
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"seed = 1\n\xff\xfe bad\n")
+    with pytest.raises(MMSRError, match=r"binary\.toml: not UTF-8: byte 0xff at line 2"):
+        read_file(path)
+    with pytest.raises(MMSRError, match="a folder, not a config file"):
+        read_file(tmp_path)
+
+
+def test_a_top_level_problem_is_named_without_the_class():
+    from mmsr.cache_stage import load_build_config
+
+    with pytest.raises(MMSRError) as error:
+        load_build_config(None, ["on_bad_image=nope"])
+    assert "on_bad_image must be one of" in str(error.value) and "CacheBuildConfig" not in str(error.value)

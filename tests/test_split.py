@@ -126,3 +126,8 @@ def test_cold_test_cases_are_the_held_out_part_of_the_cold_set():
     assert {(int(u), int(p)) for u, p in zip(cold_test.users, cold_test.positions)} < cold
     assert (0, 1) in cold  # u0's training interaction with item 7: in the paper's cold set only
     assert split.stats()["cold_test_cases"] == 1
+
+
+def test_a_negative_cold_threshold_is_refused():
+    with pytest.raises(ValueError, match="cold_threshold must be 0 or more"):
+        SplitConfig(cold_threshold=-5)

@@ -185,6 +185,20 @@ def test_seeds_repeat_each_variant_and_only_keeps_the_named_ones(study_file):
         plan_study(study, study_dir("x"), sets=["optim.epoch=3"])
 
 
+def test_plan_refuses_a_missing_dataset_and_report_the_study_file(study_file, mmsr_home):
+    """Both before anything is written: `study plan` does not list runs `study run` cannot make,
+    and `study report` given the study file names the directory to give instead."""
+    from mmsr.study.report import report_study
+    from mmsr.study.runner import plan_study_file
+
+    with pytest.raises(MMSRError, match="dataset 'nope' not found") as error:
+        plan_study_file(study_file, datasets=["nope"])
+    assert "mmsr data demo" in str(error.value) and not (mmsr_home / "studies").exists()
+    with pytest.raises(MMSRError, match="a study file, not a study directory") as error:
+        report_study(study_file)
+    assert "give the directory its runs went to: `tiny`" in str(error.value)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.replace("[study]", "[study]\ncolour = 1"), "unknown key study.colour"),
     (lambda s: s.replace('"model.fusion" = "gate"', '"model.fuson" = "gate"'),

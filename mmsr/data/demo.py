@@ -197,7 +197,8 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
     `sampler` draws the choices (mmsr/data/demo_choices.py): `auto` keeps the original draws up
     to 10,000 items and streams larger datasets in bounded memory."""
     if items < 10 or users < 1:
-        raise MMSRError("the demo needs at least 10 items and 1 user")
+        raise MMSRError(f"{items} items and {users} users: the demo needs at least 10 items and 1 user",
+                        hint="--items 10 or more, --users 1 or more")
     if not 1 <= min_len <= max_len:
         raise MMSRError(f"sequence lengths {min_len}..{max_len}: need 1 <= min length <= max length")
     if image_size and image_size < 16:

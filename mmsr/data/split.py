@@ -50,6 +50,9 @@ class SplitConfig:
             raise ValueError("max_seq_len must be positive")
         if self.sample_users is not None and self.sample_users < 1:
             raise ValueError("sample_users must be positive")
+        if self.cold_threshold < 0:
+            raise ValueError("cold_threshold must be 0 or more (items seen fewer times in training are cold; "
+                             "0: none)")
         if self.cold_min_history < 1:
             raise ValueError("cold_min_history must be at least 1")
 

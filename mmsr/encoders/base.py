@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from mmsr.encoders.config import SLOT_FIELDS
 from mmsr.errors import MMSRError
 from mmsr.encoders.model_key import model_key
 
@@ -96,8 +97,9 @@ class SplitEncoder(nn.Module):
     def __init__(self, name: str, num_layers: int, top_blocks: int):
         super().__init__()
         if not 0 <= top_blocks <= num_layers:
-            raise MMSRError(f"{name}: top_blocks={top_blocks} but the model has {num_layers} blocks",
-                            hint=f"choose 0..{num_layers}")
+            setting = f"encoders.{SLOT_FIELDS[self.modality][1]}" if self.modality in SLOT_FIELDS else "top_blocks"
+            raise MMSRError(f"{setting}={top_blocks}, but {name} has {num_layers} blocks",
+                            hint=f"choose 0..{num_layers} trainable top blocks")
         self.name = name
         self.num_layers = num_layers
         self.top_blocks = top_blocks

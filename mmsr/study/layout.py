@@ -19,6 +19,20 @@ def study_dir(name: str | Path) -> Path:
     return paths.resolve("studies", name)
 
 
+def ran_study_dir(name: str | Path) -> Path:
+    """The study directory a command that reads finished runs is given (`study report`,
+    `study merge`), refusing the study file itself, the easy slip, with the name to give."""
+    out = study_dir(name)
+    if not (out / STUDY_FILE).is_file() and Path(name).is_file():
+        try:
+            named = load_study(Path(name), check_configs=False).name
+        except MMSRError:
+            named = "NAME"
+        raise MMSRError("a study file, not a study directory", where=name,
+                        hint=f"give the directory its runs went to: `{named}` (after `mmsr study run {name}`)")
+    return out
+
+
 def typed_name(out: Path) -> str:
     """How a user names study directory `out` on the command line (`--out`, `mmsr study
     report`): its name when it lies under $MMSR_HOME/studies, else its path."""

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from mmsr.atomic import atomic_write_text, link_or_copy
 from mmsr.errors import MMSRError
-from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, load_run_study, study_command, study_dir
+from mmsr.study.layout import (ORIGIN_FILE, RESULT_FILE, STUDY_FILE, load_run_study, ran_study_dir, study_command,
+                               study_dir)
 from mmsr.study.report import write_report
 from mmsr.train.layout import CONFIG_FILE
 
@@ -40,7 +41,7 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, log: Callable[[
     if not sources:
         raise MMSRError("no study directory to merge", hint="name one or more: mmsr study merge A B --out NAME")
     target = study_dir(out)
-    dirs = [study_dir(source) for source in sources]
+    dirs = [ran_study_dir(source) for source in sources]
     study, _ = load_run_study(dirs[0])
     file_text = (dirs[0] / STUDY_FILE).read_text(encoding="utf-8")
     if target not in dirs and (target / STUDY_FILE).is_file():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mmsr.atomic import atomic_write_text
 from mmsr.machine import cpu_model
-from mmsr.study.layout import load_run_study, study_dir, typed_name
+from mmsr.study.layout import load_run_study, ran_study_dir, typed_name
 from mmsr.study.spec import Study
 
 RUN_COLUMNS = ("variant", "label", "column", "group", "dataset", "seed", "split", "protocol", "cases")
@@ -255,7 +255,7 @@ def write_report(out: Path, study: Study, command: str = "", *, figures: bool = 
 
 def report_study(name: str | Path, *, log: Callable[[str], None] = print) -> list[Path]:
     """`mmsr study report NAME`: re-render from the finished runs, training nothing."""
-    out = study_dir(name)
+    out = ran_study_dir(name)
     study, command = load_run_study(out)
     return write_report(out, study, command, figures=True, log=log)
 

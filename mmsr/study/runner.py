@@ -142,6 +142,8 @@ def plan_study_file(path: str | Path, *, datasets: list[str] | None = None, seed
     study = load_study(path)
     out = study_dir(out or study.name)
     runs = plan_study(study, out, datasets=datasets, seeds=seeds, only=only, sets=sets)
+    for dataset in dict.fromkeys(run.dataset for run in runs):  # before `study run` writes anything
+        _dataset_or_recipe(study, dataset)
     _refuse_changed(study, out, runs, sets)
     return study, out, runs
 
@@ -205,13 +207,22 @@ def _saved_config(root: Path) -> dict:
     return config_as_json(run_config(root))  # rebuilt: a config field added since holds its default
 
 
-def _ensure_dataset(study: Study, dataset: str, progress: ProgressFactory, log: Log) -> None:
+def _dataset_or_recipe(study: Study, dataset: str) -> dict | None:
+    """None when `dataset` exists, else the study's recipe that makes it; refused when neither."""
     if (paths.dataset_dir(dataset) / "meta.json").is_file():
-        return
+        return None
     recipe = study.data.get(dataset)
     if recipe is None:
         raise MMSRError(f"dataset {dataset!r} not found", where=paths.dataset_dir(dataset),
-                        hint="create it with `mmsr data demo` or `mmsr data import`")
+                        hint="create it with `mmsr data demo` or `mmsr data import`, or give the study a "
+                             "[data] recipe for it")
+    return recipe
+
+
+def _ensure_dataset(study: Study, dataset: str, progress: ProgressFactory, log: Log) -> None:
+    recipe = _dataset_or_recipe(study, dataset)
+    if recipe is None:
+        return
     log(f"making dataset {dataset} (study recipe: demo {recipe['demo']})")
     create_demo(dataset, **recipe["demo"], progress=progress)
 

@@ -185,8 +185,8 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     ckpt_path = checkpoint_file(root, checkpoint)
     if checkpoint == "best" and not ckpt_path.is_file():
         ckpt_path = checkpoint_file(root, "last")
-    state = load_checkpoint(ckpt_path, hint=f"the run has no {checkpoint} checkpoint: train it first "
-                                            f"(`mmsr train --run {root}`), or resume it if it was interrupted")
+    state = load_checkpoint(ckpt_path, hint=f"the run has no {checkpoint} checkpoint: continue its training with "
+                                            f"`mmsr train --run {root} --resume`, or start it afresh with --overwrite")
     dev = pick_device(device)
     dataset = load_dataset(config.dataset)
     check_same_dataset(root, dataset, info)
