@@ -107,6 +107,9 @@ def test_run_directory_lifecycle(tmp_path, mmsr_home):
     resumed = prepare_run("shop-idsr-sasrec", resume=True)
     assert resumed.resume and resumed.config.seed == 7  # nothing given: the run's own config
     assert prepare_run("shop-idsr-sasrec", flags={"seed": 6}, resume=True).config.seed == 6
+    with pytest.raises(MMSRError, match="--resume and --overwrite together"):  # nothing deleted
+        prepare_run("shop-idsr-sasrec", resume=True, overwrite=True)
+    assert (fresh.root / "checkpoints" / "last.pt").is_file()
     (fresh.root / "checkpoints" / "last.pt").unlink()
     messages = []
     again = prepare_run(None, None, sets, resume=True, log=messages.append)

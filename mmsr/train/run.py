@@ -118,6 +118,9 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
     """
     config = config_lib.load(TrainConfig, config_path, overrides, flags)
     root = paths.runs_dir(run or default_run_name(config))
+    if resume and overwrite:
+        raise MMSRError("--resume and --overwrite together", hint="--resume continues the run, --overwrite deletes "
+                                                                 "it and starts again: give one")
     if resume_from not in RESUME_POINTS:
         raise MMSRError(f"--resume-from {resume_from!r}", hint=f"use one of {', '.join(RESUME_POINTS)}")
     checkpoint = checkpoint_file(root, resume_from)
