@@ -174,3 +174,11 @@ def test_demo_is_deterministic_and_has_complementary_attributes(tmp_path):
         text = dataset.item_text(dataset.item_index[item["id"]]).lower()
         assert not any(c in text.split() for c in colours)
         assert any(c in text for c in categories)
+
+
+def test_a_folder_of_raw_files_is_named_with_the_import_command(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "ml.inter").write_text("user_id:token\titem_id:token\n")
+    with pytest.raises(MMSRError, match="missing meta.json: not a canonical mmsr dataset") as error:
+        load_dataset(tmp_path / "raw")
+    assert f"mmsr data import FORMAT {tmp_path / 'raw'} --name NAME" in str(error.value)

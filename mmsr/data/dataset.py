@@ -445,7 +445,9 @@ def load_dataset(name_or_path: str | Path, *, check_images: bool = True) -> Data
 
 def _read_meta(path: Path) -> dict:
     if not path.is_file():
-        raise MMSRError("missing meta.json: not a canonical mmsr dataset", where=path.parent)
+        raise MMSRError("missing meta.json: not a canonical mmsr dataset", where=path.parent,
+                        hint=f"if it holds raw files, import them: `mmsr data import FORMAT {path.parent} --name NAME` "
+                             "(`mmsr data import --help` lists the formats)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
