@@ -212,7 +212,9 @@ def test_plan_refuses_a_missing_dataset_and_report_the_study_file(study_file, mm
     (lambda s: s.replace('metric = "HR@10"', 'metric = "HR@11x"'), "figure[0].metric 'HR@11x'"),
     (lambda s: s.replace('name = "idsr"', 'name = "idsr"\nconfig = "peers/idsr.toml"'),
      "variant 'idsr': config"),
-    (lambda s: s.replace('name = "idsr"', 'name = "idsr"\nconfig = 3'), "variant[2].config must be the path"),
+    (lambda s: s.replace('name = "idsr"', 'name = "idsr"\nconfig = 3'), "variant 'idsr': config must be the path"),
+    (lambda s: s.replace('name = "sum"', 'name = "sum"\nlable = "x"'), "variant 'sum': unknown key lable (known: "),
+    (lambda s: s.replace('name = "sum"', 'nam = "sum"'), "[[variant]] number 2: unknown key nam"),
     (lambda s: s + "\n[table]\nrows = [\"variant\"]\ncolumns = [\"metrics\"]\n", "unknown dimension 'metrics'"),
 ])
 def test_bad_study_files_are_refused_in_one_line(study_file, edit, message):

@@ -195,9 +195,11 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
 
 
 def _unknown(mapping: dict, allowed: set, where: str, problems: list[str]) -> None:
+    """`where`: the dotted path of the table ("study."), or a name ending in ": " ("variant 'a': ")."""
     for key in mapping:
         if key not in allowed:
-            problems.append(f"unknown key {where}{key} (known: {', '.join(sorted(allowed))})")
+            said = f"{where}unknown key {key}" if where.endswith(": ") else f"unknown key {where}{key}"
+            problems.append(f"{said} (known: {', '.join(sorted(allowed))})")
 
 
 def _table_of(value: Any, where: str, problems: list[str]) -> dict:
@@ -293,24 +295,25 @@ def _data_recipes(data: dict, problems: list[str]) -> dict:
 def _variants(raw: dict, path: Path, problems: list[str]) -> tuple[Variant, ...]:
     variants = []
     for index, entry in enumerate(raw.get("variant", [])):
-        where = f"variant[{index}]"
-        entry = _table_of(entry, where, problems)
-        _unknown(entry, _VARIANT_KEYS, f"{where}.", problems)
+        entry = _table_of(entry, f"[[variant]] number {index + 1}", problems)
         name = entry.get("name")
+        # Named by its name where it has one, by its place among the [[variant]] tables (from 1) where not.
+        where = f"variant {name!r}:" if isinstance(name, str) and name else f"[[variant]] number {index + 1}:"
+        _unknown(entry, _VARIANT_KEYS, f"{where} ", problems)
         if not isinstance(name, str) or not _NAME.match(name) or "--" in name:
-            problems.append(f"{where}.name must be letters, digits and _.+- without '--' (it names the run, "
+            problems.append(f"{where} name must be letters, digits and _.+- without '--' (it names the run, "
                             f"VARIANT--DATASET--seedS), got {name!r}")
             continue
         in_table = entry.get("in_table", True)
         if not isinstance(in_table, bool):
-            problems.append(f"{where}.in_table must be true or false")
+            problems.append(f"{where} in_table must be true or false")
         config = entry.get("config")
         if config is not None and (not isinstance(config, str) or not config):
-            problems.append(f"{where}.config must be the path of a training config (relative to the study "
+            problems.append(f"{where} config must be the path of a training config (relative to the study "
                             f"file), got {config!r}")
             config = None
         variants.append(Variant(name=name, label=str(entry.get("label", name)),
-                                overrides=nested(_table_of(entry.get("set"), f"{where}.set", problems)),
+                                overrides=nested(_table_of(entry.get("set"), f"{where} set", problems)),
                                 config=(path.parent / config).resolve() if config else None,
                                 column=str(entry.get("column", "")), group=str(entry.get("group", "")),
                                 dataset=str(entry.get("dataset", "")), init_from=str(entry.get("init_from", "")),
