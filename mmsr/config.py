@@ -120,14 +120,13 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def build(cls: type[T], data: dict | None = None, *, source: str = "config",
-          given_by_set: set[str] = frozenset()) -> T:
+          given_by_set: typing.AbstractSet[str] = frozenset()) -> T:
     """Build dataclass `cls` from a nested dict, checking every key and type and running each
     dataclass's `check()` (a list of problems), if it has one. A problem with a key in
     `given_by_set` (dotted) is named as the --set's: the file did not say it."""
     problems: list[str] = []
     result = _build(cls, data or {}, "", problems)
-    problems = [f"--set {problem}" if any(problem.startswith((f"{key} ", f"{key}=")) for key in given_by_set) else problem
-                for problem in problems]
+    problems = [f"--set {problem}" if _names_a_key(problem, given_by_set) else problem for problem in problems]
     if problems:
         raise MMSRError("invalid " + source + ": " + "; ".join(problems))
     return result
@@ -165,6 +164,11 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
             node = node.setdefault(section, {})
         node[name] = value
     return build(cls, merge(data, given), source=source, given_by_set=_dotted_keys(overridden))
+
+
+def _names_a_key(problem: str, keys: typing.AbstractSet[str]) -> bool:
+    """Whether a problem is about one of `keys`: it starts with the key, then a space or `=`."""
+    return any(problem.startswith((f"{key} ", f"{key}=")) for key in keys)
 
 
 def _dotted_keys(nested: dict, prefix: str = "") -> set[str]:
