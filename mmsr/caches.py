@@ -69,37 +69,33 @@ def _dataset_dir_name(dataset_root_or_name: str | os.PathLike | Dataset) -> str:
     return str(dataset_root_or_name)
 
 
+# What to do when a modality's encoder finds nothing of one input to read: (modality, input) -> hint.
+_NOTHING_TO_READ_HINTS = {
+    ("image", "picture"): 'switch vision off: --set encoders.vision_model="" (text only, MMSR-T)',
+    ("text", "text"): "name fields that hold text (the keys of the dataset's items.jsonl), or switch text off: "
+                      '--set encoders.text_model=""',
+    ("joint", "picture"): 'use a text model instead: --set encoders.joint_model="" --set encoders.text_model=minilm',
+    ("joint", "text"): 'name the fields that hold text, or use a vision model instead: --set encoders.joint_model="" '
+                       "--set encoders.vision_model=dinov2-s",
+}
+
+
 def check_inputs(dataset: Dataset, encoder_config: EncoderConfig) -> None:
-    """Refuse an encoder on a dataset that gives it nothing to read: a vision model where no item
-    has a picture, a text model where no item has text in `text_fields`, a joint (one-stream)
-    model unless both exist. Without this the cache fills with placeholders and the model trains
-    on them, which looks like a result."""
-    modalities = encoder_config.modalities
-    if "image" in modalities and not dataset.has_pictures():
-        raise MMSRError(f"encoders.vision_model={encoder_config.vision_model!r} encodes pictures, but no item of "
-                        "this dataset has a picture", where=dataset.root,
-                        hint='switch vision off: --set encoders.vision_model="" (text only, MMSR-T)')
+    """Refuse an encoder on a dataset that gives it nothing to read: one that reads pictures
+    (`READS_PICTURE`) where no item has a picture, one that reads text (`READS_TEXT`) where no
+    item has text in `text_fields`. Without this the cache fills with placeholders and the model
+    trains on them, which looks like a result."""
     fields = encoder_config.text_fields
-    if "text" in modalities and not _any_text(dataset, fields):
-        raise MMSRError(f"encoders.text_model={encoder_config.text_model!r} encodes text, but no item of this "
-                        f"dataset has text in encoders.text_fields={list(fields)}", where=dataset.root,
-                        hint="name fields that hold text (the keys of the dataset's items.jsonl), or switch text off: "
-                             '--set encoders.text_model=""')
-    if "joint" not in modalities:
-        return
-    if not dataset.has_pictures():
-        raise MMSRError("encoders.joint_model reads each item's text and picture together, but no item of this "
-                        "dataset has a picture", where=dataset.root,
-                        hint='use a text model instead: --set encoders.joint_model="" --set encoders.text_model=minilm')
-    if not _any_text(dataset, fields):
-        raise MMSRError(f"encoders.joint_model reads each item's text and picture together, but no item of this "
-                        f"dataset has text in encoders.text_fields={list(fields)}", where=dataset.root,
-                        hint='name the fields that hold text, or use a vision model instead: --set '
-                             'encoders.joint_model="" --set encoders.vision_model=dinov2-s')
-
-
-def _any_text(dataset: Dataset, fields) -> bool:
-    return any(dataset.item_text(i, fields) for i in range(dataset.num_items))
+    for modality in encoder_config.modalities:
+        model_field = SLOT_FIELDS[modality][0]
+        named = f"encoders.{model_field}={getattr(encoder_config, model_field)!r}"
+        if modality in READS_PICTURE and not dataset.has_pictures():
+            raise MMSRError(f"{named} encodes pictures, but no item of this dataset has a picture", where=dataset.root,
+                            hint=_NOTHING_TO_READ_HINTS[modality, "picture"])
+        if modality in READS_TEXT and not any(dataset.item_text(i, fields) for i in range(dataset.num_items)):
+            raise MMSRError(f"{named} encodes text, but no item of this dataset has text in "
+                            f"encoders.text_fields={list(fields)}", where=dataset.root,
+                            hint=_NOTHING_TO_READ_HINTS[modality, "text"])
 
 
 def expected_fingerprint(encoder, dataset: Dataset, encoder_config: EncoderConfig) -> dict:

@@ -194,11 +194,12 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     return study
 
 
-def _unknown(mapping: dict, allowed: set, where: str, problems: list[str]) -> None:
-    """`where`: the dotted path of the table ("study."), or a name ending in ": " ("variant 'a': ")."""
+def _unknown(mapping: dict, allowed: set, where: str, problems: list[str], *, owner: str = "") -> None:
+    """`where`: the dotted path of the table ("study."); or `owner`, what the table belongs to
+    ("variant 'a'"), where a path would not name it."""
     for key in mapping:
         if key not in allowed:
-            said = f"{where}unknown key {key}" if where.endswith(": ") else f"unknown key {where}{key}"
+            said = f"{owner}: unknown key {key}" if owner else f"unknown key {where}{key}"
             problems.append(f"{said} (known: {', '.join(sorted(allowed))})")
 
 
@@ -295,11 +296,13 @@ def _data_recipes(data: dict, problems: list[str]) -> dict:
 def _variants(raw: dict, path: Path, problems: list[str]) -> tuple[Variant, ...]:
     variants = []
     for index, entry in enumerate(raw.get("variant", [])):
-        entry = _table_of(entry, f"[[variant]] number {index + 1}", problems)
+        place = f"[[variant]] number {index + 1}"  # from 1, as a reader counts the tables
+        entry = _table_of(entry, place, problems)
         name = entry.get("name")
-        # Named by its name where it has one, by its place among the [[variant]] tables (from 1) where not.
-        where = f"variant {name!r}:" if isinstance(name, str) and name else f"[[variant]] number {index + 1}:"
-        _unknown(entry, _VARIANT_KEYS, f"{where} ", problems)
+        # Named by its name where it has one, by its place where not.
+        owner = f"variant {name!r}" if isinstance(name, str) and name else place
+        where = f"{owner}:"
+        _unknown(entry, _VARIANT_KEYS, "", problems, owner=owner)
         if not isinstance(name, str) or not _NAME.match(name) or "--" in name:
             problems.append(f"{where} name must be letters, digits and _.+- without '--' (it names the run, "
                             f"VARIANT--DATASET--seedS), got {name!r}")
