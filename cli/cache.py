@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from mmsr.data.dataset import BAD_IMAGE_POLICIES
-from mmsr_cli.common import SetOption, console, is_rank_zero, print_json, progress_bar
+from mmsr_cli.common import SetOption, check_device, console, is_rank_zero, print_json, progress_bar
 from mmsr_store import inspect_cache, verify_cache
 
 app = typer.Typer(help="Build and inspect the encoder cache (the frozen lower layers, run once per item).",
@@ -41,7 +41,8 @@ def build(
                                                      "give a GPU node more (docs/gpu.md)."),
     on_bad_image: Optional[str] = typer.Option(None, "--on-bad-image", help=" | ".join(BAD_IMAGE_POLICIES)
                                                  + " (default error)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default auto)."),
+    device: Optional[str] = typer.Option(None, "--device", callback=check_device,
+                                          help="auto | cpu | cuda | cuda:N (default auto)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: build only the chunks this process owns "
                                         "(default: torchrun's RANK/WORLD_SIZE, else 0/1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing cache for this config first."),

@@ -18,6 +18,33 @@ console = Console(stderr=True)
 SetOption = typer.Option(None, "--set", help="Override a config value: --set section.key=value (repeatable).")
 
 
+def checked_by(problem_of):
+    """A typer callback refusing a value that `problem_of` finds wrong (it returns why, or None):
+    typer's error names the option, and the command stops before it loads anything."""
+    def callback(value):
+        problem = None if value is None else problem_of(value)
+        if problem:
+            raise typer.BadParameter(f"{value!r} {problem}")
+        return value
+    return callback
+
+
+def _device_problem(value: str) -> str | None:
+    from mmsr.distributed import device_problem  # deferred: torch loads when a command runs, not for --help
+
+    return device_problem(value)
+
+
+def _search_device_problem(value: str) -> str | None:
+    from mmsr.eval.search import SEARCH_DEVICES  # deferred: as above
+
+    return None if value in SEARCH_DEVICES else "is not where mmsr ranks; use " + ", ".join(SEARCH_DEVICES)
+
+
+check_device = checked_by(_device_problem)
+check_search_device = checked_by(_search_device_problem)
+
+
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 

@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmsr_cli.common import console, is_rank_zero, print_json
+from mmsr_cli.common import check_device, check_search_device, console, is_rank_zero, print_json
 
 # Options several of these commands take, declared once so that their help stays one text.
 OneSplitOption = typer.Option("test", "--split", help="One split, as in `mmsr eval` (test | valid | cold | "
@@ -19,7 +19,8 @@ BatchSizeOption = typer.Option(None, "--batch-size", min=1, help="Items/users pe
                                "`--split valid --protocol <its valid_protocol>` on the same device gives those "
                                "figures back; another size can turn a near-tie (an item tower's vectors can differ "
                                "in their last bits with the batch).")
-DeviceOption = typer.Option("auto", "--device", help="Where the model runs: auto | cpu | cuda.")
+DeviceOption = typer.Option("auto", "--device", callback=check_device,
+                            help="Where the model runs: auto | cpu | cuda | cuda:N.")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
 
@@ -39,7 +40,7 @@ def eval_command(
     checkpoint: str = CheckpointOption,
     batch_size: int | None = BatchSizeOption,
     device: str = DeviceOption,
-    search_device: str = typer.Option("auto", "--search-device", help="Where the ranking runs: auto (the GPU "
+    search_device: str = typer.Option("auto", "--search-device", callback=check_search_device, help="Where the ranking runs: auto (the GPU "
                                       "when CUDA is present) | cpu | gpu."),
     search_backend: str = typer.Option("auto", "--search-backend", help="auto (on a GPU: faiss-gpu, or dense-gpu "
                                        "without a FAISS GPU build; on CPU: the fastest exact path here, timed once) "

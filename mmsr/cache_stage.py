@@ -28,7 +28,7 @@ from mmsr import config as config_lib
 from mmsr.atomic import atomic_write_text
 from mmsr.caches import adopt_legacy_digests, cache_path, check_inputs, current_digests, expected_fingerprint
 from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeholder_picture
-from mmsr.distributed import pick_device
+from mmsr.distributed import device_problem, pick_device
 from mmsr.encoders import create_encoders
 from mmsr.encoders.config import EncoderConfig
 from mmsr.errors import MMSRError
@@ -59,6 +59,8 @@ class CacheBuildConfig:
             raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}")
         if self.batch_size < 1 or self.num_workers < 0 or self.chunk_items < 0:
             raise ValueError("batch_size must be >= 1, num_workers and chunk_items >= 0")
+        if device_problem(self.device):
+            raise ValueError(f"device={self.device!r} {device_problem(self.device)}")
 
 
 # Flags named like an EncoderConfig field (--text-model, --max-text-len, ...) set the encoders

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -66,13 +67,13 @@ def _read_one(path: Path) -> dict:
                         hint="save the file as UTF-8") from None
     try:
         if path.suffix == ".toml":
-            data = tomllib.loads(text)
+            data = parse_toml(text, path)
         elif path.suffix in (".yaml", ".yml"):
             import yaml
 
             data = yaml.safe_load(text) or {}
         elif path.suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_refuse_repeated_keys)
         else:
             raise MMSRError("unknown config format", where=path, hint="use .toml, .yaml or .json")
     except (tomllib.TOMLDecodeError, ValueError) as error:
@@ -84,6 +85,63 @@ def _read_one(path: Path) -> dict:
     if not isinstance(data, dict):
         raise MMSRError("a config file must hold a mapping at the top level", where=path)
     return data
+
+
+_TOML_AT = re.compile(r"\s*\(at line (\d+), column \d+\)$")
+_TOML_TWICE = ("Cannot overwrite a value", "Cannot declare")
+
+
+def parse_toml(text: str, path: Path, what: str = "config") -> dict:
+    """tomllib's mapping, or an error that names the line and quotes it: tomllib says only "Cannot
+    overwrite a value (at line 9, column 11)" when a key is set twice, which in a long config
+    is the one error whose key the user then has to hunt for."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        at = _TOML_AT.search(message)
+        if not at:
+            raise MMSRError(f"cannot parse {what}: {message}", where=path) from None
+        number = int(at.group(1))
+        lines = text.splitlines()
+        quoted = lines[number - 1].strip() if number <= len(lines) else ""
+        message = message[: at.start()]
+        hint = None
+        if message.startswith(_TOML_TWICE):
+            key = _toml_key_at(lines, number)
+            if key and key.startswith("["):
+                message, quoted = f"the table {key} is opened twice", ""
+            elif key:
+                message = f"{key} is set twice"
+            hint = "TOML allows each key and each [table] once: remove or merge the earlier one"
+        raise MMSRError(f"cannot parse {what}: {message}" + (f" (`{quoted}`)" if quoted else ""),
+                        where=f"{path}:{number}", hint=hint) from None
+
+
+def _toml_key_at(lines: list[str], number: int) -> str | None:
+    """The dotted key that line `number` (1-based) sets or the [table] it opens, read as the user
+    wrote it: the table headers above it give the prefix."""
+    line = lines[number - 1].split("#", 1)[0].strip()
+    header = re.fullmatch(r"\[+\s*([^\]]+?)\s*\]+", line)
+    if header:
+        return f"[{header.group(1)}]"
+    if "=" not in line:
+        return None
+    key = line.split("=", 1)[0].strip()
+    for above in reversed(lines[: number - 1]):
+        table = re.fullmatch(r"\[+\s*([^\]]+?)\s*\]+", above.split("#", 1)[0].strip())
+        if table:
+            return f"{table.group(1)}.{key}"
+    return key
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json.loads keeps the last of a repeated key without a word; a config refuses it, as TOML does."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(map(repr, twice))} set twice in one object; each key may appear once")
+    return dict(pairs)
 
 
 def parse_overrides(items: list[str] | None) -> dict:

@@ -91,19 +91,35 @@ def exit_after_group(code: int) -> None:
     os._exit(code)
 
 
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+
+
+def device_problem(name: str) -> str | None:
+    """Why `name` is not a device mmsr can run on, or None: the spelling alone, so that a config or
+    an option is refused when it is read, not whether this machine has that device (pick_device)."""
+    if name == "auto":
+        return None
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, TypeError):
+        kind = None
+    # torch knows more device types (mps, xpu, ...); mmsr's paths are built and tested for these two.
+    return None if kind in ("cpu", "cuda") else f"is not a device mmsr runs on; use {DEVICE_NAMES}"
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """auto | cpu | cuda | cuda:N. "auto" and a bare "cuda" take this process's GPU under
     torchrun (LOCAL_RANK), so every rank of a node gets its own; the one picker for the cache
     build, training and evaluation."""
+    problem = device_problem(name)
+    if problem:
+        raise MMSRError(f"device {name!r} {problem}")
     if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     requested = name
     if name in ("auto", "cuda"):
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MMSRError(f"unknown device {name!r}", hint="use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MMSRError(f"device {requested!r} but CUDA is not available", hint="use device=auto or cpu")
     if device.type == "cuda":

@@ -237,7 +237,13 @@ def test_a_usage_error_is_one_line_naming_the_help(mmsr_home):
     too: one line, the last printed, exit 2, with the command's --help to read."""
     for args, said in ((["train", "--nosuch"], "error: No such option: --nosuch (see `mmsr train --help`)"),
                        (["eval"], "error: Missing option '--run'"),
-                       (["data", "info", "x", "--min-interactions", "abc"], "Invalid value for '--min-interactions'")):
+                       (["data", "info", "x", "--min-interactions", "abc"], "Invalid value for '--min-interactions'"),
+                       # a device is refused by its option before any run is looked up (the run does not exist)
+                       (["eval", "--run", "nosuch", "--device", "nope"],
+                        "Invalid value for '--device': 'nope' is not a device mmsr runs on"),
+                       (["eval", "--run", "nosuch", "--search-device", "gpuu"],
+                        "Invalid value for '--search-device': 'gpuu' is not where mmsr ranks; use auto, cpu, gpu"),
+                       (["cache", "build", "--device", "mps"], "Invalid value for '--device': 'mps'")):
         result = mmsr(*args, home=mmsr_home)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert said in result.stderr

@@ -298,6 +298,33 @@ def test_a_config_that_is_not_utf8_or_is_a_folder_is_named(tmp_path):
         read_file(tmp_path)
 
 
+def test_a_key_set_twice_is_named_with_its_table_and_line(tmp_path):
+    """tomllib says only "Cannot overwrite a value (at line 3, column 11)"; the key is what the
+    user looks for. JSON would keep the last value without a word: refused too."""
+    cases = {"twice.toml": ("[optim]\nlr = 0.001  # first\nlr = 0.002\n",
+                            r"twice\.toml:3: cannot parse config: optim\.lr is set twice \(`lr = 0\.002`\).*"
+                            r"each key and each \[table\] once"),
+             "table.toml": ("[optim]\nlr = 0.001\n\n[model]\ndim = 64\n[optim]\nepochs = 3\n",
+                            r"table\.toml:6: cannot parse config: the table \[optim\] is opened twice"),
+             "top.toml": ("seed = 1\nseed = 2\n", r"top\.toml:2: cannot parse config: seed is set twice"),
+             "value.toml": ("[optim]\nlr =\n", r"value\.toml:2: cannot parse config: Invalid value \(`lr =`\)"),
+             "twice.json": ('{"optim": {"lr": 1, "lr": 2}}', r"twice\.json: cannot parse config: 'lr' set twice")}
+    for name, (text, said) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(MMSRError, match=said):
+            read_file(tmp_path / name)
+
+
+def test_a_device_is_checked_by_its_spelling_when_the_config_is_read():
+    from mmsr.cache_stage import load_build_config
+
+    for config in (TrainConfig, None):
+        with pytest.raises(MMSRError, match=r"--set device='mps' is not a device mmsr runs on; use auto, cpu, "
+                                            r"cuda or cuda:N"):
+            load(TrainConfig, None, ["device=mps"]) if config else load_build_config(None, ["device=mps"])
+    assert load(TrainConfig, None, ["device=cuda:1"]).device == "cuda:1"  # whether this machine has it: at start
+
+
 def test_a_top_level_problem_is_named_without_the_class():
     from mmsr.cache_stage import load_build_config
 

@@ -40,6 +40,14 @@ def test_each_torchrun_rank_takes_and_makes_current_its_own_gpu(four_gpus, monke
     assert four_gpus == [torch.device("cuda", 2), torch.device("cuda", 2), torch.device("cuda", 1)]
 
 
+def test_a_device_mmsr_has_no_path_for_is_refused_by_name():
+    for name in ("nope", "mps", "cuda:x", ""):
+        assert distributed.device_problem(name), name
+        with pytest.raises(MMSRError, match=f"device {name!r} is not a device mmsr runs on"):
+            distributed.pick_device(name)
+    assert all(distributed.device_problem(name) is None for name in ("auto", "cpu", "cuda", "cuda:3"))
+
+
 def test_more_ranks_than_gpus_is_a_clear_error(four_gpus, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "5")
     with pytest.raises(MMSRError) as error:

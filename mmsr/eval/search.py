@@ -115,6 +115,9 @@ def as_float32_matrix(x, name: str, dim: int | None = None) -> np.ndarray:
     return x
 
 
+SEARCH_DEVICES = ("auto", "cpu", "gpu")
+
+
 class ItemIndex:
     """An exact inner-product index over item vectors (FAISS `IndexFlatIP`).
 
@@ -128,8 +131,8 @@ class ItemIndex:
     """
 
     def __init__(self, item_vectors, device: str = "auto"):
-        if device not in ("auto", "cpu", "gpu"):
-            raise MMSRError(f"unknown device {device!r}", hint="use auto, cpu or gpu")
+        if device not in SEARCH_DEVICES:
+            raise MMSRError(f"unknown search device {device!r}", hint="use " + ", ".join(SEARCH_DEVICES))
         faiss = _faiss()
         self.vectors = as_float32_matrix(item_vectors, "item vectors")
         if len(self.vectors) == 0:

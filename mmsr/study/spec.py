@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import functools
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,10 +180,7 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     path = Path(path)
     if not path.is_file():
         raise MMSRError("study file not found", where=path, hint="the shipped studies are in configs/paper/")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise MMSRError(f"cannot parse study file: {error}", where=path) from None
+    raw = config_lib.parse_toml(path.read_text(encoding="utf-8"), path, "study file")
     problems: list[str] = []
     study = _parse(raw, path, problems)
     if not problems and check_configs:

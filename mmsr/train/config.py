@@ -11,6 +11,7 @@ from typing import Literal
 
 from mmsr.config import build
 from mmsr.data.split import SplitConfig
+from mmsr.distributed import device_problem
 from mmsr.encoders.config import SLOTS, EncoderConfig
 from mmsr.models.fdsa import FEATURE_ATTENTIONS, LINEAR_INITS, SIDE_TOKENS, TOKEN_TABLES
 from mmsr.models.fusion import FUSIONS, POOLINGS
@@ -203,10 +204,12 @@ class TrainConfig:
         """Settings that the chosen components would ignore or cannot work with; mmsr.config.build
         reports them together with the other config errors, before anything runs."""
         problems = []
+        if device_problem(self.device):
+            problems.append(f"device={self.device!r} {device_problem(self.device)}")
         model, modalities = self.model, self.encoders.modalities
         if model.kind not in MODEL_KINDS:
-            return [f"model.kind={model.kind!r} is not a known model kind; choose one of "
-                    + ", ".join(MODEL_KINDS.names())]
+            return problems + [f"model.kind={model.kind!r} is not a known model kind; choose one of "
+                               + ", ".join(MODEL_KINDS.names())]
         parts = {"kind": MODEL_KINDS, "sequence": SEQUENCE_MODELS, "score": SCORES}
         # Kinds that do not read model.fusion* (idsr, the baselines) take them as a documented
         # no-op: one profile file drives an MMSR model and its baselines.
