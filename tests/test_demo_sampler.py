@@ -124,6 +124,28 @@ def test_generate_demo_with_the_scale_options(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_demo_that_cannot_be_made_is_refused_before_its_progress_bar(tmp_path, monkeypatch):
+    """`mmsr data demo --items 2` drew an empty bar at 0% above its error."""
+    import contextlib
+
+    from mmsr.data.demo import create_demo
+
+    monkeypatch.setenv("MMSR_HOME", str(tmp_path))
+    opened = []
+
+    @contextlib.contextmanager
+    def progress(label, total):
+        opened.append(label)
+        yield lambda n=1: None
+
+    for bad, message in (({"items": 2}, "at least 10 items"), ({"min_len": 9, "max_len": 8}, "--min-length"),
+                         ({"image_size": 8}, "--image-size 16"), ({"domain": -1}, "negative"),
+                         ({"sampler": "fast"}, "unknown demo sampler 'fast'")):
+        with pytest.raises(MMSRError, match=message):
+            create_demo("bad", **{"items": 40, "users": 3, **bad}, progress=progress)
+    assert opened == [] and not (tmp_path / "datasets" / "bad").exists()
+
+
 def test_fast_interaction_reader_equals_the_line_reader(tmp_path, monkeypatch):
     """The block-wise reader gives the line-by-line reader's arrays, users in first-appearance
     order across blocks; anything unusual falls back to the line reader and its errors."""

@@ -184,6 +184,23 @@ def generator_options(*, seed: int = 0, domain: int = 0, min_len: int = 5, max_l
             "sampler": choose_sampler(sampler, items)}
 
 
+def check_demo_request(*, items: int, users: int, domain: int = 0, min_len: int = 5, max_len: int = 40,
+                       image_size: int = 224, sampler: str = "auto") -> None:
+    """What a demo cannot be made with, refused before anything is drawn or shown."""
+    choose_sampler(sampler, items)  # refuses an unknown name
+    if items < 10 or users < 1:
+        raise MMSRError(f"{items} items and {users} users: the demo needs at least 10 items and 1 user",
+                        hint="--items 10 or more, --users 1 or more")
+    if not 1 <= min_len <= max_len:
+        raise MMSRError(f"sequence lengths {min_len}..{max_len}: need 1 <= min length <= max length",
+                        hint="--min-length at least 1 and at most --max-length")
+    if image_size and image_size < 16:
+        raise MMSRError(f"image size {image_size}: the pictures need at least 16 pixels a side",
+                        hint="--image-size 16 or more, or 0 for a text-only catalogue")
+    if domain < 0:
+        raise MMSRError(f"demo domain {domain} is negative", hint="use --domain 0 (the demo) or a positive number")
+
+
 DEFAULT_OPTIONS = generator_options()
 DEFAULT_SIZE = {"items": 3000, "users": 2000}
 
@@ -196,16 +213,8 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
     `domain` K > 0 draws a catalogue disjoint from every other domain's (see the module doc).
     `sampler` draws the choices (mmsr/data/demo_choices.py): `auto` keeps the original draws up
     to 10,000 items and streams larger datasets in bounded memory."""
-    if items < 10 or users < 1:
-        raise MMSRError(f"{items} items and {users} users: the demo needs at least 10 items and 1 user",
-                        hint="--items 10 or more, --users 1 or more")
-    if not 1 <= min_len <= max_len:
-        raise MMSRError(f"sequence lengths {min_len}..{max_len}: need 1 <= min length <= max length")
-    if image_size and image_size < 16:
-        raise MMSRError(f"image size {image_size}: the pictures need at least 16 pixels a side",
-                        hint="or 0 for a text-only catalogue")
-    if domain < 0:
-        raise MMSRError(f"demo domain {domain} is negative", hint="use --domain 0 (the demo) or a positive number")
+    check_demo_request(items=items, users=users, domain=domain, min_len=min_len, max_len=max_len,
+                       image_size=image_size, sampler=sampler)
     options = generator_options(seed=seed, domain=domain, min_len=min_len, max_len=max_len, image_size=image_size,
                                 sampler=sampler, items=items)
     default = options == DEFAULT_OPTIONS and {"items": items, "users": users} == DEFAULT_SIZE
@@ -318,6 +327,8 @@ def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000
     `default_demo_name(domain)`), generated unless it already exists (`overwrite` regenerates
     it). `shape` passes min_len, max_len, image_size and sampler on to `generate_demo`.
     Returns (its directory, whether it was written now)."""
+    # Before the progress bar, which an error would otherwise leave drawn at 0% above it.
+    check_demo_request(items=items, users=users, domain=domain, **shape)
     name = name or default_demo_name(domain)
     dest = paths.dataset_dir(name)
     if dest.exists() and not overwrite:
