@@ -325,7 +325,7 @@ def recbole_source(root: Path, *, inter: str | None = None, item: str | None = N
     (root / "toy.item").write_text(item if item is not None else (
         "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
         "10\tToy  Story\t1995\tAnimation Comedy\n11\tHeat\t1995\tAction\n12\tUnknown Film\t\t\n"), encoding="utf-8")
-    (root / "toy.user").write_text("user_id:token\tage:token\n1\t20\n", encoding="utf-8")  # ignored
+    (root / "toy.user").write_text("user_id:token\tage:token\n1\t20\n", encoding="utf-8")  # not read, said so
     return [root / "toy.inter", root / "toy.item"]
 
 
@@ -334,6 +334,8 @@ def test_recbole_roundtrip(tmp_path):
     report = import_dataset("recbole", [tmp_path / "src"], name="rb")
     assert report.counts == {"items": 3, "users": 2, "interactions": 5, "items_with_image": 0, "items_with_text": 3}
     assert not report.has_images
+    assert [note for note in report.notes if note.startswith("not read:")] == [
+        "not read: toy.user (user features, knowledge graph or social links; an item here is its .item text)"]
     data = load_dataset("rb")
     assert data.items[0] == {"id": "10", "title": "Toy Story", "description": "release year: 1995",
                              "category": "Animation, Comedy", "image": None}

@@ -30,19 +30,27 @@ CATEGORY_FIELDS = ("categories", "category", "genres", "genre", "class", "tags",
 DESCRIPTION_FIELDS = ("description", "desc")
 
 
-def _classify(sources: list[Path]) -> tuple[Path, Path]:
+# RecBole's other atomic files: user features, a knowledge graph and its links to items, a social
+# network. Nothing an ID-agnostic item tower reads; they are named in the summary as not read.
+UNREAD_SUFFIXES = (".user", ".kg", ".link", ".net")
+
+
+def _classify(sources: list[Path]) -> tuple[Path, Path, list[Path]]:
+    """(the .inter file, the .item file, the atomic files given or found that are not read)."""
     inters: list[Path] = []
     items: list[Path] = []
+    unread: list[Path] = []
     for source in sources:
         if source.is_dir() and source.suffix not in (".inter", ".item"):
             inters += sorted(source.glob("*.inter"))
             items += sorted(source.glob("*.item"))
+            unread += sorted(path for suffix in UNREAD_SUFFIXES for path in source.glob(f"*{suffix}"))
         elif source.suffix == ".inter":
             inters.append(source)
         elif source.suffix == ".item":
             items.append(source)
-        elif source.suffix in (".user", ".kg", ".link", ".net"):
-            continue  # other atomic files carry nothing an ID-agnostic model can use
+        elif source.suffix in UNREAD_SUFFIXES:
+            unread.append(source)
         else:
             raise MMSRError("not a RecBole atomic file (.inter or .item)", where=source,
                             hint="pass NAME.inter and NAME.item, or the folder that holds them")
@@ -53,7 +61,7 @@ def _classify(sources: list[Path]) -> tuple[Path, Path]:
         raise MMSRError(f"recbole: expected one .item file, found {len(items)}",
                         where=", ".join(map(str, items or sources)),
                         hint="an ID-agnostic model needs item text: pass NAME.item with a title field")
-    return inters[0], items[0]
+    return inters[0], items[0], unread
 
 
 def parse_header(line: str, path: Path) -> list[tuple[str, str]]:
@@ -121,10 +129,13 @@ def _text_roles(fields: list[tuple[str, str]]) -> tuple[int | None, int | None, 
 
 @register("recbole", help="RecBole atomic files NAME.inter and NAME.item (or their folder); text only, no images.")
 def import_recbole(sources: list[Path], writer: DatasetWriter, report: ImportReport, progress: ProgressFactory) -> None:
-    inter_path, item_path = _classify(sources)
+    inter_path, item_path, unread = _classify(sources)
     require_file(item_path, ".item file")
     require_file(inter_path, ".inter file")
     writer.items_path = item_path
+    if unread:
+        report.notes.append(f"not read: {', '.join(path.name for path in unread)} (user features, knowledge "
+                            "graph or social links; an item here is its .item text)")
 
     with progress("items", size_kb(item_path)) as advance:
         fields, rows = _rows(item_path, advance)
