@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 import traceback
 
@@ -34,6 +36,28 @@ app.command("eval")(evaluate.eval_command)
 app.command("compare")(evaluate.compare_command)
 app.command("ranks")(evaluate.ranks_command)
 app.command("recommend")(evaluate.recommend_command)
+
+
+
+def _reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as one line each, which the terminal then wraps to its width:
+    typer keeps the single line breaks of every paragraph after the first, so a docstring's
+    lines of ~95 characters broke in the middle of an 80-column screen. A line starting with
+    "- " or "* " keeps its break (a list)."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(re.sub(r"\n(?![-*] )", " ", paragraph) for paragraph in paragraphs)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    for command in group.registered_commands:
+        command.help = _reflow(command.help or inspect.getdoc(command.callback))
+    for subgroup in group.registered_groups:
+        _reflow_help(subgroup.typer_instance)
+
+
+_reflow_help(app)
 
 _state = {"debug": False}
 # click's base of its usage and option errors, as the click typer runs on defines it (typer

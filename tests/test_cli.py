@@ -1,5 +1,6 @@
 """The `mmsr` command as a user runs it: a real subprocess, exit codes, one-line errors."""
 
+import inspect
 import json
 import os
 import shlex
@@ -50,6 +51,43 @@ def test_user_error_is_one_line_and_exit_2(mmsr_home):
 def test_help_everywhere(group, mmsr_home):
     result = mmsr(group, "--help", home=mmsr_home)
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def _commands(group, path=()):
+    for command in group.registered_commands:
+        yield (*path, command.name or command.callback.__name__)
+    for subgroup in group.registered_groups:
+        yield from _commands(subgroup.typer_instance, (*path, subgroup.name))
+
+
+def test_help_paragraphs_wrap_to_the_terminal_not_to_the_source():
+    """typer keeps a docstring's line breaks after its first paragraph: at 80 columns the source's
+    longer lines broke mid-sentence, at 250 a paragraph stayed cut where the source was. Each
+    paragraph of every command's help is one line at a width that holds it."""
+    from typer.testing import CliRunner
+
+    from mmsr_cli.app import app
+
+    commands = list(_commands(app))
+    assert len(commands) > 20 and ("data", "demo") in commands
+    checked = 0
+    for command in commands:
+        output = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "400"}).output
+        lines = [line.strip() for line in output.splitlines()]
+        info = next(_find(app, command))
+        for paragraph in inspect.getdoc(info.callback).split("\n\n")[1:]:
+            if len(paragraph) < 380 and "\n- " not in paragraph:
+                assert " ".join(paragraph.split()) in lines, (command, paragraph)
+                checked += 1
+    assert checked > 20
+
+
+def _find(group, path):
+    head, *rest = path
+    if rest:
+        yield from _find(next(g.typer_instance for g in group.registered_groups if g.name == head), rest)
+    else:
+        yield from (c for c in group.registered_commands if (c.name or c.callback.__name__) == head)
 
 
 def test_config_errors_are_gathered(tmp_path):
