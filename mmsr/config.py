@@ -69,19 +69,13 @@ def _read_one(path: Path) -> dict:
         if path.suffix == ".toml":
             data = parse_toml(text, path)
         elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+            data = parse_yaml(text, path)
         elif path.suffix == ".json":
             data = json.loads(text, object_pairs_hook=_refuse_repeated_keys)
         else:
             raise MMSRError("unknown config format", where=path, hint="use .toml, .yaml or .json")
-    except (tomllib.TOMLDecodeError, ValueError) as error:
+    except ValueError as error:  # json's, with its line and column
         raise MMSRError(f"cannot parse config: {error}", where=path) from None
-    except Exception as error:  # yaml.YAMLError carries its own line/column
-        if type(error).__module__.startswith("yaml"):
-            raise MMSRError(f"cannot parse config: {error}".replace("\n", " "), where=path) from None
-        raise
     if not isinstance(data, dict):
         raise MMSRError("a config file must hold a mapping at the top level", where=path)
     return data
@@ -133,6 +127,34 @@ def _toml_key_at(lines: list[str], number: int) -> str | None:
         if table:
             return f"{table.group(1)}.{key}"
     return key
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    """yaml.safe_load, refusing a key repeated in one mapping (PyYAML keeps the last one without a
+    word); its errors carry their own line and column."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice in one mapping; "
+                                                            "each key may appear once", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    try:
+        return yaml.load(text, Loader=Loader) or {}
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        said = " ".join(part for part in (error.context, error.problem) if part)
+        raise MMSRError(f"cannot parse config: {said}", where=f"{path}:{mark.line + 1}" if mark else path) from None
+    except yaml.YAMLError as error:
+        raise MMSRError(f"cannot parse config: {error}".replace("\n", " "), where=path) from None
 
 
 def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:

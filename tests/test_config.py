@@ -300,7 +300,7 @@ def test_a_config_that_is_not_utf8_or_is_a_folder_is_named(tmp_path):
 
 def test_a_key_set_twice_is_named_with_its_table_and_line(tmp_path):
     """tomllib says only "Cannot overwrite a value (at line 3, column 11)"; the key is what the
-    user looks for. JSON would keep the last value without a word: refused too."""
+    user looks for. JSON and PyYAML would keep the last value without a word: refused too."""
     cases = {"twice.toml": ("[optim]\nlr = 0.001  # first\nlr = 0.002\n",
                             r"twice\.toml:3: cannot parse config: optim\.lr is set twice \(`lr = 0\.002`\).*"
                             r"each key and each \[table\] once"),
@@ -308,11 +308,17 @@ def test_a_key_set_twice_is_named_with_its_table_and_line(tmp_path):
                             r"table\.toml:6: cannot parse config: the table \[optim\] is opened twice"),
              "top.toml": ("seed = 1\nseed = 2\n", r"top\.toml:2: cannot parse config: seed is set twice"),
              "value.toml": ("[optim]\nlr =\n", r"value\.toml:2: cannot parse config: Invalid value \(`lr =`\)"),
-             "twice.json": ('{"optim": {"lr": 1, "lr": 2}}', r"twice\.json: cannot parse config: 'lr' set twice")}
+             "twice.json": ('{"optim": {"lr": 1, "lr": 2}}', r"twice\.json: cannot parse config: 'lr' set twice"),
+             "twice.yaml": ("optim:\n  lr: 0.1\n  lr: 0.2\n",
+                            r"twice\.yaml:3: cannot parse config: 'lr' is set twice in one mapping"),
+             "open.yaml": ("optim: [\n", r"open\.yaml:2: cannot parse config: while parsing a flow node")}
     for name, (text, said) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(MMSRError, match=said):
             read_file(tmp_path / name)
+    # A YAML merge key is not a repeated key: the mapping's own keys override the merged ones.
+    (tmp_path / "merged.yaml").write_text("shared: &shared\n  lr: 0.1\n  epochs: 3\noptim:\n  <<: *shared\n  lr: 0.2\n")
+    assert read_file(tmp_path / "merged.yaml")["optim"] == {"lr": 0.2, "epochs": 3}
 
 
 def test_a_device_is_checked_by_its_spelling_when_the_config_is_read():
