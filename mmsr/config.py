@@ -131,7 +131,7 @@ def _toml_key_at(lines: list[str], number: int) -> str | None:
 
 def parse_yaml(text: str, path: Path) -> Any:
     """yaml.safe_load, refusing a key repeated in one mapping (PyYAML keeps the last one without a
-    word); its errors carry their own line and column."""
+    word); an error names the file's line in one line, not PyYAML's multi-line mark."""
     import yaml
 
     class Loader(yaml.SafeLoader):
