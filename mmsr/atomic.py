@@ -12,14 +12,16 @@ from typing import Iterator
 from mmsr.errors import MMSRError
 from mmsr_store.layout import DIR_MODE, atomic_write_bytes  # one implementation; the store may not import mmsr
 
-__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "refuse_existing", "staged_dir"]
+__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "refuse_existing", "refuse_foreign",
+           "staged_dir"]
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory; rename it to `final` only if the block succeeds."""
+def atomic_dir(final: Path, *, overwrite: bool = False, made_by: str | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling directory; rename it to `final` only if the block succeeds.
+    `made_by`: as in `refuse_existing`."""
     final = Path(final)
-    refuse_existing(final, overwrite)
+    refuse_existing(final, overwrite, made_by)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     os.chmod(tmp, DIR_MODE)
@@ -32,13 +34,13 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staged_dir(final: Path, staging: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(final: Path, staging: Path, *, overwrite: bool = False, made_by: str | None = None) -> Iterator[Path]:
     """`atomic_dir` for a long write that can resume: the block writes into `staging` (made if
     missing, kept as it is when it exists), which is renamed to `final` if the block succeeds
     and kept, for the rerun to go on from, if it fails. The caller decides whether what a
     kept `staging` holds is still valid, and must hold a lock: two writers would share it."""
     final, staging = Path(final), Path(staging)
-    refuse_existing(final, overwrite)
+    refuse_existing(final, overwrite, made_by)
     staging.mkdir(parents=True, exist_ok=True)
     yield staging
     _move_into_place(staging, final)
@@ -53,11 +55,27 @@ def link_or_copy(source: str, destination: str) -> None:
         shutil.copy2(source, destination)
 
 
-def refuse_existing(final: Path, overwrite: bool) -> None:
+def refuse_existing(final: Path, overwrite: bool, made_by: str | None = None) -> None:
     """The one "already exists" refusal of every atomic output (checked again where it must come
-    before other work, e.g. the demo's stale staging folder)."""
-    if final.exists() and not overwrite:
+    before other work, e.g. the demo's stale staging folder). `made_by`: a file every such output
+    holds (a dataset's meta.json); --overwrite then replaces only a folder that has it, or an
+    empty one: `--name ""` or a mistyped path must never replace the datasets folder or a
+    folder of the user's own."""
+    if not final.exists():
+        return
+    if not overwrite:
         raise MMSRError("already exists", where=final, hint="pick another name, or pass --overwrite")
+    refuse_foreign(final, made_by)
+
+
+def refuse_foreign(folder: Path, made_by: str | None, what: str = "replaced") -> None:
+    """Refuse to delete `folder` unless it holds `made_by` or nothing (see refuse_existing)."""
+    if made_by is None or (folder / made_by).is_file():
+        return
+    if folder.is_dir() and not any(folder.iterdir()):
+        return
+    raise MMSRError(f"not {what}: it holds no {made_by}, so it is not something mmsr wrote", where=folder,
+                    hint="pick another name or path; --overwrite replaces only what mmsr wrote there")
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mmsr.errors import MMSRError
+
 KINDS = ("datasets", "caches", "runs", "models", "studies")
 
 
@@ -31,6 +33,9 @@ def resolve(kind: str, name: str | os.PathLike) -> Path:
     """Where the `kind` entry called `name` lives (it may not exist yet)."""
     if kind not in KINDS:
         raise ValueError(f"unknown data-root kind {kind!r}")
+    if not str(name).strip():  # would be $MMSR_HOME/KIND itself
+        raise MMSRError(f"an empty name where a name under $MMSR_HOME/{kind} or a path is wanted",
+                        hint="give a name (e.g. --name demo) or a path")
     if looks_like_path(name):
         return Path(name).expanduser()
     return home() / kind / str(name)

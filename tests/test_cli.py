@@ -90,6 +90,16 @@ def _find(group, path):
         yield from (c for c in group.registered_commands if (c.name or c.callback.__name__) == head)
 
 
+def test_train_never_deletes_a_folder_it_did_not_write(tmp_path, mmsr_home):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    for flag in ("--overwrite", "--resume"):  # --resume without a checkpoint restarts, deleting what is there
+        result = mmsr("train", "--run-dir", str(mine), "--set", "model.kind=idsr", flag, home=mmsr_home)
+        assert result.returncode == 2 and "not deleted: it holds no config.json" in result.stderr, result.stderr
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+
 def test_config_errors_are_gathered(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('dataset = "x"\n[optim]\nepoch = 3\n[model]\ndim = "big"\n')

@@ -346,6 +346,26 @@ def test_recbole_roundtrip(tmp_path):
     assert [data.items[i]["id"] for i in split.sequence(user1)] == ["11", "12", "10"]
 
 
+def test_overwrite_replaces_only_a_dataset(tmp_path):
+    """`--name "" --overwrite` replaced $MMSR_HOME/datasets, every dataset in it, with the new one;
+    `--name FOLDER --overwrite` deleted a folder of the user's own."""
+    sources = recbole_source(tmp_path / "src")
+    import_dataset("recbole", sources, name="keep")
+    with pytest.raises(MMSRError, match="an empty name where a name under .*datasets or a path is wanted"):
+        import_dataset("recbole", sources, name="", overwrite=True)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(MMSRError, match=r"mine: not replaced: it holds no meta\.json"):
+        import_dataset("recbole", sources, name=str(mine), overwrite=True)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert load_dataset("keep").meta["counts"]["items"] == 3
+    import_dataset("recbole", sources, name="keep", overwrite=True)  # a dataset is replaced
+    (tmp_path / "empty").mkdir()
+    import_dataset("recbole", sources, name=str(tmp_path / "empty"), overwrite=True)  # so is an empty folder
+    assert load_dataset(tmp_path / "empty").meta["counts"]["items"] == 3
+
+
 def test_recbole_without_timestamp_uses_line_order(tmp_path):
     sources = recbole_source(tmp_path / "src", inter="user_id:token\titem_id:token\n1\t12\n1\t10\n1\t11\n")
     report = import_dataset("recbole", sources, name="rb")

@@ -36,6 +36,7 @@ from mmsr.errors import MMSRError
 from mmsr_store.errors import out_of_space_guard
 
 SCHEMA_VERSION = 1
+META_FILE = "meta.json"  # every canonical dataset has it; --overwrite replaces only a folder that does
 TEXT_FIELDS = ("title", "description", "category")
 BadImagePolicy = Literal["error", "skip", "placeholder"]
 BAD_IMAGE_POLICIES = ("error", "skip", "placeholder")
@@ -189,8 +190,8 @@ class DatasetWriter:
         self.merged_users: list[dict] = []
         self.staging = staging
         self.checkpoints = checkpoint_file(staging) if staging is not None else None
-        self._atomic = (staged_dir(self.dest, staging, overwrite=overwrite) if staging is not None
-                        else atomic_dir(self.dest, overwrite=overwrite))
+        self._atomic = (staged_dir(self.dest, staging, overwrite=overwrite, made_by=META_FILE) if staging is not None
+                        else atomic_dir(self.dest, overwrite=overwrite, made_by=META_FILE))
         self.problems: list[str] = []
         self._item_index: dict[str, int] = {}
         self._users: set[str] = set()
@@ -391,7 +392,7 @@ class DatasetWriter:
         if self.merged_users:  # only when a policy acted, so that other datasets' meta.json stays as it was
             meta["duplicate_users"] = self.merged_users
         meta.update(self.extra_meta)
-        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (self.tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def checkpoint_file(staging: Path) -> Path:
@@ -436,7 +437,7 @@ def load_dataset(name_or_path: str | Path, *, check_images: bool = True) -> Data
                         hint="create it with `mmsr data demo` or `mmsr data import`, or check $MMSR_HOME")
     if not root.is_dir():
         raise MMSRError("a dataset is a directory, this is a file", where=root)
-    meta = _read_meta(root / "meta.json")
+    meta = _read_meta(root / META_FILE)
     items, item_index, columns = _read_items(root / "items.jsonl", root, check_images)
     user_ids, inter_user, inter_item, inter_time = _read_interactions(root / "interactions.tsv", item_index)
     fields = tuple(meta.get("text_fields") or TEXT_FIELDS)

@@ -33,7 +33,7 @@ import numpy as np
 
 from mmsr import __version__, paths
 from mmsr.atomic import refuse_existing
-from mmsr.data.dataset import DatasetWriter, checkpoint_file
+from mmsr.data.dataset import META_FILE, DatasetWriter, checkpoint_file
 from mmsr.data.demo_choices import CHUNK_USERS, SAMPLERS, choose_sampler
 from mmsr.errors import MMSRError
 from mmsr.locks import output_lock
@@ -230,7 +230,7 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
                "name": name, "items": items, "users": users, "seed": seed, "domain": domain, "min_len": min_len,
                "max_len": max_len, "image_size": image_size, "sampler": sampler}
     dest = Path(dest)
-    refuse_existing(dest, overwrite)  # before a stale partial is touched
+    refuse_existing(dest, overwrite, META_FILE)  # before a stale partial is touched
     staging = dest.parent / f".{dest.name}.partial"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(dest, "demo dataset"):
@@ -300,7 +300,7 @@ def kept_note(dest: Path, items: int, users: int, options: dict | None = None) -
     """What to say of an existing demo kept instead of generated: "" when it is what was asked for
     (its size, and `options` as `generator_options` gives them), else how it differs, so that a
     run does not go on unaware with other data than it asked for."""
-    meta_path = dest / "meta.json"
+    meta_path = dest / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     counts = meta.get("counts", {})
     notes = []

@@ -27,7 +27,7 @@ import torch
 
 from mmsr import config as config_lib
 from mmsr import paths
-from mmsr.atomic import atomic_write_text
+from mmsr.atomic import atomic_write_text, refuse_foreign
 from mmsr.data.dataset import Dataset, load_dataset
 from mmsr.data.split import Split, split_dataset
 from mmsr.distributed import init_from_env, pick_device
@@ -144,6 +144,7 @@ def prepare_run(run: str | Path | None = None, config_path: str | Path | None = 
         if not overwrite and not restart:  # a restart loses nothing: there is no checkpoint
             raise MMSRError("run directory already exists", where=root,
                             hint="pass --resume to continue it, --overwrite to start again, or --run NAME")
+        refuse_foreign(root, CONFIG_FILE, "deleted")  # --run-dir pointed at a folder of the user's own
         if dist.main:
             with output_lock(root, "training run"):  # never delete a run that is being trained
                 shutil.rmtree(root)
