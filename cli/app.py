@@ -110,7 +110,11 @@ def _main() -> None:
         see = f" (see `{context.command_path} --help`)" if context is not None else ""
         _last_words(f"error: {error.format_message()}{see}", typer.colors.RED)
         sys.exit(error.exit_code)
-    except typer.Abort:
+    except typer.Abort as abort:
+        # click turns an EOFError into Abort as if it were Ctrl-D at a prompt; mmsr asks nothing, so
+        # one is a file read short where no reader caught it (a bug to fix there), not an interruption.
+        if isinstance(abort.__cause__, EOFError):
+            raise abort.__cause__
         _interrupted()
     except UserError as error:
         if _state["debug"] or "--debug" in sys.argv:

@@ -460,6 +460,19 @@ def test_amazon2023_roundtrip(tmp_path, gz):
     assert text_only.counts["items_with_image"] == 0
 
 
+def test_a_truncated_or_false_gzip_file_is_named(tmp_path):
+    """A cut-short .gz raised EOFError, which click took for Ctrl-D: "interrupted ... rerun the
+    command to resume", naming no file; a plain file named .gz gave a traceback."""
+    sources = amazon_source(tmp_path / "src", gz=True)
+    whole = sources[1].read_bytes()
+    sources[1].write_bytes(whole[: len(whole) // 2])
+    fails(["meta_All_Beauty.jsonl.gz", "not a whole gzip file (EOFError", "uncompressed file"], "amazon2023",
+          sources, on_bad_image="skip")
+    sources[1].write_bytes(b'{"parent_asin": "B001"}\n')
+    fails(["meta_All_Beauty.jsonl.gz", "not a whole gzip file (BadGzipFile"], "amazon2023", sources,
+          on_bad_image="skip")
+
+
 def test_amazon2023_bad_input(tmp_path):
     base = {"user_id": "AE1", "parent_asin": "B001", "timestamp": 1}
     fails(["All_Beauty.jsonl:2", "timestamp 'soon' is not a number"], "amazon2023",

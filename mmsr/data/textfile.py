@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -33,9 +34,19 @@ def iter_lines_at(path: Path, advance: Advance | None = None) -> Iterator[tuple[
     break), for readers that come back to a line later (`mmsr.data.item_table`). In a `.gz`
     file the offsets are the uncompressed stream's."""
     path = Path(path)
-    offset = 0
+    offset = number = 0
     with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
+        lines = enumerate(handle, start=1)
+        while True:
+            try:
+                number, raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+                # gzip's EOFError would otherwise reach click, which takes it for Ctrl-D: "interrupted".
+                raise MMSRError(f"not a whole gzip file ({type(error).__name__}: {error}) after {number:,} lines",
+                                where=path, hint="download or copy it again, or give the uncompressed file "
+                                                 "(without .gz)") from None
             start, offset = offset, offset + len(raw)
             if advance is not None:
                 advance(len(raw) / 1024)
