@@ -31,6 +31,9 @@ from mmsr_store.memory import available_memory, human_bytes
 from mmsr_store.shards import flocked
 
 BUILD_HINT = "run mmsr cache build (it resumes where it stopped)"
+# The encoded chunks cannot be read without their array's metadata, which `verify --repair` (it
+# re-encodes chunks into the arrays) does not remake: the store is built again.
+METADATA_HINT = "build the cache again: mmsr cache build with the same config and --overwrite"
 READ_BLOCK_BYTES = 64 << 20
 MMAP_SPACE_HINT = ("free some space on that disk (the mmap/ folder of a cache you no longer train on can go) and "
                    "rerun: the copy is made again, a half-written one is never used")
@@ -40,7 +43,9 @@ def _pending_chunks(cache_dir: Path, modality: str, chunk_items: int, item_ids: 
     return [chunk for chunk, *_ in manifest.unfinished(cache_dir, modality, item_ids, chunk_items)]
 
 
-def _open_group(cache_dir: Path):
+def open_group(cache_dir: Path):
+    """The cache's zarr group, read-only, once its format and every array's metadata are known to
+    be there: a lost zarr.json is named here, not met as a KeyError deep in a build or a read."""
     import zarr
 
     store = cache_dir / STORE_DIR
@@ -49,10 +54,21 @@ def _open_group(cache_dir: Path):
     if not store.is_dir():
         raise StoreError(f"no {STORE_DIR} here: not an mmsr cache, or its build never started", where=cache_dir,
                          hint=BUILD_HINT)
-    group = zarr.open_group(store, mode="r")
+    try:
+        group = zarr.open_group(store, mode="r")
+    except (zarr.errors.BaseZarrError, FileNotFoundError, ValueError) as error:  # its zarr.json lost or damaged
+        raise StoreError(f"the store's metadata cannot be read ({type(error).__name__}): a file was lost or "
+                         "damaged", where=store / "zarr.json", hint=METADATA_HINT) from None
     if group.attrs.get("format") != FORMAT:
         raise StoreError(f"unknown cache format {group.attrs.get('format')!r}, this mmsr reads {FORMAT}",
                          where=cache_dir, hint="rebuild it with this mmsr")
+    for modality in group.attrs.get("modalities", []):
+        for name in (HIDDEN, MASK):
+            try:
+                group[f"{modality}/{name}"]
+            except (KeyError, zarr.errors.BaseZarrError, ValueError):  # chunks cannot be read without it
+                raise StoreError(f"the array {modality}/{name} cannot be opened: its metadata was lost or damaged",
+                                 where=store / modality / name / "zarr.json", hint=METADATA_HINT) from None
     return group
 
 
@@ -399,7 +415,7 @@ def _write_block(handle, block: np.ndarray) -> None:
 def open_cache(path: str | os.PathLike) -> Cache:
     """Open a complete cache; StoreError naming what is missing otherwise."""
     cache_dir = Path(path).expanduser()
-    group = _open_group(cache_dir)
+    group = open_group(cache_dir)
     item_ids = read_item_ids(cache_dir)
     n = int(group.attrs["num_items"])
     if len(item_ids) != n:
@@ -427,7 +443,7 @@ def _dir_bytes(path: Path) -> int:
 def inspect_cache(path: str | os.PathLike) -> dict:
     """Everything `mmsr cache info` shows; works on an unfinished cache too."""
     cache_dir = Path(path).expanduser()
-    group = _open_group(cache_dir)
+    group = open_group(cache_dir)
     item_ids = read_item_ids(cache_dir)
     n = int(group.attrs["num_items"])
     out = {"path": str(cache_dir), "format": group.attrs.get("format"), "num_items": n,

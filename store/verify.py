@@ -23,7 +23,7 @@ import numpy as np
 from mmsr_store import manifest
 from mmsr_store.errors import StoreError
 from mmsr_store.layout import HIDDEN, LOCK_DIR, MASK, STORE_DIR, num_chunks, read_item_ids
-from mmsr_store.reader import READ_BLOCK_BYTES, _open_group, chunk_rows, decode_chunk
+from mmsr_store.reader import READ_BLOCK_BYTES, chunk_rows, decode_chunk, open_group
 from mmsr_store.shards import flocked, holder, live_shards
 
 # The progress protocol of mmsr.progress, restated because the store may not import mmsr.
@@ -85,7 +85,7 @@ def verify_cache(path: str | os.PathLike, progress: ProgressFactory | None = Non
     Works on an unfinished cache too: chunks without a marker are listed, not checked.
     """
     cache_dir = Path(path).expanduser()
-    group = _open_group(cache_dir)
+    group = open_group(cache_dir)
     item_ids = read_item_ids(cache_dir)
     n = int(group.attrs["num_items"])
     report = VerifyReport(cache_dir)
@@ -170,7 +170,7 @@ def invalidate(path: str | os.PathLike, bad: list[BadChunk]) -> None:
     Refused while a build runs: it could be writing these chunks, and its markers would say done.
     """
     cache_dir = Path(path).expanduser()
-    group = _open_group(cache_dir)
+    group = open_group(cache_dir)
     with flocked(cache_dir / LOCK_DIR / "init.lock"):
         others = live_shards(cache_dir)
         if others:

@@ -28,7 +28,7 @@ from mmsr_store.fingerprint import canonical, diff, items_hash
 from mmsr_store.layout import (DIR_MODE, FORMAT, HIDDEN, HIDDEN_DTYPE, ITEM_DIGESTS_DIR, ITEM_IDS, LOCK_DIR,
                                MANIFEST_DIR, MASK, MMAP_DIR, STORE_DIR, changed_rows, chunk_items_for, read_item_digests,
                                read_item_ids, remove_partial_files, write_item_digests, write_item_ids)
-from mmsr_store.reader import read_rows
+from mmsr_store.reader import open_group, read_rows
 from mmsr_store.shards import Shard, ShardClaim, flocked, holder, live_shards
 
 # Keys of a fingerprint that change when items are appended; all other keys must stay equal.
@@ -108,6 +108,7 @@ class CacheWriter:
                 self._wipe()
             if not (self.dir / STORE_DIR).is_dir():
                 self._create()
+            open_group(self.dir)  # a store whose metadata was lost is named, not a KeyError mid-build
             self.group = zarr.open_group(self.dir / STORE_DIR, mode="r+")
             self._check_and_extend(others)
             self.claim = ShardClaim(self.dir, self.shard)

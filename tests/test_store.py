@@ -88,6 +88,25 @@ def test_marker_for_other_items_is_ignored(tmp_path):
         open_cache(tmp_path / "c")
 
 
+def test_a_lost_metadata_file_is_named_by_every_entry_point(tmp_path):
+    """A store's zarr.json or an array's lost: `cache info`, `verify`, a build into it and
+    training each ended in a KeyError or zarr's GroupNotFoundError traceback."""
+    from mmsr_store import verify_cache
+
+    for lost, said in (("store.zarr/zarr.json", r"store's metadata cannot be read"),
+                       ("store.zarr/text/hidden/zarr.json", r"the array text/hidden cannot be opened")):
+        root = tmp_path / lost.replace("/", "_")
+        writer = CacheWriter(root, item_ids=ids(6), specs={"text": spec()})
+        fill(writer)
+        writer.close()
+        (root / lost).unlink()
+        for entry in (open_cache, inspect_cache, verify_cache,
+                      lambda path: CacheWriter(path, item_ids=ids(6), specs={"text": spec()})):
+            with pytest.raises(StoreError, match=said + r".*cache build with the same config and --overwrite"):
+                entry(root)
+        CacheWriter(root, item_ids=ids(6), specs={"text": spec()}, overwrite=True).close()  # what the hint says
+
+
 def test_read_one_marker_agrees_with_the_whole_manifest(tmp_path):
     with CacheWriter(tmp_path / "c", item_ids=ids(8), specs={"text": spec()}) as writer:
         fill(writer)
