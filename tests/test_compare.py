@@ -66,6 +66,15 @@ def test_a_run_against_itself_differs_by_nothing(two_runs):
         assert m["difference"] == 0 and m["ci95"] == [0, 0] and m["p_value"] == 1.0
 
 
+def test_a_run_named_twice_in_a_side_is_refused_not_counted_as_two_seeds(mmsr_home):
+    from mmsr.eval.compare import compare_runs
+
+    runs = mmsr_home / "runs"
+    for a, said in (("r1,r1", "'r1' is named twice"), (f"r1,{runs / 'r1'}", f"'r1' and '{runs / 'r1'}' are the same")):
+        with pytest.raises(MMSRError, match=said + r".*one run named twice is not two seeds"):
+            compare_runs(a, "r2", "test")  # refused before any run is read (none exists here)
+
+
 def test_several_runs_on_a_side_are_averaged_case_by_case(two_runs):
     """Seeds on one side (A1,A2): each case's metric is their mean, so the side's figure is the
     mean of the runs' figures, its standard error is over those per-case means, and the same runs
@@ -213,20 +222,23 @@ def test_resampling_the_runs_too_counts_a_shift_one_seed_gives_every_case():
     assert len(misses) > 100  # the draws above had room
 
 
-def test_runs_are_resampled_too_only_with_two_runs_or_more_on_both_sides(two_runs):
+def test_runs_are_resampled_too_only_with_two_runs_or_more_on_both_sides(two_runs, tmp_path):
     from mmsr.eval.compare import compare_runs
 
     a, b = map(str, two_runs)
     one = compare_runs(a, f"{a},{b}", "test", ks="10", resamples=999)
     assert all("across_runs" not in m for m in one["metrics"].values())
-    two = compare_runs(f"{a},{a}", f"{a},{b}", "test", ks="10", resamples=999)
+    # A copy of A: a second run with A's figures (one run named twice in a side is refused).
+    shutil.copytree(a, tmp_path / "a-copy")
+    a = f"{a},{tmp_path / 'a-copy'}"
+    two = compare_runs(a, f"{two_runs[0]},{b}", "test", ks="10", resamples=999)
     for key, m in two["metrics"].items():
         assert m["difference"] == pytest.approx(one["metrics"][key]["difference"], abs=1e-12)
         low, high = m["across_runs"]["ci95"]
         assert low <= m["difference"] <= high and 0 < m["across_runs"]["p_value"] <= 1
         # the seeds' spread adds to the cases': never narrower than the cases-only interval by much
         assert high - low >= 0.9 * (m["ci95"][1] - m["ci95"][0])
-    assert compare_runs(f"{a},{a}", f"{a},{b}", "test", ks="10", resamples=999) == two
+    assert compare_runs(a, f"{two_runs[0]},{b}", "test", ks="10", resamples=999) == two
 
 
 def test_the_compare_table_adds_the_runs_resampled_columns_for_seeds_on_both_sides(two_runs):

@@ -43,9 +43,11 @@ be a run: its split defines the cases.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
+from mmsr import paths
 from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 from mmsr.eval.external_ranks import is_ranks_file, read_ranks
@@ -126,7 +128,23 @@ def _side(spec: str) -> list[str]:
     """One side's members: runs and ranks files, separated by commas."""
     if not spec.strip():
         raise MMSRError("no run given", where=repr(spec), hint="name a run, or several separated by commas")
-    return split_commas(spec, where=repr(spec), example="run-seed0,run-seed1,run-seed2")
+    side = split_commas(spec, where=repr(spec), example="run-seed0,run-seed1,run-seed2")
+    _refuse_repeats(side, spec)
+    return side
+
+
+def _refuse_repeats(side: list[str], spec: str) -> None:
+    """A run (or file) named twice in one side, by one name or by a name and its path, would be
+    averaged and resampled as two seeds. (The same run on both sides is allowed: it differs by
+    nothing, which is what it should show.)"""
+    named: dict[Path, str] = {}
+    for member in side:
+        place = (Path(member) if is_ranks_file(member) else paths.runs_dir(member)).expanduser().resolve()
+        if place in named:
+            raise MMSRError(f"{named[place]!r} and {member!r} are the same run" if named[place] != member
+                            else f"{member!r} is named twice", where=repr(spec),
+                            hint="name each run of a side once: one run named twice is not two seeds")
+        named[place] = member
 
 
 def _standard_error(key: str, values: np.ndarray) -> float:
