@@ -66,6 +66,28 @@ def test_a_run_against_itself_differs_by_nothing(two_runs):
         assert m["difference"] == 0 and m["ci95"] == [0, 0] and m["p_value"] == 1.0
 
 
+def test_a_lost_best_checkpoint_is_said_and_a_lost_last_one_gets_a_hint_that_works(two_runs, tmp_path):
+    """best.pt gone: last.pt ranked in its place without a word (only --json's "checkpoint" said
+    so); last.pt gone: the hint said --resume, which retrains from epoch 1 without a checkpoint."""
+    from mmsr.train.run import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(two_runs[0], run)
+    (run / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(MMSRError, match=r"last\.pt: checkpoint not found \(use --checkpoint best, or continue the "
+                                        r"training from it with .*--resume --resume-from best"):
+        load_run(run, "last", device="cpu")
+    shutil.copy(run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt")
+    (run / "checkpoints" / "best.pt").unlink()
+    said = []
+    loaded = load_run(run, "best", device="cpu", log=said.append)
+    assert loaded.info["checkpoint"].endswith("last.pt") and said == [
+        f"note: {run} has no best.pt: ranking with last.pt (epoch {loaded.info['epoch']})"]
+    (run / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(MMSRError, match=r"no checkpoint left: train it again with .*--overwrite"):
+        load_run(run, "best", device="cpu")
+
+
 def test_a_run_named_twice_in_a_side_is_refused_not_counted_as_two_seeds(mmsr_home):
     from mmsr.eval.compare import compare_runs
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,9 +178,11 @@ def check_same_dataset(root: Path, dataset, info: dict) -> None:
 CHECKPOINTS = ("best", "last")
 
 
-def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
+def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "auto",
+             log: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> LoadedRun:
     """A run rebuilt from its directory alone: its config, the `checkpoint`'s weights, its dataset
-    and split, and an item feed that streams its cache (`mmsr eval`, `recommend`, the plots)."""
+    and split, and an item feed that streams its cache (`mmsr eval`, `recommend`, the plots).
+    `log` says when best.pt is missing and last.pt ranks in its place (stderr: --json stays clean)."""
     root = paths.runs_dir(name_or_path)
     config = run_config(root)
     info = run_info(root)
@@ -187,10 +190,16 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
         raise MMSRError(f"unknown checkpoint {checkpoint!r}", where="--checkpoint",
                         hint="use best (the best validation epoch; last.pt where there is none) or last")
     ckpt_path = checkpoint_file(root, checkpoint)
-    if checkpoint == "best" and not ckpt_path.is_file():
+    fell_back = checkpoint == "best" and not ckpt_path.is_file() and checkpoint_file(root, "last").is_file()
+    if fell_back:
         ckpt_path = checkpoint_file(root, "last")
-    state = load_checkpoint(ckpt_path, hint=f"the run has no {checkpoint} checkpoint: continue its training with "
-                                            f"`mmsr train --run {root} --resume`, or start it afresh with --overwrite")
+    has_best = checkpoint_file(root, "best").is_file()
+    state = load_checkpoint(ckpt_path, hint=f"use --checkpoint best, or continue the training from it with `mmsr "
+                                            f"train --run {root} --resume --resume-from best`" if has_best else
+                                            f"the run has no checkpoint left: train it again with `mmsr train --run "
+                                            f"{root} --overwrite`")
+    if fell_back:
+        log(f"note: {root} has no best.pt: ranking with last.pt (epoch {state.get('epoch')})")
     dev = pick_device(device)
     dataset = load_dataset(config.dataset)
     check_same_dataset(root, dataset, info)
