@@ -88,6 +88,13 @@ def test_a_lost_best_checkpoint_is_said_and_a_lost_last_one_gets_a_hint_that_wor
         load_run(run, "best", device="cpu")
 
 
+def test_a_split_without_cases_is_named_not_blamed_on_ranks_files(two_runs):
+    from mmsr.eval.compare import compare_runs
+
+    with pytest.raises(MMSRError, match=r"seed0: the new split has no case to compare on"):  # small_demo has none
+        compare_runs(str(two_runs[0]), str(two_runs[1]), "new", resamples=999)
+
+
 def test_a_run_named_twice_in_a_side_is_refused_not_counted_as_two_seeds(mmsr_home):
     from mmsr.eval.compare import compare_runs
 

@@ -98,6 +98,9 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
         shared &= found.matched
         left_out += found.unmatched
     ranks = [[ranked[run].ranks[shared] for run in side] for side in sides]
+    if not len(reference.ranks):
+        raise MMSRError(f"the {split} split has no case to compare on", where=reference.label,
+                        hint="`mmsr data info` counts each split's cases; pick a split that has some")
     if not len(ranks[0][0]):
         raise MMSRError("the two sides share no case", where=f"{run_a} and {run_b}",
                         hint="the ranks files must use the dataset's own user and item IDs")
