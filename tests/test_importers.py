@@ -346,6 +346,23 @@ def test_recbole_roundtrip(tmp_path):
     assert [data.items[i]["id"] for i in split.sequence(user1)] == ["11", "12", "10"]
 
 
+def test_a_source_folder_that_fills_no_role_is_refused(tmp_path):
+    """mmsr-lmdb took a mistyped LMDB folder for nothing: a text-only dataset, "no LMDB given"."""
+    sources = mmsr_lmdb_source(tmp_path / "src")
+    (tmp_path / "typo").mkdir()
+    fails(["typo: a folder with nothing mmsr-lmdb reads in it", "data.mdb"], "mmsr-lmdb",
+          [*sources[:2], tmp_path / "typo"])
+
+
+def test_a_title_written_as_a_number_is_kept(tmp_path):
+    sources = amazon_source(tmp_path / "src")
+    meta = [json.loads(line) for line in sources[1].read_text().splitlines()]
+    meta[0]["title"] = 1984
+    sources[1].write_text("".join(json.dumps(record) + "\n" for record in meta))
+    import_dataset("amazon2023", sources[:2], name="az-number")
+    assert load_dataset("az-number").items[0]["title"] == "1984"
+
+
 def test_overwrite_replaces_only_a_dataset(tmp_path):
     """`--name "" --overwrite` replaced $MMSR_HOME/datasets, every dataset in it, with the new one;
     `--name FOLDER --overwrite` deleted a folder of the user's own."""

@@ -63,6 +63,8 @@ def _texts(value) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # a title "1984" written as a number
+        return [str(value)]
     if isinstance(value, list):
         return [str(part) for part in value if isinstance(part, (str, int, float)) and str(part).strip()]
     return []

@@ -134,8 +134,12 @@ def _classify(sources: list[Path]) -> tuple[Path, Path, Path | None]:
 
     for source in sources:
         if source.is_dir() and not _is_lmdb(source) and not source.name.endswith((".tsv", ".lmdb")):
+            before = sum(map(len, found.values()))
             for child in sorted(source.iterdir()):
                 take(child, from_dir=True)
+            if sum(map(len, found.values())) == before:  # a mistyped LMDB path would leave the pictures out
+                raise MMSRError("a folder with nothing mmsr-lmdb reads in it", where=source,
+                                hint="expected NAME_items.tsv, NAME_users.tsv or an LMDB (a folder with data.mdb)")
         else:
             take(source, from_dir=False)
     for kind in ("items", "users"):
