@@ -190,6 +190,15 @@ def test_curves_one_line_per_run_and_metric(runs, tmp_path):
     assert {row["metric"] for row in read_csv(tmp_path / "curves.csv")} == {"HR@10", "lr"}
 
 
+def test_an_out_that_is_a_file_or_cannot_be_made_is_named(runs, tmp_path):
+    """Both were tracebacks (FileExistsError, FileNotFoundError)."""
+    (tmp_path / "afile").write_text("")
+    for out, said in ((tmp_path / "afile", "--out names a file, not a folder"),
+                      (tmp_path / "afile" / "below", "cannot make the output folder")):
+        result = runner.invoke(app, ["curves", runs["idsr"], "--out", str(out)])
+        assert result.exit_code != 0 and isinstance(result.exception, MMSRError) and said in str(result.exception)
+
+
 def test_curves_figure_takes_records_without_torch(tmp_path):
     series = {"transfer": [{"epoch": e, "loss": 1 / e, "valid": {"HR@10": 0.1 * e}} for e in (1, 2, 3)],
               "scratch": [{"epoch": e, "loss": 2 / e, "valid": {"HR@10": 0.05 * e}} for e in (3, 1, 2)]}

@@ -61,7 +61,16 @@ def save_figure(figure: Figure, png: Path, header: Sequence[str], rows: Iterable
 
 
 def output_dir(run_root: Path, out: str | Path | None) -> Path:
-    return Path(out).expanduser() if out is not None else Path(run_root) / "plots"
+    """Where a plot's files go (made here): --out, else RUN/plots."""
+    folder = Path(out).expanduser() if out is not None else Path(run_root) / "plots"
+    if folder.exists() and not folder.is_dir():
+        raise MMSRError("--out names a file, not a folder", where=folder, hint="give --out a folder (it is made)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MMSRError(f"cannot make the output folder: {error.strerror}", where=folder,
+                        hint="give --out a folder you can write to") from None
+    return folder
 
 
 def run_dir(run: str | Path) -> Path:
