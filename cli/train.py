@@ -7,7 +7,12 @@ from typing import Optional
 
 import typer
 
-from mmsr_cli.common import SetOption, log, progress_bar
+from mmsr_cli.common import SetOption, checked_by, log, progress_bar
+
+
+def _empty_run_name(value: str) -> str | None:
+    # "" is init_from's own "no transfer": given on the command line it would train from scratch without a word.
+    return None if value.strip() else "is empty; name the run to start from (or leave --init-from out)"
 
 
 def train_command(
@@ -28,7 +33,7 @@ def train_command(
                                     "last.pt is damaged; the epochs after best.pt are trained again."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the run afresh, deleting the old one."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (overrides the config)."),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from another run's weights (best.pt, "
+    init_from: Optional[str] = typer.Option(None, "--init-from", callback=checked_by(_empty_run_name), help="Start from another run's weights (best.pt, "
                                             "else last.pt; transfer; sets init_from): every tensor whose name and "
                                             "shape match is copied, listed in the run's init.json. Content kinds only "
                                             "(mmsr, morec), same encoders. Not re-applied on --resume."),
