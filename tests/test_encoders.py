@@ -352,3 +352,21 @@ def test_fixed_length_tokens_equal_the_tokenizers_own_call(side):
         for key, value in got.items():
             assert value.dtype == expected[key].dtype and torch.equal(value, expected[key]), key
     assert fast(texts)["attention_mask"].sum(1).tolist()[1] == 2  # [CLS] [SEP]: nothing else
+
+
+def test_a_model_folder_with_its_weights_missing_or_cut_short_is_named(tiny_models, tmp_path):
+    """A cut-short copy passed `models prepare` and the cache build ended in transformers' OSError
+    or safetensors' error, with a traceback."""
+    import shutil
+
+    for damage in ("cut", "lost"):
+        folder = tmp_path / damage
+        shutil.copytree(tiny_models["vision"], folder)
+        weights = folder / "model.safetensors"
+        if damage == "cut":
+            weights.write_bytes(weights.read_bytes()[:100])
+        else:
+            weights.unlink()
+        with pytest.raises(MMSRError, match=rf"{damage}: cannot load the model's weights .*delete it and run "
+                                            r"`mmsr models prepare`"):
+            create_encoder(str(folder), "image", 1, image_size=32)

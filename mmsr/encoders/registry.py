@@ -169,6 +169,22 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> tuple[Family
     return family_for(f"{HF_PREFIX}:{_hf_model_type(spec)}", modality, where=spec), spec
 
 
+def _load(family, source, options: dict) -> SplitEncoder:
+    """`family.cls.from_source`, with a local folder whose weights are missing or cut short named
+    (a copy stopped part way, a file deleted): transformers' OSError or safetensors' error, with a
+    traceback, was all the user got."""
+    try:
+        return family.cls.from_source(source, **options)
+    except Exception as error:
+        local = isinstance(source, (str, os.PathLike)) and Path(source).is_dir()
+        if not local or not (isinstance(error, OSError) or type(error).__module__.startswith("safetensors")):
+            raise
+        said = " ".join(str(error).split())[:200]
+        raise MMSRError(f"cannot load the model's weights ({type(error).__name__}: {said})", where=source,
+                        hint="the folder is incomplete or damaged: delete it and run `mmsr models prepare` (or "
+                             "copy the checkpoint again)") from None
+
+
 def create_encoder(name_or_path: str | os.PathLike, modality: str, top_blocks: int, *, max_text_len: int = 50,
                    image_size: int = 224, image_mask_ratio: float = 0.0, image_mask_seed: int = 0,
                    dtype: str = "float32", pretrained: bool = True, vision: str = "",
@@ -192,7 +208,7 @@ def create_encoder(name_or_path: str | os.PathLike, modality: str, top_blocks: i
     if modality == "joint":
         family.cls.check_vision(vision, vision_model, family.key)  # before loading weights
         options.update(vision=vision, vision_model=vision_model)
-    encoder = family.cls.from_source(source, **options)
+    encoder = _load(family, source, options)
     encoder.spec = str(name_or_path)
     encoder.family = family.key
     if modality in READS_PICTURE:
