@@ -25,8 +25,8 @@ import numpy as np
 from mmsr_store import manifest
 from mmsr_store.errors import OutOfSpaceError, StoreError, out_of_space_guard
 from mmsr_store.fingerprint import canonical, diff, digest
-from mmsr_store.layout import (FORMAT, HIDDEN, HIDDEN_DTYPE, LOCK_DIR, MASK, MMAP_DIR, STORE_DIR, atomic_write_json,
-                               num_chunks, read_item_digests, read_item_ids)
+from mmsr_store.layout import (FORMAT, HIDDEN, HIDDEN_DTYPE, ITEM_IDS, LOCK_DIR, MASK, MMAP_DIR, STORE_DIR,
+                               atomic_write_json, num_chunks, read_item_digests, read_item_ids)
 from mmsr_store.memory import available_memory, human_bytes
 from mmsr_store.shards import flocked
 
@@ -412,11 +412,20 @@ def _write_block(handle, block: np.ndarray) -> None:
     handle.write(memoryview(block).cast("B"))
 
 
+def required_item_ids(cache_dir: Path) -> list[str]:
+    """item_ids.txt, the store's row order; a lost one is named (it read as 0 items, and `verify` and
+    `verify --repair` then sent the user to each other) with the build that writes it again."""
+    if not (cache_dir / ITEM_IDS).is_file():
+        raise StoreError(f"{ITEM_IDS} is missing (the store's row order)", where=cache_dir / ITEM_IDS,
+                         hint="run mmsr cache build with the cache's config: it writes it again from the dataset")
+    return read_item_ids(cache_dir)
+
+
 def open_cache(path: str | os.PathLike) -> Cache:
     """Open a complete cache; StoreError naming what is missing otherwise."""
     cache_dir = Path(path).expanduser()
     group = open_group(cache_dir)
-    item_ids = read_item_ids(cache_dir)
+    item_ids = required_item_ids(cache_dir)
     n = int(group.attrs["num_items"])
     if len(item_ids) != n:
         raise StoreError(f"incomplete: item_ids.txt lists {len(item_ids)} items, the store {n}", where=cache_dir,

@@ -22,8 +22,8 @@ import numpy as np
 
 from mmsr_store import manifest
 from mmsr_store.errors import StoreError
-from mmsr_store.layout import HIDDEN, LOCK_DIR, MASK, STORE_DIR, num_chunks, read_item_ids
-from mmsr_store.reader import READ_BLOCK_BYTES, chunk_rows, decode_chunk, open_group
+from mmsr_store.layout import HIDDEN, LOCK_DIR, MASK, STORE_DIR, num_chunks
+from mmsr_store.reader import READ_BLOCK_BYTES, chunk_rows, decode_chunk, open_group, required_item_ids
 from mmsr_store.shards import flocked, holder, live_shards
 
 # The progress protocol of mmsr.progress, restated because the store may not import mmsr.
@@ -86,7 +86,7 @@ def verify_cache(path: str | os.PathLike, progress: ProgressFactory | None = Non
     """
     cache_dir = Path(path).expanduser()
     group = open_group(cache_dir)
-    item_ids = read_item_ids(cache_dir)
+    item_ids = required_item_ids(cache_dir)
     n = int(group.attrs["num_items"])
     report = VerifyReport(cache_dir)
     for modality in group.attrs["modalities"]:

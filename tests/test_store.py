@@ -107,6 +107,21 @@ def test_a_lost_metadata_file_is_named_by_every_entry_point(tmp_path):
         CacheWriter(root, item_ids=ids(6), specs={"text": spec()}, overwrite=True).close()  # what the hint says
 
 
+def test_a_lost_item_ids_file_is_named_with_the_build_that_writes_it(tmp_path):
+    """It read as 0 items: `verify` said to --repair, and --repair said to build."""
+    from mmsr_store import verify_cache
+
+    writer = CacheWriter(tmp_path / "c", item_ids=ids(6), specs={"text": spec()})
+    fill(writer)
+    writer.close()
+    (tmp_path / "c" / "item_ids.txt").unlink()
+    for entry in (open_cache, verify_cache):
+        with pytest.raises(StoreError, match=r"item_ids\.txt: item_ids\.txt is missing .*run mmsr cache build"):
+            entry(tmp_path / "c")
+    CacheWriter(tmp_path / "c", item_ids=ids(6), specs={"text": spec()}).close()  # the build writes it again
+    assert open_cache(tmp_path / "c").item_ids() == ids(6)
+
+
 def test_read_one_marker_agrees_with_the_whole_manifest(tmp_path):
     with CacheWriter(tmp_path / "c", item_ids=ids(8), specs={"text": spec()}) as writer:
         fill(writer)
