@@ -188,6 +188,10 @@ def test_runs_that_rank_different_cases_are_refused_naming_the_first(two_runs, t
         compare_runs(str(two_runs[0]), str(other), "cold", ks="10", resamples=999)
     with pytest.raises(MMSRError, match="--resamples"):
         compare_runs(str(two_runs[0]), str(other), "test", resamples=10)
+    config["dataset"] = "demo2"  # another dataset: named before anything is ranked (demo2 does not exist)
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MMSRError, match=r"trained on different datasets: .*seed0 on .*demo-small, .*other on demo2"):
+        compare_runs(str(two_runs[0]), str(other), "test", ks="10", resamples=999)
 
 
 def test_the_paired_interval_and_test_see_a_shift_that_separate_errors_cannot():

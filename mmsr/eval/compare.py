@@ -53,6 +53,7 @@ from mmsr.errors import MMSRError
 from mmsr.eval.external_ranks import is_ranks_file, read_ranks
 from mmsr.eval.metrics import COUNT_KEY, SQUARES, hit_at_k, ndcg_at_k, parse_ks, standard_errors
 from mmsr.eval.run_ranks import RunRanks, rank_run
+from mmsr.train.run import run_config
 
 METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
 # Resampling memory bound: values held at once per batch of resamples.
@@ -82,6 +83,7 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
         raise MMSRError("both sides are ranks files", where=f"{run_a} and {run_b}",
                         hint="name at least one mmsr run: its split defines the cases the files are matched to")
     ks = parse_ks(ks)
+    _refuse_other_datasets([run for side in sides for run in side if not is_ranks_file(run)])
     # The cases' IDs (strings, one per case) only when a file has to be matched to them.
     ranked = {run: rank_run(run, split, protocol, max_k=max(ks), checkpoint=checkpoint, batch_size=batch_size,
                             device=device, search_backend=search_backend, with_keys=bool(files))
@@ -148,6 +150,19 @@ def _refuse_repeats(side: list[str], spec: str) -> None:
                             else f"{member!r} is named twice", where=repr(spec),
                             hint="name each run of a side once: one run named twice is not two seeds")
         named[place] = member
+
+
+def _refuse_other_datasets(runs: list[str]) -> None:
+    """Runs of two datasets rank different cases; said with the datasets' names before any run is
+    ranked (the case check after ranking could only name internal user and item indices)."""
+    trained_on: dict[Path, tuple[str, str]] = {}
+    for run in runs:
+        dataset = run_config(paths.runs_dir(run)).dataset
+        trained_on.setdefault(paths.dataset_dir(dataset).expanduser().resolve(), (run, dataset))
+    if len(trained_on) > 1:
+        (run_a, data_a), (run_b, data_b) = list(trained_on.values())[:2]
+        raise MMSRError(f"the runs were trained on different datasets: {run_a} on {data_a}, {run_b} on {data_b}",
+                        where=f"{run_a} and {run_b}", hint="compare runs trained on one dataset")
 
 
 def _standard_error(key: str, values: np.ndarray) -> float:
