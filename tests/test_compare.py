@@ -88,6 +88,20 @@ def test_a_lost_best_checkpoint_is_said_and_a_lost_last_one_gets_a_hint_that_wor
         load_run(run, "best", device="cpu")
 
 
+def test_a_run_whose_dataset_moved_is_told_to_put_it_back(two_runs, tmp_path):
+    """It was told to create one with `mmsr data demo`, which the content hash then refuses."""
+    from mmsr.train.run import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(two_runs[0], run)
+    config = json.loads((run / "config.json").read_text())
+    config["dataset"] = str(tmp_path / "moved-away")
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MMSRError, match=r"moved-away: the dataset this run was trained on \(.*moved-away, content "
+                                        r"hash [0-9a-f]{12}\) is not there \(put it back at"):
+        load_run(run, device="cpu")
+
+
 def test_a_split_without_cases_is_named_not_blamed_on_ranks_files(two_runs):
     from mmsr.eval.compare import compare_runs
 

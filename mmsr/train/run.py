@@ -178,6 +178,19 @@ def check_same_dataset(root: Path, dataset, info: dict) -> None:
 CHECKPOINTS = ("best", "last")
 
 
+def _run_dataset(root: Path, config: TrainConfig, info: dict) -> Dataset:
+    """The dataset a run was trained on; a moved or renamed one is named as the run's (the plain
+    "create it with mmsr data demo" would make another dataset, which the content hash refuses)."""
+    where = paths.dataset_dir(config.dataset)
+    if not where.exists():
+        trained_on = info.get(DATASET_HASH_KEY)
+        raise MMSRError(f"the dataset this run was trained on ({config.dataset}"
+                        + (f", content hash {trained_on[:12]}" if trained_on else "") + ") is not there",
+                        where=where, hint=f"put it back at {where} (a copy or a link), or run "
+                                          f"`mmsr data list` to see what is there; the run reads no other dataset")
+    return load_dataset(config.dataset)
+
+
 def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "auto",
              log: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> LoadedRun:
     """A run rebuilt from its directory alone: its config, the `checkpoint`'s weights, its dataset
@@ -201,7 +214,7 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     if fell_back:
         log(f"note: {root} has no best.pt: ranking with last.pt (epoch {state.get('epoch')})")
     dev = pick_device(device)
-    dataset = load_dataset(config.dataset)
+    dataset = _run_dataset(root, config, info)
     check_same_dataset(root, dataset, info)
     split = split_dataset(dataset, config.split)
     model = build_model(config, dataset.num_items, item_field=dataset.item_field).to(dev)
