@@ -64,29 +64,29 @@ def test_the_committed_table_gives_where_things_stand(capsys):
     """docs/compare.md's summary figures, to the digits it prints them with."""
     out = _run(["--ratio", "MMSR-T/IDSR"], capsys)
     idsr, text = out["models"]["IDSR"], out["models"]["MMSR-T"]
-    assert len(idsr["seeds"]) == 16 and len(text["seeds"]) == 14
+    assert len(idsr["seeds"]) == 28 and len(text["seeds"]) == 16
 
     def shown(cell):
         return round(cell["mean"], 4), round(cell["se"], 4)
 
-    assert shown(idsr["recbole_hr10"]) == (0.1349, 0.0017) and shown(idsr["recbole_ndcg10"]) == (0.0664, 0.0008)
+    assert shown(idsr["recbole_hr10"]) == (0.1340, 0.0013) and shown(idsr["recbole_ndcg10"]) == (0.0663, 0.0007)
     assert [round(idsr[c]["mean"], 4) for c in ("paper_hr10", "paper_ndcg10", "cold_hr10", "cold_ndcg10")] == \
-        [0.2037, 0.1062, 0.0700, 0.0369]
+        [0.2019, 0.1059, 0.0663, 0.0350]
     assert [round(text[c]["mean"], 4) for c in ("recbole_hr10", "recbole_ndcg10", "paper_hr10", "paper_ndcg10",
-                                                 "cold_hr10", "cold_ndcg10")] == [0.1275, 0.0622, 0.1966, 0.1032,
+                                                 "cold_hr10", "cold_ndcg10")] == [0.1273, 0.0620, 0.1964, 0.1034,
                                                                                   0.0180, 0.0082]
     ratios = out["ratios"]["MMSR-T/IDSR"]
-    for column, figures in (("recbole_ndcg10", (0.937, 0.019)), ("paper_ndcg10", (0.972, 0.018))):
+    for column, figures in (("recbole_ndcg10", (0.934, 0.016)), ("paper_ndcg10", (0.976, 0.015))):
         assert (round(ratios[column]["ratio"], 3), round(ratios[column]["se"], 3)) == figures
-    fresh = _run(["--ratio", "MMSR-T/IDSR", "--seeds", "42,43,44,45,46,47"], capsys)["ratios"]["MMSR-T/IDSR"]
+    fresh = _run(["--ratio", "MMSR-T/IDSR", "--seeds", "42,43,44,45,46,47,48,49"], capsys)["ratios"]["MMSR-T/IDSR"]
     assert [(round(fresh[c]["ratio"], 3), round(fresh[c]["se"], 3)) for c in ("recbole_ndcg10", "paper_ndcg10")] == \
-        [(0.942, 0.032), (0.982, 0.033)]  # both configs as they are, on seeds no setting was chosen on
+        [(0.935, 0.024), (0.977, 0.025)]  # both configs as they are, on seeds no setting was chosen on
     earlier = _run(["--ratio", "MMSR-T/IDSR-smoothing-0.2"], capsys)  # IDSR's config with label smoothing 0.2
     assert len(earlier["models"]["IDSR-smoothing-0.2"]["seeds"]) == 23
     assert [round(earlier["models"]["IDSR-smoothing-0.2"][c]["mean"], 4) for c in ("recbole_hr10", "recbole_ndcg10")] \
         == [0.1337, 0.0651]
     assert [round(earlier["ratios"]["MMSR-T/IDSR-smoothing-0.2"][c]["ratio"], 3)
-            for c in ("recbole_ndcg10", "paper_ndcg10")] == [0.956, 0.982]
+            for c in ("recbole_ndcg10", "paper_ndcg10")] == [0.952, 0.984]
     same = _run(["--ratio", "MMSR-T/IDSR-smoothing-0.2", "--seeds", "22,23,24,25,26,27,28,29"],
                 capsys)["ratios"]["MMSR-T/IDSR-smoothing-0.2"]  # the seeds both have
     assert (round(same["recbole_ndcg10"]["ratio"], 3), round(same["paper_ndcg10"]["ratio"], 3)) == (0.934, 0.961)
@@ -95,13 +95,13 @@ def test_the_committed_table_gives_where_things_stand(capsys):
     assert [round(before["models"]["IDSR-no-smoothing"][c]["mean"], 4) for c in ("recbole_hr10", "recbole_ndcg10")] \
         == [0.1346, 0.0660]
     assert [round(before["ratios"]["MMSR-T/IDSR-no-smoothing"][c]["ratio"], 3)
-            for c in ("recbole_ndcg10", "paper_ndcg10")] == [0.943, 0.998]
+            for c in ("recbole_ndcg10", "paper_ndcg10")] == [0.939, 0.999]
     unsmoothed = _run(["--ratio", "MMSR-T-no-smoothing/IDSR"], capsys)  # MMSR-T's config before label smoothing
     assert len(unsmoothed["models"]["MMSR-T-no-smoothing"]["seeds"]) == 20
     assert [round(unsmoothed["models"]["MMSR-T-no-smoothing"][c]["mean"], 4) for c in ("recbole_hr10", "recbole_ndcg10")] \
         == [0.1197, 0.0579]
     assert [round(unsmoothed["ratios"]["MMSR-T-no-smoothing/IDSR"][c]["ratio"], 3)
-            for c in ("recbole_ndcg10", "paper_ndcg10")] == [0.872, 0.923]
+            for c in ("recbole_ndcg10", "paper_ndcg10")] == [0.873, 0.926]
     more = _run(["--paired", "IDSR/IDSR-smoothing-0.2"], capsys)["paired"]["IDSR/IDSR-smoothing-0.2"]  # 0.3 against 0.2
     assert more["seeds"] == list(range(34, 42))
     assert [(round(more[c]["mean"], 4), round(more[c]["se"], 4)) for c in ("valid_ndcg10", "recbole_ndcg10")] == \
