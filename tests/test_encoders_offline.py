@@ -86,6 +86,15 @@ def test_models_prepare_converts_once(mmsr_home):
     encoder = create_encoder("dinov2-s", "image", 2)  # uses the prepared directory, no second conversion
     assert (mmsr_home / "models" / "dinov2-s" / "model.safetensors").stat().st_mtime_ns == stamp
     assert encoder.identity()["model"] == "dinov2-s"
+    # Weights cut short (a copy stopped part way) are not "prepared": `models prepare` makes them again.
+    from mmsr.encoders.offline import dinov2_prepared
+
+    weights = mmsr_home / "models" / "dinov2-s" / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) - 1000])
+    assert not dinov2_prepared()
+    assert CliRunner().invoke(app, ["prepare"]).exit_code == 0
+    assert dinov2_prepared() and weights.read_bytes() == whole
 
 
 def _hide_minilm_package(monkeypatch):

@@ -41,8 +41,27 @@ _LINEAR_NODE = re.compile(r"^/backbone/encoder/layer\.(\d+)/(attention/attention
 
 
 def _holds_model(folder: Path) -> bool:
-    """A model folder is complete once its config.json is there (every writer here is atomic)."""
-    return (folder / "config.json").is_file()
+    """A model folder is complete once its config.json is there (every writer here is atomic) and
+    its weights are whole: a copy cut short by hand or a deleted weights file is then made again
+    by `mmsr models prepare` (and `models list` does not call it prepared)."""
+    return (folder / "config.json").is_file() and _weights_whole(folder / "model.safetensors")
+
+
+def _weights_whole(path: Path) -> bool:
+    """A safetensors file's 8-byte header length, JSON header and tensor data all there, read
+    from the header alone (the file's size must be where its last tensor ends): loading the
+    weights to find out would take seconds per check."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 + length:
+                return False
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError):
+        return False
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    return size == 8 + length + max(ends, default=0)
 
 
 def minilm_package_dir() -> Path | None:
