@@ -33,10 +33,10 @@ def build(
     joint_vision: Optional[str] = typer.Option(None, "--joint-vision", help="VisualBERT's picture representation: "
                                                "region | region-c5 | grid | patch-emb | patch-vit."),
     joint_vision_model: Optional[str] = typer.Option(None, "--joint-vision-model", help="Its weights: torchvision:ARCH@FILE or a CLIP directory."),
-    max_text_len: Optional[int] = typer.Option(None, "--max-text-len", help="Tokens per text (default 50)."),
+    max_text_len: Optional[int] = typer.Option(None, "--max-text-len", min=1, help="Tokens per text (default 50)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Picture side in pixels (default 224)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Items per forward pass (default 64)."),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers for tokenising/decoding (default 2). A worker decodes about "
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Items per forward pass (default 64)."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", min=0, help="DataLoader workers for tokenising/decoding (default 2). A worker decodes about "
                                                      "600 demo pictures a second on one Xeon core, far below what a GPU encodes: "
                                                      "give a GPU node more (docs/gpu.md)."),
     on_bad_image: Optional[str] = typer.Option(None, "--on-bad-image", help=" | ".join(BAD_IMAGE_POLICIES)

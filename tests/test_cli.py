@@ -293,7 +293,8 @@ def test_a_usage_error_is_one_line_naming_the_help(mmsr_home):
                         "Invalid value for '--search-device': 'gpuu' is not where mmsr ranks; use auto, cpu, gpu"),
                        (["cache", "build", "--device", "mps"], "Invalid value for '--device': 'mps'"),
                        # "" is init_from's "no transfer": it trained from scratch without a word
-                       (["train", "--init-from", ""], "Invalid value for '--init-from': '' is empty")):
+                       (["train", "--init-from", ""], "Invalid value for '--init-from': '' is empty"),
+                       (["cache", "build", "--batch-size", "0"], "Invalid value for '--batch-size'")):
         result = mmsr(*args, home=mmsr_home)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert said in result.stderr
