@@ -363,6 +363,12 @@ def test_a_title_written_as_a_number_is_kept(tmp_path):
     assert load_dataset("az-number").items[0]["title"] == "1984"
 
 
+def test_an_input_with_only_its_header_is_named_as_the_input(tmp_path):
+    """It was "DATASET: no items" / "no interactions", naming the output that was never written."""
+    fails(["no interactions read from pixelrec:", "Pixel200K.csv", "rows below its header"], "pixelrec",
+          pixelrec_source(tmp_path / "src", inter="item_id,user_id,timestamp\n"))
+
+
 def test_overwrite_replaces_only_a_dataset(tmp_path):
     """`--name "" --overwrite` replaced $MMSR_HOME/datasets, every dataset in it, with the new one;
     `--name FOLDER --overwrite` deleted a folder of the user's own."""

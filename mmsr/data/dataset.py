@@ -368,10 +368,14 @@ class DatasetWriter:
         self._n_inter += 1
 
     def _finish(self) -> None:
-        if not self._item_index:
-            raise MMSRError("no items", where=self.dest)
+        # Named by what was read, not by the dataset that was to be written (the input is at fault).
+        # Interactions first: an importer that keeps only the items someone chose has none without them.
         if not self._n_inter:
-            raise MMSRError("no interactions", where=self.dest)
+            raise MMSRError(f"no interactions read from {self.source}",
+                            hint="check that the interactions file has rows below its header")
+        if not self._item_index:
+            raise MMSRError(f"no items read from {self.source}", where=self.items_path or self.dest,
+                            hint="check that the items file has rows below its header")
         self._items_fh.close()
         self._inter_fh.close()
         meta = {
