@@ -58,9 +58,9 @@ def _weights_whole(path: Path) -> bool:
             if size < 8 + length:
                 return False
             header = json.loads(handle.read(length))
-    except (OSError, ValueError):
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):  # not a safetensors header
         return False
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
     return size == 8 + length + max(ends, default=0)
 
 
