@@ -38,7 +38,6 @@ app.command("ranks")(evaluate.ranks_command)
 app.command("recommend")(evaluate.recommend_command)
 
 
-
 def _reflow(text: str | None) -> str | None:
     """A docstring's paragraphs as one line each, which the terminal then wraps to its width:
     typer keeps the single line breaks of every paragraph after the first, so a docstring's

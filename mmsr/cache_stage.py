@@ -59,8 +59,8 @@ class CacheBuildConfig:
             raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}")
         if self.batch_size < 1 or self.num_workers < 0 or self.chunk_items < 0:
             raise ValueError("batch_size must be >= 1, num_workers and chunk_items >= 0")
-        if device_problem(self.device):
-            raise ValueError(f"device={self.device!r} {device_problem(self.device)}")
+        if problem := device_problem(self.device):
+            raise ValueError(f"device={self.device!r} {problem}")
 
 
 # Flags named like an EncoderConfig field (--text-model, --max-text-len, ...) set the encoders

@@ -7,6 +7,7 @@ a default, or a knob that changes nothing, is the trap this avoids.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import json
@@ -83,6 +84,7 @@ def _read_one(path: Path) -> dict:
 
 _TOML_AT = re.compile(r"\s*\(at line (\d+), column \d+\)$")
 _TOML_TWICE = ("Cannot overwrite a value", "Cannot declare")
+_TOML_TABLE = re.compile(r"\[+\s*([^\]]+?)\s*\]+")  # [table] or [[array of tables]]
 
 
 def parse_toml(text: str, path: Path, what: str = "config") -> dict:
@@ -116,14 +118,14 @@ def _toml_key_at(lines: list[str], number: int) -> str | None:
     """The dotted key that line `number` (1-based) sets or the [table] it opens, read as the user
     wrote it: the table headers above it give the prefix."""
     line = lines[number - 1].split("#", 1)[0].strip()
-    header = re.fullmatch(r"\[+\s*([^\]]+?)\s*\]+", line)
+    header = _TOML_TABLE.fullmatch(line)
     if header:
         return f"[{header.group(1)}]"
     if "=" not in line:
         return None
     key = line.split("=", 1)[0].strip()
     for above in reversed(lines[: number - 1]):
-        table = re.fullmatch(r"\[+\s*([^\]]+?)\s*\]+", above.split("#", 1)[0].strip())
+        table = _TOML_TABLE.fullmatch(above.split("#", 1)[0].strip())
         if table:
             return f"{table.group(1)}.{key}"
     return key
@@ -159,8 +161,7 @@ def parse_yaml(text: str, path: Path) -> Any:
 
 def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
     """json.loads keeps the last of a repeated key without a word; a config refuses it, as TOML does."""
-    keys = [key for key, _ in pairs]
-    twice = sorted({key for key in keys if keys.count(key) > 1})
+    twice = sorted(key for key, count in collections.Counter(key for key, _ in pairs).items() if count > 1)
     if twice:
         raise ValueError(f"{', '.join(map(repr, twice))} set twice in one object; each key may appear once")
     return dict(pairs)

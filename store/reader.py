@@ -43,9 +43,10 @@ def _pending_chunks(cache_dir: Path, modality: str, chunk_items: int, item_ids: 
     return [chunk for chunk, *_ in manifest.unfinished(cache_dir, modality, item_ids, chunk_items)]
 
 
-def open_group(cache_dir: Path):
-    """The cache's zarr group, read-only, once its format and every array's metadata are known to
-    be there: a lost zarr.json is named here, not met as a KeyError deep in a build or a read."""
+def open_group(cache_dir: Path, mode: str = "r"):
+    """The cache's zarr group (read-only, or "r+" for a build), once its format and every array's
+    metadata are known to be there: a lost zarr.json is named here, not met as a KeyError deep
+    in a build or a read."""
     import zarr
 
     store = cache_dir / STORE_DIR
@@ -55,7 +56,7 @@ def open_group(cache_dir: Path):
         raise StoreError(f"no {STORE_DIR} here: not an mmsr cache, or its build never started", where=cache_dir,
                          hint=BUILD_HINT)
     try:
-        group = zarr.open_group(store, mode="r")
+        group = zarr.open_group(store, mode=mode)
     except (zarr.errors.BaseZarrError, FileNotFoundError, ValueError) as error:  # its zarr.json lost or damaged
         raise StoreError(f"the store's metadata cannot be read ({type(error).__name__}): a file was lost or "
                          "damaged", where=store / "zarr.json", hint=METADATA_HINT) from None

@@ -108,8 +108,7 @@ class CacheWriter:
                 self._wipe()
             if not (self.dir / STORE_DIR).is_dir():
                 self._create()
-            open_group(self.dir)  # a store whose metadata was lost is named, not a KeyError mid-build
-            self.group = zarr.open_group(self.dir / STORE_DIR, mode="r+")
+            self.group = open_group(self.dir, mode="r+")  # lost metadata is named, not a KeyError mid-build
             self._check_and_extend(others)
             self.claim = ShardClaim(self.dir, self.shard)
             if not others:  # nobody else can be mid-write: leftovers of killed writes are garbage

@@ -35,29 +35,25 @@ def iter_lines_at(path: Path, advance: Advance | None = None) -> Iterator[tuple[
     file the offsets are the uncompressed stream's."""
     path = Path(path)
     offset = number = 0
-    with _open_binary(path) as handle:
-        lines = enumerate(handle, start=1)
-        while True:
-            try:
-                number, raw = next(lines)
-            except StopIteration:
-                return
-            except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-                # gzip's EOFError would otherwise reach click, which takes it for Ctrl-D: "interrupted".
-                raise MMSRError(f"not a whole gzip file ({type(error).__name__}: {error}) after {number:,} lines",
-                                where=path, hint="download or copy it again, or give the uncompressed file "
-                                                 "(without .gz)") from None
-            start, offset = offset, offset + len(raw)
-            if advance is not None:
-                advance(len(raw) / 1024)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise MMSRError(f"not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})",
-                                where=f"{path}:{number}", hint="re-encode the file as UTF-8") from None
-            if number == 1 and text.startswith("\ufeff"):  # a byte-order mark from spreadsheet exports
-                text, start = text[1:], start + len("\ufeff".encode("utf-8"))
-            yield number, text.rstrip("\r\n"), (start, offset)
+    # What the consumer raises at a `yield` never comes back in here: the except below sees only
+    # the file's reading. gzip's EOFError would otherwise reach click, which takes it for Ctrl-D.
+    try:
+        with _open_binary(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                start, offset = offset, offset + len(raw)
+                if advance is not None:
+                    advance(len(raw) / 1024)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise MMSRError(f"not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})",
+                                    where=f"{path}:{number}", hint="re-encode the file as UTF-8") from None
+                if number == 1 and text.startswith("\ufeff"):  # a byte-order mark from spreadsheet exports
+                    text, start = text[1:], start + len("\ufeff".encode("utf-8"))
+                yield number, text.rstrip("\r\n"), (start, offset)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise MMSRError(f"not a whole gzip file ({type(error).__name__}: {error}) after {number:,} lines",
+                        where=path, hint="copy it again, or give the uncompressed file (without .gz)") from None
 
 
 def iter_json_lines(path: Path, advance: Advance | None = None) -> Iterator[tuple[str, dict]]:

@@ -204,8 +204,8 @@ class TrainConfig:
         """Settings that the chosen components would ignore or cannot work with; mmsr.config.build
         reports them together with the other config errors, before anything runs."""
         problems = []
-        if device_problem(self.device):
-            problems.append(f"device={self.device!r} {device_problem(self.device)}")
+        if problem := device_problem(self.device):
+            problems.append(f"device={self.device!r} {problem}")
         model, modalities = self.model, self.encoders.modalities
         if model.kind not in MODEL_KINDS:
             return problems + [f"model.kind={model.kind!r} is not a known model kind; choose one of "

@@ -202,13 +202,11 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
     if checkpoint not in CHECKPOINTS:
         raise MMSRError(f"unknown checkpoint {checkpoint!r}", where="--checkpoint",
                         hint="use best (the best validation epoch; last.pt where there is none) or last")
-    ckpt_path = checkpoint_file(root, checkpoint)
-    fell_back = checkpoint == "best" and not ckpt_path.is_file() and checkpoint_file(root, "last").is_file()
-    if fell_back:
-        ckpt_path = checkpoint_file(root, "last")
-    has_best = checkpoint_file(root, "best").is_file()
+    best, last = checkpoint_file(root, "best"), checkpoint_file(root, "last")
+    fell_back = checkpoint == "best" and not best.is_file() and last.is_file()
+    ckpt_path = last if checkpoint == "last" or fell_back else best
     state = load_checkpoint(ckpt_path, hint=f"use --checkpoint best, or continue the training from it with `mmsr "
-                                            f"train --run {root} --resume --resume-from best`" if has_best else
+                                            f"train --run {root} --resume --resume-from best`" if best.is_file() else
                                             f"the run has no checkpoint left: train it again with `mmsr train --run "
                                             f"{root} --overwrite`")
     if fell_back:
