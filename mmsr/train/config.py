@@ -128,6 +128,12 @@ class OptimConfig:
     # The softmax losses: the share of each target's probability spread evenly over its candidates
     # (label smoothing; 0 = none, the papers' setting). 0.1 is the usual value elsewhere.
     label_smoothing: float = 0.0
+    # A contrastive term on the user tower (mmsr.train.contrastive: each row's last state run
+    # twice under dropout, NT-Xent against the batch's other views; DuoRec's unsupervised
+    # augmentation): its weight against the loss (0 = none, the papers' setting; DuoRec's is 0.1)
+    # and the temperature of its cosine (SimCSE's 0.05).
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.05
     # Training rows per user and epoch: "last" = the last max_seq_len + 1 items of the training
     # part (the reference code); "all" = the whole training part in windows of that length.
     windows: Literal["last", "all"] = "last"
@@ -148,6 +154,7 @@ _RANGES = {
     "optim.encoder_lr": (0.0, "must be at least 0 (a learning rate)"),
     "optim.weight_decay": (0.0, "must be at least 0"),
     "optim.grad_clip": (0.0, "must be at least 0 (0 switches clipping off)"),
+    "optim.contrastive_weight": (0.0, "must be at least 0 (0: no contrastive term)"),
     "model.dim": (1, "must be at least 1 (the width of item and user vectors)"),
     "model.sequence_heads": (1, "must be at least 1"),
     "model.sequence_layers": (1, "must be at least 1 (or left unset for the sequence model's own default)"),
@@ -283,6 +290,7 @@ class TrainConfig:
         problems += self._check_loss()
         problems += self._check_windows()
         problems += self._check_ranges()
+        problems += self._check_contrastive()
         if not 0 <= self.optim.warmup_epochs < max(self.optim.epochs, 1):
             problems.append(f"optim.warmup_epochs={self.optim.warmup_epochs} must be at least 0 and below "
                             f"optim.epochs={self.optim.epochs}")
@@ -310,6 +318,18 @@ class TrainConfig:
                 problems.append(f"model.dim={model.dim} must be a multiple of model.{key}={heads} "
                                 "(each head takes an equal slice)")
         return problems
+
+    def _check_contrastive(self) -> list[str]:
+        optim = self.optim
+        if optim.contrastive_temperature <= 0:
+            return [f"optim.contrastive_temperature={optim.contrastive_temperature!r} divides the views' cosine: it "
+                    "must be above 0 (0.05-0.2 are the usual values)"]
+        if not optim.contrastive_weight and optim.contrastive_temperature != _default(OptimConfig,
+                                                                                     "contrastive_temperature"):
+            return [f"optim.contrastive_temperature={optim.contrastive_temperature!r} is ignored without a "
+                    "contrastive term (optim.contrastive_weight=0); set --set optim.contrastive_weight=0.1 "
+                    f"(DuoRec's), or use {_restoring(['contrastive_temperature'])}"]
+        return []
 
     def _check_windows(self) -> list[str]:
         stride, length = self.optim.window_stride, self.split.max_seq_len

@@ -22,19 +22,21 @@ from mmsr.models.scores import Score, create_score
 from mmsr.models.sequence import last_state
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
+from mmsr.train.contrastive import ViewContrast
 from mmsr.train.kinds import KindInputs, build_towers
 from mmsr.train.losses import LossInputs, create_loss, loss_settings
 
 
 class Recommender(nn.Module):
     def __init__(self, items: nn.Module, user: nn.Module, loss: nn.Module, scorer: nn.Module | None = None,
-                 score: Score | None = None):
+                 score: Score | None = None, contrast: ViewContrast | None = None):
         super().__init__()
         self.items = items
         self.user = user
         self.loss = loss  # mmsr.train.losses: build_model creates it from the config
         self.scorer = scorer  # None: inner product (FAISS); else candidate-dependent (CARCA++)
         self.score = score if score is not None else create_score("dot")
+        self.contrast = contrast  # None: no contrastive term (mmsr.train.contrastive)
 
     @property
     def item_inputs(self) -> str:
@@ -84,7 +86,8 @@ class Recommender(nn.Module):
         them (`Batch.distinct_items`); `item_inputs` is the feed's output for `ids`: each item
         is encoded once.
         The user vectors at the target positions and the item vectors go to the loss
-        (`mmsr.train.losses`).
+        (`mmsr.train.losses`); with `optim.contrastive_weight`, the contrastive term on each row's
+        last state is added (`mmsr.train.contrastive`), in training only.
         """
         vectors = self.encode_items(item_inputs)
         scored = self.score_vectors(vectors)
@@ -98,6 +101,11 @@ class Recommender(nn.Module):
                                     item_vectors=scored, all_items=self.all_item_vectors,
                                     pair_scores=self._pair_scorer(users, in_mask, mask),
                                     own=batch.own, positions=mask))
+        if self.contrast is not None and self.training:
+            # Rows are left-padded: position -1 is every row's last input. The second view is
+            # the user tower run again, under other dropout masks.
+            second = last_state(self.user, vectors[inputs_row] * in_mask.unsqueeze(-1), in_mask)
+            loss = loss + self.contrast(users[:, -1], second, mask.sum(1))
         return loss, mask.sum()
 
     def _pair_scorer(self, users: torch.Tensor, in_mask: torch.Tensor, mask: torch.Tensor):
@@ -126,8 +134,12 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     """
     items, user, scorer = build_towers(config, KindInputs(num_items, encoders, item_field))
     loss = create_loss(config.optim.loss, train_counts=train_counts, **loss_settings(config.optim))
+    optim = config.optim
+    contrast = ViewContrast(optim.contrastive_weight, optim.contrastive_temperature) \
+        if optim.contrastive_weight > 0 else None
     return Recommender(items, user, loss, scorer=scorer,
-                       score=create_score(config.model.score, temperature=config.model.temperature))
+                       score=create_score(config.model.score, temperature=config.model.temperature),
+                       contrast=contrast)
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:
