@@ -573,6 +573,19 @@ def test_pixelrec_bad_input(tmp_path):
     fails(["Pixel200K.csv:1", "neither a user nor a title column"], "pixelrec", sources)
 
 
+def test_pixelrec_quote_left_open_is_named_where_its_record_starts(tmp_path):
+    """A quote never closed (a file cut short inside a quoted field) is named on the line it opens;
+    before, the field swallowed every line after it and the items on them went missing. A quoted
+    field over two lines stays one field, its line break a space in the title (it glued the words)."""
+    sources = pixelrec_source(tmp_path / "a")
+    text = sources[0].read_text(encoding="utf-8")
+    sources[0].write_text(text.replace('"Cats, dogs and more"', '"Cats, dogs and more'), encoding="utf-8")
+    fails(["item_info.csv:2", "unexpected end of data", "close it"], "pixelrec", sources)
+    sources[0].write_text(text.replace('"Cats, dogs and more"', '"Cats, dogs\nand more"'), encoding="utf-8")
+    import_dataset("pixelrec", sources, name="two-lines")
+    assert load_dataset("two-lines").items[0]["title"] == "Cats, dogs and more"
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 

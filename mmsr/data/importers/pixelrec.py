@@ -65,10 +65,24 @@ class _Table:
             for number, line in iter_lines(self.path, advance):
                 numbers[0] = number
                 if number > 1:
-                    yield line
+                    yield line + "\n"  # iter_lines strips it; a quoted field over two lines keeps it
 
         width = len(self.header)
-        for cells in csv.reader(text_lines(), delimiter=self.delimiter):
+        # strict: a quote left open (a file cut short inside a quoted field) is an error, not a
+        # field that swallows every line after it.
+        reader = csv.reader(text_lines(), delimiter=self.delimiter, strict=True)
+        start = 2  # the line the next record starts on
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise MMSRError(f"cannot read the record that starts on this line ({error})",
+                                where=f"{self.path}:{start}",
+                                hint='a field that opens a quote must close it ("" stands for a quote inside '
+                                     "it); if the file was cut short, copy it again") from None
+            start = numbers[0] + 1
             if not cells or not any(cell.strip() for cell in cells):
                 continue
             where = f"{self.path}:{numbers[0]}"
