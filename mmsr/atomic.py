@@ -13,7 +13,7 @@ from mmsr.errors import MMSRError
 from mmsr_store.layout import DIR_MODE, atomic_write_bytes  # one implementation; the store may not import mmsr
 
 __all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "refuse_existing", "refuse_foreign",
-           "staged_dir"]
+           "refuse_working_folder", "staged_dir"]
 
 
 @contextlib.contextmanager
@@ -61,11 +61,21 @@ def refuse_existing(final: Path, overwrite: bool, made_by: str | None = None) ->
     holds (a dataset's meta.json); --overwrite then replaces only a folder that has it, or an
     empty one: `--name ""` or a mistyped path must never replace the datasets folder or a
     folder of the user's own."""
+    refuse_working_folder(final)
     if not final.exists():
         return
     if not overwrite:
         raise MMSRError("already exists", where=final, hint="pick another name, or pass --overwrite")
     refuse_foreign(final, made_by)
+
+
+def refuse_working_folder(final: Path) -> None:
+    """An output is written beside `final` and renamed into place whole: the current folder, or
+    one holding it (`--name .`, `--name ..`), cannot be; refused before anything is written."""
+    path, here = Path(os.path.abspath(final)), Path.cwd()
+    if path == here or path in here.parents:
+        raise MMSRError("is the current folder, or holds it: an output is written as a folder of its own and moved "
+                        "into place whole", where=final, hint="give a new folder's name or path, e.g. ./demo")
 
 
 def refuse_foreign(folder: Path, made_by: str | None, what: str = "replaced") -> None:

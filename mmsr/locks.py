@@ -13,6 +13,7 @@ locking, and the "pid host" stamp that names the holder, are the cache build's o
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +22,7 @@ from mmsr_store.shards import describe_holder, flocked, stamp_holder
 
 
 def lock_path(target: Path) -> Path:
-    target = Path(target)
+    target = Path(os.path.abspath(target))  # "." has no name: its lock would land inside it as "..lock"
     return target.parent / f".{target.name}.lock"
 
 

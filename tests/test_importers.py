@@ -389,6 +389,33 @@ def test_overwrite_replaces_only_a_dataset(tmp_path):
     assert load_dataset(tmp_path / "empty").meta["counts"]["items"] == 3
 
 
+def test_the_working_folder_is_never_an_output_and_the_demo_keeps_only_a_dataset(tmp_path, monkeypatch):
+    """`--name .` (or `..`) cannot be renamed into place: refused before anything is written (it
+    left a `..lock` file in the folder, and failed on the rename). `data demo --name FOLDER`
+    without --overwrite said "already exists; keeping it" of any folder, a dataset or not."""
+    from mmsr.data.demo import create_demo
+
+    sources = recbole_source(tmp_path / "src")
+    here = tmp_path / "here"
+    (here / "sub").mkdir(parents=True)
+    monkeypatch.chdir(here / "sub")
+    for name in (".", "..", str(here)):
+        for make in (lambda: import_dataset("recbole", sources, name=name, overwrite=True),
+                     lambda: create_demo(name, items=40, users=50, overwrite=True)):
+            with pytest.raises(MMSRError, match="is the current folder, or holds it"):
+                make()
+    assert sorted(p.name for p in here.rglob("*")) == ["sub"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(MMSRError, match=r"mine: not written into: it holds no meta\.json"):
+        create_demo(str(mine), items=40, users=50)
+    (tmp_path / "empty").mkdir()
+    assert create_demo(str(tmp_path / "empty"), items=40, users=50)[1]  # an empty folder is taken
+    assert not create_demo(str(tmp_path / "empty"), items=40, users=50)[1]  # and then kept, being a dataset
+    assert load_dataset(tmp_path / "empty").meta["counts"]["items"] == 40
+
+
 def test_recbole_without_timestamp_uses_line_order(tmp_path):
     sources = recbole_source(tmp_path / "src", inter="user_id:token\titem_id:token\n1\t12\n1\t10\n1\t11\n")
     report = import_dataset("recbole", sources, name="rb")

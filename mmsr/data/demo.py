@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsr import __version__, paths
-from mmsr.atomic import refuse_existing
+from mmsr.atomic import refuse_existing, refuse_foreign, refuse_working_folder
 from mmsr.data.dataset import META_FILE, DatasetWriter, checkpoint_file
 from mmsr.data.demo_choices import CHUNK_USERS, SAMPLERS, choose_sampler
 from mmsr.errors import MMSRError
@@ -331,8 +331,13 @@ def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000
     check_demo_request(items=items, users=users, domain=domain, **shape)
     name = name or default_demo_name(domain)
     dest = paths.dataset_dir(name)
+    refuse_working_folder(dest)
     if dest.exists() and not overwrite:
-        return dest, False
+        if (dest / META_FILE).is_file():
+            return dest, False
+        # Not a dataset: an empty folder is taken (as --overwrite would), a folder of the user's own refused.
+        refuse_foreign(dest, META_FILE, "written into")
+        overwrite = True
     with progress("demo data", items + users) as advance:
         generate_demo(dest, name=Path(name).name, items=items, users=users, seed=seed, domain=domain,
                       overwrite=overwrite, progress=advance, **shape)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterable
 
 from mmsr import paths
-from mmsr.data.dataset import DatasetWriter
+from mmsr.atomic import refuse_existing
+from mmsr.data.dataset import META_FILE, DatasetWriter
 from mmsr.data.importers.base import IMPORTERS, ImportReport, ProgressFactory, no_progress, register
 from mmsr.errors import MMSRError
 
@@ -45,8 +46,7 @@ def import_dataset(format: str, sources: Iterable[str | os.PathLike], *, name: s
         if not source.exists():
             raise MMSRError("no such file or directory", where=source, hint=f"{format} reads: {importer.help}")
     dest = paths.dataset_dir(name)
-    if dest.exists() and not overwrite:  # fail before reading gigabytes
-        raise MMSRError("already exists", where=dest, hint="pick another name, or pass --overwrite")
+    refuse_existing(dest, overwrite, META_FILE)  # before reading gigabytes
     report = ImportReport(format=format, name=Path(name).name)
     writer = DatasetWriter(dest, name=report.name, source=f"{format}: " + ", ".join(str(s) for s in sources),
                            on_bad_image=on_bad_image, overwrite=overwrite, allow_empty_text=allow_empty_text,
