@@ -294,3 +294,39 @@ PY"""
     said = done.stdout.splitlines()
     assert said[0].startswith(f"error: {tmp_path}/disk/eval_test.json: cannot write: no space left on device")
     assert said[1] == "kept: True ['eval_test.json']"
+
+
+def test_a_metrics_record_cut_short_is_dropped_on_resume_not_glued_to_the_next(small_demo, mmsr_home, finished_run):
+    """A command killed while appending an epoch's record (before that epoch's checkpoint, which
+    the trainer writes after it) left a line cut short; the resume appended the next record onto
+    its end, and two epochs' records were lost to every reader (plots, studies)."""
+    run = _trained_run(finished_run, mmsr_home)
+    metrics = run / "metrics.jsonl"
+    whole = metrics.read_text().splitlines()
+    with open(metrics, "a") as handle:
+        handle.write('{"epoch": 4, "loss": 1.2')  # killed inside the append
+    resumed = _cli(["train", "--run", "r", "--resume", *_sets(_idsr(small_demo, 4))], mmsr_home)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "dropped line 4, cut short" in resumed.stderr + resumed.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert metrics.read_text().splitlines()[:3] == whole
+
+
+def test_metrics_records_are_read_strictly_and_reconciled_to_the_checkpoint(tmp_path):
+    from mmsr.train.metrics_file import read_records, reconcile
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"epoch": e, "loss": 1.0 / e}) + "\n" for e in (1, 2, 3, 4)))
+    assert reconcile(path, 4) is None  # as the checkpoint left it: untouched
+    note = reconcile(path, 2)  # resumed from an earlier checkpoint (best.pt)
+    assert "dropped 2 record(s) after epoch 2" in note and "no record" not in note
+    assert [r["epoch"] for r in read_records(path)] == [1, 2]
+    path.write_text('{"epoch": 1}\n{"epoch": 2')  # the checkpoint of epoch 2 was written, its record cut
+    assert "epoch(s) 2 keep their checkpoint but have no record" in reconcile(path, 2)
+    path.write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n')
+    with pytest.raises(MMSRError, match=r"metrics.jsonl:2: not JSON"):
+        reconcile(path, 3)
+    with pytest.raises(MMSRError, match=r"metrics.jsonl:2: not JSON"):
+        read_records(path)
+    assert read_records(tmp_path / "none.jsonl") == []

@@ -12,7 +12,6 @@ Imports neither torch nor scikit-learn: `mmsr study` draws its curves with this 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from mmsr.errors import MMSRError
 from mmsr.plots.common import labels, new_figure, output_dir, run_dir, save_figure
 from mmsr.train.layout import METRICS_FILE
+from mmsr.train.metrics_file import read_records
 
 HEADER = ("run", "epoch", "metric", "value")
 DEFAULT_TOP_LEVEL = ("loss",)  # lr and epoch_seconds on request (--metric lr)
@@ -47,25 +47,11 @@ def read_metrics(run: str | Path) -> list[dict]:
     if not path.is_file():
         raise MMSRError("no metrics.jsonl", where=path,
                         hint="`mmsr train` writes one line per finished epoch: train the run first")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            records.append(_record(line, f"{path}:{number}"))
+    records = read_records(path)
     if not records:
         raise MMSRError("metrics.jsonl is empty: no epoch has finished", where=path,
                         hint="plot the curves after the first epoch")
     return records
-
-
-def _record(line: str, where: str) -> dict:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise MMSRError(f"not JSON ({error.msg})", where=where, hint="each line is one epoch's JSON object") from None
-    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-        raise MMSRError("a record without an integer epoch", where=where,
-                        hint="each line is one epoch's JSON object, as `mmsr train` writes it")
-    return record
 
 
 def metric_value(record: Mapping, metric: str) -> float | None:

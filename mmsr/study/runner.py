@@ -40,6 +40,7 @@ from mmsr.study.spec import Study, Variant, load_study
 from mmsr.train.config import TrainConfig
 from mmsr.train.kinds import ID_ONLY_KINDS
 from mmsr.train.layout import METRICS_FILE, checkpoint_dir, checkpoint_file
+from mmsr.train.metrics_file import read_records
 from mmsr.train.recipe import train
 from mmsr.train.run import config_as_json, prepare_run, run_config, save_config
 
@@ -255,7 +256,7 @@ def _train_and_evaluate(study: Study, run: PlannedRun, progress: ProgressFactory
     started = time.perf_counter()
     best = train(prepared.config, prepared.root, from_cache=study.from_cache, resume=prepared.resume,
                  progress=progress, log=log)
-    records = _read_metrics(run.root)
+    records = read_records(run.root / METRICS_FILE)
     summary = {"variant": run.variant.name, "dataset": run.dataset, "seed": run.seed,
                "best_epoch": best.get("epoch"), "epochs_run": len(records),
                "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in records), 1),
@@ -284,6 +285,3 @@ def _evaluate(study: Study, run: PlannedRun, summary: dict, log: Log) -> None:
                     for split in study.splits))
 
 
-def _read_metrics(root: Path) -> list[dict]:
-    path = root / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

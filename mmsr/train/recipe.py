@@ -29,6 +29,7 @@ from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, load_weights, trainable_state
+from mmsr.train.metrics_file import append_record, reconcile
 from mmsr.train.layout import CONFIG_FILE, INIT_FILE, METRICS_FILE, RUN_FILE, checkpoint_dir, checkpoint_file
 from mmsr.train.run import (DATASET_HASH_KEY, check_same_dataset, init_from_source, init_summary,
                             run_config, run_info, save_config, transfer_source)
@@ -110,9 +111,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         # A checkpoint taken after an epoch's last step but before its validation resumes into
         # an epoch with no steps left: the loop below still validates and records it.
         partial = state["extra"]  # the interrupted epoch's running loss
-        if dist.main and resume_from != "last":
-            _drop_metrics_after(run_dir, start_epoch)
         if dist.main:
+            # The records past the checkpoint (an earlier one, or a kill between a record and
+            # its checkpoint) are trained again; a record cut short would glue onto the next.
+            if note := reconcile(run_dir / METRICS_FILE, start_epoch):
+                log(f"note: {note}")
             _say_if_feed_changed(info.get("from_cache"), from_cache, log)
     elif dist.main:
         _start_run_dir(run_dir, config, {"from_cache": from_cache, "item_feed": feed_desc, "world_size": dist.world,
@@ -192,11 +195,12 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                 bad_validations = 0
             else:
                 bad_validations += 1
+        if dist.main:  # before the checkpoints: a kill between the two loses no record (metrics_file)
+            append_record(run_dir / METRICS_FILE, record)
         if improved:
             checkpoint(epoch + 1, 0, "best")
         checkpoint(epoch + 1, 0)
         if dist.main:
-            _append_metrics(run_dir, record)
             log(_format_record(record))
         if validating and _early_stopped(config, bad_validations):
             if dist.main:
@@ -243,14 +247,6 @@ _DIVERGED_HINT = ("lower optim.lr, keep optim.grad_clip > 0, or check the data; 
                   "hold the last finite weights (resume with --resume)")
 
 
-def _drop_metrics_after(run_dir: Path, epoch: int) -> None:
-    """Resuming from an earlier checkpoint: the later epochs' records will be written again."""
-    path = run_dir / METRICS_FILE
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epoch]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def _wrap(model, dist: Dist, device: torch.device):
     if not dist.enabled:
         return model
@@ -285,11 +281,6 @@ def _adopt_resumed_config(run_dir: Path, config: TrainConfig, steps_taken: int, 
         shown = ", ".join(f"{key} {a} -> {b}" for key, (a, b) in changed.items())
         log(f"resuming with {shown}: the {steps_taken:,} steps taken keep their learning rates, so the run "
             "continues as one started with the new length")
-
-
-def _append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
 
 
 def _say_if_feed_changed(started: bool | None, from_cache: bool, log) -> None:
