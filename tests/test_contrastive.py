@@ -117,3 +117,29 @@ def test_a_contrastive_setting_that_cannot_work_is_refused(overrides, expected):
         _config(overrides)
     for part in expected:
         assert part in str(error.value), (part, str(error.value))
+
+
+def test_a_stand_in_row_changes_neither_the_loss_nor_the_term(small_demo):
+    """The row a process gets when a global batch has fewer rows than processes (Batch.shard: the
+    first row, no target) adds no target, no candidate and no contrastive view: the loss of a
+    batch with it is the loss without it. Two processes cannot show this for the views (a one-row
+    batch has no negative either way), so it is checked here, in one process."""
+    from mmsr.train.batches import Batch
+
+    model, batch, feed = _model_and_batch([f"dataset={small_demo}", "model.kind=idsr", "model.dim=16",
+                                           "model.dropout=0.0", "optim.loss=mixed", "optim.own_items=later-masked",
+                                           "optim.windows=all", "optim.batch_size=4",
+                                           "optim.contrastive_weight=1.0", "optim.contrastive_temperature=0.5"])
+    stand_in = batch.shard(4, 5)  # a fifth process of a four-row batch
+    assert len(stand_in.inputs) == 1 and not stand_in.mask.any()
+    assert torch.equal(stand_in.inputs[0], batch.inputs[0])
+    joined = Batch(*(torch.cat([a, b]) for a, b in zip(
+        (batch.inputs, batch.targets, batch.negatives, batch.mask),
+        (stand_in.inputs, stand_in.targets, stand_in.negatives, stand_in.mask))), batch.uniform,
+        own=type(batch.own)(*(torch.cat([a, b]) for a, b in zip(
+            (batch.own.items, batch.own.last, batch.own.at), (stand_in.own.items, stand_in.own.last, stand_in.own.at)))))
+    with torch.no_grad():
+        alone, count = _loss(model, batch, feed)
+        with_it, count_with = _loss(model, joined, feed)
+    assert int(count) == int(count_with)
+    assert float(with_it) == pytest.approx(float(alone), rel=1e-6)

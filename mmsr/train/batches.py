@@ -56,7 +56,18 @@ class Batch:
 
     def shard(self, rank: int, world: int) -> "Batch":
         """One process's share of a global batch: every world-th row, and every world-th uniform
-        item (the in-batch losses gather the candidates back, so each is encoded once)."""
+        item (the in-batch losses gather the candidates back, so each is encoded once).
+
+        A batch with fewer rows than processes (an epoch's last) leaves the later processes none:
+        each gets a stand-in, the first row with no target, so that it still runs the forward and
+        takes part in the gathers and in DDP's gradient average (an empty share crashed every
+        rank). Its items are the first row's, which the candidates already hold once; it adds no
+        target, no loss and no contrastive view."""
+        if rank >= len(self.inputs):
+            first = slice(0, 1)
+            return Batch(self.inputs[first], self.targets[first], self.negatives[first],
+                         torch.zeros_like(self.mask[first]), self.uniform[rank::world],
+                         own=None if self.own is None else self.own.rows(first))
         part = slice(rank, None, world)
         return Batch(self.inputs[part], self.targets[part], self.negatives[part], self.mask[part], self.uniform[part],
                      own=None if self.own is None else self.own.rows(part))

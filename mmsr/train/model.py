@@ -103,9 +103,11 @@ class Recommender(nn.Module):
                                     own=batch.own, positions=mask))
         if self.contrast is not None and self.training:
             # Rows are left-padded: position -1 is every row's last input. The second view is
-            # the user tower run again, under other dropout masks.
+            # the user tower run again, under other dropout masks. A row without targets (a
+            # process's stand-in, Batch.shard) is no view.
             second = last_state(self.user, vectors[inputs_row] * in_mask.unsqueeze(-1), in_mask)
-            loss = loss + self.contrast(users[:, -1], second, mask.sum(1))
+            rows_in = mask.any(1)
+            loss = loss + self.contrast(users[rows_in, -1], second[rows_in], mask.sum(1)[rows_in])
         return loss, mask.sum()
 
     def _pair_scorer(self, users: torch.Tensor, in_mask: torch.Tensor, mask: torch.Tensor):
