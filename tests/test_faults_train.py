@@ -330,3 +330,36 @@ def test_metrics_records_are_read_strictly_and_reconciled_to_the_checkpoint(tmp_
     with pytest.raises(MMSRError, match=r"metrics.jsonl:2: not JSON"):
         read_records(path)
     assert read_records(tmp_path / "none.jsonl") == []
+
+
+def test_a_hand_edited_config_is_refused_on_resume_and_a_damaged_one_is_named(small_demo, mmsr_home, finished_run):
+    """config.json edited by hand was half applied on --resume (the dropout took, the learning rate
+    stayed in the optimizer's state, the file named neither); a damaged config.json or run.json
+    ended eval, recommend and resume in a JSONDecodeError; another model.dim in it, in torch's
+    multi-line size mismatch."""
+    run = _trained_run(finished_run, mmsr_home)
+    config_file = run / "config.json"
+    original = config_file.read_text()
+    edited = json.loads(original)
+    edited["optim"]["lr"], edited["model"]["dropout"] = 0.5, 0.5
+    config_file.write_text(json.dumps(edited))
+    refused = _cli(["train", "--run", "r", "--resume", "--set", "optim.epochs=4"], mmsr_home)
+    line = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and "differs from the config its checkpoint was trained with" in line, refused.stderr
+    assert "config.json: differs" in line and "model.dropout 0.2 -> 0.5" in line and "optim.lr 0.0001 -> 0.5" in line
+    edited = json.loads(original)
+    edited["optim"]["epochs"] = 4  # a length a resume may change: what --set optim.epochs=4 writes
+    config_file.write_text(json.dumps(edited))
+    resumed = _cli(["train", "--run", "r", "--resume"], mmsr_home)
+    assert resumed.returncode == 0, resumed.stderr
+    edited["model"]["dim"] = 24
+    config_file.write_text(json.dumps(edited))
+    refused = _cli(["eval", "--run", "r"], mmsr_home)
+    assert refused.returncode == 2 and "weights of another shape" in refused.stderr.strip().splitlines()[-1]
+    for name, damage in (("config.json", original[:200]), ("config.json", ""), ("run.json", "{\"from_cache\": tr")):
+        (run / name).write_text(damage)
+        for command in (["eval", "--run", "r"], ["train", "--run", "r", "--resume"]):
+            refused = _cli(command, mmsr_home)
+            line = refused.stderr.strip().splitlines()[-1]
+            assert refused.returncode == 2 and f"{name}: damaged" in line and "--overwrite" in line, refused.stderr
+        (run / "config.json").write_text(json.dumps(edited))

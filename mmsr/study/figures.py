@@ -10,9 +10,9 @@ figure whose runs are not all finished yet is left out, not drawn half.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from mmsr.study.layout import read_result
 from mmsr.study.spec import Figure, Study
 
 
@@ -26,7 +26,7 @@ def draw(out: Path, study: Study, figure: Figure) -> list[Path]:
 def _first_run(out: Path, variant: str, dataset: str) -> Path | None:
     finished = []
     for result_file in (out / "runs").glob(f"{variant}--*/study.json"):
-        result = json.loads(result_file.read_text())
+        result = read_result(result_file.parent)
         if result["variant"] == variant and (not dataset or result["dataset"] == dataset):
             finished.append((result["seed"], result["dataset"], result_file.parent))
     return min(finished)[2] if finished else None

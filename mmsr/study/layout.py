@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from mmsr import paths
 from mmsr.errors import MMSRError
+from mmsr.json_files import read_json_object
 from mmsr.study.spec import Study, load_study
 
 RESULT_FILE = "study.json"  # in a run directory, written last: the run is trained and evaluated
 STUDY_FILE = "study.toml"  # the study file as it was run
 ORIGIN_FILE = "origin.json"  # the study's name, file and command line, for the report
+
+
+def read_origin(out: Path) -> dict:
+    """A study directory's origin.json ({} when absent)."""
+    path = out / ORIGIN_FILE
+    return read_json_object(path, remake="delete it: it only names the study and the command that made this folder, "
+                                         "which the report then leaves out") if path.is_file() else {}
+
+
+def read_result(run: Path) -> dict:
+    """A finished run's study.json (its variant, dataset, seed and evaluations)."""
+    return read_json_object(run / RESULT_FILE, keys=("variant", "dataset", "seed", "evaluations"),
+                            remake="delete it and run `mmsr study run` again: the run is evaluated from its "
+                                   "checkpoints, not trained anew")
 
 
 def study_dir(name: str | Path) -> Path:
@@ -44,7 +58,7 @@ def load_run_study(out: Path) -> tuple[Study, str]:
     if not (out / STUDY_FILE).is_file():
         raise MMSRError("not a study directory (no study.toml)", where=out,
                         hint="run it first with `mmsr study run FILE`")
-    origin = json.loads((out / ORIGIN_FILE).read_text()) if (out / ORIGIN_FILE).is_file() else {}
+    origin = read_origin(out)
     study = load_study(out / STUDY_FILE, check_configs=False)
     study = replace(study, name=origin.get("name", out.name), path=Path(origin.get("file", study.path)))
     return study, origin.get("command", "")

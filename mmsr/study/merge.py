@@ -30,10 +30,10 @@ from pathlib import Path
 
 from mmsr.atomic import atomic_write_text, link_or_copy
 from mmsr.errors import MMSRError
-from mmsr.study.layout import (ORIGIN_FILE, RESULT_FILE, STUDY_FILE, load_run_study, ran_study_dir, study_command,
-                               study_dir)
+from mmsr.study.layout import (ORIGIN_FILE, RESULT_FILE, STUDY_FILE, load_run_study, ran_study_dir, read_origin,
+                               study_command, study_dir)
 from mmsr.study.report import write_report
-from mmsr.train.layout import CONFIG_FILE
+from mmsr.train.layout import CONFIG_FILE, read_run_json
 
 
 def merge_studies(sources: list[str | Path], out: str | Path, *, log: Callable[[str], None] = print) -> Path:
@@ -98,12 +98,12 @@ def _finished_runs(dirs: list[Path]) -> tuple[dict[str, Path], list[Path]]:
             if not (run / RESULT_FILE).is_file():
                 unfinished.append(run)
                 continue
-            config = json.loads((run / CONFIG_FILE).read_text())
+            config = read_run_json(run, CONFIG_FILE)
             if config.get("init_from"):
                 raise MMSRError("is a transfer run: its config names its source run's directory", where=run,
                                 hint="run a transfer study in one directory; merge does not move transfer runs")
             first = chosen.setdefault(run.name, run)
-            if first != run and json.loads((first / CONFIG_FILE).read_text()) != config:
+            if first != run and read_run_json(first, CONFIG_FILE) != config:
                 raise MMSRError(f"differs from {first} (same run name, other config)", where=run,
                                 hint="keep one of them, or merge the other into another --out")
     return chosen, unfinished
@@ -123,7 +123,7 @@ def _place(run: Path, destination: Path) -> None:
 
 def _options(directory: Path) -> dict[str, list[str]]:
     """The `mmsr study run` options a study directory was made with (from its origin command)."""
-    origin = json.loads((directory / ORIGIN_FILE).read_text()) if (directory / ORIGIN_FILE).is_file() else {}
+    origin = read_origin(directory)
     words = shlex.split(origin.get("command", ""))
     found: dict[str, list[str]] = {"--dataset": [], "--set": [], "--seeds": []}
     for flag, value in zip(words, words[1:]):

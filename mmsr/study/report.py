@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from mmsr.atomic import atomic_write_text
 from mmsr.machine import cpu_model
-from mmsr.study.layout import load_run_study, ran_study_dir, typed_name
+from mmsr.study.layout import load_run_study, ran_study_dir, read_result, typed_name
 from mmsr.study.spec import Study
 
 RUN_COLUMNS = ("variant", "label", "column", "group", "dataset", "seed", "split", "protocol", "cases")
@@ -34,7 +33,7 @@ def collect(out: Path, study: Study) -> list[dict]:
     order = {v.name: i for i, v in enumerate(study.variants)}
     rows = []
     for result_file in sorted((out / "runs").glob("*/study.json")):
-        result = json.loads(result_file.read_text())
+        result = read_result(result_file.parent)
         if result["variant"] not in order:
             continue  # a variant since removed from the file
         variant = study.variant(result["variant"])

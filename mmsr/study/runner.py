@@ -34,7 +34,7 @@ from mmsr.data.demo import create_demo
 from mmsr.errors import MMSRError
 from mmsr.eval.runner import evaluate_splits
 from mmsr.progress import ProgressFactory, no_progress
-from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, study_command, study_dir
+from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, read_result, study_command, study_dir
 from mmsr.study.report import write_report
 from mmsr.study.spec import Study, Variant, load_study
 from mmsr.train.config import TrainConfig
@@ -163,11 +163,11 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
                                                      "command": command}) + "\n")
     todo = [run for run in runs if not run.finished()]
     unevaluated = [run for run in runs if run.finished()
-                   and _missing_evaluations(study, json.loads((run.root / RESULT_FILE).read_text())["evaluations"])]
+                   and _missing_evaluations(study, read_result(run.root)["evaluations"])]
     log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} finished already, {len(todo)} to train "
         f"-> {out}")
     for run in unevaluated:  # the study's splits or protocol changed since: evaluate, do not train
-        _evaluate(study, run, json.loads((run.root / RESULT_FILE).read_text()), log)
+        _evaluate(study, run, read_result(run.root), log)
     with progress(f"study {study.name}", len(todo), unit="runs") as advance:
         built: set[Path] = set()
         for run in todo:

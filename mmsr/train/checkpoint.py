@@ -2,7 +2,8 @@
 
 A checkpoint holds the trainable weights (never the frozen lower layers: they come from
 the pretrained model, whose identity is recorded in the run), the optimizer, the scheduler,
-the torch RNG state, and the position (epoch, step within the epoch, global step).
+the torch RNG state, the position (epoch, step within the epoch, global step) and the config
+it was trained with.
 
 Reading one never runs code: `torch.load(weights_only=True)` accepts tensors and plain data
 only, so a run directory from someone else cannot execute anything on `mmsr eval` or
@@ -42,8 +43,10 @@ def gather_rng_states(device: torch.device) -> list[dict]:
 
 def save_checkpoint(path: Path, *, model_state: dict, optimizer=None, scheduler=None, epoch: int, step: int,
                     global_step: int, best: dict | None = None, extra: dict | None = None,
-                    rng: list[dict] | None = None) -> None:
-    """`rng`: every rank's `rng_state` (`gather_rng_states`); default: this process's, on the CPU."""
+                    rng: list[dict] | None = None, config: dict | None = None) -> None:
+    """`rng`: every rank's `rng_state` (`gather_rng_states`); default: this process's, on the CPU.
+    `config`: the config the weights were trained with, as config.json holds it (a resume checks
+    that the file still says so)."""
     bad = [name for name, tensor in model_state.items() if tensor.is_floating_point() and not bool(
         torch.isfinite(tensor).all())]
     if bad:  # never overwrite a good checkpoint with weights that cannot be used
@@ -60,6 +63,7 @@ def save_checkpoint(path: Path, *, model_state: dict, optimizer=None, scheduler=
         "global_step": global_step,
         "best": best or {},
         "extra": extra or {},
+        "config": config,
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -160,11 +160,17 @@ def load_weights(model: Recommender, weights: dict[str, torch.Tensor], where) ->
     """A checkpoint's weights into `model`, which must hold exactly the checkpoint's tensors
     besides the frozen pretrained ones (never saved). A checkpoint written by another version
     of a model's modules is refused, naming the tensors, rather than loaded in part."""
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    own = model.state_dict()
+    # torch reports a shape that differs (another model.dim in a hand-edited config.json) with a
+    # multi-line RuntimeError after loading the rest: named here first, with the other misfits.
+    reshaped = [f"{key} {tuple(value.shape)} where this model has {tuple(own[key].shape)}"
+                for key, value in weights.items() if key in own and value.shape != own[key].shape]
+    missing, unexpected = ([], []) if reshaped else model.load_state_dict(weights, strict=False)
     frozen = frozen_state_keys(model)
     missing = [key for key in missing if key not in frozen]
-    if unexpected or missing:
+    if unexpected or missing or reshaped:
         found = ", ".join(part for part in (
+            f"weights of another shape: {reshaped[:2]}" if reshaped else "",
             f"weights this model does not have: {unexpected[:3]}" if unexpected else "",
             f"no weights for {missing[:3]}" if missing else "") if part)
         raise MMSRError(f"the checkpoint does not fit this model ({found})", where=where,

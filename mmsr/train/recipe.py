@@ -31,8 +31,8 @@ from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, load_weights, trainable_state
 from mmsr.train.metrics_file import append_record, reconcile
 from mmsr.train.layout import CONFIG_FILE, INIT_FILE, METRICS_FILE, RUN_FILE, checkpoint_dir, checkpoint_file
-from mmsr.train.run import (DATASET_HASH_KEY, check_same_dataset, init_from_source, init_summary,
-                            run_config, run_info, save_config, transfer_source)
+from mmsr.train.run import (DATASET_HASH_KEY, check_config_unedited, check_same_dataset, config_as_json,
+                            init_from_source, init_summary, run_config, run_info, save_config, transfer_source)
 from mmsr.train.schedule import make_optimizer, resumed_length_change
 from mmsr.train.step import SELECT_METRIC, LossSum, NonFiniteLoss, train_step, validate
 
@@ -102,6 +102,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         check_same_dataset(run_dir, dataset, info)
         resumed = checkpoint_file(run_dir, resume_from)
         state = load_checkpoint(resumed, hint=_resume_hint(resume_from, run_dir))
+        check_config_unedited(run_dir, state.get("config"))
         _adopt_resumed_config(run_dir, config, state["global_step"], steps_per_epoch, dist, log)
         load_weights(model, state["model"], resumed)
         optimizer.load_state_dict(state["optimizer"])
@@ -132,7 +133,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         if dist.main:
             save_checkpoint(checkpoint_file(run_dir, point), model_state=trainable_state(model), optimizer=optimizer,
                             scheduler=scheduler, epoch=epoch, step=step, global_step=global_step, best=best,
-                            extra=extra, rng=rng)
+                            extra=extra, rng=rng, config=config_as_json(config))
 
     # Carried over a resume, so that a run stopped early (or killed after its early stop) does
     # not train again, and a resumed run stops where the uninterrupted one does.

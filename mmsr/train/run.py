@@ -39,8 +39,9 @@ from mmsr.train.checkpoint import load_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed
 from mmsr.train.kinds import MODEL_KINDS
-from mmsr.train.layout import CONFIG_FILE, INIT_FILE, RUN_FILE, checkpoint_dir, checkpoint_file
+from mmsr.train.layout import CONFIG_FILE, INIT_FILE, RUN_FILE, checkpoint_dir, checkpoint_file, read_run_json
 from mmsr.train.model import Recommender, build_model, load_weights, trainable_state
+from mmsr.train.schedule import LENGTH_KEYS, flat_config
 
 
 RESUME_POINTS = ("last", "best")
@@ -96,7 +97,7 @@ def run_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise MMSRError("not a run directory (no config.json)", where=run_dir, hint="train one with `mmsr train`")
-    return config_lib.build(TrainConfig, json.loads(path.read_text()), source=f"config {path}")
+    return config_lib.build(TrainConfig, read_run_json(run_dir, CONFIG_FILE), source=f"config {path}")
 
 
 def default_run_name(config: TrainConfig) -> str:
@@ -159,7 +160,26 @@ DATASET_HASH_KEY = "dataset_content_hash"
 def run_info(root: Path) -> dict:
     """run.json: how the run was trained (its item feed, its dataset's content hash); {} if absent."""
     path = Path(root) / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_run_json(root, RUN_FILE) if path.is_file() else {}
+
+
+def check_config_unedited(root: Path, trained: dict | None) -> None:
+    """Refuse a resume whose config.json no longer says what its checkpoint was `trained` with
+    (edited by hand): some settings would apply (dropout) and others not (the learning rate
+    lives in the optimizer's state), and the file would name neither. The lengths a resume may
+    change (--set optim.epochs=N) are left out: the file takes them before the next checkpoint.
+    Checkpoints written before they held their config are not checked."""
+    if trained is None:
+        return
+    path = Path(root) / CONFIG_FILE
+    was = flat_config(config_as_json(config_lib.build(TrainConfig, trained, source=f"the config in {root}'s checkpoint")))
+    now = flat_config(config_as_json(run_config(root)))
+    edited = [key for key in sorted(was.keys() | now.keys()) if was.get(key) != now.get(key) and key not in LENGTH_KEYS]
+    if edited:
+        shown = ", ".join(f"{key} {was.get(key)!r} -> {now.get(key)!r}" for key in edited[:4])
+        raise MMSRError(f"differs from the config its checkpoint was trained with: {shown}", where=path,
+                        hint="put the file back as it was, or train a new run with the new settings; a resume "
+                             f"changes only {', '.join(LENGTH_KEYS)}, with --set")
 
 
 def check_same_dataset(root: Path, dataset, info: dict) -> None:

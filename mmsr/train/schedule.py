@@ -52,11 +52,12 @@ def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat_config(tree: dict, prefix: str = "") -> dict:
+    """A config as JSON, {"optim": {"lr": ...}} -> {"optim.lr": ...}."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flat_config(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -70,7 +71,7 @@ def resumed_length_change(saved: TrainConfig, given: TrainConfig, steps_taken: i
     refused, naming the first such step, when the new length changes the learning rate of a step
     already taken. The step the checkpoint resumes at counts as taken: its rate was set, and
     saved, with the optimizer."""
-    old, new = _flat(asdict(saved)), _flat(asdict(given))
+    old, new = flat_config(asdict(saved)), flat_config(asdict(given))
     changed = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
                if old.get(key) != new.get(key)}
     fixed = [key for key in changed if key not in LENGTH_KEYS]
