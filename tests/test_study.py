@@ -353,3 +353,25 @@ def test_merge_puts_the_finished_runs_of_partial_studies_in_one_and_refuses_a_mi
     with pytest.raises(MMSRError, match="another study file"):
         merge_studies(["part-a", "part-b"], "mixed", log=_quiet)
     assert not (mmsr_home / "studies" / "mixed").exists()
+
+
+def test_two_datasets_of_one_name_are_refused_before_they_share_runs(study_file, small_demo, mmsr_home, tmp_path):
+    """`demo` and `/elsewhere/demo` gave their runs one directory: a study run on the second took
+    the first's finished runs as its own ("3 finished already, 0 to train") and reported the
+    first's figures under the second's command. Refused in one plan, and across two runs of the
+    study (its directory's runs are planned with it)."""
+    import shutil
+
+    from mmsr.study.runner import plan_study_file
+    from mmsr.train.run import save_config
+
+    other = tmp_path / "elsewhere" / Path(small_demo).name
+    shutil.copytree(small_demo, other)
+    with pytest.raises(MMSRError, match="have one name") as error:
+        plan_study_file(study_file, datasets=[str(small_demo), str(other)])
+    assert "would share the directory" in str(error.value)
+    study, out, runs = plan_study_file(study_file, only=["idsr"])
+    runs[0].root.mkdir(parents=True)  # a run of the study's own dataset, already there
+    save_config(runs[0].root / "config.json", runs[0].config)
+    with pytest.raises(MMSRError, match="have one name"):
+        plan_study_file(study_file, datasets=[str(other)], only=["idsr"])

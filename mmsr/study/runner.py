@@ -89,8 +89,21 @@ def plan_study(study: Study, out: Path, *, datasets: list[str] | None = None, se
                     source = _source_run(study, planned, variant, config.seed)
                     config = study.resolve(variant, dataset, seed, [*(sets or []), f"init_from={source.root}"])
                 root = out / "runs" / run_name(variant.name, dataset, config.seed)
+                _refuse_shared_folder(planned.values(), root, dataset, out)
                 planned[(variant.name, dataset, config.seed)] = PlannedRun(variant, dataset, config.seed, root, config)
     return list(planned.values())
+
+
+def _refuse_shared_folder(planned, root: Path, dataset: str, out: Path) -> None:
+    """Two datasets of one folder name (`demo` and `/elsewhere/demo`) would share their runs'
+    directories: the second would take the first's finished runs as its own. `study run` plans
+    the runs already in the directory too, so a later run with the other dataset is refused."""
+    other = next((run.dataset for run in planned if run.root == root and run.dataset != dataset), None)
+    if other is not None:
+        raise MMSRError(f"datasets {other!r} and {dataset!r} have one name, {Path(dataset).name!r}: their runs "
+                        f"would share the directory {root.name}", where=out / "runs",
+                        hint="give one of them another name (e.g. `mmsr data import ... --name NAME`), or run "
+                             "the study on it with --out ANOTHER")
 
 
 def _with_sources(study: Study, only: list[str]) -> set[str]:
