@@ -216,6 +216,17 @@ def test_plan_refuses_a_missing_dataset_and_report_the_study_file(study_file, mm
     (lambda s: s.replace('name = "sum"', 'name = "sum"\nlable = "x"'), "variant 'sum': unknown key lable (known: "),
     (lambda s: s.replace('name = "sum"', 'nam = "sum"'), "[[variant]] number 2: unknown key nam"),
     (lambda s: s + "\n[table]\nrows = [\"variant\"]\ncolumns = [\"metrics\"]\n", "unknown dimension 'metrics'"),
+    # Each of these was accepted: a base that is not a path ran the defaults, a name of "." trained into
+    # the current folder, an empty list trained and showed nothing, one [figure] table was ignored.
+    (lambda s: s.replace('base = "base.json"', "base = 5"), "study.base must be the path of a training config"),
+    (lambda s: s.replace('[study]', '[study]\nname = "."'), "study.name must be letters"),
+    (lambda s: s.replace('[study]', '[study]\nname = "../../escape"'), "study.name must be letters"),
+    (lambda s: s.replace('splits = ["test", "cold"]', "splits = []"), "study.splits is empty"),
+    (lambda s: s.replace('metrics = ["HR@10", "NDCG@10"]', "metrics = []"), "study.metrics is empty"),
+    (lambda s: s.replace('title = "A tiny fusion table"', "title = 3"), "study.title must be text, got 3"),
+    (lambda s: s.replace('group = "IDs"', "group = { x = 1 }"), "variant 'idsr': group must be text"),
+    (lambda s: s.replace("[[figure]]\nkind = \"items\"", "[figure]\nkind = \"items\"").replace(
+        "[[figure]]\nkind = \"curves\"", "[xfigure]\nkind = \"curves\""), "[figure] must be written [[figure]]"),
 ])
 def test_bad_study_files_are_refused_in_one_line(study_file, edit, message):
     study_file.write_text(edit(study_file.read_text()))
@@ -375,3 +386,8 @@ def test_two_datasets_of_one_name_are_refused_before_they_share_runs(study_file,
     save_config(runs[0].root / "config.json", runs[0].config)
     with pytest.raises(MMSRError, match="have one name"):
         plan_study_file(study_file, datasets=[str(other)], only=["idsr"])
+
+
+def test_a_set_dataset_is_refused_not_ignored(study_file, mmsr_home):
+    with pytest.raises(MMSRError, match=r"--set dataset=\.\.\. would be ignored.*--dataset"):
+        plan_study(load_study(study_file), study_dir("x"), sets=["dataset=other"])

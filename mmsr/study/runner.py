@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmsr import config as config_lib
 from mmsr import paths
 from mmsr.atomic import atomic_write_text
 from mmsr.cache_stage import CacheBuildConfig, build_from_config
@@ -77,6 +78,9 @@ def plan_study(study: Study, out: Path, *, datasets: list[str] | None = None, se
     `datasets` replaces the study's (not a variant's own `dataset`); `seeds` repeats every
     variant (default: the config's seed); `only` keeps those variants and what they start from.
     """
+    if any(key == "dataset" for key in config_lib.parse_overrides(sets)):  # config_mapping sets it last
+        raise MMSRError("--set dataset=... would be ignored: a study's datasets are study.datasets, a variant's "
+                        "dataset key, or --dataset", where="--set", hint="use --dataset NAME[,NAME...]")
     wanted = _with_sources(study, only) if only else {v.name for v in study.variants}
     planned: dict[tuple[str, str, int], PlannedRun] = {}
     for variant in _sources_first(study):

@@ -208,13 +208,24 @@ def _table_of(value: Any, where: str, problems: list[str]) -> dict:
     return value
 
 
-def _strings(value: Any, where: str, problems: list[str]) -> tuple[str, ...]:
+def _strings(value: Any, where: str, problems: list[str], *, empty_ok: bool = True) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         problems.append(f"{where} must be a list of strings, got {value!r}")
         return ()
+    if not value and not empty_ok:  # a study that trains and then shows nothing, or trains nothing
+        problems.append(f"{where} is empty: name at least one")
     return tuple(value)
+
+
+def _tables(raw: dict, key: str, problems: list[str]) -> list:
+    """The `[[key]]` entries; `[key]` (one table, not an array of them) was ignored entirely."""
+    entries = raw.get(key, [])
+    if not isinstance(entries, list):
+        problems.append(f"[{key}] must be written [[{key}]] (an array of tables, one per {key})")
+        return []
+    return entries
 
 
 def nested(overrides: dict) -> dict:
@@ -237,12 +248,18 @@ def _parse(raw: dict, path: Path, problems: list[str]) -> Study:
     head = _table_of(raw.get("study"), "[study]", problems)
     _unknown(head, _STUDY_KEYS, "study.", problems)
     base = head.get("base")
+    if base is not None and (not isinstance(base, str) or not base):  # dropped silently, the defaults ran
+        problems.append(f"study.base must be the path of a training config (relative to the study file), got {base!r}")
     base_path = (path.parent / base).resolve() if isinstance(base, str) and base else None
-    splits = _strings(head.get("splits", ["test"]), "study.splits", problems)
+    name = head.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME.match(name):  # it names $MMSR_HOME/studies/NAME
+        problems.append(f"study.name must be letters, digits and _.+- (it names the study's directory), got {name!r}")
+        name = path.stem
+    splits = _strings(head.get("splits", ["test"]), "study.splits", problems, empty_ok=False)
     for split in splits:
         if split not in SPLITS:
             problems.append(f"study.splits: unknown split {split!r} (known: {', '.join(SPLITS)})")
-    metrics = _strings(head.get("metrics", ["HR@10", "NDCG@10"]), "study.metrics", problems)
+    metrics = _strings(head.get("metrics", ["HR@10", "NDCG@10"]), "study.metrics", problems, empty_ok=False)
     for metric in metrics:
         if not _METRIC.match(metric):
             problems.append(f"study.metrics: {metric!r} is not HR@K or NDCG@K")
@@ -254,13 +271,16 @@ def _parse(raw: dict, path: Path, problems: list[str]) -> Study:
         problems.append(f"study.from_cache must be true or false, got {from_cache!r}")
     data = _data_recipes(_table_of(raw.get("data"), "[data]", problems), problems)
     variants = _variants(raw, path, problems)
+    for key in ("title", "notes"):
+        if not isinstance(head.get(key, ""), str):
+            problems.append(f"study.{key} must be text, got {head[key]!r}")
     study = Study(
-        name=str(head.get("name") or path.stem), path=path.resolve(), title=str(head.get("title", path.stem)),
-        base=base_path, datasets=_strings(head.get("datasets", ["demo"]), "study.datasets", problems),
+        name=name, path=path.resolve(), title=str(head.get("title", path.stem)),
+        base=base_path, datasets=_strings(head.get("datasets", ["demo"]), "study.datasets", problems, empty_ok=False),
         splits=splits, metrics=metrics, protocol=protocol,
         overrides=nested(_table_of(head.get("set"), "study.set", problems)), variants=variants,
         table=_table(_table_of(raw.get("table"), "[table]", problems), problems),
-        figures=_figures(raw.get("figure", []), problems), data=data, from_cache=from_cache,
+        figures=_figures(_tables(raw, "figure", problems), problems), data=data, from_cache=from_cache,
         notes=str(head.get("notes", "")))
     for where, overrides in [("study.set", study.overrides), *((f"variant {v.name!r} set", v.overrides)
                                                                for v in study.variants)]:
@@ -291,7 +311,7 @@ def _data_recipes(data: dict, problems: list[str]) -> dict:
 
 def _variants(raw: dict, path: Path, problems: list[str]) -> tuple[Variant, ...]:
     variants = []
-    for index, entry in enumerate(raw.get("variant", [])):
+    for index, entry in enumerate(_tables(raw, "variant", problems)):
         place = f"[[variant]] number {index + 1}"  # from 1, as a reader counts the tables
         entry = _table_of(entry, place, problems)
         name = entry.get("name")
@@ -303,6 +323,9 @@ def _variants(raw: dict, path: Path, problems: list[str]) -> tuple[Variant, ...]
             problems.append(f"{where} name must be letters, digits and _.+- without '--' (it names the run, "
                             f"VARIANT--DATASET--seedS), got {name!r}")
             continue
+        for key in ("label", "column", "group", "dataset", "init_from"):
+            if not isinstance(entry.get(key, ""), str):
+                problems.append(f"{where} {key} must be text, got {entry[key]!r}")
         in_table = entry.get("in_table", True)
         if not isinstance(in_table, bool):
             problems.append(f"{where} in_table must be true or false")
@@ -372,7 +395,7 @@ def _table(table: dict, problems: list[str]) -> Table:
 
 def _figures(entries: Any, problems: list[str]) -> tuple[Figure, ...]:
     figures = []
-    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+    for index, entry in enumerate(entries):
         where = f"figure[{index}]"
         entry = _table_of(entry, where, problems)
         _unknown(entry, _FIGURE_KEYS, f"{where}.", problems)
@@ -381,6 +404,9 @@ def _figures(entries: Any, problems: list[str]) -> tuple[Figure, ...]:
             problems.append(f"{where}.kind {kind!r}: use one of {', '.join(FIGURE_KINDS)}")
             continue
         variants = _strings(entry.get("variants", []), f"{where}.variants", problems)
+        for key in ("metric", "dataset", "name"):
+            if not isinstance(entry.get(key, ""), str):
+                problems.append(f"{where}.{key} must be text, got {entry[key]!r}")
         if kind in ("items", "users") and len(variants) not in (1, 2):
             problems.append(f"{where}: a t-SNE figure shows one variant or compares two, got {len(variants)}")
         metric = str(entry.get("metric", "HR@10"))
