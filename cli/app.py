@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import re
 import sys
+import time
 import traceback
 
 import typer
@@ -138,11 +141,30 @@ def _interrupted() -> None:
 
 def _last_words(text: str, colour) -> None:
     """The failure line goes last: whatever the progress bars left in a buffer is written first,
-    so no bar is redrawn below the error."""
+    so no bar is redrawn below the error. Under torchrun the line also goes to the launcher's
+    report (`_tell_launcher`), which it prints after every rank has ended; a rank other than 0
+    leaves it there instead of printing the line each rank prints alike."""
     console.show_cursor(True)
     console.file.flush()
     sys.stdout.flush()
+    if _tell_launcher(text) and os.environ.get("RANK", "0") != "0":
+        return
     typer.secho(text, fg=colour, err=True)
+
+
+def _tell_launcher(text: str) -> bool:
+    """Write `text` to the error file torchrun gives each rank (TORCHELASTIC_ERROR_FILE, in the
+    format of torch.distributed.elastic's error handler without a call stack): its report then
+    shows the line where it said "To enable traceback see ...". False outside torchrun."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return False
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump({"message": {"message": text, "extraInfo": {"timestamp": str(int(time.time()))}}}, handle)
+    except OSError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -166,3 +166,38 @@ def all_gathered(value) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's rows of `tensor` ([N_r, ...], N_r may differ), concatenated in rank order,
+    with each rank's N_r; the gradient of every row goes back to the rank that computed it. One
+    process: the tensor itself. The in-batch losses gather their candidates with it, the
+    contrastive term its views."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor, [len(tensor)]
+    count = torch.tensor([len(tensor)], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    padded = torch.nn.functional.pad(tensor, (0,) * (2 * (tensor.dim() - 1)) + (0, max(sizes) - len(tensor)))
+    parts = _GatherEqual.apply(padded).chunk(len(sizes))
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]), sizes
+
+
+class _GatherEqual(torch.autograd.Function):
+    """all_gather of equal-sized tensors with a backward: each rank's gradient of the gathered
+    tensor summed over the ranks, this rank's part kept. torch's own autograd all_gather
+    (torch.distributed.nn.functional) is deprecated in the torch mmsr pins, and its replacement
+    is a private module; these few lines are what it does."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]

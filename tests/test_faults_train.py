@@ -363,3 +363,19 @@ def test_a_hand_edited_config_is_refused_on_resume_and_a_damaged_one_is_named(sm
             line = refused.stderr.strip().splitlines()[-1]
             assert refused.returncode == 2 and f"{name}: damaged" in line and "--overwrite" in line, refused.stderr
         (run / "config.json").write_text(json.dumps(edited))
+
+
+def test_under_torchrun_a_user_error_is_said_once_and_in_the_launchers_report(small_demo, mmsr_home):
+    """Every rank printed the same error line, and torchrun's report after it said only "To
+    enable traceback see ...": the line now goes to each rank's error file, so the report's root
+    cause is the line, and ranks other than 0 do not print it again."""
+    from test_train import TORCHRUN
+
+    failed = _cli(["train", "--run-dir", "bad", *_sets(_idsr(small_demo) + ["model.dim=abc"])], mmsr_home,
+                  module=TORCHRUN)
+    assert failed.returncode != 0
+    line = "error: invalid config: --set model.dim must be int, got 'abc'"
+    said = failed.stderr
+    # Rank 0 alone prints it (unless the launcher stopped it first, when rank 1 failed sooner).
+    assert [text for text in said.splitlines() if text.startswith("error:")] in ([line], []), said
+    assert f"traceback : {line}" in said[said.index("Root Cause"):], said

@@ -125,7 +125,8 @@ class OwnItems:
         if self.items.shape[1] == 0:
             return torch.zeros(len(rows), len(ids), dtype=torch.bool, device=ids.device)
         candidates = ids.expand(len(self.items), -1).contiguous()
-        at = torch.searchsorted(self.items, candidates).clamp_max(self.items.shape[1] - 1)
+        # A process's share of the rows (Batch.shard, every world-th) is a strided view.
+        at = torch.searchsorted(self.items.contiguous(), candidates).clamp_max(self.items.shape[1] - 1)
         owned = self.items.gather(1, at) == candidates  # [B, C]
         last = torch.where(owned, self.last.gather(1, at), -1)
         out = OWN_ITEMS[mode](owned[rows], last[rows], self.at[mask][:, None])
@@ -166,7 +167,7 @@ class TrainBatches:
     @classmethod
     def for_config(cls, split: Split, config) -> "TrainBatches":
         """The batches a TrainConfig trains on, with what its loss needs drawn."""
-        from mmsr.train.losses import uniform_items  # deferred: mmsr.train.losses imports PAD from here
+        from mmsr.train.losses import uniform_items  # deferred: mmsr.train.losses imports OwnItems from here
 
         o = config.optim
         return cls(split, o.batch_size, config.seed, o.negatives, o.windows, uniform_items=uniform_items(o),

@@ -20,10 +20,10 @@ Departures from DuoRec:
   over target positions it is a mean over them, exact under DDP without a global row count;
 - DuoRec's supervised positives (another sequence with the same target) are not built.
 
-The negatives are the global batch's: under DDP every process gathers the others' views (the
-autograd all_gather, as the in-batch losses gather their candidates), so two processes train as
-one. Without dropout (`model.dropout = 0`) the two views are equal and the term only pushes
-users apart.
+The negatives are the global batch's: under DDP every process gathers the others' views with
+their gradient (`mmsr.distributed.gather_rows`, as the in-batch losses gather their candidates),
+so two processes train as one. Without dropout (`model.dropout = 0`) the two views are equal and
+the term only pushes users apart.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
+
+from mmsr.distributed import gather_rows
 
 
 class ViewContrast(nn.Module):
@@ -49,8 +51,9 @@ class ViewContrast(nn.Module):
 def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
     """[B]: each row's NT-Xent, the mean of its two directions. A view's candidates are every
     view of the global batch but itself; its positive is its row's other view."""
-    every_first, start = gather_rows(first)
+    every_first, sizes = gather_rows(first)
     every_second, _ = gather_rows(second)
+    start = sum(sizes[:torch_dist.get_rank()]) if len(sizes) > 1 else 0
     rows = len(every_first)
     views = F.normalize(torch.cat([every_first, every_second]).float(), dim=-1)  # [2R, D]
     own = torch.arange(start, start + len(first), device=first.device)
@@ -59,21 +62,3 @@ def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> to
     logits[torch.arange(len(queries), device=first.device), queries] = float("-inf")  # not itself
     both = F.cross_entropy(logits, positives, reduction="none")
     return (both[:len(first)] + both[len(first):]) / 2
-
-
-def gather_rows(vectors: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(every process's rows, concatenated in rank order; where this process's start). One
-    process: the rows themselves. Gathered with the autograd all_gather, so the gradient of a
-    view another process reads goes back to the process that computed it."""
-    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
-        return vectors, 0
-    from torch.distributed.nn.functional import all_gather  # only under torchrun; the autograd all_gather
-
-    world, rank = torch_dist.get_world_size(), torch_dist.get_rank()
-    count = torch.tensor([len(vectors)], device=vectors.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    torch_dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    pad = max(sizes) - len(vectors)  # the shards of a global batch differ by a row at most
-    gathered = all_gather(F.pad(vectors, (0, 0, 0, pad)))
-    return torch.cat([part[:size] for part, size in zip(gathered, sizes)]), sum(sizes[:rank])

@@ -31,13 +31,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
+from mmsr.distributed import gather_rows
 from mmsr.errors import MMSRError
 from mmsr.registry import Registry
-from mmsr.train.batches import PAD, OwnItems, takes_out_own
+from mmsr.train.batches import OwnItems, takes_out_own
 
 LOSSES: Registry[nn.Module] = Registry("loss")
 
@@ -265,26 +265,15 @@ LOSSES.register("softmax", params=("own_items", "label_smoothing"), needs=("item
 def global_candidates(ids: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted distinct item ids, their vectors) over every process of a DDP run.
 
-    Gathered with the autograd all_gather, so every process's loss sends gradient to the
-    process that encoded the item. An item several processes encoded is kept once (the lowest
-    rank's copy, identical to the others without dropout), in sorted-id order: the candidates
-    one process alone would have had.
+    Gathered with gradient (`mmsr.distributed.gather_rows`), so every process's loss sends
+    gradient to the process that encoded the item. An item several processes encoded is kept
+    once (the lowest rank's copy, identical to the others without dropout), in sorted-id order:
+    the candidates one process alone would have had.
     """
-    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
+    all_vectors, sizes = gather_rows(vectors)
+    if len(sizes) == 1:
         return ids, vectors
-    from torch.distributed.nn.functional import all_gather  # only under torchrun; the autograd all_gather
-
-    world = torch_dist.get_world_size()
-    count = torch.tensor([len(ids)], device=ids.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    torch_dist.all_gather(counts, count)
-    pad = int(torch.stack(counts).max()) - len(ids)  # processes hold different numbers of items
-    every_id = [torch.empty(len(ids) + pad, dtype=ids.dtype, device=ids.device) for _ in range(world)]
-    torch_dist.all_gather(every_id, F.pad(ids, (0, pad), value=PAD))
-    all_ids = torch.cat(every_id)
-    all_vectors = torch.cat(all_gather(F.pad(vectors, (0, 0, 0, pad))))
-    real = all_ids != PAD
-    all_ids, all_vectors = all_ids[real], all_vectors[real]
+    all_ids, _ = gather_rows(ids)
     unique, inverse = torch.unique(all_ids, return_inverse=True)
     position = torch.arange(len(all_ids), device=ids.device)
     first = torch.full_like(unique, len(all_ids)).scatter_reduce(0, inverse, position, reduce="amin")
