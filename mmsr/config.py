@@ -54,18 +54,23 @@ def _read_with_bases(path: Path, below: tuple[Path, ...]) -> dict:
     return merge(_read_with_bases(base_path, chain), data)
 
 
+def read_utf8(path: Path) -> str:
+    """A config or study file's text; one that is not UTF-8 is named with its byte and line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise MMSRError(f"not UTF-8: byte 0x{raw[error.start]:02x} at line {line}", where=path,
+                        hint="save the file as UTF-8") from None
+
+
 def _read_one(path: Path) -> dict:
     if path.is_dir():
         raise MMSRError("a folder, not a config file", where=path, hint="give a .toml, .yaml or .json file")
     if not path.is_file():
         raise MMSRError("config file not found", where=path)
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise MMSRError(f"not UTF-8: byte 0x{raw[error.start]:02x} at line {line}", where=path,
-                        hint="save the file as UTF-8") from None
+    text = read_utf8(path)
     try:
         if path.suffix == ".toml":
             data = parse_toml(text, path)

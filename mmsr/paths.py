@@ -21,7 +21,11 @@ KINDS = ("datasets", "caches", "runs", "models", "studies")
 
 
 def home() -> Path:
-    return Path(os.environ.get("MMSR_HOME") or Path.home() / ".cache" / "mmsr").expanduser()
+    root = Path(os.environ.get("MMSR_HOME") or Path.home() / ".cache" / "mmsr").expanduser()
+    if root.exists() and not root.is_dir():  # else NotADirectoryError deep in whatever writes first
+        raise MMSRError("MMSR_HOME is a file, not a folder", where=root,
+                        hint="point MMSR_HOME at a folder (made if missing), or unset it for ~/.cache/mmsr")
+    return root
 
 
 def looks_like_path(name: str | os.PathLike) -> bool:
@@ -54,7 +58,11 @@ def caches_dir(name: str | os.PathLike) -> Path:
 
 
 def models_dir() -> Path:
-    return home() / "models"
+    folder = home() / "models"
+    if folder.exists() and not folder.is_dir():
+        raise MMSRError("a file where mmsr keeps its prepared models", where=folder,
+                        hint="move the file away: `mmsr models prepare` makes this folder")
+    return folder
 
 
 def dataset_names() -> list[str]:

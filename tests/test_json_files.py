@@ -1,5 +1,6 @@
-"""The JSON files mmsr writes beside its outputs, read back: a damaged one is named, with where
-it breaks and what remakes it (a JSONDecodeError or KeyError traceback before)."""
+"""The files and folders mmsr keeps beside its outputs, read back: a damaged JSON file is named,
+with where it breaks and what remakes it (a JSONDecodeError or KeyError traceback before), and so
+is a file where a folder of mmsr's should be."""
 
 import pytest
 
@@ -33,3 +34,17 @@ def test_a_studys_files_say_what_remakes_them(tmp_path):
     (tmp_path / "origin.json").write_text('{"name": "s", "fi')
     with pytest.raises(MMSRError, match="origin.json: damaged.*delete it"):
         read_origin(tmp_path)
+
+
+def test_a_home_or_models_folder_that_is_a_file_is_named(tmp_path, monkeypatch):
+    """A NotADirectoryError or FileExistsError traceback from whatever wrote there first, before."""
+    from mmsr import paths
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MMSR_HOME", str(tmp_path / "file"))
+    with pytest.raises(MMSRError, match="MMSR_HOME is a file, not a folder"):
+        paths.dataset_dir("demo")
+    monkeypatch.setenv("MMSR_HOME", str(tmp_path))
+    (tmp_path / "models").write_text("")
+    with pytest.raises(MMSRError, match="a file where mmsr keeps its prepared models"):
+        paths.models_dir()

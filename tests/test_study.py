@@ -391,3 +391,10 @@ def test_two_datasets_of_one_name_are_refused_before_they_share_runs(study_file,
 def test_a_set_dataset_is_refused_not_ignored(study_file, mmsr_home):
     with pytest.raises(MMSRError, match=r"--set dataset=\.\.\. would be ignored.*--dataset"):
         plan_study(load_study(study_file), study_dir("x"), sets=["dataset=other"])
+
+
+def test_a_study_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    path = tmp_path / "latin.toml"
+    path.write_bytes(b'[study]\ntitle = "caf\xe9"\n')  # a UnicodeDecodeError traceback before
+    with pytest.raises(MMSRError, match=r"latin.toml: not UTF-8: byte 0xe9 at line 2"):
+        load_study(path)

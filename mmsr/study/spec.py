@@ -180,7 +180,7 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     path = Path(path)
     if not path.is_file():
         raise MMSRError("study file not found", where=path, hint="the shipped studies are in configs/paper/")
-    raw = config_lib.parse_toml(path.read_text(encoding="utf-8"), path, "study file")
+    raw = config_lib.parse_toml(config_lib.read_utf8(path), path, "study file")
     problems: list[str] = []
     study = _parse(raw, path, problems)
     if not problems and check_configs:
