@@ -398,3 +398,22 @@ def test_a_study_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
     path.write_bytes(b'[study]\ntitle = "caf\xe9"\n')  # a UnicodeDecodeError traceback before
     with pytest.raises(MMSRError, match=r"latin.toml: not UTF-8: byte 0xe9 at line 2"):
         load_study(path)
+
+
+def test_a_stopped_study_says_to_rerun_the_study_not_mmsr_train(study_file, mmsr_home, monkeypatch):
+    """Ctrl-C in a study's run said to continue with `mmsr train --run ... --resume`, which leaves
+    the study's other runs and its report behind."""
+    import mmsr.study.runner as runner
+    from mmsr.train.interrupt import TrainingInterrupted
+    from mmsr.train.recipe import _continue_hint
+
+    def stopped(*_args, **_kwargs):
+        raise TrainingInterrupted(2, "SIGINT at epoch 1, step 3 of 7: checkpoint saved",
+                                  hint=_continue_hint(Path("r"), True, 1))
+
+    monkeypatch.setattr(runner, "train", stopped)
+    with pytest.raises(TrainingInterrupted) as stop:
+        run_study(study_file, only=["idsr"], log=_quiet)
+    assert f"rerun `mmsr study run {study_file} --only idsr`: the study goes on" in str(stop.value)
+    assert stop.value.exit_status == 130
+    assert "--run-dir r --resume --from-cache` under the same torchrun options" in _continue_hint(Path("r"), True, 2)

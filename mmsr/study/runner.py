@@ -39,6 +39,7 @@ from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, read_result,
 from mmsr.study.report import write_report
 from mmsr.study.spec import Study, Variant, load_study
 from mmsr.train.config import TrainConfig
+from mmsr.train.interrupt import TrainingInterrupted
 from mmsr.train.kinds import ID_ONLY_KINDS
 from mmsr.train.layout import METRICS_FILE, checkpoint_dir, checkpoint_file
 from mmsr.train.metrics_file import read_records
@@ -191,7 +192,12 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
             _ensure_dataset(study, run.dataset, progress, log)
             if study.from_cache:
                 _ensure_cache(run.config, built, progress, log)
-            _train_and_evaluate(study, run, progress, log)
+            try:
+                _train_and_evaluate(study, run, progress, log)
+            except TrainingInterrupted as stop:  # its hint names `mmsr train`, which leaves the study behind
+                again = command + (f" --only {','.join(only)}" if only else "")
+                stop.hint = f"rerun `{again}`: the study goes on from this run's checkpoint"
+                raise
             write_report(out, study, command, log=log)
             advance(1)
     write_report(out, study, command, figures=True, log=log)

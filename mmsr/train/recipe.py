@@ -176,8 +176,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                     raise TrainingInterrupted(
                         signum, f"{signal.Signals(signum).name} at epoch {epoch + 1}, step {step + 1} of "
                                 f"{steps_per_epoch}: checkpoint saved", where=run_dir,
-                        hint=f"continue with `mmsr train --run {run_dir} --resume"
-                             f"{' --from-cache' if from_cache else ''}`")
+                        hint=_continue_hint(run_dir, from_cache, dist.world))
         record = {"epoch": epoch + 1, "step": global_step, "loss": running.mean,
                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - started, 3),
                   **model.score.trained()}
@@ -235,6 +234,13 @@ def _validations_since_best(config: TrainConfig, best: dict, completed: int) -> 
 
 def _early_stopped(config: TrainConfig, bad_validations: int) -> bool:
     return bool(config.early_stop_patience) and bad_validations >= config.early_stop_patience
+
+
+def _continue_hint(run_dir: Path, from_cache: bool, world: int) -> str:
+    """How to continue a run stopped by a signal. Under torchrun the option is --run-dir: its
+    launcher takes `--run` for its own `--run-path`."""
+    command = f"mmsr train {'--run-dir' if world > 1 else '--run'} {run_dir} --resume{' --from-cache' if from_cache else ''}"
+    return f"continue with `{command}`" + (" under the same torchrun options" if world > 1 else "")
 
 
 def _resume_hint(resume_from: str, run_dir: Path) -> str:
