@@ -204,6 +204,9 @@ def test_plan_refuses_a_missing_dataset_and_report_the_study_file(study_file, mm
     (lambda s: s.replace('"model.fusion" = "gate"', '"model.fuson" = "gate"'),
      "variant 'gate': unknown key model.fuson"),
     (lambda s: s.replace('name = "sum"', 'name = "sum"\ninit_from = "nothing"'), "init_from 'nothing' is no variant"),
+    # passed `study plan`, trained the source, then `mmsr train --init-from` refused the transfer
+    (lambda s: s.replace('name = "sum"', 'name = "sum"\ninit_from = "idsr"'),
+     "variant 'sum' starts from 'idsr', but variant 'idsr' has model.kind=idsr: item-ID embeddings cannot transfer"),
     (lambda s: s.replace('splits = ["test", "cold"]', 'splits = ["tset"]'), "unknown split 'tset'"),
     (lambda s: s.replace('name = "idsr"', 'name = "gate"'), "two variants are called 'gate'"),
     (lambda s: s.replace('label = "IDSR"', 'label = "Gate"'), "two variants share the label 'Gate'"),

@@ -54,6 +54,7 @@ from mmsr import config as config_lib
 from mmsr.data.split import EVAL_SPLITS as SPLITS
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
+from mmsr.train.kinds import MODEL_KINDS
 
 PROTOCOLS = ("paper", "recbole")
 DIMENSIONS = ("variant", "column", "dataset", "split", "metric")
@@ -465,11 +466,21 @@ def _config_problems(study: Study) -> list[str]:
     if missing:
         return missing
     problems = []
+    kinds = {}
     for variant in study.variants:
         for dataset in study.datasets_of(variant):
             try:
-                study.resolve(variant, dataset)
+                kinds[variant.name] = study.resolve(variant, dataset).model.kind
             except MMSRError as error:
                 problems.append(f"variant {variant.name!r}: " + error.message.split(": ", 1)[-1])
+                break
+    # What `mmsr train --init-from` refuses, said before the source variant trains for hours.
+    for variant in study.variants:
+        for name in (variant.name, variant.init_from) if variant.init_from else ():
+            kind = kinds.get(name)
+            if kind in MODEL_KINDS and "item_ids" in MODEL_KINDS.needs(kind):
+                problems.append(f"variant {variant.name!r} starts from {variant.init_from!r}, but variant {name!r} "
+                                f"has model.kind={kind}: item-ID embeddings cannot transfer to another catalogue "
+                                "(transfer a content model: mmsr or morec)")
                 break
     return problems
