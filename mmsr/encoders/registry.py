@@ -138,15 +138,16 @@ def family_for(key: str, modality: str, where: str | None = None) -> Family:
     raise MMSRError(f"no {modality} encoder family for {key!r}", where=where, hint=f"supported: {known}")
 
 
-def _hf_model_type(source: str) -> str:
+def _hf_model_type(source: str, near: str | None = None) -> str:
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(source).model_type
     except (OSError, ValueError) as error:
         raise MMSRError(f"cannot read a transformers config: {str(error).splitlines()[0]}", where=source,
-                        hint="give a local model directory, a cached Hub name (no network is used), "
-                             "open_clip:NAME, timm:NAME, or a short name from `mmsr models list`") from None
+                        hint=(f"did you mean {near!r}? " if near else "") + "give a local model directory, a cached "
+                             "Hub name (no network is used), open_clip:NAME, timm:NAME, or a short name from "
+                             "`mmsr models list`") from None
 
 
 def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> tuple[Family, str]:
@@ -158,7 +159,9 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> tuple[Family
     if spec in _NAMES:
         short = _NAMES[spec]
         if short.modality != modality:
-            raise MMSRError(f"{spec!r} is a {short.modality} encoder, not {modality}")
+            raise MMSRError(f"{SLOTS[modality]}={spec!r}: it is {_a(short.modality)} encoder, not {_a(modality)} one",
+                            hint=f"give it as {SLOTS.get(short.modality, short.modality)}, and a {modality} model "
+                                 f"here (`mmsr models list` shows each one's modality)")
         spec = short.resolve()
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in _PREFIXES and not Path(spec).exists():
@@ -166,7 +169,25 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> tuple[Family
             spec = rest
         else:
             return family_for(prefix, modality), rest
-    return family_for(f"{HF_PREFIX}:{_hf_model_type(spec)}", modality, where=spec), spec
+    looks_like_path = spec.startswith(("/", ".", "~")) or spec.count("/") > 1  # a Hub name is ORG/NAME
+    if looks_like_path and not Path(spec).expanduser().exists():
+        raise MMSRError(f"{SLOTS[modality]}: no such model folder", where=spec,
+                        hint="give a local model directory, or a short name from `mmsr models list`")
+    return family_for(f"{HF_PREFIX}:{_hf_model_type(spec, _near_name(spec, modality))}", modality, where=spec), spec
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _near_name(spec: str, modality: str) -> str | None:
+    """The short name `spec` was probably meant to be (MINILM, dinov2_s), if any."""
+    import difflib
+
+    names = [name for name, short in _NAMES.items() if short.modality == modality]
+    folded = {name.lower().replace("_", "-"): name for name in names}
+    near = folded.get(spec.lower().replace("_", "-")) or next(iter(difflib.get_close_matches(spec, names, 1)), None)
+    return near
 
 
 def _load(family, source, options: dict) -> SplitEncoder:
