@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from mmsr import config as config_lib
+from mmsr.data.demo import DEFAULT_SIZE as DEMO_SIZE, check_demo_request
 from mmsr.data.split import EVAL_SPLITS as SPLITS
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
@@ -304,9 +305,16 @@ def _data_recipes(data: dict, problems: list[str]) -> dict:
             continue
         options = _table_of(recipe["demo"], f"data.{name}.demo", problems)
         _unknown(options, set(DEMO_OPTIONS), f"data.{name}.demo.", problems)
+        typed = True
         for key, kind in DEMO_OPTIONS.items():
             if key in options and (not isinstance(options[key], kind) or isinstance(options[key], bool)):
                 problems.append(f"data.{name}.demo.{key} must be {kind.__name__}, got {options[key]!r}")
+                typed = False
+        if typed and set(options) <= set(DEMO_OPTIONS):  # what `study run` would refuse after writing its folder
+            try:
+                check_demo_request(**{**DEMO_SIZE, **{k: v for k, v in options.items() if k != "seed"}})
+            except MMSRError as error:
+                problems.append(f"data.{name}.demo: {error.message}")
     return data
 
 
