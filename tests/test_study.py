@@ -421,3 +421,21 @@ def test_a_stopped_study_says_to_rerun_the_study_not_mmsr_train(study_file, mmsr
     assert f"rerun `mmsr study run {study_file} --only idsr`: the study goes on" in str(stop.value)
     assert stop.value.exit_status == 130
     assert "--run-dir r --resume --from-cache` under the same torchrun options" in _continue_hint(Path("r"), True, 2)
+
+
+def test_another_study_files_directory_is_not_taken_over(study_file, mmsr_home, tmp_path):
+    """`study run OTHER.toml --out DIR`, DIR holding this study's runs, replaced its study.toml and
+    origin.json without a word and dropped its runs from the report."""
+    from mmsr.study.runner import plan_study_file
+
+    out = mmsr_home / "studies" / "shared"
+    out.mkdir(parents=True)
+    other = tmp_path / "other.toml"
+    other.write_text(study_file.read_text())
+    (out / "origin.json").write_text(json.dumps({"name": "other", "file": str(other), "command": "x"}))
+    with pytest.raises(MMSRError, match=r"holds the runs of another study file, .*other.toml.*--out NAME"):
+        plan_study_file(study_file, out="shared")
+    other.unlink()  # that file is gone (moved, renamed): this one goes on there
+    plan_study_file(study_file, out="shared")
+    (out / "origin.json").write_text(json.dumps({"name": "tiny", "file": str(study_file.resolve()), "command": "x"}))
+    plan_study_file(study_file, out="shared")  # its own directory

@@ -35,7 +35,8 @@ from mmsr.data.demo import create_demo
 from mmsr.errors import MMSRError
 from mmsr.eval.runner import evaluate_splits
 from mmsr.progress import ProgressFactory, no_progress
-from mmsr.study.layout import ORIGIN_FILE, RESULT_FILE, STUDY_FILE, read_result, study_command, study_dir
+from mmsr.study.layout import (ORIGIN_FILE, RESULT_FILE, STUDY_FILE, read_origin, read_result, study_command,
+                               study_dir)
 from mmsr.study.report import write_report
 from mmsr.study.spec import Study, Variant, load_study
 from mmsr.train.config import TrainConfig
@@ -160,6 +161,7 @@ def plan_study_file(path: str | Path, *, datasets: list[str] | None = None, seed
     changed since: `study plan` must not list as finished what `study run` would not take."""
     study = load_study(path)
     out = study_dir(out or study.name)
+    _refuse_other_study(study, out)
     runs = plan_study(study, out, datasets=datasets, seeds=seeds, only=only, sets=sets)
     for dataset in dict.fromkeys(run.dataset for run in runs):  # before `study run` writes anything
         _dataset_or_recipe(study, dataset)
@@ -202,6 +204,17 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
             advance(1)
     write_report(out, study, command, figures=True, log=log)
     return out
+
+
+def _refuse_other_study(study: Study, out: Path) -> None:
+    """A study directory made by another study file that still exists (`--out` naming a folder
+    in use): running this one there replaced its study.toml and origin.json without a word, and
+    the other's runs left the report. The same file edited, or moved, goes on."""
+    made_by = read_origin(out).get("file")
+    if made_by and Path(made_by) != study.path and Path(made_by).is_file():
+        raise MMSRError(f"holds the runs of another study file, {made_by}", where=out,
+                        hint="give this study a directory of its own with --out NAME (or, if this file replaces "
+                             f"that one, delete {Path(made_by).name} or {out / ORIGIN_FILE})")
 
 
 def _refuse_changed(study: Study, out: Path, runs: list[PlannedRun], sets: list[str] | None) -> None:
