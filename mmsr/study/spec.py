@@ -394,11 +394,13 @@ def _table(table: dict, problems: list[str]) -> Table:
         _unknown(spec, _IMPROV_KEYS, "table.improv.", problems)
         along = spec.get("along", columns[-1] if columns else "")
         if along not in ("variant", "column"):
-            problems.append(f"table.improv.along must be variant or column (the models compared), got {along!r}")
+            said = f"got {along!r}" if "along" in spec else f"not given, and the last of table.columns is {along!r}"
+            problems.append(f"table.improv.along must be variant or column (the models compared), {said}")
         elif not columns or along != columns[-1]:
             problems.append(f"table.improv.along must be the last of table.columns ({columns[-1:]}), got {along!r}")
-        improv = Improv(of=_strings(spec.get("of", []), "table.improv.of", problems),
-                        over=_strings(spec.get("over", []), "table.improv.over", problems), along=along)
+        else:  # checked against the study's labels or columns later; with another `along` there are none
+            improv = Improv(of=_strings(spec.get("of", []), "table.improv.of", problems),
+                            over=_strings(spec.get("over", []), "table.improv.over", problems), along=along)
     return Table(rows=rows, columns=columns, best_within=best_within, improv=improv)
 
 
