@@ -72,7 +72,11 @@ def refuse_existing(final: Path, overwrite: bool, made_by: str | None = None) ->
 def refuse_working_folder(final: Path) -> None:
     """An output is written beside `final` and renamed into place whole: the current folder, or
     one holding it (`--name .`, `--name ..`), cannot be; refused before anything is written."""
-    path, here = Path(os.path.abspath(final)), Path.cwd()
+    try:
+        here = Path.cwd()
+    except FileNotFoundError:  # the current folder was deleted: no output can be it
+        return
+    path = Path(os.path.abspath(final))
     if path == here or path in here.parents:
         raise MMSRError("is the current folder, or holds it: an output is written as a folder of its own and moved "
                         "into place whole", where=final, hint="give a new folder's name or path, e.g. ./demo")
