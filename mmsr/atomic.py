@@ -76,7 +76,7 @@ def refuse_working_folder(final: Path) -> None:
         here = Path.cwd()
     except FileNotFoundError:  # the current folder was deleted: no output can be it
         return
-    path = Path(os.path.abspath(final))
+    path, here = Path(os.path.realpath(final)), Path(os.path.realpath(here))
     if path == here or path in here.parents:
         raise MMSRError("is the current folder, or holds it: an output is written as a folder of its own and moved "
                         "into place whole", where=final, hint="give a new folder's name or path, e.g. ./demo")

@@ -22,7 +22,9 @@ from mmsr_store.shards import describe_holder, flocked, stamp_holder
 
 
 def lock_path(target: Path) -> Path:
-    target = Path(os.path.abspath(target))  # "." has no name: its lock would land inside it as "..lock"
+    # Resolved: "." has no name (its lock would land inside it as "..lock"), and two spellings of one
+    # folder (through a symlink, "a/../b") must take one lock.
+    target = Path(os.path.realpath(target))
     return target.parent / f".{target.name}.lock"
 
 

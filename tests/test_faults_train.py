@@ -348,7 +348,12 @@ def test_a_hand_edited_config_is_refused_on_resume_and_a_damaged_one_is_named(sm
     assert refused.returncode == 2 and "differs from the config its checkpoint was trained with" in line, refused.stderr
     assert "config.json: differs" in line and "model.dropout 0.2 -> 0.5" in line and "optim.lr 0.0001 -> 0.5" in line
     edited = json.loads(original)
-    edited["optim"]["epochs"] = 4  # a length a resume may change: what --set optim.epochs=4 writes
+    edited["early_stop_patience"] = 2  # a length, checked as --set checks it: shorter than none at all
+    config_file.write_text(json.dumps(edited))
+    refused = _cli(["train", "--run", "r", "--resume"], mmsr_home)
+    assert refused.returncode == 2 and "early_stop_patience 0 -> 2" in refused.stderr, refused.stderr
+    edited = json.loads(original)
+    edited["optim"]["epochs"], edited["device"] = 4, "cpu"  # a length that changes no step taken, and a move
     config_file.write_text(json.dumps(edited))
     resumed = _cli(["train", "--run", "r", "--resume"], mmsr_home)
     assert resumed.returncode == 0, resumed.stderr

@@ -401,6 +401,14 @@ def test_a_set_dataset_is_refused_not_ignored(study_file, mmsr_home):
         plan_study(load_study(study_file), study_dir("x"), sets=["dataset=other"])
 
 
+def test_a_study_file_names_its_study_as_it_is_named(tmp_path):
+    """Without study.name the file's own name is the study's, whatever it is (only a name given
+    in the file must be a plain one)."""
+    path = tmp_path / "my study.toml"
+    path.write_text('[study]\n[[variant]]\nname = "a"\n')
+    assert load_study(path, check_configs=False).name == "my study"
+
+
 def test_a_study_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
     path = tmp_path / "latin.toml"
     path.write_bytes(b'[study]\ntitle = "caf\xe9"\n')  # a UnicodeDecodeError traceback before
@@ -439,6 +447,9 @@ def test_another_study_files_directory_is_not_taken_over(study_file, mmsr_home, 
     (out / "origin.json").write_text(json.dumps({"name": "other", "file": str(other), "command": "x"}))
     with pytest.raises(MMSRError, match=r"holds the runs of another study file, .*other.toml.*--out NAME"):
         plan_study_file(study_file, out="shared")
+    (out / "study.toml").write_text(study_file.read_text())  # the same study, reached by another path
+    plan_study_file(study_file, out="shared")
+    (out / "study.toml").unlink()
     other.unlink()  # that file is gone (moved, renamed): this one goes on there
     plan_study_file(study_file, out="shared")
     (out / "origin.json").write_text(json.dumps({"name": "tiny", "file": str(study_file.resolve()), "command": "x"}))

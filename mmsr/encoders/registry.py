@@ -169,8 +169,10 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> tuple[Family
             spec = rest
         else:
             return family_for(prefix, modality), rest
-    looks_like_path = spec.startswith(("/", ".", "~")) or spec.count("/") > 1  # a Hub name is ORG/NAME
-    if looks_like_path and not Path(spec).expanduser().exists():
+    if spec.startswith("~"):
+        spec = str(Path(spec).expanduser())
+    looks_like_path = spec.startswith(("/", ".")) or spec.count("/") > 1  # a Hub name is ORG/NAME
+    if looks_like_path and not Path(spec).exists():
         raise MMSRError(f"{SLOTS[modality]}: no such model folder", where=spec,
                         hint="give a local model directory, or a short name from `mmsr models list`")
     return family_for(f"{HF_PREFIX}:{_hf_model_type(spec, _near_name(spec, modality))}", modality, where=spec), spec

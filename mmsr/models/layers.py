@@ -143,7 +143,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, allowed: torch.Tensor | None = None):
         context = x if context is None else context
         batch, length, dim = x.shape
-        width = dim // self.heads  # not -1: a process's share of a global batch may hold no row (torchrun)
+        width = dim // self.heads  # not -1, which cannot be inferred for a batch of no rows
         q = self.q(x).view(batch, length, self.heads, width).transpose(1, 2)
         k, v = self.kv(context).view(batch, context.shape[1], 2, self.heads, width).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)

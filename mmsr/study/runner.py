@@ -211,7 +211,8 @@ def _refuse_other_study(study: Study, out: Path) -> None:
     in use): running this one there replaced its study.toml and origin.json without a word, and
     the other's runs left the report. The same file edited, or moved, goes on."""
     made_by = read_origin(out).get("file")
-    if made_by and Path(made_by) != study.path and Path(made_by).is_file():
+    same_text = (out / STUDY_FILE).is_file() and (out / STUDY_FILE).read_bytes() == study.path.read_bytes()
+    if made_by and Path(made_by) != study.path and Path(made_by).is_file() and not same_text:
         raise MMSRError(f"holds the runs of another study file, {made_by}", where=out,
                         hint="give this study a directory of its own with --out NAME (or, if this file replaces "
                              f"that one, delete {Path(made_by).name} or {out / ORIGIN_FILE})")

@@ -253,8 +253,8 @@ def _parse(raw: dict, path: Path, problems: list[str]) -> Study:
     if base is not None and (not isinstance(base, str) or not base):  # dropped silently, the defaults ran
         problems.append(f"study.base must be the path of a training config (relative to the study file), got {base!r}")
     base_path = (path.parent / base).resolve() if isinstance(base, str) and base else None
-    name = head.get("name", path.stem)
-    if not isinstance(name, str) or not _NAME.match(name):  # it names $MMSR_HOME/studies/NAME
+    name = head.get("name", path.stem)  # the file's own name is taken as it is, as it always was
+    if "name" in head and (not isinstance(name, str) or not _NAME.match(name)):  # it names studies/NAME
         problems.append(f"study.name must be letters, digits and _.+- (it names the study's directory), got {name!r}")
         name = path.stem
     splits = _strings(head.get("splits", ["test"]), "study.splits", problems, empty_ok=False)

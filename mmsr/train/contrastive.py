@@ -55,10 +55,13 @@ def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> to
     every_second, _ = gather_rows(second)
     start = sum(sizes[:torch_dist.get_rank()]) if len(sizes) > 1 else 0
     rows = len(every_first)
-    views = F.normalize(torch.cat([every_first, every_second]).float(), dim=-1)  # [2R, D]
-    own = torch.arange(start, start + len(first), device=first.device)
-    queries, positives = torch.cat([own, own + rows]), torch.cat([own + rows, own])
-    logits = (views[queries] @ views.T) / temperature  # [2B, 2R]
-    logits[torch.arange(len(queries), device=first.device), queries] = float("-inf")  # not itself
-    both = F.cross_entropy(logits, positives, reduction="none")
+    # In float32 under bf16 autocast too: at temperature 0.05 the logits reach 20, where bf16's
+    # steps are 0.125.
+    with torch.autocast(first.device.type, enabled=False):
+        views = F.normalize(torch.cat([every_first, every_second]).float(), dim=-1)  # [2R, D]
+        own = torch.arange(start, start + len(first), device=first.device)
+        queries, positives = torch.cat([own, own + rows]), torch.cat([own + rows, own])
+        logits = (views[queries] @ views.T) / temperature  # [2B, 2R]
+        logits[torch.arange(len(queries), device=first.device), queries] = float("-inf")  # not itself
+        both = F.cross_entropy(logits, positives, reduction="none")
     return (both[:len(first)] + both[len(first):]) / 2

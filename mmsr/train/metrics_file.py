@@ -1,7 +1,7 @@
 """A run's `metrics.jsonl`: one JSON record per finished epoch, appended by the trainer and read
 by resume, studies and plots through these three functions.
 
-    append_record(path, record)           # after the epoch's record, before its checkpoint
+    append_record(path, record)           # each finished epoch, before its checkpoint
     note = reconcile(path, epoch)         # on every resume: the file as of the checkpoint
     records = read_records(path)          # a broken line is named, never skipped
 

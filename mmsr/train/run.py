@@ -41,7 +41,7 @@ from mmsr.train.feeds import open_feed
 from mmsr.train.kinds import MODEL_KINDS
 from mmsr.train.layout import CONFIG_FILE, INIT_FILE, RUN_FILE, checkpoint_dir, checkpoint_file, read_run_json
 from mmsr.train.model import Recommender, build_model, load_weights, trainable_state
-from mmsr.train.schedule import LENGTH_KEYS, flat_config
+from mmsr.train.schedule import LENGTH_KEYS, MOVABLE_KEYS, flat_config
 
 
 RESUME_POINTS = ("last", "best")
@@ -163,23 +163,33 @@ def run_info(root: Path) -> dict:
     return read_run_json(root, RUN_FILE) if path.is_file() else {}
 
 
+def trained_config(root: Path, trained: dict | None) -> TrainConfig:
+    """The config a checkpoint was `trained` with (its "config"); config.json's for checkpoints
+    written before they held one."""
+    if trained is None:
+        return run_config(root)
+    return config_lib.build(TrainConfig, trained, source=f"the config in {root}'s checkpoint")
+
+
 def check_config_unedited(root: Path, trained: dict | None) -> None:
     """Refuse a resume whose config.json no longer says what its checkpoint was `trained` with
     (edited by hand): some settings would apply (dropout) and others not (the learning rate
-    lives in the optimizer's state), and the file would name neither. The lengths a resume may
-    change (--set optim.epochs=N) are left out: the file takes them before the next checkpoint.
-    Checkpoints written before they held their config are not checked."""
+    lives in the optimizer's state), and the file would name neither. Left out: MOVABLE_KEYS,
+    and the lengths (LENGTH_KEYS), which the resume checks against the checkpoint's config as
+    it checks a --set (`mmsr.train.schedule.resumed_length_change`). Checkpoints written
+    before they held their config are not checked."""
     if trained is None:
         return
     path = Path(root) / CONFIG_FILE
-    was = flat_config(config_as_json(config_lib.build(TrainConfig, trained, source=f"the config in {root}'s checkpoint")))
+    was = flat_config(config_as_json(trained_config(root, trained)))
     now = flat_config(config_as_json(run_config(root)))
-    edited = [key for key in sorted(was.keys() | now.keys()) if was.get(key) != now.get(key) and key not in LENGTH_KEYS]
+    edited = [key for key in sorted(was.keys() | now.keys())
+              if was.get(key) != now.get(key) and key not in LENGTH_KEYS + MOVABLE_KEYS]
     if edited:
         shown = ", ".join(f"{key} {was.get(key)!r} -> {now.get(key)!r}" for key in edited[:4])
         raise MMSRError(f"differs from the config its checkpoint was trained with: {shown}", where=path,
                         hint="put the file back as it was, or train a new run with the new settings; a resume "
-                             f"changes only {', '.join(LENGTH_KEYS)}, with --set")
+                             f"changes only {', '.join(LENGTH_KEYS)}")
 
 
 def check_same_dataset(root: Path, dataset, info: dict) -> None:

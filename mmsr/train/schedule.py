@@ -22,6 +22,10 @@ from mmsr.train.model import parameter_groups
 
 # What a resume may change (within the limits above); anything else changes steps already taken.
 LENGTH_KEYS = ("optim.epochs", "optim.decay_start_epoch", "early_stop_patience")
+# What a resume may change freely, by --set or in config.json: where the run goes on (device, the
+# cache's place, the evaluation's batch) and where its dataset lies (the resume compares the
+# dataset's content, `mmsr.train.run.check_same_dataset`). Nothing the weights or the optimizer hold.
+MOVABLE_KEYS = ("device", "cache_into", "eval_batch_size", "dataset")
 
 
 def lr_factor(config: TrainConfig, steps_per_epoch: int):
@@ -65,7 +69,8 @@ def flat_config(tree: dict, prefix: str = "") -> dict:
 
 def resumed_length_change(saved: TrainConfig, given: TrainConfig, steps_taken: int, steps_per_epoch: int,
                           where: Path) -> dict[str, tuple]:
-    """The keys a resume changes, {key: (saved, given)}: empty, or `LENGTH_KEYS` only.
+    """The lengths a resume changes, {key: (saved, given)}: empty, or `LENGTH_KEYS` only
+    (`MOVABLE_KEYS` may differ too, and are not returned).
 
     Refused, naming the keys, when any other key differs; refused when the patience shrinks;
     refused, naming the first such step, when the new length changes the learning rate of a step
@@ -74,12 +79,14 @@ def resumed_length_change(saved: TrainConfig, given: TrainConfig, steps_taken: i
     old, new = flat_config(asdict(saved)), flat_config(asdict(given))
     changed = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
                if old.get(key) != new.get(key)}
+    changed = {key: values for key, values in changed.items() if key not in MOVABLE_KEYS}
     fixed = [key for key in changed if key not in LENGTH_KEYS]
     if fixed:
         shown = ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in fixed)
         raise MMSRError(f"--resume with a config that differs from the run's: {shown}", where=where,
                         hint="resume with the run's own config (give none); only "
-                             f"{', '.join(LENGTH_KEYS)} may change, to lengthen or shorten the run")
+                             f"{', '.join(LENGTH_KEYS)} may change, to lengthen or shorten the run (and "
+                             f"{', '.join(MOVABLE_KEYS)}, to move it)")
     patience = changed.get("early_stop_patience")
     if patience and patience[1] and (not patience[0] or patience[1] < patience[0]):
         raise MMSRError(f"--resume with early_stop_patience {patience[0]} -> {patience[1]}: a shorter patience "

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from mmsr.data.split import Split
-from mmsr.distributed import Dist
+from mmsr.distributed import Dist, all_reduced
 from mmsr.eval.runner import evaluate_model
 from mmsr.train.batches import Batch
 from mmsr.train.config import OptimConfig, TrainConfig
@@ -70,7 +70,9 @@ def train_step(model, batch: Batch, feed, optimizer: torch.optim.Optimizer, sche
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     mark("backward")
-    value = float(loss_sum.detach())
+    # The global batch's summed loss: every process's, not this one's times the processes (a
+    # stand-in row's process has none), and the same on every rank, so all stop on a non-finite one.
+    value = float(all_reduced(loss_sum.detach().float().reshape(1))) if dist.world > 1 else float(loss_sum.detach())
     if not math.isfinite(value):  # before the update: the weights in memory stay finite
         raise NonFiniteLoss(value)
     if optim.grad_clip > 0:
@@ -79,7 +81,7 @@ def train_step(model, batch: Batch, feed, optimizer: torch.optim.Optimizer, sche
     if scheduler is not None:
         scheduler.step()
     mark("update")
-    return LossSum(value * dist.world, total)
+    return LossSum(value, total)
 
 
 def validate(model, feed, split: Split, config: TrainConfig, *, device: torch.device, dist: Dist) -> dict:
