@@ -249,7 +249,7 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
         for section in sections:
             node = node.setdefault(section, {})
         node[name] = value
-    return build(cls, merge(data, given), source=source, given_by_set=_dotted_keys(overridden))
+    return build(cls, merge(data, given), source=source, given_by_set=dotted_keys(overridden))
 
 
 def _names_a_key(problem: str, keys: typing.AbstractSet[str]) -> bool:
@@ -257,10 +257,10 @@ def _names_a_key(problem: str, keys: typing.AbstractSet[str]) -> bool:
     return any(problem.startswith((f"{key} ", f"{key}=")) for key in keys)
 
 
-def _dotted_keys(nested: dict, prefix: str = "") -> set[str]:
+def dotted_keys(nested: dict, prefix: str = "") -> set[str]:
     out = set()
     for key, value in nested.items():
-        out |= _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+        out |= dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
     return out
 
 

@@ -396,6 +396,14 @@ def test_two_datasets_of_one_name_are_refused_before_they_share_runs(study_file,
         plan_study_file(study_file, datasets=[str(other)], only=["idsr"])
 
 
+def test_a_bad_set_on_a_study_is_named_as_the_sets(study_file, mmsr_home):
+    """It was named as the variant's config, which does not say it."""
+    with pytest.raises(MMSRError, match=r"--set model.dim must be int, got 'abc'"):
+        plan_study(load_study(study_file), study_dir("x"), sets=["model.dim=abc"])
+    with pytest.raises(MMSRError, match=r"invalid --set: unknown key optim.epoch"):
+        plan_study(load_study(study_file), study_dir("x"), sets=["optim.epoch=3"])
+
+
 def test_a_set_dataset_is_refused_not_ignored(study_file, mmsr_home):
     with pytest.raises(MMSRError, match=r"--set dataset=\.\.\. would be ignored.*--dataset"):
         plan_study(load_study(study_file), study_dir("x"), sets=["dataset=other"])

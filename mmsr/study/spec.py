@@ -159,7 +159,12 @@ class Study:
     def resolve(self, variant: Variant, dataset: str, seed: int | None = None,
                 sets: list[str] | None = None) -> TrainConfig:
         source = f"config of variant {variant.name!r} (study {self.path})"
-        return config_lib.build(TrainConfig, self.config_mapping(variant, dataset, seed, sets), source=source)
+        given = config_lib.parse_overrides(sets)
+        unknown = config_lib.unknown_keys(TrainConfig, given)
+        if unknown:  # a misspelt --set is the user's to fix, not the study file's: named as theirs
+            raise MMSRError("invalid --set: " + "; ".join(unknown))
+        return config_lib.build(TrainConfig, self.config_mapping(variant, dataset, seed, sets), source=source,
+                                given_by_set=config_lib.dotted_keys(given))
 
 
 # ----------------------------------------------------------------------------- reading
