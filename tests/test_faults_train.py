@@ -384,3 +384,15 @@ def test_under_torchrun_a_user_error_is_said_once_and_in_the_launchers_report(sm
     # Rank 0 alone prints it (unless the launcher stopped it first, when rank 1 failed sooner).
     assert [text for text in said.splitlines() if text.startswith("error:")] in ([line], []), said
     assert f"traceback : {line}" in said[said.index("Root Cause"):], said
+
+
+def test_a_cutoff_past_the_catalogue_is_said_not_refused(mmsr_home, finished_run):
+    """HR@K for K at or above the catalogue's size is 1 for every case: reported (the default
+    cut-offs must run on a tiny catalogue) with a note on stderr, which --json leaves clean."""
+    _trained_run(finished_run, mmsr_home)
+    said = _cli(["eval", "--run", "r", "--k", "10,100000", "--json"], mmsr_home)
+    assert said.returncode == 0, said.stderr
+    assert "note: at K=100000 the list holds every one of the" in said.stderr and "items: every case is a hit" in said.stderr
+    assert json.loads(said.stdout)["metrics"]["HR@100000"] == 1.0
+    quiet = _cli(["eval", "--run", "r", "--k", "10"], mmsr_home)
+    assert "note:" not in quiet.stderr

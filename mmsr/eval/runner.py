@@ -15,7 +15,9 @@ metric sums are all-reduced.
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,7 +237,8 @@ def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protoco
 def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protocol: str = "paper",
                     faiss: bool = True, checkpoint: str = "best", batch_size: int | None = None, device: str = "auto",
                     search_device: str = "auto", search_backend: str = "auto",
-                    shard_items: bool = False) -> dict[str, dict]:
+                    shard_items: bool = False,
+                    log: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> dict[str, dict]:
     """`evaluate_run` for several splits of one run: the model is loaded and the catalogue
     embedded once, then each split is ranked ({split: result}, in the order given). Every name
     is checked before any work starts. `batch_size`: None takes the run's own (`LoadedRun.towers_batch`),
@@ -252,6 +255,10 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
     loaded = load_run(run, checkpoint, device)
     batch_size = loaded.towers_batch(batch_size)
     dist = init_from_env(loaded.device)
+    whole = [k for k in ks if k >= loaded.split.num_items]
+    if whole and dist.main:  # reported as computed (the default cut-offs must run on a tiny catalogue), but said
+        log(f"note: at K={', '.join(map(str, whole))} the list holds every one of the {loaded.split.num_items:,} "
+            "items: every case is a hit")
     started = time.perf_counter()
     if shard_items:
         gemm_for(loaded.model, search_backend, loaded.device, search_device)  # refused before the item tower
