@@ -396,3 +396,23 @@ def test_a_cutoff_past_the_catalogue_is_said_not_refused(mmsr_home, finished_run
     assert json.loads(said.stdout)["metrics"]["HR@100000"] == 1.0
     quiet = _cli(["eval", "--run", "r", "--k", "10"], mmsr_home)
     assert "note:" not in quiet.stderr
+
+
+def test_a_checkpoint_without_its_config_resumes_as_before_and_best_is_checked_too(small_demo, mmsr_home,
+                                                                                   finished_run):
+    """Checkpoints written before they held their config are not checked against config.json (an
+    older run resumes as it did); `--resume-from best` is checked against best.pt's own config."""
+    run = _trained_run(finished_run, mmsr_home)
+    config_file = run / "config.json"
+    edited = json.loads(config_file.read_text())
+    edited["model"]["dropout"] = 0.5
+    config_file.write_text(json.dumps(edited))
+    refused = _cli(["train", "--run", "r", "--resume", "--resume-from", "best", "--set", "optim.epochs=4"], mmsr_home)
+    assert refused.returncode == 2 and "model.dropout 0.2 -> 0.5" in refused.stderr, refused.stderr
+    for name in ("best", "last"):
+        path = run / "checkpoints" / f"{name}.pt"
+        state = torch.load(path, weights_only=True)
+        state.pop("config")
+        torch.save(state, path)
+    resumed = _cli(["train", "--run", "r", "--resume", "--set", "optim.epochs=4"], mmsr_home)
+    assert resumed.returncode == 0, resumed.stderr
