@@ -220,16 +220,16 @@ def build(cls: type[T], data: dict | None = None, *, source: str = "config",
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
          flags: dict[str, Any] | None = None, *, base: dict | None = None,
-         from_file: typing.Callable[[dict, str], dict] | None = None) -> T:
+         from_file: typing.Callable[[dict, str], dict] | None = None, source: str = "config") -> T:
     """Defaults <- `base` <- config file <- `--set` overrides <- explicit flags: the one precedence
     every command follows.
 
     `flags` maps dotted keys (`"seed"`, `"encoders.max_text_len"`) to typed values, as a
     command's options give them; None means the option was not given. `from_file(data, source)`
     may reduce the file's mapping first (a cache build reads only its part of a training config).
+    `source` names what was read in errors (a given `path` names itself).
     """
     data = dict(base or {})
-    source = "config"
     if path is not None:
         source = f"config {path}"
         found = read_file(path)
@@ -249,7 +249,7 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
         for section in sections:
             node = node.setdefault(section, {})
         node[name] = value
-    return build(cls, merge(data, given), source=source, given_by_set=dotted_keys(overridden))
+    return build(cls, merge(data, given), source=source, given_by_set=set(flatten(overridden)))
 
 
 def _names_a_key(problem: str, keys: typing.AbstractSet[str]) -> bool:
@@ -257,11 +257,15 @@ def _names_a_key(problem: str, keys: typing.AbstractSet[str]) -> bool:
     return any(problem.startswith((f"{key} ", f"{key}=")) for key in keys)
 
 
-def dotted_keys(nested: dict, prefix: str = "") -> set[str]:
-    out = set()
+def flatten(nested: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}: a config's values by dotted key."""
+    flat = {}
     for key, value in nested.items():
-        out |= dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
-    return out
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def unknown_keys(cls: type, data: dict, prefix: str = "") -> list[str]:

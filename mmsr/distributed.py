@@ -168,17 +168,19 @@ def all_gathered(value) -> list:
     return out
 
 
-def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+def gather_rows(tensor: torch.Tensor, sizes: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
     """Every rank's rows of `tensor` ([N_r, ...], N_r may differ), concatenated in rank order,
     with each rank's N_r; the gradient of every row goes back to the rank that computed it. One
-    process: the tensor itself. The in-batch losses gather their candidates with it, the
-    contrastive term its views."""
+    process: the tensor itself. `sizes`: the N_r a gather of as many rows already returned (ids
+    and their vectors, a view and the other), so they are not gathered twice. The in-batch
+    losses gather their candidates with it, the contrastive term its views."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return tensor, [len(tensor)]
-    count = torch.tensor([len(tensor)], device=tensor.device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
+    if sizes is None:
+        count = torch.tensor([len(tensor)], device=tensor.device)
+        counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+        dist.all_gather(counts, count)
+        sizes = [int(c) for c in counts]
     padded = torch.nn.functional.pad(tensor, (0,) * (2 * (tensor.dim() - 1)) + (0, max(sizes) - len(tensor)))
     parts = _GatherEqual.apply(padded).chunk(len(sizes))
     return torch.cat([part[:size] for part, size in zip(parts, sizes)]), sizes

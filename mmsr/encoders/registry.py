@@ -188,8 +188,7 @@ def _near_name(spec: str, modality: str) -> str | None:
 
     names = [name for name, short in _NAMES.items() if short.modality == modality]
     folded = {name.lower().replace("_", "-"): name for name in names}
-    near = folded.get(spec.lower().replace("_", "-")) or next(iter(difflib.get_close_matches(spec, names, 1)), None)
-    return near
+    return folded.get(spec.lower().replace("_", "-")) or next(iter(difflib.get_close_matches(spec, names, 1)), None)
 
 
 def _load(family, source, options: dict) -> SplitEncoder:

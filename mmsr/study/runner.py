@@ -80,7 +80,7 @@ def plan_study(study: Study, out: Path, *, datasets: list[str] | None = None, se
     `datasets` replaces the study's (not a variant's own `dataset`); `seeds` repeats every
     variant (default: the config's seed); `only` keeps those variants and what they start from.
     """
-    if any(key == "dataset" for key in config_lib.parse_overrides(sets)):  # config_mapping sets it last
+    if any(key == "dataset" for key in config_lib.parse_overrides(sets)):  # the study's dataset is set after the --set's
         raise MMSRError("--set dataset=... would be ignored: a study's datasets are study.datasets, a variant's "
                         "dataset key, or --dataset", where="--set", hint="use --dataset NAME[,NAME...]")
     wanted = _with_sources(study, only) if only else {v.name for v in study.variants}

@@ -55,7 +55,7 @@ from mmsr.data.demo import DEFAULT_SIZE as DEMO_SIZE, check_demo_request
 from mmsr.data.split import EVAL_SPLITS as SPLITS
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
-from mmsr.train.kinds import MODEL_KINDS
+from mmsr.train.kinds import ties_to_item_ids
 
 PROTOCOLS = ("paper", "recbole")
 DIMENSIONS = ("variant", "column", "dataset", "split", "metric")
@@ -145,26 +145,15 @@ class Study:
         return {path: config_lib.read_file(path) if path else {}
                 for path in {self.start_file(variant) for variant in self.variants}}
 
-    def config_mapping(self, variant: Variant, dataset: str, seed: int | None, sets: list[str] | None) -> dict:
-        """start file (the variant's `config`, else study.base) <- study `set` <- variant `set` <-
-        `--set` <- dataset and seed."""
-        data = config_lib.merge(self._start_mappings[self.start_file(variant)], self.overrides)
-        data = config_lib.merge(data, variant.overrides)
-        data = config_lib.merge(data, config_lib.parse_overrides(sets))
-        data["dataset"] = dataset
-        if seed is not None:
-            data["seed"] = seed
-        return data
-
     def resolve(self, variant: Variant, dataset: str, seed: int | None = None,
                 sets: list[str] | None = None) -> TrainConfig:
-        source = f"config of variant {variant.name!r} (study {self.path})"
-        given = config_lib.parse_overrides(sets)
-        unknown = config_lib.unknown_keys(TrainConfig, given)
-        if unknown:  # a misspelt --set is the user's to fix, not the study file's: named as theirs
-            raise MMSRError("invalid --set: " + "; ".join(unknown))
-        return config_lib.build(TrainConfig, self.config_mapping(variant, dataset, seed, sets), source=source,
-                                given_by_set=config_lib.dotted_keys(given))
+        """start file (the variant's `config`, else study.base) <- study `set` <- variant `set` <-
+        `--set` <- dataset and seed, by `mmsr.config.load`'s one precedence (a bad --set is named as
+        the --set's)."""
+        base = config_lib.merge(config_lib.merge(self._start_mappings[self.start_file(variant)], self.overrides),
+                                variant.overrides)
+        return config_lib.load(TrainConfig, None, sets, {"dataset": dataset, "seed": seed}, base=base,
+                               source=f"config of variant {variant.name!r} (study {self.path})")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -226,6 +215,13 @@ def _strings(value: Any, where: str, problems: list[str], *, empty_ok: bool = Tr
     return tuple(value)
 
 
+def _texts(table: dict, keys: tuple[str, ...], where: str, problems: list[str]) -> None:
+    """Keys read as text: a number or a table given for one was turned into its str() silently."""
+    for key in keys:
+        if not isinstance(table.get(key, ""), str):
+            problems.append(f"{where}{key} must be text, got {table[key]!r}")
+
+
 def _tables(raw: dict, key: str, problems: list[str]) -> list:
     """The `[[key]]` entries; `[key]` (one table, not an array of them) was ignored entirely."""
     entries = raw.get(key, [])
@@ -278,9 +274,7 @@ def _parse(raw: dict, path: Path, problems: list[str]) -> Study:
         problems.append(f"study.from_cache must be true or false, got {from_cache!r}")
     data = _data_recipes(_table_of(raw.get("data"), "[data]", problems), problems)
     variants = _variants(raw, path, problems)
-    for key in ("title", "notes"):
-        if not isinstance(head.get(key, ""), str):
-            problems.append(f"study.{key} must be text, got {head[key]!r}")
+    _texts(head, ("title", "notes"), "study.", problems)
     study = Study(
         name=name, path=path.resolve(), title=str(head.get("title", path.stem)),
         base=base_path, datasets=_strings(head.get("datasets", ["demo"]), "study.datasets", problems, empty_ok=False),
@@ -337,9 +331,7 @@ def _variants(raw: dict, path: Path, problems: list[str]) -> tuple[Variant, ...]
             problems.append(f"{where} name must be letters, digits and _.+- without '--' (it names the run, "
                             f"VARIANT--DATASET--seedS), got {name!r}")
             continue
-        for key in ("label", "column", "group", "dataset", "init_from"):
-            if not isinstance(entry.get(key, ""), str):
-                problems.append(f"{where} {key} must be text, got {entry[key]!r}")
+        _texts(entry, ("label", "column", "group", "dataset", "init_from"), f"{where} ", problems)
         in_table = entry.get("in_table", True)
         if not isinstance(in_table, bool):
             problems.append(f"{where} in_table must be true or false")
@@ -420,9 +412,7 @@ def _figures(entries: Any, problems: list[str]) -> tuple[Figure, ...]:
             problems.append(f"{where}.kind {kind!r}: use one of {', '.join(FIGURE_KINDS)}")
             continue
         variants = _strings(entry.get("variants", []), f"{where}.variants", problems)
-        for key in ("metric", "dataset", "name"):
-            if not isinstance(entry.get(key, ""), str):
-                problems.append(f"{where}.{key} must be text, got {entry[key]!r}")
+        _texts(entry, ("metric", "dataset", "name"), f"{where}.", problems)
         if kind in ("items", "users") and len(variants) not in (1, 2):
             problems.append(f"{where}: a t-SNE figure shows one variant or compares two, got {len(variants)}")
         metric = str(entry.get("metric", "HR@10"))
@@ -493,7 +483,7 @@ def _config_problems(study: Study) -> list[str]:
     for variant in study.variants:
         for name in (variant.name, variant.init_from) if variant.init_from else ():
             kind = kinds.get(name)
-            if kind in MODEL_KINDS and "item_ids" in MODEL_KINDS.needs(kind):
+            if ties_to_item_ids(kind):
                 problems.append(f"variant {variant.name!r} starts from {variant.init_from!r}, but variant {name!r} "
                                 f"has model.kind={kind}: item-ID embeddings cannot transfer to another catalogue "
                                 "(transfer a content model: mmsr or morec)")

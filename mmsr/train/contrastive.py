@@ -52,7 +52,7 @@ def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> to
     """[B]: each row's NT-Xent, the mean of its two directions. A view's candidates are every
     view of the global batch but itself; its positive is its row's other view."""
     every_first, sizes = gather_rows(first)
-    every_second, _ = gather_rows(second)
+    every_second, _ = gather_rows(second, sizes)
     start = sum(sizes[:torch_dist.get_rank()]) if len(sizes) > 1 else 0
     rows = len(every_first)
     # In float32 under bf16 autocast too: at temperature 0.05 the logits reach 20, where bf16's

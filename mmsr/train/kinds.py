@@ -57,6 +57,12 @@ TABLE_KINDS = ("idsr", "fdsa", "vqrec")
 ID_ONLY_KINDS = ("idsr",)
 
 
+def ties_to_item_ids(kind: str | None) -> bool:
+    """Whether a kind's weights are indexed by the catalogue's item ids (needs "item_ids"): they
+    mean nothing in another catalogue, so `init_from` refuses it, as a source and as a target."""
+    return kind in MODEL_KINDS and "item_ids" in MODEL_KINDS.needs(kind)
+
+
 @dataclass
 class KindInputs:
     """What a builder may read besides the config."""

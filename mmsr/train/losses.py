@@ -273,7 +273,7 @@ def global_candidates(ids: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.T
     all_vectors, sizes = gather_rows(vectors)
     if len(sizes) == 1:
         return ids, vectors
-    all_ids, _ = gather_rows(ids)
+    all_ids, _ = gather_rows(ids, sizes)
     unique, inverse = torch.unique(all_ids, return_inverse=True)
     position = torch.arange(len(all_ids), device=ids.device)
     first = torch.full_like(unique, len(all_ids)).scatter_reduce(0, inverse, position, reduce="amin")

@@ -31,7 +31,7 @@ from mmsr.train.interrupt import StopRequests, TrainingInterrupted
 from mmsr.train.model import build_model, load_weights, trainable_state
 from mmsr.train.metrics_file import append_record, reconcile
 from mmsr.train.layout import CONFIG_FILE, INIT_FILE, METRICS_FILE, RUN_FILE, checkpoint_dir, checkpoint_file
-from mmsr.train.run import (DATASET_HASH_KEY, check_config_unedited, check_same_dataset, config_as_json,
+from mmsr.train.run import (DATASET_HASH_KEY, check_same_dataset, config_as_json,
                             init_from_source, init_summary, run_config, run_info, save_config, trained_config,
                             transfer_source)
 from mmsr.train.schedule import make_optimizer, resumed_length_change
@@ -103,7 +103,6 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         check_same_dataset(run_dir, dataset, info)
         resumed = checkpoint_file(run_dir, resume_from)
         state = load_checkpoint(resumed, hint=_resume_hint(resume_from, run_dir))
-        check_config_unedited(run_dir, state.get("config"))
         _adopt_resumed_config(run_dir, trained_config(run_dir, state.get("config")), config, state["global_step"],
                               steps_per_epoch, dist, log)
         load_weights(model, state["model"], resumed)
@@ -281,7 +280,9 @@ def _start_run_dir(run_dir: Path, config: TrainConfig, info: dict, init: dict | 
 def _adopt_resumed_config(run_dir: Path, trained: TrainConfig, config: TrainConfig, steps_taken: int,
                           steps_per_epoch: int, dist: Dist, log) -> None:
     """`config` (config.json with any --set) against the config the checkpoint was `trained`
-    with: a length given by --set or written into the file by hand passes the same checks.
+    with: a key given by --set or written into the file by hand passes the same checks (a hand
+    edit of another key was half applied before: the dropout took, the learning rate stayed in
+    the optimizer's state).
     Rebuilt, not compared raw: a run saved before a config field existed (e.g. init_from) holds
     its default, and must still resume."""
     changed = resumed_length_change(trained, config, steps_taken, steps_per_epoch, where=run_dir / CONFIG_FILE)

@@ -38,10 +38,9 @@ from mmsr.locks import output_lock
 from mmsr.train.checkpoint import load_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed
-from mmsr.train.kinds import MODEL_KINDS
+from mmsr.train.kinds import ties_to_item_ids
 from mmsr.train.layout import CONFIG_FILE, INIT_FILE, RUN_FILE, checkpoint_dir, checkpoint_file, read_run_json
 from mmsr.train.model import Recommender, build_model, load_weights, trainable_state
-from mmsr.train.schedule import LENGTH_KEYS, MOVABLE_KEYS, flat_config
 
 
 RESUME_POINTS = ("last", "best")
@@ -171,27 +170,6 @@ def trained_config(root: Path, trained: dict | None) -> TrainConfig:
     return config_lib.build(TrainConfig, trained, source=f"the config in {root}'s checkpoint")
 
 
-def check_config_unedited(root: Path, trained: dict | None) -> None:
-    """Refuse a resume whose config.json no longer says what its checkpoint was `trained` with
-    (edited by hand): some settings would apply (dropout) and others not (the learning rate
-    lives in the optimizer's state), and the file would name neither. Left out: MOVABLE_KEYS,
-    and the lengths (LENGTH_KEYS), which the resume checks against the checkpoint's config as
-    it checks a --set (`mmsr.train.schedule.resumed_length_change`). Checkpoints written
-    before they held their config are not checked."""
-    if trained is None:
-        return
-    path = Path(root) / CONFIG_FILE
-    was = flat_config(config_as_json(trained_config(root, trained)))
-    now = flat_config(config_as_json(run_config(root)))
-    edited = [key for key in sorted(was.keys() | now.keys())
-              if was.get(key) != now.get(key) and key not in LENGTH_KEYS + MOVABLE_KEYS]
-    if edited:
-        shown = ", ".join(f"{key} {was.get(key)!r} -> {now.get(key)!r}" for key in edited[:4])
-        raise MMSRError(f"differs from the config its checkpoint was trained with: {shown}", where=path,
-                        hint="put the file back as it was, or train a new run with the new settings; a resume "
-                             f"changes only {', '.join(LENGTH_KEYS)}")
-
-
 def check_same_dataset(root: Path, dataset, info: dict) -> None:
     """Refuse a run whose dataset has changed since it started (regenerated or re-imported under
     the same name): its split, its cases and its items would silently be other ones. `info`:
@@ -294,7 +272,7 @@ def transfer_source(config: TrainConfig, run_dir: str | Path | None = None) -> T
 
 
 def _refuse_id_kind(kind: str, what: str, where: str) -> None:
-    if kind in MODEL_KINDS and "item_ids" in MODEL_KINDS.needs(kind):
+    if ties_to_item_ids(kind):
         raise MMSRError(f"{what}={kind}: item-ID embeddings cannot transfer to another catalogue", where=where,
                         hint="transfer a content model (model.kind=mmsr or morec), or train without --init-from")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from mmsr import config as config_lib
 from mmsr.errors import MMSRError
 from mmsr.train.config import TrainConfig
 from mmsr.train.model import parameter_groups
@@ -56,37 +57,27 @@ def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
 
 
-def flat_config(tree: dict, prefix: str = "") -> dict:
-    """A config as JSON, {"optim": {"lr": ...}} -> {"optim.lr": ...}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def resumed_length_change(saved: TrainConfig, given: TrainConfig, steps_taken: int, steps_per_epoch: int,
                           where: Path) -> dict[str, tuple]:
     """The lengths a resume changes, {key: (saved, given)}: empty, or `LENGTH_KEYS` only
-    (`MOVABLE_KEYS` may differ too, and are not returned).
+    (`MOVABLE_KEYS` may differ too, and are not returned). `saved`: the config the checkpoint was
+    trained with; `given`: config.json with any --set, so that a key edited by hand in the file
+    is checked as a --set is.
 
     Refused, naming the keys, when any other key differs; refused when the patience shrinks;
     refused, naming the first such step, when the new length changes the learning rate of a step
     already taken. The step the checkpoint resumes at counts as taken: its rate was set, and
     saved, with the optimizer."""
-    old, new = flat_config(asdict(saved)), flat_config(asdict(given))
+    old, new = config_lib.flatten(asdict(saved)), config_lib.flatten(asdict(given))
     changed = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
-               if old.get(key) != new.get(key)}
-    changed = {key: values for key, values in changed.items() if key not in MOVABLE_KEYS}
+               if old.get(key) != new.get(key) and key not in MOVABLE_KEYS}
     fixed = [key for key in changed if key not in LENGTH_KEYS]
     if fixed:
         shown = ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in fixed)
-        raise MMSRError(f"--resume with a config that differs from the run's: {shown}", where=where,
-                        hint="resume with the run's own config (give none); only "
-                             f"{', '.join(LENGTH_KEYS)} may change, to lengthen or shorten the run (and "
-                             f"{', '.join(MOVABLE_KEYS)}, to move it)")
+        raise MMSRError(f"differs from the config its checkpoint was trained with: {shown}", where=where,
+                        hint="resume with the run's own config: no --config or --set of other keys, and its "
+                             f"config.json as it was if it was edited; only {', '.join(LENGTH_KEYS)} may change, to "
+                             f"lengthen or shorten the run (and {', '.join(MOVABLE_KEYS)}, to move it)")
     patience = changed.get("early_stop_patience")
     if patience and patience[1] and (not patience[0] or patience[1] < patience[0]):
         raise MMSRError(f"--resume with early_stop_patience {patience[0]} -> {patience[1]}: a shorter patience "
