@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mmsr.config import MAX_SEED
 from mmsr.data.dataset import BAD_IMAGE_POLICIES
+from mmsr.errors import MMSRError
 from mmsr_cli.common import SetOption, check_device, console, is_rank_zero, print_json, progress_bar
 from mmsr_store import inspect_cache, verify_cache
 
@@ -46,7 +48,7 @@ def build(
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: build only the chunks this process owns "
                                         "(default: torchrun's RANK/WORLD_SIZE, else 0/1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing cache for this config first."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0); CPU builds are bit-identical."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Random seed (default 0); CPU builds are bit-identical."),
 ):
     """Run the frozen lower layers over every item once and store their states (resumable).
 
@@ -61,7 +63,15 @@ def build(
                             joint_model=joint_model, joint_top_blocks=joint_top_blocks, joint_vision=joint_vision,
                             joint_vision_model=joint_vision_model, max_text_len=max_text_len, image_size=image_size, batch_size=batch_size,
                             num_workers=num_workers, on_bad_image=on_bad_image, device=device, seed=seed)
-    report = build_from_config(cfg, shard=shard, overwrite=overwrite, progress=progress_bar)
+    try:
+        report = build_from_config(cfg, shard=shard, overwrite=overwrite, progress=progress_bar)
+    except KeyboardInterrupt:
+        if not overwrite:
+            raise  # the CLI's own line: finished work is kept, rerun the command
+        # Rerunning this very command would delete the chunks finished so far a second time.
+        raise BuildInterrupted("the chunks finished so far are kept",
+                               hint="rerun the command without --overwrite to resume; with it they are deleted "
+                                    "and the build starts again") from None
     path = report.path
     if not is_rank_zero():
         return
@@ -76,6 +86,11 @@ def build(
     else:
         left = ", ".join(f"{m}: {n}" for m, n in report.remaining_chunks.items() if n)
         console.print(f"[yellow]this shard is done; chunks still owned by other shards ({left}): {path}")
+
+
+class BuildInterrupted(MMSRError):
+    label = "interrupted"
+    exit_status = 130
 
 
 @app.command()

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmsr import paths
+from mmsr.config import MAX_SEED
 from mmsr.data.dataset import load_dataset
 from mmsr.data.demo import DEFAULT_OPTIONS, DEFAULT_SIZE, create_demo, generator_options, kept_note
 from mmsr.data.split import SplitConfig, dataset_report
@@ -28,7 +29,7 @@ def demo(
     items: int = typer.Option(DEFAULT_SIZE["items"], "--items",
                               help="Number of items, each with a picture and a title."),
     users: int = typer.Option(DEFAULT_SIZE["users"], "--users", help="Number of users."),
-    seed: int = typer.Option(DEFAULT_OPTIONS["seed"], "--seed",
+    seed: int = typer.Option(DEFAULT_OPTIONS["seed"], "--seed", min=0, max=MAX_SEED,
                              help="Generator seed: the same seed gives the same bytes."),
     domain: int = typer.Option(DEFAULT_OPTIONS["domain"], "--domain",
                                help="0: the demo. K > 0: a catalogue disjoint from every other domain's (new items, "

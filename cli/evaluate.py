@@ -6,7 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmsr_cli.common import check_device, check_search_device, console, is_rank_zero, print_json
+from mmsr.config import MAX_SEED
+from mmsr_cli.common import check_device, check_search_device, console, is_rank_zero, log, print_json
 
 # Options several of these commands take, declared once so that their help stays one text.
 OneSplitOption = typer.Option("test", "--split", help="One split, as in `mmsr eval` (test | valid | cold | "
@@ -97,7 +98,7 @@ def compare_command(
     protocol: str = ProtocolOption,
     checkpoint: str = CheckpointOption,
     resamples: int = typer.Option(9999, "--resamples", help="Bootstrap and randomisation resamples."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the resampling (the figures repeat exactly)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the resampling (the figures repeat exactly)."),
     batch_size: int | None = BatchSizeOption,
     device: str = DeviceOption,
     shared_cases: bool = typer.Option(False, "--shared-cases", help="With ranks files: pair only the cases "
@@ -204,7 +205,9 @@ def recommend_command(
     if json_out:
         print_json(result)
         return
-    table = Table(title=f"top {k} for a history of {len(result['history'])} items")
+    for note in result["notes"]:
+        log(f"[yellow]note: {note}")
+    table = Table(title=f"top {len(result['items'])} for a history of {len(result['history'])} items")
     for column in ("rank", "item", "title", "score", "cold"):
         table.add_column(column)
     for rank, row in enumerate(result["items"], 1):

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from mmsr.config import MAX_SEED
 from mmsr_cli.common import progress_bar
 
 app = typer.Typer(
@@ -19,7 +20,7 @@ RunOption = typer.Option(..., "--run", help="Run name (under $MMSR_HOME/runs) or
 CompareOption = typer.Option(None, "--compare", help="A second run on the same dataset, drawn in a second panel "
                              "with the same sample (the paper compares IDSR with MMSR).")
 OutOption = typer.Option(None, "--out", help="Output directory (default: RUN/plots/).")
-SeedOption = typer.Option(0, "--seed", help="Seed of the sample and of t-SNE: the same seed draws the same figure.")
+SeedOption = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the sample and of t-SNE: the same seed draws the same figure.")
 CheckpointOption = typer.Option("best", "--checkpoint", help="best | last")
 DistanceOption = typer.Option("euclidean", "--distance", help="t-SNE's distance: euclidean (the paper's) | cosine "
                               "(by direction alone: scores are inner products).")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from mmsr.config import MAX_SEED
 from mmsr_cli.common import SetOption, checked_by, log, progress_bar
 
 
@@ -32,7 +33,7 @@ def train_command(
     resume_from: str = typer.Option("last", "--resume-from", help="With --resume: last | best. best when "
                                     "last.pt is damaged; the epochs after best.pt are trained again."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the run afresh, deleting the old one."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (overrides the config)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Random seed (overrides the config)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", callback=checked_by(_empty_run_name), help="Start from another run's weights (best.pt, "
                                             "else last.pt; transfer; sets init_from): every tensor whose name and "
                                             "shape match is copied, listed in the run's init.json. Content kinds only "

@@ -13,7 +13,11 @@ fingerprint it must carry are in `mmsr.caches`, which the trainer's feed reads t
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import signal
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -36,6 +40,7 @@ from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.config import TRAIN_ONLY_KEYS, TrainConfig, cache_section
 from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, VerifyReport, manifest, open_cache, verify_cache
 from mmsr_store.layout import atomic_write_json, chunk_items_for, read_item_digests
+from mmsr_store.reader import read_build_options
 from mmsr_store.verify import invalidate
 
 CONFIG_FILE = "config.yaml"
@@ -61,6 +66,8 @@ class CacheBuildConfig:
             raise ValueError("batch_size must be >= 1, num_workers and chunk_items >= 0")
         if problem := device_problem(self.device):
             raise ValueError(f"device={self.device!r} {problem}")
+        if problem := config_lib.seed_problem(self.seed):
+            raise ValueError(f"seed={self.seed!r} {problem}")
 
 
 # Flags named like an EncoderConfig field (--text-model, --max-text-len, ...) set the encoders
@@ -215,7 +222,8 @@ def iter_batches(dataset: Dataset, encoder, modality: str, spans, *, encoder_con
     loader = torch.utils.data.DataLoader(
         source, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None, persistent_workers=False,
-        worker_init_fn=_worker_init if num_workers else None, collate_fn=_shipped if num_workers else _as_is)
+        worker_init_fn=functools.partial(_worker_init, build=os.getpid()) if num_workers else None,
+        collate_fn=_shipped if num_workers else _as_is)
     for batch in loader:
         yield batch.as_tensors()
 
@@ -229,8 +237,24 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
-def _worker_init(_worker_id: int) -> None:
+def _worker_init(_worker_id: int, build: int) -> None:
     torch.set_num_threads(1)  # preprocessing is per-item Python/PIL work; leave the cores to the model
+    _die_with(build)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(build: int) -> None:
+    """On Linux, have the kernel kill this worker when the build process that forked it dies.
+    A build killed with SIGKILL (an out-of-memory kill, a scheduler's) cannot stop its workers,
+    and torch's own watchdog only runs while a worker waits for work: one blocked handing a batch
+    to the dead build stayed for good, holding memory. Elsewhere the watchdog is all there is."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != build:  # it died before the request was made
+        os._exit(1)
 
 
 def to_device(inputs: dict, device: torch.device) -> dict:
@@ -458,7 +482,7 @@ def repair_cache(path: str | os.PathLike, *, progress: ProgressFactory | None = 
     cfg = load_build_config(config_file)
     # The store's own record of on_bad_image is what its writer checks a build against; a
     # config.yaml written by an older study lacks the option and would load the default.
-    recorded = open_cache(path).build_options.get("on_bad_image")
+    recorded = read_build_options(path).get("on_bad_image")  # open_cache would refuse an unfinished cache
     if recorded is not None and recorded != cfg.on_bad_image:
         cfg = replace(cfg, on_bad_image=recorded)
     invalidate(path, before.bad)

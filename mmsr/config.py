@@ -25,6 +25,13 @@ T = TypeVar("T")
 
 
 BASE_KEY = "base"
+# What numpy's and torch's seeding take (numpy refuses the rest, torch wraps a negative seed).
+MAX_SEED = 2**32 - 1
+SEED_RANGE = f"from 0 to {MAX_SEED} (2**32 - 1)"
+
+
+def seed_problem(value: int) -> str | None:
+    return None if 0 <= value <= MAX_SEED else f"must be {SEED_RANGE}"
 
 
 def read_file(path: str | Path) -> dict:

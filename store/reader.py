@@ -144,7 +144,7 @@ class Cache:
     @property
     def build_options(self) -> dict:
         """The options the build ran with that are not part of a fingerprint (e.g. on_bad_image)."""
-        return dict(self._group.attrs.get("build", {}))
+        return _build_options(self._group)
 
     def fingerprint(self, modality: str) -> dict:
         return dict(self._arrays(modality)[0].attrs["fingerprint"])
@@ -420,6 +420,15 @@ def required_item_ids(cache_dir: Path) -> list[str]:
         raise StoreError(f"{ITEM_IDS} is missing (the store's row order)", where=cache_dir / ITEM_IDS,
                          hint="run mmsr cache build with the cache's config: it writes it again from the dataset")
     return read_item_ids(cache_dir)
+
+
+def _build_options(group) -> dict:
+    return dict(group.attrs.get("build", {}))
+
+
+def read_build_options(path: str | os.PathLike) -> dict:
+    """`Cache.build_options` of a cache finished or not (a repair resumes an unfinished one)."""
+    return _build_options(open_group(Path(path).expanduser()))
 
 
 def open_cache(path: str | os.PathLike) -> Cache:

@@ -5,6 +5,13 @@ new process refuses to start when a live one already owns the same shard (overla
 runs with a different n (inconsistent assignment). Locks of killed processes vanish with
 them, so a killed build resumes under any n. The holder writes "pid host" into its lock file
 so that a refused process can say whom it waits for.
+
+"Vanish with them" needs one more step: an flock belongs to the open file, and a forked child
+(a DataLoader worker) inherits that file. The kernel frees the lock only when every copy is
+closed, so a build killed with SIGKILL or SIGTERM left its workers holding its shard lock and
+every rerun was refused, naming a process that no longer existed. Every lock this module opens
+is therefore closed in a forked child as soon as it starts (`_held`, `os.register_at_fork`):
+the parent keeps its lock, and its death frees it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,33 @@ from mmsr_store.errors import StoreError
 from mmsr_store.layout import LOCK_DIR
 
 _LOCK_NAME = re.compile(r"^shard-(\d+)-of-(\d+)\.lock$")
+
+# The lock files this process has open (see the module's docstring).
+_held: set = set()
+
+
+def _close_inherited_locks() -> None:
+    for handle in list(_held):
+        try:
+            handle.close()  # the child's copy: the parent's lock stays held
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def _open_lock(path: Path):
+    handle = open(path, "a+")
+    _held.add(handle)
+    return handle
+
+
+def _close_lock(handle) -> None:
+    _held.discard(handle)
+    if not handle.closed:
+        handle.close()
 
 
 @dataclass(frozen=True)
@@ -63,18 +97,17 @@ class Shard:
 def flocked(path: Path, *, blocking: bool = True):
     """Hold an exclusive flock on `path` (created if needed); yields the open file or None if busy."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
+    handle = _open_lock(path)
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
-            handle.close()
+            _close_lock(handle)
             yield None
             return
         yield handle
     finally:
-        if not handle.closed:
-            handle.close()
+        _close_lock(handle)
 
 
 def _is_live(path: Path) -> bool:
@@ -139,13 +172,16 @@ class ShardClaim:
                                  hint=f"start every process with the same n (--shard i/{other.count})")
         path = lock_path(cache_dir, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(path, "a+")
-        fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._handle = _open_lock(path)
+        try:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _close_lock(self._handle)
+            raise
         stamp_holder(self._handle)
 
     def release(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
+        _close_lock(self._handle)
 
     def __enter__(self):
         return self

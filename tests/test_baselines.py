@@ -388,6 +388,20 @@ def test_carca_evaluates_by_exact_batched_scoring(built_cache, tmp_path):
     assert len(top["items"]) == 5 and not {"i00001", "i00002"} & {row["item"] for row in top["items"]}
     scores = [row["score"] for row in top["items"]]
     assert scores == sorted(scores, reverse=True)
+    # k past the catalogue: every other item, the history still out (it was listed last, at
+    # -inf, which JSON cannot hold), and a note; k below 1 refused as on the FAISS path.
+    from mmsr.data.dataset import load_dataset
+
+    catalogue = load_dataset(_config(built_cache).dataset).num_items
+    everything = recommend(run, ["i00001", "i00002"], k=10 ** 9)
+    assert len(everything["items"]) == catalogue - 2
+    assert not {"i00001", "i00002"} & {row["item"] for row in everything["items"]}
+    assert all(np.isfinite(row["score"]) for row in everything["items"])
+    assert everything["notes"] == [f"only {catalogue - 2} items are left once the history is excluded; all of them "
+                                   "are listed"]
+    for k in (0, -3):
+        with pytest.raises(MMSRError, match=f"k must be positive, got {k}"):
+            recommend(run, ["i00001"], k=k)
 
 
 def test_vqrec_codes_do_not_depend_on_faiss_threads(monkeypatch):

@@ -96,6 +96,42 @@ def test_kill_and_resume_is_byte_identical(small_demo, reference, tmp_path):
     assert again.modalities["image"].encoded_items == 0 and again.modalities["text"].encoded_items == 0
 
 
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line holds `text` (a forked worker keeps its parent's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the worker's death signal is Linux's")
+def test_a_build_killed_with_its_workers_running_resumes_at_once(small_demo, reference, tmp_path):
+    # The workers a DataLoader forks inherit the build's shard lock; before they closed it, a build
+    # killed with SIGKILL left them holding it, and the rerun was refused ("already being built by
+    # another live process") for as long as they lived, which was for good.
+    path = tmp_path / "cache"
+    process = run_helper(small_demo, path, "--sleep", "0.05", "--num-workers", "2")
+    markers = path / "manifest" / "image"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(markers.glob("*.json"))) < 3:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    assert len(_processes_naming(str(path))) >= 2  # the build and its workers
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    report = build(small_demo, path)  # at once: no wait for the workers
+    assert report.complete
+    assert arrays(path) == arrays(reference)
+    deadline = time.monotonic() + 30
+    while _processes_naming(str(path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_naming(str(path)), "the killed build's workers outlived it"
+
+
 def test_two_process_sharded_build_matches_one_process(small_demo, reference, tmp_path):
     path = tmp_path / "cache"
     processes = [run_helper(small_demo, path, "--shard", f"{i}/2") for i in range(2)]

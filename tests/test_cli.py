@@ -213,6 +213,18 @@ def test_eval_and_recommend_are_one_library_call_each(small_demo, mmsr_home):
     assert len(top["items"]) == 5 and not {"i00001", "i00002"} & {row["item"] for row in top["items"]}
     with pytest.raises(MMSRError, match="empty history"):
         recommend("tiny", [])
+    # A k no catalogue fills was padded to k first (a billion slots: 7.45 GiB); a history past the
+    # model's window was cut without a word.
+    history = [f"i{i:05d}" for i in range(1, 31)]  # split.max_seq_len is 20
+    everything = recommend("tiny", history, k=10 ** 9)
+    left = len(everything["items"])
+    assert left > 0 and not set(history) & {row["item"] for row in everything["items"]}
+    assert everything["notes"] == [
+        "the model reads the newest 20 of the 30 history items (split.max_seq_len); all of them are excluded from "
+        "the list", f"only {left} items are left once the history is excluded; all of them are listed"]
+    printed = runner.invoke(app, ["recommend", "--run", "tiny", "--history", ",".join(history), "-k", "1000000000"])
+    assert printed.exit_code == 0 and f"top {left} for a history of 30 items" in printed.output, printed.output
+    assert top["notes"] == []
     unknown = runner.invoke(app, ["recommend", "--run", "tiny", "--history", "i00001,nope"])
     assert isinstance(unknown.exception, MMSRError) and "unknown item 'nope'" in str(unknown.exception)
 
@@ -280,6 +292,28 @@ def test_ctrl_c_inside_any_command_says_finished_work_is_kept(monkeypatch, capsy
         "interrupted; finished work is kept, rerun the command to resume")
 
 
+def test_ctrl_c_in_a_cache_build_with_overwrite_says_to_rerun_without_it(monkeypatch, capsys):
+    """The generic line ("rerun the command") sent the user to rerun with --overwrite, which
+    deleted the finished chunks a second time."""
+    import mmsr.cache_stage
+    import mmsr_cli.app as cli_app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mmsr.cache_stage, "load_build_config", lambda *args, **kwargs: None)
+    monkeypatch.setattr(mmsr.cache_stage, "build_from_config", interrupted)
+    for args, last in ((["--overwrite"], "interrupted: the chunks finished so far are kept (rerun the command "
+                                         "without --overwrite to resume; with it they are deleted and the build "
+                                         "starts again)"),
+                       ([], "interrupted; finished work is kept, rerun the command to resume")):
+        monkeypatch.setattr("sys.argv", ["mmsr", "cache", "build", *args])
+        with pytest.raises(SystemExit) as stopped:
+            cli_app.main()
+        assert stopped.value.code == 130
+        assert capsys.readouterr().err.strip().splitlines()[-1] == last
+
+
 def test_a_usage_error_is_one_line_naming_the_help(mmsr_home):
     """Typer's own errors (an unknown option, a bad value, a missing argument) are user errors
     too: one line, the last printed, exit 2, with the command's --help to read."""
@@ -294,7 +328,11 @@ def test_a_usage_error_is_one_line_naming_the_help(mmsr_home):
                        (["cache", "build", "--device", "mps"], "Invalid value for '--device': 'mps'"),
                        # "" is init_from's "no transfer": it trained from scratch without a word
                        (["train", "--init-from", ""], "Invalid value for '--init-from': '' is empty"),
-                       (["cache", "build", "--batch-size", "0"], "Invalid value for '--batch-size'")):
+                       (["cache", "build", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+                       # numpy's seeding took these in a traceback, a plot's after its run had loaded
+                       (["data", "demo", "--seed", "-1"], "Invalid value for '--seed': Input should be greater than or equal to 0"),
+                       (["plot", "items", "--run", "nosuch", "--seed", "-1"], "Invalid value for '--seed'"),
+                       (["train", "--seed", "4294967296"], "Invalid value for '--seed'")):
         result = mmsr(*args, home=mmsr_home)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert said in result.stderr

@@ -254,6 +254,10 @@ def test_a_float_override_may_be_written_without_a_dot():
     (["eval_batch_size=0"], "eval_batch_size=0 must be at least 1"),
     (["model.dim=30", "model.sequence_heads=4"], "model.dim=30 must be a multiple of model.sequence_heads=4"),
     (["model.dim=30", "model.fusion=merge-attn"], "model.dim=30 must be a multiple of model.fusion_heads=4"),
+    # numpy's seeding refused these in a traceback once the run had started
+    (["seed=-1"], "seed=-1 must be from 0 to 4294967295 (2**32 - 1)"),
+    (["seed=4294967296"], "seed=4294967296 must be from 0 to 4294967295"),
+    (["split.seed=-1"], "split.seed=-1 must be from 0 to 4294967295"),
 ])
 def test_numbers_outside_their_meaningful_range_are_refused_by_name(sets, said):
     from mmsr import config as config_lib
@@ -277,6 +281,8 @@ def test_a_misspelt_set_is_named_as_the_users_not_the_files():
     assert built.encoders.image_size == 64
     with pytest.raises(MMSRError, match=r"invalid --set: unknown key model.dimm"):
         load_build_config("configs/demo-cpu.toml", ["model.dimm=32"])
+    with pytest.raises(MMSRError, match=re.escape("seed=-1 must be from 0 to 4294967295")):
+        load_build_config("configs/demo-cpu.toml", ["seed=-1"])
 
 
 def test_a_wrong_set_value_is_named_as_the_sets_and_a_near_key_is_suggested():

@@ -150,6 +150,22 @@ def test_repair_keeps_the_stores_on_bad_image_when_the_saved_config_lacks_it(sma
     assert yaml.safe_load((path / "config.yaml").read_text())["on_bad_image"] == "skip"  # saved whole now
 
 
+def test_repair_finishes_an_unfinished_cache(small_demo, tmp_path):
+    # `verify` sends an unfinished build to `verify --repair`; the repair read the store's build
+    # options through open_cache, which refuses an unfinished cache, and sent the user back.
+    path = tmp_path / "cache"
+    fake_build(small_demo, path)
+    original = load_all(path)
+    (path / "manifest" / "text" / "000002.json").unlink()  # as a build killed before its marker
+    before = verify_cache(path)
+    assert not before.complete and before.unfinished["text"] == [2]
+    with pytest.raises(StoreError, match="incomplete cache"):
+        open_cache(path)
+    repaired = repair_cache(path, encoders=fake_encoders())
+    assert repaired.ok and repaired.build.modalities["text"].encoded_items == CHUNK
+    assert load_all(path) == original
+
+
 def test_repair_needs_the_saved_build_config(small_demo, tmp_path):
     path = tmp_path / "cache"
     fake_build(small_demo, path)

@@ -14,7 +14,7 @@ import pytest
 
 from mmsr_store import CacheWriter, ModalitySpec, Shard, StoreError, inspect_cache, open_cache
 from mmsr_store import manifest
-from mmsr_store.shards import ShardClaim
+from mmsr_store.shards import ShardClaim, flocked
 
 T, D = 4, 3
 
@@ -256,6 +256,36 @@ def test_overlapping_or_inconsistent_shards_refused(tmp_path):
     # Locks die with their holders: a later run may use any n.
     with CacheWriter(path, item_ids=ids(12), specs={"text": spec()}, shard=Shard(2, 5)) as writer:
         assert writer.pending("text") == []
+
+
+def test_a_forked_child_does_not_keep_its_parents_locks(tmp_path):
+    # An flock belongs to the open file, which a fork (a DataLoader worker) shares: a build killed
+    # with SIGKILL left such children holding its shard lock, and every rerun was refused.
+    code = ("import os, sys, time; from pathlib import Path; from mmsr_store.shards import Shard, ShardClaim, flocked\n"
+            "claim = ShardClaim(Path(sys.argv[1]), Shard(0, 1))\n"
+            "with flocked(Path(sys.argv[1]) / 'output.lock', blocking=False) as held:\n"
+            "    assert held is not None\n"
+            "    child = os.fork()\n"
+            "    if child == 0:\n"
+            "        time.sleep(120); os._exit(0)\n"
+            "    print(child, flush=True); time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        with pytest.raises(StoreError, match="already being built by another live process"):
+            ShardClaim(tmp_path, Shard(0, 1))  # the parent lives: its lock holds
+        parent.kill()
+        parent.wait()
+        os.kill(child, 0)  # the child outlives it
+        ShardClaim(tmp_path, Shard(0, 1)).release()
+        with flocked(tmp_path / "output.lock", blocking=False) as handle:
+            assert handle is not None
+    finally:
+        parent.kill()
+        try:
+            os.kill(child, 9)
+        except ProcessLookupError:
+            pass
 
 
 def test_item_digests_refuse_changed_rows_and_a_cache_without_them_adopts_them(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Literal
 
-from mmsr.config import build
+from mmsr.config import build, seed_problem
 from mmsr.data.split import SplitConfig
 from mmsr.distributed import device_problem
 from mmsr.encoders.config import SLOTS, EncoderConfig
@@ -306,6 +306,9 @@ class TrainConfig:
                 value = getattr(value, part)
             if value is not None and value < lowest:
                 problems.append(f"{key}={value!r} {why}")
+        for key, value in (("seed", self.seed), ("split.seed", self.split.seed)):
+            if problem := seed_problem(value):
+                problems.append(f"{key}={value!r} {problem}")
         model = self.model
         # Each attention head takes an equal slice of the width, where the chosen part has heads.
         parts = [("sequence_heads", SEQUENCE_MODELS, model.sequence)]
