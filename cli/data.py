@@ -106,6 +106,8 @@ def info(
 
 @app.command("list")
 def list_datasets():
-    """List the datasets under $MMSR_HOME/datasets."""
+    """List the datasets under $MMSR_HOME/datasets (a folder there without meta.json is noted on stderr)."""
     for name in paths.dataset_names():
         typer.echo(name)
+    for name in paths.dataset_names(without_meta=True):
+        console.print(f"[yellow]note: {name} is not listed: it has no meta.json (`mmsr data info {name}` says more)")

@@ -187,6 +187,10 @@ def ranks_command(
     if json_out:
         print_json(result)
         return
+    if not result["cases"]:
+        typer.echo(f"{split} split: no cases, nothing ranked (`mmsr data info` counts each split's cases); "
+                   f"{result['path']} holds the header alone")
+        return
     typer.echo(f"{result['cases']:,} {split} cases ranked ({protocol} protocol, {checkpoint} checkpoint): "
                f"{result['path']}  HR@10 {result['HR@10']:.4f}, NDCG@10 {result['NDCG@10']:.4f}")
 

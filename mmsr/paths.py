@@ -39,7 +39,7 @@ def resolve(kind: str, name: str | os.PathLike) -> Path:
         raise ValueError(f"unknown data-root kind {kind!r}")
     if not str(name).strip():  # would be $MMSR_HOME/KIND itself
         raise MMSRError(f"an empty name where a name under $MMSR_HOME/{kind} or a path is wanted",
-                        hint="give a name (e.g. --name demo) or a path")
+                        hint="give a name or a path in its place")
     if looks_like_path(name):
         return Path(name).expanduser()
     return home() / kind / str(name)
@@ -65,9 +65,12 @@ def models_dir() -> Path:
     return folder
 
 
-def dataset_names() -> list[str]:
+def dataset_names(*, without_meta: bool = False) -> list[str]:
     """The datasets under $MMSR_HOME/datasets (directories holding a meta.json), sorted; hidden
-    ones (a generation's staging folder, a dataset being replaced) are not datasets."""
+    ones (a generation's staging folder, a dataset being replaced) are not datasets.
+    `without_meta`: the other folders there instead (a dataset that lost its meta.json, raw files)."""
     root = home() / "datasets"
-    return sorted(entry.name for entry in root.iterdir()
-                  if not entry.name.startswith(".") and (entry / "meta.json").is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(entry.name for entry in root.iterdir() if not entry.name.startswith(".") and entry.is_dir()
+                  and (entry / "meta.json").is_file() != without_meta)

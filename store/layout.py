@@ -19,12 +19,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 
-from mmsr_store.errors import out_of_space_guard
+from mmsr_store.errors import StoreError, out_of_space_guard
 
 FORMAT = "mmsr-cache/1"
 STORE_DIR = "store.zarr"
@@ -70,9 +71,25 @@ DIR_MODE = 0o777 & ~_UMASK
 
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with out_of_space_guard(path):
+    with out_of_space_guard(path), _unwritable_named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         _write_then_rename(path, data, fsync)
+
+
+# Where the path itself is wrong (a folder by that name, no permission, a read-only or virtual
+# file system): one line naming it, not a traceback after the work that was to be written.
+_UNWRITABLE = (errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS)
+
+
+@contextlib.contextmanager
+def _unwritable_named(path: Path):
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _UNWRITABLE:
+            raise
+        raise StoreError(f"cannot write this file: {os.strerror(error.errno).lower()}", where=path,
+                         hint="give a path you can write to") from None
 
 
 def _write_then_rename(path: Path, data: bytes, fsync: bool) -> None:

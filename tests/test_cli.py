@@ -189,6 +189,8 @@ def test_demo_keeps_an_existing_dataset_and_list_finds_it(mmsr_home):
     (mmsr_home / "datasets" / "not-a-dataset").mkdir()
     listed = runner.invoke(app, ["data", "list"])
     assert listed.exit_code == 0 and listed.stdout.split() == ["demo"]
+    # left out of the list, but no longer without a word (a dataset that lost its meta.json)
+    assert "note: not-a-dataset is not listed: it has no meta.json" in " ".join(listed.stderr.split())
 
 
 def test_eval_and_recommend_are_one_library_call_each(small_demo, mmsr_home):

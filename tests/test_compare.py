@@ -1,6 +1,7 @@
 """`mmsr compare`: two runs ranked on the same cases, paired interval and test."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -88,6 +89,23 @@ def test_a_lost_best_checkpoint_is_said_and_a_lost_last_one_gets_a_hint_that_wor
         load_run(run, "best", device="cpu")
 
 
+def test_a_run_without_its_run_json_is_said_to_be_unchecked(two_runs, tmp_path):
+    """A copy without run.json was ranked as a run from before it existed, without a word: no
+    dataset check, items encoded from their inputs (figures a rounding away from the run's)."""
+    from mmsr.train.run import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(two_runs[0], run)
+    said = []
+    load_run(run, device="cpu", log=said.append)
+    assert said == []
+    (run / "run.json").unlink()
+    load_run(run, device="cpu", log=said.append)
+    assert said == [f"note: {run} has no run.json (a run from before it was written, or a copy without it): the "
+                    "dataset is not checked against the one the run trained on, and items are encoded from their "
+                    "inputs, not read from a cache"]
+
+
 def test_a_run_whose_dataset_moved_is_told_to_put_it_back(two_runs, tmp_path):
     """It was told to create one with `mmsr data demo`, which the content hash then refuses."""
     from mmsr.train.run import load_run
@@ -107,6 +125,27 @@ def test_a_split_without_cases_is_named_not_blamed_on_ranks_files(two_runs):
 
     with pytest.raises(MMSRError, match=r"seed0: the new split has no case to compare on"):  # small_demo has none
         compare_runs(str(two_runs[0]), str(two_runs[1]), "new", resamples=999)
+
+
+def test_ranks_of_a_split_without_cases_and_to_a_path_that_cannot_be_written(two_runs, tmp_path):
+    # It printed numpy's "invalid value" warnings and HR@10 nan (JSON NaN); a folder named like the
+    # file ended in os.replace's traceback after the ranking.
+    import warnings
+
+    from mmsr.eval.run_ranks import write_run_ranks
+    from mmsr_store import StoreError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = write_run_ranks(str(two_runs[0]), tmp_path / "new.csv", "new")
+    assert (result["cases"], result["HR@10"], result["NDCG@10"]) == (0, 0.0, 0.0)
+    assert (tmp_path / "new.csv").read_text().splitlines() == ["user,item,rank"]
+    (tmp_path / "taken.csv").mkdir()
+    with pytest.raises(StoreError, match=r"taken.csv: cannot write this file: is a directory"):
+        write_run_ranks(str(two_runs[0]), tmp_path / "taken.csv", "test")
+    for split in ("nope", "test,valid"):  # named by its option, before the run is loaded
+        with pytest.raises(MMSRError, match=re.escape(f"--split: unknown split {split!r} (use one of")):
+            write_run_ranks(str(tmp_path / "no-such-run"), tmp_path / "x.csv", split)
 
 
 def test_a_run_named_twice_in_a_side_is_refused_not_counted_as_two_seeds(mmsr_home):

@@ -1,6 +1,7 @@
 """The canonical dataset: atomic writes, validation with file and line, the bad-image policy."""
 
 import json
+import re
 
 import pytest
 
@@ -182,3 +183,14 @@ def test_a_folder_of_raw_files_is_named_with_the_import_command(tmp_path):
     with pytest.raises(MMSRError, match="missing meta.json: not a canonical mmsr dataset") as error:
         load_dataset(tmp_path / "raw")
     assert f"mmsr data import FORMAT {tmp_path / 'raw'} --name NAME" in str(error.value)
+
+
+def test_a_damaged_meta_json_is_named(tmp_path):
+    # JSON that is not an object ended in AttributeError ('list' object has no attribute 'get').
+    (tmp_path / "d").mkdir()
+    for text, said in (("[]", "damaged: holds a JSON list, not an object"), ('{"sche', "damaged: not JSON at line 1"),
+                       ("", "damaged: empty")):
+        (tmp_path / "d" / "meta.json").write_text(text)
+        with pytest.raises(MMSRError, match=re.escape(f"{tmp_path / 'd' / 'meta.json'}: {said}")) as error:
+            load_dataset(tmp_path / "d")
+        assert "mmsr data demo" in str(error.value)

@@ -207,6 +207,9 @@ def test_curves_figure_takes_records_without_torch(tmp_path):
     rows = read_csv(table)
     assert [(r["run"], r["epoch"]) for r in rows] == [("transfer", "1"), ("transfer", "2"), ("transfer", "3"),
                                                       ("scratch", "1"), ("scratch", "2"), ("scratch", "3")]
+    _, twice = curves.curves_figure(series, ["HR@10", "loss", "HR@10"], tmp_path / "twice.png")
+    assert [(r["metric"], r["run"]) for r in read_csv(twice)][::3] == [("HR@10", "transfer"), ("HR@10", "scratch"),
+                                                                       ("loss", "transfer"), ("loss", "scratch")]
     code = ("import sys, mmsr.plots.curves; "
             "assert not {'torch', 'sklearn'} & set(sys.modules), sorted({'torch', 'sklearn'} & set(sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

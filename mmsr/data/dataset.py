@@ -33,6 +33,7 @@ from mmsr.atomic import atomic_dir, atomic_write_text, staged_dir
 from mmsr.data.item_table import ItemTable
 from mmsr.data.textfile import iter_json_lines_at, iter_lines
 from mmsr.errors import MMSRError
+from mmsr.json_files import read_json_object
 from mmsr_store.errors import out_of_space_guard
 
 SCHEMA_VERSION = 1
@@ -453,10 +454,8 @@ def _read_meta(path: Path) -> dict:
         raise MMSRError("missing meta.json: not a canonical mmsr dataset", where=path.parent,
                         hint=f"if it holds raw files, import them: `mmsr data import FORMAT {path.parent} --name NAME` "
                              "(`mmsr data import --help` lists the formats)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise MMSRError(f"cannot parse: {error}", where=path) from None
+    meta = read_json_object(path, remake="re-create the dataset: `mmsr data demo` or `mmsr data import` with "
+                                         "--overwrite")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise MMSRError(f"schema_version {version!r}, this mmsr reads {SCHEMA_VERSION}", where=path,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsr.data.split import EVAL_SPLITS
 from mmsr.errors import MMSRError
 from mmsr.eval.external_ranks import CaseKeys, is_ranks_file, write_ranks
 from mmsr.eval.metrics import hit_at_k, ndcg_at_k
@@ -73,6 +74,9 @@ def write_run_ranks(run: str, path: str | Path, split: str = "test", *, protocol
     check it against `mmsr eval`."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MMSRError("mmsr ranks runs in one process", where="torchrun", hint="run it without torchrun")
+    if split not in EVAL_SPLITS:  # before the run loads (seconds), and with the option it is
+        raise MMSRError(f"unknown split {split!r}", where="--split",
+                        hint="use one of " + ", ".join(EVAL_SPLITS) + " (one split a file)")
     path = Path(path)
     if not is_ranks_file(str(path)):
         raise MMSRError("a ranks file is a .csv", where=path,
@@ -80,6 +84,9 @@ def write_run_ranks(run: str, path: str | Path, split: str = "test", *, protocol
     ranked = rank_run(run, split, protocol, checkpoint=checkpoint, batch_size=batch_size, device=device,
                       with_keys=True)
     write_ranks(path, ranked.keys, ranked.ranks)
+    cases = len(ranked.ranks)
+    # Without a case the metrics are 0, as `mmsr eval` reports them (a mean of nothing is NaN, not JSON).
     return {"run": str(ranked.label), "split": split, "protocol": protocol, "checkpoint": checkpoint,
-            "cases": len(ranked.ranks), "path": str(path), "batch_size": ranked.batch_size,
-            "HR@10": float(hit_at_k(ranked.ranks, 10).mean()), "NDCG@10": float(ndcg_at_k(ranked.ranks, 10).mean())}
+            "cases": cases, "path": str(path), "batch_size": ranked.batch_size,
+            "HR@10": float(hit_at_k(ranked.ranks, 10).mean()) if cases else 0.0,
+            "NDCG@10": float(ndcg_at_k(ranked.ranks, 10).mean()) if cases else 0.0}

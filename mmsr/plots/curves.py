@@ -89,7 +89,8 @@ def curves_figure(series: Mapping[str, Records], metrics: str | Sequence[str] | 
     ({label: metrics.jsonl records}); write `path` (PNG) and its CSV. Returns [png, csv]."""
     if not series or not any(series.values()):
         raise MMSRError("no metrics to draw", where=path, hint="give at least one run with a finished epoch")
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics or default_metrics(series))
+    # Each once (a metric given twice drew two equal panels and wrote its CSV rows twice).
+    metrics = [metrics] if isinstance(metrics, str) else list(dict.fromkeys(metrics or default_metrics(series)))
     _check_metrics(series, metrics)
     figure, axes = new_figure(len(metrics), width=5.0, height=4.0, columns=COLUMNS)
     rows = []

@@ -203,7 +203,8 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
              log: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> LoadedRun:
     """A run rebuilt from its directory alone: its config, the `checkpoint`'s weights, its dataset
     and split, and an item feed that streams its cache (`mmsr eval`, `recommend`, the plots).
-    `log` says when best.pt is missing and last.pt ranks in its place (stderr: --json stays clean)."""
+    `log` says when best.pt is missing and last.pt ranks in its place, or run.json is (stderr: --json
+    stays clean)."""
     root = paths.runs_dir(name_or_path)
     config = run_config(root)
     info = run_info(root)
@@ -219,6 +220,10 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
                                             f"{root} --overwrite`")
     if fell_back:
         log(f"note: {root} has no best.pt: ranking with last.pt (epoch {state.get('epoch')})")
+    if not info:
+        log(f"note: {root} has no {RUN_FILE} (a run from before it was written, or a copy without it): the dataset "
+            "is not checked against the one the run trained on, and items are encoded from their inputs, not "
+            "read from a cache")
     dev = pick_device(device)
     dataset = _run_dataset(root, config, info)
     check_same_dataset(root, dataset, info)
