@@ -10,7 +10,6 @@ from rich.table import Table
 
 from mmsr.config import MAX_SEED
 from mmsr.data.dataset import BAD_IMAGE_POLICIES
-from mmsr.errors import MMSRError
 from mmsr_cli.common import SetOption, check_device, console, is_rank_zero, print_json, progress_bar
 from mmsr_store import inspect_cache, verify_cache
 
@@ -63,15 +62,7 @@ def build(
                             joint_model=joint_model, joint_top_blocks=joint_top_blocks, joint_vision=joint_vision,
                             joint_vision_model=joint_vision_model, max_text_len=max_text_len, image_size=image_size, batch_size=batch_size,
                             num_workers=num_workers, on_bad_image=on_bad_image, device=device, seed=seed)
-    try:
-        report = build_from_config(cfg, shard=shard, overwrite=overwrite, progress=progress_bar)
-    except KeyboardInterrupt:
-        if not overwrite:
-            raise  # the CLI's own line: finished work is kept, rerun the command
-        # Rerunning this very command would delete the chunks finished so far a second time.
-        raise BuildInterrupted("the chunks finished so far are kept",
-                               hint="rerun the command without --overwrite to resume; with it they are deleted "
-                                    "and the build starts again") from None
+    report = build_from_config(cfg, shard=shard, overwrite=overwrite, progress=progress_bar)
     path = report.path
     if not is_rank_zero():
         return
@@ -86,11 +77,6 @@ def build(
     else:
         left = ", ".join(f"{m}: {n}" for m, n in report.remaining_chunks.items() if n)
         console.print(f"[yellow]this shard is done; chunks still owned by other shards ({left}): {path}")
-
-
-class BuildInterrupted(MMSRError):
-    label = "interrupted"
-    exit_status = 130
 
 
 @app.command()

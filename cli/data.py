@@ -110,4 +110,5 @@ def list_datasets():
     for name in paths.dataset_names():
         typer.echo(name)
     for name in paths.dataset_names(without_meta=True):
-        console.print(f"[yellow]note: {name} is not listed: it has no meta.json (`mmsr data info {name}` says more)")
+        console.print(f"[yellow]note: {name} is not listed: no meta.json, so not a dataset "
+                      f"(`mmsr data info {name}` says more)")

@@ -250,10 +250,10 @@ def _die_with(build: int) -> None:
     A build killed with SIGKILL (an out-of-memory kill, a scheduler's) cannot stop its workers,
     and torch's own watchdog only runs while a worker waits for work: one blocked handing a batch
     to the dead build stayed for good, holding memory. Elsewhere the watchdog is all there is."""
-    if not sys.platform.startswith("linux"):
-        return
+    if not sys.platform.startswith("linux") or os.getppid() != build:
+        return  # not forked by the build (a forkserver's or spawn's worker inherits none of its locks)
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != build:  # it died before the request was made
+    if os.getppid() != build:  # it died between the two reads
         os._exit(1)
 
 
@@ -351,21 +351,38 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
             adopt_legacy_digests(path, dataset, m, encoder_config)
     # A rerun on the version of the dataset the cache recorded reads no picture again for them.
     digests = {m: current_digests(dataset, m, encoder_config, read_item_digests(path, m)) for m in specs}
-    with CacheWriter(path, item_ids=dataset.item_ids(), specs=specs, shard=shard,
-                     build={"on_bad_image": on_bad_image}, overwrite=overwrite, item_digests=digests) as writer:
-        if resolved_config is not None:
-            _write_config(path / CONFIG_FILE, resolved_config)
-        for modality in sorted(specs):
-            spec = specs[modality]
-            reports[modality] = ModalityReport(modality, spec.tokens, spec.dim, writer.chunk_items(modality))
-            _encode_modality(writer, dataset, encoders[modality], modality, spec, encoder_config,
-                             batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image,
-                             device=target, progress=progress, report=reports[modality])
-        remaining = writer.remaining()
+    wiped = False
+    try:
+        with CacheWriter(path, item_ids=dataset.item_ids(), specs=specs, shard=shard,
+                         build={"on_bad_image": on_bad_image}, overwrite=overwrite, item_digests=digests) as writer:
+            wiped = overwrite
+            if resolved_config is not None:
+                _write_config(path / CONFIG_FILE, resolved_config)
+            for modality in sorted(specs):
+                spec = specs[modality]
+                reports[modality] = ModalityReport(modality, spec.tokens, spec.dim, writer.chunk_items(modality))
+                _encode_modality(writer, dataset, encoders[modality], modality, spec, encoder_config,
+                                 batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image,
+                                 device=target, progress=progress, report=reports[modality])
+            remaining = writer.remaining()
+    except KeyboardInterrupt:
+        if not wiped:
+            raise  # nothing deleted yet: the same command, --overwrite and all, is the one to rerun
+        # Rerunning the very command would delete the chunks finished since, a second time.
+        raise BuildInterrupted("the old cache was deleted (--overwrite); the chunks finished since are kept",
+                               where=path, hint="rerun the command without --overwrite to resume; with it they are "
+                                                "deleted again") from None
     problems = _all_problems(path, specs)
     report = BuildReport(path, dataset.name, dataset.num_items, str(shard), reports, remaining, problems, on_bad_image)
     atomic_write_json(path / "report.json", report.to_json())
     return report
+
+
+class BuildInterrupted(MMSRError):
+    """Ctrl-C in a build after --overwrite deleted the old cache."""
+
+    label = "interrupted"
+    exit_status = 130
 
 
 def _encode_modality(writer: CacheWriter, dataset: Dataset, encoder, modality: str, spec: ModalitySpec,

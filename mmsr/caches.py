@@ -22,7 +22,7 @@ from mmsr.encoders.config import READS_PICTURE, READS_TEXT, SLOT_FIELDS, Encoder
 from mmsr.encoders.model_key import model_key
 from mmsr.errors import MMSRError
 from mmsr_store import Cache, StoreError, manifest, open_cache
-from mmsr_store.errors import OutOfSpaceError
+from mmsr_store.errors import OutOfSpaceError, UnwritableError
 from mmsr_store.fingerprint import digest, items_hash
 from mmsr_store.layout import FORMAT, STORE_DIR, changed_rows, read_item_digests, read_item_ids, write_item_digests
 from mmsr_store.reader import BUILD_HINT
@@ -303,5 +303,5 @@ def _record_digests(cache_dir: Path, modality: str, source: str, digests: list[s
     a full disk) is worked out again at its next open instead."""
     try:
         write_item_digests(cache_dir, modality, source, digests)
-    except (OSError, OutOfSpaceError):
+    except (OSError, OutOfSpaceError, UnwritableError):
         pass

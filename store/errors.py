@@ -43,6 +43,11 @@ class OutOfSpaceError(UserError):
     reason = "no space left on device"
 
 
+class UnwritableError(UserError):
+    """A path that cannot be written as it is: a folder by the file's name, a file where its folder
+    should be, no permission, a read-only or virtual file system. Nothing was written there."""
+
+
 RESUME_HINT = ("free some space (or raise the quota or file-size limit) and rerun the command: finished work "
                "is kept and it resumes")
 

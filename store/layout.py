@@ -25,7 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from mmsr_store.errors import StoreError, out_of_space_guard
+from mmsr_store.errors import UnwritableError, out_of_space_guard
 
 FORMAT = "mmsr-cache/1"
 STORE_DIR = "store.zarr"
@@ -76,9 +76,10 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
         _write_then_rename(path, data, fsync)
 
 
-# Where the path itself is wrong (a folder by that name, no permission, a read-only or virtual
-# file system): one line naming it, not a traceback after the work that was to be written.
-_UNWRITABLE = (errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS)
+# Where the path itself is wrong (a folder by that name, a file where a folder should be, no
+# permission, a read-only or virtual file system): one line naming it, not a traceback after the
+# work that was to be written.
+_UNWRITABLE = (errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS)
 
 
 @contextlib.contextmanager
@@ -88,8 +89,8 @@ def _unwritable_named(path: Path):
     except OSError as error:
         if error.errno not in _UNWRITABLE:
             raise
-        raise StoreError(f"cannot write this file: {os.strerror(error.errno).lower()}", where=path,
-                         hint="give a path you can write to") from None
+        raise UnwritableError(f"cannot write this file: {os.strerror(error.errno).lower()}", where=path,
+                              hint="give a path that can be written, or make this one writable") from None
 
 
 def _write_then_rename(path: Path, data: bytes, fsync: bool) -> None:

@@ -21,6 +21,7 @@ import fcntl
 import os
 import re
 import socket
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,16 +30,25 @@ from mmsr_store.layout import LOCK_DIR
 
 _LOCK_NAME = re.compile(r"^shard-(\d+)-of-(\d+)\.lock$")
 
-# The lock files this process has open (see the module's docstring).
-_held: set = set()
+# The lock files this process has open (see the module's docstring). Weak: a handle dropped
+# without release() is still closed, and its lock freed, by the garbage collector.
+_held: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def _close_inherited_locks() -> None:
-    for handle in list(_held):
-        try:
-            handle.close()  # the child's copy: the parent's lock stays held
-        except OSError:
-            pass
+    """In a forked child: point each lock's descriptor at /dev/null, which lets go of the lock's
+    open file (the parent keeps its lock). Not the file object's close(), which takes its buffer's
+    lock, held perhaps by a parent thread at the fork; nor a bare os.close(), after which the
+    object would close the same number again later, when it may name another file."""
+    if not _held:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for handle in list(_held):
+            with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile
+                os.dup2(null, handle.fileno())
+    finally:
+        os.close(null)
     _held.clear()
 
 

@@ -111,11 +111,15 @@ class CacheWriter:
             self.group = open_group(self.dir, mode="r+")  # lost metadata is named, not a KeyError mid-build
             self._check_and_extend(others)
             self.claim = ShardClaim(self.dir, self.shard)
-            if not others:  # nobody else can be mid-write: leftovers of killed writes are garbage
-                remove_partial_files(self.dir / STORE_DIR)
-                for leftover in self.dir.glob(f".{STORE_DIR}.tmp-*"):
-                    shutil.rmtree(leftover, ignore_errors=True)
-        self.arrays = {m: (self.group[f"{m}/{HIDDEN}"], self.group[f"{m}/{MASK}"]) for m in self.specs}
+            try:
+                if not others:  # nobody else can be mid-write: leftovers of killed writes are garbage
+                    remove_partial_files(self.dir / STORE_DIR)
+                    for leftover in self.dir.glob(f".{STORE_DIR}.tmp-*"):
+                        shutil.rmtree(leftover, ignore_errors=True)
+                self.arrays = {m: (self.group[f"{m}/{HIDDEN}"], self.group[f"{m}/{MASK}"]) for m in self.specs}
+            except BaseException:
+                self.claim.release()  # no __exit__ will: the shard must not stay claimed by this process
+                raise
 
     # ------------------------------------------------------------------ setup
     def _describe(self, shard: Shard) -> str:

@@ -132,6 +132,34 @@ def test_a_build_killed_with_its_workers_running_resumes_at_once(small_demo, ref
     assert not _processes_naming(str(path)), "the killed build's workers outlived it"
 
 
+def test_ctrl_c_after_overwrite_deleted_the_old_cache_says_to_rerun_without_it(small_demo, reference, tmp_path):
+    """The CLI's line after Ctrl-C ("rerun the command to resume") sent `cache build --overwrite`
+    back to --overwrite, which deleted the chunks finished since a second time."""
+    from mmsr.cache_stage import BuildInterrupted
+
+    path = tmp_path / "cache"
+    shutil.copytree(reference, path)
+    encoders = fake_encoders()
+    lower, calls = encoders["image"].lower_forward, []
+
+    def stopped_at_the_third_batch(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return lower(batch)
+
+    encoders["image"].lower_forward = stopped_at_the_third_batch
+    with pytest.raises(BuildInterrupted) as said:
+        build(small_demo, path, overwrite=True, encoders=encoders)
+    assert str(said.value) == (f"{path}: the old cache was deleted (--overwrite); the chunks finished since are kept "
+                               "(rerun the command without --overwrite to resume; with it they are deleted again)")
+    assert said.value.exit_status == 130
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):  # no --overwrite: the CLI's own line ("rerun the command") holds
+        build(small_demo, path, encoders=encoders)
+    assert build(small_demo, path).complete and arrays(path) == arrays(reference)
+
+
 def test_two_process_sharded_build_matches_one_process(small_demo, reference, tmp_path):
     path = tmp_path / "cache"
     processes = [run_helper(small_demo, path, "--shard", f"{i}/2") for i in range(2)]
@@ -485,3 +513,19 @@ def test_an_encoder_with_nothing_to_read_is_refused(small_demo, tmp_path, name, 
         build(root, tmp_path / "cache")
     assert problem in str(error.value) and "--set encoders." in str(error.value)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_that_cannot_be_written_is_still_opened(monkeypatch, tmp_path):
+    """Recording a cache's digests again (a data root copied without its files' times) is a
+    saving for the next open, never a reason to refuse this one: a shared or read-only cache
+    is worked out again next time (the atomic writes name an unwritable path since 2026-12-07,
+    which this must still take)."""
+    import mmsr.caches
+    from mmsr_store.errors import OutOfSpaceError, UnwritableError
+
+    for error in (UnwritableError("cannot write this file: permission denied", where=tmp_path),
+                  OutOfSpaceError("cannot write", where=tmp_path), PermissionError(13, "denied")):
+        def refused(*args, error=error):
+            raise error
+        monkeypatch.setattr(mmsr.caches, "write_item_digests", refused)
+        mmsr.caches._record_digests(tmp_path, "text", "v2", ["d"])  # no error

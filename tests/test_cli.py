@@ -190,7 +190,7 @@ def test_demo_keeps_an_existing_dataset_and_list_finds_it(mmsr_home):
     listed = runner.invoke(app, ["data", "list"])
     assert listed.exit_code == 0 and listed.stdout.split() == ["demo"]
     # left out of the list, but no longer without a word (a dataset that lost its meta.json)
-    assert "note: not-a-dataset is not listed: it has no meta.json" in " ".join(listed.stderr.split())
+    assert "note: not-a-dataset is not listed: no meta.json, so not a dataset" in " ".join(listed.stderr.split())
 
 
 def test_eval_and_recommend_are_one_library_call_each(small_demo, mmsr_home):
@@ -292,28 +292,6 @@ def test_ctrl_c_inside_any_command_says_finished_work_is_kept(monkeypatch, capsy
     assert stopped.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "interrupted; finished work is kept, rerun the command to resume")
-
-
-def test_ctrl_c_in_a_cache_build_with_overwrite_says_to_rerun_without_it(monkeypatch, capsys):
-    """The generic line ("rerun the command") sent the user to rerun with --overwrite, which
-    deleted the finished chunks a second time."""
-    import mmsr.cache_stage
-    import mmsr_cli.app as cli_app
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(mmsr.cache_stage, "load_build_config", lambda *args, **kwargs: None)
-    monkeypatch.setattr(mmsr.cache_stage, "build_from_config", interrupted)
-    for args, last in ((["--overwrite"], "interrupted: the chunks finished so far are kept (rerun the command "
-                                         "without --overwrite to resume; with it they are deleted and the build "
-                                         "starts again)"),
-                       ([], "interrupted; finished work is kept, rerun the command to resume")):
-        monkeypatch.setattr("sys.argv", ["mmsr", "cache", "build", *args])
-        with pytest.raises(SystemExit) as stopped:
-            cli_app.main()
-        assert stopped.value.code == 130
-        assert capsys.readouterr().err.strip().splitlines()[-1] == last
 
 
 def test_a_usage_error_is_one_line_naming_the_help(mmsr_home):

@@ -103,7 +103,7 @@ def test_a_run_without_its_run_json_is_said_to_be_unchecked(two_runs, tmp_path):
     load_run(run, device="cpu", log=said.append)
     assert said == [f"note: {run} has no run.json (a run from before it was written, or a copy without it): the "
                     "dataset is not checked against the one the run trained on, and items are encoded from their "
-                    "inputs, not read from a cache"]
+                    "inputs, as for a run trained without a cache"]
 
 
 def test_a_run_whose_dataset_moved_is_told_to_put_it_back(two_runs, tmp_path):
@@ -133,7 +133,7 @@ def test_ranks_of_a_split_without_cases_and_to_a_path_that_cannot_be_written(two
     import warnings
 
     from mmsr.eval.run_ranks import write_run_ranks
-    from mmsr_store import StoreError
+    from mmsr_store.errors import UnwritableError
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -141,8 +141,11 @@ def test_ranks_of_a_split_without_cases_and_to_a_path_that_cannot_be_written(two
     assert (result["cases"], result["HR@10"], result["NDCG@10"]) == (0, 0.0, 0.0)
     assert (tmp_path / "new.csv").read_text().splitlines() == ["user,item,rank"]
     (tmp_path / "taken.csv").mkdir()
-    with pytest.raises(StoreError, match=r"taken.csv: cannot write this file: is a directory"):
+    with pytest.raises(UnwritableError, match=r"taken.csv: cannot write this file: is a directory"):
         write_run_ranks(str(two_runs[0]), tmp_path / "taken.csv", "test")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UnwritableError, match=r"a-file/x.csv: cannot write this file: file exists"):
+        write_run_ranks(str(two_runs[0]), tmp_path / "a-file" / "x.csv", "test")
     for split in ("nope", "test,valid"):  # named by its option, before the run is loaded
         with pytest.raises(MMSRError, match=re.escape(f"--split: unknown split {split!r} (use one of")):
             write_run_ranks(str(tmp_path / "no-such-run"), tmp_path / "x.csv", split)

@@ -265,10 +265,9 @@ def test_a_forked_child_does_not_keep_its_parents_locks(tmp_path):
             "claim = ShardClaim(Path(sys.argv[1]), Shard(0, 1))\n"
             "with flocked(Path(sys.argv[1]) / 'output.lock', blocking=False) as held:\n"
             "    assert held is not None\n"
-            "    child = os.fork()\n"
-            "    if child == 0:\n"
-            "        time.sleep(120); os._exit(0)\n"
-            "    print(child, flush=True); time.sleep(120)\n")
+            "    if os.fork() == 0:  # the child says its pid once it runs (after the fork's handlers)\n"
+            "        print(os.getpid(), flush=True); time.sleep(120); os._exit(0)\n"
+            "    time.sleep(120)\n")
     parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     try:

@@ -213,6 +213,7 @@ def test_plan_refuses_a_missing_dataset_and_report_the_study_file(study_file, mm
     (lambda s: s.replace('"model.kind" = "idsr"', '"model.kind" = "idsr", dataset = "x"'), "variant 'idsr' set: dataset"),
     (lambda s: s + '\n[data.x]\ndemo = { user = 4 }\n', "unknown key data.x.demo.user"),
     (lambda s: s + '\n[data.x]\ndemo = { items = -5 }\n', "data.x.demo: -5 items and 2000 users: the demo needs"),
+    (lambda s: s + '\n[data.x]\ndemo = { seed = -1 }\n', "data.x.demo: seed -1 must be from 0 to 4294967295"),
     # said "got 'metric'" of a key never written, then "is not a metric of the study (known: )"
     (lambda s: s + '\n[table]\nrows = ["variant"]\ncolumns = ["split", "metric"]\nimprov = { of = "Gate" }\n',
      "table.improv.along must be variant or column (the models compared), not given, and the last of "

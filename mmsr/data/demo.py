@@ -33,6 +33,7 @@ import numpy as np
 
 from mmsr import __version__, paths
 from mmsr.atomic import refuse_existing, refuse_foreign, refuse_working_folder
+from mmsr.config import seed_problem
 from mmsr.data.dataset import META_FILE, DatasetWriter, checkpoint_file
 from mmsr.data.demo_choices import CHUNK_USERS, SAMPLERS, choose_sampler
 from mmsr.errors import MMSRError
@@ -185,9 +186,11 @@ def generator_options(*, seed: int = 0, domain: int = 0, min_len: int = 5, max_l
 
 
 def check_demo_request(*, items: int, users: int, domain: int = 0, min_len: int = 5, max_len: int = 40,
-                       image_size: int = 224, sampler: str = "auto") -> None:
+                       image_size: int = 224, sampler: str = "auto", seed: int = 0) -> None:
     """What a demo cannot be made with, refused before anything is drawn or shown."""
     choose_sampler(sampler, items)  # refuses an unknown name
+    if problem := seed_problem(seed):
+        raise MMSRError(f"seed {seed} {problem}", hint="--seed 0 draws the demo")
     if items < 10 or users < 1:
         raise MMSRError(f"{items} items and {users} users: the demo needs at least 10 items and 1 user",
                         hint="--items 10 or more, --users 1 or more")
@@ -214,7 +217,7 @@ def generate_demo(dest: Path, *, name: str = "demo", items: int = 3000, users: i
     `sampler` draws the choices (mmsr/data/demo_choices.py): `auto` keeps the original draws up
     to 10,000 items and streams larger datasets in bounded memory."""
     check_demo_request(items=items, users=users, domain=domain, min_len=min_len, max_len=max_len,
-                       image_size=image_size, sampler=sampler)
+                       image_size=image_size, sampler=sampler, seed=seed)
     options = generator_options(seed=seed, domain=domain, min_len=min_len, max_len=max_len, image_size=image_size,
                                 sampler=sampler, items=items)
     default = options == DEFAULT_OPTIONS and {"items": items, "users": users} == DEFAULT_SIZE
@@ -328,7 +331,7 @@ def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000
     it). `shape` passes min_len, max_len, image_size and sampler on to `generate_demo`.
     Returns (its directory, whether it was written now)."""
     # Before the progress bar, which an error would otherwise leave drawn at 0% above it.
-    check_demo_request(items=items, users=users, domain=domain, **shape)
+    check_demo_request(items=items, users=users, domain=domain, seed=seed, **shape)
     name = name or default_demo_name(domain)
     dest = paths.dataset_dir(name)
     refuse_working_folder(dest)

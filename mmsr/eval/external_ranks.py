@@ -133,8 +133,7 @@ def write_ranks(path: str | Path, cases: CaseKeys, ranks: np.ndarray) -> Path:
     writer.writerow(COLUMNS)
     writer.writerows(zip(cases.users, cases.items, (int(r) for r in ranks)))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, out.getvalue())
+    atomic_write_text(path, out.getvalue())  # its folder made there, or named when it cannot be
     return path
 
 

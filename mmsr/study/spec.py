@@ -311,7 +311,7 @@ def _data_recipes(data: dict, problems: list[str]) -> dict:
                 typed = False
         if typed and set(options) <= set(DEMO_OPTIONS):  # what `study run` would refuse after writing its folder
             try:
-                check_demo_request(**{**DEMO_SIZE, **{k: v for k, v in options.items() if k != "seed"}})
+                check_demo_request(**{**DEMO_SIZE, **options})
             except MMSRError as error:
                 problems.append(f"data.{name}.demo: {error.message}")
     return data

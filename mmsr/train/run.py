@@ -222,8 +222,8 @@ def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "
         log(f"note: {root} has no best.pt: ranking with last.pt (epoch {state.get('epoch')})")
     if not info:
         log(f"note: {root} has no {RUN_FILE} (a run from before it was written, or a copy without it): the dataset "
-            "is not checked against the one the run trained on, and items are encoded from their inputs, not "
-            "read from a cache")
+            "is not checked against the one the run trained on, and items are encoded from their inputs, as for a "
+            "run trained without a cache")
     dev = pick_device(device)
     dataset = _run_dataset(root, config, info)
     check_same_dataset(root, dataset, info)
