@@ -216,6 +216,19 @@ def test_curves_figure_takes_records_without_torch(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+def test_a_curve_of_one_epoch_has_whole_epoch_ticks():
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots()
+    ax.plot([1], [0.5], marker="o", label="run")
+    curves._style(ax, "loss")
+    figure.canvas.draw()
+    low, high = ax.get_xlim()
+    shown = [tick for tick in ax.get_xticks() if low <= tick <= high]
+    plt.close(figure)
+    assert shown == [1.0]  # it was 0.945, 0.960, ... 1.065
+
+
 def test_help_of_every_command():
     for args in ([], ["items"], ["users"], ["curves"]):
         result = runner.invoke(app, [*args, "--help"])

@@ -115,7 +115,8 @@ def _check_metrics(series: Mapping[str, Records], metrics: list[str]) -> None:
 def _style(ax, metric: str) -> None:
     ax.set_title(metric if metric in DEFAULT_TOP_LEVEL else f"validation {metric}")
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # One tick may do: with a single epoch the locator otherwise gives up on whole numbers (0.945, 0.960, ...).
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
