@@ -5,10 +5,9 @@
 
 The lock file sits next to the directory (`.NAME.lock`), not inside it, so that deleting the
 directory (`--overwrite`) cannot pull the lock from under a live holder. The kernel drops
-the lock when its process dies (the processes it forked close their copies as they start), so a
-killed command never leaves a stale lock behind. The
-locking, and the "pid host" stamp that names the holder, are the cache build's own
-(`mmsr_store.shards`).
+the lock when its process dies (the processes it forked let go of it as they start), so a
+killed command never leaves a stale lock behind. The locking, and the "pid host" stamp that
+names the holder, are the cache build's own (`mmsr_store.shards`).
 """
 
 from __future__ import annotations

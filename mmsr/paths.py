@@ -21,11 +21,17 @@ KINDS = ("datasets", "caches", "runs", "models", "studies")
 
 
 def home() -> Path:
-    root = Path(os.environ.get("MMSR_HOME") or Path.home() / ".cache" / "mmsr").expanduser()
-    if root.exists() and not root.is_dir():  # else NotADirectoryError deep in whatever writes first
-        raise MMSRError("MMSR_HOME is a file, not a folder", where=root,
-                        hint="point MMSR_HOME at a folder (made if missing), or unset it for ~/.cache/mmsr")
-    return root
+    return _a_folder(Path(os.environ.get("MMSR_HOME") or Path.home() / ".cache" / "mmsr").expanduser(),
+                     "MMSR_HOME is a file, not a folder",
+                     "point MMSR_HOME at a folder (made if missing), or unset it for ~/.cache/mmsr")
+
+
+def _a_folder(path: Path, problem: str, hint: str) -> Path:
+    """`path`, refused where a file stands in its place (else NotADirectoryError deep in whatever
+    writes there first)."""
+    if path.exists() and not path.is_dir():
+        raise MMSRError(problem, where=path, hint=hint)
+    return path
 
 
 def looks_like_path(name: str | os.PathLike) -> bool:
@@ -58,11 +64,8 @@ def caches_dir(name: str | os.PathLike) -> Path:
 
 
 def models_dir() -> Path:
-    folder = home() / "models"
-    if folder.exists() and not folder.is_dir():
-        raise MMSRError("a file where mmsr keeps its prepared models", where=folder,
-                        hint="move the file away: `mmsr models prepare` makes this folder")
-    return folder
+    return _a_folder(home() / "models", "a file where mmsr keeps its prepared models",
+                     "move the file away: `mmsr models prepare` makes this folder")
 
 
 def dataset_names(*, without_meta: bool = False) -> list[str]:

@@ -55,9 +55,20 @@ def _close_inherited_locks() -> None:
 os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
-def _open_lock(path: Path):
+def _take_lock(path: Path, *, blocking: bool):
+    """The open lock file of `path` (made, with its folder, if missing) with this process's
+    exclusive flock on it; None if another holds it and `blocking` is off."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")
     _held.add(handle)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        _close_lock(handle)
+        return None
+    except BaseException:
+        _close_lock(handle)
+        raise
     return handle
 
 
@@ -106,18 +117,12 @@ class Shard:
 @contextlib.contextmanager
 def flocked(path: Path, *, blocking: bool = True):
     """Hold an exclusive flock on `path` (created if needed); yields the open file or None if busy."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = _open_lock(path)
+    handle = _take_lock(path, blocking=blocking)
     try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            _close_lock(handle)
-            yield None
-            return
         yield handle
     finally:
-        _close_lock(handle)
+        if handle is not None:
+            _close_lock(handle)
 
 
 def _is_live(path: Path) -> bool:
@@ -172,22 +177,15 @@ class ShardClaim:
     def __init__(self, cache_dir: Path, shard: Shard):
         self.shard = shard
         for other in live_shards(cache_dir):
-            if other == shard:
-                raise StoreError(f"shard {shard} is already being built by another live process "
-                                 f"({holder(cache_dir, shard)})", where=cache_dir,
-                                 hint="each --shard i/n must run once; wait for it to finish or stop it")
             if other.count != shard.count:
                 raise StoreError(f"inconsistent shard assignment: a live process ({holder(cache_dir, other)}) "
                                  f"builds shard {other}, this one asked for {shard}", where=cache_dir,
                                  hint=f"start every process with the same n (--shard i/{other.count})")
-        path = lock_path(cache_dir, shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = _open_lock(path)
-        try:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _close_lock(self._handle)
-            raise
+        self._handle = _take_lock(lock_path(cache_dir, shard), blocking=False)
+        if self._handle is None:
+            raise StoreError(f"shard {shard} is already being built by another live process "
+                             f"({holder(cache_dir, shard)})", where=cache_dir,
+                             hint="each --shard i/n must run once; wait for it to finish or stop it")
         stamp_holder(self._handle)
 
     def release(self) -> None:

@@ -66,7 +66,7 @@ def recommend(run: str | Path, history: Sequence[str], k: int = 10, checkpoint: 
                             exclude=seq.tolist())
     cold = loaded.split.cold_items
     rows = [{"item": dataset.items[i]["id"], "title": dataset.items[i].get("title", ""), "score": float(s),
-             "cold": bool(cold[i])} for i, s in zip(top.tolist(), scores.tolist()) if i >= 0]
+             "cold": bool(cold[i])} for i, s in zip(top.tolist(), scores.tolist())]
     return {"history": ids, "k": k, "items": rows, "notes": notes}
 
 

@@ -15,7 +15,6 @@ metric sums are all-reduced.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from mmsr.errors import MMSRError
 from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums, standard_errors
 from mmsr.eval.backends import resolve_backend
 from mmsr.eval.item_shards import gemm_for, ranks_over_slices
+from mmsr.progress import to_stderr
 from mmsr.eval.search import ItemIndex, case_histories, rank_targets, ranks_from_scores, search_k, shard_rows
 from mmsr.eval.towers import ItemSlice, item_matrix, item_slice, item_spread, user_matrix
 from mmsr.train.batches import left_pad
@@ -238,7 +238,7 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
                     faiss: bool = True, checkpoint: str = "best", batch_size: int | None = None, device: str = "auto",
                     search_device: str = "auto", search_backend: str = "auto",
                     shard_items: bool = False,
-                    log: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> dict[str, dict]:
+                    log: Callable[[str], None] = to_stderr) -> dict[str, dict]:
     """`evaluate_run` for several splits of one run: the model is loaded and the catalogue
     embedded once, then each split is ranked ({split: result}, in the order given). Every name
     is checked before any work starts. `batch_size`: None takes the run's own (`LoadedRun.towers_batch`),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from mmsr.distributed import init_from_env, pick_device
 from mmsr.encoders.config import SLOT_FIELDS
 from mmsr.errors import MMSRError
 from mmsr.locks import output_lock
+from mmsr.progress import to_stderr
 from mmsr.train.checkpoint import load_checkpoint
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed
@@ -200,7 +200,7 @@ def _run_dataset(root: Path, config: TrainConfig, info: dict) -> Dataset:
 
 
 def load_run(name_or_path: str | Path, checkpoint: str = "best", device: str = "auto",
-             log: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> LoadedRun:
+             log: Callable[[str], None] = to_stderr) -> LoadedRun:
     """A run rebuilt from its directory alone: its config, the `checkpoint`'s weights, its dataset
     and split, and an item feed that streams its cache (`mmsr eval`, `recommend`, the plots).
     `log` says when best.pt is missing and last.pt ranks in its place, or run.json is (stderr: --json
