@@ -6,12 +6,14 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 import time
 import traceback
 
 import typer
 
+from mmsr.errors import Terminated
 from mmsr.offline import stay_offline
 from mmsr_store.errors import UserError
 from mmsr_cli import cache, data, evaluate, models, plot, study, train
@@ -73,6 +75,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
 
 
 def main() -> None:
+    _state.pop("signal", None)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         _main()
     except SystemExit as done:
@@ -86,9 +90,19 @@ def main() -> None:
             traceback.print_exc()  # a bug, or --debug: its traceback, then the exit of any failure
             group.exit_after_group(1)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() is also called in-process (tests)
     group = _joined_group()
     if group:
         group.exit_after_group(0)
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM killed a command without a word (exit 143, no line, nothing cleaned up). Raised as
+    Ctrl-C is, it runs the same clean-up and ends with the same line. Training replaces this
+    handler with its own while it runs (mmsr.train.interrupt: checkpoint, then stop)."""
+    _state["signal"] = signum
+    raise Terminated
 
 
 def _joined_group():
@@ -135,8 +149,11 @@ def _main() -> None:
 
 
 def _interrupted() -> None:
-    _last_words("interrupted; finished work is kept, rerun the command to resume", None)
-    sys.exit(130)
+    # typer turns the KeyboardInterrupt into Exit(130) and drops it: the handler noted SIGTERM.
+    signum = _state.get("signal", signal.SIGINT)
+    said = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+    _last_words(f"interrupted{said}; finished work is kept, rerun the command to resume", None)
+    sys.exit(128 + signum)
 
 
 def _last_words(text: str, colour) -> None:

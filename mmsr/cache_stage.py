@@ -35,7 +35,7 @@ from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeho
 from mmsr.distributed import device_problem, pick_device
 from mmsr.encoders import create_encoders
 from mmsr.encoders.config import EncoderConfig
-from mmsr.errors import MMSRError
+from mmsr.errors import MMSRError, interrupt_status
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.config import TRAIN_ONLY_KEYS, TrainConfig, cache_section
 from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, VerifyReport, manifest, open_cache, verify_cache
@@ -365,13 +365,13 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
                                  batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image,
                                  device=target, progress=progress, report=reports[modality])
             remaining = writer.remaining()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as the CLI raises it (mmsr.errors.Terminated)
         if not wiped:
             raise  # nothing deleted yet: the same command, --overwrite and all, is the one to rerun
         # Rerunning the very command would delete the chunks finished since, a second time.
         raise BuildInterrupted("the old cache was deleted (--overwrite); the chunks finished since are kept",
                                where=path, hint="rerun the command without --overwrite to resume; with it they are "
-                                                "deleted again") from None
+                                                "deleted again", exit_status=interrupt_status(stop)) from None
     problems = _all_problems(path, specs)
     report = BuildReport(path, dataset.name, dataset.num_items, str(shard), reports, remaining, problems, on_bad_image)
     atomic_write_json(path / "report.json", report.to_json())
@@ -379,10 +379,13 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
 
 
 class BuildInterrupted(MMSRError):
-    """Ctrl-C in a build after --overwrite deleted the old cache."""
+    """Ctrl-C or SIGTERM in a build after --overwrite deleted the old cache."""
 
     label = "interrupted"
-    exit_status = 130
+
+    def __init__(self, message: str, *, where=None, hint=None, exit_status: int = 130):
+        super().__init__(message, where=where, hint=hint)
+        self.exit_status = exit_status
 
 
 def _encode_modality(writer: CacheWriter, dataset: Dataset, encoder, modality: str, spec: ModalitySpec,

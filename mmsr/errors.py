@@ -8,6 +8,7 @@ traceback. Anything else that escapes is a bug, not a user error. The formatting
 from __future__ import annotations
 
 import os
+import signal
 
 from mmsr_store.errors import UserError
 
@@ -20,3 +21,16 @@ class MMSRError(UserError):
 
     def __init__(self, message: str, *, where: str | os.PathLike | None = None, hint: str | None = None):
         super().__init__(message, where, hint)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`docker stop`, a scheduler pre-empting the job, `kill`), raised where Ctrl-C's
+    KeyboardInterrupt would be, so that every clean-up written for Ctrl-C runs for it too. It
+    subclasses KeyboardInterrupt for that reason only; its exit status is 143, not 130."""
+
+    signum = signal.SIGTERM
+
+
+def interrupt_status(stop: BaseException) -> int:
+    """The exit status of a command stopped by `stop`: 128 + the signal, as a shell reports it."""
+    return 128 + int(getattr(stop, "signum", signal.SIGINT))

@@ -160,6 +160,35 @@ def test_ctrl_c_after_overwrite_deleted_the_old_cache_says_to_rerun_without_it(s
     assert build(small_demo, path).complete and arrays(path) == arrays(reference)
 
 
+def test_sigterm_after_overwrite_deleted_the_old_cache_says_so_with_status_143(small_demo, reference, tmp_path):
+    """SIGTERM, as the CLI raises it, takes Ctrl-C's way out of a build (the line that says to
+    drop --overwrite) with SIGTERM's status; a real signal, the CLI's own handler."""
+    from mmsr.cache_stage import BuildInterrupted
+    from mmsr_cli.app import _terminate
+
+    path = tmp_path / "cache"
+    shutil.copytree(reference, path)
+    encoders = fake_encoders()
+    lower, calls = encoders["image"].lower_forward, []
+
+    def terminated_at_the_third_batch(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler raises within this
+        return lower(batch)
+
+    encoders["image"].lower_forward = terminated_at_the_third_batch
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(BuildInterrupted, match="rerun the command without --overwrite") as said:
+            build(small_demo, path, overwrite=True, encoders=encoders)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert said.value.exit_status == 143
+    assert build(small_demo, path).complete and arrays(path) == arrays(reference)
+
+
 def test_two_process_sharded_build_matches_one_process(small_demo, reference, tmp_path):
     path = tmp_path / "cache"
     processes = [run_helper(small_demo, path, "--shard", f"{i}/2") for i in range(2)]

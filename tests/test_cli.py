@@ -4,8 +4,10 @@ import inspect
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -292,6 +294,36 @@ def test_ctrl_c_inside_any_command_says_finished_work_is_kept(monkeypatch, capsy
     assert stopped.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "interrupted; finished work is kept, rerun the command to resume")
+
+
+def test_sigterm_inside_any_command_is_stopped_as_ctrl_c_is_with_status_143(monkeypatch, capsys):
+    """SIGTERM (`docker stop`, a scheduler, `kill`) ended a command without a word: exit 143 and
+    none of the clean-up Ctrl-C runs (a cache build left its DataLoader workers). The CLI raises it
+    as Ctrl-C is raised, says the same line naming the signal, and exits 143; a real signal here."""
+    import typer
+
+    import mmsr_cli.app as cli_app
+
+    stand_in = typer.Typer()
+    cleaned = []
+
+    @stand_in.command()
+    def work():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler raises within this
+        finally:
+            cleaned.append(True)
+
+    monkeypatch.setattr(cli_app, "app", stand_in)
+    monkeypatch.setattr("sys.argv", ["mmsr"])
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        cli_app.main()
+    assert stopped.value.code == 143 and cleaned == [True]
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "interrupted (SIGTERM); finished work is kept, rerun the command to resume")
+    assert signal.getsignal(signal.SIGTERM) is before  # main() gives the handler back
 
 
 def test_a_usage_error_is_one_line_naming_the_help(mmsr_home):

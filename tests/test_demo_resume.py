@@ -143,3 +143,33 @@ def test_an_existing_dataset_is_refused_before_a_stale_partial_is_touched(tmp_pa
     with pytest.raises(MMSRError, match="already exists"):
         demo.generate_demo(tmp_path / "d", **SHAPE)
     assert (tmp_path / ".d.partial").is_dir() and (tmp_path / ".d.partial.json").is_file()
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda d: (d / "meta.json").write_text("garbage"), r"does not load, so it is not kept: .*meta\.json: damaged: not JSON"),
+    (lambda d: (d / "items.jsonl").unlink(), r"does not load, so it is not kept: .*items\.jsonl: missing file"),
+    (lambda d: (d / "interactions.tsv").write_bytes((d / "interactions.tsv").read_bytes()[:100]),
+     r"does not load, so it is not kept: .*interactions\.tsv:\d+: expected 3 tab-separated fields"),
+    (lambda d: (d / "interactions.tsv").write_text("\n".join((d / "interactions.tsv").read_text().splitlines()[:30])
+                                                   + "\n"),
+     r"its tables hold \d+ users \(meta\.json: 70\), 29 interactions \(meta\.json: \d+\): damaged"),
+], ids=["meta-garbled", "items-gone", "cut-mid-line", "cut-at-a-line"])
+def test_a_damaged_demo_is_not_kept_and_overwrite_makes_it_again(tmp_path, damage, said):
+    """`data demo` over an existing dataset said "already exists; keeping it" of one with a
+    table cut short or gone, or meta.json garbled (a traceback), and the next command failed on
+    it. Now it is refused, naming what is wrong, and --overwrite makes the same bytes again."""
+    dest = tmp_path / "d"
+    assert demo.create_demo(str(dest), **SHAPE)[1]
+    whole = _tree(dest)
+    assert not demo.create_demo(str(dest), **SHAPE)[1]  # a whole one is kept
+    damage(dest)
+    with pytest.raises(MMSRError, match=said) as refused:
+        demo.create_demo(str(dest), **SHAPE)
+    assert str(refused.value).startswith(f"{dest}: exists but ") and str(refused.value).endswith(
+        "(pass --overwrite to generate it again in its place)")
+    assert demo.create_demo(str(dest), **SHAPE, overwrite=True)[1]
+    assert _tree(dest) == whole

@@ -34,7 +34,7 @@ import numpy as np
 from mmsr import __version__, paths
 from mmsr.atomic import refuse_existing, refuse_foreign, refuse_working_folder
 from mmsr.config import seed_problem
-from mmsr.data.dataset import META_FILE, DatasetWriter, checkpoint_file
+from mmsr.data.dataset import META_FILE, DatasetWriter, checkpoint_file, load_dataset
 from mmsr.data.demo_choices import CHUNK_USERS, SAMPLERS, choose_sampler
 from mmsr.errors import MMSRError
 from mmsr.locks import output_lock
@@ -324,6 +324,25 @@ def kept_note(dest: Path, items: int, users: int, options: dict | None = None) -
     return "; ".join(notes)
 
 
+def check_whole(dest: Path) -> None:
+    """Refuse to keep an existing dataset that does not load, or whose tables hold other counts
+    than its meta.json recorded: one damaged (a table cut short or deleted, meta.json garbled) was
+    kept with "keeping it", and the next command failed on it instead. As cheap as any command's
+    load (the pictures are checked to exist, not decoded)."""
+    hint = "pass --overwrite to generate it again in its place"
+    try:
+        dataset = load_dataset(dest)
+    except MMSRError as error:
+        said = f"{error.where}: {error.message}" if error.where else error.message  # its own hint is not ours
+        raise MMSRError(f"exists but does not load, so it is not kept: {said}", where=dest, hint=hint) from None
+    found = {"items": dataset.num_items, "users": len(dataset.user_ids), "interactions": len(dataset.inter_user)}
+    recorded = dataset.meta.get("counts", {})
+    differ = [key for key in found if key in recorded and recorded[key] != found[key]]
+    if differ:
+        said = ", ".join(f"{found[key]:,} {key} (meta.json: {recorded[key]:,})" for key in differ)
+        raise MMSRError(f"exists but its tables hold {said}: damaged, so it is not kept", where=dest, hint=hint)
+
+
 def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000, seed: int = 0, domain: int = 0,
                 overwrite: bool = False, progress: ProgressFactory = no_progress, **shape) -> tuple[Path, bool]:
     """`mmsr data demo`: the demo dataset `name` (under $MMSR_HOME/datasets, or a path; default
@@ -337,6 +356,7 @@ def create_demo(name: str | None = None, *, items: int = 3000, users: int = 2000
     refuse_working_folder(dest)
     if dest.exists() and not overwrite:
         if (dest / META_FILE).is_file():
+            check_whole(dest)
             return dest, False
         # Not a dataset: an empty folder is taken (as --overwrite would), a folder of the user's own refused.
         refuse_foreign(dest, META_FILE, "written into")
