@@ -667,6 +667,21 @@ def test_warmup_ramps_the_learning_rate_then_hands_over_to_the_decay():
             _config(["optim.epochs=3", f"optim.warmup_epochs={bad}"])
 
 
+def test_adam_beta2_reaches_every_group_and_a_bad_one_is_refused():
+    from torch import nn
+
+    from mmsr.train.schedule import make_optimizer
+
+    model = nn.Module()  # what parameter_groups reads of a recommender: its encoders and item tower
+    model.encoders, model.items = nn.ModuleDict(), nn.Linear(3, 2)
+    for overrides, beta2 in (([], 0.999), (["optim.adam_beta2=0.98"], 0.98)):
+        optimizer, _ = make_optimizer(model, _config(overrides), 5)
+        assert [group["betas"] for group in optimizer.param_groups] == [(0.9, beta2)] * len(optimizer.param_groups)
+    for bad in ("0", "1", "1.5"):
+        with pytest.raises(MMSRError, match="optim.adam_beta2"):
+            _config([f"optim.adam_beta2={bad}"])
+
+
 def test_a_resume_may_change_the_length_and_lengthen_the_patience_only(tmp_path):
     from mmsr.train.schedule import resumed_length_change
 

@@ -112,6 +112,9 @@ class OptimConfig:
     # from 1/warmup-steps of it to all of it. 0: none (the seed's setting).
     warmup_epochs: float = 0.0
     grad_clip: float = 1.0  # 0 switches clipping off
+    # Adam's second-moment decay: torch's and RecBole's 0.999 by default; SASRec's paper (Kang &
+    # McAuley, ICDM 2018) trains with 0.98, which forgets a rare item's old gradients sooner.
+    adam_beta2: float = 0.999
     # A name in mmsr.train.losses.LOSSES: bce (the seed's), bpr, inbatch, inbatch-logq, mixed,
     # softmax (ID models only).
     loss: str = "bce"
@@ -291,6 +294,9 @@ class TrainConfig:
         problems += self._check_windows()
         problems += self._check_ranges()
         problems += self._check_contrastive()
+        if not 0 < self.optim.adam_beta2 < 1:
+            problems.append(f"optim.adam_beta2={self.optim.adam_beta2} must be above 0 and below 1 (Adam's "
+                            "second-moment decay; 0.999 is torch's default, 0.98 SASRec's)")
         if not 0 <= self.optim.warmup_epochs < max(self.optim.epochs, 1):
             problems.append(f"optim.warmup_epochs={self.optim.warmup_epochs} must be at least 0 and below "
                             f"optim.epochs={self.optim.epochs}")

@@ -53,7 +53,7 @@ def lr_factor(config: TrainConfig, steps_per_epoch: int):
 
 def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
     """AdamW over the two parameter groups, and the linear-decay schedule stepped once per step."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, config))
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), betas=(0.9, config.optim.adam_beta2))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
 
 
