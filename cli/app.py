@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -75,8 +76,12 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
 
 
 def main() -> None:
-    _state.pop("signal", None)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    Terminated.raised = False
+    previous = signal.getsignal(signal.SIGTERM)
+    # An ignored SIGTERM was asked for by whoever started mmsr; signal() works in the main thread only.
+    takes_it = previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if takes_it:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         _main()
     except SystemExit as done:
@@ -91,17 +96,18 @@ def main() -> None:
             group.exit_after_group(1)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)  # main() is also called in-process (tests)
+        if takes_it:
+            signal.signal(signal.SIGTERM, previous)  # main() is also called in-process (tests)
     group = _joined_group()
     if group:
         group.exit_after_group(0)
 
 
 def _terminate(signum, frame) -> None:
-    """SIGTERM killed a command without a word (exit 143, no line, nothing cleaned up). Raised as
-    Ctrl-C is, it runs the same clean-up and ends with the same line. Training replaces this
-    handler with its own while it runs (mmsr.train.interrupt: checkpoint, then stop)."""
-    _state["signal"] = signum
+    """SIGTERM killed a command without a word (exit 143, no line, nothing cleaned up; as PID 1 in
+    a container it was ignored until the SIGKILL that follows). Raised as Ctrl-C is, it runs the
+    same clean-up and ends with the same line. Training's loop replaces this handler with its own
+    while it runs (mmsr.train.interrupt: checkpoint, then stop)."""
     raise Terminated
 
 
@@ -149,8 +155,7 @@ def _main() -> None:
 
 
 def _interrupted() -> None:
-    # typer turns the KeyboardInterrupt into Exit(130) and drops it: the handler noted SIGTERM.
-    signum = _state.get("signal", signal.SIGINT)
+    signum = signal.SIGTERM if Terminated.raised else signal.SIGINT  # why not the exception: Terminated
     said = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
     _last_words(f"interrupted{said}; finished work is kept, rerun the command to resume", None)
     sys.exit(128 + signum)

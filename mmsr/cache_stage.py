@@ -239,7 +239,16 @@ def _as_is(batch: Batch) -> Batch:
 
 def _worker_init(_worker_id: int, build: int) -> None:
     torch.set_num_threads(1)  # preprocessing is per-item Python/PIL work; leave the cores to the model
+    # A SIGTERM to the whole process group (timeout, systemd, scancel, torchrun's killpg) reaches
+    # the workers too. Dying by it, a worker made the build's SIGCHLD handler raise "DataLoader
+    # worker is killed by signal" over the build's own way out (a traceback, exit 1 for 143); the
+    # build stops its workers itself as it leaves.
+    signal.signal(signal.SIGTERM, _leave_quietly)
     _die_with(build)
+
+
+def _leave_quietly(signum, frame) -> None:
+    os._exit(0)
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -29,6 +29,13 @@ class Terminated(KeyboardInterrupt):
     subclasses KeyboardInterrupt for that reason only; its exit status is 143, not 130."""
 
     signum = signal.SIGTERM
+    # typer turns a KeyboardInterrupt inside a command into Exit(130) and drops it; the CLI reads
+    # the status from here instead (cleared by each `mmsr` main()).
+    raised = False
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        Terminated.raised = True
 
 
 def interrupt_status(stop: BaseException) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -172,8 +173,25 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--joint", help="a one-stream model directory: build its joint cache instead of the fakes")
+    parser.add_argument("--cli-signals", action="store_true",
+                        help="take SIGTERM as `mmsr` does; a stopped build exits with the CLI's status")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.cli_signals:
+        from mmsr_cli.app import _terminate
+
+        signal.signal(signal.SIGTERM, _terminate)
+        try:
+            return _build(args)
+        except KeyboardInterrupt as stop:
+            from mmsr.errors import interrupt_status
+
+            print("stopped", type(stop).__name__, file=sys.stderr, flush=True)
+            sys.exit(interrupt_status(stop))
+    _build(args)
+
+
+def _build(args) -> None:
     from mmsr.cache_stage import build_cache
     from mmsr.data.dataset import load_dataset
 

@@ -132,6 +132,33 @@ def test_a_build_killed_with_its_workers_running_resumes_at_once(small_demo, ref
     assert not _processes_naming(str(path)), "the killed build's workers outlived it"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_the_whole_group_stops_a_build_with_workers_as_ctrl_c_does(small_demo, reference, tmp_path):
+    # timeout, systemd, scancel and torchrun signal the whole process group. The DataLoader's
+    # workers died by the SIGTERM, and the build's SIGCHLD handler raised "DataLoader worker is
+    # killed by signal" over the CLI's way out: a traceback and exit 1, not Ctrl-C's line and 143.
+    path = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_pythonpath()}
+    process = subprocess.Popen([sys.executable, str(HELPER), str(small_demo), str(path), "--sleep", "0.05",
+                                "--num-workers", "2", "--cli-signals"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    markers = path / "manifest" / "image"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(markers.glob("*.json"))) < 3:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    assert len(_processes_naming(str(path))) >= 2  # the build and its workers
+    os.killpg(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "stopped Terminated" and "Traceback" not in err, err[-2000:]
+    assert build(small_demo, path).complete and arrays(path) == arrays(reference)
+    deadline = time.monotonic() + 30
+    while _processes_naming(str(path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_naming(str(path)), "the stopped build's workers outlived it"
+
+
 def test_ctrl_c_after_overwrite_deleted_the_old_cache_says_to_rerun_without_it(small_demo, reference, tmp_path):
     """The CLI's line after Ctrl-C ("rerun the command to resume") sent `cache build --overwrite`
     back to --overwrite, which deleted the chunks finished since a second time."""

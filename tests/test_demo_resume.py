@@ -157,7 +157,9 @@ def _tree(root) -> dict[str, bytes]:
     (lambda d: (d / "interactions.tsv").write_text("\n".join((d / "interactions.tsv").read_text().splitlines()[:30])
                                                    + "\n"),
      r"its tables hold \d+ users \(meta\.json: 70\), 29 interactions \(meta\.json: \d+\): damaged"),
-], ids=["meta-garbled", "items-gone", "cut-mid-line", "cut-at-a-line"])
+    (lambda d: (d / "meta.json").write_text(json.dumps({**json.loads((d / "meta.json").read_text()), "counts": None})),
+     r"its meta\.json's counts are NoneType, not a table: damaged"),
+], ids=["meta-garbled", "items-gone", "cut-mid-line", "cut-at-a-line", "counts-not-a-table"])
 def test_a_damaged_demo_is_not_kept_and_overwrite_makes_it_again(tmp_path, damage, said):
     """`data demo` over an existing dataset said "already exists; keeping it" of one with a
     table cut short or gone, or meta.json garbled (a traceback), and the next command failed on

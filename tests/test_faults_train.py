@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -416,3 +417,19 @@ def test_a_checkpoint_without_its_config_resumes_as_before_and_best_is_checked_t
         torch.save(state, path)
     resumed = _cli(["train", "--run", "r", "--resume", "--set", "optim.epochs=4"], mmsr_home)
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("signum, stops_with", [(signal.SIGTERM, "Terminated"), (signal.SIGINT, "KeyboardInterrupt")])
+def test_a_second_signal_while_checkpointing_stops_at_once_with_its_own_status(signum, stops_with):
+    """The first signal is recorded for the step's end; a second one stops at once. A second
+    SIGTERM stopped as Ctrl-C does (exit 130, "interrupted") instead of with SIGTERM's 143."""
+    from mmsr.errors import interrupt_status
+    from mmsr.train.interrupt import StopRequests
+
+    with pytest.raises(KeyboardInterrupt) as stopped, StopRequests() as requests:
+        os.kill(os.getpid(), signum)
+        time.sleep(0.5)  # the handler runs within this: recorded, no raise
+        assert requests.requested() == signum
+        os.kill(os.getpid(), signum)
+        time.sleep(30)  # the second raises within this
+    assert type(stopped.value).__name__ == stops_with and interrupt_status(stopped.value) == 128 + signum

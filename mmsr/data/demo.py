@@ -330,14 +330,18 @@ def check_whole(dest: Path) -> None:
     kept with "keeping it", and the next command failed on it instead. As cheap as any command's
     load (the pictures are checked to exist, not decoded)."""
     hint = "pass --overwrite to generate it again in its place"
-    try:
-        dataset = load_dataset(dest)
-    except MMSRError as error:
-        said = f"{error.where}: {error.message}" if error.where else error.message  # its own hint is not ours
-        raise MMSRError(f"exists but does not load, so it is not kept: {said}", where=dest, hint=hint) from None
+    with output_lock(dest, "demo dataset"):  # not while an --overwrite swaps it in: half of each is no damage
+        try:
+            dataset = load_dataset(dest)
+        except MMSRError as error:
+            said = f"{error.where}: {error.message}" if error.where else error.message  # its own hint is not ours
+            raise MMSRError(f"exists but does not load, so it is not kept: {said}", where=dest, hint=hint) from None
     found = {"items": dataset.num_items, "users": len(dataset.user_ids), "interactions": len(dataset.inter_user)}
     recorded = dataset.meta.get("counts", {})
-    differ = [key for key in found if key in recorded and recorded[key] != found[key]]
+    if not isinstance(recorded, dict):
+        raise MMSRError(f"exists but its meta.json's counts are {type(recorded).__name__}, not a table: damaged, so "
+                        "it is not kept", where=dest, hint=hint)
+    differ = [key for key in found if isinstance(recorded.get(key), int) and recorded[key] != found[key]]
     if differ:
         said = ", ".join(f"{found[key]:,} {key} (meta.json: {recorded[key]:,})" for key in differ)
         raise MMSRError(f"exists but its tables hold {said}: damaged, so it is not kept", where=dest, hint=hint)

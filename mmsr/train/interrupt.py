@@ -17,7 +17,7 @@ import threading
 import torch
 
 from mmsr.distributed import Dist
-from mmsr.errors import MMSRError
+from mmsr.errors import MMSRError, Terminated
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -42,8 +42,8 @@ class StopRequests:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.signum:  # asked twice: stop now
-            raise KeyboardInterrupt
+        if self.signum:  # asked twice: stop now, with the status of the signal that asked
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.signum = signum
 
     def __enter__(self) -> "StopRequests":
