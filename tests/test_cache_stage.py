@@ -41,10 +41,19 @@ def arrays(cache_dir) -> dict[str, bytes]:
     return out
 
 
-def run_helper(dataset_root, cache_dir, *args) -> subprocess.Popen:
+def run_helper(dataset_root, cache_dir, *args, **popen) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_pythonpath()}
     return subprocess.Popen([sys.executable, str(HELPER), str(dataset_root), str(cache_dir), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def wait_for_chunks(process: subprocess.Popen, cache_dir: Path, count: int = 3) -> None:
+    """Wait until the running build has finished `count` image chunks (a minute at most)."""
+    markers = cache_dir / "manifest" / "image"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(markers.glob("*.json"))) < count:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
 
 
 def copy_dataset(src: Path, dest: Path, *, keep_items: int | None = None, edit=None) -> Path:
@@ -75,14 +84,10 @@ def reference(small_demo, tmp_path_factory):
 def test_kill_and_resume_is_byte_identical(small_demo, reference, tmp_path):
     path = tmp_path / "cache"
     process = run_helper(small_demo, path, "--sleep", "0.05")
-    markers = path / "manifest" / "image"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(markers.glob("*.json"))) < 3:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.02)
+    wait_for_chunks(process, path)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    finished = len(list(markers.glob("*.json")))
+    finished = len(list((path / "manifest" / "image").glob("*.json")))
     assert 3 <= finished < 19
     with pytest.raises(StoreError, match="incomplete cache.*image: .* chunks unfinished.*run mmsr cache build"):
         open_cache(path)
@@ -108,6 +113,13 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
+def wait_until_gone(path: Path, seconds: float = 30) -> None:
+    """Wait (a while at most) for the processes whose command line names `path` to end."""
+    deadline = time.monotonic() + seconds
+    while _processes_naming(str(path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the worker's death signal is Linux's")
 def test_a_build_killed_with_its_workers_running_resumes_at_once(small_demo, reference, tmp_path):
     # The workers a DataLoader forks inherit the build's shard lock; before they closed it, a build
@@ -115,20 +127,14 @@ def test_a_build_killed_with_its_workers_running_resumes_at_once(small_demo, ref
     # another live process") for as long as they lived, which was for good.
     path = tmp_path / "cache"
     process = run_helper(small_demo, path, "--sleep", "0.05", "--num-workers", "2")
-    markers = path / "manifest" / "image"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(markers.glob("*.json"))) < 3:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.02)
+    wait_for_chunks(process, path)
     assert len(_processes_naming(str(path))) >= 2  # the build and its workers
     process.send_signal(signal.SIGKILL)
     process.wait()
     report = build(small_demo, path)  # at once: no wait for the workers
     assert report.complete
     assert arrays(path) == arrays(reference)
-    deadline = time.monotonic() + 30
-    while _processes_naming(str(path)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until_gone(path)
     assert not _processes_naming(str(path)), "the killed build's workers outlived it"
 
 
@@ -138,25 +144,31 @@ def test_sigterm_to_the_whole_group_stops_a_build_with_workers_as_ctrl_c_does(sm
     # workers died by the SIGTERM, and the build's SIGCHLD handler raised "DataLoader worker is
     # killed by signal" over the CLI's way out: a traceback and exit 1, not Ctrl-C's line and 143.
     path = tmp_path / "cache"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_pythonpath()}
-    process = subprocess.Popen([sys.executable, str(HELPER), str(small_demo), str(path), "--sleep", "0.05",
-                                "--num-workers", "2", "--cli-signals"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    markers = path / "manifest" / "image"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(markers.glob("*.json"))) < 3:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.02)
+    process = run_helper(small_demo, path, "--sleep", "0.05", "--num-workers", "2", "--cli-signals",
+                         start_new_session=True)
+    wait_for_chunks(process, path)
     assert len(_processes_naming(str(path))) >= 2  # the build and its workers
     os.killpg(process.pid, signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1] == "stopped Terminated" and "Traceback" not in err, err[-2000:]
     assert build(small_demo, path).complete and arrays(path) == arrays(reference)
-    deadline = time.monotonic() + 30
-    while _processes_naming(str(path)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until_gone(path)
     assert not _processes_naming(str(path)), "the stopped build's workers outlived it"
+
+
+def _stop_at_the_third_batch(encoders: dict, stop) -> list:
+    """Make the image encoder call `stop()` before its third batch; returns the list counting its calls."""
+    lower, calls = encoders["image"].lower_forward, []
+
+    def stopping(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            stop()
+        return lower(batch)
+
+    encoders["image"].lower_forward = stopping
+    return calls
 
 
 def test_ctrl_c_after_overwrite_deleted_the_old_cache_says_to_rerun_without_it(small_demo, reference, tmp_path):
@@ -167,15 +179,11 @@ def test_ctrl_c_after_overwrite_deleted_the_old_cache_says_to_rerun_without_it(s
     path = tmp_path / "cache"
     shutil.copytree(reference, path)
     encoders = fake_encoders()
-    lower, calls = encoders["image"].lower_forward, []
 
-    def stopped_at_the_third_batch(batch):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return lower(batch)
+    def ctrl_c():
+        raise KeyboardInterrupt
 
-    encoders["image"].lower_forward = stopped_at_the_third_batch
+    calls = _stop_at_the_third_batch(encoders, ctrl_c)
     with pytest.raises(BuildInterrupted) as said:
         build(small_demo, path, overwrite=True, encoders=encoders)
     assert str(said.value) == (f"{path}: the old cache was deleted (--overwrite); the chunks finished since are kept "
@@ -196,16 +204,12 @@ def test_sigterm_after_overwrite_deleted_the_old_cache_says_so_with_status_143(s
     path = tmp_path / "cache"
     shutil.copytree(reference, path)
     encoders = fake_encoders()
-    lower, calls = encoders["image"].lower_forward, []
 
-    def terminated_at_the_third_batch(batch):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(30)  # the handler raises within this
-        return lower(batch)
+    def sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises within this
 
-    encoders["image"].lower_forward = terminated_at_the_third_batch
+    _stop_at_the_third_batch(encoders, sigterm)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with pytest.raises(BuildInterrupted, match="rerun the command without --overwrite") as said:
