@@ -326,6 +326,8 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
 
 
 def _type_name(kind: Any) -> str:
+    if kind is float:
+        return "a finite number"
     if typing.get_origin(kind) is typing.Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(kind)))
     return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
@@ -363,8 +365,10 @@ def _coerce(kind: Any, value: Any) -> tuple[bool, Any]:
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if kind is float:
+        # NaN and infinity pass every range check (NaN < x is False) and surfaced an epoch later
+        # as a diverged model, or not at all (a NaN grad_clip switched clipping off).
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
+            return math.isfinite(value), float(value)
         # YAML 1.1 (PyYAML, which reads --set values) takes "2e-3" for a string: it wants a dot.
         if isinstance(value, str):
             try:

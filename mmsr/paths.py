@@ -34,6 +34,16 @@ def _a_folder(path: Path, problem: str, hint: str) -> Path:
     return path
 
 
+def make_folder(path: Path, what: str, hint: str) -> Path:
+    """`path` made a folder (with its parents) for `what`, refused in one line where a file stands
+    in its way (else FileExistsError or NotADirectoryError with a traceback)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MMSRError(f"a file stands where the {what} folder goes", where=path, hint=hint) from None
+    return path
+
+
 def looks_like_path(name: str | os.PathLike) -> bool:
     text = str(name)
     return isinstance(name, Path) or "/" in text or text.startswith(".") or text.startswith("~")

@@ -504,3 +504,15 @@ def test_a_ranks_file_saved_by_a_spreadsheet_or_with_a_short_row_is_read_or_refu
     with pytest.raises(MMSRError, match="the row has 1 field, the header names 3") as error:
         compare_runs(str(short), str(b), "test", protocol="recbole", ks="10", resamples=999)
     assert error.value.where.endswith("short.csv:4")
+
+
+def test_resamples_are_bounded_on_both_sides_before_anything_loads():
+    """10^20 resamples grew past 17 GB before anything was said: refused by name, as too few are,
+    before either run is read (the runs named here do not exist)."""
+    from mmsr.eval.compare import compare_runs
+
+    for resamples, said in ((99, "--resamples: 99 is too few for a 95% interval (use at least 999"),
+                            (10**20, "--resamples: 100,000,000,000,000,000,000 is more than the 1,000,000")):
+        with pytest.raises(MMSRError) as refused:
+            compare_runs("no-such-run-a", "no-such-run-b", resamples=resamples)
+        assert str(refused.value).startswith(said), refused.value

@@ -240,8 +240,8 @@ def test_a_float_override_may_be_written_without_a_dot():
     # PyYAML reads "2e-3" as a string (YAML 1.1 wants "2.0e-3"); a float setting takes it.
     config = load(TrainConfig, None, ["optim.lr=2e-3", "optim.encoder_lr=1E-5", "optim.weight_decay=0"])
     assert (config.optim.lr, config.optim.encoder_lr, config.optim.weight_decay) == (2e-3, 1e-5, 0.0)
-    assert "optim.lr must be float, got 'fast'" in _error(["optim.lr=fast"])
-    assert "optim.lr must be float" in _error(["optim.lr=nan"])
+    assert "optim.lr must be a finite number, got 'fast'" in _error(["optim.lr=fast"])
+    assert "optim.lr must be a finite number" in _error(["optim.lr=nan"])
     assert "optim.negatives must be one of 'unseen', 'any', got 'maybe'" in _error(["optim.negatives=maybe"])
     assert load(TrainConfig, None, ["dataset=1e3"]).dataset == "1e3"  # a string setting keeps the text
 
@@ -285,9 +285,23 @@ def test_a_misspelt_set_is_named_as_the_users_not_the_files():
         load_build_config("configs/demo-cpu.toml", ["seed=-1"])
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("key", ["optim.lr", "optim.grad_clip", "optim.final_lr_fraction"])
+def test_a_number_that_is_not_finite_is_refused_however_it_is_written(key, value, tmp_path):
+    """YAML's .nan / .inf (and TOML's nan, JSON's NaN) came in as floats and passed every range
+    check: a NaN learning rate failed an epoch later as a diverged model, a NaN grad_clip switched
+    clipping off without a word."""
+    assert f"{key} must be a finite number, got" in _error([f"{key}={value}"])
+    section, name = key.split(".")
+    path = tmp_path / "c.toml"
+    path.write_text(f"[{section}]\n{name} = nan\n")
+    with pytest.raises(MMSRError, match=re.escape(f"{key} must be a finite number, got nan")):
+        load(TrainConfig, path, [])
+
+
 def test_a_wrong_set_value_is_named_as_the_sets_and_a_near_key_is_suggested():
     message = _error(["optim.lr=abc", "model.fusion=nope"], ROOT / "configs" / "demo-cpu.toml")
-    assert "--set optim.lr must be float, got 'abc'" in message
+    assert "--set optim.lr must be a finite number, got 'abc'" in message
     assert "--set model.fusion='nope' is not a known fusion" in message
     with pytest.raises(MMSRError, match=r"unknown key optim.lrr \(did you mean 'lr'\?\)"):
         load(TrainConfig, None, ["optim.lrr=1e-3"])

@@ -89,6 +89,9 @@ def test_parse_ks():
     for bad in ("10,x", "0", ""):
         with pytest.raises(MMSRError):
             parse_ks(bad)
+    assert parse_ks("10,2147483647") == (10, 2147483647)
+    with pytest.raises(MMSRError, match="cutoff 99999999999999999999 is past any catalogue"):  # an OverflowError
+        parse_ks("10,99999999999999999999")
 
 
 def test_ranks_by_hand_ties_rank1_outside_k_and_masking():

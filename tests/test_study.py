@@ -463,3 +463,16 @@ def test_another_study_files_directory_is_not_taken_over(study_file, mmsr_home, 
     plan_study_file(study_file, out="shared")
     (out / "origin.json").write_text(json.dumps({"name": "tiny", "file": str(study_file.resolve()), "command": "x"}))
     plan_study_file(study_file, out="shared")  # its own directory
+
+
+def test_a_file_in_the_way_of_a_study_folder_is_named_in_one_line(tmp_path):
+    """`study run --out FILE` and `study merge --out FILE/sub` ended in FileExistsError or
+    NotADirectoryError with a traceback."""
+    from mmsr.paths import make_folder
+
+    (tmp_path / "out.txt").write_text("mine")
+    for where in (tmp_path / "out.txt", tmp_path / "out.txt" / "sub"):
+        with pytest.raises(MMSRError, match=re.escape(f"{where}: a file stands where the study folder goes")):
+            make_folder(where, "study", hint="pass --out a folder")
+    assert (tmp_path / "out.txt").read_text() == "mine"
+    assert make_folder(tmp_path / "new" / "study", "study", hint="").is_dir()

@@ -62,6 +62,9 @@ _VALUES_PER_BATCH = 20_000_000
 _COUNTS_PER_BATCH = 2_000_000
 # Fewer resamples leave the interval's 2.5% tails to a couple of dozen draws.
 MIN_RESAMPLES = 999
+# Past this the p-value's floor, 1 / (1 + resamples), and the interval's tails are finer than any
+# test set's own sampling error.
+MAX_RESAMPLES = 1_000_000
 
 
 def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str = "paper", ks="10,20",
@@ -75,8 +78,11 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
         raise MMSRError("mmsr compare runs in one process", where="torchrun",
                         hint="run it without torchrun: it ranks each split once per run")
     if resamples < MIN_RESAMPLES:
-        raise MMSRError(f"--resamples {resamples} is too few for a 95% interval", where="--resamples",
-                        hint=f"use at least {MIN_RESAMPLES} (the default is 9999)")
+        raise MMSRError(f"{resamples} is too few for a 95% interval", where="--resamples",
+                        hint=f"use at least {MIN_RESAMPLES}; the default is 9999")
+    if resamples > MAX_RESAMPLES:  # scipy keeps every resample's statistic: 10^20 grew past 17 GB
+        raise MMSRError(f"{resamples:,} is more than the {MAX_RESAMPLES:,} an interval or a p-value can use",
+                        where="--resamples", hint="use at most 1,000,000; the default is 9999")
     sides = [_side(run_a), _side(run_b)]
     files = sorted({run for side in sides for run in side if is_ranks_file(run)})
     if all(is_ranks_file(run) for side in sides for run in side):

@@ -25,6 +25,7 @@ from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 
 DEFAULT_KS = (10, 20, 50)
+MAX_K = 2**31 - 1  # item indices are int32 in the search backends
 COUNT_KEY = "count"
 SQUARES = ":sq"  # suffix of a metric's sum of squared per-case values
 
@@ -43,6 +44,9 @@ def parse_ks(ks: str | int | Iterable[int]) -> tuple[int, ...]:
         values = [int(k) for k in ks]
     if not values or any(k < 1 for k in values):
         raise MMSRError(f"cutoffs must be positive integers, got {ks!r}", where="--k", hint="e.g. 10,20,50")
+    if max(values) > MAX_K:  # numpy's and torch's top-k take a C long: a larger one ended in an OverflowError
+        raise MMSRError(f"cutoff {max(values)} is past any catalogue mmsr ranks (at most {MAX_K:,})", where="--k",
+                        hint="a cutoff at or past the catalogue's size counts every case a hit; e.g. 10,20,50")
     return tuple(sorted(set(values)))
 
 

@@ -28,6 +28,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from mmsr import paths
 from mmsr.atomic import atomic_write_text, link_or_copy
 from mmsr.errors import MMSRError
 from mmsr.study.layout import (ORIGIN_FILE, RESULT_FILE, STUDY_FILE, load_run_study, ran_study_dir, read_origin,
@@ -64,7 +65,7 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, log: Callable[[
 
     # The target first: a run it already holds stays, and is not placed again.
     chosen, unfinished = _finished_runs(sorted(dirs, key=lambda d: d != target))
-    target.mkdir(parents=True, exist_ok=True)
+    paths.make_folder(target, "study", hint="pass --out a folder: a new one, or a study's")
     moved = 0
     for name, run in sorted(chosen.items()):
         if run.parent.parent != target:

@@ -177,7 +177,7 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
     # The report covers every finished run, so its command is the study's, not this --only
     # subset; the report names the variants it shows (`report._only`).
     command = study_command(study, out, datasets, seeds, sets)
-    out.mkdir(parents=True, exist_ok=True)
+    paths.make_folder(out, "study", hint="pass --out a folder: a new one, or a study's")
     atomic_write_text(out / STUDY_FILE, study.path.read_text(encoding="utf-8"))
     atomic_write_text(out / ORIGIN_FILE, json.dumps({"name": study.name, "file": str(study.path),
                                                      "command": command}) + "\n")
