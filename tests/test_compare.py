@@ -516,3 +516,15 @@ def test_resamples_are_bounded_on_both_sides_before_anything_loads():
         with pytest.raises(MMSRError) as refused:
             compare_runs("no-such-run-a", "no-such-run-b", resamples=resamples)
         assert str(refused.value).startswith(said), refused.value
+
+
+def test_an_unknown_search_backend_is_refused_before_anything_loads():
+    """`--search-backend bogus` was found only after the run and its item tower had loaded, and the
+    error did not name the option; `eval` and `compare` now refuse it first (these runs do not exist)."""
+    from mmsr.eval.compare import compare_runs
+    from mmsr.eval.runner import evaluate_splits
+
+    for call in (lambda: compare_runs("no-such-run-a", "no-such-run-b", search_backend="bogus"),
+                 lambda: evaluate_splits("no-such-run", ["test"], search_backend="bogus")):
+        with pytest.raises(MMSRError, match=r"^--search-backend: unknown ranking backend 'bogus' \(choose one of auto, "):
+            call()

@@ -158,10 +158,20 @@ def test_saving_non_finite_weights_is_refused(tmp_path):
     assert _sha(path) == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(small_demo, tmp_path, monkeypatch):
+def _training_refused(small_demo, run, epochs: int) -> str:
+    """The one-line error a small IDSR training run in `run` stops with."""
     from mmsr import config as config_lib
     from mmsr.train import recipe
     from mmsr.train.config import TrainConfig
+
+    config = config_lib.load(TrainConfig, None, _idsr(small_demo, epochs=epochs))
+    with pytest.raises(MMSRError) as error:
+        recipe.train(config, run, from_cache=False, log=lambda *_: None)
+    return str(error.value)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(small_demo, tmp_path, monkeypatch):
+    from mmsr.train import recipe
 
     real_step, calls = recipe.train_step, [0]
 
@@ -174,10 +184,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(small_demo, tm
 
     monkeypatch.setattr(recipe, "train_step", poisoned_step)
     run = tmp_path / "run"
-    config = config_lib.load(TrainConfig, None, _idsr(small_demo, epochs=3))
-    with pytest.raises(MMSRError) as error:
-        recipe.train(config, run, from_cache=False, log=lambda *_: None)
-    assert "training diverged: loss nan at epoch 2, step 3 (global step 10)" in str(error.value)
+    assert "training diverged: loss nan at epoch 2, step 3 (global step 10)" in _training_refused(small_demo, run, 3)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and all(bool(torch.isfinite(t).all()) for t in state["model"].values())
     assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 1
@@ -433,3 +440,27 @@ def test_a_second_signal_while_checkpointing_stops_at_once_with_its_own_status(s
         os.kill(os.getpid(), signum)
         time.sleep(30)  # the second raises within this
     assert type(stopped.value).__name__ == stops_with and interrupt_status(stopped.value) == 128 + signum
+
+
+def test_vectors_gone_infinite_at_validation_say_training_diverged_and_which_epoch(small_demo, tmp_path, monkeypatch):
+    """A finite loss can still leave the item tower's outputs infinite (`optim.lr=1e308`): the
+    validation then said "item vectors contain NaN ... check the checkpoint", no epoch, no lr, and
+    no checkpoint existed. Now training says it diverged, at which epoch, and what to do."""
+    from mmsr.train import recipe
+
+    real_validate = recipe.validate
+
+    def after_an_epoch_gone_infinite(model, *args, **kwargs):  # the epoch's last update overflowed
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.fill_(float("inf"))
+        return real_validate(model, *args, **kwargs)
+
+    monkeypatch.setattr(recipe, "validate", after_an_epoch_gone_infinite)
+    run = tmp_path / "run"
+    said = _training_refused(small_demo, run, 2)
+    assert "training diverged: " in said and "contain NaN or infinite values" in said and "epoch 1's validation" in said
+    assert said.endswith("(lower optim.lr, keep optim.grad_clip > 0, or check the data; no epoch was saved before "
+                         "it: start again with --overwrite)"), said
+    assert not (run / "checkpoints" / "last.pt").exists()

@@ -154,6 +154,13 @@ def requests() -> list[str]:
     return list(_REQUESTS)
 
 
+def check_request(backend: str | Choice) -> None:
+    """Refuse an unknown backend name before a run loads (it was found only after the item tower)."""
+    if not isinstance(backend, Choice) and backend not in (*_REQUESTS, "faiss-cpu", "faiss-gpu"):
+        raise MMSRError(f"unknown ranking backend {backend!r}", where="--search-backend",
+                        hint="choose one of " + ", ".join((*requests(), "faiss-cpu", "faiss-gpu")))
+
+
 def resolve_backend(index, backend: str | Choice = "auto", *, k: int = 51) -> Choice:
     """The backend that ranks against `index` (an `ItemIndex`); `k`: the top-k FAISS would ask for
     (max_k + 1 + typical history length)."""

@@ -29,7 +29,7 @@ from mmsr.distributed import init_from_env
 from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums, standard_errors
-from mmsr.eval.backends import resolve_backend
+from mmsr.eval.backends import check_request, resolve_backend
 from mmsr.eval.item_shards import gemm_for, ranks_over_slices
 from mmsr.progress import to_stderr
 from mmsr.eval.search import ItemIndex, case_histories, rank_targets, ranks_from_scores, search_k, shard_rows
@@ -252,6 +252,7 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
                                                  "with the same ranks")
     splits = parse_splits(splits)
     ks = parse_ks(ks)
+    check_request(search_backend)
     loaded = load_run(run, checkpoint, device)
     batch_size = loaded.towers_batch(batch_size)
     dist = init_from_env(loaded.device)

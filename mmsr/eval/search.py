@@ -110,9 +110,13 @@ def as_float32_matrix(x, name: str, dim: int | None = None) -> np.ndarray:
     finite = all(np.isfinite(x[i:i + 8192]).all() for i in range(0, len(x), 8192))  # bounded temporaries
     if not finite:
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise MMSRError(f"{name} contain NaN or infinite values (first at row {bad})", where=f"{name}[{bad}]",
-                        hint="the model diverged or the inputs are corrupt; check the checkpoint")
+        raise NonFiniteVectors(f"{name} contain NaN or infinite values (first at row {bad})", where=f"{name}[{bad}]",
+                               hint="the model diverged or the inputs are corrupt; check the checkpoint")
     return x
+
+
+class NonFiniteVectors(MMSRError):
+    """User or item vectors with NaN or infinity: a diverged model (training says so in its own words)."""
 
 
 SEARCH_DEVICES = ("auto", "cpu", "gpu")

@@ -21,6 +21,7 @@ from mmsr.data.dataset import load_dataset
 from mmsr.data.split import split_dataset
 from mmsr.distributed import Dist, barrier, init_from_env, pick_device
 from mmsr.errors import MMSRError
+from mmsr.eval.search import NonFiniteVectors
 from mmsr.locks import output_lock
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.batches import TrainBatches
@@ -166,7 +167,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                 except NonFiniteLoss as error:
                     raise MMSRError(f"training diverged: loss {error.value} at epoch {epoch + 1}, step {step + 1} "
                                     f"(global step {global_step + 1}); no checkpoint was written with it",
-                                    where=run_dir, hint=_DIVERGED_HINT) from None
+                                    where=run_dir, hint=_diverged_hint(run_dir)) from None
                 global_step += 1
                 signum = stops.requested()
                 if signum or (config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0):
@@ -184,7 +185,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
         validating = _validates(config, epoch + 1)
         improved = False
         if validating:
-            validation = validate(model, feed, split, config, device=device, dist=dist)
+            try:
+                validation = validate(model, feed, split, config, device=device, dist=dist)
+            except NonFiniteVectors as error:  # a finite loss can still leave the towers' outputs infinite
+                raise MMSRError(f"training diverged: {error.message} at epoch {epoch + 1}'s validation; no "
+                                "checkpoint was written with it", where=run_dir, hint=_diverged_hint(run_dir)) from None
             record["valid"] = metrics = validation["metrics"]
             if "item_spread" in validation:
                 record["item_spread"] = validation["item_spread"]
@@ -251,8 +256,11 @@ def _resume_hint(resume_from: str, run_dir: Path) -> str:
     return f"no usable checkpoint is left: start again with `mmsr train --run {run_dir} --overwrite`"
 
 
-_DIVERGED_HINT = ("lower optim.lr, keep optim.grad_clip > 0, or check the data; checkpoints/last.pt and best.pt "
-                  "hold the last finite weights (resume with --resume)")
+def _diverged_hint(run_dir: Path) -> str:
+    said = "lower optim.lr, keep optim.grad_clip > 0, or check the data"
+    if checkpoint_file(run_dir, "last").is_file():
+        return said + "; checkpoints/last.pt and best.pt hold the last finite weights (resume with --resume)"
+    return said + "; no epoch was saved before it: start again with --overwrite"
 
 
 def _wrap(model, dist: Dist, device: torch.device):
