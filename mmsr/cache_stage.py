@@ -35,7 +35,7 @@ from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeho
 from mmsr.distributed import device_problem, pick_device
 from mmsr.encoders import create_encoders
 from mmsr.encoders.config import EncoderConfig
-from mmsr.errors import MMSRError, interrupt_status
+from mmsr.errors import Interrupted, MMSRError, stop_signal
 from mmsr.progress import ProgressFactory, no_progress
 from mmsr.train.config import TRAIN_ONLY_KEYS, TrainConfig, cache_section
 from mmsr_store import CacheWriter, ChunkTask, ModalitySpec, Shard, VerifyReport, manifest, open_cache, verify_cache
@@ -378,23 +378,17 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
         if not wiped:
             raise  # nothing deleted yet: the same command, --overwrite and all, is the one to rerun
         # Rerunning the very command would delete the chunks finished since, a second time.
-        raise BuildInterrupted("the old cache was deleted (--overwrite); the chunks finished since are kept",
-                               where=path, hint="rerun the command without --overwrite to resume; with it they are "
-                                                "deleted again", exit_status=interrupt_status(stop)) from None
+        raise BuildInterrupted(stop_signal(stop), "the old cache was deleted (--overwrite); the chunks finished "
+                               "since are kept", where=path, hint="rerun the command without --overwrite to resume; "
+                                                                 "with it they are deleted again") from None
     problems = _all_problems(path, specs)
     report = BuildReport(path, dataset.name, dataset.num_items, str(shard), reports, remaining, problems, on_bad_image)
     atomic_write_json(path / "report.json", report.to_json())
     return report
 
 
-class BuildInterrupted(MMSRError):
+class BuildInterrupted(Interrupted):
     """Ctrl-C or SIGTERM in a build after --overwrite deleted the old cache."""
-
-    label = "interrupted"
-
-    def __init__(self, message: str, *, where=None, hint=None, exit_status: int = 130):
-        super().__init__(message, where=where, hint=hint)
-        self.exit_status = exit_status
 
 
 def _encode_modality(writer: CacheWriter, dataset: Dataset, encoder, modality: str, spec: ModalitySpec,

@@ -38,6 +38,21 @@ class Terminated(KeyboardInterrupt):
         Terminated.raised = True
 
 
+def stop_signal(stop: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt: SIGTERM for `Terminated`, else Ctrl-C's SIGINT."""
+    return int(getattr(stop, "signum", signal.SIGINT))
+
+
 def interrupt_status(stop: BaseException) -> int:
     """The exit status of a command stopped by `stop`: 128 + the signal, as a shell reports it."""
-    return 128 + int(getattr(stop, "signum", signal.SIGINT))
+    return 128 + stop_signal(stop)
+
+
+class Interrupted(MMSRError):
+    """A command stopped by signal `signum` with its finished work kept; exits 128 + the signal."""
+
+    label = "interrupted"
+
+    def __init__(self, signum: int, message: str, *, where: str | os.PathLike | None = None, hint: str | None = None):
+        super().__init__(message, where=where, hint=hint)
+        self.exit_status = 128 + int(signum)

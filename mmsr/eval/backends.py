@@ -154,11 +154,14 @@ def requests() -> list[str]:
     return list(_REQUESTS)
 
 
+_INDEX_BACKENDS = ("faiss-cpu", "faiss-gpu")  # named for the index they must match (resolve_backend)
+
+
 def check_request(backend: str | Choice) -> None:
-    """Refuse an unknown backend name before a run loads (it was found only after the item tower)."""
-    if not isinstance(backend, Choice) and backend not in (*_REQUESTS, "faiss-cpu", "faiss-gpu"):
+    """Refuse an unknown backend name; called before a run loads (it was found after the item tower)."""
+    if not isinstance(backend, Choice) and backend not in (*_REQUESTS, *_INDEX_BACKENDS):
         raise MMSRError(f"unknown ranking backend {backend!r}", where="--search-backend",
-                        hint="choose one of " + ", ".join((*requests(), "faiss-cpu", "faiss-gpu")))
+                        hint="choose one of " + ", ".join((*requests(), *_INDEX_BACKENDS)))
 
 
 def resolve_backend(index, backend: str | Choice = "auto", *, k: int = 51) -> Choice:
@@ -166,11 +169,10 @@ def resolve_backend(index, backend: str | Choice = "auto", *, k: int = 51) -> Ch
     (max_k + 1 + typical history length)."""
     if isinstance(backend, Choice):
         return backend
-    if backend in ("faiss-cpu", "faiss-gpu"):
+    check_request(backend)
+    if backend in _INDEX_BACKENDS:
         if backend != index.backend:
             raise MMSRError(f"backend {backend} asked for, but the index is {index.backend}",
                             hint="use device=cpu|gpu for the index, or backend=faiss")
         return Choice(backend, backend)
-    if backend not in _REQUESTS:
-        raise MMSRError(f"unknown ranking backend {backend!r}", hint="choose one of " + ", ".join(requests()))
     return _REQUESTS[backend](index, k)

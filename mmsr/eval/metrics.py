@@ -25,7 +25,7 @@ from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 
 DEFAULT_KS = (10, 20, 50)
-MAX_K = 2**31 - 1  # item indices are int32 in the search backends
+MAX_K = 2**31 - 1  # past a C int the top-k calls overflow; no catalogue comes near it
 COUNT_KEY = "count"
 SQUARES = ":sq"  # suffix of a metric's sum of squared per-case values
 
@@ -44,7 +44,7 @@ def parse_ks(ks: str | int | Iterable[int]) -> tuple[int, ...]:
         values = [int(k) for k in ks]
     if not values or any(k < 1 for k in values):
         raise MMSRError(f"cutoffs must be positive integers, got {ks!r}", where="--k", hint="e.g. 10,20,50")
-    if max(values) > MAX_K:  # numpy's and torch's top-k take a C long: a larger one ended in an OverflowError
+    if max(values) > MAX_K:  # a larger one ended in an OverflowError after the run had loaded
         raise MMSRError(f"cutoff {max(values)} is past any catalogue mmsr ranks (at most {MAX_K:,})", where="--k",
                         hint="a cutoff at or past the catalogue's size counts every case a hit; e.g. 10,20,50")
     return tuple(sorted(set(values)))

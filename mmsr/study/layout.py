@@ -33,6 +33,11 @@ def study_dir(name: str | Path) -> Path:
     return paths.resolve("studies", name)
 
 
+def make_study_dir(out: Path) -> Path:
+    """`out` made (`study run`, `study merge`), refused in one line where a file stands in its way."""
+    return paths.make_folder(out, "study", hint="pass --out a folder: a new one, or a study's")
+
+
 def ran_study_dir(name: str | Path) -> Path:
     """The study directory a command that reads finished runs is given (`study report`,
     `study merge`), refusing the study file itself, the easy slip, with the name to give."""

@@ -28,11 +28,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from mmsr import paths
 from mmsr.atomic import atomic_write_text, link_or_copy
 from mmsr.errors import MMSRError
-from mmsr.study.layout import (ORIGIN_FILE, RESULT_FILE, STUDY_FILE, load_run_study, ran_study_dir, read_origin,
-                               study_command, study_dir)
+from mmsr.study.layout import (ORIGIN_FILE, RESULT_FILE, STUDY_FILE, load_run_study, make_study_dir, ran_study_dir,
+                               read_origin, study_command, study_dir)
 from mmsr.study.report import write_report
 from mmsr.train.layout import CONFIG_FILE, read_run_json
 
@@ -65,7 +64,7 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, log: Callable[[
 
     # The target first: a run it already holds stays, and is not placed again.
     chosen, unfinished = _finished_runs(sorted(dirs, key=lambda d: d != target))
-    paths.make_folder(target, "study", hint="pass --out a folder: a new one, or a study's")
+    make_study_dir(target)
     moved = 0
     for name, run in sorted(chosen.items()):
         if run.parent.parent != target:

@@ -35,8 +35,8 @@ from mmsr.data.demo import create_demo
 from mmsr.errors import MMSRError
 from mmsr.eval.runner import evaluate_splits
 from mmsr.progress import ProgressFactory, no_progress
-from mmsr.study.layout import (ORIGIN_FILE, RESULT_FILE, STUDY_FILE, read_origin, read_result, study_command,
-                               study_dir)
+from mmsr.study.layout import (ORIGIN_FILE, RESULT_FILE, STUDY_FILE, make_study_dir, read_origin, read_result,
+                               study_command, study_dir)
 from mmsr.study.report import write_report
 from mmsr.study.spec import Study, Variant, load_study
 from mmsr.train.config import TrainConfig
@@ -177,7 +177,7 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
     # The report covers every finished run, so its command is the study's, not this --only
     # subset; the report names the variants it shows (`report._only`).
     command = study_command(study, out, datasets, seeds, sets)
-    paths.make_folder(out, "study", hint="pass --out a folder: a new one, or a study's")
+    make_study_dir(out)
     atomic_write_text(out / STUDY_FILE, study.path.read_text(encoding="utf-8"))
     atomic_write_text(out / ORIGIN_FILE, json.dumps({"name": study.name, "file": str(study.path),
                                                      "command": command}) + "\n")

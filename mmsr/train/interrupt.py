@@ -17,19 +17,15 @@ import threading
 import torch
 
 from mmsr.distributed import Dist
-from mmsr.errors import MMSRError, Terminated
+from mmsr.errors import Interrupted, Terminated
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class TrainingInterrupted(MMSRError):
+class TrainingInterrupted(Interrupted):
     """The run stopped on a signal after checkpointing; the exit status is 128 + the signal."""
 
     label = "stopped"
-
-    def __init__(self, signum: int, message: str, *, where=None, hint=None):
-        super().__init__(message, where=where, hint=hint)
-        self.exit_status = 128 + signum
 
 
 class StopRequests:
