@@ -528,3 +528,66 @@ def test_bench_fdsa_feature_weights_reads_the_trained_attention(built_cache, sma
     _train(built_cache + ["model.kind=idsr", "optim.epochs=1"], tmp_path / "idsr")
     with pytest.raises(MMSRError, match="only fdsa runs weigh feature columns"):
         fdsa_feature_weights.feature_weights(load_run(tmp_path / "idsr", device="cpu"))
+
+
+@pytest.mark.parametrize("kind", kind_names())
+def test_every_kind_is_sized_before_it_is_built_and_built_as_without_the_sizing(built_cache, small_demo, kind,
+                                                                                 monkeypatch):
+    from mmsr.data.dataset import load_dataset
+    from mmsr.train import model as model_lib
+    from mmsr.train.kinds import KindInputs, build_towers
+
+    config = _config(built_cache + [f"model.kind={kind}", *KIND_SETTINGS.get(kind, [])])
+    dataset = load_dataset(config.dataset)
+    sized = []
+    monkeypatch.setattr(model_lib, "available_memory", lambda: sized.append(kind) or 10**12)
+    torch.manual_seed(0)
+    built = model_lib.build_model(config, dataset.num_items, item_field=dataset.item_field)
+    assert sized == [kind]  # the meta-device pass ran
+    torch.manual_seed(0)  # the towers alone, as build_model built them before it sized them
+    items, user, scorer = build_towers(config, KindInputs(dataset.num_items, None, dataset.item_field))
+    alone = {**{f"items.{k}": v for k, v in items.state_dict().items()},
+             **{f"user.{k}": v for k, v in user.state_dict().items()},
+             **({f"scorer.{k}": v for k, v in scorer.state_dict().items()} if scorer is not None else {})}
+    state = {k: v for k, v in built.state_dict().items() if not k.startswith("loss.")}
+    assert state.keys() == alone.keys()
+    for key, value in state.items():
+        assert not value.is_meta and torch.equal(value, alone[key]), key  # the same draws from the RNG
+
+
+def test_a_model_too_big_for_the_memory_left_is_refused_by_its_settings_before_it_is_allocated(built_cache,
+                                                                                             monkeypatch):
+    from mmsr.train import model as model_lib
+
+    config = _config(built_cache + ["model.kind=idsr", "model.dim=64"])
+    monkeypatch.setattr(model_lib, "available_memory", lambda: 50_000)  # bytes: less than 60 x 64 floats
+    allocated = []
+    monkeypatch.setattr(torch.nn.Embedding, "reset_parameters", lambda self: allocated.append(self))
+    with pytest.raises(MMSRError, match="does not fit in memory") as error:
+        model_lib.build_model(config, 1000, copies=model_lib.TRAINING_COPIES)
+    assert "model.dim = 64 (1,000 items)" in str(error.value) and "to train" in str(error.value)
+    assert allocated and all(table.weight.is_meta for table in allocated)  # only the sizing pass's meta tables were made
+    monkeypatch.setattr(model_lib, "available_memory", lambda: None)  # another OS: nothing to check against
+    model_lib.build_model(config, 1000)
+    monkeypatch.setattr(model_lib, "available_memory", lambda: 10**15)
+    with pytest.raises(MMSRError, match="more bytes than a 64-bit machine can address"):  # even sizing overflows
+        model_lib.build_model(_config(built_cache + ["model.kind=idsr", "model.dim=1000000000"]), 1000)
+
+
+def test_an_allocation_the_machine_refuses_names_the_setting(built_cache, monkeypatch):
+    from mmsr.train import model as model_lib
+
+    config = _config(built_cache + ["model.kind=idsr", "model.dim=64"])
+    monkeypatch.setattr(model_lib, "available_memory", lambda: None)
+
+    def refused(*_, **__):  # the CPU allocator's words when the kernel will not reserve the memory
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 24000000000 bytes. Error code 12")
+
+    monkeypatch.setattr(model_lib, "build_towers", refused)
+    with pytest.raises(MMSRError, match="asked for 24.0 GB at once") as error:
+        model_lib.build_model(config, 60)
+    assert "model.dim" in str(error.value)
+    monkeypatch.setattr(model_lib, "build_towers", lambda *_: 1 / 0)  # any other failure stays itself
+    with pytest.raises(ZeroDivisionError):
+        model_lib.build_model(config, 60)

@@ -442,6 +442,22 @@ def test_a_second_signal_while_checkpointing_stops_at_once_with_its_own_status(s
     assert type(stopped.value).__name__ == stops_with and interrupt_status(stopped.value) == 128 + signum
 
 
+def test_a_model_dim_past_the_machines_memory_is_one_line_before_anything_is_allocated(small_demo, tmp_path):
+    """`--set model.dim=100000000` on 60 items asked for 24 GB: on a 24 GB machine Linux reserved it
+    lazily and the OOM killer ended the process while the table was initialised (exit 137, no word).
+    Now the towers are sized first (the meta device) and the run is refused by its setting. (On
+    300 items the table here is 120 GB, past any machine here: without the sizing pass the
+    allocator refuses it at once, a traceback, rather than reserving it.)"""
+    run = tmp_path / "run"
+    result = _cli(["train", *_sets(_idsr(small_demo, epochs=1)), "--set", "model.dim=100000000",
+                   "--run-dir", str(run)], tmp_path / "home")
+    said = result.stderr.strip()
+    assert result.returncode == 2, said
+    assert said.startswith("error: model.dim = 100,000,000 (300 items)") and "the model does not fit in memory: its weights " \
+        "need" in said and "GB to train" in said and "GB are free" in said and "lower it" in said, said
+    assert len(said.splitlines()) == 1 and not (run / "checkpoints").exists()
+
+
 def test_vectors_gone_infinite_at_validation_say_training_diverged_and_which_epoch(small_demo, tmp_path, monkeypatch):
     """A finite loss can still leave the item tower's outputs infinite (`optim.lr=1e308`): the
     validation then said "item vectors contain NaN ... check the checkpoint", no epoch, no lr, and

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from mmsr.encoders import create_encoders
@@ -73,7 +74,12 @@ class KindInputs:
     item_field: Callable[[str], list[str]] | None = None
 
     def encoders_for(self, config: "TrainConfig") -> dict:
-        return create_encoders(config.encoders) if self.encoders is None else self.encoders
+        if self.encoders is None:
+            # Loaded for real even inside build_model's sizing pass on the meta device, and kept:
+            # the build after it reuses them (loaded once, drawing on the RNG where they always did).
+            with torch.device("cpu"):
+                self.encoders = create_encoders(config.encoders)
+        return self.encoders
 
 
 def _sequence(config: "TrainConfig") -> nn.Module:

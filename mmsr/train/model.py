@@ -11,6 +11,8 @@ before `forward` runs.
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
+from mmsr.machine import available_memory
 from mmsr.models.scores import Score, create_score
 from mmsr.models.sequence import last_state
 from mmsr.train.batches import PAD, Batch
@@ -125,16 +128,29 @@ class Recommender(nn.Module):
         return self.scorer.matrix(contexts, key_mask, items)
 
 
+# Training holds each new weight four times: itself, its gradient and Adam's two moments.
+TRAINING_COPIES = 4
+
+
 def build_model(config: TrainConfig, num_items: int, encoders: dict | None = None, *,
                 train_counts: np.ndarray | None = None,
-                item_field: Callable[[str], list[str]] | None = None) -> Recommender:
+                item_field: Callable[[str], list[str]] | None = None, copies: int = 1) -> Recommender:
     """The `model.kind`'s towers (`mmsr.train.kinds`) with the config's loss.
 
     `train_counts` (the training split's item counts) is what a loss that needs item
     popularity (`inbatch-logq`) reads; training passes it, rebuilding a model to evaluate
     need not. `item_field` (`Dataset.item_field`) gives the text fields FDSA's side features read.
+    `copies`: how many times the process will hold the new weights (`TRAINING_COPIES` to train
+    on the CPU); a model that cannot fit so is refused before any weight is allocated.
     """
-    items, user, scorer = build_towers(config, KindInputs(num_items, encoders, item_field))
+    inputs = KindInputs(num_items, encoders, item_field)
+    _check_fits(config, inputs, copies)
+    try:
+        items, user, scorer = build_towers(config, inputs)
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        if not out_of_memory(error):
+            raise
+        raise _too_big(config, num_items, _allocation_failed(error)) from None
     loss = create_loss(config.optim.loss, train_counts=train_counts, **loss_settings(config.optim))
     optim = config.optim
     contrast = ViewContrast(optim.contrastive_weight, optim.contrastive_temperature) \
@@ -142,6 +158,52 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     return Recommender(items, user, loss, scorer=scorer,
                        score=create_score(config.model.score, temperature=config.model.temperature),
                        contrast=contrast)
+
+
+def _check_fits(config: TrainConfig, inputs: KindInputs, copies: int) -> None:
+    """Refuse a model whose new weights (the pretrained encoders aside) cannot fit in the memory
+    left, sized by building the towers on the meta device (no storage; draws nothing from the RNG).
+    Without it a huge model.dim is not an error but a kill: Linux reserves the tensor lazily and
+    the kernel's OOM killer ends the process, without a word, while the tensor is initialised."""
+    available = available_memory()
+    if available is None:
+        return
+    try:
+        with torch.device("meta"):
+            towers = [tower for tower in build_towers(config, inputs) if tower is not None]
+    except RuntimeError as error:  # torch's own words when a tensor's byte count passes 2^63
+        if "overflow" not in str(error):
+            raise
+        raise _too_big(config, inputs.num_items, "one of its tensors would hold more bytes than a 64-bit "
+                                                 "machine can address") from None
+    weights = sum(t.numel() * t.element_size()
+                  for tower in towers for t in itertools.chain(tower.parameters(), tower.buffers()) if t.is_meta)
+    if weights * copies > available:
+        to_train = f" ({weights * copies / 1e9:,.1f} GB to train: their gradients and Adam's moments)" \
+            if copies > 1 else ""
+        raise _too_big(config, inputs.num_items,
+                       f"its weights need {weights / 1e9:,.1f} GB{to_train}; {available / 1e9:,.1f} GB are free")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation that failed (CPU or CUDA), not another RuntimeError."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error)
+
+
+def _allocation_failed(error: BaseException) -> str:
+    asked = re.search(r"allocate (\d+) bytes", str(error))  # the CPU allocator's wording
+    if asked:
+        return f"one of its tensors asked for {int(asked.group(1)) / 1e9:,.1f} GB at once"
+    return (str(error).splitlines() or ["an allocation failed"])[0]
+
+
+def _too_big(config: TrainConfig, num_items: int, why: str) -> MMSRError:
+    """A model too large for the machine, said by its settings: the allocator's traceback names
+    only a byte count, deep inside an nn.Embedding or nn.Linear."""
+    return MMSRError(f"the model does not fit in memory: {why}",
+                     where=f"model.dim = {config.model.dim:,} ({num_items:,} items)",
+                     hint="model.dim sets the width of every layer (the ID table alone holds items x dim numbers, "
+                          "a layer dim x dim); lower it: the configs in configs/ use 64 to 768")
 
 
 def frozen_state_keys(model: Recommender) -> set[str]:

@@ -29,7 +29,7 @@ from mmsr.train.checkpoint import gather_rng_states, load_checkpoint, restore_rn
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
-from mmsr.train.model import build_model, load_weights, trainable_state
+from mmsr.train.model import TRAINING_COPIES, build_model, load_weights, trainable_state
 from mmsr.train.metrics_file import append_record, reconcile
 from mmsr.train.layout import CONFIG_FILE, INIT_FILE, METRICS_FILE, RUN_FILE, checkpoint_dir, checkpoint_file
 from mmsr.train.run import (DATASET_HASH_KEY, check_same_dataset, config_as_json,
@@ -85,8 +85,9 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
     source = transfer_source(config, run_dir) if config.init_from and not resume else None
     dataset = load_dataset(config.dataset)
     split = split_dataset(dataset, config.split)
-    model = build_model(config, dataset.num_items, train_counts=split.train_counts,
-                        item_field=dataset.item_field).to(device)
+    # On a GPU the CPU holds the weights once, while they are built.
+    model = build_model(config, dataset.num_items, train_counts=split.train_counts, item_field=dataset.item_field,
+                        copies=TRAINING_COPIES if device.type == "cpu" else 1).to(device)
     feed, feed_desc = open_feed(config, model, dataset, from_cache, device)
     if not resume:  # a resumed run gets them back with the weights
         prepare_items(model, config, dataset, from_cache, device)
