@@ -381,9 +381,15 @@ def test_carca_evaluates_by_exact_batched_scoring(built_cache, tmp_path):
 
     run = tmp_path / "carca"
     best = _train(built_cache + ["model.kind=carca", "optim.loss=bce", "optim.epochs=2"], run)
-    again = evaluate_run(run, "valid", ks="10,20")
+    said = []
+    again = evaluate_run(run, "valid", ks="10,20", log=said.append)
     assert again["metrics"] == pytest.approx(best["valid"])
-    assert again["search"].startswith("exact-batched")
+    assert again["search"].startswith("exact-batched") and said == []
+    # A backend asked for by name cannot rank it: said, not silently dropped, and not refused.
+    asked = evaluate_run(run, "valid", ks="10,20", search_backend="faiss", log=said.append)
+    assert asked["metrics"] == again["metrics"] and asked["backend"] == {"name": "exact-batched", "requested": "faiss"}
+    assert said == ["note: --search-backend faiss does not apply to this model: its scores depend on the candidate "
+                    "(no inner product), so every item is scored exactly (exact-batched)"]
     top = recommend(run, ["i00001", "i00002"], k=5)
     assert len(top["items"]) == 5 and not {"i00001", "i00002"} & {row["item"] for row in top["items"]}
     scores = [row["score"] for row in top["items"]]

@@ -40,7 +40,9 @@ def test_compare_gives_each_runs_eval_figures_and_their_paired_difference(two_ru
     from mmsr.eval.runner import evaluate_run
 
     a, b = two_runs
-    result = compare_runs(str(a), str(b), "test", protocol="recbole", ks="10,20", resamples=999)
+    said = []
+    result = compare_runs(str(a), str(b), "test", protocol="recbole", ks="10,20", resamples=999, log=said.append)
+    assert said == []  # nothing to note
     assert result["cases"] == 200 and list(result["metrics"]) == ["HR@10", "NDCG@10", "HR@20", "NDCG@20"]
     evals = [evaluate_run(str(run), "test", ks=(10, 20), protocol="recbole") for run in two_runs]
     for key, m in result["metrics"].items():
@@ -60,11 +62,23 @@ def test_compare_gives_each_runs_eval_figures_and_their_paired_difference(two_ru
 
 
 def test_a_run_against_itself_differs_by_nothing(two_runs):
+    from mmsr.data.dataset import load_dataset
     from mmsr.eval.compare import compare_runs
+    from mmsr.train.run import run_config
 
-    result = compare_runs(str(two_runs[0]), str(two_runs[0]), "test", ks="10", resamples=999)
+    said = []
+    result = compare_runs(str(two_runs[0]), str(two_runs[0]), "test", ks="10", resamples=999, log=said.append)
     for m in result["metrics"].values():
         assert m["difference"] == 0 and m["ci95"] == [0, 0] and m["p_value"] == 1.0
+    # Allowed (it shows what it should), but said, as is a cut-off the whole catalogue fills
+    # (HR = 1 for both), once however many runs rank it.
+    items = load_dataset(run_config(two_runs[0]).dataset).num_items
+    said.clear()
+    compare_runs(f"{two_runs[0]},{two_runs[1]}", f"{two_runs[1]},{two_runs[0]}", "test", ks=f"10,{items}",
+                 resamples=999, log=said.append)
+    assert said == [f"note: at K={items} the list holds every one of the {items:,} items: every case is a hit",
+                    "note: A and B are the same runs: every difference is 0 by construction (to see what a seed "
+                    "alone moves, compare two seeds of one config)"]
 
 
 def test_a_lost_best_checkpoint_is_said_and_a_lost_last_one_gets_a_hint_that_works(two_runs, tmp_path):

@@ -444,6 +444,22 @@ def test_a_stopped_study_says_to_rerun_the_study_not_mmsr_train(study_file, mmsr
     assert "--run-dir r --resume --from-cache` under the same torchrun options" in _continue_hint(Path("r"), True, 2)
 
 
+def test_a_diverged_study_run_says_which_variant_to_change_and_to_rerun_the_study(study_file, mmsr_home):
+    """A variant that diverged said to start again with `mmsr train ... --overwrite` (or resume
+    with --resume), options of another command; the study's own way is to change the variant,
+    delete its run and rerun the study."""
+    from mmsr.train.recipe import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged) as diverged:
+        run_study(study_file, only=["idsr"], sets=["optim.lr=1e308"], log=_quiet)
+    said = str(diverged.value)
+    root = mmsr_home / "studies" / "tiny" / "runs"
+    run = next(root.iterdir())
+    assert run.name.startswith("idsr--") and said.startswith(f"{run}: training diverged: ")
+    assert said.endswith(f"(lower optim.lr of variant 'idsr' in {study_file} (or keep optim.grad_clip > 0), delete "
+                         f"{run}, and rerun `mmsr study run {study_file} --set optim.lr=1e308 --only idsr`)"), said
+
+
 def test_another_study_files_directory_is_not_taken_over(study_file, mmsr_home, tmp_path):
     """`study run OTHER.toml --out DIR`, DIR holding this study's runs, replaced its study.toml and
     origin.json without a word and dropped its runs from the report."""

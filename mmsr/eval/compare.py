@@ -43,6 +43,7 @@ be a run: its split defines the cases.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,10 @@ from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 from mmsr.eval.backends import check_request
 from mmsr.eval.external_ranks import is_ranks_file, read_ranks
-from mmsr.eval.metrics import COUNT_KEY, SQUARES, hit_at_k, ndcg_at_k, parse_ks, standard_errors
+from mmsr.eval.metrics import COUNT_KEY, SQUARES, hit_at_k, ndcg_at_k, parse_ks, standard_errors, \
+    whole_catalogue_note
 from mmsr.eval.run_ranks import RunRanks, rank_run
+from mmsr.progress import to_stderr
 from mmsr.train.run import run_config
 
 METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
@@ -70,11 +73,14 @@ MAX_RESAMPLES = 1_000_000
 
 def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str = "paper", ks="10,20",
                  checkpoint: str = "best", resamples: int = 9999, seed: int = 0, batch_size: int | None = None,
-                 device: str = "auto", search_backend: str = "auto", shared_cases: bool = False) -> dict:
+                 device: str = "auto", search_backend: str = "auto", shared_cases: bool = False,
+                 log: Callable[[str], None] = to_stderr) -> dict:
     """{"runs", "split", "protocol", "cases", "metrics": {name: {a, b, se_a, se_b, difference,
     ci95, p_value}}}: see the module docstring. `seed` fixes the resampling, so a comparison
     is the same whenever it is recomputed. `shared_cases`: with ranks files, pair only the
-    cases every file ranks (`read_ranks`); "left_out" then says what was not paired."""
+    cases every file ranks (`read_ranks`); "left_out" then says what was not paired. `log` takes
+    the notes: cut-offs that hold the whole catalogue, a --search-backend a run cannot use, the
+    same runs on both sides."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MMSRError("mmsr compare runs in one process", where="torchrun",
                         hint="run it without torchrun: it ranks each split once per run")
@@ -99,6 +105,12 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     reference = next(iter(ranked.values()))
     for other in ranked.values():
         _check_same_cases(reference.identity, other.identity, reference.label, other.label)
+    notes = [whole_catalogue_note(ks, reference.num_items), *(note for r in ranked.values() for note in r.notes)]
+    if {_place(run) for run in sides[0]} == {_place(run) for run in sides[1]}:
+        notes.append("note: A and B are the same runs: every difference is 0 by construction (to see what a seed "
+                     "alone moves, compare two seeds of one config)")
+    for note in dict.fromkeys(note for note in notes if note):  # once each, in order
+        log(note)
     shared, left_out = np.ones(len(reference.ranks), dtype=bool), []
     for path in files:
         found = read_ranks(path, reference.keys, shared_only=shared_cases)
@@ -152,12 +164,17 @@ def _refuse_repeats(side: list[str], spec: str) -> None:
     nothing, which is what it should show.)"""
     named: dict[Path, str] = {}
     for member in side:
-        place = (Path(member) if is_ranks_file(member) else paths.runs_dir(member)).expanduser().resolve()
+        place = _place(member)
         if place in named:
             raise MMSRError(f"{named[place]!r} and {member!r} are the same run" if named[place] != member
                             else f"{member!r} is named twice", where=repr(spec),
                             hint="name each run of a side once: one run named twice is not two seeds")
         named[place] = member
+
+
+def _place(member: str) -> Path:
+    """Where a side's member is (a run's directory or a ranks file), however it was named."""
+    return (Path(member) if is_ranks_file(member) else paths.runs_dir(member)).expanduser().resolve()
 
 
 def _refuse_other_datasets(runs: list[str]) -> None:

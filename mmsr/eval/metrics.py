@@ -30,6 +30,16 @@ COUNT_KEY = "count"
 SQUARES = ":sq"  # suffix of a metric's sum of squared per-case values
 
 
+def whole_catalogue_note(ks: Iterable[int], num_items: int) -> str | None:
+    """The note for cut-offs whose list holds every item (every case a hit): computed and
+    reported as asked (the default cut-offs must run on a tiny catalogue), but said."""
+    whole = [k for k in ks if k >= num_items]
+    if not whole:
+        return None
+    return (f"note: at K={', '.join(map(str, whole))} the list holds every one of the {num_items:,} items: "
+            "every case is a hit")
+
+
 def parse_ks(ks: str | int | Iterable[int]) -> tuple[int, ...]:
     """`"10,20,50"`, `10` or `[10, 20]` -> a sorted tuple of distinct positive ints."""
     if isinstance(ks, str):

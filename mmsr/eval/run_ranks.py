@@ -25,7 +25,7 @@ from mmsr.data.split import EVAL_SPLITS
 from mmsr.errors import MMSRError
 from mmsr.eval.external_ranks import CaseKeys, is_ranks_file, write_ranks
 from mmsr.eval.metrics import hit_at_k, ndcg_at_k
-from mmsr.eval.runner import PROTOCOLS, case_ranks
+from mmsr.eval.runner import PROTOCOLS, backend_note, case_ranks
 from mmsr.train.run import load_run
 
 
@@ -39,6 +39,8 @@ class RunRanks:
     label: object
     keys: CaseKeys | None = None
     batch_size: int | None = None  # the towers' batch (None: a ranks file's)
+    num_items: int | None = None  # the catalogue ranked (None: a ranks file's)
+    notes: tuple[str, ...] = ()  # what the request asked that this run could not do as asked
 
 
 def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, checkpoint: str = "best",
@@ -51,8 +53,9 @@ def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, c
     if protocol not in PROTOCOLS:
         raise MMSRError(f"unknown protocol {protocol!r}", where="--protocol", hint="use paper or recbole")
     loaded = load_run(run, checkpoint, device)
+    notes = (backend_note(loaded.model, search_backend),)
     if max_k is None:
-        max_k, search_backend = loaded.split.num_items, "dense"
+        max_k, search_backend, notes = loaded.split.num_items, "dense", ()
     cases = loaded.split.cases(split)
     targets = loaded.split.items[loaded.split.offsets[cases.users] + cases.positions]
     batch_size = loaded.towers_batch(batch_size)
@@ -63,7 +66,8 @@ def rank_run(run: str, split: str, protocol: str, *, max_k: int | None = None, c
         item_ids = loaded.dataset.item_ids()
         keys = CaseKeys(split, [loaded.split.user_ids[u] for u in cases.users], [item_ids[t] for t in targets],
                         loaded.split.num_items)
-    return RunRanks(np.stack([cases.users, cases.positions, targets]), ranked.ranks, loaded.root, keys, batch_size)
+    return RunRanks(np.stack([cases.users, cases.positions, targets]), ranked.ranks, loaded.root, keys, batch_size,
+                    loaded.split.num_items, tuple(note for note in notes if note))
 
 
 def write_run_ranks(run: str, path: str | Path, split: str = "test", *, protocol: str = "paper",

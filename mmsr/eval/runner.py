@@ -28,7 +28,8 @@ from mmsr.data.split import EVAL_SPLITS, Split
 from mmsr.distributed import init_from_env
 from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
-from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums, standard_errors
+from mmsr.eval.metrics import DEFAULT_KS, finalize, metric_sums, parse_ks, reduce_metric_sums, standard_errors, \
+    whole_catalogue_note
 from mmsr.eval.backends import check_request, resolve_backend
 from mmsr.eval.item_shards import gemm_for, ranks_over_slices
 from mmsr.progress import to_stderr
@@ -107,6 +108,16 @@ def evaluate_model(model, feed, split: Split, which: str, *, ks=(10, 20, 50), ma
     if ranked.item_spread is not None:
         result["item_spread"] = round(ranked.item_spread, 4)
     return result
+
+
+def backend_note(model, search_backend: str) -> str | None:
+    """A backend asked for that cannot rank this model: a candidate-dependent scorer (CARCA++)
+    has no inner product for an index or a GEMM, so every item is scored exactly (exact-batched)
+    whatever was asked; said rather than refused, so one command line serves a study's kinds."""
+    if model.scorer is None or search_backend == "auto":
+        return None
+    return (f"note: --search-backend {search_backend} does not apply to this model: its scores depend on the "
+            "candidate (no inner product), so every item is scored exactly (exact-batched)")
 
 
 def case_ranks(model, feed, split: Split, which: str, *, max_k: int, mask_history: bool = True,
@@ -222,7 +233,8 @@ SEARCH_LABELS = {"faiss": "IndexFlatIP top-k, near-ties re-scored in float64",
 
 def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protocol: str = "paper",
                  faiss: bool = True, checkpoint: str = "best", batch_size: int | None = None, device: str = "auto",
-                 search_device: str = "auto", search_backend: str = "auto", shard_items: bool = False) -> dict:
+                 search_device: str = "auto", search_backend: str = "auto", shard_items: bool = False,
+                 log: Callable[[str], None] = to_stderr) -> dict:
     """`mmsr eval`: rebuild the model from the run directory alone, rank every item for every case
     of `split` (test | valid | cold | new | cold-test) and write the result to RUN/eval_<split>.json (rank 0).
 
@@ -231,7 +243,7 @@ def evaluate_run(run: str | Path, split: str = "test", *, ks=DEFAULT_KS, protoco
     """
     return evaluate_splits(run, [split], ks=ks, protocol=protocol, faiss=faiss, checkpoint=checkpoint,
                            batch_size=batch_size, device=device, search_device=search_device,
-                           search_backend=search_backend, shard_items=shard_items)[split]
+                           search_backend=search_backend, shard_items=shard_items, log=log)[split]
 
 
 def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protocol: str = "paper",
@@ -256,10 +268,10 @@ def evaluate_splits(run: str | Path, splits: list[str], *, ks=DEFAULT_KS, protoc
     loaded = load_run(run, checkpoint, device)
     batch_size = loaded.towers_batch(batch_size)
     dist = init_from_env(loaded.device)
-    whole = [k for k in ks if k >= loaded.split.num_items]
-    if whole and dist.main:  # reported as computed (the default cut-offs must run on a tiny catalogue), but said
-        log(f"note: at K={', '.join(map(str, whole))} the list holds every one of the {loaded.split.num_items:,} "
-            "items: every case is a hit")
+    if dist.main:
+        for note in (whole_catalogue_note(ks, loaded.split.num_items), backend_note(loaded.model, search_backend)):
+            if note:
+                log(note)
     started = time.perf_counter()
     if shard_items:
         gemm_for(loaded.model, search_backend, loaded.device, search_device)  # refused before the item tower

@@ -44,7 +44,7 @@ from mmsr.train.interrupt import TrainingInterrupted
 from mmsr.train.kinds import ID_ONLY_KINDS
 from mmsr.train.layout import METRICS_FILE, checkpoint_dir, checkpoint_file
 from mmsr.train.metrics_file import read_records
-from mmsr.train.recipe import train
+from mmsr.train.recipe import TrainingDiverged, train
 from mmsr.train.run import config_as_json, prepare_run, run_config, save_config
 
 
@@ -194,11 +194,16 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
             _ensure_dataset(study, run.dataset, progress, log)
             if study.from_cache:
                 _ensure_cache(run.config, built, progress, log)
+            # Stopped or diverged, the run's hint names `mmsr train`, which leaves the study behind.
+            again = command + (f" --only {','.join(only)}" if only else "")
             try:
                 _train_and_evaluate(study, run, progress, log)
-            except TrainingInterrupted as stop:  # its hint names `mmsr train`, which leaves the study behind
-                again = command + (f" --only {','.join(only)}" if only else "")
+            except TrainingInterrupted as stop:
                 stop.hint = f"rerun `{again}`: the study goes on from this run's checkpoint"
+                raise
+            except TrainingDiverged as diverged:
+                diverged.hint = (f"lower optim.lr of variant {run.variant.name!r} in {study.path} (or keep "
+                                 f"optim.grad_clip > 0), delete {run.root}, and rerun `{again}`")
                 raise
             write_report(out, study, command, log=log)
             advance(1)

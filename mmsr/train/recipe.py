@@ -166,7 +166,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                     running += train_step(ddp, batch, feed, optimizer, scheduler, dist=dist, device=device,
                                           optim=config.optim)
                 except NonFiniteLoss as error:
-                    raise MMSRError(f"training diverged: loss {error.value} at epoch {epoch + 1}, step {step + 1} "
+                    raise TrainingDiverged(f"training diverged: loss {error.value} at epoch {epoch + 1}, step {step + 1} "
                                     f"(global step {global_step + 1}); no checkpoint was written with it",
                                     where=run_dir, hint=_diverged_hint(run_dir)) from None
                 global_step += 1
@@ -189,7 +189,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
             try:
                 validation = validate(model, feed, split, config, device=device, dist=dist)
             except NonFiniteVectors as error:  # a finite loss can still leave the towers' outputs infinite
-                raise MMSRError(f"training diverged: {error.message} at epoch {epoch + 1}'s validation; no "
+                raise TrainingDiverged(f"training diverged: {error.message} at epoch {epoch + 1}'s validation; no "
                                 "checkpoint was written with it", where=run_dir, hint=_diverged_hint(run_dir)) from None
             record["valid"] = metrics = validation["metrics"]
             if "item_spread" in validation:
@@ -255,6 +255,11 @@ def _resume_hint(resume_from: str, run_dir: Path) -> str:
         return (f"continue from the best checkpoint instead: `mmsr train --run {run_dir} --resume --resume-from "
                 "best` (the epochs after it are trained again)")
     return f"no usable checkpoint is left: start again with `mmsr train --run {run_dir} --overwrite`"
+
+
+class TrainingDiverged(MMSRError):
+    """Training met a non-finite loss or non-finite vectors. The hint speaks of `mmsr train`'s
+    options; a caller that trains for another command (a study) says its own."""
 
 
 def _diverged_hint(run_dir: Path) -> str:
