@@ -299,7 +299,8 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {field.name: field for field in dataclasses.fields(cls)}
-    problems += unknown_keys(cls, {key: None for key in data}, prefix)  # this level; deeper ones below
+    # This level's; deeper ones below. An unknown key's own value goes along: a table is named a section.
+    problems += unknown_keys(cls, {key: None if key in fields else value for key, value in data.items()}, prefix)
     values = {}
     for name, field in fields.items():
         if name not in data:

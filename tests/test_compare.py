@@ -381,7 +381,7 @@ def test_another_tools_ranks_file_pairs_with_a_run_as_that_run_would(two_runs, t
     assert reversed_sides["metrics"]["HR@10"]["difference"] == pytest.approx(-runs["metrics"]["HR@10"]["difference"])
 
 
-def test_a_ranks_file_that_does_not_match_the_runs_cases_is_refused_with_its_line(two_runs, tmp_path):
+def test_a_ranks_file_that_does_not_match_the_runs_cases_is_refused_with_its_line(two_runs, tmp_path, monkeypatch):
     from mmsr.eval.compare import compare_runs
     from mmsr.eval.run_ranks import rank_run
 
@@ -409,6 +409,15 @@ def test_a_ranks_file_that_does_not_match_the_runs_cases_is_refused_with_its_lin
         assert "ranks.csv:2" in refused("\n".join(["user,item,rank", f"{keys.users[0]},{keys.items[0]},{bad}"]),
                                         "is not a whole number from 1 to")
     assert "ranks.csv:1" in refused("user,target,rank\n", "the header lacks item")
+    with pytest.raises(MMSRError, match="no such ranks file"):
+        compare_runs(str(a), str(tmp_path / "absent.csv"), "test", ks="10", resamples=999)
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(MMSRError, match="folder.csv: a folder, not a ranks file"):
+        compare_runs(str(a), str(tmp_path / "folder.csv"), "test", ks="10", resamples=999)
+    # Both said before any run is ranked (minutes on a large catalogue), as a bad --k is.
+    from mmsr.eval import compare as compare_lib
+
+    monkeypatch.setattr(compare_lib, "rank_run", lambda *_, **__: 1 / 0)
     with pytest.raises(MMSRError, match="no such ranks file"):
         compare_runs(str(a), str(tmp_path / "absent.csv"), "test", ks="10", resamples=999)
     with pytest.raises(MMSRError, match="both sides are ranks files"):

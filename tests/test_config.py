@@ -269,11 +269,23 @@ def test_numbers_outside_their_meaningful_range_are_refused_by_name(sets, said):
     config_lib.load(TrainConfig, None, ["model.dim=30", "model.sequence=gru4rec", "model.kind=idsr"])
 
 
-def test_a_misspelt_set_is_named_as_the_users_not_the_files():
+def test_a_misspelt_set_is_named_as_the_users_not_the_files(tmp_path):
     from mmsr.cache_stage import load_build_config
 
     with pytest.raises(MMSRError, match=r"^invalid --set: unknown key nosection; the sections are encoders, split"):
         load(TrainConfig, "configs/demo-cpu.toml", ["nosection.x=1"])
+    # A file's unknown [section] lists the sections too (it said only "unknown key nope").
+    nope = tmp_path / "nope.toml"
+    nope.write_text('[optimm]\nlr = 0.1\n')
+    with pytest.raises(MMSRError, match=re.escape(f"invalid config {nope}: unknown key optimm (did you mean 'optim'?); "
+                                                  "the sections are encoders, split, model, optim")):
+        load(TrainConfig, nope)
+    # An empty dataset was found only by the path lookup, which could not say which key set it.
+    with pytest.raises(MMSRError, match=re.escape("--set dataset='' must name a dataset (a name under $MMSR_HOME")):
+        load(TrainConfig, "configs/demo-cpu.toml", ["dataset="])
+    nope.write_text('dataset = " "\n')
+    with pytest.raises(MMSRError, match=re.escape(f"config {nope}: dataset=' ' must name a dataset")):
+        load(TrainConfig, nope)
     with pytest.raises(MMSRError, match=r"invalid --set: unknown key optim.epoch \(did you mean 'epochs'\?\)"):
         load(TrainConfig, "configs/demo-cpu.toml", ["optim.epoch=3"])
     # cache build takes a training --set as it takes the file's sections: read by train, checked by name

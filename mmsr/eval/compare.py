@@ -52,7 +52,7 @@ from mmsr import paths
 from mmsr.comma_lists import split_commas
 from mmsr.errors import MMSRError
 from mmsr.eval.backends import check_request
-from mmsr.eval.external_ranks import is_ranks_file, read_ranks
+from mmsr.eval.external_ranks import check_ranks_file, is_ranks_file, read_ranks
 from mmsr.eval.metrics import COUNT_KEY, SQUARES, hit_at_k, ndcg_at_k, parse_ks, standard_errors, \
     whole_catalogue_note
 from mmsr.eval.run_ranks import RunRanks, rank_run
@@ -97,6 +97,8 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
                         hint="name at least one mmsr run: its split defines the cases the files are matched to")
     ks = parse_ks(ks)
     check_request(search_backend)
+    for path in files:  # before any run is ranked (minutes on a large catalogue)
+        check_ranks_file(path)
     _refuse_other_datasets([run for side in sides for run in side if not is_ranks_file(run)])
     # The cases' IDs (strings, one per case) only when a file has to be matched to them.
     ranked = {run: rank_run(run, split, protocol, max_k=max(ks), checkpoint=checkpoint, batch_size=batch_size,

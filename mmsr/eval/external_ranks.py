@@ -68,14 +68,20 @@ class FileRanks:
         return self.ranks > 0
 
 
+def check_ranks_file(path: str | Path) -> Path:
+    """`path`, refused unless it is a file (a folder named NAME.csv was "no such ranks file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise MMSRError("a folder, not a ranks file" if path.is_dir() else "no such ranks file", where=path,
+                        hint="give a CSV with columns user,item,rank (see `mmsr compare --help`)")
+    return path
+
+
 def read_ranks(path: str | Path, cases: CaseKeys, *, shared_only: bool = False) -> FileRanks:
     """The file's rank for each of `cases`, in the cases' order (int64, 1-based). A row that
     names no case, or a case without a row, is refused, unless `shared_only`: then both are
     left out (rank 0, `unmatched`). Malformed rows are refused either way."""
-    path = Path(path)
-    if not path.is_file():
-        raise MMSRError("no such ranks file", where=path,
-                        hint="give a CSV with columns user,item,rank (see `mmsr compare --help`)")
+    path = check_ranks_file(path)
     index = _case_index(cases)
     # For the refusal's message: a user's one target, where the split has one case per user.
     target_of = dict(zip(cases.users, cases.items)) if len(set(cases.users)) == len(cases.users) else {}

@@ -312,6 +312,9 @@ class TrainConfig:
                 value = getattr(value, part)
             if value is not None and value < lowest:
                 problems.append(f"{key}={value!r} {why}")
+        if not self.dataset.strip():  # found later, by the path lookup, without the key that set it
+            problems.append(f"dataset={self.dataset!r} must name a dataset (a name under $MMSR_HOME/datasets, or a "
+                            "path)")
         for key, value in (("seed", self.seed), ("split.seed", self.split.seed)):
             if problem := seed_problem(value):
                 problems.append(f"{key}={value!r} {problem}")
