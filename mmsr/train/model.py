@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from mmsr.errors import MMSRError
-from mmsr.machine import available_memory
 from mmsr.models.scores import Score, create_score
 from mmsr.models.sequence import last_state
 from mmsr.train.batches import PAD, Batch
@@ -28,6 +27,7 @@ from mmsr.train.config import TrainConfig
 from mmsr.train.contrastive import ViewContrast
 from mmsr.train.kinds import KindInputs, build_towers
 from mmsr.train.losses import LossInputs, create_loss, loss_settings
+from mmsr_store.memory import available_memory, human_bytes
 
 
 class Recommender(nn.Module):
@@ -162,7 +162,8 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
 
 def _check_fits(config: TrainConfig, inputs: KindInputs, copies: int) -> None:
     """Refuse a model whose new weights (the pretrained encoders aside) cannot fit in the memory
-    left, sized by building the towers on the meta device (no storage; draws nothing from the RNG).
+    left (`mmsr_store.memory.available_memory`: MemAvailable or a cgroup's headroom), sized by
+    building the towers on the meta device (no storage; draws nothing from the RNG).
     Without it a huge model.dim is not an error but a kill: Linux reserves the tensor lazily and
     the kernel's OOM killer ends the process, without a word, while the tensor is initialised."""
     available = available_memory()
@@ -179,10 +180,10 @@ def _check_fits(config: TrainConfig, inputs: KindInputs, copies: int) -> None:
     weights = sum(t.numel() * t.element_size()
                   for tower in towers for t in itertools.chain(tower.parameters(), tower.buffers()) if t.is_meta)
     if weights * copies > available:
-        to_train = f" ({weights * copies / 1e9:,.1f} GB to train: their gradients and Adam's moments)" \
+        to_train = f" ({human_bytes(weights * copies)} to train: their gradients and Adam's moments)" \
             if copies > 1 else ""
         raise _too_big(config, inputs.num_items,
-                       f"its weights need {weights / 1e9:,.1f} GB{to_train}; {available / 1e9:,.1f} GB are free")
+                       f"its weights need {human_bytes(weights)}{to_train}; {human_bytes(available)} is available")
 
 
 def out_of_memory(error: BaseException) -> bool:
@@ -193,7 +194,7 @@ def out_of_memory(error: BaseException) -> bool:
 def _allocation_failed(error: BaseException) -> str:
     asked = re.search(r"allocate (\d+) bytes", str(error))  # the CPU allocator's wording
     if asked:
-        return f"one of its tensors asked for {int(asked.group(1)) / 1e9:,.1f} GB at once"
+        return f"one of its tensors asked for {human_bytes(int(asked.group(1)))} at once"
     return (str(error).splitlines() or ["an allocation failed"])[0]
 
 
