@@ -190,6 +190,73 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(small_demo, tm
     assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 1
 
 
+def test_out_of_memory_in_a_step_or_a_validation_says_where_and_what_frees_memory(small_demo, tmp_path, monkeypatch):
+    """A CUDA (or CPU) allocation that fails mid-training was a traceback ending in a paragraph
+    about fragmentation. Now one line: where it ran out, the allocator's first sentence, and the
+    setting that frees memory, as a resume allows it (the batch size is the optimizer's; the
+    validation's batch and the cached states' place are not)."""
+    from mmsr.train import recipe
+
+    real_step, calls = recipe.train_step, [0]
+    gpu_said = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB of which "
+                "1.2 GiB is free. Including non-PyTorch memory, this process has 77.9 GiB memory in use. If reserved "
+                "but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to "
+                "avoid fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/"
+                "notes/cuda.html#environment-variables)")  # torch 2.x's words, on one line
+
+    def full_step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 10:  # epoch 2, step 3
+            raise torch.OutOfMemoryError(gpu_said)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_step", full_step)
+    run = tmp_path / "run"
+    said = _training_refused(small_demo, run, 3)
+    assert said == (f"{run}: out of memory at epoch 2, step 3: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 "
+                    "has a total capacity of 79.1 GiB of which 1.2 GiB is free. (lower optim.batch_size (now 32) and "
+                    "start again with --overwrite)"), said
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1  # the epoch before is kept
+    on_gpu = recipe._step_memory_hint(_config_of(small_demo), torch.device("cuda"))
+    assert on_gpu.endswith("; or go on from the last epoch saved with --resume --set cache_into=ram (the cached states "
+                           "leave the GPU)")
+    monkeypatch.setattr(recipe, "train_step", real_step)
+
+    real_validate, validations = recipe.validate, [0]
+
+    def full_validation(*args, **kwargs):
+        validations[0] += 1
+        if validations[0] == 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 8000000000 bytes. Error code 12")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "validate", full_validation)
+    shutil.rmtree(run)
+    said = _training_refused(small_demo, run, 3)
+    assert said == (f"{run}: out of memory at epoch 2's validation: one of its tensors asked for 8.0 GB at once (go on "
+                    "from the last epoch saved with --resume --set eval_batch_size=128 (now 256))"), said
+    monkeypatch.setattr(recipe, "validate", real_validate)
+    from mmsr import config as config_lib  # the hint, followed, finishes the run
+    from mmsr.train.config import TrainConfig
+
+    config = config_lib.load(TrainConfig, None, _idsr(small_demo, epochs=3) + ["eval_batch_size=128"])
+    recipe.train(config, run, from_cache=False, resume=True, log=lambda *_: None)
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
+    validations[0] = 1  # the next validation, epoch 1's, runs out: nothing saved to resume from
+    monkeypatch.setattr(recipe, "validate", full_validation)
+    shutil.rmtree(run)
+    assert _training_refused(small_demo, run, 1).endswith("(no epoch was saved before it: start again with "
+                                                          "--overwrite --set eval_batch_size=128 (now 256))")
+
+
+def _config_of(small_demo):
+    from mmsr import config as config_lib
+    from mmsr.train.config import TrainConfig
+
+    return config_lib.load(TrainConfig, None, _idsr(small_demo))
+
+
 def test_second_trainer_on_a_run_is_refused_naming_the_holder(small_demo, mmsr_home, finished_run):
     from mmsr.locks import output_lock
     from mmsr.train.run import prepare_run

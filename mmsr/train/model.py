@@ -150,7 +150,7 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
     except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
         if not out_of_memory(error):
             raise
-        raise _too_big(config, num_items, _allocation_failed(error)) from None
+        raise _too_big(config, num_items, allocation_failed(error)) from None
     loss = create_loss(config.optim.loss, train_counts=train_counts, **loss_settings(config.optim))
     optim = config.optim
     contrast = ViewContrast(optim.contrastive_weight, optim.contrastive_temperature) \
@@ -191,11 +191,14 @@ def out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error)
 
 
-def _allocation_failed(error: BaseException) -> str:
+def allocation_failed(error: BaseException) -> str:
+    """An allocator's failure in a few words (its CUDA text is a paragraph of advice on fragmentation)."""
     asked = re.search(r"allocate (\d+) bytes", str(error))  # the CPU allocator's wording
     if asked:
         return f"one of its tensors asked for {human_bytes(int(asked.group(1)))} at once"
-    return (str(error).splitlines() or ["an allocation failed"])[0]
+    # CUDA's: what was asked and what is free, then (one line) usage, fragmentation, a URL.
+    sentences = re.split(r"(?<=\.)\s+", (str(error).splitlines() or ["an allocation failed"])[0])
+    return " ".join(sentences[:3])
 
 
 def _too_big(config: TrainConfig, num_items: int, why: str) -> MMSRError:

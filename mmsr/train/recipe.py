@@ -29,7 +29,8 @@ from mmsr.train.checkpoint import gather_rng_states, load_checkpoint, restore_rn
 from mmsr.train.config import TrainConfig
 from mmsr.train.feeds import open_feed, prepare_items
 from mmsr.train.interrupt import StopRequests, TrainingInterrupted
-from mmsr.train.model import TRAINING_COPIES, build_model, load_weights, trainable_state
+from mmsr.train.model import TRAINING_COPIES, allocation_failed, build_model, load_weights, out_of_memory, \
+    trainable_state
 from mmsr.train.metrics_file import append_record, reconcile
 from mmsr.train.layout import CONFIG_FILE, INIT_FILE, METRICS_FILE, RUN_FILE, checkpoint_dir, checkpoint_file
 from mmsr.train.run import (DATASET_HASH_KEY, check_same_dataset, config_as_json,
@@ -169,6 +170,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                     raise TrainingDiverged(f"training diverged: loss {error.value} at epoch {epoch + 1}, step {step + 1} "
                                     f"(global step {global_step + 1}); no checkpoint was written with it",
                                     where=run_dir, hint=_diverged_hint(run_dir)) from None
+                except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+                    if not out_of_memory(error):
+                        raise
+                    raise MMSRError(f"out of memory at epoch {epoch + 1}, step {step + 1}: {allocation_failed(error)}",
+                                    where=run_dir, hint=_step_memory_hint(config, device)) from None
                 global_step += 1
                 signum = stops.requested()
                 if signum or (config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0):
@@ -191,6 +197,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
             except NonFiniteVectors as error:  # a finite loss can still leave the towers' outputs infinite
                 raise TrainingDiverged(f"training diverged: {error.message} at epoch {epoch + 1}'s validation; no "
                                 "checkpoint was written with it", where=run_dir, hint=_diverged_hint(run_dir)) from None
+            except (RuntimeError, MemoryError) as error:
+                if not out_of_memory(error):
+                    raise
+                raise MMSRError(f"out of memory at epoch {epoch + 1}'s validation: {allocation_failed(error)}",
+                                where=run_dir, hint=_validation_memory_hint(config, run_dir)) from None
             record["valid"] = metrics = validation["metrics"]
             if "item_spread" in validation:
                 record["item_spread"] = validation["item_spread"]
@@ -260,6 +271,24 @@ def _resume_hint(resume_from: str, run_dir: Path) -> str:
 class TrainingDiverged(MMSRError):
     """Training met a non-finite loss or non-finite vectors. The hint speaks of `mmsr train`'s
     options; a caller that trains for another command (a study) says its own."""
+
+
+def _step_memory_hint(config: TrainConfig, device: torch.device) -> str:
+    """What frees memory for a training step. A resume keeps the batch and the model (their
+    steps are in the optimizer's state); it may move the cached states off the GPU."""
+    said = f"lower optim.batch_size (now {config.optim.batch_size}) and start again with --overwrite"
+    if device.type == "cuda" and config.cache_into in ("auto", "cuda"):
+        said += "; or go on from the last epoch saved with --resume --set cache_into=ram (the cached states leave " \
+                "the GPU)"
+    return said
+
+
+def _validation_memory_hint(config: TrainConfig, run_dir: Path) -> str:
+    """A resume may change eval_batch_size: the weights never see it."""
+    setting = f"--set eval_batch_size={max(1, config.eval_batch_size // 2)} (now {config.eval_batch_size})"
+    if checkpoint_file(run_dir, "last").is_file():
+        return f"go on from the last epoch saved with --resume {setting}"
+    return f"no epoch was saved before it: start again with --overwrite {setting}"
 
 
 def _diverged_hint(run_dir: Path) -> str:
