@@ -549,7 +549,7 @@ def test_every_kind_is_sized_before_it_is_built_and_built_as_without_the_sizing(
     monkeypatch.setattr(model_lib, "available_memory", lambda: sized.append(kind) or 10**12)
     torch.manual_seed(0)
     built = model_lib.build_model(config, dataset.num_items, item_field=dataset.item_field)
-    assert sized == [kind]  # the meta-device pass ran
+    assert sized == [kind, kind]  # whether memory can be read, then what is left after the meta-device pass
     torch.manual_seed(0)  # the towers alone, as build_model built them before it sized them
     items, user, scorer = build_towers(config, KindInputs(dataset.num_items, None, dataset.item_field))
     alone = {**{f"items.{k}": v for k, v in items.state_dict().items()},
@@ -573,6 +573,12 @@ def test_a_model_too_big_for_the_memory_left_is_refused_by_its_settings_before_i
         model_lib.build_model(config, 1000, copies=model_lib.TRAINING_COPIES)
     assert "model.dim = 64 (1,000 items)" in str(error.value) and "to train" in str(error.value)
     assert allocated and all(table.weight.is_meta for table in allocated)  # only the sizing pass's meta tables were made
+    monkeypatch.setattr(model_lib, "available_memory", lambda: 10**9)
+    model_lib.build_model(config, 1000, copies=model_lib.TRAINING_COPIES)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "10000")  # torchrun's processes on one machine share what is left
+    with pytest.raises(MMSRError, match=r"100.0 kB is available for each of the 10000 processes on this machine"):
+        model_lib.build_model(config, 1000, copies=model_lib.TRAINING_COPIES)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(model_lib, "available_memory", lambda: None)  # another OS: nothing to check against
     model_lib.build_model(config, 1000)
     monkeypatch.setattr(model_lib, "available_memory", lambda: 10**15)
@@ -597,3 +603,16 @@ def test_an_allocation_the_machine_refuses_names_the_setting(built_cache, monkey
     monkeypatch.setattr(model_lib, "build_towers", lambda *_: 1 / 0)  # any other failure stays itself
     with pytest.raises(ZeroDivisionError):
         model_lib.build_model(config, 60)
+
+
+def test_training_memory_counts_what_training_adds_to_each_weight():
+    from mmsr.train.model import _sizes
+
+    with torch.device("meta"):
+        new, frozen = torch.nn.Linear(10, 10), torch.nn.Linear(10, 10).requires_grad_(False)  # 110 floats each
+    pretrained = torch.nn.Linear(10, 10)  # an encoder's top, loaded for real already: training adds its copies
+    tower = torch.nn.ModuleList([new, frozen, pretrained])
+    tower.register_buffer("table", torch.zeros(5, device="meta"))
+    weights, needed = _sizes([tower], 4)
+    assert weights == (110 + 110 + 5) * 4  # the new tensors
+    assert needed == (110 * 4 + 110 + 5 + 110 * 3) * 4  # trainable x4, frozen and buffers once, pretrained +3

@@ -520,8 +520,8 @@ def test_a_model_dim_past_the_machines_memory_is_one_line_before_anything_is_all
                    "--run-dir", str(run)], tmp_path / "home")
     said = result.stderr.strip()
     assert result.returncode == 2, said
-    assert said.startswith("error: model.dim = 100,000,000 (300 items)") and "the model does not fit in memory: its weights " \
-        "need" in said and "to train" in said and "is available" in said and "lower it" in said, said
+    assert said.startswith("error: model.dim = 100,000,000 (300 items)") and "the model does not fit in memory: its new " \
+        "weights need" in said and "to train" in said and "is available" in said and "lower it" in said, said
     assert len(said.splitlines()) == 1 and not (run / "checkpoints").exists()
 
 

@@ -456,8 +456,14 @@ def test_a_diverged_study_run_says_which_variant_to_change_and_to_rerun_the_stud
     root = mmsr_home / "studies" / "tiny" / "runs"
     run = next(root.iterdir())
     assert run.name.startswith("idsr--") and said.startswith(f"{run}: training diverged: ")
-    assert said.endswith(f"(lower optim.lr of variant 'idsr' in {study_file} (or keep optim.grad_clip > 0), delete "
+    # The lr came from the --set, which overrides the variant: that is what to lower.
+    assert said.endswith(f"(lower optim.lr in the `--set optim.lr=1e308` given (or keep optim.grad_clip > 0), delete "
                          f"{run}, and rerun `mmsr study run {study_file} --set optim.lr=1e308 --only idsr`)"), said
+    from mmsr.study.runner import _lower_lr, plan_study_file
+
+    study, _, runs = plan_study_file(study_file, only=["idsr"], sets=["optim.lr=1e308"])
+    assert _lower_lr(study, runs[0], ["seed=3"]) == \
+        f"lower optim.lr of variant 'idsr' in {study_file} (or keep optim.grad_clip > 0)"
 
 
 def test_another_study_files_directory_is_not_taken_over(study_file, mmsr_home, tmp_path):

@@ -111,7 +111,7 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     if {_place(run) for run in sides[0]} == {_place(run) for run in sides[1]}:
         notes.append("note: A and B are the same runs: every difference is 0 by construction (to see what a seed "
                      "alone moves, compare two seeds of one config)")
-    for note in dict.fromkeys(note for note in notes if note):  # once each, in order
+    for note in dict.fromkeys(note for note in notes if note):  # a note several runs give is said once
         log(note)
     shared, left_out = np.ones(len(reference.ranks), dtype=bool), []
     for path in files:

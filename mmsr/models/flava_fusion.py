@@ -43,12 +43,14 @@ class FlavaFusion(nn.Module):
             raise MMSRError("model.fusion=flava needs both towers from one FLAVA checkpoint, but the text tower is "
                             f"{text.name} and the image tower {image.name}",
                             hint="give the same FlavaModel directory as encoders.text_model and encoders.vision_model")
-        if AutoConfig.from_pretrained(text.name).model_type != "flava":
+        config = AutoConfig.from_pretrained(text.name)
+        if config.model_type != "flava":
             raise MMSRError("model.fusion=flava needs a whole FlavaModel checkpoint (its multimodal encoder), not a "
                             "single tower", where=text.name, hint="save the full model with FlavaModel.save_pretrained")
         dtype = next(text.parameters()).dtype
-        flava = FlavaModel.from_pretrained(text.name, dtype=dtype)
-        return cls(flava, dim)
+        if torch.get_default_device().type == "meta":  # build_model's sizing pass: the shapes, no weights read
+            return cls(FlavaModel._from_config(config, dtype=dtype), dim)
+        return cls(FlavaModel.from_pretrained(text.name, dtype=dtype), dim)
 
     def pretrained_modules(self) -> list[nn.Module]:
         return [self.image_to_mm, self.text_to_mm, self.multimodal]

@@ -202,13 +202,19 @@ def run_study(path: str | Path, *, datasets: list[str] | None = None, seeds: lis
                 stop.hint = f"rerun `{again}`: the study goes on from this run's checkpoint"
                 raise
             except TrainingDiverged as diverged:
-                diverged.hint = (f"lower optim.lr of variant {run.variant.name!r} in {study.path} (or keep "
-                                 f"optim.grad_clip > 0), delete {run.root}, and rerun `{again}`")
+                diverged.hint = f"{_lower_lr(study, run, sets)}, delete {run.root}, and rerun `{again}`"
                 raise
             write_report(out, study, command, log=log)
             advance(1)
     write_report(out, study, command, figures=True, log=log)
     return out
+
+
+def _lower_lr(study: Study, run: PlannedRun, sets: list[str] | None) -> str:
+    """Where a diverged run's learning rate is to be lowered: a --set overrides the variant's."""
+    given = next((item for item in reversed(sets or []) if item.replace(" ", "").startswith("optim.lr=")), None)
+    where = f"in the `--set {given}` given" if given else f"of variant {run.variant.name!r} in {study.path}"
+    return f"lower optim.lr {where} (or keep optim.grad_clip > 0)"
 
 
 def _refuse_other_study(study: Study, out: Path) -> None:

@@ -293,6 +293,7 @@ class TrainConfig:
         problems += self._check_loss()
         problems += self._check_windows()
         problems += self._check_ranges()
+        problems += self._check_dataset()
         problems += self._check_contrastive()
         if not 0 < self.optim.adam_beta2 < 1:
             problems.append(f"optim.adam_beta2={self.optim.adam_beta2} must be above 0 and below 1 (Adam's "
@@ -301,6 +302,12 @@ class TrainConfig:
             problems.append(f"optim.warmup_epochs={self.optim.warmup_epochs} must be at least 0 and below "
                             f"optim.epochs={self.optim.epochs}")
         return problems
+
+    def _check_dataset(self) -> list[str]:
+        """An empty name was found later, by the path lookup, which cannot say which key set it."""
+        if self.dataset.strip():
+            return []
+        return [f"dataset={self.dataset!r} must name a dataset (a name under $MMSR_HOME/datasets, or a path)"]
 
     def _check_ranges(self) -> list[str]:
         """Numbers outside the range they mean anything in (a size of 0, a negative learning rate),
@@ -312,9 +319,6 @@ class TrainConfig:
                 value = getattr(value, part)
             if value is not None and value < lowest:
                 problems.append(f"{key}={value!r} {why}")
-        if not self.dataset.strip():  # found later, by the path lookup, without the key that set it
-            problems.append(f"dataset={self.dataset!r} must name a dataset (a name under $MMSR_HOME/datasets, or a "
-                            "path)")
         for key, value in (("seed", self.seed), ("split.seed", self.split.seed)):
             if problem := seed_problem(value):
                 problems.append(f"{key}={value!r} {problem}")

@@ -26,7 +26,7 @@ pooling by masked mean where MoRec takes [CLS]; the top blocks are fine-tuned as
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -69,17 +69,28 @@ class KindInputs:
     """What a builder may read besides the config."""
 
     num_items: int
-    encoders: dict | None = None  # built already (tests); None: from config.encoders
+    # Given built (tests), or None: created from config.encoders on first use, then kept here, so
+    # that build_model's sizing pass and the build after it share one load.
+    encoders: dict | None = None
     # A text field of every item by name (`Dataset.item_field`): fdsa's side features read it.
     item_field: Callable[[str], list[str]] | None = None
+    # fdsa's token tables by (field, min_items, split): a pass over the catalogue each, made once.
+    tokens: dict = field(default_factory=dict)
 
     def encoders_for(self, config: "TrainConfig") -> dict:
         if self.encoders is None:
-            # Loaded for real even inside build_model's sizing pass on the meta device, and kept:
-            # the build after it reuses them (loaded once, drawing on the RNG where they always did).
+            # Loaded for real even inside the sizing pass on the meta device (drawing on the RNG
+            # where they always did: before any tower).
             with torch.device("cpu"):
                 self.encoders = create_encoders(config.encoders)
         return self.encoders
+
+    def field_tokens(self, name: str, min_items: int, split: str):
+        key = (name, min_items, split)
+        if key not in self.tokens:
+            with torch.device("cpu"):  # a real table, even when first made inside the sizing pass
+                self.tokens[key] = field_tokens(self.item_field(name), min_items=min_items, split=split, field=name)
+        return self.tokens[key]
 
 
 def _sequence(config: "TrainConfig") -> nn.Module:
@@ -134,8 +145,7 @@ def _fdsa(config: "TrainConfig", inputs: KindInputs):
                         hint="build the model with build_model(..., item_field=dataset.item_field)")
     tokens = {}
     for name in m.side_features:
-        table, vocabulary = field_tokens(inputs.item_field(name), min_items=m.side_min_items,
-                                         split=m.side_tokens, field=name)
+        table, vocabulary = inputs.field_tokens(name, m.side_min_items, m.side_tokens)
         if len(vocabulary) == 1:
             rest = ", ".join(f"'{f}'" for f in m.side_features if f != name)
             found = "no item of this dataset has one" if m.side_min_items == 1 else \

@@ -12,6 +12,7 @@ before `forward` runs.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Callable
 
@@ -161,29 +162,47 @@ def build_model(config: TrainConfig, num_items: int, encoders: dict | None = Non
 
 
 def _check_fits(config: TrainConfig, inputs: KindInputs, copies: int) -> None:
-    """Refuse a model whose new weights (the pretrained encoders aside) cannot fit in the memory
-    left (`mmsr_store.memory.available_memory`: MemAvailable or a cgroup's headroom), sized by
+    """Refuse a model that cannot fit in the memory left (`mmsr_store.memory.available_memory`:
+    MemAvailable or a cgroup's headroom, shared by the torchrun processes on the node), sized by
     building the towers on the meta device (no storage; draws nothing from the RNG).
     Without it a huge model.dim is not an error but a kill: Linux reserves the tensor lazily and
     the kernel's OOM killer ends the process, without a word, while the tensor is initialised."""
-    available = available_memory()
-    if available is None:
+    if available_memory() is None:  # another OS: nothing to compare with, so no sizing pass
         return
     try:
         with torch.device("meta"):
             towers = [tower for tower in build_towers(config, inputs) if tower is not None]
-    except RuntimeError as error:  # torch's own words when a tensor's byte count passes 2^63
-        if "overflow" not in str(error):
+    except RuntimeError as error:
+        if "Storage size calculation overflowed" not in str(error):  # torch's words past 2^63 bytes
             raise
         raise _too_big(config, inputs.num_items, "one of its tensors would hold more bytes than a 64-bit "
                                                  "machine can address") from None
-    weights = sum(t.numel() * t.element_size()
-                  for tower in towers for t in itertools.chain(tower.parameters(), tower.buffers()) if t.is_meta)
-    if weights * copies > available:
-        to_train = f" ({human_bytes(weights * copies)} to train: their gradients and Adam's moments)" \
-            if copies > 1 else ""
-        raise _too_big(config, inputs.num_items,
-                       f"its weights need {human_bytes(weights)}{to_train}; {human_bytes(available)} is available")
+    weights, needed = _sizes(towers, copies)
+    # Read after the pass: the encoders it loaded for real are already out of what is left.
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    available = (available_memory() or 0) // processes
+    if needed > available:
+        to_train = f" ({human_bytes(needed)} to train: gradients and Adam's moments)" if copies > 1 else ""
+        each = f" for each of the {processes} processes on this machine" if processes > 1 else ""
+        raise _too_big(config, inputs.num_items, f"its new weights need {human_bytes(weights)}{to_train}; "
+                                                 f"{human_bytes(available)} is available{each}")
+
+
+def _sizes(towers: list[nn.Module], copies: int) -> tuple[int, int]:
+    """(bytes of the new weights, bytes training them takes). A trainable weight is held `copies`
+    times, a frozen one and a buffer once; a pretrained encoder's weights (real tensors already
+    loaded) count only for what training adds to its trainable ones."""
+    weights = needed = 0
+    for tower in towers:
+        for tensor in itertools.chain(tower.parameters(), tower.buffers()):
+            size = tensor.numel() * tensor.element_size()
+            trains = isinstance(tensor, nn.Parameter) and tensor.requires_grad
+            if tensor.is_meta:
+                weights += size
+                needed += size * (copies if trains else 1)
+            elif trains:
+                needed += size * (copies - 1)
+    return weights, needed
 
 
 def out_of_memory(error: BaseException) -> bool:

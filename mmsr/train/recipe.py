@@ -167,9 +167,9 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                     running += train_step(ddp, batch, feed, optimizer, scheduler, dist=dist, device=device,
                                           optim=config.optim)
                 except NonFiniteLoss as error:
-                    raise TrainingDiverged(f"training diverged: loss {error.value} at epoch {epoch + 1}, step {step + 1} "
-                                    f"(global step {global_step + 1}); no checkpoint was written with it",
-                                    where=run_dir, hint=_diverged_hint(run_dir)) from None
+                    raise TrainingDiverged(f"training diverged: loss {error.value} at epoch {epoch + 1}, step "
+                                           f"{step + 1} (global step {global_step + 1}); no checkpoint was written "
+                                           "with it", where=run_dir, hint=_diverged_hint(run_dir)) from None
                 except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
                     if not out_of_memory(error):
                         raise
@@ -196,7 +196,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, dist: Dist,
                 validation = validate(model, feed, split, config, device=device, dist=dist)
             except NonFiniteVectors as error:  # a finite loss can still leave the towers' outputs infinite
                 raise TrainingDiverged(f"training diverged: {error.message} at epoch {epoch + 1}'s validation; no "
-                                "checkpoint was written with it", where=run_dir, hint=_diverged_hint(run_dir)) from None
+                                       "checkpoint was written with it", where=run_dir,
+                                       hint=_diverged_hint(run_dir)) from None
             except (RuntimeError, MemoryError) as error:
                 if not out_of_memory(error):
                     raise
