@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from mmsr.torchrun_env import env_int
+
 console = Console(stderr=True)
 
 SetOption = typer.Option(None, "--set", help="Override a config value: --set section.key=value (repeatable).")
@@ -46,7 +48,7 @@ check_search_device = checked_by(_search_device_problem)
 
 
 def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return env_int("RANK", 0) == 0
 
 
 def log(text: str) -> None:

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from mmsr.errors import MMSRError
+from mmsr.torchrun_env import env_int
 
 
 @dataclass
@@ -31,9 +32,11 @@ class Dist:
 
 def init_from_env(device: torch.device) -> Dist:
     """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1)
     if world <= 1:
         return Dist()
+    for name in ("RANK", "LOCAL_RANK"):  # torch reads them itself, with a bare ValueError or KeyError
+        env_int(name, None)
     if not dist.is_initialized():
         if device.type == "cuda":
             # NCCL binds a communicator to a device; without `device_id` every rank's first
@@ -46,7 +49,7 @@ def init_from_env(device: torch.device) -> Dist:
         # can abort with "terminate called without an active exception" at exit).
         atexit.register(_leave)
         _joined[0] = True
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), env_int("LOCAL_RANK", 0))
 
 
 _joined = [False]  # this process joined a process group (and so must end through exit_after_group)

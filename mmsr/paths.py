@@ -56,9 +56,20 @@ def resolve(kind: str, name: str | os.PathLike) -> Path:
     if not str(name).strip():  # would be $MMSR_HOME/KIND itself
         raise MMSRError(f"an empty name where a name under $MMSR_HOME/{kind} or a path is wanted",
                         hint="give a name or a path in its place")
-    if looks_like_path(name):
-        return Path(name).expanduser()
-    return home() / kind / str(name)
+    path = Path(name).expanduser() if looks_like_path(name) else home() / kind / str(name)
+    _refuse_a_file_above(path, kind)
+    return path
+
+
+def _refuse_a_file_above(path: Path, kind: str) -> None:
+    """A file among `path`'s parents: nothing can be read or made there, and making it ended in
+    FileExistsError (a dataset, an import, a run) after the command had started."""
+    for parent in path.parents:
+        if parent.is_dir():
+            return
+        if parent.exists():
+            raise MMSRError(f"{parent} is a file, so nothing can be under it", where=path,
+                            hint=f"give a {kind[:-1]} path whose folders are folders")
 
 
 def dataset_dir(name: str | os.PathLike) -> Path:

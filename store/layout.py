@@ -25,7 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from mmsr_store.errors import UnwritableError, out_of_space_guard
+from mmsr_store.errors import StoreError, UnwritableError, out_of_space_guard
 
 FORMAT = "mmsr-cache/1"
 STORE_DIR = "store.zarr"
@@ -134,8 +134,16 @@ def read_item_digests(cache_dir: Path, modality: str) -> tuple[str, list[str]] |
     path = Path(cache_dir) / ITEM_DIGESTS_DIR / f"{modality}.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return str(data.get("source", "")), list(data.get("digests", []))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        digests = data.get("digests", [])
+        if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+            raise ValueError("digests is not a list of strings")
+        return str(data.get("source", "")), digests
+    except (ValueError, AttributeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        # Written whole or not at all (atomic_write_json), so this is a hand edit or a damaged disk.
+        raise StoreError(f"damaged ({str(error).splitlines()[0]}): it records which inputs each row was encoded from",
+                         where=path, hint="rebuild the cache with `mmsr cache build ... --overwrite`") from None
 
 
 def changed_rows(recorded: list[str], now: list[str]) -> list[int]:

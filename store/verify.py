@@ -22,7 +22,7 @@ import numpy as np
 
 from mmsr_store import manifest
 from mmsr_store.errors import StoreError
-from mmsr_store.layout import HIDDEN, LOCK_DIR, MASK, STORE_DIR, num_chunks
+from mmsr_store.layout import HIDDEN, LOCK_DIR, MASK, STORE_DIR, num_chunks, read_item_digests
 from mmsr_store.reader import READ_BLOCK_BYTES, chunk_rows, decode_chunk, open_group, required_item_ids
 from mmsr_store.shards import flocked, holder, live_shards
 
@@ -90,6 +90,7 @@ def verify_cache(path: str | os.PathLike, progress: ProgressFactory | None = Non
     n = int(group.attrs["num_items"])
     report = VerifyReport(cache_dir)
     for modality in group.attrs["modalities"]:
+        read_item_digests(cache_dir, modality)  # damaged, it is refused naming the file; every build reads it
         arrays = {name: group[f"{modality}/{name}"] for name in (HIDDEN, MASK)}
         report.unchecksummed += [f"{modality}/{name}" for name, a in arrays.items() if not has_checksums(a)]
         finished, report.unfinished[modality] = _finished_rows(cache_dir, modality, arrays[HIDDEN], n, item_ids)

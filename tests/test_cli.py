@@ -382,3 +382,22 @@ def test_offline_is_the_default_and_the_environment_overrides_it(monkeypatch):
         monkeypatch.setenv(key, "0")
     stay_offline()
     assert [os.environ[key] for key in HUB_OFFLINE] == ["0", "0"]
+
+
+def test_a_file_among_an_outputs_folders_is_one_line_before_the_command_starts(tmp_path):
+    """`data demo --name FILE/sub`, `data import ... --name FILE/sub` and `train --run FILE/run`
+    ended in FileExistsError after the command had started (a lock taken, a dataset begun)."""
+    blocking = tmp_path / "notes.txt"
+    blocking.write_text("mine")
+    env = dict(os.environ, MMSR_HOME=str(tmp_path / "home"), MMSR_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
+    for command, kind in ((["data", "demo", "--name", str(blocking / "sub"), "--items", "60", "--users", "40"],
+                           "dataset"),
+                          (["train", "--dataset", str(blocking / "d"), "--run", str(blocking / "run")], "run"),
+                          (["eval", "--run", str(blocking / "run")], "run")):
+        done = subprocess.run([sys.executable, "-m", "mmsr_cli.app", *command], capture_output=True, text=True,
+                              env=env, timeout=300)
+        said = done.stderr.strip()
+        assert done.returncode == 2 and len(said.splitlines()) == 1, said
+        assert said.endswith(f"{blocking} is a file, so nothing can be under it (give a {kind} path whose folders "
+                             "are folders)"), said
+    assert blocking.read_text() == "mine" and not (tmp_path / "home").exists()

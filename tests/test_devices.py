@@ -10,6 +10,7 @@ ends with its command's code without the interpreter's teardown.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -60,6 +61,7 @@ def test_more_ranks_than_gpus_is_a_clear_error(four_gpus, monkeypatch):
 def test_nccl_is_bound_to_the_ranks_gpu(four_gpus, monkeypatch):
     joined = []
     monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: joined.append(kwargs))
@@ -195,3 +197,21 @@ def test_a_failing_torchrun_rank_does_not_hold_its_peers_in_the_leaving_barrier(
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0
     assert "rank 0 saw" in done.stdout + done.stderr, done.stderr[-2000:]
+
+
+def test_torchrun_variables_left_in_the_shell_are_named_not_a_valueerror(monkeypatch):
+    """`RANK= mmsr ...` and `WORLD_SIZE=abc` ended in int()'s ValueError; WORLD_SIZE=2 alone in
+    torch's KeyError for RANK. Each is one line naming the variable, before any group is joined."""
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **_: pytest.fail("joined a group"))
+    for env, said in (({"WORLD_SIZE": "abc"}, "WORLD_SIZE is 'abc', not a whole number"),
+                      ({"WORLD_SIZE": "2"}, "RANK is not set"),
+                      ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": ""}, "LOCAL_RANK is '', not a whole number")):
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(MMSRError, match=re.escape(said)) as error:
+            distributed.init_from_env(torch.device("cpu"))
+        assert "unset WORLD_SIZE to run in one process" in str(error.value)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert distributed.init_from_env(torch.device("cpu")) == distributed.Dist()  # one process, as before

@@ -405,6 +405,9 @@ def test_metrics_records_are_read_strictly_and_reconciled_to_the_checkpoint(tmp_
     with pytest.raises(MMSRError, match=r"metrics.jsonl:2: not JSON"):
         read_records(path)
     assert read_records(tmp_path / "none.jsonl") == []
+    path.write_text('{"epoch": 1, "valid": null}\n')  # `plot curves` ended in a TypeError on it
+    with pytest.raises(MMSRError, match=r"metrics.jsonl:1: a record whose valid is None, not a mapping of metrics"):
+        read_records(path)
 
 
 def test_a_hand_edited_config_is_refused_on_resume_and_a_damaged_one_is_named(small_demo, mmsr_home, finished_run):

@@ -303,6 +303,19 @@ def test_item_digests_refuse_changed_rows_and_a_cache_without_them_adopts_them(t
         CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": ("v3", list("aXYd"))})
     with pytest.raises(StoreError, match="3 text digests for 4 items"):
         CacheWriter(path, item_ids=ids(4), specs={"text": spec()}, item_digests={"text": ("", list("abc"))})
+    # Damaged by hand: a JSONDecodeError traceback from training and building, and verify said
+    # "all good". Now each names the file and the rebuild.
+    from mmsr_store.verify import verify_cache
+
+    digests = path / "item_digests" / "text.json"
+    for damage in ('{"source": "v2", "digests": ["a\tb"', '{"source": "v2", "digests": "abcd"}', '[1, 2]'):
+        digests.write_text(damage)
+        for read in (lambda: open_cache_dir_digests(path), lambda: verify_cache(path),
+                     lambda: CacheWriter(path, item_ids=ids(4), specs={"text": spec()},
+                                         item_digests={"text": ("v2", list("abcd"))})):
+            with pytest.raises(StoreError, match=re.escape(f"{digests}: damaged (")) as error:
+                read()
+            assert str(error.value).endswith("(rebuild the cache with `mmsr cache build ... --overwrite`)")
 
 
 def open_cache_dir_digests(path):

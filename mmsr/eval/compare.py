@@ -42,7 +42,6 @@ be a run: its split defines the cases.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,6 +56,7 @@ from mmsr.eval.metrics import COUNT_KEY, SQUARES, hit_at_k, ndcg_at_k, parse_ks,
     whole_catalogue_note
 from mmsr.eval.run_ranks import RunRanks, rank_run
 from mmsr.progress import to_stderr
+from mmsr.torchrun_env import env_int
 from mmsr.train.run import run_config
 
 METRICS = {"HR": hit_at_k, "NDCG": ndcg_at_k}
@@ -81,7 +81,7 @@ def compare_runs(run_a: str, run_b: str, split: str = "test", *, protocol: str =
     cases every file ranks (`read_ranks`); "left_out" then says what was not paired. `log` takes
     the notes: cut-offs that hold the whole catalogue, a --search-backend a run cannot use, the
     same runs on both sides."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if env_int("WORLD_SIZE", 1) > 1:
         raise MMSRError("mmsr compare runs in one process", where="torchrun",
                         hint="run it without torchrun: it ranks each split once per run")
     if resamples < MIN_RESAMPLES:

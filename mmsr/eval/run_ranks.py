@@ -15,7 +15,6 @@ counted by the dense path (`mmsr.eval.dense`), never a top-k of the whole catalo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from mmsr.errors import MMSRError
 from mmsr.eval.external_ranks import CaseKeys, is_ranks_file, write_ranks
 from mmsr.eval.metrics import hit_at_k, ndcg_at_k
 from mmsr.eval.runner import PROTOCOLS, backend_note, case_ranks
+from mmsr.torchrun_env import env_int
 from mmsr.train.run import load_run
 
 
@@ -76,7 +76,7 @@ def write_run_ranks(run: str, path: str | Path, split: str = "test", *, protocol
     `mmsr.eval.external_ranks`; written whole or not at all). Returns {"run", "split", "protocol",
     "checkpoint", "cases", "path", "batch_size", "HR@10", "NDCG@10"}: the last two from the file's ranks, to
     check it against `mmsr eval`."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if env_int("WORLD_SIZE", 1) > 1:
         raise MMSRError("mmsr ranks runs in one process", where="torchrun", hint="run it without torchrun")
     if split not in EVAL_SPLITS:  # before the run loads (seconds), and with the option it is
         raise MMSRError(f"unknown split {split!r}", where="--split",

@@ -56,6 +56,7 @@ from mmsr.eval.metrics import (
     parse_ks,
     reduce_metric_sums,
 )
+from mmsr.torchrun_env import env_int
 
 # The largest k a FAISS GPU flat index accepts in one search; bigger searches fall back to the CPU.
 GPU_MAX_K = 2048
@@ -93,7 +94,7 @@ def _torch_gpu():
     if not torch.cuda.is_available():
         return None
     if "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        return torch.device("cuda", env_int("LOCAL_RANK", None) % torch.cuda.device_count())
     return torch.device("cuda", torch.cuda.current_device())
 
 

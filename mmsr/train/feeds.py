@@ -12,7 +12,6 @@ cached and end-to-end paths share one code path from `upper` onwards.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Protocol, Union
 
@@ -22,6 +21,7 @@ from mmsr.caches import cache_path, check_inputs, open_checked_cache
 from mmsr.data.dataset import BadImagePolicy, Dataset
 from mmsr.errors import MMSRError
 from mmsr.models.layers import PooledState, pooled_upper
+from mmsr.torchrun_env import env_int
 from mmsr.train.config import TrainConfig
 from mmsr_store import Cache
 from mmsr_store.memory import available_memory, human_bytes, mapped_file_rss
@@ -253,7 +253,7 @@ def choose_cache_into(requested: str, cache: Cache, modalities: tuple[str, ...],
     if requested not in _CACHE_INTO:
         raise MMSRError(f"unknown cache_into {requested!r}", hint="use auto, ram, mmap or cuda")
     # Every torchrun process on this node loads its own copy into RAM (mmap shares one).
-    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    processes = max(1, env_int("LOCAL_WORLD_SIZE", 1))
     copy = sum(cache.nbytes(m) for m in modalities)
     return _CACHE_INTO[requested](_Budget(cache.path, copy, available_memory(), processes), device)
 

@@ -77,4 +77,7 @@ def _record(line: str, where: str) -> dict:
     if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
         raise MMSRError("a record without an integer epoch", where=where,
                         hint="each line is one epoch's JSON object, as `mmsr train` writes it")
+    if not isinstance(record.get("valid", {}), dict):  # every reader takes it as {metric: value}
+        raise MMSRError(f"a record whose valid is {record['valid']!r}, not a mapping of metrics", where=where,
+                        hint="each line is one epoch's JSON object, as `mmsr train` writes it: drop the key or the line")
     return record

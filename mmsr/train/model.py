@@ -12,7 +12,6 @@ before `forward` runs.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from collections.abc import Callable
 
@@ -23,6 +22,7 @@ from torch import nn
 from mmsr.errors import MMSRError
 from mmsr.models.scores import Score, create_score
 from mmsr.models.sequence import last_state
+from mmsr.torchrun_env import env_int
 from mmsr.train.batches import PAD, Batch
 from mmsr.train.config import TrainConfig
 from mmsr.train.contrastive import ViewContrast
@@ -179,7 +179,7 @@ def _check_fits(config: TrainConfig, inputs: KindInputs, copies: int) -> None:
                                                  "machine can address") from None
     weights, needed = _sizes(towers, copies)
     # Read after the pass: the encoders it loaded for real are already out of what is left.
-    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    processes = max(1, env_int("LOCAL_WORLD_SIZE", 1))
     available = (available_memory() or 0) // processes
     if needed > available:
         to_train = f" ({human_bytes(needed)} to train: gradients and Adam's moments)" if copies > 1 else ""
