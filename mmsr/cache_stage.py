@@ -30,7 +30,8 @@ import yaml
 
 from mmsr import config as config_lib
 from mmsr.atomic import atomic_write_text
-from mmsr.caches import adopt_legacy_digests, cache_path, check_inputs, current_digests, expected_fingerprint
+from mmsr.caches import adopt_legacy_digests, cache_path, check_inputs, current_digests, expected_fingerprint, \
+    record_owner
 from mmsr.data.dataset import BAD_IMAGE_POLICIES, Dataset, load_dataset, placeholder_picture
 from mmsr.distributed import device_problem, pick_device
 from mmsr.encoders import create_encoders
@@ -365,6 +366,8 @@ def build_cache(dataset: Dataset, encoder_config: EncoderConfig, *, batch_size: 
         with CacheWriter(path, item_ids=dataset.item_ids(), specs=specs, shard=shard,
                          build={"on_bad_image": on_bad_image}, overwrite=overwrite, item_digests=digests) as writer:
             wiped = overwrite
+            if cache_dir is None:  # $MMSR_HOME's caches of this dataset's name: this dataset's now
+                record_owner(path, dataset)
             if resolved_config is not None:
                 _write_config(path / CONFIG_FILE, resolved_config)
             for modality in sorted(specs):

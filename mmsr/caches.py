@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mmsr import paths
+from mmsr.atomic import atomic_write_text
 from mmsr.data.dataset import Dataset
 from mmsr.encoders.config import READS_PICTURE, READS_TEXT, SLOT_FIELDS, EncoderConfig
 from mmsr.encoders.model_key import model_key
@@ -44,9 +45,43 @@ def config_hash(encoder_config: EncoderConfig, length: int = 12) -> str:
     return digest(identity, length)
 
 
+# In each cache directory: the dataset directory it was built for.
+OWNER_FILE = "dataset.txt"
+
+
 def cache_path(dataset_root_or_name: str | os.PathLike | Dataset, encoder_config: EncoderConfig) -> Path:
-    """`$MMSR_HOME/caches/<dataset directory name>/<short hash of the encoder config>`."""
-    return paths.caches_dir(_dataset_dir_name(dataset_root_or_name)) / config_hash(encoder_config)
+    """`$MMSR_HOME/caches/<dataset directory name>/<short hash of the encoder config>`. For a
+    loaded dataset, refused when another dataset of that directory name owns those caches."""
+    root = paths.caches_dir(_dataset_dir_name(dataset_root_or_name))
+    if isinstance(dataset_root_or_name, Dataset):
+        _check_owner(root, Path(dataset_root_or_name.root))
+    return root / config_hash(encoder_config)
+
+
+def _check_owner(root: Path, dataset_root: Path) -> None:
+    """Caches are kept by the dataset directory's name, so two datasets of one name (a copy
+    elsewhere, another project's "demo") would share them: each build found the other's rows
+    "changed" and, told to, overwrote them. An owner whose directory no longer holds a dataset
+    has moved or gone: the caches go to the dataset that has the name now (`record_owner`)."""
+    here = dataset_root.expanduser().resolve()
+    for recorded in sorted(root.glob(f"*/{OWNER_FILE}")):
+        try:
+            owner = Path(recorded.read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            continue  # unreadable: the cache's own checks (digests, fingerprints) still hold
+        if owner != here and (owner / "meta.json").is_file():
+            raise MMSRError(f"these caches belong to the dataset {owner}, whose directory has this dataset's name "
+                            f"({here.name!r}), not to {here}", where=root,
+                            hint="mmsr keeps caches by the dataset directory's name: rename one of the two "
+                                 "directories, or give each its own MMSR_HOME")
+
+
+def record_owner(cache_dir: Path, dataset: Dataset) -> None:
+    """Write which dataset `cache_dir` is built for (`_check_owner` reads it)."""
+    here = Path(dataset.root).expanduser().resolve()
+    owner = Path(cache_dir) / OWNER_FILE
+    if not owner.is_file() or owner.read_text(encoding="utf-8", errors="replace").strip() != str(here):
+        atomic_write_text(owner, f"{here}\n")
 
 
 def find_caches(target: str | os.PathLike) -> list[Path]:
@@ -54,6 +89,9 @@ def find_caches(target: str | os.PathLike) -> list[Path]:
     path = Path(target).expanduser()
     if (path / STORE_DIR).is_dir():
         return [path]
+    if paths.looks_like_path(target) and not path.exists():  # its name alone would find another's caches
+        raise MMSRError("no such dataset or cache directory", where=target,
+                        hint="give a cache directory, a dataset's directory or a dataset's name")
     root = paths.caches_dir(_dataset_dir_name(target))
     caches = sorted(p for p in root.glob("*") if (p / STORE_DIR).is_dir())
     if not caches:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -589,3 +590,29 @@ def test_a_cache_that_cannot_be_written_is_still_opened(monkeypatch, tmp_path):
             raise error
         monkeypatch.setattr(mmsr.caches, "write_item_digests", refused)
         mmsr.caches._record_digests(tmp_path, "text", "v2", ["d"])  # no error
+
+
+def test_two_datasets_of_one_directory_name_do_not_share_caches(small_demo, tmp_path, mmsr_home):
+    """Caches are kept by the dataset directory's name: a second dataset called "shop" found the
+    first one's rows "changed", and the hint (--overwrite) wiped them, then the first did the same
+    back. The caches now record their dataset; another live one of that name is refused."""
+    first = copy_dataset(small_demo, tmp_path / "a" / "shop")
+    second = copy_dataset(small_demo, tmp_path / "b" / "shop",
+                          edit=lambda items, _: [item.update(title="other") for item in items])
+    assert build(first, None).complete
+    (owner,) = (mmsr_home / "caches" / "shop").glob("*/dataset.txt")
+    assert owner.read_text() == f"{first.resolve()}\n"
+    kept = arrays(cache_path(load_dataset(first, check_images=False), fake_config()))
+    for overwrite in (False, True):
+        with pytest.raises(MMSRError, match=re.escape(f"{mmsr_home / 'caches' / 'shop'}: these caches belong to the "
+                                                      f"dataset {first.resolve()}, whose directory has this dataset's "
+                                                      f"name ('shop'), not to {second.resolve()}")):
+            build(second, None, overwrite=overwrite)
+    assert arrays(cache_path(load_dataset(first, check_images=False), fake_config())) == kept
+    shutil.rmtree(first)  # moved or deleted: its caches go to the dataset that has the name now
+    assert build(second, None, overwrite=True).complete
+    assert owner.read_text() == f"{second.resolve()}\n"
+    from mmsr.caches import find_caches
+
+    with pytest.raises(MMSRError, match="no such dataset or cache directory"):  # `cache verify /no/such/shop`
+        find_caches(str(tmp_path / "gone" / "shop"))
