@@ -35,8 +35,8 @@ def init_from_env(device: torch.device) -> Dist:
     world = env_int("WORLD_SIZE", 1)
     if world <= 1:
         return Dist()
-    for name in ("RANK", "LOCAL_RANK"):  # torch reads them itself, with a bare ValueError or KeyError
-        env_int(name, None)
+    env_int("RANK", None)  # torch reads it itself, with a bare ValueError or KeyError
+    local_rank = env_int("LOCAL_RANK", 0)  # a launcher other than torchrun may leave it unset
     if not dist.is_initialized():
         if device.type == "cuda":
             # NCCL binds a communicator to a device; without `device_id` every rank's first
@@ -49,7 +49,7 @@ def init_from_env(device: torch.device) -> Dist:
         # can abort with "terminate called without an active exception" at exit).
         atexit.register(_leave)
         _joined[0] = True
-    return Dist(dist.get_rank(), dist.get_world_size(), env_int("LOCAL_RANK", 0))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 _joined = [False]  # this process joined a process group (and so must end through exit_after_group)

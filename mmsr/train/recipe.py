@@ -287,16 +287,19 @@ def _step_memory_hint(config: TrainConfig, device: torch.device) -> str:
 def _validation_memory_hint(config: TrainConfig, run_dir: Path) -> str:
     """A resume may change eval_batch_size: the weights never see it."""
     setting = f"--set eval_batch_size={max(1, config.eval_batch_size // 2)} (now {config.eval_batch_size})"
-    if checkpoint_file(run_dir, "last").is_file():
-        return f"go on from the last epoch saved with --resume {setting}"
-    return f"no epoch was saved before it: start again with --overwrite {setting}"
+    return _resume_or_again(run_dir, f"go on from the last epoch saved with --resume {setting}", setting)
 
 
 def _diverged_hint(run_dir: Path) -> str:
-    said = "lower optim.lr, keep optim.grad_clip > 0, or check the data"
+    return "lower optim.lr, keep optim.grad_clip > 0, or check the data; " + _resume_or_again(
+        run_dir, "checkpoints/last.pt and best.pt hold the last finite weights (resume with --resume)")
+
+
+def _resume_or_again(run_dir: Path, resume: str, setting: str = "") -> str:
+    """`resume` where an epoch was saved, else starting again (with `setting`, if any)."""
     if checkpoint_file(run_dir, "last").is_file():
-        return said + "; checkpoints/last.pt and best.pt hold the last finite weights (resume with --resume)"
-    return said + "; no epoch was saved before it: start again with --overwrite"
+        return resume
+    return "no epoch was saved before it: start again with --overwrite" + (f" {setting}" if setting else "")
 
 
 def _wrap(model, dist: Dist, device: torch.device):
